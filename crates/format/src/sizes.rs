@@ -1,0 +1,33 @@
+//! The compile-time size table of every on-disk structure. A layout change
+//! that alters a size fails the build here and must bump the format version.
+
+use core::mem::size_of;
+
+macro_rules! sizes {
+    ($($t:ty => $n:expr,)*) => { $(const _: () = assert!(size_of::<$t>() == $n);)* };
+}
+
+sizes! {
+    crate::block::BlockHeader => 32,
+    crate::block::BlockRef => 16,
+    crate::block::Timespec => 16,
+    crate::key::DiskKey => 32,
+    crate::btree::BtreeRoot => 24,
+    crate::btree::BtreeBlockHeader => 48,
+    crate::btree::BtreeItem => 48,
+    crate::alloc::AllocListHead => 32,
+    crate::alloc::AllocListBlockHeader => 56,
+    crate::alloc::AllocRoot => 40,
+    crate::super_block::InetAddr => 32,
+    crate::super_block::QuorumConfig => 488,
+    crate::super_block::VolumeOptions => 520,
+    crate::super_block::SuperBlock => 1488,
+}
+
+// An alloc list block's array fills its 64 KiB block exactly.
+const _: () = assert!(
+    size_of::<crate::alloc::AllocListBlockHeader>() + crate::consts::ALLOC_LIST_MAX_BLOCKS * 8
+        == crate::consts::BLOCK_LG_SIZE
+);
+// The largest item fits several times in a block, so a split leaves items on both sides.
+const _: () = assert!(crate::btree::BTREE_MAX_ITEM_BYTES * 8 < crate::btree::BTREE_BLOCK_USABLE);
