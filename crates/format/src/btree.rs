@@ -54,7 +54,8 @@ pub struct BtreeBlockHeader {
     pub nr_items: U16,
     /// Sum over items of the item header and the padded value length.
     pub total_item_bytes: U16,
-    /// Free bytes between the end of the item array and the lowest value.
+    /// Free bytes right after the item array that no value uses; at most
+    /// the gap up to the lowest value (holes may make it smaller).
     pub mid_free_len: U16,
     /// 0 for leaves.
     pub level: u8,
@@ -154,8 +155,10 @@ pub fn validate_btree_block(block: &[u8]) -> Result<u8> {
     if spans.windows(2).any(|w| w[0].1 > w[1].0) {
         return Err(DecodeError::Field { what, field: "overlapping values", value: nr as u64 });
     }
+    // Holes left by deleted values may sit below the lowest value, so the
+    // recorded mid free space may be smaller than the gap, never larger.
     let lowest = spans.first().map_or(BLOCK_LG_SIZE, |s| s.0);
-    if lowest - items_end != bh.mid_free_len.get() as usize {
+    if bh.mid_free_len.get() as usize > lowest - items_end {
         let value = bh.mid_free_len.get() as u64;
         return Err(DecodeError::Field { what, field: "mid_free_len", value });
     }

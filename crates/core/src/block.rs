@@ -1,0 +1,426 @@
+//! Metadata blocks: the clean block cache and one writer's dirty blocks.
+//!
+//! Reading. Every read goes through a [`BlockRef`] {blkno, seq}. The 64 KiB
+//! block's header must match the reference (magic, fsid, blkno, seq); if it
+//! doesn't, the block was rewritten after the reference was read and the
+//! result is [`Error::Stale`]. If the header matches but the crc32c doesn't,
+//! or the contents are not a valid structure of their kind, the result is
+//! [`Error::Corrupt`], counted and logged with blkno, seq and what was
+//! expected. Verified blocks are immutable and shared (`Arc<Block>`) in an
+//! LRU cache bounded by `max_blocks`; eviction only drops the cache's
+//! reference, so readers holding a block keep it alive.
+//!
+//! Writing. A [`Writer`] owns the dirty blocks of one transaction (a server
+//! commit, later a mount's transaction) in a map by blkno, plus the two alloc
+//! lists it allocates from and frees into (see `alloc::list`). Dirtying a
+//! clean block is copy-on-write: the contents are copied into a newly
+//! allocated blkno with a fresh random seq, the caller's reference is
+//! updated, and the old blkno is freed. A block already dirty in this writer
+//! is modified in place. Dirty blocks are taken out of the map while a caller
+//! modifies them and put back after, so several can be changed at once
+//! without aliasing. `write_out` checksums and writes every dirty block in
+//! blkno order, flushes the device, and moves the blocks into the clean cache.
+//!
+//! Small blocks (the super block and quorum blocks, 4 KiB) are read and
+//! written synchronously with the same header checks by `read_sm`/`write_sm`.
+//!
+//! Locking: the cache has one mutex around its map; a Writer is owned by one
+//! thread. Blocks never change after they are verified.
+
+use crate::alloc::ListState;
+use crate::counters::{self, Counters};
+use crate::dev::BlockDev;
+use crate::error::{CorruptKind, Error, Result};
+use crate::rng::Rng;
+use scoutfs_format::alloc::validate_alloc_list_block;
+use scoutfs_format::block::{block_crc, set_block_crc, stored_crc, BlockHeader};
+use scoutfs_format::btree::validate_btree_block;
+use scoutfs_format::consts::*;
+use scoutfs_format::BlockRef;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use zerocopy::IntoBytes;
+
+/// Default bound of the clean cache: 64 MiB of blocks.
+pub const CACHE_BLOCKS_DEFAULT: usize = 1024;
+
+/// A verified, immutable metadata block.
+pub struct Block {
+    data: Box<[u8]>,
+}
+
+impl Block {
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+    pub fn header(&self) -> BlockHeader {
+        header_of(&self.data)
+    }
+}
+
+/// The header of a block buffer (always at least 32 bytes here).
+pub fn header_of(buf: &[u8]) -> BlockHeader {
+    BlockHeader::decode(buf).unwrap_or_default()
+}
+
+/// Sets the identity fields of a block's header (the crc is set at write).
+pub fn set_header(buf: &mut [u8], magic: u32, fsid: u64, seq: u64, blkno: u64) {
+    let h = BlockHeader { crc: 0.into(), magic: magic.into(), fsid: fsid.into(), seq: seq.into(), blkno: blkno.into() };
+    buf[..32].copy_from_slice(h.as_bytes());
+}
+
+/// Checks a block read through `r` against it: identity first (Stale), then
+/// the checksum and the structure of its kind (Corrupt).
+pub fn verify_block(buf: &[u8], r: &BlockRef, fsid: u64, magic: u32) -> Result<()> {
+    let h = header_of(buf);
+    let (blkno, seq) = (r.blkno.get(), r.seq.get());
+    if h.magic.get() != magic || h.fsid.get() != fsid || h.blkno.get() != blkno || h.seq.get() != seq {
+        return Err(Error::Stale {
+            blkno,
+            want_seq: seq,
+            found: format!(
+                "found {} block {} seq {:#018x} fsid {:#018x} (want {} fsid {:#018x})",
+                magic_name(h.magic.get()),
+                h.blkno.get(),
+                h.seq.get(),
+                h.fsid.get(),
+                magic_name(magic),
+                fsid
+            ),
+        });
+    }
+    let (want, have) = (block_crc(buf), stored_crc(buf));
+    if want != have {
+        let detail = format!("{} crc {:#010x}, computed {:#010x}", magic_name(magic), have, want);
+        return Err(Error::corrupt(CorruptKind::BlockCrc, blkno, seq, detail));
+    }
+    let invalid = match magic {
+        magic::BTREE => validate_btree_block(buf).err(),
+        magic::ALLOC_LIST => validate_alloc_list_block(buf).err(),
+        _ => None,
+    };
+    match invalid {
+        Some(e) => Err(Error::corrupt(CorruptKind::BlockInvalid, blkno, seq, e.to_string())),
+        None => Ok(()),
+    }
+}
+
+struct Lru {
+    map: HashMap<u64, (Arc<Block>, u64)>,
+    order: BTreeMap<u64, u64>,
+    tick: u64,
+}
+
+/// The cache of clean, verified metadata blocks of one device.
+pub struct BlockCache {
+    dev: Arc<dyn BlockDev>,
+    fsid: u64,
+    max_blocks: usize,
+    lru: Mutex<Lru>,
+    pub counters: Arc<Counters>,
+}
+
+impl BlockCache {
+    pub fn new(dev: Arc<dyn BlockDev>, fsid: u64, max_blocks: usize) -> BlockCache {
+        assert!(max_blocks > 0);
+        BlockCache {
+            dev,
+            fsid,
+            max_blocks,
+            lru: Mutex::new(Lru { map: HashMap::new(), order: BTreeMap::new(), tick: 0 }),
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    pub fn dev(&self) -> &Arc<dyn BlockDev> {
+        &self.dev
+    }
+    pub fn fsid(&self) -> u64 {
+        self.fsid
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+        // A panic while holding the lock leaves the map consistent (each
+        // update is a single insert or remove), so a poisoned lock is usable.
+        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads and verifies the block `r` refers to, which must be of `magic`.
+    pub fn read(&self, r: &BlockRef, magic: u32) -> Result<Arc<Block>> {
+        let blkno = r.blkno.get();
+        if let Some(b) = self.lookup(blkno) {
+            if b.header().seq.get() == r.seq.get() && b.header().magic.get() == magic {
+                counters::inc(&self.counters.block_cache_hit);
+                return Ok(b);
+            }
+            self.forget(blkno);
+        }
+        counters::inc(&self.counters.block_cache_miss);
+        let mut data = vec![0u8; BLOCK_LG_SIZE].into_boxed_slice();
+        self.read_raw(blkno, &mut data)?;
+        if let Err(e) = verify_block(&data, r, self.fsid, magic) {
+            self.note_error(&e);
+            return Err(e);
+        }
+        let b = Arc::new(Block { data });
+        self.insert(b.clone());
+        Ok(b)
+    }
+
+    /// Reads a block's bytes from the device without any checks.
+    pub fn read_raw(&self, blkno: u64, buf: &mut [u8]) -> Result<()> {
+        let off = blkno.checked_mul(BLOCK_LG_SIZE as u64);
+        let res = match off {
+            Some(off) => self.dev.read_at(buf, off),
+            None => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "blkno overflow")),
+        };
+        counters::add(&self.counters.block_read_bytes, buf.len() as u64);
+        res.map_err(|e| {
+            counters::inc(&self.counters.block_io_error);
+            Error::io(format!("{}: reading metadata block {}", self.dev.name(), blkno), e)
+        })
+    }
+
+    /// Counts (and logs, for corruption) an error from a block read.
+    pub fn note_error(&self, e: &Error) {
+        match e {
+            Error::Stale { .. } => counters::inc(&self.counters.block_stale),
+            Error::Corrupt(c) => {
+                counters::inc(&self.counters.block_corrupt);
+                log_corruption(c);
+            }
+            _ => {}
+        }
+    }
+
+    fn lookup(&self, blkno: u64) -> Option<Arc<Block>> {
+        let mut lru = self.lock();
+        lru.tick += 1;
+        let tick = lru.tick;
+        let (b, old) = {
+            let e = lru.map.get_mut(&blkno)?;
+            let old = e.1;
+            e.1 = tick;
+            (e.0.clone(), old)
+        };
+        lru.order.remove(&old);
+        lru.order.insert(tick, blkno);
+        Some(b)
+    }
+
+    /// Adds a verified block, evicting the least recently used beyond the bound.
+    pub fn insert(&self, b: Arc<Block>) {
+        let blkno = b.header().blkno.get();
+        let mut lru = self.lock();
+        lru.tick += 1;
+        let tick = lru.tick;
+        if let Some((_, old)) = lru.map.insert(blkno, (b, tick)) {
+            lru.order.remove(&old);
+        }
+        lru.order.insert(tick, blkno);
+        while lru.map.len() > self.max_blocks {
+            let Some((_, victim)) = lru.order.pop_first() else { break };
+            lru.map.remove(&victim);
+            counters::inc(&self.counters.block_cache_evict);
+        }
+    }
+
+    /// Drops a block from the cache.
+    pub fn forget(&self, blkno: u64) {
+        let mut lru = self.lock();
+        if let Some((_, t)) = lru.map.remove(&blkno) {
+            lru.order.remove(&t);
+        }
+    }
+
+    /// Drops every cached block (a cold cache).
+    pub fn clear(&self) {
+        let mut lru = self.lock();
+        lru.map.clear();
+        lru.order.clear();
+    }
+
+    pub fn cached_blocks(&self) -> usize {
+        self.lock().map.len()
+    }
+}
+
+/// Writes a corruption report to the log (standard error).
+pub fn log_corruption(c: &crate::error::Corruption) {
+    eprintln!("scoutfs: {c}");
+}
+
+/// A block buffer read for a writer: either one of its own dirty blocks or a
+/// clean block from the cache.
+pub enum BlockBytes<'a> {
+    Dirty(&'a [u8]),
+    Clean(Arc<Block>),
+}
+
+impl std::ops::Deref for BlockBytes<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            BlockBytes::Dirty(b) => b,
+            BlockBytes::Clean(b) => b.bytes(),
+        }
+    }
+}
+
+/// The dirty blocks and allocator of one transaction.
+pub struct Writer {
+    pub(crate) cache: Arc<BlockCache>,
+    pub(crate) dirty: BTreeMap<u64, Box<[u8]>>,
+    pub(crate) rng: Rng,
+    pub(crate) lists: ListState,
+}
+
+impl Writer {
+    /// A writer allocating from `avail` and freeing into `freed`.
+    pub fn new(cache: Arc<BlockCache>, lists: ListState, rng: Rng) -> Writer {
+        Writer { cache, dirty: BTreeMap::new(), rng, lists }
+    }
+
+    pub fn cache(&self) -> &Arc<BlockCache> {
+        &self.cache
+    }
+
+    pub fn dirty_blocks(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Whether `r` names a block this writer has dirtied (and may change).
+    pub fn is_dirty(&self, r: &BlockRef) -> bool {
+        self.dirty.get(&r.blkno.get()).is_some_and(|b| header_of(b).seq.get() == r.seq.get())
+    }
+
+    /// Reads a block: this writer's dirty version, or a verified clean one.
+    pub fn read(&self, r: &BlockRef, magic: u32) -> Result<BlockBytes<'_>> {
+        if let Some(b) = self.dirty.get(&r.blkno.get()) {
+            if header_of(b).seq.get() == r.seq.get() {
+                return Ok(BlockBytes::Dirty(b));
+            }
+        }
+        Ok(BlockBytes::Clean(self.cache.read(r, magic)?))
+    }
+
+    /// Takes a block out for modification: a dirty block as it is, or a clean
+    /// one copied into a newly allocated blkno (copy-on-write), in which case
+    /// `r` is updated and the old blkno freed. Give it back with [`put`].
+    ///
+    /// [`put`]: Writer::put
+    pub fn cow(&mut self, r: &mut BlockRef, magic: u32) -> Result<Box<[u8]>> {
+        if self.is_dirty(r) {
+            // is_dirty just found it.
+            return Ok(self.dirty.remove(&r.blkno.get()).unwrap_or_else(|| unreachable!()));
+        }
+        let clean = self.cache.read(r, magic)?;
+        let mut buf: Box<[u8]> = Box::from(clean.bytes());
+        let blkno = self.alloc_meta()?;
+        let seq = self.rng.nonzero();
+        set_header(&mut buf, magic, self.cache.fsid, seq, blkno);
+        let old = r.blkno.get();
+        *r = BlockRef::new(blkno, seq);
+        self.free_meta(old)?;
+        Ok(buf)
+    }
+
+    /// A new zeroed block of `magic` at a newly allocated blkno.
+    pub fn new_block(&mut self, magic: u32) -> Result<(BlockRef, Box<[u8]>)> {
+        let blkno = self.alloc_meta()?;
+        Ok(self.new_block_at(magic, blkno))
+    }
+
+    /// A new zeroed block at a blkno the caller already allocated.
+    pub fn new_block_at(&mut self, magic: u32, blkno: u64) -> (BlockRef, Box<[u8]>) {
+        let mut buf = vec![0u8; BLOCK_LG_SIZE].into_boxed_slice();
+        let seq = self.rng.nonzero();
+        set_header(&mut buf, magic, self.cache.fsid, seq, blkno);
+        (BlockRef::new(blkno, seq), buf)
+    }
+
+    /// Gives a block taken by `cow` or `new_block` back to the dirty set.
+    pub fn put(&mut self, buf: Box<[u8]>) {
+        let blkno = header_of(&buf).blkno.get();
+        let prev = self.dirty.insert(blkno, buf);
+        assert!(prev.is_none(), "dirty block {blkno} put twice");
+    }
+
+    /// Frees a block that a structure no longer references.
+    pub fn free_block(&mut self, r: &BlockRef) -> Result<()> {
+        if self.is_dirty(r) {
+            self.dirty.remove(&r.blkno.get());
+        }
+        self.free_meta(r.blkno.get())
+    }
+
+    /// Checksums and writes every dirty block in blkno order, flushes the
+    /// device, and moves the blocks into the clean cache. Returns the bytes
+    /// written.
+    pub fn write_out(&mut self) -> Result<u64> {
+        assert!(self.lists.quiescent(), "write_out during an allocator operation");
+        let dev = self.cache.dev.clone();
+        let mut bytes = 0u64;
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut written = Vec::with_capacity(dirty.len());
+        for (blkno, mut buf) in dirty {
+            set_block_crc(&mut buf);
+            let off = blkno * BLOCK_LG_SIZE as u64;
+            dev.write_at(&buf, off).map_err(|e| {
+                counters::inc(&self.cache.counters.block_io_error);
+                Error::io(format!("{}: writing metadata block {blkno}", dev.name()), e)
+            })?;
+            bytes += buf.len() as u64;
+            written.push(buf);
+        }
+        counters::add(&self.cache.counters.block_write_blocks, written.len() as u64);
+        counters::add(&self.cache.counters.block_write_bytes, bytes);
+        dev.flush().map_err(|e| Error::io(format!("{}: flush", dev.name()), e))?;
+        for data in written {
+            self.cache.insert(Arc::new(Block { data }));
+        }
+        Ok(bytes)
+    }
+}
+
+/// Reads a 4 KiB block (super or quorum) at SM blkno `blkno` and checks its
+/// magic, blkno and crc; the fsid is checked when `fsid` is given.
+pub fn read_sm(dev: &dyn BlockDev, blkno: u64, magic: u32, fsid: Option<u64>) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; BLOCK_SM_SIZE];
+    dev.read_at(&mut buf, blkno << BLOCK_SM_SHIFT)
+        .map_err(|e| Error::io(format!("{}: reading block {} (4 KiB units)", dev.name(), blkno), e))?;
+    let h = header_of(&buf);
+    let seq = h.seq.get();
+    let bad = |detail: String| Err(Error::corrupt(CorruptKind::BlockInvalid, blkno, seq, detail));
+    if h.magic.get() != magic {
+        return bad(format!(
+            "{} has magic {:#010x}, not {} ({:#010x})",
+            dev.name(),
+            h.magic.get(),
+            magic_name(magic),
+            magic
+        ));
+    }
+    if h.blkno.get() != blkno {
+        return bad(format!("header blkno {} is not its location {}", h.blkno.get(), blkno));
+    }
+    if let Some(f) = fsid {
+        if h.fsid.get() != f {
+            return bad(format!("fsid {:#018x}, expected {:#018x}", h.fsid.get(), f));
+        }
+    }
+    if block_crc(&buf) != stored_crc(&buf) {
+        let detail = format!("crc {:#010x}, computed {:#010x}", stored_crc(&buf), block_crc(&buf));
+        return Err(Error::corrupt(CorruptKind::BlockCrc, blkno, seq, detail));
+    }
+    Ok(buf)
+}
+
+/// Checksums and writes a 4 KiB block at SM blkno `blkno` (no flush).
+pub fn write_sm(dev: &dyn BlockDev, blkno: u64, buf: &mut [u8]) -> Result<()> {
+    assert_eq!(buf.len(), BLOCK_SM_SIZE);
+    assert_eq!(header_of(buf).blkno.get(), blkno);
+    set_block_crc(buf);
+    dev.write_at(buf, blkno << BLOCK_SM_SHIFT)
+        .map_err(|e| Error::io(format!("{}: writing block {} (4 KiB units)", dev.name(), blkno), e))
+}
