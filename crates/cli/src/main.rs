@@ -1,1 +1,210 @@
-fn main() {}
+//! The `scoutfs` command: making, printing and checking filesystems (and,
+//! as the project grows, mounting them and the archive commands).
+//!
+//! Every subcommand reports failures as one clear line on standard error
+//! and a non-zero exit status; none panics on bad input. Long work shows a
+//! progress bar when the output is a terminal.
+
+mod progress;
+mod size;
+
+use clap::{Parser, Subcommand};
+use scoutfs_core::check;
+use scoutfs_core::dev::{BlockDev, FileDev};
+use scoutfs_core::mkfs::{mkfs, MkfsOptions};
+use scoutfs_format::consts::{FORMAT_VERSION, FORMAT_VERSION_MAX, FORMAT_VERSION_MIN};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "scoutfs",
+    version,
+    about = "A clustered archival filesystem",
+    after_help = format!("Supported format versions: {FORMAT_VERSION_MIN}..={FORMAT_VERSION_MAX}")
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make a new filesystem on a metadata and a data device.
+    Mkfs(MkfsArgs),
+    /// Print the super block, quorum blocks and every tree of a metadata device.
+    Print {
+        /// The metadata device or image file.
+        meta: PathBuf,
+    },
+    /// Check a filesystem offline: every reachable block, every reference,
+    /// and that every block is used exactly once or free exactly once.
+    Check {
+        /// The metadata device or image file.
+        meta: PathBuf,
+        /// The data device or image file.
+        data: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct MkfsArgs {
+    /// The metadata device or image file.
+    meta: PathBuf,
+    /// The data device or image file.
+    data: PathBuf,
+    /// A quorum slot as NR,ADDR,PORT (NR 0..14); repeat for each member.
+    #[arg(short = 'Q', long = "quorum-slot", value_parser = parse_slot, required = true)]
+    quorum: Vec<(usize, SocketAddr)>,
+    /// Use at most SIZE of the metadata device (K, M, G, T suffixes); an image
+    /// file that does not exist is created with this size.
+    #[arg(short = 'm', long = "max-meta-size", value_parser = size::parse_size)]
+    max_meta: Option<u64>,
+    /// Use at most SIZE of the data device; an image file that does not exist
+    /// is created with this size.
+    #[arg(short = 'd', long = "max-data-size", value_parser = size::parse_size)]
+    max_data: Option<u64>,
+    /// Data allocation zone size in 4 KiB blocks (a volume option).
+    #[arg(short = 'z', long = "data-alloc-zone-blocks")]
+    zone_blocks: Option<u64>,
+    /// Overwrite devices that already hold a filesystem.
+    #[arg(short = 'f', long)]
+    force: bool,
+}
+
+fn parse_slot(s: &str) -> Result<(usize, SocketAddr), String> {
+    let mut parts = s.splitn(3, ',');
+    let (Some(nr), Some(addr), Some(port)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("'{s}' is not NR,ADDR,PORT"));
+    };
+    let nr: usize = nr.trim().parse().map_err(|_| format!("slot number '{nr}' is not a number"))?;
+    let ip: std::net::IpAddr = addr.trim().parse().map_err(|_| format!("'{addr}' is not an IP address"))?;
+    let port: u16 = port.trim().parse().map_err(|_| format!("port '{port}' is not a number from 1 to 65535"))?;
+    Ok((nr, SocketAddr::new(ip, port)))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Mkfs(a) => cmd_mkfs(a),
+        Cmd::Print { meta } => cmd_print(&meta),
+        Cmd::Check { meta, data } => cmd_check(&meta, &data),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("scoutfs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_dev(path: &Path, writable: bool) -> Result<Arc<dyn BlockDev>, String> {
+    // FileDev's errors name the path already.
+    FileDev::open(path, writable).map(|d| Arc::new(d) as Arc<dyn BlockDev>).map_err(|e| e.to_string())
+}
+
+/// Opens a device for mkfs, creating an image file of `size` if it is missing.
+fn open_or_create(path: &Path, size: Option<u64>, what: &str) -> Result<Arc<dyn BlockDev>, String> {
+    if path.exists() {
+        return open_dev(path, true);
+    }
+    let Some(size) = size else {
+        return Err(format!(
+            "{}: does not exist; give the {what} size to create an image file of that size",
+            path.display()
+        ));
+    };
+    let dev = FileDev::create(path, size).map_err(|e| format!("{}: creating image file: {e}", path.display()))?;
+    println!("Created image file {} of {}", path.display(), size::human(size));
+    Ok(Arc::new(dev))
+}
+
+fn cmd_mkfs(a: MkfsArgs) -> Result<ExitCode, String> {
+    use scoutfs_core::mkfs::{MIN_DATA_BYTES, MIN_META_BYTES};
+    for (size, min, what) in [(a.max_meta, MIN_META_BYTES, "metadata"), (a.max_data, MIN_DATA_BYTES, "data")] {
+        if size.is_some_and(|s| s < min) {
+            return Err(format!("mkfs: the {what} device needs at least {}", size::human(min)));
+        }
+    }
+    let created: Vec<&Path> = [&a.meta, &a.data].into_iter().filter(|p| !p.exists()).map(|p| p.as_path()).collect();
+    let res = make(&a);
+    if res.is_err() {
+        // Image files this run created are removed again; nothing else is touched.
+        for p in created {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    res
+}
+
+fn make(a: &MkfsArgs) -> Result<ExitCode, String> {
+    let meta = open_or_create(&a.meta, a.max_meta, "--max-meta-size")?;
+    let data = open_or_create(&a.data, a.max_data, "--max-data-size")?;
+    let opts = MkfsOptions {
+        quorum: a.quorum.clone(),
+        max_meta_bytes: a.max_meta,
+        max_data_bytes: a.max_data,
+        force: a.force,
+        data_alloc_zone_blocks: a.zone_blocks,
+        ..Default::default()
+    };
+    let mut bar = progress::Bar::for_stdout();
+    bar.spin("making filesystem");
+    let r = mkfs(meta, data, &opts).map_err(|e| format!("mkfs: {e}"))?;
+    bar.done();
+    println!("Created scoutfs filesystem:");
+    println!("  meta device path:     {}", a.meta.display());
+    println!("  data device path:     {}", a.data.display());
+    println!("  fsid:                 {:016x}", r.fsid);
+    println!("  format version:       {FORMAT_VERSION}");
+    println!("  64KB metadata blocks: {} ({})", r.total_meta_blocks, size::human(r.total_meta_blocks << 16));
+    println!("  4KB data blocks:      {} ({})", r.total_data_blocks, size::human(r.total_data_blocks << 12));
+    let slots: Vec<String> = a.quorum.iter().map(|(n, addr)| format!("{n}: {addr}")).collect();
+    println!("  quorum slots:         {}", slots.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_print(meta: &Path) -> Result<ExitCode, String> {
+    let dev = open_dev(meta, false)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut bar = progress::Bar::for_redirected_stdout();
+    let res = scoutfs_core::print::print(&dev, &mut out, &mut bar);
+    bar.done();
+    let res = res.and_then(|_| out.flush().map_err(|e| scoutfs_core::Error::io("writing output", e)));
+    match res {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // A reader that stopped early (print | head) is not an error.
+        Err(scoutfs_core::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(format!("print: {e}")),
+    }
+}
+
+fn cmd_check(meta: &Path, data: &Path) -> Result<ExitCode, String> {
+    let m = open_dev(meta, false)?;
+    let d = open_dev(data, false)?;
+    let mut bar = progress::Bar::for_stdout();
+    let report = check::check(&m, &d, &mut bar).map_err(|e| format!("check: {e}"))?;
+    bar.done();
+    for p in &report.problems {
+        println!("problem: {p}");
+    }
+    println!(
+        "metadata: {} blocks, {} referenced, {} free; {} btree blocks in {} trees, {} items",
+        report.meta_blocks, report.meta_referenced, report.meta_free, report.btree_blocks, report.trees, report.items
+    );
+    println!("data: {} blocks, {} referenced, {} free", report.data_blocks, report.data_referenced, report.data_free);
+    if report.is_clean() {
+        println!("check: clean");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("check: {} problems found", report.problems.len());
+        Ok(ExitCode::FAILURE)
+    }
+}

@@ -181,7 +181,7 @@ impl Checker<'_> {
             Error::Corrupt(c) => c.blkno,
             _ => r.blkno.get(),
         };
-        self.problem(Some(blkno), e.to_string());
+        self.problem(Some(blkno), format!("corrupt: {e}"));
     }
 
     fn data_super(&mut self, meta_sb: &SuperBlock, data: &dyn BlockDev) {
