@@ -80,9 +80,18 @@ fn parse_slot(s: &str) -> Result<(usize, SocketAddr), String> {
     let (Some(nr), Some(addr), Some(port)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(format!("'{s}' is not NR,ADDR,PORT"));
     };
-    let nr: usize = nr.trim().parse().map_err(|_| format!("slot number '{nr}' is not a number"))?;
-    let ip: std::net::IpAddr = addr.trim().parse().map_err(|_| format!("'{addr}' is not an IP address"))?;
-    let port: u16 = port.trim().parse().map_err(|_| format!("port '{port}' is not a number from 1 to 65535"))?;
+    let nr: usize = nr
+        .trim()
+        .parse()
+        .map_err(|_| format!("slot number '{nr}' is not a number"))?;
+    let ip: std::net::IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{addr}' is not an IP address"))?;
+    let port: u16 = port
+        .trim()
+        .parse()
+        .map_err(|_| format!("port '{port}' is not a number from 1 to 65535"))?;
     Ok((nr, SocketAddr::new(ip, port)))
 }
 
@@ -104,7 +113,9 @@ fn main() -> ExitCode {
 
 fn open_dev(path: &Path, writable: bool) -> Result<Arc<dyn BlockDev>, String> {
     // FileDev's errors name the path already.
-    FileDev::open(path, writable).map(|d| Arc::new(d) as Arc<dyn BlockDev>).map_err(|e| e.to_string())
+    FileDev::open(path, writable)
+        .map(|d| Arc::new(d) as Arc<dyn BlockDev>)
+        .map_err(|e| e.to_string())
 }
 
 /// Opens a device for mkfs, creating an image file of `size` if it is missing.
@@ -118,19 +129,34 @@ fn open_or_create(path: &Path, size: Option<u64>, what: &str) -> Result<Arc<dyn 
             path.display()
         ));
     };
-    let dev = FileDev::create(path, size).map_err(|e| format!("{}: creating image file: {e}", path.display()))?;
-    println!("Created image file {} of {}", path.display(), size::human(size));
+    let dev = FileDev::create(path, size)
+        .map_err(|e| format!("{}: creating image file: {e}", path.display()))?;
+    println!(
+        "Created image file {} of {}",
+        path.display(),
+        size::human(size)
+    );
     Ok(Arc::new(dev))
 }
 
 fn cmd_mkfs(a: MkfsArgs) -> Result<ExitCode, String> {
     use scoutfs_core::mkfs::{MIN_DATA_BYTES, MIN_META_BYTES};
-    for (size, min, what) in [(a.max_meta, MIN_META_BYTES, "metadata"), (a.max_data, MIN_DATA_BYTES, "data")] {
+    for (size, min, what) in [
+        (a.max_meta, MIN_META_BYTES, "metadata"),
+        (a.max_data, MIN_DATA_BYTES, "data"),
+    ] {
         if size.is_some_and(|s| s < min) {
-            return Err(format!("mkfs: the {what} device needs at least {}", size::human(min)));
+            return Err(format!(
+                "mkfs: the {what} device needs at least {}",
+                size::human(min)
+            ));
         }
     }
-    let created: Vec<&Path> = [&a.meta, &a.data].into_iter().filter(|p| !p.exists()).map(|p| p.as_path()).collect();
+    let created: Vec<&Path> = [&a.meta, &a.data]
+        .into_iter()
+        .filter(|p| !p.exists())
+        .map(|p| p.as_path())
+        .collect();
     let res = make(&a);
     if res.is_err() {
         // Image files this run created are removed again; nothing else is touched.
@@ -161,9 +187,21 @@ fn make(a: &MkfsArgs) -> Result<ExitCode, String> {
     println!("  data device path:     {}", a.data.display());
     println!("  fsid:                 {:016x}", r.fsid);
     println!("  format version:       {FORMAT_VERSION}");
-    println!("  64KB metadata blocks: {} ({})", r.total_meta_blocks, size::human(r.total_meta_blocks << 16));
-    println!("  4KB data blocks:      {} ({})", r.total_data_blocks, size::human(r.total_data_blocks << 12));
-    let slots: Vec<String> = a.quorum.iter().map(|(n, addr)| format!("{n}: {addr}")).collect();
+    println!(
+        "  64KB metadata blocks: {} ({})",
+        r.total_meta_blocks,
+        size::human(r.total_meta_blocks << 16)
+    );
+    println!(
+        "  4KB data blocks:      {} ({})",
+        r.total_data_blocks,
+        size::human(r.total_data_blocks << 12)
+    );
+    let slots: Vec<String> = a
+        .quorum
+        .iter()
+        .map(|(n, addr)| format!("{n}: {addr}"))
+        .collect();
     println!("  quorum slots:         {}", slots.join(", "));
     Ok(ExitCode::SUCCESS)
 }
@@ -175,11 +213,16 @@ fn cmd_print(meta: &Path) -> Result<ExitCode, String> {
     let mut bar = progress::Bar::for_redirected_stdout();
     let res = scoutfs_core::print::print(&dev, &mut out, &mut bar);
     bar.done();
-    let res = res.and_then(|_| out.flush().map_err(|e| scoutfs_core::Error::io("writing output", e)));
+    let res = res.and_then(|_| {
+        out.flush()
+            .map_err(|e| scoutfs_core::Error::io("writing output", e))
+    });
     match res {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // A reader that stopped early (print | head) is not an error.
-        Err(scoutfs_core::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+        Err(scoutfs_core::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Err(format!("print: {e}")),
@@ -197,9 +240,17 @@ fn cmd_check(meta: &Path, data: &Path) -> Result<ExitCode, String> {
     }
     println!(
         "metadata: {} blocks, {} referenced, {} free; {} btree blocks in {} trees, {} items",
-        report.meta_blocks, report.meta_referenced, report.meta_free, report.btree_blocks, report.trees, report.items
+        report.meta_blocks,
+        report.meta_referenced,
+        report.meta_free,
+        report.btree_blocks,
+        report.trees,
+        report.items
     );
-    println!("data: {} blocks, {} referenced, {} free", report.data_blocks, report.data_referenced, report.data_free);
+    println!(
+        "data: {} blocks, {} referenced, {} free",
+        report.data_blocks, report.data_referenced, report.data_free
+    );
     if report.is_clean() {
         println!("check: clean");
         Ok(ExitCode::SUCCESS)

@@ -20,13 +20,18 @@ impl Bar {
     }
 
     fn new(show: bool) -> Bar {
-        Bar { bar: show.then(ProgressBar::hidden) }
+        Bar {
+            bar: show.then(ProgressBar::hidden),
+        }
     }
 
     pub fn spin(&mut self, what: &str) {
         if let Some(b) = &self.bar {
             b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            b.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             b.set_message(what.to_string());
             b.enable_steady_tick(std::time::Duration::from_millis(120));
         }
@@ -50,7 +55,9 @@ impl Progress for Bar {
         } else {
             "{spinner} {msg} {pos} blocks {elapsed}"
         };
-        b.set_style(ProgressStyle::with_template(tmpl).unwrap_or_else(|_| ProgressStyle::default_bar()));
+        b.set_style(
+            ProgressStyle::with_template(tmpl).unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         b.set_message(stage.to_string());
     }
 

@@ -3,7 +3,10 @@
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
         Some('K') => (&t[..t.len() - 1], 10),
         Some('M') => (&t[..t.len() - 1], 20),
@@ -12,8 +15,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some('P') => (&t[..t.len() - 1], 50),
         _ => (t, 0),
     };
-    let n: u64 = num.trim().parse().map_err(|_| format!("'{s}' is not a size (e.g. 4096, 64M, 2G)"))?;
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("'{s}' is too large"))
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 4096, 64M, 2G)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 /// A size for people: "64.0 MiB".

@@ -17,8 +17,14 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("scoutfs-test-{name}-{}-{nanos}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "scoutfs-test-{name}-{}-{nanos}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
     }
@@ -34,15 +40,25 @@ impl Drop for Scratch {
 }
 
 fn scoutfs(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_scoutfs")).args(args).output().expect("run scoutfs");
+    let out = Command::new(env!("CARGO_BIN_EXE_scoutfs"))
+        .args(args)
+        .output()
+        .expect("run scoutfs");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "scoutfs {args:?} panicked: {stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "scoutfs {args:?} panicked: {stderr}"
+    );
     assert_ne!(out.status.code(), Some(101), "scoutfs {args:?} panicked");
     out
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn s(p: &Path) -> &str {
@@ -51,7 +67,19 @@ fn s(p: &Path) -> &str {
 
 fn mkfs(dir: &Scratch) -> (PathBuf, PathBuf) {
     let (m, d) = (dir.path("meta.img"), dir.path("data.img"));
-    let o = scoutfs(&["mkfs", s(&m), s(&d), "-Q", "0,127.0.0.1,7000", "-Q", "1,127.0.0.2,7001", "-m", "128M", "-d", "256M"]);
+    let o = scoutfs(&[
+        "mkfs",
+        s(&m),
+        s(&d),
+        "-Q",
+        "0,127.0.0.1,7000",
+        "-Q",
+        "1,127.0.0.2,7001",
+        "-m",
+        "128M",
+        "-d",
+        "256M",
+    ]);
     assert!(o.status.success(), "mkfs: {}", text(&o));
     (m, d)
 }
@@ -89,7 +117,11 @@ fn referenced_blocks(meta: &Path) -> Vec<u64> {
 
 fn flip_byte(path: &Path, off: u64) {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, off).unwrap();
     b[0] ^= 0x5a;
@@ -103,13 +135,20 @@ fn mkfs_print_check_fresh_images() {
     let o = scoutfs(&["print", s(&m)]);
     assert!(o.status.success());
     let p = String::from_utf8_lossy(&o.stdout);
-    assert!(p.contains("slot 1: 127.0.0.2:7001") && p.contains("mode 40755"), "print shows quorum and root: {p}");
+    assert!(
+        p.contains("slot 1: 127.0.0.2:7001") && p.contains("mode 40755"),
+        "print shows quorum and root: {p}"
+    );
     let o = scoutfs(&["check", s(&m), s(&d)]);
     assert!(o.status.success(), "check of a fresh fs: {}", text(&o));
     assert!(text(&o).contains("check: clean"));
 
     let o = scoutfs(&["mkfs", s(&m), s(&d), "-Q", "0,127.0.0.1,7000"]);
-    assert!(!o.status.success() && text(&o).contains("--force"), "mkfs refuses an existing fs: {}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("--force"),
+        "mkfs refuses an existing fs: {}",
+        text(&o)
+    );
     let o = scoutfs(&["mkfs", s(&m), s(&d), "-Q", "0,127.0.0.1,7000", "--force"]);
     assert!(o.status.success(), "mkfs --force: {}", text(&o));
 }
@@ -122,34 +161,61 @@ fn flipped_byte_in_any_metadata_block_is_reported() {
     let o = scoutfs(&["check", s(&m), s(&d)]);
     assert!(o.status.success(), "populated fs is clean: {}", text(&o));
     let blocks = referenced_blocks(&m);
-    assert!(blocks.len() > 20, "expected a populated image, got {} blocks", blocks.len());
+    assert!(
+        blocks.len() > 20,
+        "expected a populated image, got {} blocks",
+        blocks.len()
+    );
     let pristine = std::fs::read(&m).unwrap();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for &b in &blocks {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let off = b * BLOCK_LG_SIZE as u64 + (seed >> 33) % BLOCK_LG_SIZE as u64;
         flip_byte(&m, off);
         let o = scoutfs(&["check", s(&m), s(&d)]);
         let t = text(&o);
-        assert!(!o.status.success(), "flip at byte {off} of block {b} went unnoticed: {t}");
-        assert!(t.contains(&format!("block {b}")), "check names block {b} (byte {off}): {t}");
-        assert!(scoutfs(&["print", s(&m)]).status.success(), "print of a damaged image");
+        assert!(
+            !o.status.success(),
+            "flip at byte {off} of block {b} went unnoticed: {t}"
+        );
+        assert!(
+            t.contains(&format!("block {b}")),
+            "check names block {b} (byte {off}): {t}"
+        );
+        assert!(
+            scoutfs(&["print", s(&m)]).status.success(),
+            "print of a damaged image"
+        );
         std::fs::write(&m, &pristine).unwrap();
     }
     // The small blocks: the super block and every quorum block.
-    for sm in std::iter::once(SUPER_BLKNO).chain(QUORUM_BLKNO..QUORUM_BLKNO + QUORUM_MAX_SLOTS as u64) {
+    for sm in
+        std::iter::once(SUPER_BLKNO).chain(QUORUM_BLKNO..QUORUM_BLKNO + QUORUM_MAX_SLOTS as u64)
+    {
         let off = (sm << BLOCK_SM_SHIFT) + 100;
         flip_byte(&m, off);
         let o = scoutfs(&["check", s(&m), s(&d)]);
         let t = text(&o);
-        assert!(!o.status.success(), "flip in small block {sm} went unnoticed: {t}");
-        assert!(t.contains(&format!("block {sm}")), "check names small block {sm}: {t}");
+        assert!(
+            !o.status.success(),
+            "flip in small block {sm} went unnoticed: {t}"
+        );
+        assert!(
+            t.contains(&format!("block {sm}")),
+            "check names small block {sm}: {t}"
+        );
         std::fs::write(&m, &pristine).unwrap();
     }
     // The data device's copy of the super block.
     flip_byte(&d, (SUPER_BLKNO << BLOCK_SM_SHIFT) + 200);
     let o = scoutfs(&["check", s(&m), s(&d)]);
-    assert!(!o.status.success() && text(&o).contains("data device super block"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("data device super block"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -160,7 +226,11 @@ fn truncated_and_mismatched_devices_give_clear_errors() {
     f.set_len(64 << 20).unwrap();
     drop(f);
     for cmd in ["check", "print"] {
-        let args: Vec<&str> = if cmd == "check" { vec![cmd, s(&m), s(&d)] } else { vec![cmd, s(&m)] };
+        let args: Vec<&str> = if cmd == "check" {
+            vec![cmd, s(&m), s(&d)]
+        } else {
+            vec![cmd, s(&m)]
+        };
         let o = scoutfs(&args);
         assert!(!o.status.success(), "{cmd} of a truncated device");
         assert!(text(&o).contains("truncated"), "{cmd}: {}", text(&o));
@@ -169,16 +239,32 @@ fn truncated_and_mismatched_devices_give_clear_errors() {
     let dir2 = Scratch::new("other");
     let (m2, d2) = mkfs(&dir2);
     let o = scoutfs(&["check", s(&m2), s(&d)]);
-    assert!(!o.status.success() && text(&o).contains("another filesystem"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("another filesystem"),
+        "{}",
+        text(&o)
+    );
     let o = scoutfs(&["check", s(&d2), s(&m2)]);
-    assert!(!o.status.success() && text(&o).contains("expected the metadata device"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("expected the metadata device"),
+        "{}",
+        text(&o)
+    );
 
     let empty = dir.path("empty.img");
     std::fs::write(&empty, vec![0u8; 1 << 20]).unwrap();
     let o = scoutfs(&["check", s(&empty), s(&d)]);
-    assert!(!o.status.success() && text(&o).contains("no scoutfs super block"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("no scoutfs super block"),
+        "{}",
+        text(&o)
+    );
     let o = scoutfs(&["check", s(&dir.path("missing")), s(&d)]);
-    assert!(!o.status.success() && text(&o).contains("missing"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("missing"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -186,16 +272,68 @@ fn bad_arguments_are_refused_clearly() {
     let dir = Scratch::new("args");
     let (m, d) = (dir.path("m.img"), dir.path("d.img"));
     for (args, want) in [
-        (vec!["mkfs", s(&m), s(&d), "-Q", "0,127.0.0.1"], "NR,ADDR,PORT"),
-        (vec!["mkfs", s(&m), s(&d), "-Q", "15,127.0.0.1,7000", "-m", "64M", "-d", "64M"], "out of range"),
-        (vec!["mkfs", s(&m), s(&d), "-Q", "0,127.0.0.1,7000", "-m", "1M", "-d", "64M"], "at least"),
-        (vec!["mkfs", s(&m), s(&d), "-Q", "0,127.0.0.1,7000", "-m", "12Q", "-d", "64M"], "is not a size"),
-        (vec!["mkfs", s(&m), s(&d), "-Q", "0,127.0.0.1,7000"], "does not exist"),
+        (
+            vec!["mkfs", s(&m), s(&d), "-Q", "0,127.0.0.1"],
+            "NR,ADDR,PORT",
+        ),
+        (
+            vec![
+                "mkfs",
+                s(&m),
+                s(&d),
+                "-Q",
+                "15,127.0.0.1,7000",
+                "-m",
+                "64M",
+                "-d",
+                "64M",
+            ],
+            "out of range",
+        ),
+        (
+            vec![
+                "mkfs",
+                s(&m),
+                s(&d),
+                "-Q",
+                "0,127.0.0.1,7000",
+                "-m",
+                "1M",
+                "-d",
+                "64M",
+            ],
+            "at least",
+        ),
+        (
+            vec![
+                "mkfs",
+                s(&m),
+                s(&d),
+                "-Q",
+                "0,127.0.0.1,7000",
+                "-m",
+                "12Q",
+                "-d",
+                "64M",
+            ],
+            "is not a size",
+        ),
+        (
+            vec!["mkfs", s(&m), s(&d), "-Q", "0,127.0.0.1,7000"],
+            "does not exist",
+        ),
         (vec!["mkfs", s(&m), s(&d)], "--quorum-slot"),
     ] {
         let o = scoutfs(&args);
         assert!(!o.status.success(), "{args:?} should fail");
-        assert!(text(&o).contains(want), "{args:?}: expected '{want}' in: {}", text(&o));
-        assert!(!m.exists() && !d.exists(), "{args:?} left image files behind");
+        assert!(
+            text(&o).contains(want),
+            "{args:?}: expected '{want}' in: {}",
+            text(&o)
+        );
+        assert!(
+            !m.exists() && !d.exists(),
+            "{args:?} left image files behind"
+        );
     }
 }

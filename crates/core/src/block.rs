@@ -65,7 +65,13 @@ pub fn header_of(buf: &[u8]) -> BlockHeader {
 
 /// Sets the identity fields of a block's header (the crc is set at write).
 pub fn set_header(buf: &mut [u8], magic: u32, fsid: u64, seq: u64, blkno: u64) {
-    let h = BlockHeader { crc: 0.into(), magic: magic.into(), fsid: fsid.into(), seq: seq.into(), blkno: blkno.into() };
+    let h = BlockHeader {
+        crc: 0.into(),
+        magic: magic.into(),
+        fsid: fsid.into(),
+        seq: seq.into(),
+        blkno: blkno.into(),
+    };
     buf[..32].copy_from_slice(h.as_bytes());
 }
 
@@ -74,7 +80,11 @@ pub fn set_header(buf: &mut [u8], magic: u32, fsid: u64, seq: u64, blkno: u64) {
 pub fn verify_block(buf: &[u8], r: &BlockRef, fsid: u64, magic: u32) -> Result<()> {
     let h = header_of(buf);
     let (blkno, seq) = (r.blkno.get(), r.seq.get());
-    if h.magic.get() != magic || h.fsid.get() != fsid || h.blkno.get() != blkno || h.seq.get() != seq {
+    if h.magic.get() != magic
+        || h.fsid.get() != fsid
+        || h.blkno.get() != blkno
+        || h.seq.get() != seq
+    {
         return Err(Error::Stale {
             blkno,
             want_seq: seq,
@@ -91,7 +101,12 @@ pub fn verify_block(buf: &[u8], r: &BlockRef, fsid: u64, magic: u32) -> Result<(
     }
     let (want, have) = (block_crc(buf), stored_crc(buf));
     if want != have {
-        let detail = format!("{} crc {:#010x}, computed {:#010x}", magic_name(magic), have, want);
+        let detail = format!(
+            "{} crc {:#010x}, computed {:#010x}",
+            magic_name(magic),
+            have,
+            want
+        );
         return Err(Error::corrupt(CorruptKind::BlockCrc, blkno, seq, detail));
     }
     let invalid = match magic {
@@ -100,7 +115,12 @@ pub fn verify_block(buf: &[u8], r: &BlockRef, fsid: u64, magic: u32) -> Result<(
         _ => None,
     };
     match invalid {
-        Some(e) => Err(Error::corrupt(CorruptKind::BlockInvalid, blkno, seq, e.to_string())),
+        Some(e) => Err(Error::corrupt(
+            CorruptKind::BlockInvalid,
+            blkno,
+            seq,
+            e.to_string(),
+        )),
         None => Ok(()),
     }
 }
@@ -127,7 +147,11 @@ impl BlockCache {
             dev,
             fsid,
             max_blocks,
-            lru: Mutex::new(Lru { map: HashMap::new(), order: BTreeMap::new(), tick: 0 }),
+            lru: Mutex::new(Lru {
+                map: HashMap::new(),
+                order: BTreeMap::new(),
+                tick: 0,
+            }),
             counters: Arc::new(Counters::default()),
         }
     }
@@ -172,12 +196,18 @@ impl BlockCache {
         let off = blkno.checked_mul(BLOCK_LG_SIZE as u64);
         let res = match off {
             Some(off) => self.dev.read_at(buf, off),
-            None => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "blkno overflow")),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "blkno overflow",
+            )),
         };
         counters::add(&self.counters.block_read_bytes, buf.len() as u64);
         res.map_err(|e| {
             counters::inc(&self.counters.block_io_error);
-            Error::io(format!("{}: reading metadata block {}", self.dev.name(), blkno), e)
+            Error::io(
+                format!("{}: reading metadata block {}", self.dev.name(), blkno),
+                e,
+            )
         })
     }
 
@@ -219,7 +249,9 @@ impl BlockCache {
         }
         lru.order.insert(tick, blkno);
         while lru.map.len() > self.max_blocks {
-            let Some((_, victim)) = lru.order.pop_first() else { break };
+            let Some((_, victim)) = lru.order.pop_first() else {
+                break;
+            };
             lru.map.remove(&victim);
             counters::inc(&self.counters.block_cache_evict);
         }
@@ -278,7 +310,12 @@ pub struct Writer {
 impl Writer {
     /// A writer allocating from `avail` and freeing into `freed`.
     pub fn new(cache: Arc<BlockCache>, lists: ListState, rng: Rng) -> Writer {
-        Writer { cache, dirty: BTreeMap::new(), rng, lists }
+        Writer {
+            cache,
+            dirty: BTreeMap::new(),
+            rng,
+            lists,
+        }
     }
 
     pub fn cache(&self) -> &Arc<BlockCache> {
@@ -291,7 +328,9 @@ impl Writer {
 
     /// Whether `r` names a block this writer has dirtied (and may change).
     pub fn is_dirty(&self, r: &BlockRef) -> bool {
-        self.dirty.get(&r.blkno.get()).is_some_and(|b| header_of(b).seq.get() == r.seq.get())
+        self.dirty
+            .get(&r.blkno.get())
+            .is_some_and(|b| header_of(b).seq.get() == r.seq.get())
     }
 
     /// Reads a block: this writer's dirty version, or a verified clean one.
@@ -312,7 +351,10 @@ impl Writer {
     pub fn cow(&mut self, r: &mut BlockRef, magic: u32) -> Result<Box<[u8]>> {
         if self.is_dirty(r) {
             // is_dirty just found it.
-            return Ok(self.dirty.remove(&r.blkno.get()).unwrap_or_else(|| unreachable!()));
+            return Ok(self
+                .dirty
+                .remove(&r.blkno.get())
+                .unwrap_or_else(|| unreachable!()));
         }
         let clean = self.cache.read(r, magic)?;
         let mut buf: Box<[u8]> = Box::from(clean.bytes());
@@ -358,7 +400,10 @@ impl Writer {
     /// device, and moves the blocks into the clean cache. Returns the bytes
     /// written.
     pub fn write_out(&mut self) -> Result<u64> {
-        assert!(self.lists.quiescent(), "write_out during an allocator operation");
+        assert!(
+            self.lists.quiescent(),
+            "write_out during an allocator operation"
+        );
         let dev = self.cache.dev.clone();
         let mut bytes = 0u64;
         let dirty = std::mem::take(&mut self.dirty);
@@ -373,9 +418,13 @@ impl Writer {
             bytes += buf.len() as u64;
             written.push(buf);
         }
-        counters::add(&self.cache.counters.block_write_blocks, written.len() as u64);
+        counters::add(
+            &self.cache.counters.block_write_blocks,
+            written.len() as u64,
+        );
         counters::add(&self.cache.counters.block_write_bytes, bytes);
-        dev.flush().map_err(|e| Error::io(format!("{}: flush", dev.name()), e))?;
+        dev.flush()
+            .map_err(|e| Error::io(format!("{}: flush", dev.name()), e))?;
         for data in written {
             self.cache.insert(Arc::new(Block { data }));
         }
@@ -388,10 +437,22 @@ impl Writer {
 pub fn read_sm(dev: &dyn BlockDev, blkno: u64, magic: u32, fsid: Option<u64>) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; BLOCK_SM_SIZE];
     dev.read_at(&mut buf, blkno << BLOCK_SM_SHIFT)
-        .map_err(|e| Error::io(format!("{}: reading block {} (4 KiB units)", dev.name(), blkno), e))?;
+        .map_err(|e| {
+            Error::io(
+                format!("{}: reading block {} (4 KiB units)", dev.name(), blkno),
+                e,
+            )
+        })?;
     let h = header_of(&buf);
     let seq = h.seq.get();
-    let bad = |detail: String| Err(Error::corrupt(CorruptKind::BlockInvalid, blkno, seq, detail));
+    let bad = |detail: String| {
+        Err(Error::corrupt(
+            CorruptKind::BlockInvalid,
+            blkno,
+            seq,
+            detail,
+        ))
+    };
     if h.magic.get() != magic {
         return bad(format!(
             "{} has magic {:#010x}, not {} ({:#010x})",
@@ -402,7 +463,11 @@ pub fn read_sm(dev: &dyn BlockDev, blkno: u64, magic: u32, fsid: Option<u64>) ->
         ));
     }
     if h.blkno.get() != blkno {
-        return bad(format!("header blkno {} is not its location {}", h.blkno.get(), blkno));
+        return bad(format!(
+            "header blkno {} is not its location {}",
+            h.blkno.get(),
+            blkno
+        ));
     }
     if let Some(f) = fsid {
         if h.fsid.get() != f {
@@ -410,7 +475,11 @@ pub fn read_sm(dev: &dyn BlockDev, blkno: u64, magic: u32, fsid: Option<u64>) ->
         }
     }
     if block_crc(&buf) != stored_crc(&buf) {
-        let detail = format!("crc {:#010x}, computed {:#010x}", stored_crc(&buf), block_crc(&buf));
+        let detail = format!(
+            "crc {:#010x}, computed {:#010x}",
+            stored_crc(&buf),
+            block_crc(&buf)
+        );
         return Err(Error::corrupt(CorruptKind::BlockCrc, blkno, seq, detail));
     }
     Ok(buf)
@@ -421,6 +490,10 @@ pub fn write_sm(dev: &dyn BlockDev, blkno: u64, buf: &mut [u8]) -> Result<()> {
     assert_eq!(buf.len(), BLOCK_SM_SIZE);
     assert_eq!(header_of(buf).blkno.get(), blkno);
     set_block_crc(buf);
-    dev.write_at(buf, blkno << BLOCK_SM_SHIFT)
-        .map_err(|e| Error::io(format!("{}: writing block {} (4 KiB units)", dev.name(), blkno), e))
+    dev.write_at(buf, blkno << BLOCK_SM_SHIFT).map_err(|e| {
+        Error::io(
+            format!("{}: writing block {} (4 KiB units)", dev.name(), blkno),
+            e,
+        )
+    })
 }

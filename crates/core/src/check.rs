@@ -26,8 +26,8 @@ use crate::block::{read_sm, BlockCache};
 use crate::btree::block as bblock;
 use crate::commit::{check_pair, read_super};
 use crate::dev::BlockDev;
-pub use crate::progress::{NoProgress, Progress};
 use crate::error::{Error, Result};
+pub use crate::progress::{NoProgress, Progress};
 use scoutfs_format::consts::*;
 use scoutfs_format::key::{ty, zone};
 use scoutfs_format::log_trees::LogTrees;
@@ -91,21 +91,42 @@ struct UseMap {
 
 impl UseMap {
     fn new(first: u64, total: u64, what: &'static str) -> UseMap {
-        UseMap { first, uses: vec![Use::Unknown; total.saturating_sub(first) as usize], what }
+        UseMap {
+            first,
+            uses: vec![Use::Unknown; total.saturating_sub(first) as usize],
+            what,
+        }
     }
 
     fn mark(&mut self, blkno: u64, u: Use, by: &str, problems: &mut Vec<Problem>) -> bool {
-        let idx = blkno.checked_sub(self.first).map(|i| i as usize).filter(|&i| i < self.uses.len());
+        let idx = blkno
+            .checked_sub(self.first)
+            .map(|i| i as usize)
+            .filter(|&i| i < self.uses.len());
         let Some(i) = idx else {
-            let what = format!("{} block {blkno} ({by}) is outside the device's allocatable blocks", self.what);
-            problems.push(Problem { blkno: Some(blkno), what });
+            let what = format!(
+                "{} block {blkno} ({by}) is outside the device's allocatable blocks",
+                self.what
+            );
+            problems.push(Problem {
+                blkno: Some(blkno),
+                what,
+            });
             return false;
         };
         let was = self.uses[i];
         if was != Use::Unknown {
             let name = |u: Use| if u == Use::Free { "free" } else { "referenced" };
-            let what = format!("{} block {blkno} is {} and also {} by {by}", self.what, name(was), name(u));
-            problems.push(Problem { blkno: Some(blkno), what });
+            let what = format!(
+                "{} block {blkno} is {} and also {} by {by}",
+                self.what,
+                name(was),
+                name(u)
+            );
+            problems.push(Problem {
+                blkno: Some(blkno),
+                what,
+            });
             return false;
         }
         self.uses[i] = u;
@@ -129,8 +150,15 @@ impl UseMap {
                 i += 1;
             }
             let (a, b) = (self.first + start as u64, self.first + i as u64 - 1);
-            let what = format!("{} blocks {a}..={b} ({} blocks) are neither referenced nor free", self.what, b - a + 1);
-            problems.push(Problem { blkno: Some(a), what });
+            let what = format!(
+                "{} blocks {a}..={b} ({} blocks) are neither referenced nor free",
+                self.what,
+                b - a + 1
+            );
+            problems.push(Problem {
+                blkno: Some(a),
+                what,
+            });
         }
     }
 }
@@ -145,7 +173,11 @@ struct Checker<'a> {
 
 /// Checks the filesystem on `meta` and `data`. Returns an error only when
 /// the metadata device holds no readable super block.
-pub fn check(meta: &Arc<dyn BlockDev>, data: &Arc<dyn BlockDev>, progress: &mut dyn Progress) -> Result<Report> {
+pub fn check(
+    meta: &Arc<dyn BlockDev>,
+    data: &Arc<dyn BlockDev>,
+    progress: &mut dyn Progress,
+) -> Result<Report> {
     let sb = read_super(meta.as_ref(), true)?;
     let total_meta = sb.total_meta_blocks.get();
     let total_data = sb.total_data_blocks.get();
@@ -153,12 +185,19 @@ pub fn check(meta: &Arc<dyn BlockDev>, data: &Arc<dyn BlockDev>, progress: &mut 
         cache: BlockCache::new(meta.clone(), sb.hdr.fsid.get(), 64),
         meta: UseMap::new(META_DEV_START_BLKNO, total_meta, "metadata"),
         data: UseMap::new(DATA_DEV_START_BLKNO, total_data, "data"),
-        report: Report { meta_blocks: total_meta, data_blocks: total_data, ..Default::default() },
+        report: Report {
+            meta_blocks: total_meta,
+            data_blocks: total_data,
+            ..Default::default()
+        },
         progress,
     };
     c.data_super(&sb, data.as_ref());
     c.quorum_blocks(meta.as_ref(), sb.hdr.fsid.get());
-    c.progress.begin("checking metadata", total_meta.saturating_sub(META_DEV_START_BLKNO));
+    c.progress.begin(
+        "checking metadata",
+        total_meta.saturating_sub(META_DEV_START_BLKNO),
+    );
     c.super_trees(&sb);
     c.progress.finish();
     let problems = &mut c.report.problems;
@@ -232,9 +271,15 @@ impl Checker<'_> {
         if root.height == 0 {
             return items;
         }
-        let mut stack: Vec<(BlockRef, u8, Option<Key>, Key)> = vec![(root.blk, root.height - 1, None, Key::MAX)];
+        let mut stack: Vec<(BlockRef, u8, Option<Key>, Key)> =
+            vec![(root.blk, root.height - 1, None, Key::MAX)];
         while let Some((r, lvl, after, upto)) = stack.pop() {
-            if !self.meta.mark(r.blkno.get(), Use::Referenced, &format!("{name} btree"), &mut self.report.problems) {
+            if !self.meta.mark(
+                r.blkno.get(),
+                Use::Referenced,
+                &format!("{name} btree"),
+                &mut self.report.problems,
+            ) {
                 continue;
             }
             self.progress.advance(1);
@@ -248,21 +293,32 @@ impl Checker<'_> {
             };
             let b = b.bytes();
             if bblock::level(b) != lvl {
-                let what = format!("{name}: btree block at level {}, its parent implies {lvl}", bblock::level(b));
+                let what = format!(
+                    "{name}: btree block at level {}, its parent implies {lvl}",
+                    bblock::level(b)
+                );
                 self.problem(Some(r.blkno.get()), what);
                 continue;
             }
             let n = bblock::nr(b);
-            let out = (0..n).map(|i| bblock::key(b, i)).find(|k| *k > upto || after.is_some_and(|a| *k <= a));
+            let out = (0..n)
+                .map(|i| bblock::key(b, i))
+                .find(|k| *k > upto || after.is_some_and(|a| *k <= a));
             if let Some(k) = out {
-                self.problem(Some(r.blkno.get()), format!("{name}: key {k} outside its parent's bounds"));
+                self.problem(
+                    Some(r.blkno.get()),
+                    format!("{name}: key {k} outside its parent's bounds"),
+                );
                 continue;
             }
             if lvl == 0 {
                 for i in 0..n {
                     let it = bblock::owned(b, i);
                     if let Err(what) = self.item(name, &it) {
-                        self.problem(Some(r.blkno.get()), format!("{name}: item {}: {what}", it.key));
+                        self.problem(
+                            Some(r.blkno.get()),
+                            format!("{name}: item {}: {what}", it.key),
+                        );
                     }
                     items.push(it);
                 }
@@ -270,11 +326,18 @@ impl Checker<'_> {
                 continue;
             }
             if n == 0 || bblock::key(b, n - 1) != upto {
-                self.problem(Some(r.blkno.get()), format!("{name}: parent block's last key is not its bound"));
+                self.problem(
+                    Some(r.blkno.get()),
+                    format!("{name}: parent block's last key is not its bound"),
+                );
             }
             // Pushed last to first so leaves are visited in key order.
             for i in (0..n).rev() {
-                let after = if i == 0 { after } else { Some(bblock::key(b, i - 1)) };
+                let after = if i == 0 {
+                    after
+                } else {
+                    Some(bblock::key(b, i - 1))
+                };
                 stack.push((bblock::child_ref(b, i), lvl - 1, after, bblock::key(b, i)));
             }
         }
@@ -285,19 +348,23 @@ impl Checker<'_> {
     fn item(&mut self, tree: &str, it: &bblock::Item) -> std::result::Result<(), String> {
         let k = &it.key;
         match (k.zone, k.ty) {
-            (zone::FS, ty::INODE) => {
-                scoutfs_format::inode::Inode::decode(&it.val).map(|_| ()).map_err(|e| e.to_string())
-            }
+            (zone::FS, ty::INODE) => scoutfs_format::inode::Inode::decode(&it.val)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
             (zone::FS, ty::DIRENT | ty::READDIR | ty::LINK_BACKREF) => {
-                scoutfs_format::dir::decode_dirent(&it.val).map(|_| ()).map_err(|e| e.to_string())
+                scoutfs_format::dir::decode_dirent(&it.val)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             }
             (zone::FS, ty::DATA_EXTENT) => {
-                let v = scoutfs_format::data::DataExtentVal::decode(&it.val).map_err(|e| e.to_string())?;
+                let v = scoutfs_format::data::DataExtentVal::decode(&it.val)
+                    .map_err(|e| e.to_string())?;
                 if v.maps_blocks() {
                     let (len, start) = (k.third, v.blkno.get());
                     for b in start..start.saturating_add(len) {
                         let by = format!("file extent of inode {}", k.first);
-                        self.data.mark(b, Use::Referenced, &by, &mut self.report.problems);
+                        self.data
+                            .mark(b, Use::Referenced, &by, &mut self.report.problems);
                     }
                 }
                 Ok(())
@@ -321,7 +388,12 @@ impl Checker<'_> {
         self.tree(&format!("{who} items"), &lt.item_root);
         if !lt.bloom_ref.is_none() {
             let r = lt.bloom_ref;
-            if self.meta.mark(r.blkno.get(), Use::Referenced, &format!("{who} bloom"), &mut self.report.problems) {
+            if self.meta.mark(
+                r.blkno.get(),
+                Use::Referenced,
+                &format!("{who} bloom"),
+                &mut self.report.problems,
+            ) {
                 if let Err(e) = self.cache.read(&r, magic::BLOOM) {
                     self.error(&r, e);
                 }
@@ -347,15 +419,24 @@ impl Checker<'_> {
                 }
             };
             if len == 0 || len > end.saturating_add(1) {
-                self.problem(None, format!("{name}: free extent item {k} has a bad length"));
+                self.problem(
+                    None,
+                    format!("{name}: free extent item {k} has a bad length"),
+                );
                 continue;
             }
-            let e = Extent { start: end + 1 - len, len };
+            let e = Extent {
+                start: end + 1 - len,
+                len,
+            };
             if k.zone == zone::FREE_EXTENT_BLKNO {
                 by_pos.push(e);
             } else {
                 if k.first != u64::MAX - scoutfs_format::alloc::extent_order(len) {
-                    self.problem(None, format!("{name}: free extent item {k} is in the wrong order class"));
+                    self.problem(
+                        None,
+                        format!("{name}: free extent item {k} is in the wrong order class"),
+                    );
                 }
                 by_order.push(e);
             }
@@ -363,15 +444,30 @@ impl Checker<'_> {
         by_pos.sort();
         by_order.sort();
         if by_pos != by_order {
-            self.problem(None, format!("{name}: its position and size indexes disagree"));
+            self.problem(
+                None,
+                format!("{name}: its position and size indexes disagree"),
+            );
         }
         let total: u64 = by_pos.iter().map(|e| e.len).sum();
         if total != a.total_len.get() {
-            self.problem(None, format!("{name}: holds {total} free blocks, its root says {}", a.total_len.get()));
+            self.problem(
+                None,
+                format!(
+                    "{name}: holds {total} free blocks, its root says {}",
+                    a.total_len.get()
+                ),
+            );
         }
         for w in by_pos.windows(2) {
             if w[0].end() + 1 >= w[1].start {
-                self.problem(None, format!("{name}: free extents {:?} and {:?} touch or overlap", w[0], w[1]));
+                self.problem(
+                    None,
+                    format!(
+                        "{name}: free extents {:?} and {:?} touch or overlap",
+                        w[0], w[1]
+                    ),
+                );
             }
         }
         let map = if meta { &mut self.meta } else { &mut self.data };
@@ -387,15 +483,23 @@ impl Checker<'_> {
     /// Checks an alloc list: its blocks are referenced, its entries free.
     fn alloc_list(&mut self, name: &str, head: &AllocListHead) {
         let cache = &self.cache;
-        let res = list::walk_list(head, |r| Ok(Box::from(cache.read(r, magic::ALLOC_LIST)?.bytes())));
+        let res = list::walk_list(head, |r| {
+            Ok(Box::from(cache.read(r, magic::ALLOC_LIST)?.bytes()))
+        });
         match res {
             Ok((entries, blocks)) => {
                 for r in blocks {
                     self.progress.advance(1);
-                    self.meta.mark(r.blkno.get(), Use::Referenced, &format!("{name} list block"), &mut self.report.problems);
+                    self.meta.mark(
+                        r.blkno.get(),
+                        Use::Referenced,
+                        &format!("{name} list block"),
+                        &mut self.report.problems,
+                    );
                 }
                 for b in entries {
-                    self.meta.mark(b, Use::Free, name, &mut self.report.problems);
+                    self.meta
+                        .mark(b, Use::Free, name, &mut self.report.problems);
                 }
             }
             Err(e) => {

@@ -36,7 +36,10 @@ use zerocopy::IntoBytes;
 /// Blocks a commit's server avail list is filled to: one full list block
 /// on large devices, a sixteenth of the device on small ones.
 pub fn meta_fill_target(sb: &SuperBlock) -> u64 {
-    let usable = sb.total_meta_blocks.get().saturating_sub(META_DEV_START_BLKNO);
+    let usable = sb
+        .total_meta_blocks
+        .get()
+        .saturating_sub(META_DEV_START_BLKNO);
     (usable / 16).clamp(32, ALLOC_LIST_MAX_BLOCKS as u64)
 }
 
@@ -80,7 +83,7 @@ pub fn read_super(dev: &dyn BlockDev, meta: bool) -> Result<SuperBlock> {
     } else {
         (sb.total_data_blocks.get(), BLOCK_SM_SHIFT)
     };
-    let need = blocks.checked_mul(1 << shift).unwrap_or(u64::MAX);
+    let need = blocks.saturating_mul(1 << shift);
     if dev.size() < need {
         return Err(Error::Invalid(format!(
             "{}: device is {} bytes but the filesystem needs {need} (truncated?)",
@@ -161,7 +164,10 @@ impl Store {
     /// Begins a commit whose block seqs come from `rng` (tests replay seeds).
     pub fn begin_with(&self, rng: Rng) -> Txn {
         let lists = ListState::new(self.sb.server_meta_avail[0], self.sb.server_meta_freed[0]);
-        Txn { w: Writer::new(self.cache.clone(), lists, rng), sb: self.sb }
+        Txn {
+            w: Writer::new(self.cache.clone(), lists, rng),
+            sb: self.sb,
+        }
     }
 
     /// Commits: rotates the allocators, writes every dirty block, flushes,
@@ -175,9 +181,13 @@ impl Store {
         let dev = self.cache.dev().clone();
         let seq = sb.hdr.seq.get() + 1;
         write_super(dev.as_ref(), &mut sb, seq)?;
-        dev.flush().map_err(|e| Error::io(format!("{}: flush", dev.name()), e))?;
+        dev.flush()
+            .map_err(|e| Error::io(format!("{}: flush", dev.name()), e))?;
         self.sb = sb;
-        Ok(CommitStats { blocks: blocks + 1, bytes: bytes + BLOCK_SM_SIZE as u64 })
+        Ok(CommitStats {
+            blocks: blocks + 1,
+            bytes: bytes + BLOCK_SM_SIZE as u64,
+        })
     }
 }
 
@@ -202,7 +212,9 @@ pub fn rotate_meta_alloc(w: &mut Writer, sb: &mut SuperBlock) -> Result<()> {
             sb.meta_alloc.swap(0, 1);
         }
         let want = target - next_avail.total_nr.get();
-        let Some(e) = extent::alloc_extent(w, &mut sb.meta_alloc[0], want)? else { break };
+        let Some(e) = extent::alloc_extent(w, &mut sb.meta_alloc[0], want)? else {
+            break;
+        };
         for b in e.start..e.start + e.len {
             w.list_push(&mut next_avail, b)?;
         }

@@ -77,11 +77,18 @@ impl fmt::Display for Corruption {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("stale block {blkno}: expected seq {want_seq:#018x}, {found}")]
-    Stale { blkno: u64, want_seq: u64, found: String },
+    Stale {
+        blkno: u64,
+        want_seq: u64,
+        found: String,
+    },
     #[error("{0}")]
     Corrupt(Box<Corruption>),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("out of space: {0}")]
     NoSpace(String),
     #[error("{0}")]
@@ -92,11 +99,19 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn corrupt(kind: CorruptKind, blkno: u64, seq: u64, detail: impl Into<String>) -> Error {
-        Error::Corrupt(Box::new(Corruption { kind, blkno, seq, detail: detail.into() }))
+        Error::Corrupt(Box::new(Corruption {
+            kind,
+            blkno,
+            seq,
+            detail: detail.into(),
+        }))
     }
 
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io { what: what.into(), source }
+        Error::Io {
+            what: what.into(),
+            source,
+        }
     }
 
     /// The corruption this error reports, if it is one.

@@ -15,10 +15,10 @@
 //! mkfs refuses a device smaller than the minimum, and a device that holds
 //! a scoutfs super block or another known filesystem signature unless forced.
 
+use crate::alloc::{extent, ListState};
 use crate::block::{set_header, write_sm, BlockCache, Writer};
 use crate::btree;
 use crate::commit::{meta_fill_target, write_super, Store, Txn};
-use crate::alloc::{extent, ListState};
 use crate::dev::BlockDev;
 use crate::error::{Error, Result};
 use crate::rng::{os_random_u64, Rng};
@@ -66,10 +66,24 @@ pub struct MkfsResult {
 }
 
 /// Makes a filesystem on the two devices.
-pub fn mkfs(meta: Arc<dyn BlockDev>, data: Arc<dyn BlockDev>, opts: &MkfsOptions) -> Result<MkfsResult> {
+pub fn mkfs(
+    meta: Arc<dyn BlockDev>,
+    data: Arc<dyn BlockDev>,
+    opts: &MkfsOptions,
+) -> Result<MkfsResult> {
     let qconf = quorum_config(&opts.quorum)?;
-    let total_meta_blocks = device_blocks(meta.as_ref(), opts.max_meta_bytes, MIN_META_BYTES, BLOCK_LG_SHIFT)?;
-    let total_data_blocks = device_blocks(data.as_ref(), opts.max_data_bytes, MIN_DATA_BYTES, BLOCK_SM_SHIFT)?;
+    let total_meta_blocks = device_blocks(
+        meta.as_ref(),
+        opts.max_meta_bytes,
+        MIN_META_BYTES,
+        BLOCK_LG_SHIFT,
+    )?;
+    let total_data_blocks = device_blocks(
+        data.as_ref(),
+        opts.max_data_bytes,
+        MIN_DATA_BYTES,
+        BLOCK_SM_SHIFT,
+    )?;
     if let Some(z) = opts.data_alloc_zone_blocks {
         if z == 0 || z > total_data_blocks || total_data_blocks.div_ceil(z) > 1024 {
             return Err(Error::Invalid(format!(
@@ -104,7 +118,8 @@ pub fn mkfs(meta: Arc<dyn BlockDev>, data: Arc<dyn BlockDev>, opts: &MkfsOptions
     write_quorum_blocks(meta.as_ref(), fsid)?;
     let mut data_sb = sb;
     write_super(data.as_ref(), &mut data_sb, 1)?;
-    data.flush().map_err(|e| Error::io(format!("{}: flush", data.name()), e))?;
+    data.flush()
+        .map_err(|e| Error::io(format!("{}: flush", data.name()), e))?;
 
     let cache = Arc::new(BlockCache::new(meta.clone(), fsid, 256));
     let rng = Rng::new(opts.fsid.map_or_else(os_random_u64, |f| f ^ 0x5eed));
@@ -113,26 +128,44 @@ pub fn mkfs(meta: Arc<dyn BlockDev>, data: Arc<dyn BlockDev>, opts: &MkfsOptions
     sb.flags = FLAG_IS_META_BDEV.into();
     let mut store = Store { cache, sb };
     store.commit(Txn { w, sb })?;
-    Ok(MkfsResult { fsid, uuid, total_meta_blocks, total_data_blocks })
+    Ok(MkfsResult {
+        fsid,
+        uuid,
+        total_meta_blocks,
+        total_data_blocks,
+    })
 }
 
-fn quorum_config(slots: &[(usize, SocketAddr)]) -> Result<scoutfs_format::super_block::QuorumConfig> {
-    let mut q = scoutfs_format::super_block::QuorumConfig { version: 1.into(), ..Default::default() };
+fn quorum_config(
+    slots: &[(usize, SocketAddr)],
+) -> Result<scoutfs_format::super_block::QuorumConfig> {
+    let mut q = scoutfs_format::super_block::QuorumConfig {
+        version: 1.into(),
+        ..Default::default()
+    };
     if slots.is_empty() {
-        return Err(Error::Invalid("at least one quorum slot is needed (-Q NR,ADDR,PORT)".into()));
+        return Err(Error::Invalid(
+            "at least one quorum slot is needed (-Q NR,ADDR,PORT)".into(),
+        ));
     }
     for (i, &(nr, addr)) in slots.iter().enumerate() {
         if nr >= QUORUM_MAX_SLOTS {
-            return Err(Error::Invalid(format!("quorum slot {nr} is out of range 0..{QUORUM_MAX_SLOTS}")));
+            return Err(Error::Invalid(format!(
+                "quorum slot {nr} is out of range 0..{QUORUM_MAX_SLOTS}"
+            )));
         }
         if q.slots[nr].to_socket().is_some() {
             return Err(Error::Invalid(format!("quorum slot {nr} is given twice")));
         }
         if addr.port() == 0 || addr.ip().is_unspecified() {
-            return Err(Error::Invalid(format!("quorum slot {nr}: {addr} needs a real address and port")));
+            return Err(Error::Invalid(format!(
+                "quorum slot {nr}: {addr} needs a real address and port"
+            )));
         }
         if slots[..i].iter().any(|&(_, a)| a == addr) {
-            return Err(Error::Invalid(format!("quorum slot {nr}: address {addr} is used by another slot")));
+            return Err(Error::Invalid(format!(
+                "quorum slot {nr}: address {addr} is used by another slot"
+            )));
         }
         q.slots[nr] = InetAddr::from_socket(addr);
     }
@@ -143,7 +176,11 @@ fn quorum_config(slots: &[(usize, SocketAddr)]) -> Result<scoutfs_format::super_
 fn device_blocks(dev: &dyn BlockDev, max: Option<u64>, min: u64, shift: u32) -> Result<u64> {
     let bytes = max.map_or(dev.size(), |m| m.min(dev.size()));
     if bytes < min {
-        let why = if max.is_some_and(|m| m < dev.size()) { " (as limited)" } else { "" };
+        let why = if max.is_some_and(|m| m < dev.size()) {
+            " (as limited)"
+        } else {
+            ""
+        };
         return Err(Error::Invalid(format!(
             "{}: {} bytes{why} is too small; at least {} MiB is needed",
             dev.name(),
@@ -166,7 +203,9 @@ const SIGNATURES: &[(u64, &[u8], &str)] = &[
 ];
 
 fn refuse_existing(dev: &dyn BlockDev) -> Result<()> {
-    if let Ok(sb) = crate::commit::read_super(dev, true).or_else(|_| crate::commit::read_super(dev, false)) {
+    if let Ok(sb) =
+        crate::commit::read_super(dev, true).or_else(|_| crate::commit::read_super(dev, false))
+    {
         return Err(Error::Invalid(format!(
             "{}: already holds a scoutfs filesystem (fsid {:#018x}); use --force to overwrite it",
             dev.name(),
@@ -175,7 +214,8 @@ fn refuse_existing(dev: &dyn BlockDev) -> Result<()> {
     }
     let mut head = vec![0u8; SUPER_OFFSET as usize + BLOCK_SM_SIZE];
     let n = head.len().min(dev.size() as usize);
-    dev.read_at(&mut head[..n], 0).map_err(|e| Error::io(format!("{}: reading", dev.name()), e))?;
+    dev.read_at(&mut head[..n], 0)
+        .map_err(|e| Error::io(format!("{}: reading", dev.name()), e))?;
     let mut magic = [0u8; 4];
     magic.copy_from_slice(&head[SUPER_OFFSET as usize + 4..SUPER_OFFSET as usize + 8]);
     if u32::from_le_bytes(magic) == magic::SUPER {
@@ -213,7 +253,9 @@ fn write_quorum_blocks(meta: &dyn BlockDev, fsid: u64) -> Result<()> {
 fn bootstrap_writer(cache: Arc<BlockCache>, sb: &SuperBlock, rng: Rng) -> Writer {
     let start = META_DEV_START_BLKNO;
     let usable = sb.total_meta_blocks.get() - start;
-    let n = (meta_fill_target(sb) * 2).min(usable - 1).min(ALLOC_LIST_MAX_BLOCKS as u64);
+    let n = (meta_fill_target(sb) * 2)
+        .min(usable - 1)
+        .min(ALLOC_LIST_MAX_BLOCKS as u64);
     let mut w = Writer::new(cache, ListState::default(), rng);
     let (r, mut buf) = w.new_block_at(magic::ALLOC_LIST, start);
     for i in 0..n {
@@ -223,7 +265,12 @@ fn bootstrap_writer(cache: Arc<BlockCache>, sb: &SuperBlock, rng: Rng) -> Writer
         h.nr = (n as u32).into();
     }
     w.put(buf);
-    let avail = AllocListHead { first: r, total_nr: n.into(), first_nr: (n as u32).into(), flags: 0.into() };
+    let avail = AllocListHead {
+        first: r,
+        total_nr: n.into(),
+        first_nr: (n as u32).into(),
+        flags: 0.into(),
+    };
     w.lists = ListState::new(avail, AllocListHead::default());
     w
 }
@@ -235,7 +282,12 @@ fn build_trees(w: &mut Writer, sb: &mut SuperBlock, now: Timespec) -> Result<()>
         extent::free_extent(w, &mut sb.meta_alloc[0], first_free, total - first_free)?;
     }
     let data_total = sb.total_data_blocks.get();
-    extent::free_extent(w, &mut sb.data_alloc, DATA_DEV_START_BLKNO, data_total - DATA_DEV_START_BLKNO)?;
+    extent::free_extent(
+        w,
+        &mut sb.data_alloc,
+        DATA_DEV_START_BLKNO,
+        data_total - DATA_DEV_START_BLKNO,
+    )?;
 
     let mut root = Inode {
         nlink: 2.into(),
@@ -249,13 +301,29 @@ fn build_trees(w: &mut Writer, sb: &mut SuperBlock, now: Timespec) -> Result<()>
         ..Default::default()
     };
     root.version = 1.into();
-    btree::insert(w, &mut sb.fs_root, &Key::inode(ROOT_INO), 1, 0, root.as_bytes())?;
-    let index = Key::new(zone::INODE_INDEX, 0, ty::INODE_INDEX_META_SEQ, 0, ROOT_INO, 0);
+    btree::insert(
+        w,
+        &mut sb.fs_root,
+        &Key::inode(ROOT_INO),
+        1,
+        0,
+        root.as_bytes(),
+    )?;
+    let index = Key::new(
+        zone::INODE_INDEX,
+        0,
+        ty::INODE_INDEX_META_SEQ,
+        0,
+        ROOT_INO,
+        0,
+    );
     btree::insert(w, &mut sb.fs_root, &index, 1, 0, &[])
 }
 
 /// The current time.
 pub fn now_timespec() -> Timespec {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     Timespec::new(d.as_secs(), d.subsec_nanos())
 }

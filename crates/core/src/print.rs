@@ -22,11 +22,20 @@ use std::io::Write;
 use std::sync::Arc;
 
 /// Prints everything on the metadata device to `out`.
-pub fn print(meta: &Arc<dyn BlockDev>, out: &mut dyn Write, progress: &mut dyn Progress) -> Result<()> {
+pub fn print(
+    meta: &Arc<dyn BlockDev>,
+    out: &mut dyn Write,
+    progress: &mut dyn Progress,
+) -> Result<()> {
     let sb = read_super(meta.as_ref(), true)?;
     let cache = BlockCache::new(meta.clone(), sb.hdr.fsid.get(), 64);
-    let mut p = Printer { cache, out, progress };
-    p.go(&sb, meta.as_ref()).map_err(|e| crate::error::Error::io("writing output", e))
+    let mut p = Printer {
+        cache,
+        out,
+        progress,
+    };
+    p.go(&sb, meta.as_ref())
+        .map_err(|e| crate::error::Error::io("writing output", e))
 }
 
 struct Printer<'a> {
@@ -48,11 +57,22 @@ fn root_str(r: &BtreeRoot) -> String {
 }
 
 fn list_str(h: &AllocListHead) -> String {
-    format!("{{ref {} total_nr {} first_nr {} flags {:#x}}}", rf(&h.first), h.total_nr.get(), h.first_nr.get(), h.flags.get())
+    format!(
+        "{{ref {} total_nr {} first_nr {} flags {:#x}}}",
+        rf(&h.first),
+        h.total_nr.get(),
+        h.first_nr.get(),
+        h.flags.get()
+    )
 }
 
 fn alloc_str(a: &AllocRoot) -> String {
-    format!("{{total_len {} flags {:#x} root {}}}", a.total_len.get(), a.flags.get(), root_str(&a.root))
+    format!(
+        "{{total_len {} flags {:#x} root {}}}",
+        a.total_len.get(),
+        a.flags.get(),
+        root_str(&a.root)
+    )
 }
 
 /// A readable form of an item's value, by what its key says it is.
@@ -119,7 +139,10 @@ impl Printer<'_> {
         for (i, a) in sb.meta_alloc.iter().enumerate() {
             self.tree(&format!("meta_alloc[{i}] {}", alloc_str(a)), &a.root)?;
         }
-        self.tree(&format!("data_alloc {}", alloc_str(&sb.data_alloc)), &sb.data_alloc.root)?;
+        self.tree(
+            &format!("data_alloc {}", alloc_str(&sb.data_alloc)),
+            &sb.data_alloc.root,
+        )?;
         for (i, h) in sb.server_meta_avail.iter().enumerate() {
             self.list(&format!("server_meta_avail[{i}]"), h)?;
         }
@@ -132,10 +155,27 @@ impl Printer<'_> {
 
     fn super_block(&mut self, sb: &SuperBlock) -> std::io::Result<()> {
         let o = &mut self.out;
-        writeln!(o, "super block: blkno {} seq {} fsid {:#018x}", sb.hdr.blkno.get(), sb.hdr.seq.get(), sb.hdr.fsid.get())?;
+        writeln!(
+            o,
+            "super block: blkno {} seq {} fsid {:#018x}",
+            sb.hdr.blkno.get(),
+            sb.hdr.seq.get(),
+            sb.hdr.fsid.get()
+        )?;
         let uuid: String = sb.uuid.iter().map(|b| format!("{b:02x}")).collect();
-        writeln!(o, "  fmt_vers {} flags {:#x} uuid {uuid}", sb.fmt_vers.get(), sb.flags.get())?;
-        writeln!(o, "  seq {} next_ino {} inode_count {}", sb.seq.get(), sb.next_ino.get(), sb.inode_count.get())?;
+        writeln!(
+            o,
+            "  fmt_vers {} flags {:#x} uuid {uuid}",
+            sb.fmt_vers.get(),
+            sb.flags.get()
+        )?;
+        writeln!(
+            o,
+            "  seq {} next_ino {} inode_count {}",
+            sb.seq.get(),
+            sb.next_ino.get(),
+            sb.inode_count.get()
+        )?;
         writeln!(
             o,
             "  total_meta_blocks {} (64 KiB) total_data_blocks {} (4 KiB)",
@@ -151,8 +191,16 @@ impl Printer<'_> {
         }
         writeln!(o, "  data_alloc {}", alloc_str(&sb.data_alloc))?;
         for i in 0..2 {
-            writeln!(o, "  server_meta_avail[{i}] {}", list_str(&sb.server_meta_avail[i]))?;
-            writeln!(o, "  server_meta_freed[{i}] {}", list_str(&sb.server_meta_freed[i]))?;
+            writeln!(
+                o,
+                "  server_meta_avail[{i}] {}",
+                list_str(&sb.server_meta_avail[i])
+            )?;
+            writeln!(
+                o,
+                "  server_meta_freed[{i}] {}",
+                list_str(&sb.server_meta_freed[i])
+            )?;
         }
         for (name, r) in [
             ("fs_root", &sb.fs_root),
@@ -175,8 +223,9 @@ impl Printer<'_> {
         writeln!(self.out, "quorum blocks:")?;
         for slot in 0..QUORUM_MAX_SLOTS as u64 {
             let blkno = QUORUM_BLKNO + slot;
-            let qb = read_sm(meta, blkno, magic::QUORUM, Some(fsid))
-                .and_then(|b| QuorumBlock::decode(&b).map_err(|e| crate::error::Error::Invalid(e.to_string())));
+            let qb = read_sm(meta, blkno, magic::QUORUM, Some(fsid)).and_then(|b| {
+                QuorumBlock::decode(&b).map_err(|e| crate::error::Error::Invalid(e.to_string()))
+            });
             match qb {
                 Err(e) => writeln!(self.out, "  slot {slot}: {e}")?,
                 Ok(q) => {
@@ -184,7 +233,13 @@ impl Printer<'_> {
                     for (i, ev) in q.events.iter().enumerate().take(QUORUM_EVENT_NR) {
                         if ev.write_nr.get() != 0 {
                             let name = quorum_event_name(i);
-                            write!(self.out, " {name} {{rid {:#x} term {} at {}}}", ev.rid.get(), ev.term.get(), ts(&ev.ts))?;
+                            write!(
+                                self.out,
+                                " {name} {{rid {:#x} term {} at {}}}",
+                                ev.rid.get(),
+                                ev.term.get(),
+                                ts(&ev.ts)
+                            )?;
                         }
                     }
                     writeln!(self.out)?;
@@ -212,14 +267,28 @@ impl Printer<'_> {
             };
             let b = b.bytes();
             let (n, lvl) = (bblock::nr(b), bblock::level(b));
-            writeln!(self.out, "{pad}block {} level {lvl} items {n} item_bytes {}", rf(&r), bblock::total(b))?;
+            writeln!(
+                self.out,
+                "{pad}block {} level {lvl} items {n} item_bytes {}",
+                rf(&r),
+                bblock::total(b)
+            )?;
             for i in 0..n {
                 let it = bblock::owned(b, i);
                 if lvl > 0 {
-                    writeln!(self.out, "{pad}  child {} <= {}", rf(&bblock::child_ref(b, i)), it.key)?;
+                    writeln!(
+                        self.out,
+                        "{pad}  child {} <= {}",
+                        rf(&bblock::child_ref(b, i)),
+                        it.key
+                    )?;
                 } else {
                     let v = value_str(&it.key, &it.val);
-                    writeln!(self.out, "{pad}  {} seq {} flags {:#x} {v}", it.key, it.seq, it.flags)?;
+                    writeln!(
+                        self.out,
+                        "{pad}  {} seq {} flags {:#x} {v}",
+                        it.key, it.seq, it.flags
+                    )?;
                 }
             }
             if lvl > 0 {
@@ -234,7 +303,9 @@ impl Printer<'_> {
     fn list(&mut self, name: &str, h: &AllocListHead) -> std::io::Result<()> {
         writeln!(self.out, "{name} alloc list {}:", list_str(h))?;
         let cache = &self.cache;
-        match walk_list(h, |r| Ok(Box::from(cache.read(r, magic::ALLOC_LIST)?.bytes()))) {
+        match walk_list(h, |r| {
+            Ok(Box::from(cache.read(r, magic::ALLOC_LIST)?.bytes()))
+        }) {
             Err(e) => writeln!(self.out, "  {e}"),
             Ok((entries, blocks)) => {
                 let refs: Vec<String> = blocks.iter().map(rf).collect();
@@ -256,7 +327,11 @@ fn ranges(sorted: &[u64]) -> String {
         while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
             j += 1;
         }
-        out.push(if i == j { sorted[i].to_string() } else { format!("{}-{}", sorted[i], sorted[j]) });
+        out.push(if i == j {
+            sorted[i].to_string()
+        } else {
+            format!("{}-{}", sorted[i], sorted[j])
+        });
         i = j + 1;
     }
     out.join(" ")

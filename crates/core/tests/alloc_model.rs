@@ -44,11 +44,25 @@ fn op(txn: &mut Txn, model: &mut Model, rng: &mut Rng, seed: u64) {
         let want = 1 + rng.below(span);
         let got = extent::alloc_extent(&mut txn.w, &mut txn.sb.data_alloc, want).expect("alloc");
         let Some(e) = got else { return };
-        assert!(e.len >= 1 && e.len <= want, "alloc of {want} gave {e:?} (seed {seed})");
+        assert!(
+            e.len >= 1 && e.len <= want,
+            "alloc of {want} gave {e:?} (seed {seed})"
+        );
         let v = DataExtentVal::new(e.start, 0);
-        btree::insert(&mut txn.w, &mut txn.sb.fs_root, &extent_key(e.start, e.len), 1, 0, v.as_bytes()).unwrap();
+        btree::insert(
+            &mut txn.w,
+            &mut txn.sb.fs_root,
+            &extent_key(e.start, e.len),
+            1,
+            0,
+            v.as_bytes(),
+        )
+        .unwrap();
         for (&s, &l) in model.range(..e.start + e.len).next_back().into_iter() {
-            assert!(s + l <= e.start, "allocated {e:?} overlaps held {s}+{l} (seed {seed})");
+            assert!(
+                s + l <= e.start,
+                "allocated {e:?} overlaps held {s}+{l} (seed {seed})"
+            );
         }
         model.insert(e.start, e.len);
     } else {
@@ -66,30 +80,64 @@ fn verify(meta: &MemDev, data: &MemDev, model: &Model, seed: u64, round: u64) ->
     let total = store.sb.total_data_blocks.get();
     let mut held = vec![false; total as usize];
     for (&s, &l) in model {
-        held[s as usize..(s + l) as usize].iter_mut().for_each(|h| *h = true);
+        held[s as usize..(s + l) as usize]
+            .iter_mut()
+            .for_each(|h| *h = true);
     }
     let mut free = vec![false; total as usize];
     for e in extent::extents(store.cache.as_ref(), &store.sb.data_alloc).unwrap() {
-        free[e.start as usize..=e.end() as usize].iter_mut().for_each(|f| *f = true);
+        free[e.start as usize..=e.end() as usize]
+            .iter_mut()
+            .for_each(|f| *f = true);
     }
     for b in DATA_DEV_START_BLKNO..total {
         let (h, f) = (held[b as usize], free[b as usize]);
-        assert!(h != f, "round {round}: data block {b} held={h} free={f} (seed {seed})");
+        assert!(
+            h != f,
+            "round {round}: data block {b} held={h} free={f} (seed {seed})"
+        );
     }
     let mut items = 0;
-    btree::for_each_range(store.cache.as_ref(), &store.sb.fs_root, &Key::inode(4096), &Key::MAX, |it| {
-        let start = it.key.first - 4096;
-        assert_eq!(model.get(&start), Some(&it.key.third), "round {round}: extent item {} (seed {seed})", it.key);
-        items += 1;
-        Ok(true)
-    })
+    btree::for_each_range(
+        store.cache.as_ref(),
+        &store.sb.fs_root,
+        &Key::inode(4096),
+        &Key::MAX,
+        |it| {
+            let start = it.key.first - 4096;
+            assert_eq!(
+                model.get(&start),
+                Some(&it.key.third),
+                "round {round}: extent item {} (seed {seed})",
+                it.key
+            );
+            items += 1;
+            Ok(true)
+        },
+    )
     .unwrap();
-    assert_eq!(items, model.len(), "round {round}: extent items (seed {seed})");
-    let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) = (Arc::new(meta.clone()), Arc::new(data.clone()));
+    assert_eq!(
+        items,
+        model.len(),
+        "round {round}: extent items (seed {seed})"
+    );
+    let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
+        (Arc::new(meta.clone()), Arc::new(data.clone()));
     let report = check::check(&m, &d, &mut check::NoProgress).expect("check runs");
-    let first: Vec<String> = report.problems.iter().take(8).map(|p| p.to_string()).collect();
-    assert!(report.is_clean(), "round {round}: check found {first:?} (seed {seed})");
-    assert_eq!(report.data_referenced, held.iter().filter(|&&h| h).count() as u64);
+    let first: Vec<String> = report
+        .problems
+        .iter()
+        .take(8)
+        .map(|p| p.to_string())
+        .collect();
+    assert!(
+        report.is_clean(),
+        "round {round}: check found {first:?} (seed {seed})"
+    );
+    assert_eq!(
+        report.data_referenced,
+        held.iter().filter(|&&h| h).count() as u64
+    );
     store
 }
 
@@ -121,15 +169,22 @@ fn allocators_match_bitset_model_across_crashes() {
                 survived += 1;
             }
             Err(e) => {
-                assert!(point >= 2, "round {round}: commit failed without a fault: {e} (seed {seed})");
+                assert!(
+                    point >= 2,
+                    "round {round}: commit failed without a fault: {e} (seed {seed})"
+                );
                 interrupted += 1;
             }
         }
         meta.clear_faults();
         let mode = match rng.below(3) {
             0 => CrashMode::LoseAll,
-            1 => CrashMode::LoseSome { seed: rng.next_u64() },
-            _ => CrashMode::Tear { seed: rng.next_u64() },
+            1 => CrashMode::LoseSome {
+                seed: rng.next_u64(),
+            },
+            _ => CrashMode::Tear {
+                seed: rng.next_u64(),
+            },
         };
         if point != 0 {
             meta.crash(mode);
@@ -137,5 +192,8 @@ fn allocators_match_bitset_model_across_crashes() {
         drop(store);
         store = verify(&meta, &data, &durable, seed, round);
     }
-    assert!(interrupted > 10 && survived > 10, "interrupted {interrupted}, survived {survived}");
+    assert!(
+        interrupted > 10 && survived > 10,
+        "interrupted {interrupted}, survived {survived}"
+    );
 }

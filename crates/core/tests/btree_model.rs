@@ -15,13 +15,22 @@ use scoutfs_core::rng::Rng;
 use scoutfs_format::{Key, MAX_VAL_SIZE};
 use std::collections::BTreeMap;
 
-type Model = BTreeMap<Key, (u64, u8, Vec<u8>)>;
+/// (seq, flags, value) of each key.
+type Val = (u64, u8, Vec<u8>);
+type Model = BTreeMap<Key, Val>;
 
 const OPS: u64 = 200_000;
 const PHASES: u64 = 8;
 
 fn rand_key(rng: &mut Rng, space: u64) -> Key {
-    Key::new(32, rng.below(space), (rng.below(2) * 4) as u8, rng.below(3), 0, 0)
+    Key::new(
+        32,
+        rng.below(space),
+        (rng.below(2) * 4) as u8,
+        rng.below(3),
+        0,
+        0,
+    )
 }
 
 fn rand_val(rng: &mut Rng) -> Vec<u8> {
@@ -35,8 +44,13 @@ fn rand_val(rng: &mut Rng) -> Vec<u8> {
     (0..len).map(|i| b.wrapping_add(i as u8)).collect()
 }
 
-fn item_eq(got: Option<Item>, want: Option<(&Key, &(u64, u8, Vec<u8>))>, what: &str, seed: u64) {
-    let want = want.map(|(k, (s, f, v))| Item { key: *k, seq: *s, flags: *f, val: v.clone() });
+fn item_eq(got: Option<Item>, want: Option<(&Key, &Val)>, what: &str, seed: u64) {
+    let want = want.map(|(k, (s, f, v))| Item {
+        key: *k,
+        seq: *s,
+        flags: *f,
+        val: v.clone(),
+    });
     assert_eq!(got, want, "{what} differs from the model (seed {seed})");
 }
 
@@ -52,13 +66,35 @@ fn step(txn: &mut Txn, model: &mut Model, rng: &mut Rng, space: u64, grow: u64, 
         }
         p if p < 70 => {
             let existed = btree::delete(&mut txn.w, root, &k).expect("delete");
-            assert_eq!(existed, model.remove(&k).is_some(), "delete of {k} (seed {seed})");
+            assert_eq!(
+                existed,
+                model.remove(&k).is_some(),
+                "delete of {k} (seed {seed})"
+            );
         }
-        p if p < 78 => item_eq(btree::lookup(&txn.w, root, &k).unwrap(), model.get_key_value(&k), "lookup", seed),
-        p if p < 86 => item_eq(btree::next(&txn.w, root, &k).unwrap(), model.range(k..).next(), "next", seed),
-        p if p < 94 => item_eq(btree::prev(&txn.w, root, &k).unwrap(), model.range(..=k).next_back(), "prev", seed),
+        p if p < 78 => item_eq(
+            btree::lookup(&txn.w, root, &k).unwrap(),
+            model.get_key_value(&k),
+            "lookup",
+            seed,
+        ),
+        p if p < 86 => item_eq(
+            btree::next(&txn.w, root, &k).unwrap(),
+            model.range(k..).next(),
+            "next",
+            seed,
+        ),
+        p if p < 94 => item_eq(
+            btree::prev(&txn.w, root, &k).unwrap(),
+            model.range(..=k).next_back(),
+            "prev",
+            seed,
+        ),
         p if p < 97 => {
-            let end = Key { first: k.first + rng.below(space / 8 + 1), ..k };
+            let end = Key {
+                first: k.first + rng.below(space / 8 + 1),
+                ..k
+            };
             let mut got = Vec::new();
             btree::for_each_range(&txn.w, root, &k, &end, |it| {
                 got.push(it.clone());
@@ -68,7 +104,12 @@ fn step(txn: &mut Txn, model: &mut Model, rng: &mut Rng, space: u64, grow: u64, 
             let want: Vec<Item> = model
                 .range(k..=end)
                 .take(300)
-                .map(|(k, (s, f, v))| Item { key: *k, seq: *s, flags: *f, val: v.clone() })
+                .map(|(k, (s, f, v))| Item {
+                    key: *k,
+                    seq: *s,
+                    flags: *f,
+                    val: v.clone(),
+                })
                 .collect();
             assert_eq!(got, want, "range {k}..={end} (seed {seed})");
         }
@@ -76,7 +117,15 @@ fn step(txn: &mut Txn, model: &mut Model, rng: &mut Rng, space: u64, grow: u64, 
             let mut batch: BTreeMap<Key, Item> = BTreeMap::new();
             for _ in 0..rng.below(400) + 1 {
                 let key = rand_key(rng, space);
-                batch.insert(key, Item { key, seq: rng.next_u64(), flags: 0, val: rand_val(rng) });
+                batch.insert(
+                    key,
+                    Item {
+                        key,
+                        seq: rng.next_u64(),
+                        flags: 0,
+                        val: rand_val(rng),
+                    },
+                );
             }
             let items: Vec<Item> = batch.into_values().collect();
             btree::insert_list(&mut txn.w, root, &items).expect("insert_list");
@@ -88,8 +137,15 @@ fn step(txn: &mut Txn, model: &mut Model, rng: &mut Rng, space: u64, grow: u64, 
 }
 
 fn compare_all(store: &Store, model: &Model, seed: u64) {
-    for (i, a) in store.sb.meta_alloc.iter().chain([&store.sb.data_alloc]).enumerate() {
-        btree::check_invariants(store.cache.as_ref(), &a.root).unwrap_or_else(|e| panic!("alloc tree {i}: {e} (seed {seed})"));
+    for (i, a) in store
+        .sb
+        .meta_alloc
+        .iter()
+        .chain([&store.sb.data_alloc])
+        .enumerate()
+    {
+        btree::check_invariants(store.cache.as_ref(), &a.root)
+            .unwrap_or_else(|e| panic!("alloc tree {i}: {e} (seed {seed})"));
     }
     let root = &store.sb.srch_root;
     let n = btree::check_invariants(store.cache.as_ref(), root).expect("invariants");
@@ -100,8 +156,19 @@ fn compare_all(store: &Store, model: &Model, seed: u64) {
         Ok(true)
     })
     .unwrap();
-    let want: Vec<Item> = model.iter().map(|(k, (s, f, v))| Item { key: *k, seq: *s, flags: *f, val: v.clone() }).collect();
-    assert!(got == want, "reopened tree differs from the model (seed {seed})");
+    let want: Vec<Item> = model
+        .iter()
+        .map(|(k, (s, f, v))| Item {
+            key: *k,
+            seq: *s,
+            flags: *f,
+            val: v.clone(),
+        })
+        .collect();
+    assert!(
+        got == want,
+        "reopened tree differs from the model (seed {seed})"
+    );
 }
 
 #[test]
@@ -133,9 +200,18 @@ fn btree_matches_model_across_commits_and_reopens() {
         drop(store);
         store = common::open(&meta);
         compare_all(&store, &model, seed);
-        let report = check::check(&store_dev(&meta), &store_dev(&data), &mut check::NoProgress).expect("check runs");
-        let first: Vec<String> = report.problems.iter().take(10).map(|p| p.to_string()).collect();
-        assert!(report.problems.is_empty(), "check after phase {phase}: {first:?} (seed {seed})");
+        let report = check::check(&store_dev(&meta), &store_dev(&data), &mut check::NoProgress)
+            .expect("check runs");
+        let first: Vec<String> = report
+            .problems
+            .iter()
+            .take(10)
+            .map(|p| p.to_string())
+            .collect();
+        assert!(
+            report.problems.is_empty(),
+            "check after phase {phase}: {first:?} (seed {seed})"
+        );
     }
     assert!(commits > PHASES, "the run should commit within phases too");
     assert!(model.len() > 100);

@@ -9,7 +9,9 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// The head of a singly linked list of alloc list blocks.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct AllocListHead {
     pub first: BlockRef,
@@ -29,14 +31,26 @@ impl AllocListHead {
     pub fn validate(&self) -> Result<()> {
         let what = "alloc list head";
         if self.flags.get() & !ALLOC_FLAG_LOW != 0 {
-            return Err(DecodeError::Field { what, field: "flags", value: self.flags.get() as u64 });
+            return Err(DecodeError::Field {
+                what,
+                field: "flags",
+                value: self.flags.get() as u64,
+            });
         }
         let first = self.first_nr.get() as u64;
         if first > ALLOC_LIST_MAX_BLOCKS as u64 || first > self.total_nr.get() {
-            return Err(DecodeError::Field { what, field: "first_nr", value: first });
+            return Err(DecodeError::Field {
+                what,
+                field: "first_nr",
+                value: first,
+            });
         }
         if self.first.is_none() && self.total_nr.get() != 0 {
-            return Err(DecodeError::Field { what, field: "total_nr", value: self.total_nr.get() });
+            return Err(DecodeError::Field {
+                what,
+                field: "total_nr",
+                value: self.total_nr.get(),
+            });
         }
         Ok(())
     }
@@ -44,7 +58,9 @@ impl AllocListHead {
 
 /// The header of an alloc list block; `ALLOC_LIST_MAX_BLOCKS` le64 block
 /// numbers follow, of which `blknos[start..start + nr]` are in use.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct AllocListBlockHeader {
     pub hdr: BlockHeader,
@@ -59,12 +75,20 @@ pub const ALLOC_LIST_BLOCK_HEADER_SIZE: usize = core::mem::size_of::<AllocListBl
 pub fn validate_alloc_list_block(block: &[u8]) -> Result<(usize, usize)> {
     let what = "alloc list block";
     if block.len() != BLOCK_LG_SIZE {
-        return Err(DecodeError::Length { what, have: block.len(), expected: "65536".into() });
+        return Err(DecodeError::Length {
+            what,
+            have: block.len(),
+            expected: "65536".into(),
+        });
     }
     let h: AllocListBlockHeader = read_prefix(what, block)?;
     let (start, nr) = (h.start.get() as usize, h.nr.get() as usize);
     if start > ALLOC_LIST_MAX_BLOCKS || nr > ALLOC_LIST_MAX_BLOCKS - start {
-        return Err(DecodeError::Field { what, field: "start+nr", value: (start + nr) as u64 });
+        return Err(DecodeError::Field {
+            what,
+            field: "start+nr",
+            value: (start + nr) as u64,
+        });
     }
     Ok((start, nr))
 }
@@ -83,7 +107,9 @@ pub fn set_alloc_list_blkno(block: &mut [u8], i: usize, blkno: u64) {
 
 /// The root of a free-extent btree and the count of free blocks in it.
 /// A zeroed root is a valid empty allocator.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct AllocRoot {
     pub total_len: U64,
@@ -102,7 +128,11 @@ impl AllocRoot {
         let what = "alloc root";
         check_zero(what, 12, &self.pad)?;
         if self.flags.get() & !ALLOC_FLAG_LOW != 0 {
-            return Err(DecodeError::Field { what, field: "flags", value: self.flags.get() as u64 });
+            return Err(DecodeError::Field {
+                what,
+                field: "flags",
+                value: self.flags.get() as u64,
+            });
         }
         self.root.validate()
     }

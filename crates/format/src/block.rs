@@ -16,11 +16,15 @@ pub fn read_prefix<T: FromBytes + KnownLayout + Immutable>(
 ) -> Result<T> {
     check_len(what, bytes, core::mem::size_of::<T>())?;
     // The length was checked just above, so the read cannot fail.
-    Ok(T::read_from_prefix(bytes).map(|(v, _)| v).unwrap_or_else(|_| unreachable!()))
+    Ok(T::read_from_prefix(bytes)
+        .map(|(v, _)| v)
+        .unwrap_or_else(|_| unreachable!()))
 }
 
 /// The 32-byte header at the start of every metadata block.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct BlockHeader {
     /// crc32c of the whole block after this field.
@@ -43,7 +47,9 @@ impl BlockHeader {
 
 /// A reference to a metadata block: where it is and which version it must be.
 /// A zero blkno means "no block".
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct BlockRef {
     pub blkno: U64,
@@ -52,7 +58,10 @@ pub struct BlockRef {
 
 impl BlockRef {
     pub fn new(blkno: u64, seq: u64) -> Self {
-        BlockRef { blkno: blkno.into(), seq: seq.into() }
+        BlockRef {
+            blkno: blkno.into(),
+            seq: seq.into(),
+        }
     }
     pub fn is_none(&self) -> bool {
         self.blkno.get() == 0
@@ -69,7 +78,9 @@ impl core::fmt::Display for BlockRef {
 }
 
 /// Seconds and nanoseconds since the epoch.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct Timespec {
     pub sec: U64,
@@ -79,7 +90,11 @@ pub struct Timespec {
 
 impl Timespec {
     pub fn new(sec: u64, nsec: u32) -> Self {
-        Timespec { sec: sec.into(), nsec: nsec.into(), pad: [0; 4] }
+        Timespec {
+            sec: sec.into(),
+            nsec: nsec.into(),
+            pad: [0; 4],
+        }
     }
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let t: Timespec = read_prefix("timespec", bytes)?;

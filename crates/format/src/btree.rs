@@ -16,7 +16,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// The root of a btree: its top block and the number of levels.
 /// Height 0 is an empty tree; height H has its root at level H-1.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct BtreeRoot {
     pub blk: BlockRef,
@@ -37,17 +39,27 @@ impl BtreeRoot {
         check_zero("btree root", 17, &self.pad)?;
         let what = "btree root";
         if self.height > BTREE_MAX_HEIGHT {
-            return Err(DecodeError::Field { what, field: "height", value: self.height as u64 });
+            return Err(DecodeError::Field {
+                what,
+                field: "height",
+                value: self.height as u64,
+            });
         }
         if (self.height == 0) != self.blk.is_none() {
-            return Err(DecodeError::Field { what, field: "blkno", value: self.blk.blkno.get() });
+            return Err(DecodeError::Field {
+                what,
+                field: "blkno",
+                value: self.blk.blkno.get(),
+            });
         }
         Ok(())
     }
 }
 
 /// The header of a btree block.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct BtreeBlockHeader {
     pub hdr: BlockHeader,
@@ -63,7 +75,9 @@ pub struct BtreeBlockHeader {
 }
 
 /// One item header in a btree block.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct BtreeItem {
     pub key: DiskKey,
@@ -108,17 +122,29 @@ pub const fn item_off(i: usize) -> usize {
 pub fn validate_btree_block(block: &[u8]) -> Result<u8> {
     let what = "btree block";
     if block.len() != BLOCK_LG_SIZE {
-        return Err(DecodeError::Length { what, have: block.len(), expected: "65536".into() });
+        return Err(DecodeError::Length {
+            what,
+            have: block.len(),
+            expected: "65536".into(),
+        });
     }
     let bh: BtreeBlockHeader = read_prefix(what, block)?;
     check_zero(what, 39, &bh.pad)?;
     if bh.level >= BTREE_MAX_HEIGHT {
-        return Err(DecodeError::Field { what, field: "level", value: bh.level as u64 });
+        return Err(DecodeError::Field {
+            what,
+            field: "level",
+            value: bh.level as u64,
+        });
     }
     let nr = bh.nr_items.get() as usize;
     let items_end = item_off(nr);
     if items_end > BLOCK_LG_SIZE {
-        return Err(DecodeError::Field { what, field: "nr_items", value: nr as u64 });
+        return Err(DecodeError::Field {
+            what,
+            field: "nr_items",
+            value: nr as u64,
+        });
     }
     let mut spans: Vec<(usize, usize)> = Vec::with_capacity(nr);
     let mut total = 0usize;
@@ -128,39 +154,71 @@ pub fn validate_btree_block(block: &[u8]) -> Result<u8> {
         let key = it.key.to_key()?;
         check_zero(what, item_off(i) + 45, &it.pad)?;
         if it.flags & !ITEM_FLAGS_KNOWN != 0 {
-            return Err(DecodeError::Field { what, field: "item flags", value: it.flags as u64 });
+            return Err(DecodeError::Field {
+                what,
+                field: "item flags",
+                value: it.flags as u64,
+            });
         }
         if prev.is_some_and(|p| p >= key) {
-            return Err(DecodeError::Field { what, field: "item key order", value: i as u64 });
+            return Err(DecodeError::Field {
+                what,
+                field: "item key order",
+                value: i as u64,
+            });
         }
         prev = Some(key);
         let (off, len) = (it.val_off.get() as usize, it.val_len.get() as usize);
-        let want_len = if bh.level > 0 { core::mem::size_of::<BlockRef>() } else { len };
+        let want_len = if bh.level > 0 {
+            core::mem::size_of::<BlockRef>()
+        } else {
+            len
+        };
         if len > MAX_VAL_SIZE || len != want_len {
-            return Err(DecodeError::Field { what, field: "val_len", value: len as u64 });
+            return Err(DecodeError::Field {
+                what,
+                field: "val_len",
+                value: len as u64,
+            });
         }
         if len > 0 {
             if off % BTREE_VALUE_ALIGN != 0 || off < items_end || off + val_bytes(len) > block.len()
             {
-                return Err(DecodeError::Field { what, field: "val_off", value: off as u64 });
+                return Err(DecodeError::Field {
+                    what,
+                    field: "val_off",
+                    value: off as u64,
+                });
             }
             spans.push((off, off + val_bytes(len)));
         }
         total += item_bytes(len);
     }
     if total != bh.total_item_bytes.get() as usize {
-        return Err(DecodeError::Field { what, field: "total_item_bytes", value: total as u64 });
+        return Err(DecodeError::Field {
+            what,
+            field: "total_item_bytes",
+            value: total as u64,
+        });
     }
     spans.sort_unstable();
     if spans.windows(2).any(|w| w[0].1 > w[1].0) {
-        return Err(DecodeError::Field { what, field: "overlapping values", value: nr as u64 });
+        return Err(DecodeError::Field {
+            what,
+            field: "overlapping values",
+            value: nr as u64,
+        });
     }
     // Holes left by deleted values may sit below the lowest value, so the
     // recorded mid free space may be smaller than the gap, never larger.
     let lowest = spans.first().map_or(BLOCK_LG_SIZE, |s| s.0);
     if bh.mid_free_len.get() as usize > lowest - items_end {
         let value = bh.mid_free_len.get() as u64;
-        return Err(DecodeError::Field { what, field: "mid_free_len", value });
+        return Err(DecodeError::Field {
+            what,
+            field: "mid_free_len",
+            value,
+        });
     }
     Ok(bh.level)
 }

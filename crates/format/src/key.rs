@@ -70,7 +70,14 @@ pub struct Key {
 }
 
 impl Key {
-    pub const MIN: Key = Key { zone: 0, first: 0, ty: 0, second: 0, third: 0, fourth: 0 };
+    pub const MIN: Key = Key {
+        zone: 0,
+        first: 0,
+        ty: 0,
+        second: 0,
+        third: 0,
+        fourth: 0,
+    };
     pub const MAX: Key = Key {
         zone: u8::MAX,
         first: u64::MAX,
@@ -81,7 +88,14 @@ impl Key {
     };
 
     pub const fn new(zone: u8, first: u64, ty: u8, second: u64, third: u64, fourth: u8) -> Key {
-        Key { zone, first, ty, second, third, fourth }
+        Key {
+            zone,
+            first,
+            ty,
+            second,
+            third,
+            fourth,
+        }
     }
 
     /// The key of an inode item.
@@ -113,7 +127,10 @@ impl Key {
             return k;
         }
         match k.zone.checked_add(1) {
-            Some(z) => Key { zone: z, ..Key::MIN },
+            Some(z) => Key {
+                zone: z,
+                ..Key::MIN
+            },
             None => Key::MAX,
         }
     }
@@ -142,7 +159,10 @@ impl Key {
             return k;
         }
         match k.zone.checked_sub(1) {
-            Some(z) => Key { zone: z, ..Key::MAX },
+            Some(z) => Key {
+                zone: z,
+                ..Key::MAX
+            },
             None => Key::MIN,
         }
     }
@@ -177,7 +197,9 @@ impl core::fmt::Display for Key {
 }
 
 /// A key as stored: 32 bytes.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct DiskKey {
     pub first: U64,

@@ -14,7 +14,9 @@ pub const AF_IPV4: u16 = 1;
 pub const AF_IPV6: u16 = 2;
 
 /// An IPv4 or IPv6 address and port; family NONE marks an unused slot.
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct InetAddr {
     pub family: U16,
@@ -27,7 +29,10 @@ pub struct InetAddr {
 
 impl InetAddr {
     pub fn from_socket(sa: std::net::SocketAddr) -> Self {
-        let mut a = InetAddr { port: sa.port().into(), ..Default::default() };
+        let mut a = InetAddr {
+            port: sa.port().into(),
+            ..Default::default()
+        };
         match sa.ip() {
             std::net::IpAddr::V4(v4) => {
                 a.family = AF_IPV4.into();
@@ -46,10 +51,14 @@ impl InetAddr {
         let port = self.port.get();
         match self.family.get() {
             AF_IPV4 => {
-                let ip = std::net::Ipv4Addr::new(self.addr[0], self.addr[1], self.addr[2], self.addr[3]);
+                let ip =
+                    std::net::Ipv4Addr::new(self.addr[0], self.addr[1], self.addr[2], self.addr[3]);
                 Some(std::net::SocketAddr::new(ip.into(), port))
             }
-            AF_IPV6 => Some(std::net::SocketAddr::new(std::net::Ipv6Addr::from(self.addr).into(), port)),
+            AF_IPV6 => Some(std::net::SocketAddr::new(
+                std::net::Ipv6Addr::from(self.addr).into(),
+                port,
+            )),
             _ => None,
         }
     }
@@ -63,7 +72,11 @@ impl InetAddr {
                 .and_then(|_| check_zero(what, 8, &self.addr)),
             AF_IPV4 => check_zero(what, 12, &self.addr[4..]),
             AF_IPV6 => Ok(()),
-            f => Err(DecodeError::Field { what, field: "family", value: f as u64 }),
+            f => Err(DecodeError::Field {
+                what,
+                field: "family",
+                value: f as u64,
+            }),
         }
     }
 }
@@ -78,7 +91,10 @@ pub struct QuorumConfig {
 
 impl Default for QuorumConfig {
     fn default() -> Self {
-        QuorumConfig { version: 0.into(), slots: [InetAddr::default(); QUORUM_MAX_SLOTS] }
+        QuorumConfig {
+            version: 0.into(),
+            slots: [InetAddr::default(); QUORUM_MAX_SLOTS],
+        }
     }
 }
 
@@ -95,7 +111,11 @@ pub const VOLOPT_DATA_ALLOC_ZONE_BLOCKS_BIT: u64 = 1;
 
 impl Default for VolumeOptions {
     fn default() -> Self {
-        VolumeOptions { set_bits: 0.into(), data_alloc_zone_blocks: 0.into(), future: [U64::ZERO; 63] }
+        VolumeOptions {
+            set_bits: 0.into(),
+            data_alloc_zone_blocks: 0.into(),
+            future: [U64::ZERO; 63],
+        }
     }
 }
 
@@ -147,7 +167,11 @@ impl SuperBlock {
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let what = "super block";
         if bytes.len() != BLOCK_SM_SIZE {
-            return Err(DecodeError::Length { what, have: bytes.len(), expected: "4096".into() });
+            return Err(DecodeError::Length {
+                what,
+                have: bytes.len(),
+                expected: "4096".into(),
+            });
         }
         let sb: SuperBlock = read_prefix(what, bytes)?;
         check_zero(what, SUPER_BLOCK_SIZE, &bytes[SUPER_BLOCK_SIZE..])?;
@@ -180,7 +204,12 @@ impl SuperBlock {
         for h in self.server_meta_avail.iter().chain(&self.server_meta_freed) {
             h.validate()?;
         }
-        for r in [&self.fs_root, &self.logs_root, &self.log_merge, &self.mounted_clients] {
+        for r in [
+            &self.fs_root,
+            &self.logs_root,
+            &self.log_merge,
+            &self.mounted_clients,
+        ] {
             r.validate()?;
         }
         self.srch_root.validate()
@@ -188,6 +217,10 @@ impl SuperBlock {
 
     /// The quorum slots that are configured, with their addresses.
     pub fn quorum_slots(&self) -> impl Iterator<Item = (usize, std::net::SocketAddr)> + '_ {
-        self.qconf.slots.iter().enumerate().filter_map(|(i, a)| a.to_socket().map(|s| (i, s)))
+        self.qconf
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.to_socket().map(|s| (i, s)))
     }
 }

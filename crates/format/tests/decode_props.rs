@@ -135,7 +135,7 @@ fn arbitrary_input(d: usize, len_pick: u8, len_any: usize, fill: u8, seed: u64) 
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_bytes_never_panic(
@@ -513,7 +513,7 @@ fn mutate(bytes: &[u8], muts: &[(usize, u8)], trunc: usize, ok: impl Fn(&[u8]) -
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
     fn small_structs_round_trip_and_survive_mutation(
@@ -733,7 +733,7 @@ fn nr_items(block: &[u8]) -> usize {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
     fn btree_blocks_validate_and_survive_mutation(
@@ -752,9 +752,16 @@ proptest! {
         let mut bad = block.clone();
         bad[39 + seed as usize % 9] = 1;
         prop_assert!(validate_btree_block(&bad).is_err(), "header padding");
+        // mid_free_len may undercount the gap to the lowest value (holes), never exceed it.
+        let gap = u16::from_le_bytes([block[36], block[37]]);
         let mut bad = block.clone();
-        bad[36] ^= 8;
-        prop_assert!(validate_btree_block(&bad).is_err(), "mid_free_len");
+        bad[36..38].copy_from_slice(&(gap + 8).to_le_bytes());
+        prop_assert!(validate_btree_block(&bad).is_err(), "mid_free_len past the lowest value");
+        if gap >= 8 {
+            let mut less = block.clone();
+            less[36..38].copy_from_slice(&(gap - 8).to_le_bytes());
+            prop_assert_eq!(validate_btree_block(&less), Ok(level), "mid_free_len below the gap");
+        }
         if nr >= 1 {
             let i = seed as usize % nr;
             let mut bad = block.clone();

@@ -89,3 +89,26 @@ fn server_items_and_other_blocks() {
     layout!(QuorumEvent, 40, { write_nr: 0, rid: 8, term: 16, ts: 24 });
     layout!(QuorumBlock, 280, { hdr: 0, write_nr: 32, events: 40 });
 }
+
+/// The block checksum is the standard CRC-32C of everything after the crc
+/// field, as `docs/format.md` specifies it.
+#[test]
+fn block_crc_is_standard_crc32c() {
+    let mut block = vec![0u8; 4];
+    block.extend_from_slice(b"123456789");
+    assert_eq!(scoutfs_format::block::block_crc(&block), 0xe306_9283);
+    scoutfs_format::block::set_block_crc(&mut block);
+    assert_eq!(&block[..4], &0xe306_9283u32.to_le_bytes());
+    assert_eq!(scoutfs_format::block::stored_crc(&block), 0xe306_9283);
+}
+
+/// The hashes the format persists, at published FNV-1a vectors.
+#[test]
+fn persisted_hashes_are_fnv1a() {
+    use scoutfs_format::hash::{fnv1a32, fnv1a64};
+    assert_eq!(fnv1a32(b"foobar"), 0xbf9c_f968);
+    assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    // A short name's hash: the name as its fingerprint, fnv1a32 below.
+    let h = scoutfs_format::dir::dirent_name_hash(b"ab");
+    assert_eq!(h, (0x6162_0000u64 << 32) | fnv1a32(b"ab") as u64);
+}

@@ -41,18 +41,42 @@ fn blkno_key(end: u64, len: u64) -> Key {
 }
 
 fn order_key(end: u64, len: u64) -> Key {
-    Key::new(zone::FREE_EXTENT_ORDER, u64::MAX - extent_order(len), 0, end, len, 0)
+    Key::new(
+        zone::FREE_EXTENT_ORDER,
+        u64::MAX - extent_order(len),
+        0,
+        end,
+        len,
+        0,
+    )
 }
 
 fn overlap(root: &AllocRoot, what: &str, e: Extent, have: Extent) -> Error {
     let r = &root.root.blk;
-    let detail = format!("{what} {}..={} overlaps free extent {}..={}", e.start, e.end(), have.start, have.end());
-    Error::corrupt(CorruptKind::AllocOverlap, r.blkno.get(), r.seq.get(), detail)
+    let detail = format!(
+        "{what} {}..={} overlaps free extent {}..={}",
+        e.start,
+        e.end(),
+        have.start,
+        have.end()
+    );
+    Error::corrupt(
+        CorruptKind::AllocOverlap,
+        r.blkno.get(),
+        r.seq.get(),
+        detail,
+    )
 }
 
 /// The free extent whose last block is the first ≥ `blkno`.
-pub fn next_extent<R: Reader + ?Sized>(rd: &R, root: &AllocRoot, blkno: u64) -> Result<Option<Extent>> {
-    let Some(it) = btree::next(rd, &root.root, &blkno_key(blkno, 0))? else { return Ok(None) };
+pub fn next_extent<R: Reader + ?Sized>(
+    rd: &R,
+    root: &AllocRoot,
+    blkno: u64,
+) -> Result<Option<Extent>> {
+    let Some(it) = btree::next(rd, &root.root, &blkno_key(blkno, 0))? else {
+        return Ok(None);
+    };
     if it.key.zone != zone::FREE_EXTENT_BLKNO {
         return Ok(None);
     }
@@ -60,9 +84,17 @@ pub fn next_extent<R: Reader + ?Sized>(rd: &R, root: &AllocRoot, blkno: u64) -> 
     if len == 0 || len > end.saturating_add(1) {
         let r = &root.root.blk;
         let detail = format!("free extent item with end {end} len {len}");
-        return Err(Error::corrupt(CorruptKind::ItemInvalid, r.blkno.get(), r.seq.get(), detail));
+        return Err(Error::corrupt(
+            CorruptKind::ItemInvalid,
+            r.blkno.get(),
+            r.seq.get(),
+            detail,
+        ));
     }
-    Ok(Some(Extent { start: end + 1 - len, len }))
+    Ok(Some(Extent {
+        start: end + 1 - len,
+        len,
+    }))
 }
 
 /// Every free extent in block order.
@@ -91,8 +123,17 @@ fn drop_extent(w: &mut Writer, root: &mut AllocRoot, e: Extent) -> Result<()> {
     let b = btree::delete(w, &mut root.root, &order_key(e.end(), e.len))?;
     if !a || !b || root.total_len.get() < e.len {
         let r = &root.root.blk;
-        let detail = format!("free extent {}..={} is missing one of its items", e.start, e.end());
-        return Err(Error::corrupt(CorruptKind::AllocTotals, r.blkno.get(), r.seq.get(), detail));
+        let detail = format!(
+            "free extent {}..={} is missing one of its items",
+            e.start,
+            e.end()
+        );
+        return Err(Error::corrupt(
+            CorruptKind::AllocTotals,
+            r.blkno.get(),
+            r.seq.get(),
+            detail,
+        ));
     }
     root.total_len = (root.total_len.get() - e.len).into();
     Ok(())
@@ -102,13 +143,21 @@ fn drop_extent(w: &mut Writer, root: &mut AllocRoot, e: Extent) -> Result<()> {
 pub fn free_extent(w: &mut Writer, root: &mut AllocRoot, start: u64, len: u64) -> Result<()> {
     assert!(len > 0 && start.checked_add(len).is_some());
     let mut e = Extent { start, len };
-    if let Some(left) = start.checked_sub(1).map(|p| next_extent(w, root, p)).transpose()?.flatten() {
+    if let Some(left) = start
+        .checked_sub(1)
+        .map(|p| next_extent(w, root, p))
+        .transpose()?
+        .flatten()
+    {
         if left.start <= e.end() && left.end() >= start {
             return Err(overlap(root, "freed", e, left));
         }
         if left.end() + 1 == start {
             drop_extent(w, root, left)?;
-            e = Extent { start: left.start, len: left.len + e.len };
+            e = Extent {
+                start: left.start,
+                len: left.len + e.len,
+            };
         }
     }
     if let Some(right) = next_extent(w, root, e.end())? {
@@ -130,14 +179,33 @@ pub fn remove_extent(w: &mut Writer, root: &mut AllocRoot, start: u64, len: u64)
     let Some(have) = found.filter(|h| h.start <= start && h.end() >= want.end()) else {
         let r = &root.root.blk;
         let detail = format!("blocks {}..={} are not free", start, want.end());
-        return Err(Error::corrupt(CorruptKind::AllocOverlap, r.blkno.get(), r.seq.get(), detail));
+        return Err(Error::corrupt(
+            CorruptKind::AllocOverlap,
+            r.blkno.get(),
+            r.seq.get(),
+            detail,
+        ));
     };
     drop_extent(w, root, have)?;
     if have.start < start {
-        put_extent(w, root, Extent { start: have.start, len: start - have.start })?;
+        put_extent(
+            w,
+            root,
+            Extent {
+                start: have.start,
+                len: start - have.start,
+            },
+        )?;
     }
     if have.end() > want.end() {
-        put_extent(w, root, Extent { start: want.end() + 1, len: have.end() - want.end() })?;
+        put_extent(
+            w,
+            root,
+            Extent {
+                start: want.end() + 1,
+                len: have.end() - want.end(),
+            },
+        )?;
     }
     Ok(())
 }
@@ -147,7 +215,9 @@ pub fn remove_extent(w: &mut Writer, root: &mut AllocRoot, start: u64, len: u64)
 pub fn alloc_extent(w: &mut Writer, root: &mut AllocRoot, len_max: u64) -> Result<Option<Extent>> {
     assert!(len_max > 0);
     let first = Key::new(zone::FREE_EXTENT_ORDER, 0, 0, 0, 0, 0);
-    let Some(it) = btree::next(w, &root.root, &first)? else { return Ok(None) };
+    let Some(it) = btree::next(w, &root.root, &first)? else {
+        return Ok(None);
+    };
     if it.key.zone != zone::FREE_EXTENT_ORDER {
         return Ok(None);
     }
@@ -155,9 +225,17 @@ pub fn alloc_extent(w: &mut Writer, root: &mut AllocRoot, len_max: u64) -> Resul
     if len == 0 || len > end.saturating_add(1) {
         let r = &root.root.blk;
         let detail = format!("free extent order item with end {end} len {len}");
-        return Err(Error::corrupt(CorruptKind::ItemInvalid, r.blkno.get(), r.seq.get(), detail));
+        return Err(Error::corrupt(
+            CorruptKind::ItemInvalid,
+            r.blkno.get(),
+            r.seq.get(),
+            detail,
+        ));
     }
-    let got = Extent { start: end + 1 - len, len: len.min(len_max) };
+    let got = Extent {
+        start: end + 1 - len,
+        len: len.min(len_max),
+    };
     remove_extent(w, root, got.start, got.len)?;
     Ok(Some(got))
 }

@@ -35,7 +35,12 @@ pub struct ListState {
 
 impl ListState {
     pub fn new(avail: AllocListHead, freed: AllocListHead) -> ListState {
-        ListState { avail, freed, pending: Vec::new(), draining: false }
+        ListState {
+            avail,
+            freed,
+            pending: Vec::new(),
+            draining: false,
+        }
     }
 
     /// No list operation is under way and nothing waits to be freed.
@@ -46,18 +51,24 @@ impl ListState {
 
 fn hdr_mut(buf: &mut [u8]) -> &mut AllocListBlockHeader {
     // Every list buffer is a full 64 KiB block, longer than the header.
-    AllocListBlockHeader::mut_from_prefix(buf).map(|(h, _)| h).unwrap_or_else(|_| unreachable!())
+    AllocListBlockHeader::mut_from_prefix(buf)
+        .map(|(h, _)| h)
+        .unwrap_or_else(|_| unreachable!())
 }
 
 fn hdr(buf: &[u8]) -> AllocListBlockHeader {
-    AllocListBlockHeader::read_from_prefix(buf).map(|(h, _)| h).unwrap_or_default()
+    AllocListBlockHeader::read_from_prefix(buf)
+        .map(|(h, _)| h)
+        .unwrap_or_default()
 }
 
 /// The entries of one list block.
 pub fn block_entries(buf: &[u8]) -> Vec<u64> {
     let h = hdr(buf);
     let (start, nr) = (h.start.get() as usize, h.nr.get() as usize);
-    (start..start + nr).map(|i| alloc_list_blkno(buf, i)).collect()
+    (start..start + nr)
+        .map(|i| alloc_list_blkno(buf, i))
+        .collect()
 }
 
 impl Writer {
@@ -125,7 +136,9 @@ impl Writer {
         let h = hdr_mut(&mut buf);
         let (mut start, nr) = (h.start.get() as usize, h.nr.get() as usize);
         if start + nr == ALLOC_LIST_MAX_BLOCKS {
-            let entries: Vec<u64> = (start..start + nr).map(|i| alloc_list_blkno(&buf, i)).collect();
+            let entries: Vec<u64> = (start..start + nr)
+                .map(|i| alloc_list_blkno(&buf, i))
+                .collect();
             for (i, b) in entries.into_iter().enumerate() {
                 set_alloc_list_blkno(&mut buf, i, b);
             }
@@ -232,24 +245,52 @@ pub fn walk_list(
     while !r.is_none() {
         if !seen.insert(r.blkno.get()) {
             let detail = "alloc list comes back to a block it passed (a loop)";
-            return Err(Error::corrupt(CorruptKind::AllocTotals, r.blkno.get(), r.seq.get(), detail));
+            return Err(Error::corrupt(
+                CorruptKind::AllocTotals,
+                r.blkno.get(),
+                r.seq.get(),
+                detail,
+            ));
         }
         let buf = read(&r)?;
         validate_alloc_list_block(&buf).map_err(|e| {
-            Error::corrupt(CorruptKind::BlockInvalid, r.blkno.get(), r.seq.get(), e.to_string())
+            Error::corrupt(
+                CorruptKind::BlockInvalid,
+                r.blkno.get(),
+                r.seq.get(),
+                e.to_string(),
+            )
         })?;
         let e = block_entries(&buf);
         if blocks.is_empty() && e.len() as u32 != head.first_nr.get() {
-            let detail = format!("first block holds {} entries, head says {}", e.len(), head.first_nr.get());
-            return Err(Error::corrupt(CorruptKind::AllocTotals, r.blkno.get(), r.seq.get(), detail));
+            let detail = format!(
+                "first block holds {} entries, head says {}",
+                e.len(),
+                head.first_nr.get()
+            );
+            return Err(Error::corrupt(
+                CorruptKind::AllocTotals,
+                r.blkno.get(),
+                r.seq.get(),
+                detail,
+            ));
         }
         entries.extend(e);
         blocks.push(r);
         r = hdr(&buf).next;
     }
     if entries.len() as u64 != head.total_nr.get() {
-        let detail = format!("list holds {} entries, head says {}", entries.len(), head.total_nr.get());
-        return Err(Error::corrupt(CorruptKind::AllocTotals, head.first.blkno.get(), head.first.seq.get(), detail));
+        let detail = format!(
+            "list holds {} entries, head says {}",
+            entries.len(),
+            head.total_nr.get()
+        );
+        return Err(Error::corrupt(
+            CorruptKind::AllocTotals,
+            head.first.blkno.get(),
+            head.first.seq.get(),
+            detail,
+        ));
     }
     Ok((entries, blocks))
 }

@@ -33,12 +33,16 @@ pub struct Item {
 }
 
 fn bh(b: &[u8]) -> BtreeBlockHeader {
-    BtreeBlockHeader::read_from_prefix(b).map(|(h, _)| h).unwrap_or_default()
+    BtreeBlockHeader::read_from_prefix(b)
+        .map(|(h, _)| h)
+        .unwrap_or_default()
 }
 
 fn bh_mut(b: &mut [u8]) -> &mut BtreeBlockHeader {
     // Btree buffers are whole 64 KiB blocks.
-    BtreeBlockHeader::mut_from_prefix(b).map(|(h, _)| h).unwrap_or_else(|_| unreachable!())
+    BtreeBlockHeader::mut_from_prefix(b)
+        .map(|(h, _)| h)
+        .unwrap_or_else(|_| unreachable!())
 }
 
 pub fn nr(b: &[u8]) -> usize {
@@ -67,7 +71,9 @@ fn set_counts(b: &mut [u8], nr: usize, total: usize, mid_free: usize) {
 
 pub fn item(b: &[u8], i: usize) -> BtreeItem {
     debug_assert!(i < nr(b));
-    BtreeItem::read_from_prefix(&b[item_off(i)..]).map(|(it, _)| it).unwrap_or_default()
+    BtreeItem::read_from_prefix(&b[item_off(i)..])
+        .map(|(it, _)| it)
+        .unwrap_or_default()
 }
 
 pub fn key(b: &[u8], i: usize) -> Key {
@@ -82,7 +88,12 @@ pub fn val(b: &[u8], i: usize) -> &[u8] {
 
 pub fn owned(b: &[u8], i: usize) -> Item {
     let it = item(b, i);
-    Item { key: it.key.to_key_unchecked(), seq: it.seq.get(), flags: it.flags, val: val(b, i).to_vec() }
+    Item {
+        key: it.key.to_key_unchecked(),
+        seq: it.seq.get(),
+        flags: it.flags,
+        val: val(b, i).to_vec(),
+    }
 }
 
 /// The child reference of parent item `i`.

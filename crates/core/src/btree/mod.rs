@@ -33,6 +33,9 @@ use scoutfs_format::consts::{magic, BTREE_MAX_HEIGHT, MAX_VAL_SIZE};
 use scoutfs_format::{BlockRef, BtreeRoot, Key};
 use zerocopy::IntoBytes;
 
+/// A block buffer taken out of a writer for modification.
+type Buf = Box<[u8]>;
+
 /// Anything btree blocks can be read through.
 pub trait Reader {
     fn read_block(&self, r: &BlockRef, magic: u32) -> Result<BlockBytes<'_>>;
@@ -63,7 +66,12 @@ fn level_err(r: &BlockRef, want: u8, have: u8) -> Error {
 
 fn no_child_err(r: &BlockRef, k: &Key) -> Error {
     let detail = format!("parent block has no child for key {k}");
-    Error::corrupt(CorruptKind::BtreeNoChildRef, r.blkno.get(), r.seq.get(), detail)
+    Error::corrupt(
+        CorruptKind::BtreeNoChildRef,
+        r.blkno.get(),
+        r.seq.get(),
+        detail,
+    )
 }
 
 /// The leaf that may hold `key`, with the range of keys it covers: keys
@@ -75,7 +83,11 @@ pub struct Leaf<'a> {
 }
 
 /// Walks from the root to the leaf that covers `key`.
-pub fn find_leaf<'a, R: Reader + ?Sized>(rd: &'a R, root: &BtreeRoot, key: &Key) -> Result<Option<Leaf<'a>>> {
+pub fn find_leaf<'a, R: Reader + ?Sized>(
+    rd: &'a R,
+    root: &BtreeRoot,
+    key: &Key,
+) -> Result<Option<Leaf<'a>>> {
     if root.height == 0 {
         return Ok(None);
     }
@@ -88,7 +100,11 @@ pub fn find_leaf<'a, R: Reader + ?Sized>(rd: &'a R, root: &BtreeRoot, key: &Key)
             return Err(level_err(&r, lvl, block::level(&b)));
         }
         if lvl == 0 {
-            return Ok(Some(Leaf { buf: b, after, upto }));
+            return Ok(Some(Leaf {
+                buf: b,
+                after,
+                upto,
+            }));
         }
         let i = block::search(&b, key).unwrap_or_else(|i| i);
         if i >= block::nr(&b) {
@@ -105,15 +121,21 @@ pub fn find_leaf<'a, R: Reader + ?Sized>(rd: &'a R, root: &BtreeRoot, key: &Key)
 
 /// The item with exactly `key`.
 pub fn lookup<R: Reader + ?Sized>(rd: &R, root: &BtreeRoot, key: &Key) -> Result<Option<Item>> {
-    let Some(leaf) = find_leaf(rd, root, key)? else { return Ok(None) };
-    Ok(block::search(&leaf.buf, key).ok().map(|i| block::owned(&leaf.buf, i)))
+    let Some(leaf) = find_leaf(rd, root, key)? else {
+        return Ok(None);
+    };
+    Ok(block::search(&leaf.buf, key)
+        .ok()
+        .map(|i| block::owned(&leaf.buf, i)))
 }
 
 /// The first item with a key ≥ `key`.
 pub fn next<R: Reader + ?Sized>(rd: &R, root: &BtreeRoot, key: &Key) -> Result<Option<Item>> {
     let mut k = *key;
     loop {
-        let Some(leaf) = find_leaf(rd, root, &k)? else { return Ok(None) };
+        let Some(leaf) = find_leaf(rd, root, &k)? else {
+            return Ok(None);
+        };
         let i = block::search(&leaf.buf, &k).unwrap_or_else(|i| i);
         if i < block::nr(&leaf.buf) {
             return Ok(Some(block::owned(&leaf.buf, i)));
@@ -129,7 +151,9 @@ pub fn next<R: Reader + ?Sized>(rd: &R, root: &BtreeRoot, key: &Key) -> Result<O
 pub fn prev<R: Reader + ?Sized>(rd: &R, root: &BtreeRoot, key: &Key) -> Result<Option<Item>> {
     let mut k = *key;
     loop {
-        let Some(leaf) = find_leaf(rd, root, &k)? else { return Ok(None) };
+        let Some(leaf) = find_leaf(rd, root, &k)? else {
+            return Ok(None);
+        };
         let i = match block::search(&leaf.buf, &k) {
             Ok(i) => Some(i),
             Err(0) => None,
@@ -156,11 +180,16 @@ pub fn for_each_range<R: Reader + ?Sized>(
 ) -> Result<()> {
     let mut k = *start;
     while k <= *end {
-        let Some(leaf) = find_leaf(rd, root, &k)? else { return Ok(()) };
+        let Some(leaf) = find_leaf(rd, root, &k)? else {
+            return Ok(());
+        };
         let items: Vec<Item> = {
             let b = &leaf.buf;
             let from = block::search(b, &k).unwrap_or_else(|i| i);
-            (from..block::nr(b)).map(|i| block::owned(b, i)).take_while(|it| it.key <= *end).collect()
+            (from..block::nr(b))
+                .map(|i| block::owned(b, i))
+                .take_while(|it| it.key <= *end)
+                .collect()
         };
         for it in &items {
             if !f(it)? {
@@ -176,20 +205,38 @@ pub fn for_each_range<R: Reader + ?Sized>(
 }
 
 /// Inserts an item, replacing any item with the same key.
-pub fn insert(w: &mut Writer, root: &mut BtreeRoot, key: &Key, seq: u64, flags: u8, val: &[u8]) -> Result<()> {
-    let it = Item { key: *key, seq, flags, val: val.to_vec() };
+pub fn insert(
+    w: &mut Writer,
+    root: &mut BtreeRoot,
+    key: &Key,
+    seq: u64,
+    flags: u8,
+    val: &[u8],
+) -> Result<()> {
+    let it = Item {
+        key: *key,
+        seq,
+        flags,
+        val: val.to_vec(),
+    };
     insert_list(w, root, std::slice::from_ref(&it))
 }
 
 /// Inserts a list of items sorted by key (no duplicates), replacing items
 /// with the same keys. Each walk fills one leaf with as many as fit.
 pub fn insert_list(w: &mut Writer, root: &mut BtreeRoot, items: &[Item]) -> Result<()> {
-    assert!(items.windows(2).all(|p| p[0].key < p[1].key), "insert_list items must be sorted");
+    assert!(
+        items.windows(2).all(|p| p[0].key < p[1].key),
+        "insert_list items must be sorted"
+    );
     let mut rest = items;
     while !rest.is_empty() {
         for it in rest {
             if it.val.len() > MAX_VAL_SIZE {
-                return Err(Error::Invalid(format!("item value of {} bytes", it.val.len())));
+                return Err(Error::Invalid(format!(
+                    "item value of {} bytes",
+                    it.val.len()
+                )));
             }
         }
         let done = insert_walk(w, root, rest)?;
@@ -298,7 +345,7 @@ fn insert_walk(w: &mut Writer, root: &mut BtreeRoot, items: &[Item]) -> Result<u
 /// Splits `child` (item `i` of `parent`) into a new left sibling holding the
 /// lower half and `child` keeping the upper half and its bound. Returns the
 /// (left, right) buffers for the caller to put back.
-fn split(w: &mut Writer, parent: &mut [u8], i: usize, mut child: Box<[u8]>) -> Result<(Box<[u8]>, Box<[u8]>)> {
+fn split(w: &mut Writer, parent: &mut [u8], i: usize, mut child: Box<[u8]>) -> Result<(Buf, Buf)> {
     let lvl = block::level(&child);
     let items = block::items_of(&child);
     let k = block::split_point(&items);
@@ -353,7 +400,13 @@ pub fn delete(w: &mut Writer, root: &mut BtreeRoot, key: &Key) -> Result<bool> {
 /// Joins `child` (item `i` of `parent`) with a sibling: merged into the right
 /// block of the pair when both fit, else balanced. Returns the block that
 /// covers `key` and its index; the other is put back or freed.
-fn join(w: &mut Writer, parent: &mut [u8], i: usize, child: Box<[u8]>, key: &Key) -> Result<(Box<[u8]>, usize)> {
+fn join(
+    w: &mut Writer,
+    parent: &mut [u8],
+    i: usize,
+    child: Box<[u8]>,
+    key: &Key,
+) -> Result<(Box<[u8]>, usize)> {
     let s = if i > 0 { i - 1 } else { i + 1 };
     let sib = match dirty_child(w, parent, s) {
         Ok(b) => b,
@@ -368,7 +421,8 @@ fn join(w: &mut Writer, parent: &mut [u8], i: usize, child: Box<[u8]>, key: &Key
     let mut all = block::items_of(&left);
     all.extend(block::items_of(&right));
     let ctr = &w.cache().counters;
-    if block::items_bytes(&all) + BTREE_MAX_ITEM_BYTES <= scoutfs_format::btree::BTREE_BLOCK_USABLE {
+    if block::items_bytes(&all) + BTREE_MAX_ITEM_BYTES <= scoutfs_format::btree::BTREE_BLOCK_USABLE
+    {
         counters::inc(&ctr.btree_join);
         block::write_items(&mut right, lvl, &all);
         let lref = block::child_ref(parent, li);
@@ -396,7 +450,11 @@ fn collapse_root(w: &mut Writer, root: &mut BtreeRoot) -> Result<()> {
     while root.height > 0 {
         let (n, lvl, child) = {
             let b = w.read(&root.blk, magic::BTREE)?;
-            let child = if block::nr(&b) > 0 && block::level(&b) > 0 { Some(block::child_ref(&b, 0)) } else { None };
+            let child = if block::nr(&b) > 0 && block::level(&b) > 0 {
+                Some(block::child_ref(&b, 0))
+            } else {
+                None
+            };
             (block::nr(&b), block::level(&b), child)
         };
         if lvl > 0 && n == 1 {
@@ -464,14 +522,22 @@ pub fn check_invariants<R: Reader + ?Sized>(rd: &R, root: &BtreeRoot) -> Result<
         return Ok(0);
     }
     let mut items = 0u64;
-    let mut stack: Vec<(BlockRef, u8, Option<Key>, Key)> = vec![(root.blk, root.height - 1, None, Key::MAX)];
+    let mut stack: Vec<(BlockRef, u8, Option<Key>, Key)> =
+        vec![(root.blk, root.height - 1, None, Key::MAX)];
     while let Some((r, lvl, after, upto)) = stack.pop() {
         let b = rd.read_block(&r, magic::BTREE)?;
         if block::level(&b) != lvl {
             return Err(level_err(&r, lvl, block::level(&b)));
         }
         let n = block::nr(&b);
-        let bounds_err = |detail: String| Error::corrupt(CorruptKind::BtreeKeyBounds, r.blkno.get(), r.seq.get(), detail);
+        let bounds_err = |detail: String| {
+            Error::corrupt(
+                CorruptKind::BtreeKeyBounds,
+                r.blkno.get(),
+                r.seq.get(),
+                detail,
+            )
+        };
         for i in 0..n {
             let k = block::key(&b, i);
             if k > upto || after.is_some_and(|a| k <= a) {
@@ -483,7 +549,9 @@ pub fn check_invariants<R: Reader + ?Sized>(rd: &R, root: &BtreeRoot) -> Result<
             continue;
         }
         if n == 0 || block::key(&b, n - 1) != upto {
-            return Err(bounds_err(format!("parent block's last key is not its bound {upto}")));
+            return Err(bounds_err(format!(
+                "parent block's last key is not its bound {upto}"
+            )));
         }
         let mut prev = after;
         for i in 0..n {

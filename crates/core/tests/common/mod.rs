@@ -10,7 +10,9 @@ use std::sync::Arc;
 /// The seed of a seeded test: `SCOUTFS_TEST_SEED` if set, else `default`.
 pub fn seed(default: u64) -> u64 {
     match std::env::var("SCOUTFS_TEST_SEED") {
-        Ok(s) => s.parse().unwrap_or_else(|_| panic!("SCOUTFS_TEST_SEED={s} is not a number")),
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("SCOUTFS_TEST_SEED={s} is not a number")),
         Err(_) => default,
     }
 }
@@ -29,7 +31,12 @@ pub fn test_opts(fsid: u64) -> MkfsOptions {
 pub fn mem_fs(meta_bytes: u64, data_bytes: u64, fsid: u64) -> (MemDev, MemDev) {
     let meta = MemDev::new_named("meta", meta_bytes);
     let data = MemDev::new_named("data", data_bytes);
-    mkfs(Arc::new(meta.clone()), Arc::new(data.clone()), &test_opts(fsid)).expect("mkfs");
+    mkfs(
+        Arc::new(meta.clone()),
+        Arc::new(data.clone()),
+        &test_opts(fsid),
+    )
+    .expect("mkfs");
     (meta, data)
 }
 
