@@ -6,8 +6,8 @@
 //! result is [`Error::Stale`]. If the header matches but the crc32c doesn't,
 //! or the contents are not a valid structure of their kind, the result is
 //! [`Error::Corrupt`], counted and logged with blkno, seq and what was
-//! expected. Verified blocks are immutable and shared (`Arc<Block>`) in an
-//! LRU cache bounded by `max_blocks`; eviction only drops the cache's
+//! expected. Verified blocks are immutable and shared (`Arc<Block>`) in a
+//! CLOCK (second chance) cache bounded by `max_blocks`; eviction only drops the cache's
 //! reference, so readers holding a block keep it alive.
 //!
 //! Writing. A [`Writer`] owns the dirty blocks of one transaction (a server
@@ -125,10 +125,49 @@ pub fn verify_block(buf: &[u8], r: &BlockRef, fsid: u64, magic: u32) -> Result<(
     }
 }
 
-struct Lru {
-    map: HashMap<u64, (Arc<Block>, u64)>,
-    order: BTreeMap<u64, u64>,
-    tick: u64,
+/// The cached blocks with CLOCK (second chance) replacement: a hit only
+/// sets the entry's referenced bit; eviction sweeps a hand over the slots,
+/// clearing bits and taking the first entry that wasn't used since the
+/// hand last passed.
+struct Clock {
+    map: HashMap<u64, usize>,
+    slots: Vec<Option<(Arc<Block>, bool)>>,
+    free: Vec<usize>,
+    hand: usize,
+}
+
+impl Clock {
+    fn remove(&mut self, blkno: u64) {
+        if let Some(i) = self.map.remove(&blkno) {
+            self.slots[i] = None;
+            self.free.push(i);
+        }
+    }
+
+    /// A slot for a new entry: a free one, or the next victim of the hand.
+    fn slot(&mut self, max: usize) -> (usize, bool) {
+        if let Some(i) = self.free.pop() {
+            return (i, false);
+        }
+        if self.slots.len() < max {
+            self.slots.push(None);
+            return (self.slots.len() - 1, false);
+        }
+        loop {
+            let i = self.hand;
+            self.hand = (self.hand + 1) % self.slots.len();
+            match &mut self.slots[i] {
+                Some((_, referenced)) if *referenced => *referenced = false,
+                Some((b, _)) => {
+                    let victim = b.header().blkno.get();
+                    self.map.remove(&victim);
+                    self.slots[i] = None;
+                    return (i, true);
+                }
+                None => return (i, false),
+            }
+        }
+    }
 }
 
 /// The cache of clean, verified metadata blocks of one device.
@@ -136,7 +175,7 @@ pub struct BlockCache {
     dev: Arc<dyn BlockDev>,
     fsid: u64,
     max_blocks: usize,
-    lru: Mutex<Lru>,
+    clock: Mutex<Clock>,
     pub counters: Arc<Counters>,
 }
 
@@ -147,10 +186,11 @@ impl BlockCache {
             dev,
             fsid,
             max_blocks,
-            lru: Mutex::new(Lru {
+            clock: Mutex::new(Clock {
                 map: HashMap::new(),
-                order: BTreeMap::new(),
-                tick: 0,
+                slots: Vec::new(),
+                free: Vec::new(),
+                hand: 0,
             }),
             counters: Arc::new(Counters::default()),
         }
@@ -163,10 +203,10 @@ impl BlockCache {
         self.fsid
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Clock> {
         // A panic while holding the lock leaves the map consistent (each
         // update is a single insert or remove), so a poisoned lock is usable.
-        self.lru.lock().unwrap_or_else(|p| p.into_inner())
+        self.clock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reads and verifies the block `r` refers to, which must be of `magic`.
@@ -224,52 +264,38 @@ impl BlockCache {
     }
 
     fn lookup(&self, blkno: u64) -> Option<Arc<Block>> {
-        let mut lru = self.lock();
-        lru.tick += 1;
-        let tick = lru.tick;
-        let (b, old) = {
-            let e = lru.map.get_mut(&blkno)?;
-            let old = e.1;
-            e.1 = tick;
-            (e.0.clone(), old)
-        };
-        lru.order.remove(&old);
-        lru.order.insert(tick, blkno);
-        Some(b)
+        let mut c = self.lock();
+        let i = *c.map.get(&blkno)?;
+        let (b, referenced) = c.slots[i].as_mut()?;
+        *referenced = true;
+        Some(b.clone())
     }
 
-    /// Adds a verified block, evicting the least recently used beyond the bound.
+    /// Adds a verified block, evicting clean blocks beyond the bound.
     pub fn insert(&self, b: Arc<Block>) {
         let blkno = b.header().blkno.get();
-        let mut lru = self.lock();
-        lru.tick += 1;
-        let tick = lru.tick;
-        if let Some((_, old)) = lru.map.insert(blkno, (b, tick)) {
-            lru.order.remove(&old);
-        }
-        lru.order.insert(tick, blkno);
-        while lru.map.len() > self.max_blocks {
-            let Some((_, victim)) = lru.order.pop_first() else {
-                break;
-            };
-            lru.map.remove(&victim);
+        let mut c = self.lock();
+        c.remove(blkno);
+        let (i, evicted) = c.slot(self.max_blocks);
+        if evicted {
             counters::inc(&self.counters.block_cache_evict);
         }
+        c.slots[i] = Some((b, false));
+        c.map.insert(blkno, i);
     }
 
     /// Drops a block from the cache.
     pub fn forget(&self, blkno: u64) {
-        let mut lru = self.lock();
-        if let Some((_, t)) = lru.map.remove(&blkno) {
-            lru.order.remove(&t);
-        }
+        self.lock().remove(blkno);
     }
 
     /// Drops every cached block (a cold cache).
     pub fn clear(&self) {
-        let mut lru = self.lock();
-        lru.map.clear();
-        lru.order.clear();
+        let mut c = self.lock();
+        c.map.clear();
+        c.slots.clear();
+        c.free.clear();
+        c.hand = 0;
     }
 
     pub fn cached_blocks(&self) -> usize {

@@ -242,13 +242,7 @@ impl Checker<'_> {
     }
 
     fn super_trees(&mut self, sb: &SuperBlock) {
-        for (name, root) in [
-            ("fs_root", &sb.fs_root),
-            ("logs_root", &sb.logs_root),
-            ("log_merge", &sb.log_merge),
-            ("mounted_clients", &sb.mounted_clients),
-            ("srch_root", &sb.srch_root),
-        ] {
+        for (name, root) in crate::commit::super_roots(sb) {
             self.tree(name, root);
         }
         for (i, a) in sb.meta_alloc.iter().enumerate() {

@@ -29,7 +29,7 @@ use crate::error::{CorruptKind, Error, Result};
 use crate::rng::Rng;
 use scoutfs_format::consts::*;
 use scoutfs_format::super_block::SUPER_BLOCK_SIZE;
-use scoutfs_format::SuperBlock;
+use scoutfs_format::{BtreeRoot, SuperBlock};
 use std::sync::Arc;
 use zerocopy::IntoBytes;
 
@@ -46,6 +46,18 @@ pub fn meta_fill_target(sb: &SuperBlock) -> u64 {
 /// Avail blocks kept back for the commit's own allocator work.
 pub fn meta_commit_reserve(sb: &SuperBlock) -> u64 {
     (meta_fill_target(sb) / 4).max(16)
+}
+
+/// The item btrees rooted in the super block, by name (the allocator
+/// trees are in `meta_alloc` and `data_alloc`).
+pub fn super_roots(sb: &SuperBlock) -> [(&'static str, &BtreeRoot); 5] {
+    [
+        ("fs_root", &sb.fs_root),
+        ("logs_root", &sb.logs_root),
+        ("log_merge", &sb.log_merge),
+        ("mounted_clients", &sb.mounted_clients),
+        ("srch_root", &sb.srch_root),
+    ]
 }
 
 /// Reads and checks a super block: `meta` says which device's copy it must be.

@@ -127,13 +127,7 @@ impl Printer<'_> {
         self.super_block(sb)?;
         self.quorum(meta, sb.hdr.fsid.get())?;
         self.progress.begin("printing metadata", 0);
-        for (name, r) in [
-            ("fs_root", &sb.fs_root),
-            ("logs_root", &sb.logs_root),
-            ("log_merge", &sb.log_merge),
-            ("mounted_clients", &sb.mounted_clients),
-            ("srch_root", &sb.srch_root),
-        ] {
+        for (name, r) in crate::commit::super_roots(sb) {
             self.tree(name, r)?;
         }
         for (i, a) in sb.meta_alloc.iter().enumerate() {
@@ -202,13 +196,7 @@ impl Printer<'_> {
                 list_str(&sb.server_meta_freed[i])
             )?;
         }
-        for (name, r) in [
-            ("fs_root", &sb.fs_root),
-            ("logs_root", &sb.logs_root),
-            ("log_merge", &sb.log_merge),
-            ("mounted_clients", &sb.mounted_clients),
-            ("srch_root", &sb.srch_root),
-        ] {
+        for (name, r) in crate::commit::super_roots(sb) {
             writeln!(o, "  {name} {}", root_str(r))?;
         }
         writeln!(

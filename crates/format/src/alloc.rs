@@ -45,7 +45,7 @@ impl AllocListHead {
                 value: first,
             });
         }
-        if self.first.is_none() && self.total_nr.get() != 0 {
+        if self.first.is_none() && (self.total_nr.get() != 0 || self.first.seq.get() != 0) {
             return Err(DecodeError::Field {
                 what,
                 field: "total_nr",
@@ -96,7 +96,10 @@ pub fn validate_alloc_list_block(block: &[u8]) -> Result<(usize, usize)> {
 /// Block number `i` of an alloc list block's array.
 pub fn alloc_list_blkno(block: &[u8], i: usize) -> u64 {
     let off = ALLOC_LIST_BLOCK_HEADER_SIZE + i * 8;
-    u64::from_le_bytes(block[off..off + 8].try_into().unwrap_or([0; 8]))
+    block
+        .get(off..off + 8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 /// Stores block number `i` of an alloc list block's array.
@@ -132,6 +135,13 @@ impl AllocRoot {
                 what,
                 field: "flags",
                 value: self.flags.get() as u64,
+            });
+        }
+        if self.root.is_empty() && self.total_len.get() != 0 {
+            return Err(DecodeError::Field {
+                what,
+                field: "total_len of an empty tree",
+                value: self.total_len.get(),
             });
         }
         self.root.validate()

@@ -115,8 +115,9 @@ impl Timespec {
 }
 
 /// The checksum of a block: crc32c of every byte after the crc field.
+/// Blocks are at least a header long; a shorter buffer has no checksum (0).
 pub fn block_crc(block: &[u8]) -> u32 {
-    crc32c::crc32c(&block[4..])
+    block.get(4..).map_or(0, crc32c::crc32c)
 }
 
 /// Stores the checksum of `block` in its header.
@@ -127,5 +128,8 @@ pub fn set_block_crc(block: &mut [u8]) {
 
 /// The checksum stored in a block's header.
 pub fn stored_crc(block: &[u8]) -> u32 {
-    u32::from_le_bytes([block[0], block[1], block[2], block[3]])
+    block
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
 }

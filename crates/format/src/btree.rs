@@ -45,7 +45,9 @@ impl BtreeRoot {
                 value: self.height as u64,
             });
         }
-        if (self.height == 0) != self.blk.is_none() {
+        if (self.height == 0) != self.blk.is_none()
+            || (self.blk.is_none() && self.blk.seq.get() != 0)
+        {
             return Err(DecodeError::Field {
                 what,
                 field: "blkno",
@@ -174,6 +176,20 @@ pub fn validate_btree_block(block: &[u8]) -> Result<u8> {
         } else {
             len
         };
+        if bh.level > 0 && (it.flags != 0 || it.seq.get() != 0) {
+            return Err(DecodeError::Field {
+                what,
+                field: "parent item flags or seq",
+                value: i as u64,
+            });
+        }
+        if len == 0 && off != 0 {
+            return Err(DecodeError::Field {
+                what,
+                field: "val_off of an empty value",
+                value: off as u64,
+            });
+        }
         if len > MAX_VAL_SIZE || len != want_len {
             return Err(DecodeError::Field {
                 what,

@@ -212,7 +212,21 @@ impl SuperBlock {
         ] {
             r.validate()?;
         }
-        self.srch_root.validate()
+        self.srch_root.validate()?;
+        let bits = self.volopt.set_bits.get();
+        if bits & !VOLOPT_DATA_ALLOC_ZONE_BLOCKS_BIT != 0 {
+            return field("volopt set_bits", bits);
+        }
+        if bits == 0 && self.volopt.data_alloc_zone_blocks.get() != 0 {
+            return field(
+                "volopt data_alloc_zone_blocks",
+                self.volopt.data_alloc_zone_blocks.get(),
+            );
+        }
+        match self.volopt.future.iter().position(|v| v.get() != 0) {
+            Some(i) => field("volopt reserved", i as u64),
+            None => Ok(()),
+        }
     }
 
     /// The quorum slots that are configured, with their addresses.

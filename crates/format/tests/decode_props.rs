@@ -225,7 +225,8 @@ fn alloc_list_head() -> impl Strategy<Value = AllocListHead> {
 
 fn alloc_root() -> impl Strategy<Value = AllocRoot> {
     (any::<u64>(), 0..=ALLOC_FLAG_LOW, btree_root()).prop_map(|(t, f, r)| AllocRoot {
-        total_len: t.into(),
+        // An empty tree holds no free blocks.
+        total_len: if r.is_empty() { 0 } else { t }.into(),
         flags: f.into(),
         pad: [0; 4],
         root: r,
@@ -685,7 +686,7 @@ fn build_btree_block(level: u8, want_items: usize, big_vals: bool, seed: u64) ->
     for (i, k) in keys.iter().take(nr).enumerate() {
         let item = BtreeItem {
             key: k.to_disk(),
-            seq: rng.next().into(),
+            seq: if level == 0 { rng.next() } else { 0 }.into(),
             val_off: (offs[i] as u16).into(),
             val_len: (lens[i] as u16).into(),
             flags: if level == 0 { rng.below(2) as u8 } else { 0 },

@@ -80,7 +80,11 @@ pub fn next_extent<R: Reader + ?Sized>(
     if it.key.zone != zone::FREE_EXTENT_BLKNO {
         return Ok(None);
     }
-    let (end, len) = (it.key.first, it.key.second);
+    extent_of(root, it.key.first, it.key.second).map(Some)
+}
+
+/// The extent of an item's (end, len), which must describe blocks.
+fn extent_of(root: &AllocRoot, end: u64, len: u64) -> Result<Extent> {
     if len == 0 || len > end.saturating_add(1) {
         let r = &root.root.blk;
         let detail = format!("free extent item with end {end} len {len}");
@@ -91,10 +95,10 @@ pub fn next_extent<R: Reader + ?Sized>(
             detail,
         ));
     }
-    Ok(Some(Extent {
+    Ok(Extent {
         start: end + 1 - len,
         len,
-    }))
+    })
 }
 
 /// Every free extent in block order.
@@ -221,20 +225,10 @@ pub fn alloc_extent(w: &mut Writer, root: &mut AllocRoot, len_max: u64) -> Resul
     if it.key.zone != zone::FREE_EXTENT_ORDER {
         return Ok(None);
     }
-    let (end, len) = (it.key.second, it.key.third);
-    if len == 0 || len > end.saturating_add(1) {
-        let r = &root.root.blk;
-        let detail = format!("free extent order item with end {end} len {len}");
-        return Err(Error::corrupt(
-            CorruptKind::ItemInvalid,
-            r.blkno.get(),
-            r.seq.get(),
-            detail,
-        ));
-    }
+    let e = extent_of(root, it.key.second, it.key.third)?;
     let got = Extent {
-        start: end + 1 - len,
-        len: len.min(len_max),
+        start: e.start,
+        len: e.len.min(len_max),
     };
     remove_extent(w, root, got.start, got.len)?;
     Ok(Some(got))
