@@ -18,7 +18,9 @@
 //!
 //! A block that can't be read is reported with its blkno and seq and its
 //! subtree is skipped; blocks it would have accounted for then show up as
-//! lost, which the report says. Memory: two bytes per block of bitmaps.
+//! lost, which the report says. Memory: one byte per metadata block, and
+//! for data one entry per extent (data devices are far larger and are
+//! accounted in extents, never block by block).
 
 use crate::alloc::extent::Extent;
 use crate::alloc::list;
@@ -163,10 +165,72 @@ impl UseMap {
     }
 }
 
+/// Data blocks accounted in extents: every free extent and every file
+/// extent, checked at the end for overlaps and gaps.
+struct ExtentMap {
+    first: u64,
+    total: u64,
+    extents: Vec<(u64, u64, Use, String)>,
+}
+
+impl ExtentMap {
+    fn add(&mut self, start: u64, len: u64, u: Use, by: String, problems: &mut Vec<Problem>) {
+        let end = start.saturating_add(len);
+        if len == 0 || start < self.first || end > self.total {
+            let what = format!("data blocks {start}+{len} ({by}) are outside the data device");
+            problems.push(Problem { blkno: None, what });
+            return;
+        }
+        self.extents.push((start, end, u, by));
+    }
+
+    /// Reports overlaps and unaccounted gaps; returns (referenced, free).
+    fn finish(&mut self, problems: &mut Vec<Problem>) -> (u64, u64) {
+        self.extents.sort_by_key(|e| (e.0, e.1));
+        let (mut referenced, mut free) = (0, 0);
+        let mut covered = self.first;
+        let mut last_by = String::new();
+        for (start, end, u, by) in &self.extents {
+            if *start > covered {
+                let what = format!(
+                    "data blocks {covered}..={} ({} blocks) are neither referenced nor free",
+                    start - 1,
+                    start - covered
+                );
+                problems.push(Problem { blkno: None, what });
+            } else if *start < covered {
+                let what = format!(
+                    "data blocks {start}..={} of {by} are also {last_by}",
+                    (*end).min(covered) - 1
+                );
+                problems.push(Problem { blkno: None, what });
+            }
+            let fresh = end.saturating_sub((*start).max(covered));
+            match u {
+                Use::Free => free += fresh,
+                _ => referenced += fresh,
+            }
+            if *end > covered {
+                covered = *end;
+                last_by = by.clone();
+            }
+        }
+        if covered < self.total {
+            let what = format!(
+                "data blocks {covered}..={} ({} blocks) are neither referenced nor free",
+                self.total - 1,
+                self.total - covered
+            );
+            problems.push(Problem { blkno: None, what });
+        }
+        (referenced, free)
+    }
+}
+
 struct Checker<'a> {
     cache: BlockCache,
     meta: UseMap,
-    data: UseMap,
+    data: ExtentMap,
     report: Report,
     progress: &'a mut dyn Progress,
 }
@@ -184,7 +248,11 @@ pub fn check(
     let mut c = Checker {
         cache: BlockCache::new(meta.clone(), sb.hdr.fsid.get(), 64),
         meta: UseMap::new(META_DEV_START_BLKNO, total_meta, "metadata"),
-        data: UseMap::new(DATA_DEV_START_BLKNO, total_data, "data"),
+        data: ExtentMap {
+            first: DATA_DEV_START_BLKNO,
+            total: total_data,
+            extents: Vec::new(),
+        },
         report: Report {
             meta_blocks: total_meta,
             data_blocks: total_data,
@@ -202,11 +270,9 @@ pub fn check(
     c.progress.finish();
     let problems = &mut c.report.problems;
     c.meta.lost(problems);
-    c.data.lost(problems);
+    (c.report.data_referenced, c.report.data_free) = c.data.finish(problems);
     c.report.meta_referenced = c.meta.count(Use::Referenced);
     c.report.meta_free = c.meta.count(Use::Free);
-    c.report.data_referenced = c.data.count(Use::Referenced);
-    c.report.data_free = c.data.count(Use::Free);
     Ok(c.report)
 }
 
@@ -354,12 +420,10 @@ impl Checker<'_> {
                 let v = scoutfs_format::data::DataExtentVal::decode(&it.val)
                     .map_err(|e| e.to_string())?;
                 if v.maps_blocks() {
-                    let (len, start) = (k.third, v.blkno.get());
-                    for b in start..start.saturating_add(len) {
-                        let by = format!("file extent of inode {}", k.first);
-                        self.data
-                            .mark(b, Use::Referenced, &by, &mut self.report.problems);
-                    }
+                    let by = format!("file extent of inode {}", k.first);
+                    let problems = &mut self.report.problems;
+                    self.data
+                        .add(v.blkno.get(), k.third, Use::Referenced, by, problems);
                 }
                 Ok(())
             }
@@ -464,10 +528,15 @@ impl Checker<'_> {
                 );
             }
         }
-        let map = if meta { &mut self.meta } else { &mut self.data };
+        let problems = &mut self.report.problems;
         for e in &by_pos {
+            if !meta {
+                self.data
+                    .add(e.start, e.len, Use::Free, name.to_string(), problems);
+                continue;
+            }
             for b in e.start..=e.end() {
-                if !map.mark(b, Use::Free, name, &mut self.report.problems) {
+                if !self.meta.mark(b, Use::Free, name, problems) {
                     break;
                 }
             }

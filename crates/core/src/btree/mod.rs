@@ -371,7 +371,7 @@ pub fn delete(w: &mut Writer, root: &mut BtreeRoot, key: &Key) -> Result<bool> {
     }
     let mut buf = dirty_root(w, root)?;
     while block::level(&buf) > 0 {
-        let mut i = block::search(&buf, key).unwrap_or_else(|i| i);
+        let i = block::search(&buf, key).unwrap_or_else(|i| i);
         if i >= block::nr(&buf) {
             let e = no_child_err(&root.blk, key);
             w.put(buf);
@@ -379,9 +379,8 @@ pub fn delete(w: &mut Writer, root: &mut BtreeRoot, key: &Key) -> Result<bool> {
         }
         let mut child = dirty_child(w, &mut buf, i)?;
         if block::total(&child) < BTREE_JOIN_LOW_BYTES && block::nr(&buf) > 1 {
-            (child, i) = join(w, &mut buf, i, child, key)?;
+            child = join(w, &mut buf, i, child, key)?;
         }
-        let _ = i;
         w.put(buf);
         buf = child;
     }
@@ -399,14 +398,8 @@ pub fn delete(w: &mut Writer, root: &mut BtreeRoot, key: &Key) -> Result<bool> {
 
 /// Joins `child` (item `i` of `parent`) with a sibling: merged into the right
 /// block of the pair when both fit, else balanced. Returns the block that
-/// covers `key` and its index; the other is put back or freed.
-fn join(
-    w: &mut Writer,
-    parent: &mut [u8],
-    i: usize,
-    child: Box<[u8]>,
-    key: &Key,
-) -> Result<(Box<[u8]>, usize)> {
+/// covers `key`; the other is put back or freed.
+fn join(w: &mut Writer, parent: &mut [u8], i: usize, child: Buf, key: &Key) -> Result<Buf> {
     let s = if i > 0 { i - 1 } else { i + 1 };
     let sib = match dirty_child(w, parent, s) {
         Ok(b) => b,
@@ -429,7 +422,7 @@ fn join(
         block::remove(parent, li);
         drop(left);
         w.free_block(&lref)?;
-        return Ok((right, li));
+        return Ok(right);
     }
     counters::inc(&ctr.btree_balance);
     let k = block::split_point(&all);
@@ -438,10 +431,10 @@ fn join(
     block::set_key(parent, li, &all[k - 1].key);
     if *key <= all[k - 1].key {
         w.put(right);
-        Ok((left, li))
+        Ok(left)
     } else {
         w.put(left);
-        Ok((right, li + 1))
+        Ok(right)
     }
 }
 
