@@ -242,8 +242,10 @@ impl Printer<'_> {
         if root.height == 0 {
             return Ok(());
         }
-        let mut stack = vec![(root.blk, 0usize)];
-        while let Some((r, depth)) = stack.pop() {
+        // Each block must sit one level below its parent, so even a damaged
+        // tree whose references loop is walked to an end.
+        let mut stack = vec![(root.blk, 0usize, root.height - 1)];
+        while let Some((r, depth, want)) = stack.pop() {
             self.progress.advance(1);
             let pad = "  ".repeat(depth + 1);
             let b = match self.cache.read(&r, magic::BTREE) {
@@ -255,6 +257,14 @@ impl Printer<'_> {
             };
             let b = b.bytes();
             let (n, lvl) = (bblock::nr(b), bblock::level(b));
+            if lvl != want {
+                writeln!(
+                    self.out,
+                    "{pad}block {}: at level {lvl}, expected {want}",
+                    rf(&r)
+                )?;
+                continue;
+            }
             writeln!(
                 self.out,
                 "{pad}block {} level {lvl} items {n} item_bytes {}",
@@ -281,7 +291,7 @@ impl Printer<'_> {
             }
             if lvl > 0 {
                 for i in (0..n).rev() {
-                    stack.push((bblock::child_ref(b, i), depth + 1));
+                    stack.push((bblock::child_ref(b, i), depth + 1, lvl - 1));
                 }
             }
         }

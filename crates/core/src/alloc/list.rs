@@ -155,7 +155,7 @@ impl Writer {
     }
 
     /// Pops a free block number from the list `head`, or None if it is empty.
-    pub fn list_pop(&mut self, head: &mut AllocListHead) -> Result<Option<u64>> {
+    pub(crate) fn list_pop(&mut self, head: &mut AllocListHead) -> Result<Option<u64>> {
         loop {
             if head.first.is_none() {
                 return Ok(None);
