@@ -331,21 +331,58 @@ pub struct Writer {
     pub(crate) dirty: BTreeMap<u64, Box<[u8]>>,
     pub(crate) rng: Rng,
     pub(crate) lists: ListState,
+    /// Set by the first error after a change began: blocks may have been
+    /// taken out and not put back, so the transaction can't be written.
+    failed: Option<String>,
+    /// Metadata blocks on the device: allocations must fall below it.
+    dev_blocks: u64,
 }
 
 impl Writer {
     /// A writer allocating from `avail` and freeing into `freed`.
     pub fn new(cache: Arc<BlockCache>, lists: ListState, rng: Rng) -> Writer {
+        let dev_blocks = cache.dev().size() / BLOCK_LG_SIZE as u64;
         Writer {
             cache,
             dirty: BTreeMap::new(),
             rng,
             lists,
+            failed: None,
+            dev_blocks,
         }
     }
 
     pub fn cache(&self) -> &Arc<BlockCache> {
         &self.cache
+    }
+
+    /// Records the first error of a change: the writer can no longer be
+    /// written out and its transaction must be discarded.
+    pub fn fail_on<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            if self.failed.is_none() {
+                self.failed = Some(e.to_string());
+            }
+        }
+        r
+    }
+
+    /// Why the writer can't be written out, if it can't.
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Checks that an allocated metadata block number is one a writer may
+    /// write: never the super or quorum blocks, never past the device.
+    pub(crate) fn check_alloc(&self, blkno: u64) -> Result<u64> {
+        if blkno < META_DEV_START_BLKNO || blkno >= self.dev_blocks {
+            let detail = format!(
+                "allocator handed out metadata block {blkno} outside {META_DEV_START_BLKNO}..{}",
+                self.dev_blocks
+            );
+            return Err(Error::corrupt(CorruptKind::AllocOverlap, blkno, 0, detail));
+        }
+        Ok(blkno)
     }
 
     pub fn dirty_blocks(&self) -> usize {
@@ -384,12 +421,14 @@ impl Writer {
         }
         let clean = self.cache.read(r, magic)?;
         let mut buf: Box<[u8]> = Box::from(clean.bytes());
-        let blkno = self.alloc_meta()?;
+        let res = self.alloc_meta().and_then(|blkno| {
+            self.free_meta(r.blkno.get())?;
+            Ok(blkno)
+        });
+        let blkno = self.fail_on(res)?;
         let seq = self.rng.nonzero();
         set_header(&mut buf, magic, self.cache.fsid, seq, blkno);
-        let old = r.blkno.get();
         *r = BlockRef::new(blkno, seq);
-        self.free_meta(old)?;
         Ok(buf)
     }
 
@@ -426,6 +465,11 @@ impl Writer {
     /// device, and moves the blocks into the clean cache. Returns the bytes
     /// written.
     pub fn write_out(&mut self) -> Result<u64> {
+        if let Some(why) = &self.failed {
+            return Err(Error::Invalid(format!(
+                "the transaction failed earlier: {why}"
+            )));
+        }
         assert!(
             self.lists.quiescent(),
             "write_out during an allocator operation"
@@ -435,6 +479,10 @@ impl Writer {
         let dirty = std::mem::take(&mut self.dirty);
         let mut written = Vec::with_capacity(dirty.len());
         for (blkno, mut buf) in dirty {
+            assert!(
+                blkno >= META_DEV_START_BLKNO && blkno < self.dev_blocks,
+                "writing metadata block {blkno}"
+            );
             set_block_crc(&mut buf);
             let off = blkno * BLOCK_LG_SIZE as u64;
             dev.write_at(&buf, off).map_err(|e| {

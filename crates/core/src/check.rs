@@ -309,7 +309,7 @@ impl Checker<'_> {
 
     fn super_trees(&mut self, sb: &SuperBlock) {
         for (name, root) in crate::commit::super_roots(sb) {
-            self.tree(name, root);
+            self.tree(name, root, false);
         }
         for (i, a) in sb.meta_alloc.iter().enumerate() {
             self.alloc_root(&format!("meta_alloc[{i}]"), a, true);
@@ -325,7 +325,7 @@ impl Checker<'_> {
 
     /// Verifies every block of a tree and each item's value; marks the
     /// blocks referenced. Returns the leaf items it could read.
-    fn tree(&mut self, name: &str, root: &BtreeRoot) -> Vec<bblock::Item> {
+    fn tree(&mut self, name: &str, root: &BtreeRoot, keep: bool) -> Vec<bblock::Item> {
         self.report.trees += 1;
         let mut items = Vec::new();
         if root.height == 0 {
@@ -380,7 +380,9 @@ impl Checker<'_> {
                             format!("{name}: item {}: {what}", it.key),
                         );
                     }
-                    items.push(it);
+                    if keep {
+                        items.push(it);
+                    }
                 }
                 self.report.items += n as u64;
                 continue;
@@ -443,7 +445,7 @@ impl Checker<'_> {
         let who = format!("log tree {}.{}", lt.rid.get(), lt.nr.get());
         self.alloc_list(&format!("{who} meta_avail"), &lt.meta_avail);
         self.alloc_list(&format!("{who} meta_freed"), &lt.meta_freed);
-        self.tree(&format!("{who} items"), &lt.item_root);
+        self.tree(&format!("{who} items"), &lt.item_root, false);
         if !lt.bloom_ref.is_none() {
             let r = lt.bloom_ref;
             if self.meta.mark(
@@ -463,7 +465,7 @@ impl Checker<'_> {
 
     /// Checks a free-extent tree and marks its extents free.
     fn alloc_root(&mut self, name: &str, a: &AllocRoot, meta: bool) {
-        let items = self.tree(name, &a.root);
+        let items = self.tree(name, &a.root, true);
         let mut by_pos = Vec::new();
         let mut by_order = Vec::new();
         for it in &items {
@@ -476,7 +478,7 @@ impl Checker<'_> {
                     continue;
                 }
             };
-            if len == 0 || len > end.saturating_add(1) {
+            if len == 0 || len - 1 > end || end == u64::MAX {
                 self.problem(
                     None,
                     format!("{name}: free extent item {k} has a bad length"),
@@ -484,7 +486,7 @@ impl Checker<'_> {
                 continue;
             }
             let e = Extent {
-                start: end + 1 - len,
+                start: end - (len - 1),
                 len,
             };
             if k.zone == zone::FREE_EXTENT_BLKNO {
@@ -518,7 +520,7 @@ impl Checker<'_> {
             );
         }
         for w in by_pos.windows(2) {
-            if w[0].end() + 1 >= w[1].start {
+            if w[0].end().saturating_add(1) >= w[1].start {
                 self.problem(
                     None,
                     format!(

@@ -138,6 +138,9 @@ pub fn write_super(dev: &dyn BlockDev, sb: &mut SuperBlock, seq: u64) -> Result<
 pub struct Store {
     pub cache: Arc<BlockCache>,
     pub sb: SuperBlock,
+    /// A super block write or its flush failed: which super block is
+    /// durable is unknown until the device is opened again.
+    failed: bool,
 }
 
 /// One commit in progress.
@@ -161,11 +164,24 @@ impl Txn {
 }
 
 impl Store {
+    /// A store over a cache and a super block already read (mkfs).
+    pub fn from_parts(cache: Arc<BlockCache>, sb: SuperBlock) -> Store {
+        Store {
+            cache,
+            sb,
+            failed: false,
+        }
+    }
+
     /// Opens the metadata device: reads and checks its super block.
     pub fn open(dev: Arc<dyn BlockDev>, cache_blocks: usize) -> Result<Store> {
         let sb = read_super(dev.as_ref(), true)?;
         let cache = Arc::new(BlockCache::new(dev, sb.hdr.fsid.get(), cache_blocks));
-        Ok(Store { cache, sb })
+        Ok(Store {
+            cache,
+            sb,
+            failed: false,
+        })
     }
 
     /// Begins a commit with random block seqs.
@@ -184,17 +200,29 @@ impl Store {
 
     /// Commits: rotates the allocators, writes every dirty block, flushes,
     /// then writes and flushes the super block. On error nothing durable has
-    /// changed unless the super block write itself was interrupted.
+    /// changed. If the super block write or its flush fails, the new super
+    /// block may or may not be durable: the store refuses further commits.
     pub fn commit(&mut self, txn: Txn) -> Result<CommitStats> {
+        if self.failed {
+            return Err(Error::Invalid(
+                "an earlier super block write failed; open the device again".into(),
+            ));
+        }
         let Txn { mut w, mut sb } = txn;
-        rotate_meta_alloc(&mut w, &mut sb)?;
+        let res = rotate_meta_alloc(&mut w, &mut sb);
+        w.fail_on(res)?;
         let blocks = w.dirty_blocks() as u64;
         let bytes = w.write_out()?;
         let dev = self.cache.dev().clone();
         let seq = sb.hdr.seq.get() + 1;
-        write_super(dev.as_ref(), &mut sb, seq)?;
-        dev.flush()
-            .map_err(|e| Error::io(format!("{}: flush", dev.name()), e))?;
+        let res = write_super(dev.as_ref(), &mut sb, seq).and_then(|_| {
+            dev.flush()
+                .map_err(|e| Error::io(format!("{}: flush", dev.name()), e))
+        });
+        if res.is_err() {
+            self.failed = true;
+        }
+        res?;
         self.sb = sb;
         Ok(CommitStats {
             blocks: blocks + 1,

@@ -1,7 +1,11 @@
 //! The storage core of scoutfs-rs, bottom to top: devices (`dev`), the
 //! metadata block cache (`block`), allocators (`alloc`), the copy-on-write
-//! btree (`btree`), the commit of a whole metadata image (`commit`), and the
-//! offline tools built on them (`mkfs`, `check`, `print`).
+//! btree (`btree`), the commit of a whole metadata image (`commit`), the
+//! offline tools built on them (`mkfs`, `check`, `print`); then the mount:
+//! the forest reader (`forest`), item cache (`item`), cluster locks (`lock`,
+//! `lock_server`, and the driver `locks`), messages (`msg`), the server
+//! (`server`) and client (`client`), transactions (`trans`), the filesystem
+//! (`fs`) and the setup of a mount (`mount`).
 //!
 //! Each layer calls only down. Errors are typed per layer and meet in
 //! [`error::Error`]; corruption is a named kind with a counter
@@ -11,13 +15,24 @@ pub mod alloc;
 pub mod block;
 pub mod btree;
 pub mod check;
+pub mod client;
 pub mod commit;
 pub mod counters;
 pub mod dev;
 pub mod error;
+pub mod forest;
+pub mod fs;
+pub mod item;
+pub mod lock;
+pub mod lock_server;
+pub mod locks;
 pub mod mkfs;
+pub mod mount;
+pub mod msg;
 pub mod print;
 pub mod progress;
 pub mod rng;
+pub mod server;
+pub mod trans;
 
 pub use error::{Error, Result};

@@ -115,6 +115,11 @@ pub fn mkfs(
         sb.volopt.data_alloc_zone_blocks = z.into();
     }
 
+    // An old super block goes first, so an interrupted mkfs leaves none.
+    let zeros = vec![0u8; BLOCK_SM_SIZE];
+    meta.write_at(&zeros, SUPER_OFFSET)
+        .and_then(|_| meta.flush())
+        .map_err(|e| Error::io(format!("{}: clearing the super block", meta.name()), e))?;
     write_quorum_blocks(meta.as_ref(), fsid)?;
     let mut data_sb = sb;
     write_super(data.as_ref(), &mut data_sb, 1)?;
@@ -126,7 +131,7 @@ pub fn mkfs(
     let mut w = bootstrap_writer(cache.clone(), &sb, rng);
     build_trees(&mut w, &mut sb, now)?;
     sb.flags = FLAG_IS_META_BDEV.into();
-    let mut store = Store { cache, sb };
+    let mut store = Store::from_parts(cache, sb);
     store.commit(Txn { w, sb })?;
     Ok(MkfsResult {
         fsid,

@@ -85,7 +85,7 @@ pub fn next_extent<R: Reader + ?Sized>(
 
 /// The extent of an item's (end, len), which must describe blocks.
 fn extent_of(root: &AllocRoot, end: u64, len: u64) -> Result<Extent> {
-    if len == 0 || len > end.saturating_add(1) {
+    if len == 0 || len - 1 > end || end == u64::MAX {
         let r = &root.root.blk;
         let detail = format!("free extent item with end {end} len {len}");
         return Err(Error::corrupt(
@@ -96,7 +96,7 @@ fn extent_of(root: &AllocRoot, end: u64, len: u64) -> Result<Extent> {
         ));
     }
     Ok(Extent {
-        start: end + 1 - len,
+        start: end - (len - 1),
         len,
     })
 }
@@ -144,19 +144,24 @@ fn drop_extent(w: &mut Writer, root: &mut AllocRoot, e: Extent) -> Result<()> {
 }
 
 /// Adds `start..start+len` to the free space, merging with neighbours.
+/// Freeing blocks that are already free is refused as corruption.
 pub fn free_extent(w: &mut Writer, root: &mut AllocRoot, start: u64, len: u64) -> Result<()> {
-    assert!(len > 0 && start.checked_add(len).is_some());
+    let res = free_inner(w, root, start, len);
+    w.fail_on(res)
+}
+
+fn free_inner(w: &mut Writer, root: &mut AllocRoot, start: u64, len: u64) -> Result<()> {
+    assert!(len > 0 && start.checked_add(len).is_some_and(|e| e < u64::MAX));
     let mut e = Extent { start, len };
-    if let Some(left) = start
-        .checked_sub(1)
-        .map(|p| next_extent(w, root, p))
-        .transpose()?
-        .flatten()
-    {
-        if left.start <= e.end() && left.end() >= start {
-            return Err(overlap(root, "freed", e, left));
+    // The first free extent ending at or after `start` overlaps if it
+    // begins within the freed range.
+    if let Some(x) = next_extent(w, root, start)? {
+        if x.start <= e.end() {
+            return Err(overlap(root, "freed", e, x));
         }
-        if left.end() + 1 == start {
+    }
+    if start > 0 {
+        if let Some(left) = next_extent(w, root, start - 1)?.filter(|l| l.end() + 1 == start) {
             drop_extent(w, root, left)?;
             e = Extent {
                 start: left.start,
@@ -164,20 +169,20 @@ pub fn free_extent(w: &mut Writer, root: &mut AllocRoot, start: u64, len: u64) -
             };
         }
     }
-    if let Some(right) = next_extent(w, root, e.end())? {
-        if right.start <= e.end() {
-            return Err(overlap(root, "freed", e, right));
-        }
-        if right.start == e.end() + 1 {
-            drop_extent(w, root, right)?;
-            e.len += right.len;
-        }
+    if let Some(right) = next_extent(w, root, e.end() + 1)?.filter(|r| r.start == e.end() + 1) {
+        drop_extent(w, root, right)?;
+        e.len += right.len;
     }
     put_extent(w, root, e)
 }
 
 /// Removes `start..start+len`, which must lie within one free extent.
 pub fn remove_extent(w: &mut Writer, root: &mut AllocRoot, start: u64, len: u64) -> Result<()> {
+    let res = remove_inner(w, root, start, len);
+    w.fail_on(res)
+}
+
+fn remove_inner(w: &mut Writer, root: &mut AllocRoot, start: u64, len: u64) -> Result<()> {
     let want = Extent { start, len };
     let found = next_extent(w, root, start)?;
     let Some(have) = found.filter(|h| h.start <= start && h.end() >= want.end()) else {
@@ -217,6 +222,11 @@ pub fn remove_extent(w: &mut Writer, root: &mut AllocRoot, start: u64, len: u64)
 /// Allocates up to `len_max` blocks from the front of an extent of the
 /// largest size class. None when the tree is empty.
 pub fn alloc_extent(w: &mut Writer, root: &mut AllocRoot, len_max: u64) -> Result<Option<Extent>> {
+    let res = alloc_inner(w, root, len_max);
+    w.fail_on(res)
+}
+
+fn alloc_inner(w: &mut Writer, root: &mut AllocRoot, len_max: u64) -> Result<Option<Extent>> {
     assert!(len_max > 0);
     let first = Key::new(zone::FREE_EXTENT_ORDER, 0, 0, 0, 0, 0);
     let Some(it) = btree::next(w, &root.root, &first)? else {

@@ -62,6 +62,19 @@ fn hdr(buf: &[u8]) -> AllocListBlockHeader {
         .unwrap_or_default()
 }
 
+/// The head's total less one, or corruption if it is already zero.
+fn dec_total(head: &AllocListHead) -> Result<u64> {
+    head.total_nr.get().checked_sub(1).ok_or_else(|| {
+        let (b, s) = (head.first.blkno.get(), head.first.seq.get());
+        Error::corrupt(
+            CorruptKind::AllocTotals,
+            b,
+            s,
+            "alloc list head counts fewer entries than its block",
+        )
+    })
+}
+
 /// The entries of one list block.
 pub fn block_entries(buf: &[u8]) -> Vec<u64> {
     let h = hdr(buf);
@@ -77,16 +90,20 @@ impl Writer {
         let mut avail = self.lists.avail;
         let got = self.list_pop(&mut avail);
         self.lists.avail = avail;
-        let got = got?.ok_or_else(|| Error::NoSpace("metadata avail list is empty".into()))?;
-        self.drain_pending()?;
-        Ok(got)
+        let res = got
+            .and_then(|g| g.ok_or_else(|| Error::NoSpace("metadata avail list is empty".into())));
+        let res = res
+            .and_then(|b| self.check_alloc(b))
+            .and_then(|b| self.drain_pending().map(|_| b));
+        self.fail_on(res)
     }
 
     /// Frees one metadata block into this writer's freed list.
     pub fn free_meta(&mut self, blkno: u64) -> Result<()> {
         assert!(blkno != 0);
         self.lists.pending.push(blkno);
-        self.drain_pending()
+        let res = self.drain_pending();
+        self.fail_on(res)
     }
 
     /// Blocks left in the avail list.
@@ -119,19 +136,35 @@ impl Writer {
     /// Pushes a free block number onto the list `head` (never the writer's
     /// own avail list). New list blocks come from the writer's avail list.
     pub fn list_push(&mut self, head: &mut AllocListHead, blkno: u64) -> Result<()> {
-        let full = head.first_nr.get() as usize >= ALLOC_LIST_MAX_BLOCKS;
-        let mut buf = if head.first.is_none() || full {
-            let nb = self.alloc_meta()?;
-            let (r, mut buf) = self.new_block_at(magic::ALLOC_LIST, nb);
-            hdr_mut(&mut buf).next = head.first;
-            head.first = r;
-            head.first_nr = 0.into();
-            buf
+        let res = self.list_push_inner(head, blkno);
+        self.fail_on(res)
+    }
+
+    fn list_push_inner(&mut self, head: &mut AllocListHead, blkno: u64) -> Result<()> {
+        let mut buf = if head.first.is_none() {
+            None
         } else {
             let mut r = head.first;
             let buf = self.cow(&mut r, magic::ALLOC_LIST)?;
             head.first = r;
-            buf
+            // The block's own count decides whether it is full.
+            if hdr(&buf).nr.get() as usize >= ALLOC_LIST_MAX_BLOCKS {
+                self.put(buf);
+                None
+            } else {
+                Some(buf)
+            }
+        };
+        let mut buf = match buf.take() {
+            Some(b) => b,
+            None => {
+                let nb = self.alloc_meta()?;
+                let (r, mut nbuf) = self.new_block_at(magic::ALLOC_LIST, nb);
+                hdr_mut(&mut nbuf).next = head.first;
+                head.first = r;
+                head.first_nr = 0.into();
+                nbuf
+            }
         };
         let h = hdr_mut(&mut buf);
         let (mut start, nr) = (h.start.get() as usize, h.nr.get() as usize);
@@ -179,7 +212,7 @@ impl Writer {
                 hdr_mut(&mut buf).nr = (nr as u32 - 1).into();
                 head.first = BlockRef::new(new, seq);
                 head.first_nr = (nr as u32 - 1).into();
-                head.total_nr = (head.total_nr.get() - 1).into();
+                head.total_nr = dec_total(head)?.into();
                 self.put(buf);
                 self.lists.pending.push(r.blkno.get());
                 continue;
@@ -197,8 +230,9 @@ impl Writer {
             let got = alloc_list_blkno(&buf, start + nr - 1);
             hdr_mut(&mut buf).nr = (nr as u32 - 1).into();
             head.first_nr = (nr as u32 - 1).into();
-            head.total_nr = (head.total_nr.get() - 1).into();
+            let total = dec_total(head);
             self.put(buf);
+            head.total_nr = total?.into();
             return Ok(Some(got));
         }
     }
@@ -221,7 +255,8 @@ impl Writer {
         let (entries, blocks) = read_list(self, head)?;
         *head = AllocListHead::default();
         for b in blocks {
-            self.free_block(&b)?;
+            let res = self.free_block(&b);
+            self.fail_on(res)?;
         }
         Ok(entries)
     }

@@ -64,6 +64,16 @@ fn level_err(r: &BlockRef, want: u8, have: u8) -> Error {
     Error::corrupt(CorruptKind::BtreeLevel, r.blkno.get(), r.seq.get(), detail)
 }
 
+fn twice_err(r: &BlockRef) -> Error {
+    let detail = "btree block is referenced twice";
+    Error::corrupt(
+        CorruptKind::BtreeKeyBounds,
+        r.blkno.get(),
+        r.seq.get(),
+        detail,
+    )
+}
+
 fn no_child_err(r: &BlockRef, k: &Key) -> Error {
     let detail = format!("parent block has no child for key {k}");
     Error::corrupt(
@@ -229,17 +239,16 @@ pub fn insert_list(w: &mut Writer, root: &mut BtreeRoot, items: &[Item]) -> Resu
         items.windows(2).all(|p| p[0].key < p[1].key),
         "insert_list items must be sorted"
     );
+    if let Some(it) = items.iter().find(|it| it.val.len() > MAX_VAL_SIZE) {
+        return Err(Error::Invalid(format!(
+            "item value of {} bytes",
+            it.val.len()
+        )));
+    }
     let mut rest = items;
     while !rest.is_empty() {
-        for it in rest {
-            if it.val.len() > MAX_VAL_SIZE {
-                return Err(Error::Invalid(format!(
-                    "item value of {} bytes",
-                    it.val.len()
-                )));
-            }
-        }
-        let done = insert_walk(w, root, rest)?;
+        let res = insert_walk(w, root, rest);
+        let done = w.fail_on(res)?;
         assert!(done > 0);
         rest = &rest[done..];
     }
@@ -369,6 +378,11 @@ pub fn delete(w: &mut Writer, root: &mut BtreeRoot, key: &Key) -> Result<bool> {
     if lookup(w, root, key)?.is_none() {
         return Ok(false);
     }
+    let res = delete_walk(w, root, key);
+    w.fail_on(res)
+}
+
+fn delete_walk(w: &mut Writer, root: &mut BtreeRoot, key: &Key) -> Result<bool> {
     let mut buf = dirty_root(w, root)?;
     while block::level(&buf) > 0 {
         let i = block::search(&buf, key).unwrap_or_else(|i| i);
@@ -473,10 +487,11 @@ pub fn free_tree(w: &mut Writer, root: &mut BtreeRoot) -> Result<()> {
         refs.push(*r);
         Ok(())
     })?;
-    for r in refs {
-        w.free_block(&r)?;
-    }
     *root = BtreeRoot::default();
+    for r in refs {
+        let res = w.free_block(&r);
+        w.fail_on(res)?;
+    }
     Ok(())
 }
 
@@ -490,8 +505,12 @@ pub fn walk_blocks<R: Reader + ?Sized>(
     if root.height == 0 {
         return Ok(());
     }
+    let mut seen = std::collections::HashSet::new();
     let mut stack = vec![(root.blk, root.height - 1)];
     while let Some((r, lvl)) = stack.pop() {
+        if !seen.insert(r.blkno.get()) {
+            return Err(twice_err(&r));
+        }
         let b = rd.read_block(&r, magic::BTREE)?;
         if block::level(&b) != lvl {
             return Err(level_err(&r, lvl, block::level(&b)));
@@ -517,7 +536,11 @@ pub fn check_invariants<R: Reader + ?Sized>(rd: &R, root: &BtreeRoot) -> Result<
     let mut items = 0u64;
     let mut stack: Vec<(BlockRef, u8, Option<Key>, Key)> =
         vec![(root.blk, root.height - 1, None, Key::MAX)];
+    let mut seen = std::collections::HashSet::new();
     while let Some((r, lvl, after, upto)) = stack.pop() {
+        if !seen.insert(r.blkno.get()) {
+            return Err(twice_err(&r));
+        }
         let b = rd.read_block(&r, magic::BTREE)?;
         if block::level(&b) != lvl {
             return Err(level_err(&r, lvl, block::level(&b)));

@@ -1,0 +1,141 @@
+//! The forest: reading fs items across `fs_root` and every mount's log btree.
+//!
+//! An fs item may have versions in the merged `fs_root` and in any number of
+//! log btrees (one per mount, plus finalized ones awaiting merge). The
+//! version with the greatest seq wins; on equal seqs the first read wins,
+//! and `fs_root` is read first. A winning deletion item means the key does
+//! not exist. This module is the only place that knows that rule.
+//!
+//! A read is by leaf: for each tree, the leaf that covers the wanted key is
+//! read, and the result covers only the keys every tree's leaf covers (the
+//! intersection of their ranges, clamped to the caller's lock range), so the
+//! caller may cache the whole range as complete, negative entries included.
+//!
+//! Roots come from the server's last written super block. A block that was
+//! rewritten after the roots were sampled reads as `Error::Stale`; the
+//! caller re-reads roots and retries, a bounded number of times.
+
+use crate::btree::{self, block as bblock, Reader};
+use crate::error::{CorruptKind, Error, Result};
+use scoutfs_format::consts::{magic, ITEM_FLAG_DELETION};
+use scoutfs_format::key::zone;
+use scoutfs_format::log_trees::LogTrees;
+use scoutfs_format::{BtreeRoot, Key};
+use std::collections::BTreeMap;
+
+/// The roots a reader needs, from the last written super block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Roots {
+    pub fs_root: BtreeRoot,
+    pub logs_root: BtreeRoot,
+    pub srch_root: BtreeRoot,
+}
+
+/// The newest version of a key: its seq, whether it is a deletion, and its
+/// value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    pub seq: u64,
+    pub deleted: bool,
+    pub val: Vec<u8>,
+}
+
+/// Items read around a key: every key in `start..=end` is either in `items`
+/// (its newest version) or has no version in any tree.
+#[derive(Clone, Debug)]
+pub struct ReadResult {
+    pub items: BTreeMap<Key, Version>,
+    pub start: Key,
+    pub end: Key,
+}
+
+/// The item roots of every log tree recorded in `logs_root`.
+pub fn log_roots<R: Reader + ?Sized>(rd: &R, logs_root: &BtreeRoot) -> Result<Vec<LogTrees>> {
+    let mut out = Vec::new();
+    let (start, end) = (
+        Key::new(zone::LOG_TREES, 0, 0, 0, 0, 0),
+        Key::new(
+            zone::LOG_TREES,
+            u64::MAX,
+            u8::MAX,
+            u64::MAX,
+            u64::MAX,
+            u8::MAX,
+        ),
+    );
+    btree::for_each_range(rd, logs_root, &start, &end, |it| {
+        let lt = LogTrees::decode(&it.val).map_err(|e| {
+            Error::corrupt(
+                CorruptKind::ItemInvalid,
+                logs_root.blk.blkno.get(),
+                logs_root.blk.seq.get(),
+                e.to_string(),
+            )
+        })?;
+        out.push(lt);
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// Reads the items around `key` from every tree, limited to `lo..=hi`.
+pub fn read_items<R: Reader + ?Sized>(
+    rd: &R,
+    roots: &Roots,
+    key: &Key,
+    lo: &Key,
+    hi: &Key,
+) -> Result<ReadResult> {
+    assert!(lo <= key && key <= hi);
+    let mut res = ReadResult {
+        items: BTreeMap::new(),
+        start: *lo,
+        end: *hi,
+    };
+    let mut trees = vec![roots.fs_root];
+    trees.extend(
+        log_roots(rd, &roots.logs_root)?
+            .into_iter()
+            .map(|lt| lt.item_root),
+    );
+    for root in trees.iter().filter(|r| !r.is_empty()) {
+        let Some(leaf) = btree::find_leaf(rd, root, key)? else {
+            continue;
+        };
+        if let Some(a) = leaf.after {
+            res.start = res.start.max(a.inc());
+        }
+        res.end = res.end.min(leaf.upto);
+        let b = &leaf.buf;
+        for i in 0..bblock::nr(b) {
+            let it = bblock::item(b, i);
+            let k = it.key.to_key_unchecked();
+            if k < *lo || k > *hi {
+                continue;
+            }
+            let seq = it.seq.get();
+            let newer = res.items.get(&k).is_none_or(|v| seq > v.seq);
+            if newer {
+                let deleted = it.flags & ITEM_FLAG_DELETION != 0;
+                res.items.insert(
+                    k,
+                    Version {
+                        seq,
+                        deleted,
+                        val: bblock::val(b, i).to_vec(),
+                    },
+                );
+            }
+        }
+    }
+    let (s, e) = (res.start, res.end);
+    res.items.retain(|k, _| *k >= s && *k <= e);
+    Ok(res)
+}
+
+/// A reader that fails with `Stale` is retried this many times with newer
+/// roots before the error is returned (as corruption).
+pub const STALE_RETRIES_MAX: usize = 10;
+
+/// Whether a btree block ref's magic is what the forest reads.
+pub const FOREST_MAGIC: u32 = magic::BTREE;

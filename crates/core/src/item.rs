@@ -1,0 +1,493 @@
+//! The item cache of one mount: fs items by key, complete over known ranges.
+//!
+//! Every fs read and write goes through here. Items come from the forest
+//! (`forest::read_items`) a leaf's worth at a time; the range a read covered
+//! is recorded as *known*: every key in it is either cached or absent, which
+//! gives negative lookups without I/O. Changes are made in the cache as
+//! *dirty* items and written into the mount's log btree at commit.
+//!
+//! Each cached item remembers whether some version of its key may exist on
+//! disk (`persistent`). Deleting such an item leaves a dirty deletion item
+//! that will hide the older versions in the forest; deleting an item that
+//! never reached disk just drops it.
+//!
+//! Every call carries a [`Cover`]: the cluster lock range and mode the
+//! caller holds. A key outside the cover, or an access the mode doesn't
+//! allow, is a bug and asserts. Reads need READ or WRITE; writes need WRITE,
+//! or WRITE_ONLY for blind writes that never read (`put_blind`,
+//! `delete_blind`). Item seqs are the greater of the transaction's seq and
+//! the lock's write seq, so a newer change always wins in the forest.
+//!
+//! Invalidation (`invalidate`), when a lock is lost, drops the clean items
+//! and the known ranges within the lock's range; the lock client has made
+//! sure the transaction was committed first, so no dirty item is there.
+//!
+//! Memory: clean items are bounded by `limit_bytes`; beyond it the least
+//! recently used known ranges are dropped with their clean items. Dirty
+//! items stay until their transaction commits (the transaction bounds them).
+//!
+//! Locking: one mutex around the cache. A forest read happens with the
+//! mutex released; its results are inserted only for keys that are still
+//! unknown, so a concurrent local change always wins.
+
+use crate::btree::Item;
+use crate::error::Result;
+use crate::forest::{ReadResult, Version};
+use scoutfs_format::consts::ITEM_FLAG_DELETION;
+use scoutfs_format::Key;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// The lock a caller holds over a range of keys.
+#[derive(Clone, Copy, Debug)]
+pub struct Cover {
+    pub start: Key,
+    pub end: Key,
+    pub read: bool,
+    pub write: bool,
+    pub write_only: bool,
+    pub write_seq: u64,
+}
+
+impl Cover {
+    fn covers(&self, k: &Key) -> bool {
+        self.start <= *k && *k <= self.end
+    }
+}
+
+/// Where items come from on a miss: the forest, through roots from the server.
+pub trait Source {
+    fn read(&self, key: &Key, lo: &Key, hi: &Key) -> Result<ReadResult>;
+}
+
+#[derive(Clone, Debug)]
+struct CItem {
+    seq: u64,
+    deleted: bool,
+    val: Vec<u8>,
+    dirty: bool,
+    persistent: bool,
+}
+
+struct Known {
+    end: Key,
+    used: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    items: BTreeMap<Key, CItem>,
+    known: BTreeMap<Key, Known>,
+    clean_bytes: usize,
+    dirty_items: usize,
+    dirty_bytes: usize,
+    tick: u64,
+}
+
+const ITEM_OVERHEAD_BYTES: usize = 96;
+
+fn cost(v: &[u8]) -> usize {
+    ITEM_OVERHEAD_BYTES + v.len()
+}
+
+impl Inner {
+    /// The known range containing `k`, touched as used.
+    fn known_at(&mut self, k: &Key) -> bool {
+        self.tick += 1;
+        let tick = self.tick;
+        match self.known.range_mut(..=*k).next_back() {
+            Some((_, kn)) if kn.end >= *k => {
+                kn.used = tick;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The end of the known range containing `k`, if any.
+    fn known_end(&self, k: &Key) -> Option<Key> {
+        match self.known.range(..=*k).next_back() {
+            Some((_, kn)) if kn.end >= *k => Some(kn.end),
+            _ => None,
+        }
+    }
+
+    fn add_known(&mut self, mut start: Key, mut end: Key) {
+        // Merge with every overlapping or adjacent range.
+        let touching: Vec<Key> = self
+            .known
+            .range(..=end.inc())
+            .filter(|(_, kn)| kn.end >= start.dec())
+            .map(|(s, _)| *s)
+            .collect();
+        for s in touching {
+            if let Some(kn) = self.known.remove(&s) {
+                start = start.min(s);
+                end = end.max(kn.end);
+            }
+        }
+        self.tick += 1;
+        self.known.insert(
+            start,
+            Known {
+                end,
+                used: self.tick,
+            },
+        );
+    }
+
+    /// Removes `start..=end` from the known ranges, keeping what lies outside.
+    fn remove_known(&mut self, start: &Key, end: &Key) {
+        let hit: Vec<(Key, Key, u64)> = self
+            .known
+            .range(..=*end)
+            .filter(|(_, kn)| kn.end >= *start)
+            .map(|(s, kn)| (*s, kn.end, kn.used))
+            .collect();
+        for (s, e, used) in hit {
+            self.known.remove(&s);
+            if s < *start {
+                self.known.insert(
+                    s,
+                    Known {
+                        end: start.dec(),
+                        used,
+                    },
+                );
+            }
+            if e > *end {
+                self.known.insert(end.inc(), Known { end: e, used });
+            }
+        }
+    }
+
+    fn set(&mut self, k: Key, it: CItem) {
+        if let Some(old) = self.items.insert(k, it.clone()) {
+            self.account(&old, -1);
+        }
+        self.account(&it, 1);
+    }
+
+    fn remove(&mut self, k: &Key) {
+        if let Some(old) = self.items.remove(k) {
+            self.account(&old, -1);
+        }
+    }
+
+    fn account(&mut self, it: &CItem, sign: isize) {
+        let c = cost(&it.val) as isize * sign;
+        if it.dirty {
+            self.dirty_items = (self.dirty_items as isize + sign) as usize;
+            self.dirty_bytes = (self.dirty_bytes as isize + c) as usize;
+        } else {
+            self.clean_bytes = (self.clean_bytes as isize + c) as usize;
+        }
+    }
+}
+
+/// The item cache of one mount.
+pub struct ItemCache {
+    inner: Mutex<Inner>,
+    limit_bytes: usize,
+}
+
+impl ItemCache {
+    pub fn new(limit_bytes: usize) -> ItemCache {
+        ItemCache {
+            inner: Mutex::new(Inner::default()),
+            limit_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Each update leaves the maps consistent, so a poisoned lock is usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `key` known, reading its leaf's worth from the source if needed.
+    fn ensure_known(&self, src: &dyn Source, c: &Cover, key: &Key) -> Result<()> {
+        if self.lock().known_at(key) {
+            return Ok(());
+        }
+        assert!(c.read, "reading {key} without a read lock");
+        let res = src.read(key, &c.start, &c.end)?;
+        let mut g = self.lock();
+        // Insert only where still unknown: a range made known meanwhile, or
+        // a dirty item, is newer than what we read.
+        for (k, v) in res.items {
+            if g.items.contains_key(&k) || g.known_end(&k).is_some() {
+                continue;
+            }
+            let Version { seq, deleted, val } = v;
+            g.set(
+                k,
+                CItem {
+                    seq,
+                    deleted,
+                    val,
+                    dirty: false,
+                    persistent: true,
+                },
+            );
+        }
+        g.add_known(res.start, res.end);
+        drop(g);
+        self.shrink();
+        Ok(())
+    }
+
+    /// The value of `key`, if it exists.
+    pub fn lookup(&self, src: &dyn Source, c: &Cover, key: &Key) -> Result<Option<Vec<u8>>> {
+        assert!(c.covers(key) && c.read, "lookup of {key} outside its lock");
+        self.ensure_known(src, c, key)?;
+        let g = self.lock();
+        Ok(g.items
+            .get(key)
+            .filter(|it| !it.deleted)
+            .map(|it| it.val.clone()))
+    }
+
+    /// The first item with a key in `key..=last` (within the lock).
+    pub fn next(
+        &self,
+        src: &dyn Source,
+        c: &Cover,
+        key: &Key,
+        last: &Key,
+    ) -> Result<Option<(Key, Vec<u8>)>> {
+        assert!(
+            c.covers(key) && c.covers(last) && c.read,
+            "next from {key} outside its lock"
+        );
+        let mut k = *key;
+        loop {
+            self.ensure_known(src, c, &k)?;
+            let g = self.lock();
+            let end = g.known_end(&k).unwrap_or(k).min(*last);
+            let found = g
+                .items
+                .range(k..=end)
+                .find(|(_, it)| !it.deleted)
+                .map(|(k, it)| (*k, it.val.clone()));
+            if found.is_some() || end >= *last {
+                return Ok(found);
+            }
+            k = end.inc();
+        }
+    }
+
+    /// The last item with a key in `first..=key` (within the lock).
+    pub fn prev(
+        &self,
+        src: &dyn Source,
+        c: &Cover,
+        key: &Key,
+        first: &Key,
+    ) -> Result<Option<(Key, Vec<u8>)>> {
+        assert!(
+            c.covers(key) && c.covers(first) && c.read,
+            "prev from {key} outside its lock"
+        );
+        let mut k = *key;
+        loop {
+            self.ensure_known(src, c, &k)?;
+            let g = self.lock();
+            let start = match g.known.range(..=k).next_back() {
+                Some((s, kn)) if kn.end >= k => *s,
+                _ => k,
+            }
+            .max(*first);
+            let found = g
+                .items
+                .range(start..=k)
+                .rev()
+                .find(|(_, it)| !it.deleted)
+                .map(|(k, it)| (*k, it.val.clone()));
+            if found.is_some() || start <= *first {
+                return Ok(found);
+            }
+            k = start.dec();
+        }
+    }
+
+    fn write_item(
+        &self,
+        c: &Cover,
+        key: &Key,
+        seq: u64,
+        val: Option<&[u8]>,
+        persistent_hint: bool,
+    ) {
+        assert!(
+            c.covers(key) && (c.write || c.write_only),
+            "writing {key} without a write lock"
+        );
+        let seq = seq.max(c.write_seq);
+        let mut g = self.lock();
+        let persistent = g.items.get(key).map_or(persistent_hint, |it| it.persistent);
+        match val {
+            Some(v) => g.set(
+                *key,
+                CItem {
+                    seq,
+                    deleted: false,
+                    val: v.to_vec(),
+                    dirty: true,
+                    persistent,
+                },
+            ),
+            None if persistent => g.set(
+                *key,
+                CItem {
+                    seq,
+                    deleted: true,
+                    val: Vec::new(),
+                    dirty: true,
+                    persistent,
+                },
+            ),
+            None => g.remove(key),
+        }
+    }
+
+    /// Creates `key`; false if it already exists.
+    pub fn create(
+        &self,
+        src: &dyn Source,
+        c: &Cover,
+        key: &Key,
+        seq: u64,
+        val: &[u8],
+    ) -> Result<bool> {
+        if self.lookup(src, c, key)?.is_some() {
+            return Ok(false);
+        }
+        self.write_item(c, key, seq, Some(val), false);
+        Ok(true)
+    }
+
+    /// Replaces the value of `key`, creating it if needed.
+    pub fn put(&self, src: &dyn Source, c: &Cover, key: &Key, seq: u64, val: &[u8]) -> Result<()> {
+        self.ensure_known(src, c, key)?;
+        self.write_item(c, key, seq, Some(val), false);
+        Ok(())
+    }
+
+    /// Deletes `key`; false if it didn't exist.
+    pub fn delete(&self, src: &dyn Source, c: &Cover, key: &Key, seq: u64) -> Result<bool> {
+        if self.lookup(src, c, key)?.is_none() {
+            return Ok(false);
+        }
+        self.write_item(c, key, seq, None, false);
+        Ok(true)
+    }
+
+    /// Creates or replaces `key` without reading (WRITE_ONLY locks).
+    pub fn put_blind(&self, c: &Cover, key: &Key, seq: u64, val: &[u8]) {
+        self.write_item(c, key, seq, Some(val), true);
+    }
+
+    /// Deletes `key` without reading: always leaves a deletion item.
+    pub fn delete_blind(&self, c: &Cover, key: &Key, seq: u64) {
+        self.write_item(c, key, seq, None, true);
+    }
+
+    /// Drops clean items and known ranges in `start..=end`.
+    pub fn invalidate(&self, start: &Key, end: &Key) {
+        let mut g = self.lock();
+        let clean: Vec<Key> = g
+            .items
+            .range(*start..=*end)
+            .filter(|(_, it)| !it.dirty)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in clean {
+            g.remove(&k);
+        }
+        g.remove_known(start, end);
+    }
+
+    /// The dirty items in key order, as the log btree stores them.
+    pub fn dirty_items(&self) -> Vec<Item> {
+        let g = self.lock();
+        g.items
+            .iter()
+            .filter(|(_, it)| it.dirty)
+            .map(|(k, it)| Item {
+                key: *k,
+                seq: it.seq,
+                flags: if it.deleted { ITEM_FLAG_DELETION } else { 0 },
+                val: it.val.clone(),
+            })
+            .collect()
+    }
+
+    /// The dirty items are durable in the log btree: they become clean.
+    pub fn write_done(&self) {
+        let mut g = self.lock();
+        let dirty: Vec<Key> = g
+            .items
+            .iter()
+            .filter(|(_, it)| it.dirty)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in dirty {
+            let Some(mut it) = g.items.get(&k).cloned() else {
+                continue;
+            };
+            it.dirty = false;
+            it.persistent = true;
+            g.set(k, it);
+        }
+        drop(g);
+        self.shrink();
+    }
+
+    /// (dirty items, dirty bytes, clean bytes).
+    pub fn usage(&self) -> (usize, usize, usize) {
+        let g = self.lock();
+        (g.dirty_items, g.dirty_bytes, g.clean_bytes)
+    }
+
+    /// Drops least recently used known ranges until clean items fit the limit.
+    fn shrink(&self) {
+        let mut g = self.lock();
+        while g.clean_bytes > self.limit_bytes {
+            let Some((&s, _)) = g.known.iter().min_by_key(|(_, kn)| kn.used) else {
+                break;
+            };
+            let e = g.known[&s].end;
+            let clean: Vec<Key> = g
+                .items
+                .range(s..=e)
+                .filter(|(_, it)| !it.dirty)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in clean {
+                g.remove(&k);
+            }
+            g.known.remove(&s);
+        }
+    }
+
+    /// Checks the cache's bookkeeping (tests).
+    pub fn check_invariants(&self) {
+        let g = self.lock();
+        let mut prev: Option<Key> = None;
+        for (s, kn) in &g.known {
+            assert!(*s <= kn.end);
+            assert!(prev.is_none_or(|p| p < *s), "known ranges overlap");
+            prev = Some(kn.end);
+        }
+        let (mut di, mut db, mut cb) = (0, 0, 0);
+        for it in g.items.values() {
+            if it.dirty {
+                di += 1;
+                db += cost(&it.val);
+            } else {
+                cb += cost(&it.val);
+            }
+        }
+        assert_eq!((di, db, cb), (g.dirty_items, g.dirty_bytes, g.clean_bytes));
+    }
+}

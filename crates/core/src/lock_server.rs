@@ -1,0 +1,605 @@
+//! The lock server: grants cluster range locks to mounts.
+//!
+//! # What it is
+//!
+//! A pure state machine run by the elected server. Inputs are LOCK requests
+//! from mounts, their responses to our invalidations, and farewells; each
+//! returns the messages to send ([`ServerOut`]). It has no threads, clocks
+//! or I/O, and its outputs are ordered only by its inputs and key order.
+//! Modes, compatibility and the wire struct live in [`crate::lock`].
+//!
+//! # Data structures
+//!
+//! Per lock (by start key, created on the first request and dropped when
+//! empty): `granted` (mount → mode, never `Null`), `invalidated` (mounts we
+//! sent an invalidation to and await the response of: the mode they hold
+//! and the mode we asked for), and `requested`, a FIFO of {mount, net id,
+//! old mode, new mode}. A mount appears in at most one of granted and
+//! invalidated, and at most once in requested.
+//!
+//! # Processing (after every input, per lock, in arrival order)
+//!
+//! 1. While any invalidation is outstanding, wait for the responses.
+//! 2. Take the head request. Every granted entry of another mount whose
+//!    mode is incompatible with the requested mode is sent an invalidation
+//!    `{old = its mode, new = Read if the request is Read and it holds
+//!    Write, else Null}` and moved to `invalidated`; if any was sent, wait.
+//!    A mount's own entry never conflicts with its own request (a `Read`
+//!    holder upgrading to `Write` keeps its cache).
+//! 3. Otherwise grant: the response to the request's net id carries
+//!    `{old = the mount's existing mode or Null, new = requested}` and, for
+//!    `Write` and `WriteOnly`, `write_seq = seq()` (the server's seq source,
+//!    so items written under the grant sort after everything before it).
+//!    `Null` results are not tracked. Repeat with the next request.
+//!
+//! A response moves the entry back to `granted` with the asked-for mode (or
+//! drops it for `Null`). A farewell drops every entry of the mount, queued
+//! requests included, and reprocesses the locks it touched in key order.
+//!
+//! # Protocol errors
+//!
+//! Messages come from the network, so impossible ones (a second request
+//! from a mount for a lock it already has one queued on, a response without
+//! an outstanding invalidation or with other modes) are answered with
+//! [`ServerOut::ProtocolError`] and otherwise ignored; the driver should
+//! disconnect (and eventually fence) that mount.
+//!
+//! # Invariants ([`LockServer::check_invariants`])
+//!
+//! Entries of different mounts in granted and invalidated hold pairwise
+//! compatible modes; no `Null` is stored; each invalidated entry asks for
+//! `Read` from `Write` or for `Null`; a mount has at most one entry per lock
+//! across granted and invalidated (so at most one pending invalidation) and
+//! at most one queued request; a lock with queued requests has an
+//! outstanding invalidation (processing always runs until it must wait); no
+//! empty lock is kept.
+//!
+//! # Limits
+//!
+//! No lock recovery after a server change (LOCK_RECOVER) yet: a new server
+//! starts empty. Processing does not wait for recovery. A farewell walks
+//! every lock. The requested queue of a lock holds at most one entry per
+//! mount, so it is bounded by the number of mounts.
+
+use crate::lock::{modes_compatible, LockMode, LockMsg, Rid};
+use scoutfs_format::Key;
+use std::collections::{BTreeMap, VecDeque};
+
+/// A message for the driver to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerOut {
+    /// The response to request `net_id` of mount `rid`.
+    Grant { rid: Rid, net_id: u64, msg: LockMsg },
+    /// A server → mount request to give the lock up to `msg.new_mode`.
+    Invalidate { rid: Rid, msg: LockMsg },
+    /// An impossible message from `rid` was ignored.
+    ProtocolError { rid: Rid, reason: String },
+}
+
+/// A queued request: the mount's request `net_id` from `old_mode` (as it
+/// saw it when sending) to `new_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Requested {
+    pub rid: Rid,
+    pub net_id: u64,
+    pub old_mode: LockMode,
+    pub new_mode: LockMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Invalidated {
+    mode: LockMode,
+    target: LockMode,
+}
+
+#[derive(Clone, Debug, Default)]
+struct ServerLock {
+    granted: BTreeMap<Rid, LockMode>,
+    invalidated: BTreeMap<Rid, Invalidated>,
+    requested: VecDeque<Requested>,
+}
+
+impl ServerLock {
+    fn is_empty(&self) -> bool {
+        self.granted.is_empty() && self.invalidated.is_empty() && self.requested.is_empty()
+    }
+}
+
+/// Whether a held entry conflicts with a request (the module comment).
+fn entries_conflict(holder: Rid, held: LockMode, req: &Requested) -> bool {
+    holder != req.rid && !modes_compatible(held, req.new_mode)
+}
+
+/// The mode an incompatible holder is asked to go to.
+fn invalidation_target(held: LockMode, wanted: LockMode) -> LockMode {
+    if wanted == LockMode::Read && held == LockMode::Write {
+        LockMode::Read
+    } else {
+        LockMode::Null
+    }
+}
+
+/// The lock server; see the module comment.
+#[derive(Debug, Default)]
+pub struct LockServer {
+    locks: BTreeMap<Key, ServerLock>,
+}
+
+impl LockServer {
+    pub fn new() -> LockServer {
+        LockServer::default()
+    }
+
+    /// Locks with any state.
+    pub fn len(&self) -> usize {
+        self.locks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.locks.is_empty()
+    }
+
+    /// The mode the server counts `rid` as holding (the old mode while an
+    /// invalidation is outstanding).
+    pub fn held_mode(&self, key: &Key, rid: Rid) -> LockMode {
+        let Some(lock) = self.locks.get(key) else {
+            return LockMode::Null;
+        };
+        match (lock.granted.get(&rid), lock.invalidated.get(&rid)) {
+            (Some(m), _) => *m,
+            (None, Some(inv)) => inv.mode,
+            (None, None) => LockMode::Null,
+        }
+    }
+
+    /// The queued requests of a lock, head first.
+    pub fn queue(&self, key: &Key) -> Vec<Requested> {
+        self.locks
+            .get(key)
+            .map_or_else(Vec::new, |l| l.requested.iter().copied().collect())
+    }
+
+    /// A LOCK request `net_id` from mount `rid`.
+    pub fn request(
+        &mut self,
+        rid: Rid,
+        net_id: u64,
+        msg: LockMsg,
+        seq: &mut dyn FnMut() -> u64,
+    ) -> Vec<ServerOut> {
+        let lock = self.locks.entry(msg.key).or_default();
+        if lock.requested.iter().any(|r| r.rid == rid) {
+            let reason = format!("second request {msg:?} (net id {net_id}) on one lock");
+            return vec![ServerOut::ProtocolError { rid, reason }];
+        }
+        lock.requested.push_back(Requested {
+            rid,
+            net_id,
+            old_mode: msg.old_mode,
+            new_mode: msg.new_mode,
+        });
+        let mut out = Vec::new();
+        self.process(msg.key, seq, &mut out);
+        out
+    }
+
+    /// Mount `rid` answered our invalidation.
+    pub fn invalidate_done(
+        &mut self,
+        rid: Rid,
+        msg: LockMsg,
+        seq: &mut dyn FnMut() -> u64,
+    ) -> Vec<ServerOut> {
+        let inv = self
+            .locks
+            .get(&msg.key)
+            .and_then(|l| l.invalidated.get(&rid).copied());
+        let Some(inv) = inv else {
+            let reason = format!("response {msg:?} without an invalidation");
+            return vec![ServerOut::ProtocolError { rid, reason }];
+        };
+        if inv.mode != msg.old_mode || inv.target != msg.new_mode {
+            let reason = format!("response {msg:?} to an invalidation {inv:?}");
+            return vec![ServerOut::ProtocolError { rid, reason }];
+        }
+        if let Some(lock) = self.locks.get_mut(&msg.key) {
+            lock.invalidated.remove(&rid);
+            if inv.target != LockMode::Null {
+                lock.granted.insert(rid, inv.target);
+            }
+        }
+        let mut out = Vec::new();
+        self.process(msg.key, seq, &mut out);
+        out
+    }
+
+    /// Mount `rid` is gone: forget everything it held or asked for.
+    pub fn farewell(&mut self, rid: Rid, seq: &mut dyn FnMut() -> u64) -> Vec<ServerOut> {
+        let mut touched = Vec::new();
+        for (key, lock) in self.locks.iter_mut() {
+            let before = lock.requested.len();
+            lock.requested.retain(|r| r.rid != rid);
+            let g = lock.granted.remove(&rid).is_some();
+            let i = lock.invalidated.remove(&rid).is_some();
+            if g || i || lock.requested.len() != before {
+                touched.push(*key);
+            }
+        }
+        let mut out = Vec::new();
+        for key in touched {
+            self.process(key, seq, &mut out);
+        }
+        out
+    }
+
+    /// Grants queued requests in order until one must wait (module comment).
+    fn process(&mut self, key: Key, seq: &mut dyn FnMut() -> u64, out: &mut Vec<ServerOut>) {
+        let Some(lock) = self.locks.get_mut(&key) else {
+            return;
+        };
+        while lock.invalidated.is_empty() {
+            let Some(head) = lock.requested.front().copied() else {
+                break;
+            };
+            let conflicting: Vec<(Rid, LockMode)> = lock
+                .granted
+                .iter()
+                .filter(|(&r, &m)| entries_conflict(r, m, &head))
+                .map(|(&r, &m)| (r, m))
+                .collect();
+            for (r, mode) in conflicting {
+                let target = invalidation_target(mode, head.new_mode);
+                lock.granted.remove(&r);
+                lock.invalidated.insert(r, Invalidated { mode, target });
+                let msg = LockMsg {
+                    key,
+                    write_seq: 0,
+                    old_mode: mode,
+                    new_mode: target,
+                };
+                out.push(ServerOut::Invalidate { rid: r, msg });
+            }
+            if !lock.invalidated.is_empty() {
+                break;
+            }
+            lock.requested.pop_front();
+            out.push(grant(lock, key, &head, seq));
+        }
+        if lock.is_empty() {
+            self.locks.remove(&key);
+        }
+    }
+
+    /// Asserts the invariants listed in the module comment.
+    pub fn check_invariants(&self) {
+        for (key, lock) in &self.locks {
+            assert!(!lock.is_empty(), "empty lock {key:?} kept");
+            let mut holders: Vec<(Rid, LockMode)> = Vec::new();
+            for (&rid, &mode) in &lock.granted {
+                assert!(mode != LockMode::Null, "null grant of {rid} on {key:?}");
+                holders.push((rid, mode));
+            }
+            for (&rid, inv) in &lock.invalidated {
+                assert!(
+                    !lock.granted.contains_key(&rid),
+                    "{rid} granted and invalidated on {key:?}"
+                );
+                let ok = inv.mode != LockMode::Null
+                    && (inv.target == LockMode::Null
+                        || (inv.target == LockMode::Read && inv.mode == LockMode::Write));
+                assert!(ok, "invalidation {inv:?} of {rid} on {key:?}");
+                holders.push((rid, inv.mode));
+            }
+            for (i, &(ra, ma)) in holders.iter().enumerate() {
+                for &(rb, mb) in &holders[i + 1..] {
+                    assert!(
+                        modes_compatible(ma, mb),
+                        "{ra} holds {ma} and {rb} holds {mb} on {key:?}"
+                    );
+                }
+            }
+            for (i, a) in lock.requested.iter().enumerate() {
+                assert!(
+                    lock.requested.iter().skip(i + 1).all(|b| b.rid != a.rid),
+                    "two requests of {} on {key:?}",
+                    a.rid
+                );
+            }
+            assert!(
+                lock.requested.is_empty() || !lock.invalidated.is_empty(),
+                "requests on {key:?} stalled with nothing outstanding"
+            );
+        }
+    }
+}
+
+/// Grants `req` (already taken off the queue) and records the result.
+fn grant(
+    lock: &mut ServerLock,
+    key: Key,
+    req: &Requested,
+    seq: &mut dyn FnMut() -> u64,
+) -> ServerOut {
+    let old_mode = lock
+        .granted
+        .get(&req.rid)
+        .copied()
+        .unwrap_or(LockMode::Null);
+    let write_seq = if req.new_mode.can_write() { seq() } else { 0 };
+    if req.new_mode == LockMode::Null {
+        lock.granted.remove(&req.rid);
+    } else {
+        lock.granted.insert(req.rid, req.new_mode);
+    }
+    ServerOut::Grant {
+        rid: req.rid,
+        net_id: req.net_id,
+        msg: LockMsg {
+            key,
+            write_seq,
+            old_mode,
+            new_mode: req.new_mode,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::inode_lock_range;
+    use LockMode::{Null, Read, Write, WriteOnly};
+
+    const A: Rid = Rid(0xa);
+    const B: Rid = Rid(0xb);
+    const C: Rid = Rid(0xc);
+
+    struct T {
+        s: LockServer,
+        seq: u64,
+        key: Key,
+    }
+
+    impl T {
+        fn new() -> T {
+            T {
+                s: LockServer::new(),
+                seq: 100,
+                key: inode_lock_range(1).0,
+            }
+        }
+
+        fn msg(&self, old: LockMode, new: LockMode) -> LockMsg {
+            LockMsg {
+                key: self.key,
+                write_seq: 0,
+                old_mode: old,
+                new_mode: new,
+            }
+        }
+
+        fn req(&mut self, rid: Rid, id: u64, old: LockMode, new: LockMode) -> Vec<ServerOut> {
+            let msg = self.msg(old, new);
+            let seq = &mut self.seq;
+            let out = self.s.request(rid, id, msg, &mut || {
+                *seq += 1;
+                *seq
+            });
+            self.s.check_invariants();
+            out
+        }
+
+        fn done(&mut self, rid: Rid, old: LockMode, new: LockMode) -> Vec<ServerOut> {
+            let msg = self.msg(old, new);
+            let seq = &mut self.seq;
+            let out = self.s.invalidate_done(rid, msg, &mut || {
+                *seq += 1;
+                *seq
+            });
+            self.s.check_invariants();
+            out
+        }
+
+        fn farewell(&mut self, rid: Rid) -> Vec<ServerOut> {
+            let seq = &mut self.seq;
+            let out = self.s.farewell(rid, &mut || {
+                *seq += 1;
+                *seq
+            });
+            self.s.check_invariants();
+            out
+        }
+
+        fn grant(&self, rid: Rid, id: u64, old: LockMode, new: LockMode, ws: u64) -> ServerOut {
+            let mut msg = self.msg(old, new);
+            msg.write_seq = ws;
+            ServerOut::Grant {
+                rid,
+                net_id: id,
+                msg,
+            }
+        }
+
+        fn inv(&self, rid: Rid, old: LockMode, new: LockMode) -> ServerOut {
+            ServerOut::Invalidate {
+                rid,
+                msg: self.msg(old, new),
+            }
+        }
+    }
+
+    #[test]
+    fn first_request_is_granted() {
+        let mut t = T::new();
+        let out = t.req(A, 1, Null, Read);
+        assert_eq!(out, vec![t.grant(A, 1, Null, Read, 0)]);
+        assert_eq!(t.s.held_mode(&t.key, A), Read);
+        // Write modes get a fresh write_seq from the seq source.
+        let k2 = inode_lock_range(5000).0;
+        let mut msg = t.msg(Null, WriteOnly);
+        msg.key = k2;
+        let out = t.s.request(B, 2, msg, &mut || 555);
+        assert!(matches!(&out[..], [ServerOut::Grant { msg, .. }] if msg.write_seq == 555));
+    }
+
+    #[test]
+    fn readers_share_and_write_only_shares() {
+        let mut t = T::new();
+        t.req(A, 1, Null, Read);
+        assert_eq!(t.req(B, 1, Null, Read), vec![t.grant(B, 1, Null, Read, 0)]);
+        let k = t.key;
+        t.key = inode_lock_range(5000).0;
+        assert_eq!(
+            t.req(A, 2, Null, WriteOnly),
+            vec![t.grant(A, 2, Null, WriteOnly, 101)]
+        );
+        assert_eq!(
+            t.req(B, 2, Null, WriteOnly),
+            vec![t.grant(B, 2, Null, WriteOnly, 102)]
+        );
+        assert_eq!(t.s.len(), 2);
+        assert_eq!(t.s.held_mode(&k, B), Read);
+    }
+
+    #[test]
+    fn own_upgrade_is_granted_without_invalidation() {
+        let mut t = T::new();
+        t.req(A, 1, Null, Read);
+        assert_eq!(
+            t.req(A, 2, Read, Write),
+            vec![t.grant(A, 2, Read, Write, 101)]
+        );
+    }
+
+    #[test]
+    fn read_request_downgrades_a_writer_to_read() {
+        let mut t = T::new();
+        t.req(A, 1, Null, Write);
+        assert_eq!(t.req(B, 1, Null, Read), vec![t.inv(A, Write, Read)]);
+        assert_eq!(t.s.held_mode(&t.key, A), Write);
+        assert_eq!(t.done(A, Write, Read), vec![t.grant(B, 1, Null, Read, 0)]);
+        assert_eq!(t.s.held_mode(&t.key, A), Read);
+        assert_eq!(t.s.held_mode(&t.key, B), Read);
+    }
+
+    #[test]
+    fn write_request_invalidates_every_reader_to_null() {
+        let mut t = T::new();
+        t.req(A, 1, Null, Read);
+        t.req(B, 1, Null, Read);
+        // C asks for WRITE: both readers go to NULL; the grant waits for both.
+        assert_eq!(
+            t.req(C, 1, Null, Write),
+            vec![t.inv(A, Read, Null), t.inv(B, Read, Null)]
+        );
+        assert!(t.done(B, Read, Null).is_empty());
+        assert_eq!(t.done(A, Read, Null), vec![t.grant(C, 1, Null, Write, 101)]);
+        assert_eq!(t.s.held_mode(&t.key, A), Null);
+    }
+
+    #[test]
+    fn upgrade_among_readers_invalidates_only_the_others() {
+        let mut t = T::new();
+        t.req(A, 1, Null, Read);
+        t.req(B, 1, Null, Read);
+        assert_eq!(t.req(A, 2, Read, Write), vec![t.inv(B, Read, Null)]);
+        assert_eq!(t.done(B, Read, Null), vec![t.grant(A, 2, Read, Write, 101)]);
+    }
+
+    #[test]
+    fn read_and_write_only_conflict() {
+        let mut t = T::new();
+        t.req(A, 1, Null, WriteOnly);
+        assert_eq!(t.req(B, 1, Null, Read), vec![t.inv(A, WriteOnly, Null)]);
+        assert_eq!(
+            t.done(A, WriteOnly, Null),
+            vec![t.grant(B, 1, Null, Read, 0)]
+        );
+    }
+
+    #[test]
+    fn requests_are_granted_in_arrival_order() {
+        let mut t = T::new();
+        t.req(A, 1, Null, Write);
+        assert_eq!(t.req(B, 1, Null, Write), vec![t.inv(A, Write, Null)]);
+        // C's READ queues behind B's WRITE.
+        assert!(t.req(C, 1, Null, Read).is_empty());
+        assert_eq!(t.s.queue(&t.key).len(), 2);
+        let out = t.done(A, Write, Null);
+        assert_eq!(
+            out,
+            vec![t.grant(B, 1, Null, Write, 102), t.inv(B, Write, Read)]
+        );
+        let out = t.done(B, Write, Read);
+        assert_eq!(out, vec![t.grant(C, 1, Null, Read, 0)]);
+    }
+
+    #[test]
+    fn request_crossing_an_invalidation_is_granted_from_null() {
+        let mut t = T::new();
+        t.req(A, 1, Null, Read);
+        assert_eq!(t.req(B, 1, Null, Write), vec![t.inv(A, Read, Null)]);
+        // A asked for WRITE before it saw the invalidation.
+        assert!(t.req(A, 2, Read, Write).is_empty());
+        let out = t.done(A, Read, Null);
+        assert_eq!(
+            out,
+            vec![t.grant(B, 1, Null, Write, 101), t.inv(B, Write, Null)]
+        );
+        let out = t.done(B, Write, Null);
+        assert_eq!(out, vec![t.grant(A, 2, Null, Write, 102)]);
+    }
+
+    #[test]
+    fn null_request_is_granted_and_forgotten() {
+        let mut t = T::new();
+        t.req(A, 1, Null, Read);
+        assert_eq!(t.req(A, 2, Read, Null), vec![t.grant(A, 2, Read, Null, 0)]);
+        assert!(t.s.is_empty());
+    }
+
+    #[test]
+    fn protocol_errors_are_reported_not_fatal() {
+        let mut t = T::new();
+        t.req(A, 1, Null, Write);
+        t.req(B, 1, Null, Write);
+        let out = t.req(B, 2, Null, Read);
+        assert!(matches!(
+            &out[..],
+            [ServerOut::ProtocolError { rid: B, .. }]
+        ));
+        let out = t.done(B, Write, Null);
+        assert!(matches!(
+            &out[..],
+            [ServerOut::ProtocolError { rid: B, .. }]
+        ));
+        let out = t.done(A, Write, Read);
+        assert!(matches!(
+            &out[..],
+            [ServerOut::ProtocolError { rid: A, .. }]
+        ));
+        // The real response still works.
+        assert_eq!(
+            t.done(A, Write, Null),
+            vec![t.grant(B, 1, Null, Write, 102)]
+        );
+    }
+
+    #[test]
+    fn farewell_drops_entries_and_unblocks_requests() {
+        let mut t = T::new();
+        t.req(A, 1, Null, Read);
+        assert_eq!(t.req(B, 1, Null, Write), vec![t.inv(A, Read, Null)]);
+        assert!(t.req(C, 1, Null, Read).is_empty());
+        // A leaves without answering: B is granted, then C's READ
+        // downgrades B.
+        let out = t.farewell(A);
+        assert_eq!(
+            out,
+            vec![t.grant(B, 1, Null, Write, 101), t.inv(B, Write, Read)]
+        );
+        // B leaves too: C is granted.
+        assert_eq!(t.farewell(B), vec![t.grant(C, 1, Null, Read, 0)]);
+        assert_eq!(t.farewell(C), vec![]);
+        assert!(t.s.is_empty());
+    }
+}

@@ -1,0 +1,350 @@
+//! The mount's lock driver: threads, waiting and messages around the
+//! [`LockClient`] state machine.
+//!
+//! `lock` asks the state machine for a user of a range in a mode; when it
+//! must wait, the request (if any) goes to the server and the caller sleeps
+//! until the lock is woken, then asks again. Grants and invalidations from
+//! the server are fed to the state machine in arrival order under one mutex.
+//! Invalidations are carried out on a worker thread, never on the client's
+//! receive thread: they may have to commit the transaction (when the lock
+//! dirtied it), which needs the receive thread to deliver the commit's
+//! response. Then the item cache drops the range (unless WRITE→READ), the
+//! kernel's caches are told to drop it, and the answer goes to the server.
+//!
+//! Ordering rules for callers: take several locks in ascending key order
+//! (`lock_inodes` does), and never wait for a lock while holding the
+//! transaction.
+
+use crate::client::{Client, Handler};
+use crate::error::{Error, Result};
+use crate::item::{Cover, ItemCache};
+use crate::lock::{inode_lock_range, Acquire, ClientAction, LockClient, LockMode, LockMsg, Rid};
+use crate::msg::{ClientResponse, ServerRequest};
+use crate::trans::Trans;
+use scoutfs_format::key::zone;
+use scoutfs_format::Key;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+
+/// Idle granted locks kept before the oldest are given back.
+pub const LOCK_IDLE_MAX_DEFAULT: usize = 10_000;
+
+/// Called with a key range whose kernel caches must be dropped.
+pub type KernelInvalidate = Box<dyn Fn(&Key, &Key) + Send + Sync>;
+
+enum Work {
+    Invalidate {
+        start: Key,
+        end: Key,
+        old: LockMode,
+        new: LockMode,
+        sync: bool,
+    },
+    Sync {
+        id: u64,
+    },
+}
+
+struct State {
+    machine: LockClient,
+    /// Wake generations per lock: waiters sleep until theirs changes.
+    wakes: BTreeMap<Key, u64>,
+    /// Server request ids of the invalidations queued per lock, in order.
+    inval_ids: BTreeMap<Key, VecDeque<u64>>,
+}
+
+pub struct Locks {
+    st: Mutex<State>,
+    cv: Condvar,
+    client: OnceLock<Arc<Client>>,
+    trans: OnceLock<Weak<Trans>>,
+    items: Arc<ItemCache>,
+    work: Mutex<Option<Sender<Work>>>,
+    kernel: OnceLock<KernelInvalidate>,
+    me: OnceLock<Weak<Locks>>,
+}
+
+/// A held lock; released on drop.
+pub struct LockGuard {
+    locks: Arc<Locks>,
+    start: Key,
+    end: Key,
+    mode: LockMode,
+    write_seq: u64,
+}
+
+impl LockGuard {
+    pub fn start(&self) -> Key {
+        self.start
+    }
+
+    /// The cover item operations check.
+    pub fn cover(&self) -> Cover {
+        Cover {
+            start: self.start,
+            end: self.end,
+            read: self.mode.can_read(),
+            write: self.mode == LockMode::Write,
+            write_only: self.mode == LockMode::WriteOnly,
+            write_seq: self.write_seq,
+        }
+    }
+
+    /// Whether this is the inode group lock of `ino`.
+    pub fn covers_inode(&self, ino: u64) -> bool {
+        self.start.zone == zone::FS && self.start.first <= ino && ino <= self.end.first
+    }
+
+    /// Items under this lock were dirtied in transaction `seq`.
+    pub fn dirtied(&self, seq: u64) {
+        if self.mode.can_write() {
+            self.locks.state().machine.mark_dirty(self.start, seq);
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let mut st = self.locks.state();
+        let acts = st.machine.release(self.start, self.mode);
+        self.locks.apply(&mut st, acts);
+        let idle = st.machine.trim_idle();
+        drop(st);
+        for m in idle {
+            self.locks.send(m);
+        }
+    }
+}
+
+impl Locks {
+    pub fn new(rid: u64, items: Arc<ItemCache>, idle_max: usize) -> Arc<Locks> {
+        let st = State {
+            machine: LockClient::new(Rid(rid), idle_max),
+            wakes: BTreeMap::new(),
+            inval_ids: BTreeMap::new(),
+        };
+        let locks = Arc::new(Locks {
+            st: Mutex::new(st),
+            cv: Condvar::new(),
+            client: OnceLock::new(),
+            trans: OnceLock::new(),
+            items,
+            work: Mutex::new(None),
+            kernel: OnceLock::new(),
+            me: OnceLock::new(),
+        });
+        let _ = locks.me.set(Arc::downgrade(&locks));
+        locks
+    }
+
+    /// Connects the driver to the client and transaction and starts its
+    /// worker thread.
+    pub fn start(self: &Arc<Self>, client: Arc<Client>, trans: &Arc<Trans>) {
+        let _ = self.client.set(client);
+        let _ = self.trans.set(Arc::downgrade(trans));
+        let (tx, rx) = channel::<Work>();
+        *self.work.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        let me = Arc::downgrade(self);
+        let _ = std::thread::Builder::new()
+            .name("scoutfs-lock-worker".into())
+            .spawn(move || {
+                while let Ok(w) = rx.recv() {
+                    let Some(locks) = me.upgrade() else { break };
+                    locks.do_work(w);
+                }
+            });
+    }
+
+    /// Stops the worker thread (at unmount).
+    pub fn stop(&self) {
+        self.work.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Sets what drops the kernel's caches of a key range.
+    pub fn set_kernel_invalidate(&self, f: KernelInvalidate) {
+        let _ = self.kernel.set(f);
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, m: LockMsg) {
+        if let Some(c) = self.client.get() {
+            if let Err(e) = c.send_lock(m) {
+                eprintln!("scoutfs: lock request {m:?} not sent: {e}");
+            }
+        }
+    }
+
+    /// Waits for a user of `start..=end` in `mode`.
+    pub fn lock(&self, start: Key, end: Key, mode: LockMode) -> Result<LockGuard> {
+        let me = self
+            .me
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| Error::Invalid("locks are gone".into()))?;
+        let mut st = self.state();
+        loop {
+            match st.machine.acquire(start, end, mode) {
+                Acquire::Held { write_seq, .. } => {
+                    return Ok(LockGuard {
+                        locks: me,
+                        start,
+                        end,
+                        mode,
+                        write_seq,
+                    });
+                }
+                Acquire::Wait(msg) => {
+                    let gen = st.wakes.get(&start).copied().unwrap_or(0);
+                    if let Some(m) = msg {
+                        self.send(m);
+                    }
+                    while st.wakes.get(&start).copied().unwrap_or(0) == gen {
+                        st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The inode group lock of `ino`.
+    pub fn lock_inode(&self, ino: u64, mode: LockMode) -> Result<LockGuard> {
+        let (s, e) = inode_lock_range(ino);
+        self.lock(s, e, mode)
+    }
+
+    /// The group locks of several inodes, in ascending order, one per group.
+    pub fn lock_inodes(&self, inos: &[u64], mode: LockMode) -> Result<Vec<LockGuard>> {
+        let mut ranges: Vec<(Key, Key)> = inos.iter().map(|&i| inode_lock_range(i)).collect();
+        ranges.sort();
+        ranges.dedup();
+        ranges
+            .into_iter()
+            .map(|(s, e)| self.lock(s, e, mode))
+            .collect()
+    }
+
+    /// Carries out the state machine's actions (with its mutex held).
+    fn apply(&self, st: &mut State, acts: Vec<ClientAction>) {
+        for a in acts {
+            match a {
+                ClientAction::Invalidate {
+                    start,
+                    end,
+                    old_mode,
+                    new_mode,
+                    sync,
+                } => {
+                    self.queue(Work::Invalidate {
+                        start,
+                        end,
+                        old: old_mode,
+                        new: new_mode,
+                        sync,
+                    });
+                }
+                ClientAction::Respond(m) => {
+                    let id = st.inval_ids.get_mut(&m.key).and_then(|q| q.pop_back());
+                    self.respond(id, m);
+                }
+                ClientAction::Wake { start } => {
+                    *st.wakes.entry(start).or_insert(0) += 1;
+                    self.cv.notify_all();
+                }
+                ClientAction::DropCache { start, end } => self.drop_caches(&start, &end, true),
+                ClientAction::ProtocolError { key, reason } => {
+                    eprintln!("scoutfs: lock protocol error on {key}: {reason}");
+                }
+            }
+        }
+    }
+
+    fn queue(&self, w: Work) {
+        if let Some(tx) = self.work.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(w);
+        }
+    }
+
+    fn respond(&self, id: Option<u64>, m: LockMsg) {
+        let (Some(id), Some(c)) = (id, self.client.get()) else {
+            return;
+        };
+        if let Err(e) = c.respond(id, ClientResponse::InvalidateDone(m)) {
+            eprintln!("scoutfs: lock response {m:?} not sent: {e}");
+        }
+    }
+
+    fn drop_caches(&self, start: &Key, end: &Key, items: bool) {
+        if items {
+            self.items.invalidate(start, end);
+        }
+        if let Some(k) = self.kernel.get() {
+            k(start, end);
+        }
+    }
+
+    fn do_work(&self, w: Work) {
+        match w {
+            Work::Sync { id } => {
+                self.commit();
+                if let Some(c) = self.client.get() {
+                    let _ = c.respond(id, ClientResponse::Done);
+                }
+            }
+            Work::Invalidate {
+                start,
+                end,
+                old,
+                new,
+                sync,
+            } => {
+                if sync {
+                    self.commit();
+                }
+                let keep_items = old == LockMode::Write && new == LockMode::Read;
+                self.drop_caches(&start, &end, !keep_items);
+                let mut st = self.state();
+                let (m, acts) = st.machine.invalidate_done(start);
+                let id = st.inval_ids.get_mut(&start).and_then(|q| q.pop_front());
+                self.respond(id, m);
+                self.apply(&mut st, acts);
+            }
+        }
+    }
+
+    fn commit(&self) {
+        if let Some(t) = self.trans.get().and_then(Weak::upgrade) {
+            if let Err(e) = t.commit() {
+                eprintln!("scoutfs: commit for a lock invalidation failed: {e}");
+            }
+        }
+    }
+
+    /// Every transaction up to `seq` is durable.
+    pub fn trans_committed(&self, seq: u64) {
+        self.state().machine.trans_committed(seq);
+    }
+}
+
+impl Handler for Locks {
+    fn lock_granted(&self, msg: LockMsg) {
+        let mut st = self.state();
+        let acts = st.machine.on_grant(msg);
+        self.apply(&mut st, acts);
+    }
+
+    fn server_request(&self, id: u64, req: ServerRequest) {
+        match req {
+            ServerRequest::Invalidate(m) => {
+                let mut st = self.state();
+                st.inval_ids.entry(m.key).or_default().push_back(id);
+                let acts = st.machine.on_invalidate(m);
+                self.apply(&mut st, acts);
+            }
+            ServerRequest::SyncLogTrees => self.queue(Work::Sync { id }),
+        }
+    }
+}

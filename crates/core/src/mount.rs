@@ -1,0 +1,197 @@
+//! Mounting: setup and teardown of everything a mount runs, in order.
+//!
+//! Setup: check the two devices belong together; open the metadata store
+//! and start the server (today in the same process: its single quorum slot
+//! makes it leader); make a random mount id (rid) and connect the client;
+//! greet; create the item cache, lock driver and first transaction; start
+//! the commit thread. Teardown reverses it: stop the commit thread, commit,
+//! say farewell, stop the lock worker, disconnect, stop the server.
+
+use crate::block::BlockCache;
+use crate::client::Client;
+use crate::commit::{check_pair, read_super, Store};
+use crate::dev::BlockDev;
+use crate::error::{Error, Result};
+use crate::fs::{Fs, FsOptions};
+use crate::item::ItemCache;
+use crate::locks::{Locks, LOCK_IDLE_MAX_DEFAULT};
+use crate::msg::{Request, Response};
+use crate::server::Server;
+use crate::trans::{Trans, TransLimits};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Options of a mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Commit the open transaction at least this often.
+    pub commit_interval_ms: u64,
+    /// Bytes of clean items the item cache keeps.
+    pub item_cache_bytes: usize,
+    /// Metadata blocks the block cache keeps.
+    pub block_cache_blocks: usize,
+    pub trans: TransLimits,
+    pub fs: FsOptions,
+    pub lock_idle_max: usize,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            commit_interval_ms: 10_000,
+            item_cache_bytes: 256 << 20,
+            block_cache_blocks: 2048,
+            trans: TransLimits::default(),
+            fs: FsOptions::default(),
+            lock_idle_max: LOCK_IDLE_MAX_DEFAULT,
+        }
+    }
+}
+
+/// A mounted filesystem: its server, client and fs.
+pub struct Mount {
+    fs: Arc<Fs>,
+    locks: Arc<Locks>,
+    client: Arc<Client>,
+    server: Option<Server>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    committer: Option<JoinHandle<()>>,
+    unmounted: AtomicBool,
+}
+
+impl Mount {
+    /// Mounts the filesystem on `meta` and `data`.
+    pub fn open(
+        meta: Arc<dyn BlockDev>,
+        data: Arc<dyn BlockDev>,
+        opts: &MountOptions,
+    ) -> Result<Mount> {
+        let msb = read_super(meta.as_ref(), true)?;
+        let dsb = read_super(data.as_ref(), false)?;
+        check_pair(&msb, &dsb, data.name())?;
+        let store = Store::open(meta, opts.block_cache_blocks)?;
+        let cache: Arc<BlockCache> = store.cache.clone();
+        let fsid = store.sb.hdr.fsid.get();
+        let server = Server::start(store);
+        let rid = crate::rng::os_random_u64() | 1;
+        let (conn, rx) = server.connect(rid);
+        let items = Arc::new(ItemCache::new(opts.item_cache_bytes));
+        let locks = Locks::new(rid, items.clone(), opts.lock_idle_max);
+        let client = Client::new(conn, rid, rx, locks.clone());
+        match client.call(Request::Greeting { rid })? {
+            Response::Greeting { fsid: f, .. } if f == fsid => {}
+            other => return Err(Error::Invalid(format!("server greeting: {other:?}"))),
+        }
+        let trans = Arc::new(Trans::open(
+            client.clone(),
+            items.clone(),
+            cache.clone(),
+            data.clone(),
+            opts.trans,
+        )?);
+        locks.start(client.clone(), &trans);
+        let l = Arc::downgrade(&locks);
+        trans.set_on_commit(Box::new(move |seq| {
+            if let Some(l) = l.upgrade() {
+                l.trans_committed(seq);
+            }
+        }));
+        let fs = Arc::new(Fs::new(
+            items,
+            trans,
+            locks.clone(),
+            client.clone(),
+            cache,
+            data,
+            opts.fs.clone(),
+            fsid,
+        ));
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let committer = spawn_committer(fs.clone(), stop.clone(), opts.commit_interval_ms);
+        Ok(Mount {
+            fs,
+            locks,
+            client,
+            server: Some(server),
+            stop,
+            committer,
+            unmounted: AtomicBool::new(false),
+        })
+    }
+
+    pub fn fs(&self) -> &Arc<Fs> {
+        &self.fs
+    }
+
+    pub fn locks(&self) -> &Arc<Locks> {
+        &self.locks
+    }
+
+    /// Unmounts: the last commit, farewell, and everything stopped.
+    pub fn unmount(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if self.unmounted.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        {
+            let (m, cv) = &*self.stop;
+            *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cv.notify_all();
+        }
+        if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+        let res = self
+            .fs
+            .sync()
+            .map_err(|e| Error::Invalid(format!("final commit: {e}")));
+        let bye = self.client.call(Request::Farewell);
+        self.locks.stop();
+        if let Some(s) = self.server.take() {
+            s.stop();
+        }
+        res?;
+        bye.map(|_| ())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            eprintln!("scoutfs: unmount: {e}");
+        }
+    }
+}
+
+fn spawn_committer(
+    fs: Arc<Fs>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    interval_ms: u64,
+) -> Option<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("scoutfs-commit".into())
+        .spawn(move || {
+            let (m, cv) = &*stop;
+            let mut stopped = m.lock().unwrap_or_else(|p| p.into_inner());
+            while !*stopped {
+                let (g, _) = cv
+                    .wait_timeout(stopped, Duration::from_millis(interval_ms))
+                    .unwrap_or_else(|p| p.into_inner());
+                stopped = g;
+                if *stopped {
+                    break;
+                }
+                drop(stopped);
+                if let Err(e) = fs.sync() {
+                    eprintln!("scoutfs: periodic commit failed: {e}");
+                }
+                stopped = m.lock().unwrap_or_else(|p| p.into_inner());
+            }
+        })
+        .ok()
+}

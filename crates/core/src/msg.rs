@@ -1,0 +1,95 @@
+//! Messages between a mount's client and the server.
+//!
+//! These are the requests and responses that a later issue carries over TCP
+//! with framing, sequence numbers and resends; today they travel between
+//! threads of one process. Every request gets exactly one response with the
+//! same id. Requests go both ways: the client asks for log trees, roots,
+//! inode numbers, locks and statistics; the server asks a client to give up
+//! (invalidate) a lock or to commit its transaction.
+
+use crate::forest::Roots;
+use crate::lock::LockMsg;
+use scoutfs_format::log_trees::LogTrees;
+
+/// Requests a client sends to the server.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// The first message of a mount: its random id.
+    Greeting { rid: u64 },
+    /// A run of inode numbers for new inodes.
+    AllocInodes { count: u64 },
+    /// Opens the mount's next transaction on its log tree.
+    GetLogTrees,
+    /// Records the mount's committed log tree.
+    CommitLogTrees(Box<LogTrees>),
+    /// The roots of the last written super block.
+    GetRoots,
+    /// A lock request {key, old mode, new mode}.
+    Lock(LockMsg),
+    /// Space and inode counts.
+    Statfs,
+    /// The mount is unmounting: forget it.
+    Farewell,
+}
+
+/// Filesystem totals for statfs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StatfsInfo {
+    pub total_meta_blocks: u64,
+    pub free_meta_blocks: u64,
+    pub total_data_blocks: u64,
+    pub free_data_blocks: u64,
+    pub inode_count: u64,
+    pub fsid: u64,
+}
+
+/// Responses from the server.
+#[derive(Clone, Debug)]
+pub enum Response {
+    Greeting {
+        fsid: u64,
+        server_term: u64,
+    },
+    Inodes {
+        ino: u64,
+        nr: u64,
+    },
+    LogTrees(Box<LogTrees>),
+    Done,
+    Roots(Roots),
+    /// A lock grant {key, write seq, old mode, new mode}.
+    Lock(LockMsg),
+    Statfs(StatfsInfo),
+    /// The request failed; an errno.
+    Error(i32),
+}
+
+/// Requests the server sends to a client.
+#[derive(Clone, Debug)]
+pub enum ServerRequest {
+    /// Give the lock up from old mode to new mode, then answer.
+    Invalidate(LockMsg),
+    /// Commit the open transaction.
+    SyncLogTrees,
+}
+
+/// A client's answers to the server's requests.
+#[derive(Clone, Debug)]
+pub enum ClientResponse {
+    InvalidateDone(LockMsg),
+    Done,
+}
+
+/// Everything that travels from a client to the server.
+#[derive(Debug)]
+pub enum ToServer {
+    Request { id: u64, req: Request },
+    Response { id: u64, resp: ClientResponse },
+}
+
+/// Everything that travels from the server to a client.
+#[derive(Debug)]
+pub enum ToClient {
+    Response { id: u64, resp: Response },
+    Request { id: u64, req: ServerRequest },
+}

@@ -1,0 +1,476 @@
+//! The server: the one place that changes the super block.
+//!
+//! It records each mount's log tree, hands out space and inode numbers,
+//! grants cluster locks, and answers with the roots of its last written
+//! super block. It runs on its own thread and processes messages in arrival
+//! order; every request that changes persistent state is committed (super
+//! block written and flushed) before its response is sent, so a response
+//! always describes durable state.
+//!
+//! Log tree lifecycle (per mount, keyed by rid and nr): GET_LOG_TREES finds
+//! or creates the mount's open log tree, returns the blocks and extents the
+//! mount freed in its last committed transaction to the server's allocators
+//! (they are durable now), refills its metadata alloc list and data extents,
+//! and opens a transaction with a fresh seq. COMMIT_LOG_TREES records the
+//! mount's new roots and closes the transaction. Both are idempotent against
+//! resends: an open transaction is returned as it is, an already committed
+//! one is ignored.
+//!
+//! Seqs: one counter (`super.seq`) supplies transaction seqs and lock write
+//! seqs. At start it is raised above every seq recorded in the log trees.
+//!
+//! Not yet here (later issues): batching of commits across requests,
+//! finalizing and merging log trees into `fs_root`, network transport,
+//! recovery after a server change, fencing.
+
+use crate::alloc::extent;
+use crate::btree;
+use crate::commit::{meta_fill_target, Store, Txn};
+use crate::error::{Error, Result};
+use crate::forest::{log_roots, Roots};
+use crate::lock::{LockMsg, Rid};
+use crate::lock_server::{LockServer, ServerOut};
+use crate::msg::{
+    ClientResponse, Request, Response, ServerRequest, StatfsInfo, ToClient, ToServer,
+};
+use scoutfs_format::key::zone;
+use scoutfs_format::log_trees::{LogTrees, MountedClientVal};
+use scoutfs_format::{Key, SuperBlock};
+use std::collections::BTreeMap;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::thread::JoinHandle;
+use zerocopy::IntoBytes;
+
+/// Data blocks a mount's data_avail is filled to: an eighth of the device,
+/// at most 4 GiB; refilled when below a quarter of that.
+pub fn data_fill_target(sb: &SuperBlock) -> u64 {
+    (sb.total_data_blocks.get() / 8).clamp(256, 1 << 20)
+}
+
+fn log_trees_key(rid: u64, nr: u64) -> Key {
+    Key::new(zone::LOG_TREES, rid, 0, nr, 0, 0)
+}
+
+fn mounted_client_key(rid: u64) -> Key {
+    Key::new(zone::MOUNTED_CLIENT, rid, 0, 0, 0, 0)
+}
+
+enum Event {
+    Connect { rid: u64, tx: Sender<ToClient> },
+    Msg { rid: u64, msg: ToServer },
+    Disconnect { rid: u64 },
+    Shutdown,
+}
+
+/// A handle to the running server thread.
+pub struct Server {
+    tx: Sender<Event>,
+    thread: Option<JoinHandle<Store>>,
+}
+
+/// A client's connection to the server.
+pub struct Conn {
+    rid: u64,
+    tx: Sender<Event>,
+}
+
+impl Conn {
+    pub fn send(&self, msg: ToServer) -> Result<()> {
+        self.tx
+            .send(Event::Msg { rid: self.rid, msg })
+            .map_err(|_| Error::Invalid("the server has stopped".into()))
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Event::Disconnect { rid: self.rid });
+    }
+}
+
+impl Server {
+    /// Starts the server on an open store.
+    pub fn start(store: Store) -> Server {
+        let (tx, rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name("scoutfs-server".into())
+            .spawn(move || State::new(store).run(rx))
+            .ok();
+        Server { tx, thread }
+    }
+
+    /// Connects a client with id `rid`; messages for it arrive on the receiver.
+    pub fn connect(&self, rid: u64) -> (Conn, Receiver<ToClient>) {
+        let (ctx, crx) = channel();
+        let _ = self.tx.send(Event::Connect { rid, tx: ctx });
+        (
+            Conn {
+                rid,
+                tx: self.tx.clone(),
+            },
+            crx,
+        )
+    }
+
+    /// Stops the server and returns its store.
+    pub fn stop(mut self) -> Option<Store> {
+        let _ = self.tx.send(Event::Shutdown);
+        self.thread.take().and_then(|t| t.join().ok())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Event::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct State {
+    store: Store,
+    locks: LockServer,
+    clients: BTreeMap<u64, Sender<ToClient>>,
+    /// Server requests awaiting a client's response: id -> rid.
+    asked: BTreeMap<u64, u64>,
+    next_id: u64,
+    seq: u64,
+}
+
+impl State {
+    fn new(store: Store) -> State {
+        let mut seq = store.sb.seq.get();
+        if let Ok(lts) = log_roots(store.cache.as_ref(), &store.sb.logs_root) {
+            for lt in lts {
+                seq = seq.max(lt.max_item_seq.get()).max(lt.get_trans_seq.get());
+            }
+        }
+        State {
+            store,
+            locks: LockServer::new(),
+            clients: BTreeMap::new(),
+            asked: BTreeMap::new(),
+            next_id: 1,
+            seq,
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Event>) -> Store {
+        while let Ok(ev) = rx.recv() {
+            match ev {
+                Event::Connect { rid, tx } => {
+                    self.clients.insert(rid, tx);
+                }
+                Event::Disconnect { rid } => {
+                    self.clients.remove(&rid);
+                }
+                Event::Msg { rid, msg } => self.message(rid, msg),
+                Event::Shutdown => break,
+            }
+        }
+        self.store
+    }
+
+    fn send(&self, rid: u64, msg: ToClient) {
+        // A client that went away is forgotten by its farewell or, later, fenced.
+        if let Some(tx) = self.clients.get(&rid) {
+            let _ = tx.send(msg);
+        }
+    }
+
+    fn message(&mut self, rid: u64, msg: ToServer) {
+        match msg {
+            ToServer::Request {
+                id,
+                req: Request::Lock(m),
+            } => self.lock_request(rid, id, m),
+            ToServer::Request { id, req } => {
+                let resp = self.request(rid, req).unwrap_or_else(|e| {
+                    eprintln!("scoutfs: server: request from {rid:#x} failed: {e}");
+                    Response::Error(e.errno())
+                });
+                self.send(rid, ToClient::Response { id, resp });
+            }
+            ToServer::Response { id, resp } => {
+                if self.asked.remove(&id).is_none() {
+                    return;
+                }
+                if let ClientResponse::InvalidateDone(m) = resp {
+                    let mut seq = self.seq;
+                    let outs = self.locks.invalidate_done(Rid(rid), m, &mut || {
+                        seq += 1;
+                        seq
+                    });
+                    self.seq = seq;
+                    self.lock_outputs(outs);
+                }
+            }
+        }
+    }
+
+    fn lock_request(&mut self, rid: u64, id: u64, m: LockMsg) {
+        let mut seq = self.seq;
+        let outs = self.locks.request(Rid(rid), id, m, &mut || {
+            seq += 1;
+            seq
+        });
+        self.seq = seq;
+        self.lock_outputs(outs);
+    }
+
+    fn lock_outputs(&mut self, outs: Vec<ServerOut>) {
+        for out in outs {
+            match out {
+                ServerOut::Grant { rid, net_id, msg } => {
+                    self.send(
+                        rid.0,
+                        ToClient::Response {
+                            id: net_id,
+                            resp: Response::Lock(msg),
+                        },
+                    );
+                }
+                ServerOut::Invalidate { rid, msg } => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.asked.insert(id, rid.0);
+                    self.send(
+                        rid.0,
+                        ToClient::Request {
+                            id,
+                            req: ServerRequest::Invalidate(msg),
+                        },
+                    );
+                }
+                ServerOut::ProtocolError { rid, reason } => {
+                    eprintln!(
+                        "scoutfs: server: lock protocol error from {:#x}: {reason}",
+                        rid.0
+                    );
+                }
+            }
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn commit(&mut self, mut txn: Txn) -> Result<()> {
+        txn.sb.seq = self.seq.into();
+        self.store.commit(txn)?;
+        Ok(())
+    }
+
+    fn request(&mut self, rid: u64, req: Request) -> Result<Response> {
+        match req {
+            Request::Greeting { rid: r } => {
+                assert_eq!(r, rid);
+                let mut txn = self.store.begin();
+                let val = MountedClientVal::default();
+                btree::insert(
+                    &mut txn.w,
+                    &mut txn.sb.mounted_clients,
+                    &mounted_client_key(rid),
+                    0,
+                    0,
+                    val.as_bytes(),
+                )?;
+                self.commit(txn)?;
+                Ok(Response::Greeting {
+                    fsid: self.store.sb.hdr.fsid.get(),
+                    server_term: 1,
+                })
+            }
+            Request::AllocInodes { count } => {
+                let mut txn = self.store.begin();
+                let ino = txn.sb.next_ino.get();
+                let nr = count.min(u64::MAX - ino);
+                txn.sb.next_ino = (ino + nr).into();
+                self.commit(txn)?;
+                Ok(Response::Inodes { ino, nr })
+            }
+            Request::GetLogTrees => Ok(Response::LogTrees(Box::new(self.get_log_trees(rid)?))),
+            Request::CommitLogTrees(lt) => {
+                self.commit_log_trees(rid, &lt)?;
+                Ok(Response::Done)
+            }
+            Request::GetRoots => {
+                let sb = &self.store.sb;
+                Ok(Response::Roots(Roots {
+                    fs_root: sb.fs_root,
+                    logs_root: sb.logs_root,
+                    srch_root: sb.srch_root,
+                }))
+            }
+            Request::Statfs => Ok(Response::Statfs(self.statfs()?)),
+            Request::Farewell => {
+                let mut seq = self.seq;
+                let outs = self.locks.farewell(Rid(rid), &mut || {
+                    seq += 1;
+                    seq
+                });
+                self.seq = seq;
+                self.lock_outputs(outs);
+                let mut txn = self.store.begin();
+                btree::delete(
+                    &mut txn.w,
+                    &mut txn.sb.mounted_clients,
+                    &mounted_client_key(rid),
+                )?;
+                self.commit(txn)?;
+                Ok(Response::Done)
+            }
+            Request::Lock(_) => unreachable!("lock requests are handled by lock_request"),
+        }
+    }
+
+    /// The mount's current (last) log tree item, if any.
+    fn current_log_trees(&self, txn: &Txn, rid: u64) -> Result<Option<LogTrees>> {
+        let it = btree::prev(&txn.w, &txn.sb.logs_root, &log_trees_key(rid, u64::MAX))?;
+        let Some(it) = it.filter(|it| it.key.zone == zone::LOG_TREES && it.key.first == rid) else {
+            return Ok(None);
+        };
+        let lt = LogTrees::decode(&it.val)
+            .map_err(|e| Error::Invalid(format!("log trees item: {e}")))?;
+        Ok(Some(lt))
+    }
+
+    fn get_log_trees(&mut self, rid: u64) -> Result<LogTrees> {
+        let mut txn = self.store.begin();
+        let mut lt = match self.current_log_trees(&txn, rid)? {
+            Some(lt) if lt.trans_open() => return Ok(lt),
+            Some(lt) => lt,
+            None => LogTrees {
+                rid: rid.into(),
+                nr: 1.into(),
+                ..Default::default()
+            },
+        };
+        reclaim_freed(&mut txn, &mut lt)?;
+        refill(&mut txn, &mut lt)?;
+        lt.get_trans_seq = self.next_seq().into();
+        let key = log_trees_key(rid, lt.nr.get());
+        btree::insert(&mut txn.w, &mut txn.sb.logs_root, &key, 0, 0, lt.as_bytes())?;
+        self.commit(txn)?;
+        Ok(lt)
+    }
+
+    fn commit_log_trees(&mut self, rid: u64, lt: &LogTrees) -> Result<()> {
+        let mut txn = self.store.begin();
+        let cur = self.current_log_trees(&txn, rid)?;
+        let Some(cur) = cur.filter(|c| c.nr == lt.nr && lt.rid.get() == rid) else {
+            return Err(Error::Invalid(format!(
+                "commit of unknown log tree {rid:#x}.{}",
+                lt.nr.get()
+            )));
+        };
+        if !cur.trans_open() || cur.get_trans_seq != lt.get_trans_seq {
+            // A resend of a commit that was already recorded.
+            return Ok(());
+        }
+        let mut new = *lt;
+        new.commit_trans_seq = new.get_trans_seq;
+        let key = log_trees_key(rid, lt.nr.get());
+        btree::insert(
+            &mut txn.w,
+            &mut txn.sb.logs_root,
+            &key,
+            0,
+            0,
+            new.as_bytes(),
+        )?;
+        self.commit(txn)
+    }
+
+    fn statfs(&self) -> Result<StatfsInfo> {
+        let sb = &self.store.sb;
+        let mut free_meta = sb.meta_alloc[0].total_len.get() + sb.meta_alloc[1].total_len.get();
+        for h in sb.server_meta_avail.iter().chain(&sb.server_meta_freed) {
+            free_meta += h.total_nr.get();
+        }
+        let mut free_data = sb.data_alloc.total_len.get();
+        let mut inodes = sb.inode_count.get() as i64;
+        for lt in log_roots(self.store.cache.as_ref(), &sb.logs_root)? {
+            free_meta += lt.meta_avail.total_nr.get() + lt.meta_freed.total_nr.get();
+            free_data += lt.data_avail.total_len.get() + lt.data_freed.total_len.get();
+            inodes += lt.inode_count_delta();
+        }
+        Ok(StatfsInfo {
+            total_meta_blocks: sb.total_meta_blocks.get(),
+            free_meta_blocks: free_meta,
+            total_data_blocks: sb.total_data_blocks.get(),
+            free_data_blocks: free_data,
+            inode_count: inodes.max(0) as u64,
+            fsid: sb.hdr.fsid.get(),
+        })
+    }
+}
+
+/// Returns what the mount freed in its committed transaction (durable now)
+/// to the server's allocators.
+fn reclaim_freed(txn: &mut Txn, lt: &mut LogTrees) -> Result<()> {
+    let mut entries = txn.w.list_take_all(&mut lt.meta_freed)?;
+    entries.sort_unstable();
+    let mut i = 0;
+    while i < entries.len() {
+        let mut j = i + 1;
+        while j < entries.len() && entries[j] == entries[j - 1] + 1 {
+            j += 1;
+        }
+        extent::free_extent(
+            &mut txn.w,
+            &mut txn.sb.meta_alloc[1],
+            entries[i],
+            (j - i) as u64,
+        )?;
+        i = j;
+    }
+    for e in extent::extents(&txn.w, &lt.data_freed)? {
+        extent::free_extent(&mut txn.w, &mut txn.sb.data_alloc, e.start, e.len)?;
+    }
+    btree::free_tree(&mut txn.w, &mut lt.data_freed.root)?;
+    lt.data_freed.total_len = 0.into();
+    Ok(())
+}
+
+/// Fills the mount's metadata list and data extents for its next transaction.
+fn refill(txn: &mut Txn, lt: &mut LogTrees) -> Result<()> {
+    let target = meta_fill_target(&txn.sb);
+    if lt.meta_avail.total_nr.get() < target / 2 {
+        let mut head = lt.meta_avail;
+        while head.total_nr.get() < target {
+            if txn.sb.meta_alloc[0].total_len.get() == 0 {
+                if txn.sb.meta_alloc[1].total_len.get() == 0 {
+                    break;
+                }
+                txn.sb.meta_alloc.swap(0, 1);
+            }
+            let want = target - head.total_nr.get();
+            let Some(e) = extent::alloc_extent(&mut txn.w, &mut txn.sb.meta_alloc[0], want)? else {
+                break;
+            };
+            for b in e.start..e.start + e.len {
+                txn.w.list_push(&mut head, b)?;
+            }
+        }
+        let low = head.total_nr.get() < target / 2;
+        head.flags = u32::from(low).into();
+        lt.meta_avail = head;
+    }
+    let target = data_fill_target(&txn.sb);
+    if lt.data_avail.total_len.get() < target / 4 {
+        while lt.data_avail.total_len.get() < target {
+            let want = target - lt.data_avail.total_len.get();
+            let Some(e) = extent::alloc_extent(&mut txn.w, &mut txn.sb.data_alloc, want)? else {
+                break;
+            };
+            extent::free_extent(&mut txn.w, &mut lt.data_avail, e.start, e.len)?;
+        }
+        let low = lt.data_avail.total_len.get() < target / 4;
+        lt.data_avail.flags = u32::from(low).into();
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! The mounted filesystem in process: namespace and data operations
+//! through the `fs` API, with the server, client, locks and transactions of
+//! a real mount, and a remount that sees everything committed.
+
+mod common;
+
+use scoutfs_core::check::{check, NoProgress};
+use scoutfs_core::dev::{BlockDev, MemDev};
+use scoutfs_core::fs::dir::{RENAME_EXCHANGE, RENAME_NOREPLACE};
+use scoutfs_core::fs::*;
+use scoutfs_core::mount::{Mount, MountOptions};
+use scoutfs_format::ROOT_INO;
+use std::sync::Arc;
+
+const REG: u32 = libc::S_IFREG | 0o644;
+const DIR: u32 = libc::S_IFDIR | 0o755;
+
+fn mount(meta: &MemDev, data: &MemDev) -> Mount {
+    let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
+        (Arc::new(meta.clone()), Arc::new(data.clone()));
+    Mount::open(m, d, &MountOptions::default()).expect("mount")
+}
+
+fn assert_clean(meta: &MemDev, data: &MemDev) {
+    let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
+        (Arc::new(meta.clone()), Arc::new(data.clone()));
+    let r = check(&m, &d, &mut NoProgress).expect("check");
+    let first: Vec<String> = r.problems.iter().take(8).map(|p| p.to_string()).collect();
+    assert!(r.is_clean(), "check: {first:?}");
+}
+
+fn names(fs: &Fs, dir: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    loop {
+        let ents = fs.readdir(dir, pos, 100).unwrap();
+        if ents.is_empty() {
+            break;
+        }
+        for e in &ents {
+            out.push(String::from_utf8_lossy(&e.name).into_owned());
+        }
+        pos = ents.last().unwrap().next_pos;
+    }
+    out
+}
+
+#[test]
+fn create_write_read_remount() {
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xf5);
+    {
+        let mnt = mount(&meta, &data);
+        let fs = mnt.fs();
+        let d = fs.mknod(ROOT_INO, b"dir", DIR, 0, 0, 0, None).unwrap();
+        let f = fs.mknod(d.ino, b"file", REG, 0, 1000, 1000, None).unwrap();
+        assert_eq!(fs.lookup(d.ino, b"file").unwrap().ino, f.ino);
+        assert_eq!(
+            fs.mknod(d.ino, b"file", REG, 0, 0, 0, None).unwrap_err(),
+            EEXIST
+        );
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(fs.write(f.ino, 10, &payload).unwrap(), payload.len());
+        let back = fs.read(f.ino, 0, 200_000).unwrap();
+        assert_eq!(back.len(), 100_010);
+        assert_eq!(&back[..10], &[0u8; 10]);
+        assert_eq!(&back[10..], &payload[..]);
+        fs.mknod(
+            d.ino,
+            b"link",
+            libc::S_IFLNK | 0o777,
+            0,
+            0,
+            0,
+            Some(b"file"),
+        )
+        .unwrap();
+        assert_eq!(names(fs, d.ino), vec![".", "..", "file", "link"]);
+        assert_eq!(fs.getattr(d.ino).unwrap().inode.nlink.get(), 2);
+        assert_eq!(fs.getattr(ROOT_INO).unwrap().inode.nlink.get(), 3);
+        mnt.unmount().unwrap();
+    }
+    assert_clean(&meta, &data);
+    let mnt = mount(&meta, &data);
+    let fs = mnt.fs();
+    let d = fs.lookup(ROOT_INO, b"dir").unwrap();
+    let f = fs.lookup(d.ino, b"file").unwrap();
+    assert_eq!(f.size(), 100_010);
+    let back = fs.read(f.ino, 50_000, 10).unwrap();
+    let want: Vec<u8> = (49_990..50_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(back, want);
+    let l = fs.lookup(d.ino, b"link").unwrap();
+    assert_eq!(fs.readlink(l.ino).unwrap(), b"file");
+    mnt.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+#[test]
+fn namespace_errors_and_renames() {
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xf6);
+    let mnt = mount(&meta, &data);
+    let fs = mnt.fs();
+    let a = fs.mknod(ROOT_INO, b"a", DIR, 0, 0, 0, None).unwrap();
+    let b = fs.mknod(ROOT_INO, b"b", DIR, 0, 0, 0, None).unwrap();
+    let f = fs.mknod(a.ino, b"f", REG, 0, 0, 0, None).unwrap();
+    assert_eq!(fs.lookup(ROOT_INO, b"nope").unwrap_err(), ENOENT);
+    assert_eq!(fs.lookup(f.ino, b"x").unwrap_err(), ENOTDIR);
+    assert_eq!(
+        fs.mknod(ROOT_INO, &[b'x'; 256], REG, 0, 0, 0, None)
+            .unwrap_err(),
+        ENAMETOOLONG
+    );
+    assert_eq!(fs.rmdir(ROOT_INO, b"a").unwrap_err(), ENOTEMPTY);
+    assert_eq!(fs.unlink(ROOT_INO, b"a").unwrap_err(), EISDIR);
+    assert_eq!(fs.rmdir(a.ino, b"f").unwrap_err(), ENOTDIR);
+    assert_eq!(
+        fs.rename(ROOT_INO, b"a", a.ino, b"sub", 0).unwrap_err(),
+        EINVAL
+    );
+    fs.rename(a.ino, b"f", b.ino, b"g", 0).unwrap();
+    assert_eq!(fs.lookup(b.ino, b"g").unwrap().ino, f.ino);
+    assert_eq!(fs.lookup(a.ino, b"f").unwrap_err(), ENOENT);
+    let h = fs.mknod(b.ino, b"h", REG, 0, 0, 0, None).unwrap();
+    assert_eq!(
+        fs.rename(b.ino, b"g", b.ino, b"h", RENAME_NOREPLACE)
+            .unwrap_err(),
+        EEXIST
+    );
+    fs.rename(b.ino, b"g", b.ino, b"h", RENAME_EXCHANGE)
+        .unwrap();
+    assert_eq!(fs.lookup(b.ino, b"h").unwrap().ino, f.ino);
+    assert_eq!(fs.lookup(b.ino, b"g").unwrap().ino, h.ino);
+    fs.rename(ROOT_INO, b"a", b.ino, b"a2", 0).unwrap();
+    assert_eq!(fs.getattr(ROOT_INO).unwrap().inode.nlink.get(), 3);
+    assert_eq!(fs.getattr(b.ino).unwrap().inode.nlink.get(), 3);
+    assert_eq!(fs.lookup(a.ino, b"..").unwrap().ino, b.ino);
+    fs.link(f.ino, ROOT_INO, b"hard").unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().inode.nlink.get(), 2);
+    fs.unlink(b.ino, b"h").unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().inode.nlink.get(), 1);
+    fs.unlink(ROOT_INO, b"hard").unwrap();
+    fs.evict(f.ino).unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap_err(), ENOENT);
+    fs.rmdir(b.ino, b"a2").unwrap();
+    mnt.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+#[test]
+fn truncate_fallocate_xattrs() {
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xf7);
+    let mnt = mount(&meta, &data);
+    let fs = mnt.fs();
+    let f = fs.mknod(ROOT_INO, b"f", REG, 0, 0, 0, None).unwrap();
+    fs.write(f.ino, 0, &[7u8; 20_000]).unwrap();
+    fs.truncate(f.ino, 5000).unwrap();
+    fs.truncate(f.ino, 9000).unwrap();
+    let back = fs.read(f.ino, 0, 9000).unwrap();
+    assert_eq!(&back[..5000], &[7u8; 5000][..]);
+    assert_eq!(
+        &back[5000..],
+        &[0u8; 4000][..],
+        "bytes past a truncate read as zeros"
+    );
+    fs.fallocate(f.ino, data::FALLOC_FL_KEEP_SIZE, 0, 1 << 20)
+        .unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().size(), 9000);
+    assert_eq!(fs.read(f.ino, 0, 10).unwrap(), vec![7u8; 10]);
+    fs.fallocate(
+        f.ino,
+        data::FALLOC_FL_PUNCH_HOLE | data::FALLOC_FL_KEEP_SIZE,
+        1000,
+        6000,
+    )
+    .unwrap();
+    let back = fs.read(f.ino, 0, 9000).unwrap();
+    assert_eq!(&back[..1000], &[7u8; 1000][..]);
+    assert_eq!(&back[1000..7000], &[0u8; 6000][..]);
+    fs.write(f.ino, (4 << 30) + 123, b"beyond 4 GiB").unwrap();
+    assert_eq!(
+        fs.read(f.ino, (4 << 30) + 123, 12).unwrap(),
+        b"beyond 4 GiB"
+    );
+    assert_eq!(fs.getattr(f.ino).unwrap().size(), (4 << 30) + 135);
+
+    fs.setxattr(f.ino, b"user.a", b"1", 0).unwrap();
+    let big = vec![9u8; 5000];
+    fs.setxattr(f.ino, b"user.big", &big, 0).unwrap();
+    assert_eq!(fs.getxattr(f.ino, b"user.big").unwrap(), big);
+    assert_eq!(
+        fs.setxattr(f.ino, b"user.a", b"2", xattr::XATTR_CREATE)
+            .unwrap_err(),
+        EEXIST
+    );
+    assert_eq!(
+        fs.setxattr(f.ino, b"user.z", b"2", xattr::XATTR_REPLACE)
+            .unwrap_err(),
+        ENODATA
+    );
+    fs.setxattr(f.ino, b"user.a", b"22", xattr::XATTR_REPLACE)
+        .unwrap();
+    assert_eq!(fs.getxattr(f.ino, b"user.a").unwrap(), b"22");
+    let mut l = fs.listxattr(f.ino).unwrap();
+    l.sort();
+    assert_eq!(l, vec![b"user.a".to_vec(), b"user.big".to_vec()]);
+    fs.removexattr(f.ino, b"user.a").unwrap();
+    assert_eq!(fs.getxattr(f.ino, b"user.a").unwrap_err(), ENODATA);
+    assert_eq!(
+        fs.setxattr(f.ino, b"bogus.a", b"1", 0).unwrap_err(),
+        EOPNOTSUPP
+    );
+    fs.unlink(ROOT_INO, b"f").unwrap();
+    fs.evict(f.ino).unwrap();
+    mnt.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
