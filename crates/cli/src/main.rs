@@ -5,6 +5,8 @@
 //! and a non-zero exit status; none panics on bad input. Long work shows a
 //! progress bar when the output is a terminal.
 
+mod fuse;
+mod mount;
 mod progress;
 mod size;
 
@@ -40,6 +42,12 @@ enum Cmd {
         /// The metadata device or image file.
         meta: PathBuf,
     },
+    /// Mount a filesystem with FUSE and serve it in the foreground until
+    /// unmounted (umount MOUNTPOINT, Ctrl-C or SIGTERM).
+    Mount(mount::MountArgs),
+    /// Make (if needed) and mount a local filesystem on image files in one
+    /// command, in the foreground until Ctrl-C.
+    Up(mount::UpArgs),
     /// Check a filesystem offline: every reachable block, every reference,
     /// and that every block is used exactly once or free exactly once.
     Check {
@@ -51,28 +59,28 @@ enum Cmd {
 }
 
 #[derive(clap::Args)]
-struct MkfsArgs {
+pub(crate) struct MkfsArgs {
     /// The metadata device or image file.
-    meta: PathBuf,
+    pub(crate) meta: PathBuf,
     /// The data device or image file.
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     /// A quorum slot as NR,ADDR,PORT (NR 0..14); repeat for each member.
     #[arg(short = 'Q', long = "quorum-slot", value_parser = parse_slot, required = true)]
-    quorum: Vec<(usize, SocketAddr)>,
+    pub(crate) quorum: Vec<(usize, SocketAddr)>,
     /// Use at most SIZE of the metadata device (K, M, G, T suffixes); an image
     /// file that does not exist is created with this size.
     #[arg(short = 'm', long = "max-meta-size", value_parser = size::parse_size)]
-    max_meta: Option<u64>,
+    pub(crate) max_meta: Option<u64>,
     /// Use at most SIZE of the data device; an image file that does not exist
     /// is created with this size.
     #[arg(short = 'd', long = "max-data-size", value_parser = size::parse_size)]
-    max_data: Option<u64>,
+    pub(crate) max_data: Option<u64>,
     /// Data allocation zone size in 4 KiB blocks (a volume option).
     #[arg(short = 'z', long = "data-alloc-zone-blocks")]
-    zone_blocks: Option<u64>,
+    pub(crate) zone_blocks: Option<u64>,
     /// Overwrite devices that already hold a filesystem.
     #[arg(short = 'f', long)]
-    force: bool,
+    pub(crate) force: bool,
 }
 
 fn parse_slot(s: &str) -> Result<(usize, SocketAddr), String> {
@@ -100,6 +108,8 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Mkfs(a) => cmd_mkfs(a),
         Cmd::Print { meta } => cmd_print(&meta),
+        Cmd::Mount(a) => mount::cmd_mount(a),
+        Cmd::Up(a) => mount::cmd_up(a),
         Cmd::Check { meta, data } => cmd_check(&meta, &data),
     };
     match res {
@@ -111,7 +121,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn open_dev(path: &Path, writable: bool) -> Result<Arc<dyn BlockDev>, String> {
+pub(crate) fn open_dev(path: &Path, writable: bool) -> Result<Arc<dyn BlockDev>, String> {
     // FileDev's errors name the path already.
     FileDev::open(path, writable)
         .map(|d| Arc::new(d) as Arc<dyn BlockDev>)
@@ -167,7 +177,7 @@ fn cmd_mkfs(a: MkfsArgs) -> Result<ExitCode, String> {
     res
 }
 
-fn make(a: &MkfsArgs) -> Result<ExitCode, String> {
+pub(crate) fn make(a: &MkfsArgs) -> Result<ExitCode, String> {
     let meta = open_or_create(&a.meta, a.max_meta, "--max-meta-size")?;
     let data = open_or_create(&a.data, a.max_data, "--max-data-size")?;
     let opts = MkfsOptions {

@@ -20,12 +20,17 @@
 //! # Processing (after every input, per lock, in arrival order)
 //!
 //! 1. While any invalidation is outstanding, wait for the responses.
-//! 2. Take the head request. Every granted entry of another mount whose
-//!    mode is incompatible with the requested mode is sent an invalidation
-//!    `{old = its mode, new = Read if the request is Read and it holds
-//!    Write, else Null}` and moved to `invalidated`; if any was sent, wait.
-//!    A mount's own entry never conflicts with its own request (a `Read`
-//!    holder upgrading to `Write` keeps its cache).
+//! 2. Take the head request. Every granted entry that conflicts with it is
+//!    sent an invalidation `{old = its mode, new = Read if the request is
+//!    Read and it holds Write, else Null}` and moved to `invalidated`; if
+//!    any was sent, wait. An entry conflicts if its mode is incompatible
+//!    with the requested one ([`modes_compatible`]), except that a mount's
+//!    own `Read` entry never conflicts with its upgrade to `Write` (it keeps
+//!    its cache). A mount's other conversions between incompatible modes do
+//!    invalidate its own entry first: `WriteOnly`→`Read` must commit the
+//!    mount's blind writes before it, and then other readers, may read
+//!    (other readers would be granted without asking it); `Read`→`WriteOnly`
+//!    drops its cache before others may write blindly.
 //! 3. Otherwise grant: the response to the request's net id carries
 //!    `{old = the mount's existing mode or Null, new = requested}` and, for
 //!    `Write` and `WriteOnly`, `write_seq = seq()` (the server's seq source,
@@ -107,7 +112,8 @@ impl ServerLock {
 
 /// Whether a held entry conflicts with a request (the module comment).
 fn entries_conflict(holder: Rid, held: LockMode, req: &Requested) -> bool {
-    holder != req.rid && !modes_compatible(held, req.new_mode)
+    let upgrade = held == LockMode::Read && req.new_mode == LockMode::Write;
+    !modes_compatible(held, req.new_mode) && !(holder == req.rid && upgrade)
 }
 
 /// The mode an incompatible holder is asked to go to.
@@ -320,7 +326,7 @@ fn grant(
     req: &Requested,
     seq: &mut dyn FnMut() -> u64,
 ) -> ServerOut {
-    let old_mode = lock
+    let old_mode = req.old_mode; let _ = lock
         .granted
         .get(&req.rid)
         .copied()
@@ -467,6 +473,29 @@ mod tests {
         assert_eq!(
             t.req(A, 2, Read, Write),
             vec![t.grant(A, 2, Read, Write, 101)]
+        );
+    }
+
+    #[test]
+    fn own_conversion_from_write_only_invalidates_itself_first() {
+        let mut t = T::new();
+        t.req(A, 1, Null, WriteOnly);
+        t.req(B, 1, Null, WriteOnly);
+        // A wants to read: B and A's own blind writes must be committed.
+        assert_eq!(
+            t.req(A, 2, WriteOnly, Read),
+            vec![t.inv(A, WriteOnly, Null), t.inv(B, WriteOnly, Null)]
+        );
+        assert!(t.done(A, WriteOnly, Null).is_empty());
+        assert_eq!(
+            t.done(B, WriteOnly, Null),
+            vec![t.grant(A, 2, Null, Read, 0)]
+        );
+        // And back: READ to WRITE_ONLY drops A's cache the same way.
+        assert_eq!(t.req(A, 3, Read, WriteOnly), vec![t.inv(A, Read, Null)]);
+        assert_eq!(
+            t.done(A, Read, Null),
+            vec![t.grant(A, 3, Null, WriteOnly, 103)]
         );
     }
 

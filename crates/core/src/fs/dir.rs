@@ -712,3 +712,29 @@ pub fn ikey(ino: u64) -> Key {
 }
 
 const _: () = assert!(S_IFDIR == libc::S_IFDIR);
+
+impl Fs {
+    /// Creates an inode as a user would: in a set-group-id directory the new
+    /// inode takes the directory's group, and a new directory keeps the bit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod_as(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+        link: Option<&[u8]>,
+    ) -> FsResult<Attr> {
+        let p = self.getattr(parent)?;
+        let (mut mode, mut gid) = (mode, gid);
+        if p.mode() & libc::S_ISGID != 0 {
+            gid = p.inode.gid.get();
+            if mode & S_IFMT == S_IFDIR {
+                mode |= libc::S_ISGID;
+            }
+        }
+        self.mknod(parent, name, mode, rdev, uid, gid, link)
+    }
+}

@@ -1,0 +1,552 @@
+//! The FUSE adapter: kernel requests to `fs` calls and back. No logic of
+//! its own beyond conversions, the kernel's lookup counts (an unlinked
+//! inode is freed when the kernel forgets it), and dropping the kernel's
+//! caches when the mount loses the lock that covered them.
+
+use fuser::*;
+use scoutfs_core::fs::inode::{Attr, SetAttr};
+use scoutfs_core::fs::{Fs, FsError};
+use scoutfs_format::inode::*;
+use scoutfs_format::Timespec;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long the kernel may cache attributes and entries. Losing the lock
+/// that covers an inode drops its cached attributes and pages at once.
+const TTL: Duration = Duration::from_secs(1);
+/// The largest write the kernel sends us.
+pub const MAX_WRITE: u32 = 1 << 20;
+
+pub struct ScoutFuse {
+    fs: Arc<Fs>,
+    /// The kernel's lookup count of each inode it knows.
+    lookups: Arc<Mutex<HashMap<u64, u64>>>,
+}
+
+impl ScoutFuse {
+    pub fn new(fs: Arc<Fs>) -> ScoutFuse {
+        ScoutFuse {
+            fs,
+            lookups: Arc::default(),
+        }
+    }
+
+    /// The inodes the kernel currently knows (for cache invalidation).
+    pub fn known(&self) -> Arc<Mutex<HashMap<u64, u64>>> {
+        self.lookups.clone()
+    }
+
+    fn looked_up(&self, ino: u64) {
+        *self
+            .lookups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(ino)
+            .or_insert(0) += 1;
+    }
+}
+
+fn err(e: FsError) -> Errno {
+    Errno::from_i32(e.0)
+}
+
+fn systime(t: &Timespec) -> SystemTime {
+    UNIX_EPOCH + Duration::new(t.sec.get(), t.nsec.get())
+}
+
+fn timespec(t: SystemTime) -> Timespec {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timespec::new(d.as_secs(), d.subsec_nanos())
+}
+
+fn kind(mode: u32) -> FileType {
+    match mode & S_IFMT {
+        S_IFDIR => FileType::Directory,
+        S_IFLNK => FileType::Symlink,
+        S_IFIFO => FileType::NamedPipe,
+        S_IFCHR => FileType::CharDevice,
+        S_IFBLK => FileType::BlockDevice,
+        S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dt_kind(dt: u8) -> FileType {
+    use scoutfs_format::dir::*;
+    match dt {
+        DT_DIR => FileType::Directory,
+        DT_LNK => FileType::Symlink,
+        DT_FIFO => FileType::NamedPipe,
+        DT_CHR => FileType::CharDevice,
+        DT_BLK => FileType::BlockDevice,
+        DT_SOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    let i = &a.inode;
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: i.size.get(),
+        blocks: a.blocks_512(),
+        atime: systime(&i.atime),
+        mtime: systime(&i.mtime),
+        ctime: systime(&i.ctime),
+        crtime: systime(&i.crtime),
+        kind: kind(i.mode.get()),
+        perm: (i.mode.get() & 0o7777) as u16,
+        nlink: i.nlink.get(),
+        uid: i.uid.get(),
+        gid: i.gid.get(),
+        rdev: i.rdev.get(),
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn time_or_now(t: Option<TimeOrNow>) -> Option<Timespec> {
+    t.map(|t| match t {
+        TimeOrNow::SpecificTime(s) => timespec(s),
+        TimeOrNow::Now => timespec(SystemTime::now()),
+    })
+}
+
+impl ScoutFuse {
+    fn entry(&self, reply: ReplyEntry, r: Result<Attr, FsError>) {
+        match r {
+            Ok(a) => {
+                self.looked_up(a.ino);
+                reply.entry(&TTL, &file_attr(&a), Generation(0));
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn make(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        link: Option<&[u8]>,
+    ) -> Result<Attr, FsError> {
+        let mode = (mode & S_IFMT) | (mode & 0o7777 & !umask);
+        self.fs.mknod_as(
+            parent,
+            name.as_bytes(),
+            mode,
+            rdev,
+            req.uid(),
+            req.gid(),
+            link,
+        )
+    }
+}
+
+fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(err(e)),
+    }
+}
+
+impl Filesystem for ScoutFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let want = InitFlags::FUSE_WRITEBACK_CACHE
+            | InitFlags::FUSE_BIG_WRITES
+            | InitFlags::FUSE_MAX_PAGES
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ASYNC_DIO;
+        for f in want.iter() {
+            let _ = config.add_capabilities(f);
+        }
+        if self.fs.opts.acl {
+            let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
+        }
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.entry(reply, self.fs.lookup(parent.0, name.as_bytes()));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let gone = {
+            let mut l = self.lookups.lock().unwrap_or_else(|p| p.into_inner());
+            let n = l.entry(ino.0).or_insert(0);
+            *n = n.saturating_sub(nlookup);
+            let gone = *n == 0;
+            if gone {
+                l.remove(&ino.0);
+            }
+            gone
+        };
+        if gone {
+            if let Err(e) = self.fs.evict(ino.0) {
+                eprintln!("scoutfs: freeing inode {}: {e}", ino.0);
+            }
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let s = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_or_now(atime),
+            mtime: time_or_now(mtime),
+            ctime: ctime.map(timespec),
+        };
+        match self.fs.setattr(ino.0, &s) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            reply,
+            self.make(req, parent.0, name, mode, umask, rdev, None),
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            reply,
+            self.make(req, parent.0, name, S_IFDIR | mode, umask, 0, None),
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.fs.unlink(parent.0, name.as_bytes()));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.fs.rmdir(parent.0, name.as_bytes()));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let t = target.as_os_str().as_bytes();
+        self.entry(
+            reply,
+            self.make(req, parent.0, link_name, S_IFLNK | 0o777, 0, 0, Some(t)),
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            reply,
+            self.fs.rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                flags.bits(),
+            ),
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.entry(reply, self.fs.link(ino.0, newparent.0, newname.as_bytes()));
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Pages stay cached across opens; losing the inode's lock drops them.
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lo: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(ino.0, offset, size as usize) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lo: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(ino.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.fs.sync());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let mut pos = offset;
+        loop {
+            let ents = match self.fs.readdir(ino.0, pos, 128) {
+                Ok(e) => e,
+                Err(e) => return reply.error(err(e)),
+            };
+            if ents.is_empty() {
+                break;
+            }
+            for e in &ents {
+                if reply.add(
+                    INodeNo(e.ino),
+                    e.next_pos,
+                    dt_kind(e.dt),
+                    OsStr::from_bytes(&e.name),
+                ) {
+                    return reply.ok();
+                }
+                pos = e.next_pos;
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.fs.sync());
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => {
+                // Inodes are limited only by metadata space: one per 64 bytes.
+                let files = s.total_meta_blocks * 1024;
+                let ffree = s.free_meta_blocks * 1024;
+                reply.statfs(
+                    s.total_data_blocks,
+                    s.free_data_blocks,
+                    s.free_data_blocks,
+                    files,
+                    ffree,
+                    4096,
+                    255,
+                    4096,
+                )
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        empty(
+            reply,
+            self.fs
+                .setxattr(ino.0, name.as_bytes(), value, flags as u32),
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(ino.0, name.as_bytes()) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(&n);
+                    buf.push(0);
+                }
+                if size == 0 {
+                    reply.size(buf.len() as u32)
+                } else if buf.len() > size as usize {
+                    reply.error(Errno::ERANGE)
+                } else {
+                    reply.data(&buf)
+                }
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.fs.removexattr(ino.0, name.as_bytes()));
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel checks modes and ACLs itself.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.make(req, parent.0, name, mode, umask, 0, None) {
+            Ok(a) => {
+                self.looked_up(a.ino);
+                reply.created(
+                    &TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(0),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                );
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.fs.fallocate(ino.0, mode as u32, offset, length));
+    }
+}

@@ -1,0 +1,223 @@
+//! `scoutfs mount` and `scoutfs up`: serving a filesystem with FUSE in the
+//! foreground.
+//!
+//! The process blocks SIGINT, SIGTERM and SIGHUP before it starts any
+//! thread; one thread waits for them and unmounts, which ends the FUSE
+//! session; then the mount commits and says farewell. `umount MOUNTPOINT`
+//! ends the session the same way.
+
+use crate::fuse::ScoutFuse;
+use crate::size;
+use fuser::{Config, INodeNo, MountOption, Session, SessionACL};
+use scoutfs_core::mount::{Mount, MountOptions};
+use scoutfs_format::key::zone;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct MountArgs {
+    /// The metadata device or image file.
+    #[arg(long = "meta")]
+    meta: PathBuf,
+    /// The data device or image file.
+    data: PathBuf,
+    /// The directory to mount on.
+    mountpoint: PathBuf,
+    /// This mount's quorum slot; a filesystem with one slot is served by
+    /// the mount that has it.
+    #[arg(long = "quorum-slot")]
+    quorum_slot: Option<usize>,
+    /// Commit the open transaction at least this often.
+    #[arg(long = "commit-interval-ms", default_value_t = 10_000)]
+    commit_interval_ms: u64,
+    /// Don't enforce POSIX ACLs.
+    #[arg(long)]
+    noacl: bool,
+}
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// The folder holding the image files (made if missing).
+    #[arg(long, default_value = "scoutfs-up")]
+    dir: PathBuf,
+    /// Where to mount (default: DIR/mnt).
+    #[arg(long)]
+    mountpoint: Option<PathBuf>,
+    /// Size of a new metadata image (sparse).
+    #[arg(long, default_value = "1G", value_parser = size::parse_size)]
+    meta_size: u64,
+    /// Size of a new data image (sparse).
+    #[arg(long, default_value = "8G", value_parser = size::parse_size)]
+    data_size: u64,
+}
+
+pub fn cmd_mount(a: MountArgs) -> Result<ExitCode, String> {
+    let opts = MountOptions {
+        commit_interval_ms: a.commit_interval_ms,
+        ..Default::default()
+    };
+    let mut opts = opts;
+    opts.fs.acl = !a.noacl;
+    serve(&a.meta, &a.data, &a.mountpoint, &opts, None)
+}
+
+pub fn cmd_up(a: UpArgs) -> Result<ExitCode, String> {
+    std::fs::create_dir_all(&a.dir).map_err(|e| format!("{}: {e}", a.dir.display()))?;
+    let (meta, data) = (a.dir.join("meta.img"), a.dir.join("data.img"));
+    if !meta.exists() {
+        let port = free_port()?;
+        let m = crate::MkfsArgs {
+            meta: meta.clone(),
+            data: data.clone(),
+            quorum: vec![(
+                0,
+                format!("127.0.0.1:{port}")
+                    .parse()
+                    .map_err(|e| format!("{e}"))?,
+            )],
+            max_meta: Some(a.meta_size),
+            max_data: Some(a.data_size),
+            zone_blocks: None,
+            force: false,
+        };
+        crate::make(&m)?;
+    }
+    let mnt = a.mountpoint.clone().unwrap_or_else(|| a.dir.join("mnt"));
+    std::fs::create_dir_all(&mnt).map_err(|e| format!("{}: {e}", mnt.display()))?;
+    let hint = format!(
+        "Use it like any directory, e.g.\n  cp -r /etc {0}/ && ls {0}/etc\n\
+         Archive tools: scoutfs walk-inodes, search-xattrs, release and stage (coming).\n\
+         Press Ctrl-C here to unmount; the filesystem stays in {1}.",
+        mnt.display(),
+        a.dir.display()
+    );
+    serve(&meta, &data, &mnt, &MountOptions::default(), Some(hint))
+}
+
+/// A free TCP port on loopback for a new filesystem's quorum slot.
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| format!("finding a free port: {e}"))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+/// Refuses a mountpoint that isn't a directory or is already mounted on.
+fn check_mountpoint(p: &Path) -> Result<PathBuf, String> {
+    let md = std::fs::metadata(p).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOTCONN) => format!(
+            "{}: a mount there has lost its server; unmount it first (umount {0})",
+            p.display()
+        ),
+        _ => format!("{}: {e}", p.display()),
+    })?;
+    if !md.is_dir() {
+        return Err(format!(
+            "{}: the mountpoint is not a directory",
+            p.display()
+        ));
+    }
+    let abs = std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    if let Some(parent) = abs.parent() {
+        let pm = std::fs::metadata(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        if pm.dev() != md.dev() {
+            return Err(format!(
+                "{}: the mountpoint is busy (something is mounted there)",
+                p.display()
+            ));
+        }
+    }
+    Ok(abs)
+}
+
+/// Blocks the signals that end a mount in this thread and every thread
+/// started after, and returns the set.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain libc calls on a local, zero-initialised sigset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: sigwait on a valid set, writing into a local.
+    unsafe {
+        libc::sigwait(&set, &mut sig);
+    }
+    sig
+}
+
+fn serve(
+    meta: &Path,
+    data: &Path,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    hint: Option<String>,
+) -> Result<ExitCode, String> {
+    let set = block_signals();
+    let mp = check_mountpoint(mountpoint)?;
+    let m = crate::open_dev(meta, true)?;
+    let d = crate::open_dev(data, true)?;
+    let mnt = Mount::open(m, d, opts).map_err(|e| format!("mount: {e}"))?;
+    let fuse = ScoutFuse::new(mnt.fs().clone());
+    let known = fuse.known();
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("scoutfs:{}", data.display())),
+        MountOption::Subtype("scoutfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(4);
+    config.clone_fd = true;
+    let mut session = match Session::new(fuse, &mp, &config) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = mnt.unmount();
+            return Err(format!("{}: mounting with FUSE: {e}", mp.display()));
+        }
+    };
+    let notifier = session.notifier();
+    mnt.locks()
+        .set_kernel_invalidate(Box::new(move |start, end| {
+            if start.zone != zone::FS {
+                return;
+            }
+            let inos: Vec<u64> = {
+                let k = known.lock().unwrap_or_else(|p| p.into_inner());
+                k.keys()
+                    .copied()
+                    .filter(|i| *i >= start.first && *i <= end.first)
+                    .collect()
+            };
+            for ino in inos {
+                let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+            }
+        }));
+    let mut unmounter = session.unmount_callable();
+    std::thread::spawn(move || {
+        let sig = wait_signal(set);
+        eprintln!("scoutfs: signal {sig}: unmounting");
+        if let Err(e) = unmounter.unmount() {
+            eprintln!("scoutfs: unmount: {e}");
+        }
+    });
+    eprintln!("scoutfs: mounted {} on {}", data.display(), mp.display());
+    if let Some(h) = hint {
+        eprintln!("{h}");
+    }
+    let res = session.run();
+    let done = mnt.unmount();
+    res.map_err(|e| format!("FUSE session: {e}"))?;
+    done.map_err(|e| format!("unmount: {e}"))?;
+    eprintln!("scoutfs: unmounted {}", mp.display());
+    Ok(ExitCode::SUCCESS)
+}
