@@ -229,6 +229,8 @@ impl ExtentMap {
 
 struct Checker<'a> {
     cache: BlockCache,
+    /// fs_root and every log tree's item root: the forest of fs items.
+    fs_trees: Vec<BtreeRoot>,
     meta: UseMap,
     data: ExtentMap,
     report: Report,
@@ -247,6 +249,7 @@ pub fn check(
     let total_data = sb.total_data_blocks.get();
     let mut c = Checker {
         cache: BlockCache::new(meta.clone(), sb.hdr.fsid.get(), 64),
+        fs_trees: vec![sb.fs_root],
         meta: UseMap::new(META_DEV_START_BLKNO, total_meta, "metadata"),
         data: ExtentMap {
             first: DATA_DEV_START_BLKNO,
@@ -267,6 +270,7 @@ pub fn check(
         total_meta.saturating_sub(META_DEV_START_BLKNO),
     );
     c.super_trees(&sb);
+    c.data_extents();
     c.progress.finish();
     let problems = &mut c.report.problems;
     c.meta.lost(problems);
@@ -374,7 +378,11 @@ impl Checker<'_> {
             if lvl == 0 {
                 for i in 0..n {
                     let it = bblock::owned(b, i);
-                    if let Err(what) = self.item(name, &it) {
+                    // A deletion item only hides older versions: its value
+                    // means nothing.
+                    let deletion = it.flags & scoutfs_format::ITEM_FLAG_DELETION != 0;
+                    if deletion {
+                    } else if let Err(what) = self.item(name, &it) {
                         self.problem(
                             Some(r.blkno.get()),
                             format!("{name}: item {}: {what}", it.key),
@@ -406,6 +414,38 @@ impl Checker<'_> {
         items
     }
 
+    /// Accounts the data blocks mapped by the newest version of every file
+    /// extent in the forest.
+    fn data_extents(&mut self) {
+        let (lo, hi) = (
+            Key::new(zone::FS, 0, 0, 0, 0, 0),
+            Key::new(zone::FS, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX),
+        );
+        let trees = std::mem::take(&mut self.fs_trees);
+        let mut found = Vec::new();
+        let res = crate::forest::merge_versions(&self.cache, &trees, &lo, &hi, |k, v| {
+            if k.ty == ty::DATA_EXTENT && !v.deleted {
+                if let Ok(x) = scoutfs_format::data::DataExtentVal::decode(&v.val) {
+                    if x.maps_blocks() {
+                        found.push((x.blkno.get(), k.third, k.first));
+                    }
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = res {
+            self.problem(
+                None,
+                format!("file extents could not all be read, data accounting is incomplete: {e}"),
+            );
+        }
+        for (blkno, len, ino) in found {
+            let by = format!("file extent of inode {ino}");
+            self.data
+                .add(blkno, len, Use::Referenced, by, &mut self.report.problems);
+        }
+    }
+
     /// Checks an item's value by its key; follows what it references.
     fn item(&mut self, tree: &str, it: &bblock::Item) -> std::result::Result<(), String> {
         let k = &it.key;
@@ -421,12 +461,9 @@ impl Checker<'_> {
             (zone::FS, ty::DATA_EXTENT) => {
                 let v = scoutfs_format::data::DataExtentVal::decode(&it.val)
                     .map_err(|e| e.to_string())?;
-                if v.maps_blocks() {
-                    let by = format!("file extent of inode {}", k.first);
-                    let problems = &mut self.report.problems;
-                    self.data
-                        .add(v.blkno.get(), k.third, Use::Referenced, by, problems);
-                }
+                // Blocks are accounted from the forest's newest versions
+                // (`data_extents`): older versions in other trees are stale.
+                let _ = v;
                 Ok(())
             }
             (zone::LOG_TREES, _) if tree == "logs_root" => {
@@ -442,6 +479,7 @@ impl Checker<'_> {
     }
 
     fn log_trees(&mut self, lt: &LogTrees) {
+        self.fs_trees.push(lt.item_root);
         let who = format!("log tree {}.{}", lt.rid.get(), lt.nr.get());
         self.alloc_list(&format!("{who} meta_avail"), &lt.meta_avail);
         self.alloc_list(&format!("{who} meta_freed"), &lt.meta_freed);

@@ -139,3 +139,93 @@ pub const STALE_RETRIES_MAX: usize = 10;
 
 /// Whether a btree block ref's magic is what the forest reads.
 pub const FOREST_MAGIC: u32 = magic::BTREE;
+
+/// A cursor over one tree's items, a leaf at a time.
+struct Cursor {
+    root: BtreeRoot,
+    items: Vec<btree::Item>,
+    pos: usize,
+    next: Option<Key>,
+}
+
+impl Cursor {
+    fn fill<R: Reader + ?Sized>(&mut self, rd: &R, hi: &Key) -> Result<()> {
+        while self.pos >= self.items.len() {
+            let Some(k) = self.next.filter(|k| k <= hi) else {
+                self.next = None;
+                return Ok(());
+            };
+            self.items.clear();
+            self.pos = 0;
+            match btree::find_leaf(rd, &self.root, &k)? {
+                None => self.next = None,
+                Some(leaf) => {
+                    let b = &leaf.buf;
+                    let from = bblock::search(b, &k).unwrap_or_else(|i| i);
+                    self.items.extend(
+                        (from..bblock::nr(b))
+                            .map(|i| bblock::owned(b, i))
+                            .take_while(|it| it.key <= *hi),
+                    );
+                    self.next = (leaf.upto < *hi).then(|| leaf.upto.inc());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn peek(&self) -> Option<&btree::Item> {
+        self.items.get(self.pos)
+    }
+}
+
+/// Calls `f` with the newest version of every key in `lo..=hi` across the
+/// given trees (the first tree wins ties, as `fs_root` does), deletions
+/// included, in key order. Memory is one leaf per tree.
+pub fn merge_versions<R: Reader + ?Sized>(
+    rd: &R,
+    trees: &[BtreeRoot],
+    lo: &Key,
+    hi: &Key,
+    mut f: impl FnMut(&Key, &Version) -> Result<()>,
+) -> Result<()> {
+    let mut cursors: Vec<Cursor> = trees
+        .iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| Cursor {
+            root: *r,
+            items: Vec::new(),
+            pos: 0,
+            next: Some(*lo),
+        })
+        .collect();
+    loop {
+        for c in cursors.iter_mut() {
+            c.fill(rd, hi)?;
+        }
+        let Some(key) = cursors
+            .iter()
+            .filter_map(|c| c.peek().map(|it| it.key))
+            .min()
+        else {
+            return Ok(());
+        };
+        let mut best: Option<Version> = None;
+        for c in cursors.iter_mut() {
+            if let Some(it) = c.peek().filter(|it| it.key == key) {
+                if best.as_ref().is_none_or(|b| it.seq > b.seq) {
+                    let deleted = it.flags & ITEM_FLAG_DELETION != 0;
+                    best = Some(Version {
+                        seq: it.seq,
+                        deleted,
+                        val: it.val.clone(),
+                    });
+                }
+                c.pos += 1;
+            }
+        }
+        if let Some(v) = best {
+            f(&key, &v)?;
+        }
+    }
+}

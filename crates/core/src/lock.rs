@@ -38,7 +38,10 @@
 //! request is in flight, no invalidation is queued, the granted mode doesn't
 //! satisfy `m`, and no local user holds a mode that `m` doesn't satisfy (a
 //! `Read` holder may ask for `Write`; a `Read` holder wanting `WriteOnly`
-//! first waits for its `Read` users to leave).
+//! first waits for its `Read` users to leave). For conversions other than
+//! `Read`→`Write` the server first invalidates our own lock (to commit our
+//! `WriteOnly` items before anyone reads, or to drop our cache before
+//! others write blindly), which arrives while our request is in flight.
 //!
 //! A grant answers our request: it sets the mode and `write_seq` and bumps
 //! the refresh generation. A grant of `Null` (idle trimming) forgets the
@@ -92,8 +95,9 @@
 //!   mode that the wanted mode doesn't satisfy (it would wait for itself),
 //!   and must take several locks in ascending key order.
 //!
-//! The driver serialises all calls (one mutex around the machine); messages
-//! for one lock must be fed in the order they arrived.
+//! The driver serialises all calls (one mutex around the machine). Grants
+//! must be fed in the order the server sent them, and so must
+//! invalidations; a grant and an invalidation may arrive swapped.
 //!
 //! # Invariants ([`LockClient::check_invariants`])
 //!

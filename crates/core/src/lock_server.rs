@@ -112,8 +112,9 @@ impl ServerLock {
 
 /// Whether a held entry conflicts with a request (the module comment).
 fn entries_conflict(holder: Rid, held: LockMode, req: &Requested) -> bool {
-    let upgrade = held == LockMode::Read && req.new_mode == LockMode::Write;
-    !modes_compatible(held, req.new_mode) && !(holder == req.rid && upgrade)
+    let own_upgrade =
+        holder == req.rid && held == LockMode::Read && req.new_mode == LockMode::Write;
+    !(modes_compatible(held, req.new_mode) || own_upgrade)
 }
 
 /// The mode an incompatible holder is asked to go to.
@@ -326,7 +327,7 @@ fn grant(
     req: &Requested,
     seq: &mut dyn FnMut() -> u64,
 ) -> ServerOut {
-    let old_mode = req.old_mode; let _ = lock
+    let old_mode = lock
         .granted
         .get(&req.rid)
         .copied()

@@ -14,7 +14,8 @@
 //! random modes, hold them a few steps while reading and incrementing a
 //! counter per lock through a model of the item cache (a cached value, the
 //! open transaction's increments, and a shared committed value), then
-//! release them. The drivers follow the lock client's contract: commit on
+//! release them; now and then a waiting task gives up instead
+//! (`cancel_wait`). The drivers follow the lock client's contract: commit on
 //! `sync`, drop the cache unless WRITE→READ, drop it on `DropCache`, wake
 //! waiters on `Wake`.
 //!
@@ -27,7 +28,8 @@
 //! increment committed.
 //!
 //! A failure prints its seed and a replay command;
-//! `SCOUTFS_SIM_SEED=<seed>` runs that seed alone and traces every step.
+//! `SCOUTFS_SIM_SEED=<seed>` runs that seed alone and traces every step, and
+//! `SCOUTFS_SIM_SEEDS=<n>` runs seeds 0..n instead of the default set.
 
 use scoutfs_core::lock::{
     index_lock_range, inode_lock_range, modes_compatible, orphan_lock_range, rename_lock_range,
@@ -135,6 +137,42 @@ impl Mount {
     }
 }
 
+/// What a run exercised, summed over seeds and printed.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stats {
+    steps: u64,
+    requests: u64,
+    conversions: u64,
+    null_requests: u64,
+    invalidations: u64,
+    overtaken_grants: u64,
+    answered_unknown: u64,
+    waits: u64,
+    reads: u64,
+    writes: u64,
+    farewells: u64,
+    cancels: u64,
+    tasks: u64,
+}
+
+impl Stats {
+    fn add(&mut self, o: &Stats) {
+        self.steps += o.steps;
+        self.requests += o.requests;
+        self.conversions += o.conversions;
+        self.null_requests += o.null_requests;
+        self.invalidations += o.invalidations;
+        self.overtaken_grants += o.overtaken_grants;
+        self.answered_unknown += o.answered_unknown;
+        self.waits += o.waits;
+        self.reads += o.reads;
+        self.writes += o.writes;
+        self.farewells += o.farewells;
+        self.cancels += o.cancels;
+        self.tasks += o.tasks;
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Event {
     DeliverUp,
@@ -145,6 +183,7 @@ enum Event {
     Trim,
     Commit,
     Farewell,
+    Cancel,
 }
 
 struct Sim {
@@ -163,7 +202,7 @@ struct Sim {
     pending: BTreeSet<(Rid, u64)>,
     /// Grants the server sent that the mount hasn't received yet.
     granted: BTreeSet<(Rid, u64)>,
-    requests: u64,
+    stats: Stats,
     grants: u64,
     tasks_started: u64,
     tasks_done: u64,
@@ -213,7 +252,7 @@ impl Sim {
             draining: false,
             pending: BTreeSet::new(),
             granted: BTreeSet::new(),
-            requests: 0,
+            stats: Stats::default(),
             grants: 0,
             tasks_started: 0,
             tasks_done: 0,
@@ -287,6 +326,9 @@ impl Sim {
             if ms.iter().any(|m| m.quiet()) {
                 v.push((Event::Farewell, 1));
             }
+            if ms.iter().any(|m| m.tasks.iter().any(|t| t.waiting)) {
+                v.push((Event::Cancel, 1));
+            }
         }
         v.push((Event::Trim, 1));
         v.push((Event::Commit, 1));
@@ -310,7 +352,7 @@ impl Sim {
             r -= w;
         }
         // Farewells are rare: most of their draws do nothing.
-        if ev == Event::Farewell && self.rng.below(20) != 0 {
+        if matches!(ev, Event::Farewell | Event::Cancel) && self.rng.below(8) != 0 {
             ev = Event::Commit;
         }
         self.step += 1;
@@ -326,6 +368,7 @@ impl Sim {
                 self.commit(i);
             }
             Event::Farewell => self.farewell(),
+            Event::Cancel => self.cancel(),
         }
         self.check();
         true
@@ -339,7 +382,6 @@ impl Sim {
         if let Up::Request { net_id, .. } = msg {
             let rid = self.mounts[i].rid();
             assert!(self.pending.insert((rid, net_id)), "net id reused");
-            self.requests += 1;
         }
         self.mounts[i].up[lane].push_back(msg);
     }
@@ -349,6 +391,12 @@ impl Sim {
         self.mounts[i].next_net_id += 1;
         let rid = self.mounts[i].rid();
         self.log(format_args!("{rid} sends request {net_id} {msg:?}"));
+        self.stats.requests += 1;
+        match (msg.old_mode, msg.new_mode) {
+            (_, LockMode::Null) => self.stats.null_requests += 1,
+            (LockMode::Null, _) => {}
+            _ => self.stats.conversions += 1,
+        }
         self.send_up(i, Up::Request { net_id, msg });
     }
 
@@ -453,9 +501,23 @@ impl Sim {
                     "second grant of request {net_id} of {rid}"
                 );
                 self.grants += 1;
+                // The server's idea of our old mode is ours: every change
+                // reached it before it granted.
+                let mode = self.mounts[i].lc.lock_view(&msg.key).map(|v| v.mode);
+                assert_eq!(mode, Some(msg.old_mode), "grant {msg:?} to {rid}");
                 self.mounts[i].lc.on_grant(msg)
             }
-            Down::Invalidate(msg) => self.mounts[i].lc.on_invalidate(msg),
+            Down::Invalidate(msg) => {
+                self.stats.invalidations += 1;
+                match self.mounts[i].lc.lock_view(&msg.key) {
+                    None => self.stats.answered_unknown += 1,
+                    Some(v) if v.mode != msg.old_mode && v.request == Some(msg.old_mode) => {
+                        self.stats.overtaken_grants += 1
+                    }
+                    Some(_) => {}
+                }
+                self.mounts[i].lc.on_invalidate(msg)
+            }
         };
         self.actions(i, acts);
     }
@@ -547,8 +609,41 @@ impl Sim {
         assert!(self.pending.iter().all(|(r, _)| *r != rid));
         assert!(self.granted.iter().all(|(r, _)| *r != rid));
         self.log(format_args!("{rid} says farewell"));
+        self.stats.farewells += 1;
         self.mounts[i].leaving = true;
         self.send_up(i, Up::Farewell);
+    }
+
+    /// A waiting task gives up (an interrupted lock attempt).
+    fn cancel(&mut self) {
+        let Some(i) = self.pick_mount(|m| m.tasks.iter().any(|t| t.waiting)) else {
+            return;
+        };
+        let waiting: Vec<usize> = (0..self.mounts[i].tasks.len())
+            .filter(|&j| self.mounts[i].tasks[j].waiting)
+            .collect();
+        let j = waiting[self.below(waiting.len())];
+        let t = self.mounts[i].tasks.remove(j);
+        let (s, _, mode) = t.locks[t.held];
+        self.log(format_args!(
+            "{} cancels waiting for {s:?} {mode}",
+            self.mounts[i].rid()
+        ));
+        let acts = self.mounts[i].lc.cancel_wait(s, mode);
+        self.actions(i, acts);
+        self.release_all(i, t.locks[..t.held].to_vec());
+        self.stats.cancels += 1;
+        self.tasks_done += 1;
+    }
+
+    fn release_all(&mut self, i: usize, mut locks: Vec<(Key, Key, LockMode)>) {
+        if self.rng.below(2) == 0 {
+            locks.reverse();
+        }
+        for (s, _, mode) in locks {
+            let acts = self.mounts[i].lc.release(s, mode);
+            self.actions(i, acts);
+        }
     }
 
     fn start_task(&mut self) {
@@ -616,6 +711,7 @@ impl Sim {
                 t.hold_steps = hold;
             }
             Acquire::Wait(msg) => {
+                self.stats.waits += 1;
                 self.mounts[i].tasks[j].waiting = true;
                 if let Some(msg) = msg {
                     self.send_request(i, msg);
@@ -636,14 +732,7 @@ impl Sim {
             return;
         }
         let t = self.mounts[i].tasks.remove(j);
-        let mut locks = t.locks;
-        if self.rng.below(2) == 0 {
-            locks.reverse();
-        }
-        for (s, _, mode) in locks {
-            let acts = self.mounts[i].lc.release(s, mode);
-            self.actions(i, acts);
-        }
+        self.release_all(i, t.locks);
         self.tasks_done += 1;
     }
 
@@ -654,6 +743,7 @@ impl Sim {
         let m = &mut self.mounts[i];
         let own_dirty = m.dirty.get(&k).copied().unwrap_or(0);
         if mode.can_read() {
+            self.stats.reads += 1;
             let v = *m.cache.entry(k).or_insert(committed + own_dirty);
             assert_eq!(
                 v,
@@ -663,6 +753,7 @@ impl Sim {
             );
         }
         if mode.can_write() {
+            self.stats.writes += 1;
             *m.dirty.entry(k).or_insert(0) += 1;
             self.truth.insert(k, truth + 1);
             if mode == LockMode::Write {
@@ -727,6 +818,13 @@ impl Sim {
                 assert!(v.request.is_none() && v.invalidations_queued == 0);
             }
         }
+        for m in &self.mounts {
+            for (k, _) in &self.keys {
+                let mode = m.lc.lock_view(k).map_or(LockMode::Null, |v| v.mode);
+                let held = self.server.held_mode(k, m.rid());
+                assert_eq!(mode, held, "{} and the server disagree on {k:?}", m.rid());
+            }
+        }
         assert_eq!(self.tasks_started, self.tasks_done, "tasks lost");
         assert!(
             self.pending.is_empty(),
@@ -738,7 +836,7 @@ impl Sim {
             "grants never received: {:?}",
             self.granted
         );
-        assert_eq!(self.requests, self.grants);
+        assert_eq!(self.stats.requests, self.grants);
         for i in 0..self.mounts.len() {
             self.commit(i);
         }
@@ -758,11 +856,13 @@ fn usable_modes(lc: &LockClient, k: &Key) -> Vec<LockMode> {
         .collect()
 }
 
-/// Runs one seed; returns (steps, requests, tasks).
-fn run_seed(seed: u64, trace: bool) -> (u64, u64, u64) {
+/// Runs one seed.
+fn run_seed(seed: u64, trace: bool) -> Stats {
     let mut sim = Sim::new(seed, trace);
     sim.run();
-    (sim.step, sim.requests, sim.tasks_done)
+    sim.stats.steps = sim.step;
+    sim.stats.tasks = sim.tasks_done;
+    sim.stats
 }
 
 fn replay_env() -> Option<u64> {
@@ -773,21 +873,27 @@ fn replay_env() -> Option<u64> {
     }
 }
 
+/// `SCOUTFS_SIM_SEEDS=<n>` runs more seeds (a longer soak), else [`SEEDS`].
+fn seed_count() -> u64 {
+    match std::env::var("SCOUTFS_SIM_SEEDS") {
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("SCOUTFS_SIM_SEEDS={s} is not a number")),
+        Err(_) => SEEDS,
+    }
+}
+
 fn run_part(part: u64) {
     let seeds: Vec<u64> = match replay_env() {
         Some(seed) if part == 0 => vec![seed],
         Some(_) => Vec::new(),
-        None => (0..SEEDS).filter(|s| s % PARTS == part).collect(),
+        None => (0..seed_count()).filter(|s| s % PARTS == part).collect(),
     };
     let trace = replay_env().is_some();
-    let mut totals = (0, 0, 0);
+    let mut totals = Stats::default();
     for seed in seeds {
         match catch_unwind(AssertUnwindSafe(|| run_seed(seed, trace))) {
-            Ok((steps, reqs, tasks)) => {
-                totals.0 += steps;
-                totals.1 += reqs;
-                totals.2 += tasks;
-            }
+            Ok(st) => totals.add(&st),
             Err(e) => {
                 eprintln!("lock_sim: seed {seed} failed");
                 eprintln!(
@@ -797,10 +903,7 @@ fn run_part(part: u64) {
             }
         }
     }
-    eprintln!(
-        "lock_sim part {part}: {} steps, {} requests, {} tasks",
-        totals.0, totals.1, totals.2
-    );
+    eprintln!("lock_sim part {part}: {totals:?}");
 }
 
 #[test]

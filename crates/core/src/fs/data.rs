@@ -220,6 +220,7 @@ impl Fs {
 
     fn write_once(&self, ino: u64, off: u64, end: u64, buf: &[u8]) -> FsResult<()> {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
+        let _local = self.lock_local(&[ino]);
         let mut a = self.regular(&g, ino)?;
         let op = self.begin(&[seqs_of(&a)])?;
         let (b0, b1) = (off / BLOCK, end.div_ceil(BLOCK));
@@ -315,6 +316,7 @@ impl Fs {
             return Err(EFBIG);
         }
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
+        let _local = self.lock_local(&[ino]);
         let mut a = self.regular(&g, ino)?;
         if size < a.size() {
             self.zero_tail(&g, &a, size)?;
@@ -411,6 +413,7 @@ impl Fs {
 
     fn preallocate(&self, ino: u64, off: u64, end: u64, keep_size: bool) -> FsResult<()> {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
+        let _local = self.lock_local(&[ino]);
         let mut a = self.regular(&g, ino)?;
         let op = self.begin(&[seqs_of(&a)])?;
         let (b0, b1) = (off / BLOCK, end.div_ceil(BLOCK));
@@ -442,6 +445,7 @@ impl Fs {
 
     fn punch(&self, ino: u64, off: u64, end: u64) -> FsResult<()> {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
+        let _local = self.lock_local(&[ino]);
         self.regular(&g, ino)?;
         // Whole blocks in the range are unmapped; the partial ones at its
         // edges are zeroed in place.

@@ -237,6 +237,7 @@ impl Fs {
         }
         let ino = self.alloc_ino()?;
         let gs = self.locks.lock_inodes(&[parent, ino], LockMode::Write)?;
+        let _local = self.lock_local(&[parent, ino]);
         let (gd, gi) = guards_for(&gs, parent, ino);
         let mut d = self.dir_attr(gd, parent)?;
         if self.find(gd, parent, name)?.is_some() {
@@ -298,6 +299,7 @@ impl Fs {
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
         check_name(newname)?;
         let gs = self.locks.lock_inodes(&[ino, newparent], LockMode::Write)?;
+        let _local = self.lock_local(&[ino, newparent]);
         let (gi, gd) = guards_for(&gs, ino, newparent);
         let mut d = self.dir_attr(gd, newparent)?;
         let mut a = self.read_inode(gi, ino)?;
@@ -361,6 +363,7 @@ impl Fs {
                 LockMode::WriteOnly,
             )?;
             let gs = self.locks.lock_inodes(&[parent, f.ino], LockMode::Write)?;
+            let _local = self.lock_local(&[parent, f.ino]);
             let (gd, gt) = guards_for(&gs, parent, f.ino);
             let mut d = self.dir_attr(gd, parent)?;
             match self.find(gd, parent, name)? {
@@ -468,6 +471,7 @@ impl Fs {
             LockMode::WriteOnly,
         )?;
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
+        let _local = self.lock_local(&[ino]);
         let a = match self.read_inode(&g, ino) {
             Ok(a) => a,
             Err(e) if e == ENOENT => return Ok(()),
@@ -552,6 +556,7 @@ impl Fs {
             let mut inos = vec![parent, newparent, src.ino];
             inos.extend(dst.map(|d| d.ino));
             let gs = self.locks.lock_inodes(&inos, LockMode::Write)?;
+            let _local = self.lock_local(&inos);
             let g = |ino: u64| gs.iter().find(|g| g.covers_inode(ino)).unwrap_or(&gs[0]);
             let same = |a: Option<Found>, b: Option<Found>| match (a, b) {
                 (Some(a), Some(b)) => a.ino == b.ino && a.pos == b.pos,

@@ -235,6 +235,7 @@ impl Fs {
             }
         }
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
+        let _local = self.lock_local(&[ino]);
         let mut a = self.read_inode(&g, ino)?;
         let changes = s.mode.is_some()
             || s.uid.is_some()

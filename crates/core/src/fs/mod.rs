@@ -141,6 +141,9 @@ struct InoRun {
     end: u64,
 }
 
+/// Stripes of the local inode mutexes.
+const INODE_MUTEX_STRIPES: usize = 256;
+
 /// Inode numbers asked of the server at a time.
 pub const INODE_ALLOC_NR: u64 = 10 * 1024;
 
@@ -166,6 +169,9 @@ pub struct Fs {
     pub(crate) data: Arc<dyn BlockDev>,
     pub(crate) client: Arc<Client>,
     inos: Mutex<InoRun>,
+    /// Local per-inode serialisation of read-modify-write changes (the
+    /// cluster lock only excludes other mounts): striped mutexes.
+    ilocks: Vec<Mutex<()>>,
     pub opts: FsOptions,
     pub fsid: u64,
 }
@@ -194,6 +200,7 @@ impl Fs {
             data,
             client,
             inos: Mutex::default(),
+            ilocks: (0..INODE_MUTEX_STRIPES).map(|_| Mutex::new(())).collect(),
             opts,
             fsid,
         }
@@ -201,6 +208,20 @@ impl Fs {
 
     pub fn trans(&self) -> &Arc<Trans> {
         &self.trans
+    }
+
+    /// Serialises local changes to these inodes. Taken after the cluster
+    /// locks and before the transaction hold, always in stripe order.
+    pub(crate) fn lock_local(&self, inos: &[u64]) -> Vec<std::sync::MutexGuard<'_, ()>> {
+        let mut idx: Vec<usize> = inos
+            .iter()
+            .map(|i| (*i as usize).wrapping_mul(0x9e37_79b9) % INODE_MUTEX_STRIPES)
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter()
+            .map(|i| self.ilocks[i].lock().unwrap_or_else(|p| p.into_inner()))
+            .collect()
     }
 
     /// A new inode number, from the mount's current run.

@@ -133,6 +133,7 @@ impl Fs {
             return Err(E2BIG);
         }
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
+        let _local = self.lock_local(&[ino]);
         let mut a = self.read_inode(&g, ino)?;
         let old = self.find_xattr(&g, ino, name)?;
         match (&old, flags & (XATTR_CREATE | XATTR_REPLACE)) {
@@ -181,6 +182,7 @@ impl Fs {
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         check_xattr_name(name).map_err(|e| if e == EOPNOTSUPP { ENODATA } else { e })?;
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
+        let _local = self.lock_local(&[ino]);
         let mut a = self.read_inode(&g, ino)?;
         let f = self.find_xattr(&g, ino, name)?.ok_or(ENODATA)?;
         {

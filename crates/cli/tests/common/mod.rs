@@ -1,0 +1,266 @@
+//! Helpers for tests that run `scoutfs` processes and real FUSE mounts.
+//! Every mount is unmounted and every process killed (by pid) on drop, on
+//! every path, so a failing test leaves nothing behind.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_scoutfs")
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "scoutfs-test-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // SCOUTFS_TEST_KEEP=1 keeps the images of a failed run to look at.
+        if std::env::var_os("SCOUTFS_TEST_KEEP").is_some() && std::thread::panicking() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether this machine can run FUSE mounts (root and /dev/fuse). Tests
+/// that need them say so when they skip.
+pub fn can_mount(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let fuse = Path::new("/dev/fuse").exists();
+    if !(root && fuse) {
+        eprintln!("SKIPPED {test}: needs root and /dev/fuse (root={root}, /dev/fuse={fuse})");
+    }
+    root && fuse
+}
+
+/// Makes a filesystem on two new image files in `dir`.
+pub fn mkfs(dir: &Scratch) -> (PathBuf, PathBuf) {
+    let (m, d) = (dir.path("meta.img"), dir.path("data.img"));
+    let o = Command::new(bin())
+        .args([
+            "mkfs",
+            m.to_str().unwrap(),
+            d.to_str().unwrap(),
+            "-Q",
+            "0,127.0.0.1,7000",
+            "-m",
+            "512M",
+            "-d",
+            "2G",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "mkfs: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (m, d)
+}
+
+fn is_mounted(mp: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let want = mp.to_str().unwrap();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(want))
+}
+
+/// Lazily unmounts `mp` if something is mounted there.
+pub fn force_unmount(mp: &Path) {
+    if is_mounted(mp) {
+        let c = std::ffi::CString::new(mp.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string path.
+        unsafe {
+            libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+        }
+    }
+}
+
+/// A running `scoutfs mount` process.
+pub struct MountProc {
+    pub child: Option<Child>,
+    pub mp: PathBuf,
+}
+
+impl MountProc {
+    /// Starts `scoutfs mount` and waits (bounded) for the mount to appear.
+    pub fn start(meta: &Path, data: &Path, mp: &Path, extra: &[&str]) -> MountProc {
+        std::fs::create_dir_all(mp).unwrap();
+        let mp = std::fs::canonicalize(mp).unwrap();
+        let mut args = vec![
+            "mount",
+            "--meta",
+            meta.to_str().unwrap(),
+            data.to_str().unwrap(),
+            mp.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let child = Command::new(bin())
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut m = MountProc {
+            child: Some(child),
+            mp,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(&m.mp) {
+            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                let _ = m
+                    .child
+                    .as_mut()
+                    .unwrap()
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err);
+                panic!("scoutfs mount exited with {st}: {err}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount did not appear within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Unmounts with umount(8) and waits (bounded) for a clean exit.
+    pub fn unmount(mut self) {
+        let o = Command::new("umount").arg(&self.mp).output().unwrap();
+        assert!(
+            o.status.success(),
+            "umount: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+                assert!(st.success(), "scoutfs mount exited with {st}: {err}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "scoutfs mount did not exit within 30 s of umount"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9, then clear the dead mount.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        force_unmount(&self.mp);
+    }
+}
+
+impl Drop for MountProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            force_unmount(&self.mp);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        force_unmount(&self.mp);
+    }
+}
+
+/// What a tree holds: path -> description (type, mode, size, content or
+/// target, xattrs). Times are left out.
+pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+    let mut ents: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
+    ents.sort_by_key(|e| e.file_name());
+    for e in ents {
+        let p = e.path();
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        let ft = md.file_type();
+        let desc = if ft.is_dir() {
+            walk(root, &p, out);
+            format!("dir {:o} nlink {}", md.mode() & 0o7777, md.nlink())
+        } else if ft.is_symlink() {
+            format!("symlink {}", std::fs::read_link(&p).unwrap().display())
+        } else if ft.is_file() {
+            let data = std::fs::read(&p).unwrap();
+            format!(
+                "file {:o} size {} nlink {} sum {:016x}",
+                md.mode() & 0o7777,
+                md.len(),
+                md.nlink(),
+                fnv(&data)
+            )
+        } else if ft.is_fifo() {
+            format!("fifo {:o}", md.mode() & 0o7777)
+        } else {
+            format!("other {:o} rdev {}", md.mode(), md.rdev())
+        };
+        out.insert(rel, desc);
+    }
+}
+
+pub fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// `scoutfs check`, asserting it is clean.
+pub fn assert_check_clean(meta: &Path, data: &Path) {
+    let o = Command::new(bin())
+        .args(["check", meta.to_str().unwrap(), data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "check: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
