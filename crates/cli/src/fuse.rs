@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long the kernel may cache attributes and entries. Losing the lock
-/// that covers an inode drops its cached attributes and pages at once.
-const TTL: Duration = Duration::from_secs(1);
+/// that covers an inode drops its cached attributes, entries and pages at
+/// once, so this can be long.
+const TTL: Duration = Duration::from_secs(60);
 /// The largest write the kernel sends us.
 pub const MAX_WRITE: u32 = 1 << 20;
 
@@ -379,7 +380,8 @@ impl Filesystem for ScoutFuse {
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to do at close; ENOSYS tells the kernel to stop sending it.
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsync(

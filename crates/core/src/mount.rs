@@ -53,6 +53,7 @@ impl Default for MountOptions {
 /// A mounted filesystem: its server, client and fs.
 pub struct Mount {
     fs: Arc<Fs>,
+    cache: Arc<BlockCache>,
     locks: Arc<Locks>,
     client: Arc<Client>,
     server: Option<Server>,
@@ -103,7 +104,7 @@ impl Mount {
             trans,
             locks.clone(),
             client.clone(),
-            cache,
+            cache.clone(),
             data,
             opts.fs.clone(),
             fsid,
@@ -112,6 +113,7 @@ impl Mount {
         let committer = spawn_committer(fs.clone(), stop.clone(), opts.commit_interval_ms);
         Ok(Mount {
             fs,
+            cache,
             locks,
             client,
             server: Some(server),
@@ -127,6 +129,18 @@ impl Mount {
 
     pub fn locks(&self) -> &Arc<Locks> {
         &self.locks
+    }
+
+    /// The metadata block cache (its counters report reads, corruption...).
+    pub fn block_cache(&self) -> &Arc<BlockCache> {
+        &self.cache
+    }
+
+    /// Drops every clean cached item and block: the next reads go to the
+    /// devices (as after `echo 3 > /proc/sys/vm/drop_caches`).
+    pub fn drop_caches(&self) {
+        self.fs.drop_item_cache();
+        self.cache.clear();
     }
 
     /// Unmounts: the last commit, farewell, and everything stopped.

@@ -213,3 +213,79 @@ fn truncate_fallocate_xattrs() {
     mnt.unmount().unwrap();
     assert_clean(&meta, &data);
 }
+
+/// A metadata block corrupted under a mounted filesystem: what depends on
+/// it fails with EIO, the corruption is counted, and the rest is served,
+/// changes included. The corrupt block is in a log tree an earlier mount
+/// wrote, which this mount reads but never writes.
+#[test]
+fn corrupt_block_under_a_mount_gives_eio_and_the_rest_is_served() {
+    use scoutfs_core::btree;
+    use scoutfs_format::consts::BLOCK_LG_SIZE;
+    use std::sync::atomic::Ordering;
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xf8);
+    // Two directories far apart in key order, each with enough items that
+    // they land in different leaves of the first mount's log tree.
+    let (a, b) = {
+        let mnt = mount(&meta, &data);
+        let fs = mnt.fs();
+        let a = fs.mknod(ROOT_INO, b"a", DIR, 0, 0, 0, None).unwrap();
+        for i in 0..600u32 {
+            let f = fs
+                .mknod(a.ino, format!("a{i}").as_bytes(), REG, 0, 0, 0, None)
+                .unwrap();
+            fs.setxattr(f.ino, b"user.pad", &[1u8; 400], 0).unwrap();
+        }
+        let b = fs.mknod(ROOT_INO, b"b", DIR, 0, 0, 0, None).unwrap();
+        for i in 0..20u32 {
+            fs.mknod(b.ino, format!("b{i}").as_bytes(), REG, 0, 0, 0, None)
+                .unwrap();
+        }
+        mnt.unmount().unwrap();
+        (a.ino, b.ino)
+    };
+    let mnt = mount(&meta, &data);
+    let fs = mnt.fs();
+    let cache = mnt.block_cache().clone();
+    let roots = fs.roots().unwrap();
+    let lts = scoutfs_core::forest::log_roots(cache.as_ref(), &roots.logs_root).unwrap();
+    let root = lts
+        .iter()
+        .map(|lt| lt.item_root)
+        .find(|r| r.height > 1)
+        .expect("the first mount's log tree");
+    let key = scoutfs_format::Key::inode(a);
+    let mut leaf = 0;
+    btree::walk_blocks(cache.as_ref(), &root, |r, blk| {
+        if btree::block::level(blk) == 0 && btree::block::search(blk, &key).is_ok() {
+            leaf = r.blkno.get();
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert!(leaf != 0);
+    meta.corrupt_byte(leaf * BLOCK_LG_SIZE as u64 + 3000);
+    mnt.drop_caches();
+    let before = cache.counters.block_corrupt.load(Ordering::Relaxed);
+    assert_eq!(
+        fs.getattr(a).unwrap_err(),
+        EIO,
+        "what depends on the block fails"
+    );
+    assert!(
+        cache.counters.block_corrupt.load(Ordering::Relaxed) > before,
+        "the corruption is counted"
+    );
+    // Everything else is still served, and changes elsewhere still commit.
+    assert_eq!(fs.lookup(b, b"b7").unwrap().file_type(), libc::S_IFREG);
+    fs.mknod(b, b"new", REG, 0, 0, 0, None).unwrap();
+    fs.sync().unwrap();
+    mnt.drop_caches();
+    assert!(fs.lookup(b, b"new").is_ok());
+    assert_eq!(
+        fs.getattr(a).unwrap_err(),
+        EIO,
+        "and it still fails, without taking the mount down"
+    );
+    mnt.unmount().unwrap();
+}

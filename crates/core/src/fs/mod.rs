@@ -54,9 +54,14 @@ impl std::fmt::Display for FsError {
 impl std::error::Error for FsError {}
 
 impl From<Error> for FsError {
+    /// Corruption is logged once: the block cache logs bad blocks as it
+    /// reads them, this logs the rest (btree and item corruption).
     fn from(e: Error) -> FsError {
+        use crate::error::CorruptKind::{BlockCrc, BlockInvalid};
         if let Error::Corrupt(c) = &e {
-            crate::block::log_corruption(c);
+            if !matches!(c.kind, BlockCrc | BlockInvalid) {
+                crate::block::log_corruption(c);
+            }
         }
         FsError(e.errno())
     }
@@ -120,6 +125,13 @@ impl Source for ForestSource {
             0,
             detail,
         ))
+    }
+}
+
+impl Fs {
+    /// The roots of the last written super block.
+    pub fn roots(&self) -> crate::error::Result<Roots> {
+        self.src.roots()
     }
 }
 
@@ -204,6 +216,11 @@ impl Fs {
             opts,
             fsid,
         }
+    }
+
+    /// Drops every clean item from the item cache.
+    pub fn drop_item_cache(&self) {
+        self.items.invalidate(&Key::MIN, &Key::MAX);
     }
 
     pub fn trans(&self) -> &Arc<Trans> {
