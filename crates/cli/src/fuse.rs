@@ -8,7 +8,7 @@ use scoutfs_core::fs::inode::{Attr, SetAttr};
 use scoutfs_core::fs::{Fs, FsError};
 use scoutfs_format::inode::*;
 use scoutfs_format::Timespec;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex};
@@ -21,32 +21,36 @@ const TTL: Duration = Duration::from_secs(60);
 /// The largest write the kernel sends us.
 pub const MAX_WRITE: u32 = 1 << 20;
 
+/// What the kernel caches that we must be able to invalidate: the lookup
+/// count of each inode it knows, and the names it has cached per directory.
+#[derive(Default)]
+pub struct Known {
+    pub inodes: HashMap<u64, u64>,
+    pub names: HashMap<u64, HashSet<Vec<u8>>>,
+}
+
 pub struct ScoutFuse {
     fs: Arc<Fs>,
-    /// The kernel's lookup count of each inode it knows.
-    lookups: Arc<Mutex<HashMap<u64, u64>>>,
+    known: Arc<Mutex<Known>>,
 }
 
 impl ScoutFuse {
     pub fn new(fs: Arc<Fs>) -> ScoutFuse {
         ScoutFuse {
             fs,
-            lookups: Arc::default(),
+            known: Arc::default(),
         }
     }
 
-    /// The inodes the kernel currently knows (for cache invalidation).
-    pub fn known(&self) -> Arc<Mutex<HashMap<u64, u64>>> {
-        self.lookups.clone()
+    /// What the kernel currently caches (for cache invalidation).
+    pub fn known(&self) -> Arc<Mutex<Known>> {
+        self.known.clone()
     }
 
-    fn looked_up(&self, ino: u64) {
-        *self
-            .lookups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(ino)
-            .or_insert(0) += 1;
+    fn looked_up(&self, parent: u64, name: &[u8], ino: u64) {
+        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        *k.inodes.entry(ino).or_insert(0) += 1;
+        k.names.entry(parent).or_default().insert(name.to_vec());
     }
 }
 
@@ -117,10 +121,10 @@ fn time_or_now(t: Option<TimeOrNow>) -> Option<Timespec> {
 }
 
 impl ScoutFuse {
-    fn entry(&self, reply: ReplyEntry, r: Result<Attr, FsError>) {
+    fn entry(&self, reply: ReplyEntry, parent: u64, name: &OsStr, r: Result<Attr, FsError>) {
         match r {
             Ok(a) => {
-                self.looked_up(a.ino);
+                self.looked_up(parent, name.as_bytes(), a.ino);
                 reply.entry(&TTL, &file_attr(&a), Generation(0));
             }
             Err(e) => reply.error(err(e)),
@@ -177,17 +181,23 @@ impl Filesystem for ScoutFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.fs.lookup(parent.0, name.as_bytes()));
+        self.entry(
+            reply,
+            parent.0,
+            name,
+            self.fs.lookup(parent.0, name.as_bytes()),
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let gone = {
-            let mut l = self.lookups.lock().unwrap_or_else(|p| p.into_inner());
-            let n = l.entry(ino.0).or_insert(0);
+            let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            let n = k.inodes.entry(ino.0).or_insert(0);
             *n = n.saturating_sub(nlookup);
             let gone = *n == 0;
             if gone {
-                l.remove(&ino.0);
+                k.inodes.remove(&ino.0);
+                k.names.remove(&ino.0);
             }
             gone
         };
@@ -255,10 +265,8 @@ impl Filesystem for ScoutFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            reply,
-            self.make(req, parent.0, name, mode, umask, rdev, None),
-        );
+        let r = self.make(req, parent.0, name, mode, umask, rdev, None);
+        self.entry(reply, parent.0, name, r);
     }
 
     fn mkdir(
@@ -270,10 +278,8 @@ impl Filesystem for ScoutFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            reply,
-            self.make(req, parent.0, name, S_IFDIR | mode, umask, 0, None),
-        );
+        let r = self.make(req, parent.0, name, S_IFDIR | mode, umask, 0, None);
+        self.entry(reply, parent.0, name, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -293,10 +299,8 @@ impl Filesystem for ScoutFuse {
         reply: ReplyEntry,
     ) {
         let t = target.as_os_str().as_bytes();
-        self.entry(
-            reply,
-            self.make(req, parent.0, link_name, S_IFLNK | 0o777, 0, 0, Some(t)),
-        );
+        let r = self.make(req, parent.0, link_name, S_IFLNK | 0o777, 0, 0, Some(t));
+        self.entry(reply, parent.0, link_name, r);
     }
 
     fn rename(
@@ -329,7 +333,8 @@ impl Filesystem for ScoutFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.entry(reply, self.fs.link(ino.0, newparent.0, newname.as_bytes()));
+        let r = self.fs.link(ino.0, newparent.0, newname.as_bytes());
+        self.entry(reply, newparent.0, newname, r);
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -526,7 +531,7 @@ impl Filesystem for ScoutFuse {
     ) {
         match self.make(req, parent.0, name, mode, umask, 0, None) {
             Ok(a) => {
-                self.looked_up(a.ino);
+                self.looked_up(parent.0, name.as_bytes(), a.ino);
                 reply.created(
                     &TTL,
                     &file_attr(&a),

@@ -11,6 +11,7 @@ use crate::size;
 use fuser::{Config, INodeNo, MountOption, Session, SessionACL};
 use scoutfs_core::mount::{Mount, MountOptions};
 use scoutfs_format::key::zone;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -191,13 +192,22 @@ fn serve(
             if start.zone != zone::FS {
                 return;
             }
-            let inos: Vec<u64> = {
-                let k = known.lock().unwrap_or_else(|p| p.into_inner());
-                k.keys()
-                    .copied()
-                    .filter(|i| *i >= start.first && *i <= end.first)
-                    .collect()
+            let in_range = |i: &u64| *i >= start.first && *i <= end.first;
+            let (inos, names): (Vec<u64>, Vec<(u64, Vec<u8>)>) = {
+                let mut k = known.lock().unwrap_or_else(|p| p.into_inner());
+                let inos = k.inodes.keys().copied().filter(in_range).collect();
+                let dirs: Vec<u64> = k.names.keys().copied().filter(in_range).collect();
+                let mut names = Vec::new();
+                for d in dirs {
+                    for n in k.names.remove(&d).unwrap_or_default() {
+                        names.push((d, n));
+                    }
+                }
+                (inos, names)
             };
+            for (d, n) in names {
+                let _ = notifier.inval_entry(INodeNo(d), std::ffi::OsStr::from_bytes(&n));
+            }
             for ino in inos {
                 let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
             }
