@@ -131,6 +131,21 @@ fn check_mountpoint(p: &Path) -> Result<PathBuf, String> {
     Ok(abs)
 }
 
+/// An exclusive advisory lock on the metadata device, held while mounted.
+fn exclusive(meta: &Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(meta).map_err(|e| format!("{}: {e}", meta.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        return Err(format!(
+            "{}: the filesystem is already mounted by another scoutfs process on this host",
+            meta.display()
+        ));
+    }
+    Ok(f)
+}
+
 /// Blocks the signals that end a mount in this thread and every thread
 /// started after, and returns the set.
 fn block_signals() -> libc::sigset_t {
@@ -164,6 +179,9 @@ fn serve(
 ) -> Result<ExitCode, String> {
     let set = block_signals();
     let mp = check_mountpoint(mountpoint)?;
+    // Until quorum election exists, one mount per filesystem on this host:
+    // the server runs inside the mount, and two servers would corrupt it.
+    let _excl = exclusive(meta)?;
     let m = crate::open_dev(meta, true)?;
     let d = crate::open_dev(data, true)?;
     let mnt = Mount::open(m, d, opts).map_err(|e| format!("mount: {e}"))?;

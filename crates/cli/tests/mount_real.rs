@@ -203,3 +203,70 @@ fn diff(want: &BTreeMap<String, String>, got: &BTreeMap<String, String>) -> Vec<
     out.truncate(10);
     out
 }
+
+#[test]
+fn mount_refuses_bad_devices_and_mountpoints_clearly() {
+    if !can_mount("mount_refuses_bad_devices_and_mountpoints_clearly") {
+        return;
+    }
+    let dir = Scratch::new("mount-errors");
+    let (meta, data) = mkfs(&dir);
+    let other = Scratch::new("mount-errors-other");
+    let (_meta2, data2) = mkfs(&other);
+    let mp = dir.path("mnt");
+    std::fs::create_dir_all(&mp).unwrap();
+    let empty = dir.path("empty.img");
+    std::fs::write(&empty, vec![0u8; 1 << 20]).unwrap();
+    let run = |m: &Path, d: &Path, p: &Path| {
+        let o = std::process::Command::new(bin())
+            .args([
+                "mount",
+                "--meta",
+                m.to_str().unwrap(),
+                d.to_str().unwrap(),
+                p.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!text.contains("panicked"), "{text}");
+        (o.status.success(), text)
+    };
+    for (m, d, p, want) in [
+        (
+            dir.path("missing.img"),
+            data.clone(),
+            mp.clone(),
+            "missing.img",
+        ),
+        (
+            empty.clone(),
+            data.clone(),
+            mp.clone(),
+            "no scoutfs super block",
+        ),
+        (
+            meta.clone(),
+            data2.clone(),
+            mp.clone(),
+            "another filesystem",
+        ),
+        (meta.clone(), data.clone(), dir.path("nodir"), "nodir"),
+        (meta.clone(), data.clone(), meta.clone(), "not a directory"),
+    ] {
+        let (ok, text) = run(&m, &d, &p);
+        assert!(!ok, "mount {m:?} {d:?} {p:?} should fail");
+        assert!(text.contains(want), "expected '{want}' in: {text}");
+    }
+    // A busy mountpoint: something is mounted there already.
+    let m = MountProc::start(&meta, &data, &mp, &[]);
+    let (ok, text) = run(&meta, &data, &mp);
+    assert!(!ok && text.contains("busy"), "{text}");
+    // The same filesystem twice at once (until quorum election exists).
+    let mp2 = dir.path("mnt2");
+    std::fs::create_dir_all(&mp2).unwrap();
+    let (ok, text) = run(&meta, &data, &mp2);
+    assert!(!ok && text.contains("already mounted"), "{text}");
+    m.unmount();
+    assert_check_clean(&meta, &data);
+}

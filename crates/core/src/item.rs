@@ -23,8 +23,10 @@
 //! sure the transaction was committed first, so no dirty item is there.
 //!
 //! Memory: clean items are bounded by `limit_bytes`; beyond it the least
-//! recently used known ranges are dropped with their clean items. Dirty
-//! items stay until their transaction commits (the transaction bounds them).
+//! recently used known ranges are dropped with their clean items. Clean
+//! items exist only inside known ranges (a blind write that commits outside
+//! them is dropped), so eviction reaches every clean item. Dirty items stay
+//! until their transaction commits (the transaction bounds them).
 //!
 //! Locking: one mutex around the cache. A forest read happens with the
 //! mutex released; its results are inserted only for keys that are still
@@ -77,6 +79,8 @@ struct Known {
 #[derive(Default)]
 struct Inner {
     items: BTreeMap<Key, CItem>,
+    /// The keys of the dirty items, so a commit needn't scan the cache.
+    dirty: std::collections::BTreeSet<Key>,
     known: BTreeMap<Key, Known>,
     clean_bytes: usize,
     dirty_items: usize,
@@ -113,11 +117,14 @@ impl Inner {
     }
 
     fn add_known(&mut self, mut start: Key, mut end: Key) {
-        // Merge with every overlapping or adjacent range.
+        // Merge with every overlapping or adjacent range. Ranges are
+        // disjoint, so their ends rise with their starts: walk back from
+        // `end` and stop at the first that ends before `start`.
         let touching: Vec<Key> = self
             .known
             .range(..=end.inc())
-            .filter(|(_, kn)| kn.end >= start.dec())
+            .rev()
+            .take_while(|(_, kn)| kn.end >= start.dec())
             .map(|(s, _)| *s)
             .collect();
         for s in touching {
@@ -141,7 +148,8 @@ impl Inner {
         let hit: Vec<(Key, Key, u64)> = self
             .known
             .range(..=*end)
-            .filter(|(_, kn)| kn.end >= *start)
+            .rev()
+            .take_while(|(_, kn)| kn.end >= *start)
             .map(|(s, kn)| (*s, kn.end, kn.used))
             .collect();
         for (s, e, used) in hit {
@@ -162,13 +170,19 @@ impl Inner {
     }
 
     fn set(&mut self, k: Key, it: CItem) {
-        if let Some(old) = self.items.insert(k, it.clone()) {
-            self.account(&old, -1);
+        if it.dirty {
+            self.dirty.insert(k);
+        } else {
+            self.dirty.remove(&k);
         }
         self.account(&it, 1);
+        if let Some(old) = self.items.insert(k, it) {
+            self.account(&old, -1);
+        }
     }
 
     fn remove(&mut self, k: &Key) {
+        self.dirty.remove(k);
         if let Some(old) = self.items.remove(k) {
             self.account(&old, -1);
         }
@@ -182,6 +196,43 @@ impl Inner {
         } else {
             self.clean_bytes = (self.clean_bytes as isize + c) as usize;
         }
+    }
+}
+
+fn check_write(c: &Cover, key: &Key) {
+    assert!(
+        c.covers(key) && (c.write || c.write_only),
+        "writing {key} without a write lock"
+    );
+}
+
+/// Writes a dirty item (or a deletion) into the cache. A deletion of an
+/// item that may exist on disk leaves a deletion item; otherwise the item
+/// just goes.
+fn write_item(g: &mut Inner, key: &Key, seq: u64, val: Option<&[u8]>, persistent_hint: bool) {
+    let persistent = g.items.get(key).map_or(persistent_hint, |it| it.persistent);
+    match val {
+        Some(v) => g.set(
+            *key,
+            CItem {
+                seq,
+                deleted: false,
+                val: v.to_vec(),
+                dirty: true,
+                persistent,
+            },
+        ),
+        None if persistent => g.set(
+            *key,
+            CItem {
+                seq,
+                deleted: true,
+                val: Vec::new(),
+                dirty: true,
+                persistent,
+            },
+        ),
+        None => g.remove(key),
     }
 }
 
@@ -204,16 +255,10 @@ impl ItemCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes `key` known, reading its leaf's worth from the source if needed.
-    fn ensure_known(&self, src: &dyn Source, c: &Cover, key: &Key) -> Result<()> {
-        if self.lock().known_at(key) {
-            return Ok(());
-        }
-        assert!(c.read, "reading {key} without a read lock");
-        let res = src.read(key, &c.start, &c.end)?;
+    /// Inserts what a forest read found, where the cache doesn't know
+    /// better: a range made known meanwhile, or a dirty item, is newer.
+    fn insert_read(&self, res: crate::forest::ReadResult) {
         let mut g = self.lock();
-        // Insert only where still unknown: a range made known meanwhile, or
-        // a dirty item, is newer than what we read.
         for (k, v) in res.items {
             if g.items.contains_key(&k) || g.known_end(&k).is_some() {
                 continue;
@@ -231,20 +276,43 @@ impl ItemCache {
             );
         }
         g.add_known(res.start, res.end);
-        drop(g);
-        self.shrink();
-        Ok(())
+    }
+
+    /// Runs `f` on the cache once `key` is known, under one hold of the
+    /// cache's mutex, so an eviction can't come between learning the range
+    /// and using it. Reads the key's leaf from the source as needed.
+    fn known_op<T>(
+        &self,
+        src: &dyn Source,
+        c: &Cover,
+        key: &Key,
+        mut f: impl FnMut(&mut Inner) -> T,
+    ) -> Result<T> {
+        loop {
+            {
+                let mut g = self.lock();
+                if g.known_at(key) {
+                    let r = f(&mut g);
+                    drop(g);
+                    self.shrink(key);
+                    return Ok(r);
+                }
+            }
+            assert!(c.read, "reading {key} without a read lock");
+            let res = src.read(key, &c.start, &c.end)?;
+            self.insert_read(res);
+        }
     }
 
     /// The value of `key`, if it exists.
     pub fn lookup(&self, src: &dyn Source, c: &Cover, key: &Key) -> Result<Option<Vec<u8>>> {
         assert!(c.covers(key) && c.read, "lookup of {key} outside its lock");
-        self.ensure_known(src, c, key)?;
-        let g = self.lock();
-        Ok(g.items
-            .get(key)
-            .filter(|it| !it.deleted)
-            .map(|it| it.val.clone()))
+        self.known_op(src, c, key, |g| {
+            g.items
+                .get(key)
+                .filter(|it| !it.deleted)
+                .map(|it| it.val.clone())
+        })
     }
 
     /// The first item with a key in `key..=last` (within the lock).
@@ -261,18 +329,20 @@ impl ItemCache {
         );
         let mut k = *key;
         loop {
-            self.ensure_known(src, c, &k)?;
-            let g = self.lock();
-            let end = g.known_end(&k).unwrap_or(k).min(*last);
-            let found = g
-                .items
-                .range(k..=end)
-                .find(|(_, it)| !it.deleted)
-                .map(|(k, it)| (*k, it.val.clone()));
-            if found.is_some() || end >= *last {
-                return Ok(found);
+            let step = self.known_op(src, c, &k, |g| {
+                let end = g.known_end(&k).unwrap_or(k).min(*last);
+                let found = g
+                    .items
+                    .range(k..=end)
+                    .find(|(_, it)| !it.deleted)
+                    .map(|(k, it)| (*k, it.val.clone()));
+                (found, end)
+            })?;
+            match step {
+                (Some(f), _) => return Ok(Some(f)),
+                (None, end) if end >= *last => return Ok(None),
+                (None, end) => k = end.inc(),
             }
-            k = end.inc();
         }
     }
 
@@ -290,63 +360,25 @@ impl ItemCache {
         );
         let mut k = *key;
         loop {
-            self.ensure_known(src, c, &k)?;
-            let g = self.lock();
-            let start = match g.known.range(..=k).next_back() {
-                Some((s, kn)) if kn.end >= k => *s,
-                _ => k,
+            let step = self.known_op(src, c, &k, |g| {
+                let start = match g.known.range(..=k).next_back() {
+                    Some((s, kn)) if kn.end >= k => *s,
+                    _ => k,
+                }
+                .max(*first);
+                let found = g
+                    .items
+                    .range(start..=k)
+                    .rev()
+                    .find(|(_, it)| !it.deleted)
+                    .map(|(k, it)| (*k, it.val.clone()));
+                (found, start)
+            })?;
+            match step {
+                (Some(f), _) => return Ok(Some(f)),
+                (None, start) if start <= *first => return Ok(None),
+                (None, start) => k = start.dec(),
             }
-            .max(*first);
-            let found = g
-                .items
-                .range(start..=k)
-                .rev()
-                .find(|(_, it)| !it.deleted)
-                .map(|(k, it)| (*k, it.val.clone()));
-            if found.is_some() || start <= *first {
-                return Ok(found);
-            }
-            k = start.dec();
-        }
-    }
-
-    fn write_item(
-        &self,
-        c: &Cover,
-        key: &Key,
-        seq: u64,
-        val: Option<&[u8]>,
-        persistent_hint: bool,
-    ) {
-        assert!(
-            c.covers(key) && (c.write || c.write_only),
-            "writing {key} without a write lock"
-        );
-        let seq = seq.max(c.write_seq);
-        let mut g = self.lock();
-        let persistent = g.items.get(key).map_or(persistent_hint, |it| it.persistent);
-        match val {
-            Some(v) => g.set(
-                *key,
-                CItem {
-                    seq,
-                    deleted: false,
-                    val: v.to_vec(),
-                    dirty: true,
-                    persistent,
-                },
-            ),
-            None if persistent => g.set(
-                *key,
-                CItem {
-                    seq,
-                    deleted: true,
-                    val: Vec::new(),
-                    dirty: true,
-                    persistent,
-                },
-            ),
-            None => g.remove(key),
         }
     }
 
@@ -359,37 +391,47 @@ impl ItemCache {
         seq: u64,
         val: &[u8],
     ) -> Result<bool> {
-        if self.lookup(src, c, key)?.is_some() {
-            return Ok(false);
-        }
-        self.write_item(c, key, seq, Some(val), false);
-        Ok(true)
+        check_write(c, key);
+        let seq = seq.max(c.write_seq);
+        self.known_op(src, c, key, |g| {
+            if g.items.get(key).is_some_and(|it| !it.deleted) {
+                return false;
+            }
+            write_item(g, key, seq, Some(val), false);
+            true
+        })
     }
 
     /// Replaces the value of `key`, creating it if needed.
     pub fn put(&self, src: &dyn Source, c: &Cover, key: &Key, seq: u64, val: &[u8]) -> Result<()> {
-        self.ensure_known(src, c, key)?;
-        self.write_item(c, key, seq, Some(val), false);
-        Ok(())
+        check_write(c, key);
+        let seq = seq.max(c.write_seq);
+        self.known_op(src, c, key, |g| write_item(g, key, seq, Some(val), false))
     }
 
     /// Deletes `key`; false if it didn't exist.
     pub fn delete(&self, src: &dyn Source, c: &Cover, key: &Key, seq: u64) -> Result<bool> {
-        if self.lookup(src, c, key)?.is_none() {
-            return Ok(false);
-        }
-        self.write_item(c, key, seq, None, false);
-        Ok(true)
+        check_write(c, key);
+        let seq = seq.max(c.write_seq);
+        self.known_op(src, c, key, |g| {
+            if g.items.get(key).is_none_or(|it| it.deleted) {
+                return false;
+            }
+            write_item(g, key, seq, None, false);
+            true
+        })
     }
 
     /// Creates or replaces `key` without reading (WRITE_ONLY locks).
     pub fn put_blind(&self, c: &Cover, key: &Key, seq: u64, val: &[u8]) {
-        self.write_item(c, key, seq, Some(val), true);
+        check_write(c, key);
+        write_item(&mut self.lock(), key, seq.max(c.write_seq), Some(val), true);
     }
 
     /// Deletes `key` without reading: always leaves a deletion item.
     pub fn delete_blind(&self, c: &Cover, key: &Key, seq: u64) {
-        self.write_item(c, key, seq, None, true);
+        check_write(c, key);
+        write_item(&mut self.lock(), key, seq.max(c.write_seq), None, true);
     }
 
     /// Drops clean items and known ranges in `start..=end`.
@@ -410,9 +452,9 @@ impl ItemCache {
     /// The dirty items in key order, as the log btree stores them.
     pub fn dirty_items(&self) -> Vec<Item> {
         let g = self.lock();
-        g.items
+        g.dirty
             .iter()
-            .filter(|(_, it)| it.dirty)
+            .filter_map(|k| g.items.get(k).map(|it| (k, it)))
             .map(|(k, it)| Item {
                 key: *k,
                 seq: it.seq,
@@ -425,22 +467,29 @@ impl ItemCache {
     /// The dirty items are durable in the log btree: they become clean.
     pub fn write_done(&self) {
         let mut g = self.lock();
-        let dirty: Vec<Key> = g
-            .items
-            .iter()
-            .filter(|(_, it)| it.dirty)
-            .map(|(k, _)| *k)
-            .collect();
+        let dirty = std::mem::take(&mut g.dirty);
         for k in dirty {
-            let Some(mut it) = g.items.get(&k).cloned() else {
+            // Clean items live only in known ranges, where eviction finds
+            // them; one written blindly outside them is dropped now that it
+            // is on disk, and read again when it is next wanted.
+            let known = g.known_end(&k).is_some();
+            let Some(it) = g.items.get_mut(&k) else {
                 continue;
             };
-            it.dirty = false;
-            it.persistent = true;
-            g.set(k, it);
+            let c = cost(&it.val);
+            g.dirty_items -= 1;
+            g.dirty_bytes -= c;
+            if known {
+                let it = g.items.get_mut(&k).unwrap_or_else(|| unreachable!());
+                it.dirty = false;
+                it.persistent = true;
+                g.clean_bytes += c;
+            } else {
+                g.items.remove(&k);
+            }
         }
         drop(g);
-        self.shrink();
+        self.shrink(&Key::MIN);
     }
 
     /// (dirty items, dirty bytes, clean bytes).
@@ -449,14 +498,18 @@ impl ItemCache {
         (g.dirty_items, g.dirty_bytes, g.clean_bytes)
     }
 
-    /// Drops least recently used known ranges until clean items fit the limit.
-    fn shrink(&self) {
+    /// Drops least recently used known ranges until clean items fit the
+    /// limit, never the range holding `keep` (the caller's).
+    fn shrink(&self, keep: &Key) {
         let mut g = self.lock();
         while g.clean_bytes > self.limit_bytes {
-            let Some((&s, _)) = g.known.iter().min_by_key(|(_, kn)| kn.used) else {
-                break;
-            };
-            let e = g.known[&s].end;
+            let victim = g
+                .known
+                .iter()
+                .filter(|(s, kn)| !(**s <= *keep && *keep <= kn.end))
+                .min_by_key(|(_, kn)| kn.used)
+                .map(|(s, kn)| (*s, kn.end));
+            let Some((s, e)) = victim else { break };
             let clean: Vec<Key> = g
                 .items
                 .range(s..=e)
@@ -480,7 +533,8 @@ impl ItemCache {
             prev = Some(kn.end);
         }
         let (mut di, mut db, mut cb) = (0, 0, 0);
-        for it in g.items.values() {
+        for (k, it) in &g.items {
+            assert_eq!(it.dirty, g.dirty.contains(k), "dirty set disagrees at {k}");
             if it.dirty {
                 di += 1;
                 db += cost(&it.val);

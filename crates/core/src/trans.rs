@@ -56,6 +56,8 @@ struct TransState {
     lt: LogTrees,
     /// Bytes of file data written since the last commit.
     data_bytes: u64,
+    /// Inodes created less inodes deleted in the open transaction.
+    inode_delta: i64,
     /// A commit failed: the mount can no longer make changes durable.
     broken: Option<String>,
 }
@@ -123,6 +125,7 @@ impl Trans {
             w,
             lt,
             data_bytes: 0,
+            inode_delta: 0,
             broken: None,
         };
         Ok(Trans {
@@ -178,6 +181,11 @@ impl Trans {
             st.w.as_mut()
                 .ok_or_else(|| Error::Invalid("no open transaction".into()))?;
         f(w, &mut st.lt)
+    }
+
+    /// Counts inodes created (+) or deleted (-) in this transaction.
+    pub fn add_inodes(&self, n: i64) {
+        self.state().inode_delta += n;
     }
 
     /// Counts file data written in this transaction.
@@ -251,6 +259,7 @@ impl Trans {
             st.lt.max_item_seq = st.lt.max_item_seq.get().max(max).into();
         }
         w.write_out()?;
+        st.lt.inode_count_delta = ((st.lt.inode_count_delta() + st.inode_delta) as u64).into();
         st.lt.meta_avail = w.lists().avail;
         st.lt.meta_freed = w.lists().freed;
         match self.client.call(Request::CommitLogTrees(Box::new(st.lt)))? {
@@ -263,6 +272,7 @@ impl Trans {
         }
         self.items.write_done();
         st.data_bytes = 0;
+        st.inode_delta = 0;
         st.lt = get_log_trees(&self.client)?;
         st.w = Some(writer_for(&self.cache, &st.lt));
         Ok(seq)

@@ -183,9 +183,10 @@ impl Fs {
         d.inode.next_readdir_pos = (pos + 1).into();
         let hash = dirent_name_hash(name);
         let val = encode_dirent(&DirentHeader::new(target, name, pos, dt), name);
-        self.put(gd, seq, &dirent_key(d.ino, hash, pos), &val)?;
-        self.put(gd, seq, &readdir_key(d.ino, pos), &val)?;
-        self.put(gt, seq, &backref_key(target, d.ino, pos), &val)?;
+        // Readdir positions are never reused, so these keys are new.
+        self.put_new(gd, seq, &dirent_key(d.ino, hash, pos), &val);
+        self.put_new(gd, seq, &readdir_key(d.ino, pos), &val);
+        self.put_new(gt, seq, &backref_key(target, d.ino, pos), &val);
         d.inode.size = (d.inode.size.get() + name.len() as u64).into();
         let t = now();
         d.inode.mtime = t;
@@ -252,7 +253,7 @@ impl Fs {
             let mut a = self.create_inode(&op, gi, ino, mode, rdev, uid, gid)?;
             if let Some(t) = link {
                 for (nr, part) in t.chunks(MAX_VAL_SIZE).enumerate() {
-                    self.put(gi, op.seq(), &symlink_key(ino, nr as u64), part)?;
+                    self.put_new(gi, op.seq(), &symlink_key(ino, nr as u64), part);
                 }
                 a.inode.size = (t.len() as u64).into();
                 self.write_inode(&op, gi, &mut a, true)?;

@@ -189,7 +189,9 @@ impl Fs {
             self.items
                 .put_blind(&ig.cover(), &index_key(ity, seq, ino), seq, &[]);
         }
-        self.put(g, seq, &inode_key(ino), inode.as_bytes())?;
+        // Inode numbers are never reused: a new inode's key is new.
+        self.put_new(g, seq, &inode_key(ino), inode.as_bytes());
+        self.trans.add_inodes(1);
         Ok(Attr { ino, inode })
     }
 
@@ -206,6 +208,7 @@ impl Fs {
                 .delete_blind(&ig.cover(), &index_key(ity, s, a.ino), seq);
         }
         self.del(g, seq, &inode_key(a.ino))?;
+        self.trans.add_inodes(-1);
         Ok(())
     }
 }

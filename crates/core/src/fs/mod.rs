@@ -283,6 +283,13 @@ impl Fs {
         Ok(())
     }
 
+    /// Creates an item whose key can't exist yet (a new inode's items, an
+    /// entry at a never-used readdir position): no read is needed.
+    pub(crate) fn put_new(&self, g: &LockGuard, seq: u64, key: &Key, val: &[u8]) {
+        self.items.put_blind(&g.cover(), key, seq, val);
+        g.dirtied(seq);
+    }
+
     /// Deletes an item under a write lock; false if it didn't exist.
     pub(crate) fn del(&self, g: &LockGuard, seq: u64, key: &Key) -> FsResult<bool> {
         let found = self.items.delete(&self.src, &g.cover(), key, seq)?;
