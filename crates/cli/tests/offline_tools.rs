@@ -3,6 +3,9 @@
 //! reported by check as a problem in that block (non-zero exit, no panic);
 //! truncated devices, wrong devices and bad arguments give clear errors.
 
+mod common;
+
+use common::Scratch;
 use scoutfs_core::btree;
 use scoutfs_core::commit::Store;
 use scoutfs_core::dev::{BlockDev, FileDev};
@@ -11,33 +14,6 @@ use scoutfs_format::Key;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
-
-/// A scratch directory removed on drop, pass or fail.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "scoutfs-test-{name}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn scoutfs(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_scoutfs"))
