@@ -3,8 +3,8 @@
 //! Setup: check the two devices belong together; open the metadata store
 //! and start the server (today in the same process: its single quorum slot
 //! makes it leader); make a random mount id (rid) and connect the client;
-//! greet; create the item cache, lock driver and first transaction; start
-//! the commit thread. Teardown reverses it: stop the commit thread, commit,
+//! greet; create the item cache, lock driver and first transaction; free
+//! inodes an earlier mount left unlinked; start the commit thread. Teardown reverses it: stop the commit thread, commit,
 //! say farewell, stop the lock worker, disconnect, stop the server.
 
 use crate::block::BlockCache;
@@ -109,6 +109,12 @@ impl Mount {
             opts.fs.clone(),
             fsid,
         ));
+        let orphans = fs
+            .reclaim_orphans()
+            .map_err(|e| Error::Invalid(format!("freeing orphaned inodes: {e}")))?;
+        if orphans > 0 {
+            eprintln!("scoutfs: freed {orphans} inodes left unlinked by an earlier mount");
+        }
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let committer = spawn_committer(fs.clone(), stop.clone(), opts.commit_interval_ms);
         Ok(Mount {

@@ -289,3 +289,42 @@ fn corrupt_block_under_a_mount_gives_eio_and_the_rest_is_served() {
     );
     mnt.unmount().unwrap();
 }
+
+/// An inode unlinked while still in use, whose mount stopped before
+/// freeing it, is freed by the next mount: no space is lost.
+#[test]
+fn orphans_left_by_a_mount_are_freed_by_the_next() {
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xf9);
+    let ino = {
+        let mnt = mount(&meta, &data);
+        let fs = mnt.fs();
+        let f = fs.mknod(ROOT_INO, b"open", REG, 0, 0, 0, None).unwrap();
+        fs.write(f.ino, 0, &[3u8; 300_000]).unwrap();
+        // Unlinked while (as far as the fs knows) still open: never evicted.
+        fs.unlink(ROOT_INO, b"open").unwrap();
+        assert_eq!(
+            fs.read(f.ino, 0, 3).unwrap(),
+            vec![3u8; 3],
+            "an orphan is still readable"
+        );
+        mnt.unmount().unwrap();
+        f.ino
+    };
+    let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
+        (Arc::new(meta.clone()), Arc::new(data.clone()));
+    let before = check(&m, &d, &mut NoProgress).unwrap();
+    assert!(
+        before.is_clean() && before.data_referenced >= 73,
+        "the orphan still holds its blocks"
+    );
+    let mnt = mount(&meta, &data);
+    assert_eq!(
+        mnt.fs().getattr(ino).unwrap_err(),
+        ENOENT,
+        "the next mount freed it"
+    );
+    mnt.unmount().unwrap();
+    let after = check(&m, &d, &mut NoProgress).unwrap();
+    assert!(after.is_clean());
+    assert_eq!(after.data_referenced, 0, "its data blocks are free again");
+}

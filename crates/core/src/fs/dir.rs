@@ -744,3 +744,54 @@ impl Fs {
         self.mknod(parent, name, mode, rdev, uid, gid, link)
     }
 }
+
+/// Orphans reclaimed per pass of `reclaim_orphans`.
+const ORPHANS_PER_PASS: usize = 256;
+
+impl Fs {
+    /// Frees every inode left unlinked but not yet freed: its last name went
+    /// while it was open, and the mount stopped (crashed, or was killed)
+    /// before the kernel let it go. Run at mount, before serving: until
+    /// several mounts share a filesystem, no other mount can have it open.
+    /// Returns how many were freed.
+    pub fn reclaim_orphans(&self) -> FsResult<u64> {
+        let (start, end) = orphan_lock_range();
+        let mut freed = 0;
+        loop {
+            let mut inos = Vec::new();
+            {
+                let g = self.locks.lock(start, end, LockMode::Read)?;
+                let mut k = start;
+                while let Some((key, _)) = self.next(&g, &k, &end)? {
+                    inos.push(key.second);
+                    if inos.len() >= ORPHANS_PER_PASS || key == end {
+                        break;
+                    }
+                    k = key.inc();
+                }
+            }
+            if inos.is_empty() {
+                return Ok(freed);
+            }
+            for ino in inos {
+                self.evict(ino)?;
+                self.forget_orphan(ino)?;
+                freed += 1;
+            }
+        }
+    }
+
+    /// Deletes an orphan item whose inode is gone or has names again.
+    fn forget_orphan(&self, ino: u64) -> FsResult<()> {
+        let og = self.locks.lock(
+            orphan_lock_range().0,
+            orphan_lock_range().1,
+            LockMode::WriteOnly,
+        )?;
+        let hold = self.trans.hold()?;
+        self.items
+            .delete_blind(&og.cover(), &orphan_key(ino), hold.seq());
+        og.dirtied(hold.seq());
+        Ok(())
+    }
+}
