@@ -9,7 +9,10 @@
 //!
 //! Writes go straight to the data device; blocks that weren't mapped are
 //! allocated from the mount's `data_avail` extents and their mapping is an
-//! item change in the open transaction. The transaction's commit flushes
+//! item change in the open transaction. A write that extends a file at its
+//! end preallocates up to as much again (at most 8 MiB) as UNWRITTEN blocks
+//! past it, so a streaming file stays contiguous among concurrent writers;
+//! truncate and unlink free what was never written. The transaction's commit flushes
 //! the data device before the metadata that maps the blocks. Partial blocks
 //! are completed with the block's old contents, or zeros when new.
 //!
@@ -31,6 +34,8 @@ use zerocopy::{FromBytes, IntoBytes};
 pub const BLOCK: u64 = 4096;
 /// The largest file: logical block numbers stay far from overflow.
 pub const MAX_FILE_BYTES: u64 = 1 << 60;
+/// The most blocks preallocated past a streaming write (8 MiB).
+const PREALLOC_MAX_BLOCKS: u64 = 2048;
 /// Extents changed per transaction hold in truncate and punch.
 const EXTENTS_PER_HOLD: usize = 64;
 
@@ -245,12 +250,30 @@ impl Fs {
                 }
                 next => {
                     let hole_end = next.map_or(b1, |e| e.start.min(b1));
-                    let Some((pblk, n)) = self.alloc_data(hole_end - b)? else {
+                    let want = hole_end - b;
+                    let extra = if next.is_none() {
+                        self.prealloc_blocks(&g, &a, b1, want)?
+                    } else {
+                        0
+                    };
+                    let Some((pblk, got)) = self.alloc_data(want + extra)? else {
                         return Err(ENOSPC);
                     };
+                    let n = got.min(want);
                     self.write_run(pblk, b, b + n, off, end, buf, false, &a)?;
                     self.set_mapping(&op, &g, ino, b, n, Some((pblk, 0)))?;
-                    added += n;
+                    if got > n {
+                        // Preallocated past the write: read as zeros until written.
+                        self.set_mapping(
+                            &op,
+                            &g,
+                            ino,
+                            b + n,
+                            got - n,
+                            Some((pblk + n, SEF_UNWRITTEN)),
+                        )?;
+                    }
+                    added += got;
                     b += n;
                 }
             }
@@ -264,6 +287,19 @@ impl Fs {
         self.write_inode(&op, &g, &mut a, true)?;
         self.trans.add_data_bytes(end - off);
         Ok(())
+    }
+
+    /// Blocks to preallocate past a write that extends the file at its end,
+    /// so streaming writes stay contiguous: as many as the file already has
+    /// (at least as many as the write), up to `PREALLOC_MAX_BLOCKS`. None
+    /// unless the write reaches the end of the file and nothing is mapped
+    /// beyond it.
+    fn prealloc_blocks(&self, g: &LockGuard, a: &Attr, b1: u64, want: u64) -> FsResult<u64> {
+        let size_blocks = a.size().div_ceil(BLOCK);
+        if b1 < size_blocks || !self.extents_in(g, a.ino, b1, u64::MAX / BLOCK)?.is_empty() {
+            return Ok(0);
+        }
+        Ok(size_blocks.max(want).min(PREALLOC_MAX_BLOCKS))
     }
 
     /// Writes the part of `buf` (file bytes `off..end`) that falls in
