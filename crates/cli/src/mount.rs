@@ -25,8 +25,8 @@ pub struct MountArgs {
     data: PathBuf,
     /// The directory to mount on.
     mountpoint: PathBuf,
-    /// This mount's quorum slot; a filesystem with one slot is served by
-    /// the mount that has it.
+    /// This mount's quorum slot. Accepted for the cluster to come; today
+    /// every mount serves its filesystem itself and must be the only one.
     #[arg(long = "quorum-slot")]
     quorum_slot: Option<usize>,
     /// Commit the open transaction at least this often.
