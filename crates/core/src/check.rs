@@ -431,7 +431,7 @@ impl Checker<'_> {
                     }
                 }
             }
-            Ok(())
+            Ok(true)
         });
         if let Err(e) = res {
             self.problem(

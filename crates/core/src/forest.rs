@@ -181,13 +181,14 @@ impl Cursor {
 
 /// Calls `f` with the newest version of every key in `lo..=hi` across the
 /// given trees (the first tree wins ties, as `fs_root` does), deletions
-/// included, in key order. Memory is one leaf per tree.
+/// included, in key order, until it returns false. Memory is one leaf per
+/// tree.
 pub fn merge_versions<R: Reader + ?Sized>(
     rd: &R,
     trees: &[BtreeRoot],
     lo: &Key,
     hi: &Key,
-    mut f: impl FnMut(&Key, &Version) -> Result<()>,
+    mut f: impl FnMut(&Key, &Version) -> Result<bool>,
 ) -> Result<()> {
     let mut cursors: Vec<Cursor> = trees
         .iter()
@@ -225,7 +226,9 @@ pub fn merge_versions<R: Reader + ?Sized>(
             }
         }
         if let Some(v) = best {
-            f(&key, &v)?;
+            if !f(&key, &v)? {
+                return Ok(());
+            }
         }
     }
 }

@@ -19,15 +19,20 @@
 //! Seqs: one counter (`super.seq`) supplies transaction seqs and lock write
 //! seqs. At start it is raised above every seq recorded in the log trees.
 //!
+//! Merging: when the server starts, every log tree belongs to a mount that
+//! is gone (nothing is mounted yet), so they are all merged into `fs_root`
+//! in batches of commits and dropped, their space returned. Merging while
+//! mounts run (finalize, distribute, splice) comes with the cluster.
+//!
 //! Not yet here (later issues): batching of commits across requests,
-//! finalizing and merging log trees into `fs_root`, network transport,
-//! recovery after a server change, fencing.
+//! merging while mounts run, network transport, recovery after a server
+//! change, fencing.
 
 use crate::alloc::extent;
 use crate::btree;
 use crate::commit::{meta_fill_target, Store, Txn};
 use crate::error::{Error, Result};
-use crate::forest::{log_roots, Roots};
+use crate::forest::{self, log_roots, Roots};
 use crate::lock::{LockMsg, Rid};
 use crate::lock_server::{LockServer, ServerOut};
 use crate::msg::{
@@ -146,14 +151,98 @@ impl State {
                 seq = seq.max(lt.max_item_seq.get()).max(lt.get_trans_seq.get());
             }
         }
-        State {
+        let mut st = State {
             store,
             locks: LockServer::new(),
             clients: BTreeMap::new(),
             asked: BTreeMap::new(),
             next_id: 1,
             seq,
+        };
+        // Nothing is mounted when the server starts, so every log tree was
+        // left by a mount that is gone: merge them all into fs_root.
+        if let Err(e) = st.merge_departed() {
+            eprintln!("scoutfs: server: merging earlier mounts' log trees: {e}");
         }
+        st
+    }
+
+    /// Merges every log tree into fs_root (newest versions win, deletions
+    /// delete), in batches of one commit each, then returns the trees'
+    /// space and drops them. Until mounts share a filesystem this runs at
+    /// server start, when every log tree belongs to a mount that is gone;
+    /// it keeps the forest to one log tree per running mount.
+    fn merge_departed(&mut self) -> Result<()> {
+        let lts = log_roots(self.store.cache.as_ref(), &self.store.sb.logs_root)?;
+        if lts.is_empty() {
+            return Ok(());
+        }
+        let hi = Key::new(zone::LOG_TREES, 0, 0, 0, 0, 0).dec();
+        let mut lo = Key::MIN;
+        loop {
+            let mut trees = vec![self.store.sb.fs_root];
+            trees.extend(lts.iter().map(|lt| lt.item_root));
+            let mut batch = Vec::new();
+            forest::merge_versions(self.store.cache.as_ref(), &trees, &lo, &hi, |k, v| {
+                batch.push((*k, v.clone()));
+                Ok(batch.len() < MERGE_BATCH_ITEMS)
+            })?;
+            let Some(last) = batch.last().map(|(k, _)| *k) else {
+                break;
+            };
+            let mut txn = self.store.begin();
+            let puts: Vec<btree::Item> = batch
+                .iter()
+                .filter(|(_, v)| !v.deleted)
+                .map(|(k, v)| btree::Item {
+                    key: *k,
+                    seq: v.seq,
+                    flags: 0,
+                    val: v.val.clone(),
+                })
+                .collect();
+            btree::insert_list(&mut txn.w, &mut txn.sb.fs_root, &puts)?;
+            for (k, _) in batch.iter().filter(|(_, v)| v.deleted) {
+                btree::delete(&mut txn.w, &mut txn.sb.fs_root, k)?;
+            }
+            self.commit(txn)?;
+            if batch.len() < MERGE_BATCH_ITEMS || last == hi {
+                break;
+            }
+            lo = last.inc();
+        }
+        // Everything is in fs_root: give the trees' space back, drop them
+        // and the records of the mounts that left them.
+        for lt in lts {
+            let mut txn = self.store.begin();
+            let mut lt = lt;
+            reclaim_freed(&mut txn, &mut lt)?;
+            let mut avail = lt.meta_avail;
+            let mut entries = txn.w.list_take_all(&mut avail)?;
+            entries.sort_unstable();
+            for (start, len) in runs_of(&entries) {
+                extent::free_extent(&mut txn.w, &mut txn.sb.meta_alloc[1], start, len)?;
+            }
+            for e in extent::extents(&txn.w, &lt.data_avail)? {
+                extent::free_extent(&mut txn.w, &mut txn.sb.data_alloc, e.start, e.len)?;
+            }
+            btree::free_tree(&mut txn.w, &mut lt.data_avail.root)?;
+            btree::free_tree(&mut txn.w, &mut lt.item_root)?;
+            btree::delete(
+                &mut txn.w,
+                &mut txn.sb.logs_root,
+                &log_trees_key(lt.rid.get(), lt.nr.get()),
+            )?;
+            btree::delete(
+                &mut txn.w,
+                &mut txn.sb.mounted_clients,
+                &mounted_client_key(lt.rid.get()),
+            )?;
+            let count = txn.sb.inode_count.get() as i64 + lt.inode_count_delta();
+            txn.sb.inode_count = (count.max(0) as u64).into();
+            self.commit(txn)?;
+        }
+        Ok(())
     }
 
     fn run(mut self, rx: Receiver<Event>) -> Store {
@@ -407,6 +496,21 @@ impl State {
             fsid: sb.hdr.fsid.get(),
         })
     }
+}
+
+/// Items merged per server commit when merging log trees.
+const MERGE_BATCH_ITEMS: usize = 20_000;
+
+/// Runs of consecutive numbers in a sorted list, as (start, len).
+fn runs_of(sorted: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &b in sorted {
+        match out.last_mut() {
+            Some((s, l)) if *s + *l == b => *l += 1,
+            _ => out.push((b, 1)),
+        }
+    }
+    out
 }
 
 /// Returns what the mount freed in its committed transaction (durable now)

@@ -88,6 +88,16 @@ fn create_write_read_remount() {
     let back = fs.read(f.ino, 50_000, 10).unwrap();
     let want: Vec<u8> = (49_990..50_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(back, want);
+    // The server merged the first mount's log tree into fs_root at start:
+    // the forest is fs_root and this mount's own log tree.
+    let roots = fs.roots().unwrap();
+    let lts =
+        scoutfs_core::forest::log_roots(mnt.block_cache().as_ref(), &roots.logs_root).unwrap();
+    assert_eq!(lts.len(), 1, "one log tree, this mount's");
+    assert!(
+        roots.fs_root.height > 0,
+        "the first mount's items are in fs_root"
+    );
     let l = fs.lookup(d.ino, b"link").unwrap();
     assert_eq!(fs.readlink(l.ino).unwrap(), b"file");
     mnt.unmount().unwrap();
@@ -216,8 +226,9 @@ fn truncate_fallocate_xattrs() {
 
 /// A metadata block corrupted under a mounted filesystem: what depends on
 /// it fails with EIO, the corruption is counted, and the rest is served,
-/// changes included. The corrupt block is in a log tree an earlier mount
-/// wrote, which this mount reads but never writes.
+/// changes included. The corrupt block is in fs_root, where the second
+/// mount's server merged the first mount's log tree; the mount reads it but
+/// never writes it.
 #[test]
 fn corrupt_block_under_a_mount_gives_eio_and_the_rest_is_served() {
     use scoutfs_core::btree;
@@ -248,12 +259,9 @@ fn corrupt_block_under_a_mount_gives_eio_and_the_rest_is_served() {
     let fs = mnt.fs();
     let cache = mnt.block_cache().clone();
     let roots = fs.roots().unwrap();
-    let lts = scoutfs_core::forest::log_roots(cache.as_ref(), &roots.logs_root).unwrap();
-    let root = lts
-        .iter()
-        .map(|lt| lt.item_root)
-        .find(|r| r.height > 1)
-        .expect("the first mount's log tree");
+    // The second mount's server merged the first mount's log tree into fs_root.
+    let root = roots.fs_root;
+    assert!(root.height > 1, "fs_root of several leaves");
     let key = scoutfs_format::Key::inode(a);
     let mut leaf = 0;
     btree::walk_blocks(cache.as_ref(), &root, |r, blk| {
