@@ -235,12 +235,9 @@ impl Store {
 /// next commit's avail list, records this commit's lists and swaps them.
 pub fn rotate_meta_alloc(w: &mut Writer, sb: &mut SuperBlock) -> Result<()> {
     let mut prev_freed = sb.server_meta_freed[1];
-    let mut entries = w.list_take_all(&mut prev_freed)?;
+    let entries = w.list_take_all(&mut prev_freed)?;
     sb.server_meta_freed[1] = prev_freed;
-    entries.sort_unstable();
-    for run in runs(&entries) {
-        extent::free_extent(w, &mut sb.meta_alloc[1], run.0, run.1)?;
-    }
+    extent::free_blocks(w, &mut sb.meta_alloc[1], entries)?;
 
     let target = meta_fill_target(sb);
     let mut next_avail = sb.server_meta_avail[1];
@@ -269,16 +266,4 @@ pub fn rotate_meta_alloc(w: &mut Writer, sb: &mut SuperBlock) -> Result<()> {
     sb.server_meta_avail.swap(0, 1);
     sb.server_meta_freed.swap(0, 1);
     Ok(())
-}
-
-/// Runs of consecutive numbers in a sorted list, as (start, len).
-fn runs(sorted: &[u64]) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for &b in sorted {
-        match out.last_mut() {
-            Some((s, l)) if *s + *l == b => *l += 1,
-            _ => out.push((b, 1)),
-        }
-    }
-    out
 }

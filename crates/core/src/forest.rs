@@ -17,7 +17,7 @@
 
 use crate::btree::{self, block as bblock, Reader};
 use crate::error::{CorruptKind, Error, Result};
-use scoutfs_format::consts::{magic, ITEM_FLAG_DELETION};
+use scoutfs_format::consts::ITEM_FLAG_DELETION;
 use scoutfs_format::key::zone;
 use scoutfs_format::log_trees::LogTrees;
 use scoutfs_format::{BtreeRoot, Key};
@@ -136,9 +136,6 @@ pub fn read_items<R: Reader + ?Sized>(
 /// A reader that fails with `Stale` is retried this many times with newer
 /// roots before the error is returned (as corruption).
 pub const STALE_RETRIES_MAX: usize = 10;
-
-/// Whether a btree block ref's magic is what the forest reads.
-pub const FOREST_MAGIC: u32 = magic::BTREE;
 
 /// A cursor over one tree's items, a leaf at a time.
 struct Cursor {

@@ -218,11 +218,8 @@ impl State {
             let mut lt = lt;
             reclaim_freed(&mut txn, &mut lt)?;
             let mut avail = lt.meta_avail;
-            let mut entries = txn.w.list_take_all(&mut avail)?;
-            entries.sort_unstable();
-            for (start, len) in runs_of(&entries) {
-                extent::free_extent(&mut txn.w, &mut txn.sb.meta_alloc[1], start, len)?;
-            }
+            let entries = txn.w.list_take_all(&mut avail)?;
+            extent::free_blocks(&mut txn.w, &mut txn.sb.meta_alloc[1], entries)?;
             for e in extent::extents(&txn.w, &lt.data_avail)? {
                 extent::free_extent(&mut txn.w, &mut txn.sb.data_alloc, e.start, e.len)?;
             }
@@ -501,37 +498,11 @@ impl State {
 /// Items merged per server commit when merging log trees.
 const MERGE_BATCH_ITEMS: usize = 20_000;
 
-/// Runs of consecutive numbers in a sorted list, as (start, len).
-fn runs_of(sorted: &[u64]) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for &b in sorted {
-        match out.last_mut() {
-            Some((s, l)) if *s + *l == b => *l += 1,
-            _ => out.push((b, 1)),
-        }
-    }
-    out
-}
-
 /// Returns what the mount freed in its committed transaction (durable now)
 /// to the server's allocators.
 fn reclaim_freed(txn: &mut Txn, lt: &mut LogTrees) -> Result<()> {
-    let mut entries = txn.w.list_take_all(&mut lt.meta_freed)?;
-    entries.sort_unstable();
-    let mut i = 0;
-    while i < entries.len() {
-        let mut j = i + 1;
-        while j < entries.len() && entries[j] == entries[j - 1] + 1 {
-            j += 1;
-        }
-        extent::free_extent(
-            &mut txn.w,
-            &mut txn.sb.meta_alloc[1],
-            entries[i],
-            (j - i) as u64,
-        )?;
-        i = j;
-    }
+    let entries = txn.w.list_take_all(&mut lt.meta_freed)?;
+    extent::free_blocks(&mut txn.w, &mut txn.sb.meta_alloc[1], entries)?;
     for e in extent::extents(&txn.w, &lt.data_freed)? {
         extent::free_extent(&mut txn.w, &mut txn.sb.data_alloc, e.start, e.len)?;
     }

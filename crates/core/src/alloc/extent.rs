@@ -243,3 +243,18 @@ fn alloc_inner(w: &mut Writer, root: &mut AllocRoot, len_max: u64) -> Result<Opt
     remove_extent(w, root, got.start, got.len)?;
     Ok(Some(got))
 }
+
+/// Frees a list of single blocks, sorted here and freed as runs.
+pub fn free_blocks(w: &mut Writer, root: &mut AllocRoot, mut blknos: Vec<u64>) -> Result<()> {
+    blknos.sort_unstable();
+    let mut i = 0;
+    while i < blknos.len() {
+        let mut j = i + 1;
+        while j < blknos.len() && blknos[j] == blknos[j - 1] + 1 {
+            j += 1;
+        }
+        free_extent(w, root, blknos[i], (j - i) as u64)?;
+        i = j;
+    }
+    Ok(())
+}
