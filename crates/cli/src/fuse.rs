@@ -164,8 +164,14 @@ fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
 
 impl Filesystem for ScoutFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let want = InitFlags::FUSE_WRITEBACK_CACHE
-            | InitFlags::FUSE_BIG_WRITES
+        // No FUSE_WRITEBACK_CACHE: every write reaches us at once, under
+        // its inode's lock, so the kernel's page cache holds only clean
+        // pages. Dropping them when a lock is lost then never has to write
+        // anything back (which would need the very lock being given up),
+        // and the kernel keeps the attributes we send instead of forgetting
+        // each file's block count at every close (which made every stat
+        // after a close cost a request).
+        let want = InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_DIO;

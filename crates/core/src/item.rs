@@ -346,6 +346,42 @@ impl ItemCache {
         }
     }
 
+    /// Up to `max` items in `key..=last` in key order (within the lock),
+    /// each range of the cache searched under one hold of its mutex.
+    pub fn next_many(
+        &self,
+        src: &dyn Source,
+        c: &Cover,
+        key: &Key,
+        last: &Key,
+        max: usize,
+    ) -> Result<Vec<(Key, Vec<u8>)>> {
+        assert!(
+            c.covers(key) && c.covers(last) && c.read,
+            "next from {key} outside its lock"
+        );
+        let mut out = Vec::new();
+        let mut k = *key;
+        while out.len() < max {
+            let end = self.known_op(src, c, &k, |g| {
+                let end = g.known_end(&k).unwrap_or(k).min(*last);
+                out.extend(
+                    g.items
+                        .range(k..=end)
+                        .filter(|(_, it)| !it.deleted)
+                        .take(max - out.len())
+                        .map(|(k, it)| (*k, it.val.clone())),
+                );
+                end
+            })?;
+            if out.len() >= max || end >= *last {
+                break;
+            }
+            k = end.inc();
+        }
+        Ok(out)
+    }
+
     /// The last item with a key in `first..=key` (within the lock).
     pub fn prev(
         &self,

@@ -336,3 +336,64 @@ fn orphans_left_by_a_mount_are_freed_by_the_next() {
     assert!(after.is_clean());
     assert_eq!(after.data_referenced, 0, "its data blocks are free again");
 }
+
+/// Readdir hands out entries in batches from the cache: positions stay
+/// stable across deletions and additions between calls, deleted entries
+/// never show, and a cold cache after remount lists the same.
+#[test]
+fn readdir_batches_skip_deleted_entries_and_survive_remount() {
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xfa);
+    let expect: Vec<String>;
+    {
+        let mnt = mount(&meta, &data);
+        let fs = mnt.fs();
+        let d = fs.mknod(ROOT_INO, b"big", DIR, 0, 0, 0, None).unwrap();
+        for i in 0..1000 {
+            fs.mknod(d.ino, format!("f{i:04}").as_bytes(), REG, 0, 0, 0, None)
+                .unwrap();
+        }
+        fs.sync().unwrap();
+        // Deleted entries, both committed and only in the transaction.
+        for i in (0..1000).filter(|i| i % 3 == 0) {
+            fs.unlink(d.ino, format!("f{i:04}").as_bytes()).unwrap();
+        }
+        // Read a few entries, change the directory, and go on from there.
+        let first = fs.readdir(d.ino, 0, 7).unwrap();
+        assert_eq!(first.len(), 7);
+        assert_eq!(first[0].name, b".");
+        assert_eq!(first[1].name, b"..");
+        assert_eq!(first[2].name, b"f0001");
+        let pos = first.last().unwrap().next_pos;
+        fs.unlink(d.ino, b"f0004").unwrap();
+        fs.mknod(d.ino, b"late", REG, 0, 0, 0, None).unwrap();
+        let mut rest = Vec::new();
+        let mut p = pos;
+        loop {
+            let ents = fs.readdir(d.ino, p, 13).unwrap();
+            if ents.is_empty() {
+                break;
+            }
+            assert!(ents.len() <= 13);
+            p = ents.last().unwrap().next_pos;
+            rest.extend(ents.into_iter().map(|e| e.name));
+        }
+        let seen: Vec<Vec<u8>> = first.into_iter().map(|e| e.name).chain(rest).collect();
+        // f0004 was listed before it went; nothing is listed twice; the new
+        // entry comes last (its position is past every earlier one).
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), seen.len(), "no entry listed twice");
+        assert_eq!(seen.last().unwrap(), b"late");
+        assert_eq!(seen.len(), 2 + 666 + 1);
+        expect = names(fs, d.ino);
+        assert_eq!(expect.len(), 2 + 665 + 1);
+        assert!(!expect.iter().any(|n| n == "f0004" || n == "f0003"));
+        mnt.unmount().unwrap();
+    }
+    let mnt = mount(&meta, &data);
+    let d = mnt.fs().lookup(ROOT_INO, b"big").unwrap();
+    assert_eq!(names(mnt.fs(), d.ino), expect, "a cold cache lists the same");
+    mnt.unmount().unwrap();
+    assert_clean(&meta, &data);
+}

@@ -438,12 +438,10 @@ impl Fs {
                 name: b"..".to_vec(),
             });
         }
-        let mut k = readdir_key(dir, pos.max(DIRENT_FIRST_POS));
+        let first = readdir_key(dir, pos.max(DIRENT_FIRST_POS));
         let last = readdir_key(dir, u64::MAX);
-        while out.len() < max {
-            let Some((key, v)) = self.next(&g, &k, &last)? else {
-                break;
-            };
+        let want = max.saturating_sub(out.len());
+        for (key, v) in self.next_many(&g, &first, &last, want)? {
             let (h, name) = decode_dirent(&v).map_err(|e| {
                 FsError::from(Error::corrupt(
                     crate::error::CorruptKind::ItemInvalid,
@@ -458,7 +456,6 @@ impl Fs {
                 dt: h.ty,
                 name: name.to_vec(),
             });
-            k = key.inc();
         }
         Ok(out)
     }

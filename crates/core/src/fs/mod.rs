@@ -276,6 +276,19 @@ impl Fs {
         Ok(self.items.next(&self.src, &g.cover(), key, last)?)
     }
 
+    /// Up to `max` items in `key..=last` under a lock, in key order.
+    pub(crate) fn next_many(
+        &self,
+        g: &LockGuard,
+        key: &Key,
+        last: &Key,
+        max: usize,
+    ) -> FsResult<Vec<(Key, Vec<u8>)>> {
+        Ok(self
+            .items
+            .next_many(&self.src, &g.cover(), key, last, max)?)
+    }
+
     /// Creates or replaces an item under a write lock.
     pub(crate) fn put(&self, g: &LockGuard, seq: u64, key: &Key, val: &[u8]) -> FsResult<()> {
         self.items.put(&self.src, &g.cover(), key, seq, val)?;
