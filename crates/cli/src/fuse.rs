@@ -11,13 +11,15 @@ use scoutfs_format::Timespec;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long the kernel may cache attributes and entries. Losing the lock
 /// that covers an inode drops its cached attributes, entries and pages at
 /// once, so this can be long.
 const TTL: Duration = Duration::from_secs(60);
+/// A file handle opened with O_NOATIME: its reads leave the atime alone.
+const FH_NOATIME: u64 = 1;
 /// The largest write the kernel sends us.
 pub const MAX_WRITE: u32 = 1 << 20;
 
@@ -32,6 +34,7 @@ pub struct Known {
 pub struct ScoutFuse {
     fs: Arc<Fs>,
     known: Arc<Mutex<Known>>,
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl ScoutFuse {
@@ -39,6 +42,23 @@ impl ScoutFuse {
         ScoutFuse {
             fs,
             known: Arc::default(),
+            notifier: Arc::default(),
+        }
+    }
+
+    /// Where the session's notifier goes once the session exists, for
+    /// telling the kernel about changes it didn't ask for (atimes).
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Records an access of `ino`; when that changed its atime, the
+    /// attributes the kernel caches are dropped so stat sees it.
+    fn accessed(&self, ino: u64) {
+        // As on a local filesystem, a failed atime update doesn't fail
+        // the read.
+        if let (Ok(true), Some(n)) = (self.fs.accessed(ino), self.notifier.get()) {
+            let _ = n.inval_inode(INodeNo(ino), -1, 0);
         }
     }
 
@@ -142,11 +162,11 @@ impl ScoutFuse {
         rdev: u32,
         link: Option<&[u8]>,
     ) -> Result<Attr, FsError> {
-        let mode = (mode & S_IFMT) | (mode & 0o7777 & !umask);
         self.fs.mknod_as(
             parent,
             name.as_bytes(),
             mode,
+            umask,
             rdev,
             req.uid(),
             req.gid(),
@@ -174,7 +194,10 @@ impl Filesystem for ScoutFuse {
         let want = InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_ASYNC_DIO;
+            | InitFlags::FUSE_ASYNC_DIO
+            // The kernel sends the umask instead of applying it: a parent's
+            // default ACL replaces it.
+            | InitFlags::FUSE_DONT_MASK;
         for f in want.iter() {
             let _ = config.add_capabilities(f);
         }
@@ -343,16 +366,26 @@ impl Filesystem for ScoutFuse {
         self.entry(reply, newparent.0, newname, r);
     }
 
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // Pages stay cached across opens; losing the inode's lock drops them.
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let noatime = flags.0 & libc::O_NOATIME != 0;
+        let reads = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
+        // Pages stay cached across opens (losing the inode's lock drops
+        // them), except when a read is due to update the atime: then the
+        // kernel drops them so that the next read reaches us.
+        let atime = reads && !noatime && self.fs.atime_wanted(ino.0).unwrap_or(false);
+        let keep = if atime {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE
+        };
+        reply.opened(FileHandle(if noatime { FH_NOATIME } else { 0 }), keep);
     }
 
     fn read(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
@@ -360,7 +393,12 @@ impl Filesystem for ScoutFuse {
         reply: ReplyData,
     ) {
         match self.fs.read(ino.0, offset, size as usize) {
-            Ok(d) => reply.data(&d),
+            Ok(d) => {
+                reply.data(&d);
+                if fh.0 & FH_NOATIME == 0 {
+                    self.accessed(ino.0);
+                }
+            }
             Err(e) => reply.error(err(e)),
         }
     }
@@ -414,6 +452,10 @@ impl Filesystem for ScoutFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        if offset == 0 {
+            // A listing from the start is an access of the directory.
+            self.accessed(ino.0);
+        }
         let mut pos = offset;
         loop {
             let ents = match self.fs.readdir(ino.0, pos, 128) {
@@ -532,17 +574,18 @@ impl Filesystem for ScoutFuse {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         match self.make(req, parent.0, name, mode, umask, 0, None) {
             Ok(a) => {
                 self.looked_up(parent.0, name.as_bytes(), a.ino);
+                let noatime = flags & libc::O_NOATIME != 0;
                 reply.created(
                     &TTL,
                     &file_attr(&a),
                     Generation(0),
-                    FileHandle(0),
+                    FileHandle(if noatime { FH_NOATIME } else { 0 }),
                     FopenFlags::FOPEN_KEEP_CACHE,
                 );
             }

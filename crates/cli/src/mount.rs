@@ -9,6 +9,7 @@
 use crate::fuse::ScoutFuse;
 use crate::size;
 use fuser::{Config, INodeNo, MountOption, Session, SessionACL};
+use scoutfs_core::fs::AtimeMode;
 use scoutfs_core::mount::{Mount, MountOptions};
 use scoutfs_format::key::zone;
 use std::os::unix::ffi::OsStrExt;
@@ -35,6 +36,11 @@ pub struct MountArgs {
     /// Don't enforce POSIX ACLs.
     #[arg(long)]
     noacl: bool,
+    /// When reads update access times: relatime (when the atime is not
+    /// after the last change, or is a day old), strictatime (every read
+    /// that isn't served from the kernel's page cache) or noatime.
+    #[arg(long, default_value = "relatime", value_parser = ["relatime", "strictatime", "noatime"])]
+    atime: String,
 }
 
 #[derive(clap::Args)]
@@ -60,6 +66,11 @@ pub fn cmd_mount(a: MountArgs) -> Result<ExitCode, String> {
     };
     let mut opts = opts;
     opts.fs.acl = !a.noacl;
+    opts.fs.atime = match a.atime.as_str() {
+        "strictatime" => AtimeMode::Strict,
+        "noatime" => AtimeMode::Off,
+        _ => AtimeMode::Relatime,
+    };
     serve(&a.meta, &a.data, &a.mountpoint, &opts, None)
 }
 
@@ -187,13 +198,16 @@ fn serve(
     let mnt = Mount::open(m, d, opts).map_err(|e| format!("mount: {e}"))?;
     let fuse = ScoutFuse::new(mnt.fs().clone());
     let known = fuse.known();
+    let notifier_slot = fuse.notifier_slot();
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("scoutfs:{}", data.display())),
         MountOption::Subtype("scoutfs".into()),
         MountOption::DefaultPermissions,
-        MountOption::NoAtime,
     ];
+    if opts.fs.atime == AtimeMode::Off {
+        config.mount_options.push(MountOption::NoAtime);
+    }
     config.acl = SessionACL::All;
     config.n_threads = Some(4);
     config.clone_fd = true;
@@ -205,6 +219,7 @@ fn serve(
         }
     };
     let notifier = session.notifier();
+    let _ = notifier_slot.set(session.notifier());
     mnt.locks()
         .set_kernel_invalidate(Box::new(move |start, end| {
             if start.zone != zone::FS {

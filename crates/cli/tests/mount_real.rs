@@ -270,3 +270,207 @@ fn mount_refuses_bad_devices_and_mountpoints_clearly() {
     m.unmount();
     assert_check_clean(&meta, &data);
 }
+
+fn acl_bytes(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+fn has_xattr(p: &Path, name: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    let r = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    r > 0
+}
+
+/// Appends to `p` as `uid`: whether the kernel allowed it.
+fn append_as(uid: u32, p: &Path) -> bool {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg("echo more >> \"$0\"")
+        .arg(p)
+        .uid(uid)
+        .gid(uid)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// A directory's default ACL is inherited by what is made in it (the
+/// umask ignored, as on a local filesystem), the kernel enforces the
+/// inherited ACL, chmod rewrites it, and it survives a remount.
+#[test]
+fn inherited_default_acls_are_enforced_and_kept() {
+    if !can_mount("inherited_default_acls_are_enforced_and_kept") {
+        return;
+    }
+    const X: u32 = u32::MAX;
+    let dir = Scratch::new("acl");
+    let (meta, data) = mkfs(&dir);
+    let mp = dir.path("mnt");
+    let m = MountProc::start(&meta, &data, &mp, &[]);
+    let d = m.mp.join("shared");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // owner rwx, user 4242 rwx, group r-x, mask rwx, other ---
+    let default = acl_bytes(&[
+        (1, 7, X),
+        (2, 7, 4242),
+        (4, 5, X),
+        (0x10, 7, X),
+        (0x20, 0, X),
+    ]);
+    set_xattr(&d, "system.posix_acl_default", &default);
+
+    let f = d.join("f");
+    std::fs::write(&f, b"start\n").unwrap();
+    let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o660,
+        "0666 masked by the inherited ACL, not the umask"
+    );
+    assert!(has_xattr(&f, "system.posix_acl_access"));
+    assert!(
+        !has_xattr(&f, "system.posix_acl_default"),
+        "files get no default"
+    );
+    assert!(
+        append_as(4242, &f),
+        "the named user may write through the ACL"
+    );
+    assert!(!append_as(4343, &f), "others may not");
+
+    let sub = d.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let mode = std::fs::metadata(&sub).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o770);
+    assert!(
+        has_xattr(&sub, "system.posix_acl_default"),
+        "directories inherit it"
+    );
+    std::fs::write(sub.join("g"), b"x").unwrap();
+    assert!(append_as(4242, &sub.join("g")), "and pass it on");
+
+    // chmod rewrites the mask: the named user loses write.
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(
+        !append_as(4242, &f),
+        "chmod 640 masks the named user's write"
+    );
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o660)).unwrap();
+    assert!(append_as(4242, &f));
+    m.unmount();
+    assert_check_clean(&meta, &data);
+
+    let m = MountProc::start(&meta, &data, &mp, &[]);
+    let f = m.mp.join("shared/f");
+    assert!(has_xattr(&f, "system.posix_acl_access"));
+    assert!(append_as(4242, &f), "the ACL survives a remount");
+    assert!(!append_as(4343, &f));
+    assert_eq!(
+        std::fs::read(&f).unwrap(),
+        b"start\nmore\nmore\nmore\n".to_vec()
+    );
+    m.unmount();
+    assert_check_clean(&meta, &data);
+}
+
+fn atime_of(p: &Path) -> std::time::SystemTime {
+    std::fs::metadata(p).unwrap().accessed().unwrap()
+}
+
+fn mtime_of(p: &Path) -> std::time::SystemTime {
+    std::fs::metadata(p).unwrap().modified().unwrap()
+}
+
+/// Through the kernel: relatime by default (a read after a change updates
+/// the atime, stat sees it at once, a second read leaves it; O_NOATIME
+/// reads never touch it), and `--atime noatime` leaves atimes alone.
+#[test]
+fn reads_update_atimes_by_the_mount_option() {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !can_mount("reads_update_atimes_by_the_mount_option") {
+        return;
+    }
+    let dir = Scratch::new("atime");
+    let (meta, data) = mkfs(&dir);
+    let mp = dir.path("mnt");
+    let m = MountProc::start(&meta, &data, &mp, &[]);
+    let f = m.mp.join("f");
+    std::fs::write(&f, b"contents").unwrap();
+    // Written and read back through the page cache in one open.
+    assert!(atime_of(&f) <= mtime_of(&f));
+    // Read with O_NOATIME: no change.
+    let mut buf = Vec::new();
+    let mut h = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(&f)
+        .unwrap();
+    std::io::Read::read_to_end(&mut h, &mut buf).unwrap();
+    drop(h);
+    assert!(atime_of(&f) <= mtime_of(&f), "O_NOATIME leaves it");
+    assert_eq!(std::fs::read(&f).unwrap(), b"contents");
+    let read_at = atime_of(&f);
+    assert!(read_at > mtime_of(&f), "the first read after a change");
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::read(&f).unwrap();
+    assert_eq!(atime_of(&f), read_at, "relatime: once per change");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"!")
+        .unwrap();
+    std::fs::read(&f).unwrap();
+    assert!(
+        atime_of(&f) > mtime_of(&f),
+        "read again after the next change"
+    );
+    // Directories: a listing is an access.
+    let d = m.mp.join("d");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("x"), b"").unwrap();
+    std::fs::read_dir(&d).unwrap().count();
+    assert!(atime_of(&d) > mtime_of(&d));
+    m.unmount();
+
+    let m = MountProc::start(&meta, &data, &mp, &["--atime", "noatime"]);
+    let f = m.mp.join("f");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"?")
+        .unwrap();
+    let before = atime_of(&f);
+    std::fs::read(&f).unwrap();
+    assert_eq!(atime_of(&f), before, "noatime");
+    assert!(before < mtime_of(&f));
+    m.unmount();
+    assert_check_clean(&meta, &data);
+}

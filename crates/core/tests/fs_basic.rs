@@ -393,7 +393,182 @@ fn readdir_batches_skip_deleted_entries_and_survive_remount() {
     }
     let mnt = mount(&meta, &data);
     let d = mnt.fs().lookup(ROOT_INO, b"big").unwrap();
-    assert_eq!(names(mnt.fs(), d.ino), expect, "a cold cache lists the same");
+    assert_eq!(
+        names(mnt.fs(), d.ino),
+        expect,
+        "a cold cache lists the same"
+    );
+    mnt.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+/// ACLs in the fs API: setting an access ACL sets the mode (and a minimal
+/// one isn't kept), a default ACL only goes on directories, invalid ACLs
+/// are refused, new nodes inherit a default ACL in place of the umask, and
+/// chmod rewrites the access ACL.
+#[test]
+fn posix_acls_set_modes_and_are_inherited() {
+    use scoutfs_core::fs::acl::{self, Acl, Entry, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ};
+    let e = |tag, perm, id| Entry { tag, perm, id };
+    const X: u32 = u32::MAX;
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xfb);
+    let mnt = mount(&meta, &data);
+    let fs = mnt.fs();
+    let d = fs.mknod(ROOT_INO, b"d", DIR, 0, 0, 0, None).unwrap();
+    let f = fs.mknod(ROOT_INO, b"f", REG, 0, 0, 0, None).unwrap();
+
+    let ext = Acl(vec![
+        e(USER_OBJ, 6, X),
+        e(USER, 7, 77),
+        e(GROUP_OBJ, 4, X),
+        e(MASK, 5, X),
+        e(OTHER, 1, X),
+    ]);
+    fs.setxattr(f.ino, acl::ACCESS, &ext.encode(), 0).unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().mode() & 0o7777, 0o651);
+    assert_eq!(fs.getxattr(f.ino, acl::ACCESS).unwrap(), ext.encode());
+    // A minimal ACL is the mode: it replaces the stored ACL and isn't kept.
+    let min = Acl(vec![e(USER_OBJ, 7, X), e(GROUP_OBJ, 0, X), e(OTHER, 0, X)]);
+    fs.setxattr(f.ino, acl::ACCESS, &min.encode(), 0).unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(fs.getxattr(f.ino, acl::ACCESS).unwrap_err(), ENODATA);
+    assert_eq!(
+        fs.setxattr(f.ino, acl::DEFAULT, &min.encode(), 0)
+            .unwrap_err(),
+        EACCES,
+        "no default ACL on a file"
+    );
+    assert_eq!(
+        fs.setxattr(f.ino, acl::ACCESS, b"\x02\0\0\0junk", 0)
+            .unwrap_err(),
+        EINVAL
+    );
+
+    let def = Acl(vec![
+        e(USER_OBJ, 7, X),
+        e(USER, 6, 77),
+        e(GROUP_OBJ, 5, X),
+        e(MASK, 7, X),
+        e(OTHER, 0, X),
+    ]);
+    fs.setxattr(d.ino, acl::DEFAULT, &def.encode(), 0).unwrap();
+    // Created 0666 with umask 022: the ACL decides, not the umask.
+    let c = fs
+        .mknod_as(d.ino, b"c", libc::S_IFREG | 0o666, 0o022, 0, 0, 0, None)
+        .unwrap();
+    assert_eq!(c.mode() & 0o7777, 0o660);
+    let got = Acl::parse(&fs.getxattr(c.ino, acl::ACCESS).unwrap()).unwrap();
+    assert_eq!(got.mode_bits(), (0o660, false));
+    assert_eq!(fs.getxattr(c.ino, acl::DEFAULT).unwrap_err(), ENODATA);
+    let sub = fs
+        .mknod_as(d.ino, b"sub", libc::S_IFDIR | 0o777, 0o022, 0, 0, 0, None)
+        .unwrap();
+    assert_eq!(sub.mode() & 0o7777, 0o770);
+    assert_eq!(fs.getxattr(sub.ino, acl::DEFAULT).unwrap(), def.encode());
+    // Symlinks inherit nothing; outside the directory the umask applies.
+    let l = fs
+        .mknod_as(
+            d.ino,
+            b"l",
+            libc::S_IFLNK | 0o777,
+            0o022,
+            0,
+            0,
+            0,
+            Some(b"c"),
+        )
+        .unwrap();
+    assert_eq!(fs.getxattr(l.ino, acl::ACCESS).unwrap_err(), ENODATA);
+    let plain = fs
+        .mknod_as(
+            ROOT_INO,
+            b"plain",
+            libc::S_IFREG | 0o666,
+            0o027,
+            0,
+            0,
+            0,
+            None,
+        )
+        .unwrap();
+    assert_eq!(plain.mode() & 0o7777, 0o640);
+
+    // chmod rewrites the owner, mask and other entries.
+    let s = scoutfs_core::fs::inode::SetAttr {
+        mode: Some(0o604),
+        ..Default::default()
+    };
+    fs.setattr(c.ino, &s).unwrap();
+    let got = Acl::parse(&fs.getxattr(c.ino, acl::ACCESS).unwrap()).unwrap();
+    assert_eq!(got.mode_bits(), (0o604, false));
+    assert!(got.0.contains(&e(USER, 6, 77)), "named entries stay");
+    mnt.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+fn atime(fs: &Fs, ino: u64) -> (u64, u32) {
+    let a = fs.getattr(ino).unwrap();
+    (a.inode.atime.sec.get(), a.inode.atime.nsec.get())
+}
+
+/// Access times by the mount's mode: relatime updates an atime that isn't
+/// after the last change (or is a day old) and then leaves it alone;
+/// strictatime updates at every access; noatime never.
+#[test]
+fn atime_modes() {
+    use scoutfs_core::fs::inode::SetAttr;
+    use scoutfs_format::Timespec;
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xfc);
+    let open = |mode| {
+        let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
+            (Arc::new(meta.clone()), Arc::new(data.clone()));
+        let mut o = MountOptions::default();
+        o.fs.atime = mode;
+        Mount::open(m, d, &o).expect("mount")
+    };
+    let mnt = open(AtimeMode::Relatime);
+    let fs = mnt.fs();
+    let f = fs.mknod(ROOT_INO, b"f", REG, 0, 0, 0, None).unwrap();
+    fs.write(f.ino, 0, b"hello").unwrap();
+    assert!(fs.atime_wanted(f.ino).unwrap(), "changed since last read");
+    let before = atime(fs, f.ino);
+    let changed = fs.getattr(f.ino).unwrap().inode.ctime;
+    assert!(fs.accessed(f.ino).unwrap());
+    let after = atime(fs, f.ino);
+    assert!(after > before);
+    assert_eq!(fs.getattr(f.ino).unwrap().inode.ctime, changed, "no ctime");
+    assert!(!fs.atime_wanted(f.ino).unwrap(), "read since the change");
+    assert!(!fs.accessed(f.ino).unwrap());
+    assert_eq!(atime(fs, f.ino), after);
+    fs.write(f.ino, 5, b"!").unwrap();
+    assert!(fs.accessed(f.ino).unwrap(), "changed again");
+    // An atime after the last change but a day old is due again.
+    let s = SetAttr {
+        atime: Some(Timespec::new(atime(fs, f.ino).0 - 2 * 86_400, 0)),
+        mtime: Some(Timespec::new(atime(fs, f.ino).0 - 3 * 86_400, 0)),
+        ctime: Some(Timespec::new(atime(fs, f.ino).0 - 3 * 86_400, 0)),
+        ..Default::default()
+    };
+    fs.setattr(f.ino, &s).unwrap();
+    assert!(fs.accessed(f.ino).unwrap(), "a day old");
+    assert!(!fs.accessed(f.ino).unwrap());
+    // Directories too (readdir).
+    assert!(fs.accessed(ROOT_INO).unwrap());
+    mnt.unmount().unwrap();
+
+    let mnt = open(AtimeMode::Strict);
+    let fs = mnt.fs();
+    assert!(fs.accessed(f.ino).unwrap());
+    assert!(fs.accessed(f.ino).unwrap(), "strictatime: every access");
+    mnt.unmount().unwrap();
+
+    let mnt = open(AtimeMode::Off);
+    let fs = mnt.fs();
+    fs.write(f.ino, 0, b"x").unwrap();
+    let t = atime(fs, f.ino);
+    assert!(!fs.atime_wanted(f.ino).unwrap());
+    assert!(!fs.accessed(f.ino).unwrap());
+    assert_eq!(atime(fs, f.ino), t);
     mnt.unmount().unwrap();
     assert_clean(&meta, &data);
 }

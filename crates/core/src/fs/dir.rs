@@ -227,6 +227,23 @@ impl Fs {
         gid: u32,
         link: Option<&[u8]>,
     ) -> FsResult<Attr> {
+        self.make_node(parent, name, mode, 0, rdev, uid, gid, link)
+    }
+
+    /// Makes a node; `umask` applies unless the parent has a default ACL,
+    /// which the node inherits instead (see `acl`).
+    #[allow(clippy::too_many_arguments)]
+    fn make_node(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+        link: Option<&[u8]>,
+    ) -> FsResult<Attr> {
         check_name(name)?;
         if let Some(t) = link {
             if t.is_empty() || t.len() >= SYMLINK_MAX_SIZE {
@@ -248,9 +265,21 @@ impl Fs {
         if is_dir && d.inode.nlink.get() >= LINK_MAX {
             return Err(EMLINK);
         }
+        let (mode, acls) = if link.is_some() {
+            (mode, Vec::new())
+        } else {
+            let default = self.default_acl(gd, parent)?;
+            super::acl::inherit(default.as_deref(), mode, umask, is_dir).map_err(|_| EIO)?
+        };
         let a = {
             let op = self.begin(&[(d.inode.meta_seq.get(), d.inode.data_seq.get())])?;
             let mut a = self.create_inode(&op, gi, ino, mode, rdev, uid, gid)?;
+            for (xname, value) in &acls {
+                self.store_xattr(&op, gi, &mut a, xname, value, true)?;
+            }
+            if !acls.is_empty() {
+                self.write_inode(&op, gi, &mut a, false)?;
+            }
             if let Some(t) = link {
                 for (nr, part) in t.chunks(MAX_VAL_SIZE).enumerate() {
                     self.put_new(gi, op.seq(), &symlink_key(ino, nr as u64), part);
@@ -720,11 +749,13 @@ impl Fs {
     /// Creates an inode as a user would: in a set-group-id directory the new
     /// inode takes the directory's group, and a new directory keeps the bit.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     pub fn mknod_as(
         &self,
         parent: u64,
         name: &[u8],
         mode: u32,
+        umask: u32,
         rdev: u32,
         uid: u32,
         gid: u32,
@@ -738,7 +769,7 @@ impl Fs {
                 mode |= libc::S_ISGID;
             }
         }
-        self.mknod(parent, name, mode, rdev, uid, gid, link)
+        self.make_node(parent, name, mode, umask, rdev, uid, gid, link)
     }
 }
 

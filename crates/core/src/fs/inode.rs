@@ -254,6 +254,7 @@ impl Fs {
             if let Some(m) = s.mode {
                 let t = a.mode() & S_IFMT;
                 a.inode.mode = (t | (m & 0o7777)).into();
+                self.chmod_acl(&op, &g, &mut a)?;
             }
             if let Some(u) = s.uid {
                 a.inode.uid = u.into();
@@ -274,4 +275,59 @@ impl Fs {
         self.maybe_commit()?;
         Ok(a)
     }
+
+    /// Whether a read now should update `a`'s atime, by the mount's mode.
+    pub fn atime_due(&self, a: &Attr) -> bool {
+        let at = |t: &Timespec| (t.sec.get(), t.nsec.get());
+        let i = &a.inode;
+        match self.opts.atime {
+            AtimeMode::Off => false,
+            AtimeMode::Strict => true,
+            AtimeMode::Relatime => {
+                let atime = at(&i.atime);
+                atime <= at(&i.mtime)
+                    || atime <= at(&i.ctime)
+                    || now().sec.get().saturating_sub(atime.0) >= RELATIME_MAX_AGE_SECS
+            }
+        }
+    }
+
+    /// Whether the next read of `ino` should reach the filesystem so that
+    /// its atime is updated (the FUSE layer then drops the kernel's cached
+    /// pages at open).
+    pub fn atime_wanted(&self, ino: u64) -> FsResult<bool> {
+        if self.opts.atime == AtimeMode::Off {
+            return Ok(false);
+        }
+        let g = self.locks.lock_inode(ino, LockMode::Read)?;
+        let a = self.read_inode(&g, ino)?;
+        Ok(self.atime_due(&a))
+    }
+
+    /// Records an access of `ino` (a read or a readdir): updates its atime
+    /// if the mount's mode says it is due. Like a local filesystem, a
+    /// failure to update the atime doesn't fail the read; it is returned
+    /// for the caller to ignore. True when the atime changed.
+    pub fn accessed(&self, ino: u64) -> FsResult<bool> {
+        if !self.atime_wanted(ino)? {
+            return Ok(false);
+        }
+        let g = self.locks.lock_inode(ino, LockMode::Write)?;
+        let _local = self.lock_local(&[ino]);
+        let mut a = self.read_inode(&g, ino)?;
+        if !self.atime_due(&a) {
+            return Ok(false);
+        }
+        {
+            let op = self.begin(&[super::dir::seqs_of(&a)])?;
+            a.inode.atime = now();
+            self.write_inode(&op, &g, &mut a, false)?;
+        }
+        drop(g);
+        self.maybe_commit()?;
+        Ok(true)
+    }
 }
+
+/// Relatime updates an atime at least this often when it is read.
+pub const RELATIME_MAX_AGE_SECS: u64 = 24 * 60 * 60;

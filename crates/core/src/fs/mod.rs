@@ -22,6 +22,7 @@
 //!
 //! Errors are [`FsError`]: an errno, mapped in one place from lower errors.
 
+pub mod acl;
 pub mod data;
 pub mod dir;
 pub mod inode;
@@ -87,6 +88,7 @@ pub const EOPNOTSUPP: FsError = FsError(libc::EOPNOTSUPP);
 pub const ELOOP: FsError = FsError(libc::ELOOP);
 pub const EXDEV: FsError = FsError(libc::EXDEV);
 pub const E2BIG: FsError = FsError(libc::E2BIG);
+pub const EACCES: FsError = FsError(libc::EACCES);
 
 /// Reads the forest with roots from the server's last written super block,
 /// retrying with newer roots when a block was rewritten meanwhile.
@@ -159,16 +161,34 @@ const INODE_MUTEX_STRIPES: usize = 256;
 /// Inode numbers asked of the server at a time.
 pub const INODE_ALLOC_NR: u64 = 10 * 1024;
 
+/// When reads update access times.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AtimeMode {
+    /// When the atime is not after the mtime or ctime, or is a day old:
+    /// "has it been read since it changed" stays answerable, and most
+    /// reads write nothing (Linux's default).
+    #[default]
+    Relatime,
+    /// At every read that reaches the filesystem.
+    Strict,
+    /// Never.
+    Off,
+}
+
 /// Options of the filesystem layer.
 #[derive(Clone, Debug)]
 pub struct FsOptions {
     /// Enforce POSIX ACLs stored in `system.posix_acl_*` xattrs.
     pub acl: bool,
+    pub atime: AtimeMode,
 }
 
 impl Default for FsOptions {
     fn default() -> Self {
-        FsOptions { acl: true }
+        FsOptions {
+            acl: true,
+            atime: AtimeMode::default(),
+        }
     }
 }
 

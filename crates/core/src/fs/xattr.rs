@@ -11,6 +11,7 @@
 //! `system.posix_acl_access` and `system.posix_acl_default` (the kernel
 //! enforces ACLs from them). Anything else is EOPNOTSUPP.
 
+use super::acl;
 use super::dir::seqs_of;
 use super::inode::now;
 use super::*;
@@ -127,11 +128,21 @@ impl Fs {
     }
 
     /// Sets xattr `name` (flags XATTR_CREATE / XATTR_REPLACE).
+    ///
+    /// With ACLs enforced, an access ACL also sets the mode's permission
+    /// bits, and one that says no more than the mode isn't kept (as on a
+    /// local filesystem); a default ACL only goes on a directory.
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
         check_xattr_name(name)?;
         if value.len() > XATTR_VALUE_MAX {
             return Err(E2BIG);
         }
+        let is_acl = self.opts.acl && (name == acl::ACCESS || name == acl::DEFAULT);
+        let parsed = if is_acl {
+            Some(acl::Acl::parse(value)?)
+        } else {
+            None
+        };
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
         let _local = self.lock_local(&[ino]);
         let mut a = self.read_inode(&g, ino)?;
@@ -142,27 +153,89 @@ impl Fs {
             (_, f) if f == XATTR_CREATE | XATTR_REPLACE => return Err(EINVAL),
             _ => {}
         }
+        let mut keep = true;
+        if let Some(acl) = &parsed {
+            if name == acl::DEFAULT && !a.is_dir() {
+                return Err(EACCES);
+            }
+            if name == acl::ACCESS {
+                let (bits, equiv) = acl.mode_bits();
+                a.inode.mode = ((a.mode() & !0o777) | bits).into();
+                keep = !equiv;
+            }
+        }
         {
             let op = self.begin(&[seqs_of(&a)])?;
             if let Some(o) = &old {
                 self.delete_parts(&op, &g, ino, o)?;
             }
-            let id = a.inode.next_xattr_id.get();
-            a.inode.next_xattr_id = (id + 1).into();
-            let hash = xattr_name_hash(name);
-            let mut bytes = XattrHeader::new(name.len() as u8, value.len() as u16)
-                .as_bytes()
-                .to_vec();
-            bytes.extend_from_slice(name);
-            bytes.extend_from_slice(value);
-            for (part, chunk) in bytes.chunks(XATTR_MAX_PART_SIZE).enumerate() {
-                self.put(&g, op.seq(), &part_key(ino, hash, id, part as u8), chunk)?;
+            if keep {
+                self.store_xattr(&op, &g, &mut a, name, value, false)?;
             }
             a.inode.ctime = now();
             self.write_inode(&op, &g, &mut a, false)?;
         }
         drop(g);
         self.maybe_commit()
+    }
+
+    /// Writes the parts of a new xattr of `a` (the caller writes the
+    /// inode). `fresh`: the inode is new, so its items can't exist yet.
+    pub(super) fn store_xattr(
+        &self,
+        op: &super::inode::Op,
+        g: &LockGuard,
+        a: &mut Attr,
+        name: &[u8],
+        value: &[u8],
+        fresh: bool,
+    ) -> FsResult<()> {
+        let ino = a.ino;
+        let id = a.inode.next_xattr_id.get();
+        a.inode.next_xattr_id = (id + 1).into();
+        let hash = xattr_name_hash(name);
+        let mut bytes = XattrHeader::new(name.len() as u8, value.len() as u16)
+            .as_bytes()
+            .to_vec();
+        bytes.extend_from_slice(name);
+        bytes.extend_from_slice(value);
+        for (part, chunk) in bytes.chunks(XATTR_MAX_PART_SIZE).enumerate() {
+            let k = part_key(ino, hash, id, part as u8);
+            if fresh {
+                self.put_new(g, op.seq(), &k, chunk);
+            } else {
+                self.put(g, op.seq(), &k, chunk)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites an inode's access ACL from its new mode (chmod), if it has
+    /// one and ACLs are enforced.
+    pub(super) fn chmod_acl(
+        &self,
+        op: &super::inode::Op,
+        g: &LockGuard,
+        a: &mut Attr,
+    ) -> FsResult<()> {
+        if !self.opts.acl {
+            return Ok(());
+        }
+        let Some(old) = self.find_xattr(g, a.ino, acl::ACCESS)? else {
+            return Ok(());
+        };
+        let mut acl = acl::Acl::parse(&old.value).map_err(|_| EIO)?;
+        acl.chmod(a.mode());
+        self.delete_parts(op, g, a.ino, &old)?;
+        self.store_xattr(op, g, a, acl::ACCESS, &acl.encode(), false)
+    }
+
+    /// The default ACL of directory `dir`, if it has one.
+    pub(super) fn default_acl(&self, g: &LockGuard, dir: u64) -> FsResult<Option<Vec<u8>>> {
+        if !self.opts.acl {
+            return Ok(None);
+        }
+        Ok(self.find_xattr(g, dir, acl::DEFAULT)?.map(|f| f.value))
     }
 
     fn delete_parts(
