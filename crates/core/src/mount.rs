@@ -19,7 +19,7 @@ use crate::msg::{Request, Response};
 use crate::server::Server;
 use crate::trans::{Trans, TransLimits};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -57,7 +57,6 @@ pub struct Mount {
     locks: Arc<Locks>,
     client: Arc<Client>,
     server: Option<Server>,
-    stop: Arc<(Mutex<bool>, Condvar)>,
     committer: Option<JoinHandle<()>>,
     unmounted: AtomicBool,
 }
@@ -115,15 +114,13 @@ impl Mount {
         if orphans > 0 {
             eprintln!("scoutfs: freed {orphans} inodes left unlinked by an earlier mount");
         }
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let committer = spawn_committer(fs.clone(), stop.clone(), opts.commit_interval_ms);
+        let committer = spawn_committer(fs.clone(), opts.commit_interval_ms);
         Ok(Mount {
             fs,
             cache,
             locks,
             client,
             server: Some(server),
-            stop,
             committer,
             unmounted: AtomicBool::new(false),
         })
@@ -158,11 +155,7 @@ impl Mount {
         if self.unmounted.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        {
-            let (m, cv) = &*self.stop;
-            *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
-            cv.notify_all();
-        }
+        self.fs.trans.stop_committer();
         if let Some(t) = self.committer.take() {
             let _ = t.join();
         }
@@ -188,29 +181,14 @@ impl Drop for Mount {
     }
 }
 
-fn spawn_committer(
-    fs: Arc<Fs>,
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    interval_ms: u64,
-) -> Option<JoinHandle<()>> {
+fn spawn_committer(fs: Arc<Fs>, interval_ms: u64) -> Option<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("scoutfs-commit".into())
         .spawn(move || {
-            let (m, cv) = &*stop;
-            let mut stopped = m.lock().unwrap_or_else(|p| p.into_inner());
-            while !*stopped {
-                let (g, _) = cv
-                    .wait_timeout(stopped, Duration::from_millis(interval_ms))
-                    .unwrap_or_else(|p| p.into_inner());
-                stopped = g;
-                if *stopped {
-                    break;
-                }
-                drop(stopped);
+            while fs.trans.wait_commit_due(Duration::from_millis(interval_ms)) {
                 if let Err(e) = fs.sync() {
                     eprintln!("scoutfs: periodic commit failed: {e}");
                 }
-                stopped = m.lock().unwrap_or_else(|p| p.into_inner());
             }
         })
         .ok()

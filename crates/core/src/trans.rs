@@ -60,6 +60,17 @@ struct TransState {
     inode_delta: i64,
     /// A commit failed: the mount can no longer make changes durable.
     broken: Option<String>,
+    /// Data blocks the mount could allocate when the transaction opened.
+    data_avail_at_open: u64,
+    /// An early commit was asked for in this transaction.
+    asked_early: bool,
+}
+
+/// What the commit thread waits for.
+#[derive(Default)]
+struct CommitWake {
+    soon: bool,
+    stopped: bool,
 }
 
 /// Told the seq of each committed transaction.
@@ -74,6 +85,8 @@ pub struct Trans {
     data: Arc<dyn BlockDev>,
     limits: TransLimits,
     on_commit: Mutex<Option<OnCommit>>,
+    wake: Mutex<CommitWake>,
+    wake_cv: Condvar,
 }
 
 /// A hold on the open transaction; released on drop.
@@ -123,10 +136,12 @@ impl Trans {
             holders: 0,
             committing: false,
             w,
+            data_avail_at_open: lt.data_avail.total_len.get(),
             lt,
             data_bytes: 0,
             inode_delta: 0,
             broken: None,
+            asked_early: false,
         };
         Ok(Trans {
             st: Mutex::new(st),
@@ -137,7 +152,40 @@ impl Trans {
             data,
             limits,
             on_commit: Mutex::new(None),
+            wake: Mutex::default(),
+            wake_cv: Condvar::new(),
         })
+    }
+
+    fn wake(&self) -> std::sync::MutexGuard<'_, CommitWake> {
+        self.wake.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the commit thread to commit now rather than at its interval.
+    pub fn commit_soon(&self) {
+        self.wake().soon = true;
+        self.wake_cv.notify_all();
+    }
+
+    /// For the commit thread: waits until a commit is due (`interval` has
+    /// passed or one was asked for). False once `stop_committer` was called.
+    pub fn wait_commit_due(&self, interval: std::time::Duration) -> bool {
+        let mut w = self.wake();
+        if !w.soon && !w.stopped {
+            w = self
+                .wake_cv
+                .wait_timeout(w, interval)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        w.soon = false;
+        !w.stopped
+    }
+
+    /// Ends the commit thread's waiting.
+    pub fn stop_committer(&self) {
+        self.wake().stopped = true;
+        self.wake_cv.notify_all();
     }
 
     /// Sets what to tell after each commit (the committed seq).
@@ -180,7 +228,15 @@ impl Trans {
         let w =
             st.w.as_mut()
                 .ok_or_else(|| Error::Invalid("no open transaction".into()))?;
-        f(w, &mut st.lt)
+        let r = f(w, &mut st.lt);
+        // Running low on data blocks: commit early (in the background) so
+        // the server refills them before a write runs out and has to wait
+        // for a commit.
+        if !st.asked_early && st.lt.data_avail.total_len.get() < st.data_avail_at_open / 4 {
+            st.asked_early = true;
+            self.commit_soon();
+        }
+        r
     }
 
     /// Counts inodes created (+) or deleted (-) in this transaction.
@@ -214,6 +270,12 @@ impl Trans {
     /// Commits the open transaction and opens the next. Returns the
     /// committed transaction's seq.
     pub fn commit(&self) -> Result<u64> {
+        // Write back the file data written so far while writers go on: the
+        // flush under the commit barrier then has only what came after,
+        // so a large streaming write isn't stopped for a long flush.
+        self.data
+            .flush()
+            .map_err(|e| Error::io(format!("{}: flush", self.data.name()), e))?;
         let mut st = self.state();
         while st.committing {
             st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -275,6 +337,8 @@ impl Trans {
         st.inode_delta = 0;
         st.lt = get_log_trees(&self.client)?;
         st.w = Some(writer_for(&self.cache, &st.lt));
+        st.data_avail_at_open = st.lt.data_avail.total_len.get();
+        st.asked_early = false;
         Ok(seq)
     }
 }
