@@ -60,7 +60,9 @@
 //! heartbeat. Granting a vote restarts the election timeout, as in Raft, so
 //! a voter does not stand while its candidate's first heartbeat is in
 //! flight. Time given to the agent never goes backwards for it: an earlier
-//! `now` than one already seen counts as that one.
+//! `now` than one already seen counts as that one. So the driver should use
+//! a monotonic clock: a clock stepped back stalls the agent's timers, and a
+//! leader's heartbeats, by the step.
 //!
 //! # Persistence before acting
 //!
@@ -81,6 +83,17 @@
 //! term is at least that term: no slot votes twice in one term, across any
 //! number of restarts, and two candidates cannot both gather a majority.
 //!
+//! # Fencing and stale leaders
+//!
+//! Elections alone can leave an old leader's server running: a leader cut
+//! off from the others keeps its server until it hears a greater term. So a
+//! new server first fences the old leaders the quorum blocks show
+//! ([`leaders_to_fence`]), and then refuses to serve if the blocks show a
+//! newer election than its own ([`newer_election`]), which catches a leader
+//! of an old term elected late by a delayed vote. Both read the blocks after
+//! our ELECT was written. The simulation checks that, with both, no two
+//! servers are ever up at once.
+//!
 //! # Invariants ([`Agent::check_invariants`])
 //!
 //! A leader's server was started for its term and runs (or stops during
@@ -92,9 +105,11 @@
 //! # Limits
 //!
 //! - With 1 or 2 slots one vote wins, so two members can both lead one term
-//!   (a split election). The original relied on fencing alone; here a leader
-//!   that hears a heartbeat of its own term from a lower slot also steps
-//!   down, so a split resolves once the two can talk.
+//!   (a split election). The original relied on fencing alone: the first
+//!   server up fences the other leader. Here, too, a leader that hears a
+//!   heartbeat of its own term from a lower slot steps down unless its
+//!   server is already up, so a split resolves without fencing when the two
+//!   hear each other before either server is up.
 //! - There is no pre-vote: a member that was cut off and counted its term up
 //!   deposes a working leader when it returns, as in the original.
 //! - Membership is fixed at mkfs; the configuration version is not checked.
@@ -524,6 +539,22 @@ pub fn leaders_to_fence(
     found.dedup_by_key(|o| o.rid);
     found.sort_by_key(|o| (o.slot, o.term, o.rid));
     found
+}
+
+/// A newer election than `our_term`, if any block shows one: the slot and
+/// term of the greatest ELECT term above ours.
+///
+/// A server checks this after it fenced and before it serves, and stops if
+/// there is one. Fencing alone misses a leader whose last vote was delayed:
+/// it may win an old term after a newer leader read the blocks to fence.
+/// Then the newer ELECT was written before that read, the old ELECT after
+/// it, and so before the old server's own check, which finds the newer one.
+pub fn newer_election(blocks: &[(SlotNr, QuorumBlock)], our_term: Term) -> Option<(SlotNr, Term)> {
+    blocks
+        .iter()
+        .map(|(slot, qb)| (*slot, event_term(qb, EventKind::Elect)))
+        .filter(|&(_, term)| term > our_term)
+        .max_by_key(|&(slot, term)| (term, std::cmp::Reverse(slot)))
 }
 
 // ---------------------------------------------------------------------------
@@ -972,9 +1003,12 @@ impl Agent {
         self.stats.heartbeats_received += 1;
         if self.role == Role::Leader {
             // Another leader of our term: a split election of 1 or 2 slots,
-            // or two mounts using one slot number. The lower slot leads.
+            // or two mounts using one slot number. Once our server is up it
+            // has fenced the other (the heartbeat may be from before), so we
+            // keep leading; before that the lower slot leads.
             self.stats.split_leaders += 1;
-            if msg.from > self.cfg.slot {
+            let up = matches!(self.server, ServerState::Running { up: true, .. });
+            if msg.from > self.cfg.slot || up {
                 return;
             }
             self.stop_server(out);
@@ -1782,6 +1816,19 @@ mod tests {
     }
 
     #[test]
+    fn a_split_leader_whose_server_is_up_keeps_leading() {
+        let mut high = agent(1, &[0, 1]);
+        high.start(&[], 0);
+        let (_, now) = fire(&mut high);
+        high.server_up(now + 1);
+        // The server fenced slot 0; its heartbeat was sent before that.
+        let out = high.on_message(msg(MsgType::Heartbeat, 1, 0), now + 2);
+        assert_eq!(out.actions, []);
+        assert!(high.is_leader());
+        assert_eq!(high.stats().split_leaders, 1);
+    }
+
+    #[test]
     fn time_never_goes_backwards() {
         let mut a = agent(0, &[0, 1, 2]);
         let out = a.start(&[], 10_000);
@@ -1930,6 +1977,20 @@ mod tests {
         ]);
         assert_eq!(leaders_to_fence(&bs, Term(6), Rid(99)), [old(0, 10, 5)]);
         assert_eq!(leaders_to_fence(&[], Term(6), Rid(99)), []);
+    }
+
+    #[test]
+    fn a_newer_election_supersedes_a_server() {
+        let bs = blocks(&[
+            (0, &[(E::Elect, 4, 10), (E::Stop, 4, 10)]),
+            (1, &[(E::Elect, 6, 11)]),
+            (2, &[(E::Elect, 5, 12)]),
+        ]);
+        // Stopped or not, a newer ELECT means our term is over.
+        assert_eq!(newer_election(&bs, Term(3)), Some((SlotNr(1), Term(6))));
+        assert_eq!(newer_election(&bs, Term(5)), Some((SlotNr(1), Term(6))));
+        assert_eq!(newer_election(&bs, Term(6)), None);
+        assert_eq!(newer_election(&[], Term(0)), None);
     }
 
     #[test]
