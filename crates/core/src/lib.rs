@@ -3,9 +3,10 @@
 //! btree (`btree`), the commit of a whole metadata image (`commit`), the
 //! offline tools built on them (`mkfs`, `check`, `print`); then the mount:
 //! the forest reader (`forest`), item cache (`item`), cluster locks (`lock`,
-//! `lock_server`, and the driver `locks`), messages (`msg`), the server
-//! (`server`) and client (`client`), transactions (`trans`), the filesystem
-//! (`fs`) and the setup of a mount (`mount`).
+//! `lock_server`, and the driver `locks`), messages (`msg`), the election of
+//! the server's host among the quorum slots and the reading of quorum blocks
+//! (`quorum`), the server (`server`) and client (`client`), transactions
+//! (`trans`), the filesystem (`fs`) and the setup of a mount (`mount`).
 //!
 //! Each layer calls only down. Errors are typed per layer and meet in
 //! [`error::Error`]; corruption is a named kind with a counter
@@ -31,6 +32,7 @@ pub mod mount;
 pub mod msg;
 pub mod print;
 pub mod progress;
+pub mod quorum;
 pub mod rng;
 pub mod server;
 pub mod trans;

@@ -36,7 +36,7 @@ pub use error::DecodeError;
 pub use inode::Inode;
 pub use key::Key;
 pub use log_trees::{LogTrees, MountedClientVal};
-pub use quorum::{QuorumBlock, QuorumEvent};
+pub use quorum::{QuorumBlock, QuorumEvent, QuorumMessage};
 pub use srch::{SrchEntry, SrchFile};
 pub use super_block::SuperBlock;
 pub use xattr::XattrHeader;

@@ -18,11 +18,17 @@
 //! The block is rewritten in place, not copied on write, so no block ref
 //! names its header `seq`; a reader checks its magic, fsid, blkno and the
 //! crc over the whole 4 KiB. An aligned 4 KiB write is assumed atomic.
+//!
+//! Quorum members elect the server's host with [`QuorumMessage`]s, 32-byte
+//! UDP datagrams {fsid, format version, term, type, from slot, crc}. This
+//! module holds only their layout and checksum; the election code decodes
+//! them (and refuses other filesystems' and versions' messages) because it
+//! knows which fsid, version and slots to expect.
 
 use crate::block::{read_prefix, BlockHeader, Timespec};
 use crate::consts::BLOCK_SM_SIZE;
 use crate::error::{check_zero, DecodeError, Result};
-use zerocopy::little_endian::U64;
+use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub const QUORUM_EVENT_BEGIN: usize = 0;
@@ -121,6 +127,69 @@ impl QuorumBlock {
     }
 }
 
+/// Message types ([`QuorumMessage::ty`]): a candidate asks for votes.
+pub const QUORUM_MSG_REQUEST_VOTE: u8 = 0;
+/// A member votes for the candidate it sends this to.
+pub const QUORUM_MSG_VOTE: u8 = 1;
+/// The leader of `term` is alive.
+pub const QUORUM_MSG_HEARTBEAT: u8 = 2;
+/// The leader of `term` stopped its server and gave up leadership.
+pub const QUORUM_MSG_RESIGNATION: u8 = 3;
+/// The number of message types; greater types are invalid.
+pub const QUORUM_MSG_TYPE_NR: u8 = 4;
+
+/// The name of a message type, for messages.
+pub fn quorum_msg_name(ty: u8) -> &'static str {
+    ["request_vote", "vote", "heartbeat", "resignation"]
+        .get(ty as usize)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// A quorum election message, one UDP datagram of exactly this struct.
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+#[repr(C)]
+pub struct QuorumMessage {
+    /// The filesystem's id: members of other filesystems are ignored.
+    pub fsid: U64,
+    /// The sender's format version (the super block's `fmt_vers`).
+    pub version: U64,
+    /// The sender's election term.
+    pub term: U64,
+    /// `QUORUM_MSG_*`.
+    pub ty: u8,
+    /// The sender's quorum slot.
+    pub from: u8,
+    pub pad: [u8; 2],
+    /// [`quorum_msg_crc`] of the bytes before this field.
+    pub crc: U32,
+}
+
+pub const QUORUM_MESSAGE_SIZE: usize = core::mem::size_of::<QuorumMessage>();
+/// The bytes the crc covers: everything before the crc field.
+pub const QUORUM_MESSAGE_CRC_OFFSET: usize = QUORUM_MESSAGE_SIZE - 4;
+
+/// The crc of a message's bytes: CRC-32C (the block checksum's function) of
+/// the bytes before the crc field. Shorter input has no crc (0).
+pub fn quorum_msg_crc(bytes: &[u8]) -> u32 {
+    bytes
+        .get(..QUORUM_MESSAGE_CRC_OFFSET)
+        .map_or(0, crc32c::crc32c)
+}
+
+impl QuorumMessage {
+    /// The datagram: the struct's bytes with its crc set.
+    pub fn to_bytes(&self) -> [u8; QUORUM_MESSAGE_SIZE] {
+        let mut b = [0u8; QUORUM_MESSAGE_SIZE];
+        b.copy_from_slice(self.as_bytes());
+        let crc = quorum_msg_crc(&b);
+        b[QUORUM_MESSAGE_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +220,27 @@ mod tests {
         assert_eq!(QuorumEvent::decode(e.as_bytes()), Ok(e));
         assert_eq!(quorum_event_name(QUORUM_EVENT_FENCE), "fence");
         assert_eq!(quorum_event_name(QUORUM_EVENT_NR), "unknown");
+    }
+
+    #[test]
+    fn message_bytes_carry_their_crc() {
+        let m = QuorumMessage {
+            fsid: 0x1234.into(),
+            version: 1.into(),
+            term: 7.into(),
+            ty: QUORUM_MSG_VOTE,
+            from: 3,
+            ..Default::default()
+        };
+        let b = m.to_bytes();
+        assert_eq!(QUORUM_MESSAGE_SIZE, 32);
+        assert_eq!(&b[..28], &m.as_bytes()[..28]);
+        let crc = u32::from_le_bytes([b[28], b[29], b[30], b[31]]);
+        assert_eq!(crc, crc32c::crc32c(&b[..28]));
+        assert_eq!(quorum_msg_crc(&b), crc);
+        assert_eq!(quorum_msg_crc(&b[..27]), 0);
+        assert_eq!(quorum_msg_name(QUORUM_MSG_HEARTBEAT), "heartbeat");
+        assert_eq!(quorum_msg_name(QUORUM_MSG_TYPE_NR), "unknown");
     }
 
     #[test]

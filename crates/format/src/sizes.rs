@@ -33,6 +33,7 @@ sizes! {
     crate::bloom::BloomBlockHeader => 40,
     crate::quorum::QuorumEvent => 40,
     crate::quorum::QuorumBlock => 280,
+    crate::quorum::QuorumMessage => 32,
 }
 
 // An alloc list block's array fills its 64 KiB block exactly.

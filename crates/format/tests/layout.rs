@@ -12,7 +12,7 @@ use scoutfs_format::dir::DirentHeader;
 use scoutfs_format::inode::Inode;
 use scoutfs_format::key::DiskKey;
 use scoutfs_format::log_trees::{LogTrees, MountedClientVal};
-use scoutfs_format::quorum::{QuorumBlock, QuorumEvent};
+use scoutfs_format::quorum::{QuorumBlock, QuorumEvent, QuorumMessage};
 use scoutfs_format::srch::{SrchEntry, SrchFile};
 use scoutfs_format::super_block::{InetAddr, QuorumConfig, SuperBlock, VolumeOptions};
 use scoutfs_format::xattr::XattrHeader;
@@ -88,6 +88,9 @@ fn server_items_and_other_blocks() {
     layout!(BloomBlockHeader, 40, { hdr: 0, total_set: 32 });
     layout!(QuorumEvent, 40, { write_nr: 0, rid: 8, term: 16, ts: 24 });
     layout!(QuorumBlock, 280, { hdr: 0, write_nr: 32, events: 40 });
+    layout!(QuorumMessage, 32, {
+        fsid: 0, version: 8, term: 16, ty: 24, from: 25, pad: 26, crc: 28,
+    });
 }
 
 /// The block checksum is the standard CRC-32C of everything after the crc
