@@ -3,7 +3,8 @@
 //! btree (`btree`), the commit of a whole metadata image (`commit`), the
 //! offline tools built on them (`mkfs`, `check`, `print`); then the mount:
 //! the forest reader (`forest`), item cache (`item`), cluster locks (`lock`,
-//! `lock_server`, and the driver `locks`), messages (`msg`), the server
+//! `lock_server`, and the driver `locks`), messages (`msg`), their bytes on
+//! the wire (`wire`: frames, payloads, a streaming decoder), the server
 //! (`server`) and client (`client`), transactions (`trans`), the filesystem
 //! (`fs`) and the setup of a mount (`mount`).
 //!
@@ -34,5 +35,6 @@ pub mod progress;
 pub mod rng;
 pub mod server;
 pub mod trans;
+pub mod wire;
 
 pub use error::{Error, Result};
