@@ -4,9 +4,10 @@
 //! offline tools built on them (`mkfs`, `check`, `print`); then the mount:
 //! the forest reader (`forest`), item cache (`item`), cluster locks (`lock`,
 //! `lock_server`, and the driver `locks`), messages (`msg`), their bytes on
-//! the wire (`wire`: frames, payloads, a streaming decoder), the server
-//! (`server`) and client (`client`), transactions (`trans`), the filesystem
-//! (`fs`) and the setup of a mount (`mount`).
+//! the wire (`wire`: frames, payloads, a streaming decoder), their reliable
+//! delivery across reconnects and server changes as state machines without
+//! I/O (`net`), the server (`server`) and client (`client`), transactions
+//! (`trans`), the filesystem (`fs`) and the setup of a mount (`mount`).
 //!
 //! Each layer calls only down. Errors are typed per layer and meet in
 //! [`error::Error`]; corruption is a named kind with a counter
@@ -30,6 +31,7 @@ pub mod locks;
 pub mod mkfs;
 pub mod mount;
 pub mod msg;
+pub mod net;
 pub mod print;
 pub mod progress;
 pub mod rng;
