@@ -393,7 +393,11 @@ fn readdir_batches_skip_deleted_entries_and_survive_remount() {
     }
     let mnt = mount(&meta, &data);
     let d = mnt.fs().lookup(ROOT_INO, b"big").unwrap();
-    assert_eq!(names(mnt.fs(), d.ino), expect, "a cold cache lists the same");
+    assert_eq!(
+        names(mnt.fs(), d.ino),
+        expect,
+        "a cold cache lists the same"
+    );
     mnt.unmount().unwrap();
     assert_clean(&meta, &data);
 }
