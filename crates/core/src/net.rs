@@ -569,14 +569,20 @@ impl ClientConfig {
 pub enum ClientOutput {
     /// Write this frame to the current connection.
     Frame(Frame),
-    /// The server answered the greeting; with `new_server`, the server
-    /// requests being handled are void and the lock client should recover.
+    /// The server answered the greeting; with `new_server`, the requests of
+    /// the previous server being handled are void (answers are refused) and
+    /// the lock client should recover its locks.
     Greeted { server_term: u64, new_server: bool },
     /// The response to the request `send_request` numbered `id`.
     Response { id: u64, resp: Response },
-    /// A request from the server, for the handler to answer with
-    /// `send_response(id, ..)`.
-    Request { id: u64, req: ServerRequest },
+    /// A request from the server of `server_term`, for the handler to
+    /// answer with `send_response(server_term, id, ..)`. A new server numbers
+    /// its requests afresh, so the term says which server asked.
+    Request {
+        server_term: u64,
+        id: u64,
+        req: ServerRequest,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -646,6 +652,11 @@ impl ClientNet {
         self.stream.requests.len()
     }
 
+    /// Whether our request `id` still awaits its response.
+    pub fn awaiting(&self, id: u64) -> bool {
+        self.stream.requests.contains_key(&id)
+    }
+
     /// Our responses awaiting acknowledgement.
     pub fn queued_responses(&self) -> usize {
         self.stream.responses.len()
@@ -692,9 +703,18 @@ impl ClientNet {
         self.stream.cancel(id)
     }
 
-    /// Answers the server's request `id`. Refused if `id` isn't outstanding:
-    /// answered already, or asked by a server that has since been replaced.
-    pub fn send_response(&mut self, id: u64, resp: &ClientResponse) -> Result<(), NetError> {
+    /// Answers request `id` of the server of `server_term`. Refused if it
+    /// isn't outstanding: answered already, or asked by a server that has
+    /// since been replaced (whose answers nobody waits for).
+    pub fn send_response(
+        &mut self,
+        server_term: u64,
+        id: u64,
+        resp: &ClientResponse,
+    ) -> Result<(), NetError> {
+        if server_term != self.server_term {
+            return Err(NetError::UnknownRequest { id });
+        }
         let cmd = self.stream.response_cmd(id)?;
         let data = wire::encode_client_response(cmd, resp)?;
         let frame = self.stream.queue_response(id, None, data);
@@ -752,7 +772,11 @@ impl ClientNet {
         )?;
         match got {
             Incoming::Nothing => {}
-            Incoming::Request { id, req } => self.out.push_back(ClientOutput::Request { id, req }),
+            Incoming::Request { id, req } => self.out.push_back(ClientOutput::Request {
+                server_term: self.server_term,
+                id,
+                req,
+            }),
             Incoming::Response { id, resp } => {
                 self.out.push_back(ClientOutput::Response { id, resp })
             }

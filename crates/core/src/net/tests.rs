@@ -169,10 +169,11 @@ fn requests_and_responses_travel_both_ways() {
         vec![(id, Response::Error(libc::ENOSPC))]
     );
     assert!(p.at_client.contains(&ClientOutput::Request {
+        server_term: 1,
         id: sid,
         req: ServerRequest::Invalidate(lock_msg())
     }));
-    p.c.send_response(sid, &ClientResponse::InvalidateDone(lock_msg()))
+    p.c.send_response(1, sid, &ClientResponse::InvalidateDone(lock_msg()))
         .unwrap();
     p.run();
     assert!(p.at_server.contains(&ServerOutput::Response {
@@ -181,7 +182,7 @@ fn requests_and_responses_travel_both_ways() {
         resp: ClientResponse::InvalidateDone(lock_msg())
     }));
     assert_eq!(
-        p.c.send_response(sid, &ClientResponse::InvalidateDone(lock_msg())),
+        p.c.send_response(1, sid, &ClientResponse::InvalidateDone(lock_msg())),
         Err(NetError::UnknownRequest { id: sid }),
         "answered once only"
     );
@@ -276,7 +277,7 @@ fn a_new_server_gets_the_requests_and_none_of_the_old_answers() {
     let sid = p.s.send_request(RID, &ServerRequest::SyncLogTrees).unwrap();
     p.run();
     assert_eq!(p.server_requests(), vec![(a, Request::GetLogTrees)]);
-    p.c.send_response(sid, &ClientResponse::Done).unwrap();
+    p.c.send_response(1, sid, &ClientResponse::Done).unwrap();
     p.break_conn();
     assert_eq!(p.c.queued_responses(), 1);
     let sid2 = p.s.send_request(RID, &ServerRequest::SyncLogTrees).unwrap();
@@ -297,7 +298,7 @@ fn a_new_server_gets_the_requests_and_none_of_the_old_answers() {
     assert_eq!(p.c.outstanding_server_requests(), 0);
     assert_eq!(p.server_requests(), vec![(a, Request::GetLogTrees)]);
     assert_eq!(
-        p.c.send_response(sid2, &ClientResponse::Done),
+        p.c.send_response(1, sid2, &ClientResponse::Done),
         Err(NetError::UnknownRequest { id: sid2 })
     );
     // The new server numbers its own requests from 1 again.
@@ -305,9 +306,16 @@ fn a_new_server_gets_the_requests_and_none_of_the_old_answers() {
     p.run();
     assert_eq!(nid, 1);
     assert!(p.at_client.contains(&ClientOutput::Request {
+        server_term: 2,
         id: 1,
         req: ServerRequest::SyncLogTrees
     }));
+    // An answer to the old server's request 1 is not taken for the new one's.
+    assert_eq!(
+        p.c.send_response(1, 1, &ClientResponse::Done),
+        Err(NetError::UnknownRequest { id: 1 })
+    );
+    p.c.send_response(2, 1, &ClientResponse::Done).unwrap();
 }
 
 #[test]
@@ -637,6 +645,7 @@ fn greetings_wait_for_the_server_layer() {
     assert!(p.c.is_ready());
     assert_eq!(p.server_requests(), vec![(id, Request::Farewell)]);
     assert!(p.at_client.contains(&ClientOutput::Request {
+        server_term: 1,
         id: 1,
         req: ServerRequest::SyncLogTrees
     }));
