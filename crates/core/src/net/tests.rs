@@ -650,3 +650,45 @@ fn greetings_wait_for_the_server_layer() {
         req: ServerRequest::SyncLogTrees
     }));
 }
+
+#[test]
+fn the_server_bounds_mounts_and_connections() {
+    let cfg = ServerConfig {
+        limits: Limits {
+            requests_max: 4,
+            conns_max: 2,
+            peers_max: 1,
+        },
+        ..ServerConfig::new(FSID, 1)
+    };
+    let mut p = Pair::with(ClientConfig::new(FSID, RID), cfg);
+    p.connect();
+    p.run();
+    // A second mount finds no room, and says so.
+    let mut other = ClientNet::new(ClientConfig::new(FSID, Rid(7))).unwrap();
+    other.on_connected();
+    let Some(ClientOutput::Frame(g)) = other.poll_output() else {
+        panic!("no greeting");
+    };
+    p.s.on_connected(ConnId(50)).unwrap();
+    assert_eq!(
+        p.s.on_frame(ConnId(50), &g),
+        Err(NetError::Refused(Refusal::TooManyMounts))
+    );
+    let Some(ServerOutput::Frame { frame, .. }) = p.s.poll_output() else {
+        panic!("no refusal");
+    };
+    assert_eq!(
+        other.on_frame(&wire_copy(&frame)),
+        Err(NetError::Refused(Refusal::TooManyMounts))
+    );
+    assert!(!Refusal::TooManyMounts.is_permanent());
+    // Two connections are open (one closing); a third is refused.
+    assert_eq!(
+        p.s.on_connected(ConnId(51)),
+        Err(NetError::TooManyConns { max: 2 })
+    );
+    p.s.on_disconnected(ConnId(50));
+    p.s.on_connected(ConnId(51)).unwrap();
+    p.s.check_invariants();
+}
