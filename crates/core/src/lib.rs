@@ -3,9 +3,12 @@
 //! btree (`btree`), the commit of a whole metadata image (`commit`), the
 //! offline tools built on them (`mkfs`, `check`, `print`); then the mount:
 //! the forest reader (`forest`), item cache (`item`), cluster locks (`lock`,
-//! `lock_server`, and the driver `locks`), messages (`msg`), the election of
-//! the server's host among the quorum slots and the reading of quorum blocks
-//! (`quorum`), the server (`server`) and client (`client`), transactions
+//! `lock_server`, and the driver `locks`), messages (`msg`), their bytes on
+//! the wire (`wire`: frames, payloads, a streaming decoder), their reliable
+//! delivery across reconnects and server changes as state machines without
+//! I/O (`net`), the election of the server's host among the quorum slots
+//! and the reading of quorum blocks (`quorum`), the server (`server`) and
+//! client (`client`), transactions
 //! (`trans`), the filesystem (`fs`) and the setup of a mount (`mount`).
 //!
 //! Each layer calls only down. Errors are typed per layer and meet in
@@ -30,11 +33,13 @@ pub mod locks;
 pub mod mkfs;
 pub mod mount;
 pub mod msg;
+pub mod net;
 pub mod print;
 pub mod progress;
 pub mod quorum;
 pub mod rng;
 pub mod server;
 pub mod trans;
+pub mod wire;
 
 pub use error::{Error, Result};

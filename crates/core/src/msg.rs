@@ -1,8 +1,9 @@
 //! Messages between a mount's client and the server.
 //!
-//! These are the requests and responses that a later issue carries over TCP
-//! with framing, sequence numbers and resends; today they travel between
-//! threads of one process. Every request gets exactly one response with the
+//! These are the in-memory requests and responses. Today they travel between
+//! threads of one process; `wire` encodes them as frames and `net` carries
+//! them reliably (sequence numbers, acknowledgements, resends) for the TCP
+//! transport. Every request gets exactly one response with the
 //! same id. Requests go both ways: the client asks for log trees, roots,
 //! inode numbers, locks and statistics; the server asks a client to give up
 //! (invalidate) a lock or to commit its transaction.
@@ -12,7 +13,7 @@ use crate::lock::LockMsg;
 use scoutfs_format::log_trees::LogTrees;
 
 /// Requests a client sends to the server.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// The first message of a mount: its random id.
     Greeting { rid: u64 },
@@ -33,7 +34,7 @@ pub enum Request {
 }
 
 /// Filesystem totals for statfs.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatfsInfo {
     pub total_meta_blocks: u64,
     pub free_meta_blocks: u64,
@@ -44,7 +45,7 @@ pub struct StatfsInfo {
 }
 
 /// Responses from the server.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Response {
     Greeting {
         fsid: u64,
@@ -65,7 +66,7 @@ pub enum Response {
 }
 
 /// Requests the server sends to a client.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerRequest {
     /// Give the lock up from old mode to new mode, then answer.
     Invalidate(LockMsg),
@@ -74,7 +75,7 @@ pub enum ServerRequest {
 }
 
 /// A client's answers to the server's requests.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientResponse {
     InvalidateDone(LockMsg),
     Done,
