@@ -572,3 +572,33 @@ fn atime_modes() {
     mnt.unmount().unwrap();
     assert_clean(&meta, &data);
 }
+
+/// Small files take exactly their blocks; a file written in a stream gets
+/// blocks preallocated past its end, read as zeros until written.
+#[test]
+fn small_files_are_not_preallocated_and_streams_are() {
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xfd);
+    let mnt = mount(&meta, &data);
+    let fs = mnt.fs();
+    let s = fs.mknod(ROOT_INO, b"small", REG, 0, 0, 0, None).unwrap();
+    fs.write(s.ino, 0, &[1u8; 4096]).unwrap();
+    assert_eq!(fs.getattr(s.ino).unwrap().inode.online_blocks.get(), 1);
+    let t = fs.mknod(ROOT_INO, b"stream", REG, 0, 0, 0, None).unwrap();
+    fs.write(t.ino, 0, &[2u8; 65536]).unwrap();
+    assert_eq!(fs.getattr(t.ino).unwrap().inode.online_blocks.get(), 16);
+    fs.write(t.ino, 65536, &[3u8; 65536]).unwrap();
+    let a = fs.getattr(t.ino).unwrap();
+    assert_eq!(a.size(), 131072);
+    assert_eq!(
+        a.inode.online_blocks.get(),
+        48,
+        "the second write preallocated as many blocks as the file had"
+    );
+    assert_eq!(fs.read(t.ino, 65536, 8).unwrap(), vec![3u8; 8]);
+    assert!(
+        fs.read(t.ino, 131072, 8).unwrap().is_empty(),
+        "nothing past EOF"
+    );
+    mnt.unmount().unwrap();
+    assert_clean(&meta, &data);
+}

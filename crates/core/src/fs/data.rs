@@ -252,7 +252,7 @@ impl Fs {
                     let hole_end = next.map_or(b1, |e| e.start.min(b1));
                     let want = hole_end - b;
                     let extra = if next.is_none() {
-                        self.prealloc_blocks(&g, &a, b1, want)?
+                        self.prealloc_blocks(&g, &a, b1)?
                     } else {
                         0
                     };
@@ -290,16 +290,16 @@ impl Fs {
     }
 
     /// Blocks to preallocate past a write that extends the file at its end,
-    /// so streaming writes stay contiguous: as many as the file already has
-    /// (at least as many as the write), up to `PREALLOC_MAX_BLOCKS`. None
-    /// unless the write reaches the end of the file and nothing is mapped
-    /// beyond it.
-    fn prealloc_blocks(&self, g: &LockGuard, a: &Attr, b1: u64, want: u64) -> FsResult<u64> {
+    /// so streaming writes stay contiguous: as many as the file already has,
+    /// up to `PREALLOC_MAX_BLOCKS`. None for a file's first blocks (a small
+    /// file written at once gets exactly its blocks), nor unless the write
+    /// reaches the end of the file and nothing is mapped beyond it.
+    fn prealloc_blocks(&self, g: &LockGuard, a: &Attr, b1: u64) -> FsResult<u64> {
         let size_blocks = a.size().div_ceil(BLOCK);
         if b1 < size_blocks || !self.extents_in(g, a.ino, b1, u64::MAX / BLOCK)?.is_empty() {
             return Ok(0);
         }
-        Ok(size_blocks.max(want).min(PREALLOC_MAX_BLOCKS))
+        Ok(size_blocks.min(PREALLOC_MAX_BLOCKS))
     }
 
     /// Writes the part of `buf` (file bytes `off..end`) that falls in
