@@ -394,10 +394,12 @@ impl Filesystem for ScoutFuse {
     ) {
         match self.fs.read(ino.0, offset, size as usize) {
             Ok(d) => {
-                reply.data(&d);
+                // The atime before the data: once the read returns, stat
+                // shows the access.
                 if fh.0 & FH_NOATIME == 0 {
                     self.accessed(ino.0);
                 }
+                reply.data(&d);
             }
             Err(e) => reply.error(err(e)),
         }

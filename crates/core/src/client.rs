@@ -7,18 +7,23 @@
 //! receive thread, because handling them may need to call the server (a
 //! commit) and wait for the receive thread to deliver that response.
 //!
-//! A receive thread reads every message from the server. Ids increase per
-//! connection; every request gets exactly one response.
+//! The connection is TCP (`tcp`, with the delivery rules of `net`): the
+//! network thread reads every message from the server and hands responses
+//! to their waiters here. Every request gets exactly one response, across
+//! reconnects.
 
 use crate::error::{Error, Result};
 use crate::lock::LockMsg;
-use crate::msg::{ClientResponse, Request, Response, ServerRequest, ToClient, ToServer};
-use crate::server::Conn;
+use crate::msg::{ClientResponse, Request, Response, ServerRequest};
+use crate::tcp::{ClientDeliver, ClientLink};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::net::SocketAddr;
+use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How long a mount waits for the server to answer its first greeting.
+pub const GREETING_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the client does with lock grants and server requests.
 pub trait Handler: Send + Sync {
@@ -33,52 +38,75 @@ enum Waiter {
     Lock,
 }
 
+/// Routes what the network delivers: responses to their waiters, server
+/// requests to the handler (remembering which server asked).
+struct Dispatch {
+    waiters: Mutex<HashMap<u64, Waiter>>,
+    /// The server term of each server request not yet answered.
+    terms: Mutex<HashMap<u64, u64>>,
+    handler: Arc<dyn Handler>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ClientDeliver for Dispatch {
+    fn response(&self, id: u64, resp: Response) {
+        let w = lock(&self.waiters).remove(&id);
+        match (w, resp) {
+            (Some(Waiter::Call(tx)), resp) => {
+                let _ = tx.send(resp);
+            }
+            (Some(Waiter::Lock), Response::Lock(m)) => self.handler.lock_granted(m),
+            (_, resp) => eprintln!("scoutfs: client: unexpected response {id}: {resp:?}"),
+        }
+    }
+
+    fn request(&self, server_term: u64, id: u64, req: ServerRequest) {
+        lock(&self.terms).insert(id, server_term);
+        self.handler.server_request(id, req);
+    }
+}
+
 pub struct Client {
-    conn: Conn,
+    link: ClientLink,
     rid: u64,
-    waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
-    next_id: AtomicU64,
-    recv: Mutex<Option<JoinHandle<()>>>,
+    dispatch: Arc<Dispatch>,
 }
 
 impl Client {
-    /// A client on `conn`, receiving on `rx`; `handler` gets grants and
-    /// server requests.
-    pub fn new(
-        conn: Conn,
+    /// Connects mount `rid` of filesystem `fsid` to the server at `addr`;
+    /// `handler` gets grants and server requests.
+    pub fn connect(
+        addr: SocketAddr,
+        fsid: u64,
         rid: u64,
-        rx: Receiver<ToClient>,
         handler: Arc<dyn Handler>,
-    ) -> Arc<Client> {
-        let waiters: Arc<Mutex<HashMap<u64, Waiter>>> = Arc::default();
-        let w = waiters.clone();
-        let recv = std::thread::Builder::new()
-            .name("scoutfs-client-recv".into())
-            .spawn(move || receive(rx, w, handler))
-            .ok();
-        Arc::new(Client {
-            conn,
+    ) -> Result<Arc<Client>> {
+        let dispatch = Arc::new(Dispatch {
+            waiters: Mutex::default(),
+            terms: Mutex::default(),
+            handler,
+        });
+        let link = ClientLink::connect(addr, fsid, rid, dispatch.clone(), GREETING_TIMEOUT)?;
+        Ok(Arc::new(Client {
+            link,
             rid,
-            waiters,
-            next_id: AtomicU64::new(1),
-            recv: Mutex::new(recv),
-        })
+            dispatch,
+        }))
     }
 
     pub fn rid(&self) -> u64 {
         self.rid
     }
 
-    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiter>> {
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Sends a request and waits for its response.
     pub fn call(&self, req: Request) -> Result<Response> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = channel();
-        self.waiters().insert(id, Waiter::Call(tx));
-        self.conn.send(ToServer::Request { id, req })?;
+        self.link.request(&req, |id| {
+            lock(&self.dispatch.waiters).insert(id, Waiter::Call(tx));
+        })?;
         match rx.recv() {
             Ok(Response::Error(errno)) => {
                 Err(Error::Invalid(format!("server error: errno {errno}")))
@@ -90,50 +118,24 @@ impl Client {
 
     /// Sends a lock request; its grant goes to the handler.
     pub fn send_lock(&self, msg: LockMsg) -> Result<()> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.waiters().insert(id, Waiter::Lock);
-        self.conn.send(ToServer::Request {
-            id,
-            req: Request::Lock(msg),
-        })
+        self.link.request(&Request::Lock(msg), |id| {
+            lock(&self.dispatch.waiters).insert(id, Waiter::Lock);
+        })?;
+        Ok(())
     }
 
     /// Answers a request from the server.
     pub fn respond(&self, id: u64, resp: ClientResponse) -> Result<()> {
-        self.conn.send(ToServer::Response { id, resp })
+        let term = lock(&self.dispatch.terms).remove(&id).ok_or_else(|| {
+            Error::Invalid(format!("no server request {id} is waiting for an answer"))
+        })?;
+        self.link.respond(term, id, &resp)
     }
-}
 
-impl Drop for Client {
-    fn drop(&mut self) {
-        // The receive thread ends when the server side drops our channel.
-        if let Some(t) = self.recv.lock().ok().and_then(|mut g| g.take()) {
-            drop(t);
-        }
-    }
-}
-
-fn receive(
-    rx: Receiver<ToClient>,
-    waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
-    handler: Arc<dyn Handler>,
-) {
-    while let Ok(msg) = rx.recv() {
-        match msg {
-            ToClient::Response { id, resp } => {
-                let w = waiters
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-                match (w, resp) {
-                    (Some(Waiter::Call(tx)), resp) => {
-                        let _ = tx.send(resp);
-                    }
-                    (Some(Waiter::Lock), Response::Lock(m)) => handler.lock_granted(m),
-                    (_, resp) => eprintln!("scoutfs: client: unexpected response {id}: {resp:?}"),
-                }
-            }
-            ToClient::Request { id, req } => handler.server_request(id, req),
-        }
+    /// Closes the connection (at unmount, after the farewell); callers
+    /// still waiting get an error.
+    pub fn close(&self) {
+        self.link.close();
+        lock(&self.dispatch.waiters).clear();
     }
 }

@@ -7,8 +7,8 @@
 //! the wire (`wire`: frames, payloads, a streaming decoder), their reliable
 //! delivery across reconnects and server changes as state machines without
 //! I/O (`net`), the election of the server's host among the quorum slots
-//! and the reading of quorum blocks (`quorum`), the server (`server`) and
-//! client (`client`), transactions
+//! and the reading of quorum blocks (`quorum`), their TCP drivers (`tcp`),
+//! the server (`server`) and client (`client`), transactions
 //! (`trans`), the filesystem (`fs`) and the setup of a mount (`mount`).
 //!
 //! Each layer calls only down. Errors are typed per layer and meet in
@@ -39,6 +39,7 @@ pub mod progress;
 pub mod quorum;
 pub mod rng;
 pub mod server;
+pub mod tcp;
 pub mod trans;
 pub mod wire;
 

@@ -15,9 +15,10 @@ use crate::error::{Error, Result};
 use crate::fs::{Fs, FsOptions};
 use crate::item::ItemCache;
 use crate::locks::{Locks, LOCK_IDLE_MAX_DEFAULT};
-use crate::msg::{Request, Response};
+use crate::msg::Request;
 use crate::server::Server;
 use crate::trans::{Trans, TransLimits};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -74,16 +75,17 @@ impl Mount {
         let store = Store::open(meta, opts.block_cache_blocks)?;
         let cache: Arc<BlockCache> = store.cache.clone();
         let fsid = store.sb.hdr.fsid.get();
-        let server = Server::start(store);
+        // Until mounts elect their server, every mount serves its
+        // filesystem itself, on a loopback port of its own.
+        let server = Server::start(store, SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let rid = crate::rng::os_random_u64() | 1;
-        let (conn, rx) = server.connect(rid);
         let items = Arc::new(ItemCache::new(opts.item_cache_bytes));
         let locks = Locks::new(rid, items.clone(), opts.lock_idle_max);
-        let client = Client::new(conn, rid, rx, locks.clone());
-        match client.call(Request::Greeting { rid })? {
-            Response::Greeting { fsid: f, .. } if f == fsid => {}
-            other => return Err(Error::Invalid(format!("server greeting: {other:?}"))),
-        }
+        let client = Client::connect(server.addr(), fsid, rid, locks.clone())?;
+        // The client and the lock driver refer to each other; until the
+        // mount is whole, a failure must close the client's connection or
+        // its thread would go on reconnecting to a server that is gone.
+        let close_on_err = CloseOnErr(Some(client.clone()));
         let trans = Arc::new(Trans::open(
             client.clone(),
             items.clone(),
@@ -115,6 +117,7 @@ impl Mount {
             eprintln!("scoutfs: freed {orphans} inodes left unlinked by an earlier mount");
         }
         let committer = spawn_committer(fs.clone(), opts.commit_interval_ms);
+        close_on_err.disarm();
         Ok(Mount {
             fs,
             cache,
@@ -128,6 +131,11 @@ impl Mount {
 
     pub fn fs(&self) -> &Arc<Fs> {
         &self.fs
+    }
+
+    /// The server this mount runs, if it runs one.
+    pub fn server(&self) -> Option<&Server> {
+        self.server.as_ref()
     }
 
     pub fn locks(&self) -> &Arc<Locks> {
@@ -164,6 +172,7 @@ impl Mount {
             .sync()
             .map_err(|e| Error::Invalid(format!("final commit: {e}")));
         let bye = self.client.call(Request::Farewell);
+        self.client.close();
         self.locks.stop();
         if let Some(s) = self.server.take() {
             s.stop();
@@ -177,6 +186,22 @@ impl Drop for Mount {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
             eprintln!("scoutfs: unmount: {e}");
+        }
+    }
+}
+
+struct CloseOnErr(Option<Arc<Client>>);
+
+impl CloseOnErr {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CloseOnErr {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.close();
         }
     }
 }

@@ -35,14 +35,16 @@ use crate::error::{Error, Result};
 use crate::forest::{self, log_roots, Roots};
 use crate::lock::{LockMsg, Rid};
 use crate::lock_server::{LockServer, ServerOut};
-use crate::msg::{
-    ClientResponse, Request, Response, ServerRequest, StatfsInfo, ToClient, ToServer,
-};
+use crate::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
+use crate::net::ConnId;
+use crate::tcp::{ServerDeliver, ServerLink};
 use scoutfs_format::key::zone;
 use scoutfs_format::log_trees::{LogTrees, MountedClientVal};
 use scoutfs_format::{Key, SuperBlock};
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use zerocopy::IntoBytes;
 
@@ -51,6 +53,10 @@ use zerocopy::IntoBytes;
 pub fn data_fill_target(sb: &SuperBlock) -> u64 {
     (sb.total_data_blocks.get() / 8).clamp(256, 1 << 20)
 }
+
+/// The term of this server. Until mounts elect their server, each mount's
+/// server is the only one its clients will ever know.
+pub const SERVER_TERM: u64 = 1;
 
 fn log_trees_key(rid: u64, nr: u64) -> Key {
     Key::new(zone::LOG_TREES, rid, 0, nr, 0, 0)
@@ -61,64 +67,85 @@ fn mounted_client_key(rid: u64) -> Key {
 }
 
 enum Event {
-    Connect { rid: u64, tx: Sender<ToClient> },
-    Msg { rid: u64, msg: ToServer },
-    Disconnect { rid: u64 },
+    /// Mount `rid` greeted on `conn`: record it, then accept the greeting.
+    Greeting {
+        conn: ConnId,
+        rid: u64,
+    },
+    Request {
+        rid: u64,
+        id: u64,
+        req: Request,
+    },
+    Response {
+        rid: u64,
+        id: u64,
+        resp: ClientResponse,
+    },
     Shutdown,
 }
 
-/// A handle to the running server thread.
+/// Hands what the network delivers to the server thread, in arrival order.
+struct ToThread(Mutex<Sender<Event>>);
+
+impl ToThread {
+    fn send(&self, ev: Event) {
+        let _ = self.0.lock().unwrap_or_else(|p| p.into_inner()).send(ev);
+    }
+}
+
+impl ServerDeliver for ToThread {
+    fn greeting(&self, conn: ConnId, rid: u64, _client_term: u64, _flags: u64) {
+        self.send(Event::Greeting { conn, rid });
+    }
+    fn request(&self, rid: u64, id: u64, req: Request) {
+        self.send(Event::Request { rid, id, req });
+    }
+    fn response(&self, rid: u64, id: u64, resp: ClientResponse) {
+        self.send(Event::Response { rid, id, resp });
+    }
+}
+
+/// A handle to the running server thread and its listening socket.
 pub struct Server {
     tx: Sender<Event>,
+    link: Arc<ServerLink>,
     thread: Option<JoinHandle<Store>>,
 }
 
-/// A client's connection to the server.
-pub struct Conn {
-    rid: u64,
-    tx: Sender<Event>,
-}
-
-impl Conn {
-    pub fn send(&self, msg: ToServer) -> Result<()> {
-        self.tx
-            .send(Event::Msg { rid: self.rid, msg })
-            .map_err(|_| Error::Invalid("the server has stopped".into()))
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        let _ = self.tx.send(Event::Disconnect { rid: self.rid });
-    }
-}
-
 impl Server {
-    /// Starts the server on an open store.
-    pub fn start(store: Store) -> Server {
+    /// Starts the server on an open store, listening on `addr` (port 0
+    /// picks a free port; see `addr`).
+    pub fn start(store: Store, addr: SocketAddr) -> Result<Server> {
         let (tx, rx) = channel();
+        let fsid = store.sb.hdr.fsid.get();
+        let deliver = Arc::new(ToThread(Mutex::new(tx.clone())));
+        let link = Arc::new(ServerLink::listen(addr, fsid, SERVER_TERM, deliver)?);
+        let l2 = link.clone();
         let thread = std::thread::Builder::new()
             .name("scoutfs-server".into())
-            .spawn(move || State::new(store).run(rx))
-            .ok();
-        Server { tx, thread }
+            .spawn(move || State::new(store, l2).run(rx))
+            .map_err(|e| Error::io("spawning the server thread", e))?;
+        Ok(Server {
+            tx,
+            link,
+            thread: Some(thread),
+        })
     }
 
-    /// Connects a client with id `rid`; messages for it arrive on the receiver.
-    pub fn connect(&self, rid: u64) -> (Conn, Receiver<ToClient>) {
-        let (ctx, crx) = channel();
-        let _ = self.tx.send(Event::Connect { rid, tx: ctx });
-        (
-            Conn {
-                rid,
-                tx: self.tx.clone(),
-            },
-            crx,
-        )
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.link.addr()
+    }
+
+    /// The server's network end (fault injection and counters).
+    pub fn link(&self) -> &ServerLink {
+        &self.link
     }
 
     /// Stops the server and returns its store.
     pub fn stop(mut self) -> Option<Store> {
+        self.link.close();
         let _ = self.tx.send(Event::Shutdown);
         self.thread.take().and_then(|t| t.join().ok())
     }
@@ -126,6 +153,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        self.link.close();
         let _ = self.tx.send(Event::Shutdown);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -136,15 +164,14 @@ impl Drop for Server {
 struct State {
     store: Store,
     locks: LockServer,
-    clients: BTreeMap<u64, Sender<ToClient>>,
-    /// Server requests awaiting a client's response: id -> rid.
-    asked: BTreeMap<u64, u64>,
-    next_id: u64,
+    link: Arc<ServerLink>,
+    /// Server requests awaiting a client's response: (rid, id).
+    asked: BTreeSet<(u64, u64)>,
     seq: u64,
 }
 
 impl State {
-    fn new(store: Store) -> State {
+    fn new(store: Store, link: Arc<ServerLink>) -> State {
         let mut seq = store.sb.seq.get();
         if let Ok(lts) = log_roots(store.cache.as_ref(), &store.sb.logs_root) {
             for lt in lts {
@@ -154,9 +181,8 @@ impl State {
         let mut st = State {
             store,
             locks: LockServer::new(),
-            clients: BTreeMap::new(),
-            asked: BTreeMap::new(),
-            next_id: 1,
+            link,
+            asked: BTreeSet::new(),
             seq,
         };
         // Nothing is mounted when the server starts, so every log tree was
@@ -245,54 +271,61 @@ impl State {
     fn run(mut self, rx: Receiver<Event>) -> Store {
         while let Ok(ev) = rx.recv() {
             match ev {
-                Event::Connect { rid, tx } => {
-                    self.clients.insert(rid, tx);
+                Event::Greeting { conn, rid } => match self.greeting(rid) {
+                    Ok(()) => self.link.accept(conn),
+                    Err(e) => eprintln!("scoutfs: server: recording mount {rid:#x}: {e}"),
+                },
+                Event::Request {
+                    rid,
+                    id,
+                    req: Request::Lock(m),
+                } => self.lock_request(rid, id, m),
+                Event::Request { rid, id, req } => {
+                    let farewell = matches!(req, Request::Farewell);
+                    let resp = self.request(rid, req).unwrap_or_else(|e| {
+                        eprintln!("scoutfs: server: request from {rid:#x} failed: {e}");
+                        Response::Error(e.errno())
+                    });
+                    self.link.respond(rid, id, &resp);
+                    if farewell {
+                        self.link.forget_when_gone(rid);
+                    }
                 }
-                Event::Disconnect { rid } => {
-                    self.clients.remove(&rid);
-                }
-                Event::Msg { rid, msg } => self.message(rid, msg),
+                Event::Response { rid, id, resp } => self.response(rid, id, resp),
                 Event::Shutdown => break,
             }
         }
         self.store
     }
 
-    fn send(&self, rid: u64, msg: ToClient) {
-        // A client that went away is forgotten by its farewell or, later, fenced.
-        if let Some(tx) = self.clients.get(&rid) {
-            let _ = tx.send(msg);
+    fn response(&mut self, rid: u64, id: u64, resp: ClientResponse) {
+        if !self.asked.remove(&(rid, id)) {
+            return;
+        }
+        if let ClientResponse::InvalidateDone(m) = resp {
+            let mut seq = self.seq;
+            let outs = self.locks.invalidate_done(Rid(rid), m, &mut || {
+                seq += 1;
+                seq
+            });
+            self.seq = seq;
+            self.lock_outputs(outs);
         }
     }
 
-    fn message(&mut self, rid: u64, msg: ToServer) {
-        match msg {
-            ToServer::Request {
-                id,
-                req: Request::Lock(m),
-            } => self.lock_request(rid, id, m),
-            ToServer::Request { id, req } => {
-                let resp = self.request(rid, req).unwrap_or_else(|e| {
-                    eprintln!("scoutfs: server: request from {rid:#x} failed: {e}");
-                    Response::Error(e.errno())
-                });
-                self.send(rid, ToClient::Response { id, resp });
-            }
-            ToServer::Response { id, resp } => {
-                if self.asked.remove(&id).is_none() {
-                    return;
-                }
-                if let ClientResponse::InvalidateDone(m) = resp {
-                    let mut seq = self.seq;
-                    let outs = self.locks.invalidate_done(Rid(rid), m, &mut || {
-                        seq += 1;
-                        seq
-                    });
-                    self.seq = seq;
-                    self.lock_outputs(outs);
-                }
-            }
-        }
+    /// Records a mount that greeted (idempotent: a reconnect greets again).
+    fn greeting(&mut self, rid: u64) -> Result<()> {
+        let mut txn = self.store.begin();
+        let val = MountedClientVal::default();
+        btree::insert(
+            &mut txn.w,
+            &mut txn.sb.mounted_clients,
+            &mounted_client_key(rid),
+            0,
+            0,
+            val.as_bytes(),
+        )?;
+        self.commit(txn)
     }
 
     fn lock_request(&mut self, rid: u64, id: u64, m: LockMsg) {
@@ -309,25 +342,15 @@ impl State {
         for out in outs {
             match out {
                 ServerOut::Grant { rid, net_id, msg } => {
-                    self.send(
-                        rid.0,
-                        ToClient::Response {
-                            id: net_id,
-                            resp: Response::Lock(msg),
-                        },
-                    );
+                    self.link.respond(rid.0, net_id, &Response::Lock(msg));
                 }
                 ServerOut::Invalidate { rid, msg } => {
-                    let id = self.next_id;
-                    self.next_id += 1;
-                    self.asked.insert(id, rid.0);
-                    self.send(
-                        rid.0,
-                        ToClient::Request {
-                            id,
-                            req: ServerRequest::Invalidate(msg),
-                        },
-                    );
+                    match self.link.request(rid.0, &ServerRequest::Invalidate(msg)) {
+                        Ok(id) => {
+                            self.asked.insert((rid.0, id));
+                        }
+                        Err(e) => eprintln!("scoutfs: server: {e}"),
+                    }
                 }
                 ServerOut::ProtocolError { rid, reason } => {
                     eprintln!(
@@ -352,24 +375,9 @@ impl State {
 
     fn request(&mut self, rid: u64, req: Request) -> Result<Response> {
         match req {
-            Request::Greeting { rid: r } => {
-                assert_eq!(r, rid);
-                let mut txn = self.store.begin();
-                let val = MountedClientVal::default();
-                btree::insert(
-                    &mut txn.w,
-                    &mut txn.sb.mounted_clients,
-                    &mounted_client_key(rid),
-                    0,
-                    0,
-                    val.as_bytes(),
-                )?;
-                self.commit(txn)?;
-                Ok(Response::Greeting {
-                    fsid: self.store.sb.hdr.fsid.get(),
-                    server_term: 1,
-                })
-            }
+            Request::Greeting { .. } => Err(Error::Invalid(
+                "a greeting must come through the network layer".into(),
+            )),
             Request::AllocInodes { count } => {
                 let mut txn = self.store.begin();
                 let ino = txn.sb.next_ino.get();

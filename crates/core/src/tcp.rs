@@ -1,0 +1,636 @@
+//! The TCP drivers of the messaging machines in `net`: sockets, threads and
+//! nothing else. They decide nothing; every rule of delivery (numbering,
+//! acknowledgement, resends, greetings) is the machines'.
+//!
+//! Each side keeps its machine under one mutex. A thread that changes it
+//! (a reader with a frame, a caller with a request) drains every output
+//! before letting go: frames go to the connection's writer thread through
+//! a channel, in the order the machine made them, while the mutex is still
+//! held, so concurrent callers can't reorder seqs on the wire; messages for
+//! the layer above are handed over after the mutex is released, so a
+//! handler may call back in. Writes never happen under the mutex: a peer
+//! that stops reading can't stall the side that must read its frames.
+//!
+//! The client connects to the server's address, retrying every
+//! [`CONNECT_RETRY_MS`], and reconnects whenever the connection breaks;
+//! the machine resends whatever wasn't acknowledged. Frames queued for a
+//! connection that is gone are dropped by its writer (the machine sends
+//! them again on the next one, after the greeting).
+
+use crate::error::{Error, Result};
+use crate::lock::Rid;
+use crate::msg::{ClientResponse, Request, Response, ServerRequest};
+use crate::net::{
+    ClientConfig, ClientNet, ClientOutput, ConnId, NetError, ServerConfig, ServerNet, ServerOutput,
+};
+use crate::wire::{Frame, FrameReader};
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often a client retries connecting to the server.
+pub const CONNECT_RETRY_MS: u64 = 100;
+/// How long one connection attempt may take.
+pub const CONNECT_TIMEOUT_MS: u64 = 1000;
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 64 << 10;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reads frames from `stream` until it ends or fails, handing each to
+/// `frame`; stops early when `frame` returns false. False when it stopped
+/// at bytes that are not a valid frame.
+fn read_frames(mut stream: &TcpStream, mut frame: impl FnMut(Frame) -> bool) -> bool {
+    let mut reader = FrameReader::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return true,
+            Ok(n) => n,
+        };
+        let mut input = &buf[..n];
+        while !input.is_empty() {
+            match reader.feed(input) {
+                Ok((used, f)) => {
+                    input = &input[used..];
+                    if let Some(f) = f {
+                        if !frame(f) {
+                            return true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("scoutfs: net: bad frame, closing the connection: {e}");
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// A writer thread for one connection: writes the frames sent to it in
+/// order, and shuts the socket down at the first failure.
+fn spawn_writer(stream: TcpStream, name: &str) -> Option<Sender<Vec<u8>>> {
+    let (tx, rx) = channel::<Vec<u8>>();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let mut s = &stream;
+            while let Ok(bytes) = rx.recv() {
+                if s.write_all(&bytes).is_err() {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+        })
+        .ok()?;
+    Some(tx)
+}
+
+// ---------------------------------------------------------------- client
+
+/// What the client link hands to the layer above.
+pub trait ClientDeliver: Send + Sync {
+    /// The response to request `id`.
+    fn response(&self, id: u64, resp: Response);
+    /// A request of the server of `server_term`, to answer with
+    /// [`ClientLink::respond`].
+    fn request(&self, server_term: u64, id: u64, req: ServerRequest);
+}
+
+struct ClientShared {
+    net: Mutex<ClientNet>,
+    /// The current connection's writer, if connected.
+    writer: Mutex<Option<Sender<Vec<u8>>>>,
+    /// The current connection, to shut it down at close.
+    stream: Mutex<Option<TcpStream>>,
+    /// Greeted at least once; or a permanent error.
+    state: Mutex<LinkState>,
+    state_cv: Condvar,
+    stop: AtomicBool,
+    deliver: Arc<dyn ClientDeliver>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    greeted: bool,
+    failed: Option<String>,
+}
+
+/// A mount's connection to the server.
+pub struct ClientLink {
+    sh: Arc<ClientShared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ClientLink {
+    /// Starts connecting to the server at `addr` as mount `rid` of
+    /// filesystem `fsid`; returns once the server has answered the first
+    /// greeting, or fails if it refuses the mount for good or doesn't
+    /// answer within `timeout`.
+    pub fn connect(
+        addr: SocketAddr,
+        fsid: u64,
+        rid: u64,
+        deliver: Arc<dyn ClientDeliver>,
+        timeout: Duration,
+    ) -> Result<ClientLink> {
+        let net = ClientNet::new(ClientConfig::new(fsid, Rid(rid)))
+            .map_err(|e| Error::Invalid(format!("net: {e}")))?;
+        let sh = Arc::new(ClientShared {
+            net: Mutex::new(net),
+            writer: Mutex::new(None),
+            stream: Mutex::new(None),
+            state: Mutex::default(),
+            state_cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+            deliver,
+        });
+        let s2 = sh.clone();
+        let thread = std::thread::Builder::new()
+            .name("scoutfs-client-net".into())
+            .spawn(move || s2.run(addr))
+            .map_err(|e| Error::io("spawning the client's network thread", e))?;
+        let link = ClientLink {
+            sh,
+            thread: Mutex::new(Some(thread)),
+        };
+        let st = lock(&link.sh.state);
+        let (st, _) = link
+            .sh
+            .state_cv
+            .wait_timeout_while(st, timeout, |s| !s.greeted && s.failed.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = &st.failed {
+            return Err(Error::Invalid(format!("the server at {addr}: {why}")));
+        }
+        if !st.greeted {
+            return Err(Error::Invalid(format!(
+                "the server at {addr} didn't answer within {} ms",
+                timeout.as_millis()
+            )));
+        }
+        drop(st);
+        Ok(link)
+    }
+
+    /// Sends a request; `sent(id)` runs before it can be answered (to
+    /// record who waits for its response). Returns its id.
+    pub fn request(&self, req: &Request, sent: impl FnOnce(u64)) -> Result<u64> {
+        if let Some(why) = &lock(&self.sh.state).failed {
+            return Err(Error::Invalid(format!(
+                "no connection to the server: {why}"
+            )));
+        }
+        let mut net = lock(&self.sh.net);
+        let id = net
+            .send_request(req)
+            .map_err(|e| Error::Invalid(format!("sending {req:?}: {e}")))?;
+        sent(id);
+        let out = self.sh.drain(&mut net);
+        drop(net);
+        self.sh.hand_over(out);
+        Ok(id)
+    }
+
+    /// Answers the request `id` of the server of `server_term`.
+    pub fn respond(&self, server_term: u64, id: u64, resp: &ClientResponse) -> Result<()> {
+        let mut net = lock(&self.sh.net);
+        net.send_response(server_term, id, resp)
+            .map_err(|e| Error::Invalid(format!("answering server request {id}: {e}")))?;
+        let out = self.sh.drain(&mut net);
+        drop(net);
+        self.sh.hand_over(out);
+        Ok(())
+    }
+
+    /// Closes the connection for good.
+    pub fn close(&self) {
+        self.sh.stop.store(true, Ordering::SeqCst);
+        if let Some(s) = lock(&self.sh.stream).take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        lock(&self.sh.writer).take();
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ClientLink {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+enum Delivery {
+    Response(u64, Response),
+    Request(u64, u64, ServerRequest),
+}
+
+impl ClientShared {
+    /// Drains the machine's outputs: frames to the writer (in order, under
+    /// the machine's mutex), messages returned for `hand_over`.
+    fn drain(&self, net: &mut ClientNet) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        while let Some(o) = net.poll_output() {
+            match o {
+                ClientOutput::Frame(f) => {
+                    if let Some(w) = lock(&self.writer).as_ref() {
+                        let _ = w.send(f.encode());
+                    }
+                }
+                ClientOutput::Greeted { .. } => {
+                    lock(&self.state).greeted = true;
+                    self.state_cv.notify_all();
+                }
+                ClientOutput::Response { id, resp } => out.push(Delivery::Response(id, resp)),
+                ClientOutput::Request {
+                    server_term,
+                    id,
+                    req,
+                } => out.push(Delivery::Request(server_term, id, req)),
+            }
+        }
+        out
+    }
+
+    fn hand_over(&self, out: Vec<Delivery>) {
+        for d in out {
+            match d {
+                Delivery::Response(id, resp) => self.deliver.response(id, resp),
+                Delivery::Request(term, id, req) => self.deliver.request(term, id, req),
+            }
+        }
+    }
+
+    fn fail(&self, why: String) {
+        lock(&self.state).failed = Some(why);
+        self.state_cv.notify_all();
+    }
+
+    /// The connection thread: connect, greet, read; again when it breaks.
+    fn run(&self, addr: SocketAddr) {
+        while !self.stop.load(Ordering::SeqCst) {
+            let stream = match TcpStream::connect_timeout(
+                &addr,
+                Duration::from_millis(CONNECT_TIMEOUT_MS),
+            ) {
+                Ok(s) => s,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(CONNECT_RETRY_MS));
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (Ok(w), Ok(keep)) = (stream.try_clone(), stream.try_clone()) else {
+                continue;
+            };
+            *lock(&self.stream) = Some(keep);
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let out = {
+                let mut net = lock(&self.net);
+                *lock(&self.writer) = spawn_writer(w, "scoutfs-client-write");
+                net.on_connected();
+                self.drain(&mut net)
+            };
+            self.hand_over(out);
+            let _ = read_frames(&stream, |f| {
+                let mut net = lock(&self.net);
+                let r = net.on_frame(&f);
+                let out = self.drain(&mut net);
+                drop(net);
+                self.hand_over(out);
+                match r {
+                    Ok(()) => true,
+                    Err(NetError::Refused(why)) if why.is_permanent() => {
+                        self.fail(format!("refused: {why}"));
+                        self.stop.store(true, Ordering::SeqCst);
+                        false
+                    }
+                    Err(e) => {
+                        eprintln!("scoutfs: net: closing the connection to the server: {e}");
+                        false
+                    }
+                }
+            });
+            let _ = stream.shutdown(Shutdown::Both);
+            {
+                let mut net = lock(&self.net);
+                lock(&self.writer).take();
+                net.on_disconnected();
+                let out = self.drain(&mut net);
+                drop(net);
+                self.hand_over(out);
+            }
+            lock(&self.stream).take();
+            if !self.stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(CONNECT_RETRY_MS));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- server
+
+/// What the server link hands to the server.
+pub trait ServerDeliver: Send + Sync {
+    /// Mount `rid` greeted (a `client_term` of 0: its first connection);
+    /// record it, then call [`ServerLink::accept`] with `conn`.
+    fn greeting(&self, conn: ConnId, rid: u64, client_term: u64, flags: u64);
+    /// A mount's request, to answer with [`ServerLink::respond`].
+    fn request(&self, rid: u64, id: u64, req: Request);
+    /// A mount's answer to the server's request `id`.
+    fn response(&self, rid: u64, id: u64, resp: ClientResponse);
+}
+
+struct Conn {
+    writer: Sender<Vec<u8>>,
+    stream: TcpStream,
+}
+
+struct ServerShared {
+    net: Mutex<ServerNet>,
+    conns: Mutex<HashMap<ConnId, Conn>>,
+    /// Mounts that said farewell, forgotten once their connection is gone.
+    leaving: Mutex<HashSet<u64>>,
+    next_conn: AtomicU64,
+    bad_frames: AtomicU64,
+    stop: AtomicBool,
+    deliver: Arc<dyn ServerDeliver>,
+}
+
+enum ServerDelivery {
+    Greeting(ConnId, u64, u64, u64),
+    Request(u64, u64, Request),
+    Response(u64, u64, ClientResponse),
+}
+
+/// The server's listening socket and its connections.
+pub struct ServerLink {
+    sh: Arc<ServerShared>,
+    addr: SocketAddr,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ServerLink {
+    /// Listens on `addr` (port 0 picks a free one) as the server of `term`.
+    pub fn listen(
+        addr: SocketAddr,
+        fsid: u64,
+        term: u64,
+        deliver: Arc<dyn ServerDeliver>,
+    ) -> Result<ServerLink> {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| Error::io(format!("server: listening on {addr}"), e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("server: its address", e))?;
+        let net = ServerNet::new(ServerConfig::new(fsid, term))
+            .map_err(|e| Error::Invalid(format!("net: {e}")))?;
+        let sh = Arc::new(ServerShared {
+            net: Mutex::new(net),
+            conns: Mutex::default(),
+            leaving: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+            bad_frames: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            deliver,
+        });
+        let s2 = sh.clone();
+        let thread = std::thread::Builder::new()
+            .name("scoutfs-server-accept".into())
+            .spawn(move || s2.accept_loop(listener))
+            .map_err(|e| Error::io("spawning the server's accept thread", e))?;
+        Ok(ServerLink {
+            sh,
+            addr,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Answers a greeting the server has recorded.
+    pub fn accept(&self, conn: ConnId) {
+        self.sh.with_net(|net| {
+            net.accept_greeting(conn);
+        });
+    }
+
+    /// Answers mount `rid`'s request `id`.
+    pub fn respond(&self, rid: u64, id: u64, resp: &Response) {
+        self.sh.with_net(|net| {
+            if let Err(e) = net.send_response(Rid(rid), id, resp) {
+                eprintln!("scoutfs: server: answering {rid:#x} request {id}: {e}");
+            }
+        });
+    }
+
+    /// Sends a request to mount `rid`; returns its id.
+    pub fn request(&self, rid: u64, req: &ServerRequest) -> Result<u64> {
+        let mut id = Err(Error::Invalid("unsent".into()));
+        self.sh.with_net(|net| {
+            id = net
+                .send_request(Rid(rid), req)
+                .map_err(|e| Error::Invalid(format!("server request to {rid:#x}: {e}")));
+        });
+        id
+    }
+
+    /// Forgets mount `rid` once it has no connection (after its farewell,
+    /// whose answer must reach it first).
+    pub fn forget_when_gone(&self, rid: u64) {
+        lock(&self.sh.leaving).insert(rid);
+        self.sh.forget_gone();
+    }
+
+    /// Breaks every connection (fault injection for tests: mounts
+    /// reconnect and resend).
+    pub fn break_connections(&self) {
+        for c in lock(&self.sh.conns).values() {
+            let _ = c.stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Frames refused and connections closed for bad input, so far.
+    pub fn bad_frames(&self) -> u64 {
+        self.sh.bad_frames.load(Ordering::Relaxed)
+    }
+
+    /// Stops listening and closes every connection.
+    pub fn close(&self) {
+        self.sh.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(100));
+        for (_, c) in lock(&self.sh.conns).drain() {
+            let _ = c.stream.shutdown(Shutdown::Both);
+        }
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ServerLink {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl ServerShared {
+    fn with_net(&self, f: impl FnOnce(&mut ServerNet)) {
+        let mut net = lock(&self.net);
+        f(&mut net);
+        let out = self.drain(&mut net);
+        drop(net);
+        self.hand_over(out);
+    }
+
+    fn drain(&self, net: &mut ServerNet) -> Vec<ServerDelivery> {
+        let mut out = Vec::new();
+        while let Some(o) = net.poll_output() {
+            match o {
+                ServerOutput::Frame { conn, frame } => {
+                    if let Some(c) = lock(&self.conns).get(&conn) {
+                        let _ = c.writer.send(frame.encode());
+                    }
+                }
+                ServerOutput::Close { conn } => {
+                    if let Some(c) = lock(&self.conns).get(&conn) {
+                        let _ = c.stream.shutdown(Shutdown::Both);
+                    }
+                }
+                ServerOutput::Greeting {
+                    conn,
+                    rid,
+                    client_term,
+                    flags,
+                } => out.push(ServerDelivery::Greeting(conn, rid.0, client_term, flags)),
+                ServerOutput::Request { rid, id, req } => {
+                    out.push(ServerDelivery::Request(rid.0, id, req))
+                }
+                ServerOutput::Response { rid, id, resp } => {
+                    out.push(ServerDelivery::Response(rid.0, id, resp))
+                }
+            }
+        }
+        out
+    }
+
+    fn hand_over(&self, out: Vec<ServerDelivery>) {
+        for d in out {
+            match d {
+                ServerDelivery::Greeting(conn, rid, term, flags) => {
+                    self.deliver.greeting(conn, rid, term, flags)
+                }
+                ServerDelivery::Request(rid, id, req) => self.deliver.request(rid, id, req),
+                ServerDelivery::Response(rid, id, resp) => self.deliver.response(rid, id, resp),
+            }
+        }
+    }
+
+    fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        for stream in listener.incoming() {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(stream) = stream else { continue };
+            let _ = stream.set_nodelay(true);
+            let (Ok(w), Ok(keep)) = (stream.try_clone(), stream.try_clone()) else {
+                continue;
+            };
+            let Some(writer) = spawn_writer(w, "scoutfs-server-write") else {
+                continue;
+            };
+            let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+            let mut refused = false;
+            {
+                let mut net = lock(&self.net);
+                match net.on_connected(conn) {
+                    Ok(()) => {
+                        lock(&self.conns).insert(
+                            conn,
+                            Conn {
+                                writer,
+                                stream: keep,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        eprintln!("scoutfs: server: refusing a connection: {e}");
+                        refused = true;
+                    }
+                }
+            }
+            if refused {
+                let _ = stream.shutdown(Shutdown::Both);
+                continue;
+            }
+            let sh = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("scoutfs-server-read".into())
+                .spawn(move || sh.serve_conn(conn, stream));
+            if spawned.is_err() {
+                self.drop_conn(conn);
+            }
+        }
+    }
+
+    fn serve_conn(&self, conn: ConnId, stream: TcpStream) {
+        let mut refused = false;
+        let clean = read_frames(&stream, |f| {
+            let mut net = lock(&self.net);
+            let r = net.on_frame(conn, &f);
+            let out = self.drain(&mut net);
+            drop(net);
+            self.hand_over(out);
+            if let Err(e) = &r {
+                eprintln!("scoutfs: server: closing a connection: {e}");
+                refused = true;
+            }
+            r.is_ok()
+        });
+        if !clean || refused {
+            self.bad_frames.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = stream.shutdown(Shutdown::Both);
+        self.drop_conn(conn);
+    }
+
+    fn drop_conn(&self, conn: ConnId) {
+        lock(&self.conns).remove(&conn);
+        let mut net = lock(&self.net);
+        net.on_disconnected(conn);
+        let out = self.drain(&mut net);
+        drop(net);
+        self.hand_over(out);
+        self.forget_gone();
+    }
+
+    fn forget_gone(&self) {
+        let mut net = lock(&self.net);
+        lock(&self.leaving).retain(|&rid| {
+            if net.is_ready(Rid(rid)) {
+                return true;
+            }
+            net.forget(Rid(rid));
+            false
+        });
+        let out = self.drain(&mut net);
+        drop(net);
+        self.hand_over(out);
+    }
+}

@@ -1,0 +1,163 @@
+//! The mount's messages over real TCP sockets on loopback: connections
+//! broken under a busy mount are made again and every request is answered
+//! exactly once (the work is all there, `check` is clean), and bytes that
+//! aren't frames close only the connection that sent them.
+
+mod common;
+
+use scoutfs_core::check::{check, NoProgress};
+use scoutfs_core::dev::{BlockDev, MemDev};
+use scoutfs_core::fs::Fs;
+use scoutfs_core::mount::{Mount, MountOptions};
+use scoutfs_format::ROOT_INO;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const REG: u32 = libc::S_IFREG | 0o644;
+const DIR: u32 = libc::S_IFDIR | 0o755;
+
+fn mount(meta: &MemDev, data: &MemDev) -> Mount {
+    let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
+        (Arc::new(meta.clone()), Arc::new(data.clone()));
+    let opts = MountOptions {
+        // Small transactions: many commits, so many server round trips.
+        commit_interval_ms: 50,
+        ..Default::default()
+    };
+    Mount::open(m, d, &opts).expect("mount")
+}
+
+fn assert_clean(meta: &MemDev, data: &MemDev) {
+    let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
+        (Arc::new(meta.clone()), Arc::new(data.clone()));
+    let r = check(&m, &d, &mut NoProgress).expect("check");
+    let first: Vec<String> = r.problems.iter().take(8).map(|p| p.to_string()).collect();
+    assert!(r.is_clean(), "check: {first:?}");
+}
+
+/// Ends the test process if `done` isn't set within `secs`: a request
+/// that is never answered would otherwise hang the test instead of
+/// failing it.
+fn watchdog(done: Arc<AtomicBool>, secs: u64) {
+    std::thread::spawn(move || {
+        for _ in 0..secs * 10 {
+            if done.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("a request went unanswered for {secs} s");
+        std::process::exit(1);
+    });
+}
+
+fn work(fs: &Fs, dir: u64, round: usize) {
+    for i in 0..40 {
+        let name = format!("r{round}-f{i}");
+        let f = fs.mknod(dir, name.as_bytes(), REG, 0, 0, 0, None).unwrap();
+        fs.write(f.ino, 0, name.as_bytes()).unwrap();
+    }
+    fs.sync().unwrap();
+}
+
+/// Every connection broken again and again while a mount works (creates,
+/// writes, commits): the mount reconnects and goes on without an error,
+/// and after remount everything it acknowledged is there.
+#[test]
+fn broken_connections_are_made_again_and_nothing_is_lost() {
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0x7c01);
+    let rounds = 30;
+    let done = Arc::new(AtomicBool::new(false));
+    watchdog(done.clone(), 120);
+    {
+        let mnt = mount(&meta, &data);
+        let fs = mnt.fs().clone();
+        let d = fs.mknod(ROOT_INO, b"d", DIR, 0, 0, 0, None).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = mnt.server().expect("the mount runs its server");
+        std::thread::scope(|s| {
+            let st = stop.clone();
+            s.spawn(move || {
+                let mut breaks = 0;
+                while !st.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(7));
+                    server.link().break_connections();
+                    breaks += 1;
+                }
+                assert!(breaks > 5, "the connections were broken {breaks} times");
+            });
+            for r in 0..rounds {
+                work(&fs, d.ino, r);
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+        mnt.unmount().unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    assert_clean(&meta, &data);
+    let mnt = mount(&meta, &data);
+    let fs = mnt.fs();
+    let d = fs.lookup(ROOT_INO, b"d").unwrap();
+    for r in 0..rounds {
+        for i in 0..40 {
+            let name = format!("r{r}-f{i}");
+            let f = fs.lookup(d.ino, name.as_bytes()).unwrap();
+            assert_eq!(fs.read(f.ino, 0, 64).unwrap(), name.as_bytes());
+        }
+    }
+    mnt.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+/// Garbage, an oversized frame header and zeros on their own connections:
+/// each is closed and counted; the mount never notices.
+#[test]
+fn bad_bytes_close_only_their_connection() {
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0x7c02);
+    let mnt = mount(&meta, &data);
+    let fs = mnt.fs();
+    let server = mnt.server().unwrap();
+    let addr = server.link().addr();
+    let d = fs.mknod(ROOT_INO, b"d", DIR, 0, 0, 0, None).unwrap();
+    let mut huge = Vec::new();
+    huge.extend_from_slice(b"SCNF");
+    huge.extend_from_slice(&[0xff; 60]);
+    let inputs: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: scoutfs.example\r\nAccept: */*\r\n\r\n".to_vec(),
+        huge,
+        vec![0u8; 4096],
+    ];
+    for (n, bytes) in inputs.iter().enumerate() {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(bytes).unwrap();
+        // The server closes the connection: the read ends.
+        let mut buf = [0u8; 64];
+        let r = s.read(&mut buf);
+        let closed = match &r {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        };
+        assert!(closed, "input {n}: the connection wasn't closed: {r:?}");
+        let f = fs
+            .mknod(d.ino, format!("after-{n}").as_bytes(), REG, 0, 0, 0, None)
+            .unwrap();
+        fs.write(f.ino, 0, b"still here").unwrap();
+        fs.sync().unwrap();
+    }
+    // The counter moves once the server thread has seen each close.
+    let mut counted = 0;
+    for _ in 0..100 {
+        counted = server.link().bad_frames();
+        if counted >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(counted, 3, "each bad connection counted once");
+    mnt.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
