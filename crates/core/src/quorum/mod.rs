@@ -23,6 +23,12 @@
 //! simulation replays exactly. The driver owns the UDP socket, the device,
 //! the clock and the server thread, and decides nothing.
 //!
+//! [`QuorumDriver`] (in `driver.rs`) is that driver for a real mount: one
+//! thread, a UDP socket on the slot's address, quorum block writes on the
+//! metadata device, and a [`ServerControl`] the mount implements to start
+//! and stop its server. [`find_server`] is the client's reader of the
+//! blocks.
+//!
 //! # The election
 //!
 //! Roles are follower, candidate and leader; every agent has a term.
@@ -117,6 +123,7 @@
 
 mod agent;
 mod blocks;
+mod driver;
 mod msg;
 
 pub use agent::{
@@ -127,6 +134,11 @@ pub use agent::{
 pub use blocks::{
     current_server, event_term, greatest_term, leaders_to_fence, newer_election, record_events,
     EventKind, OldLeader, ServerLocation,
+};
+pub use driver::{
+    find_server, read_quorum_block, read_quorum_blocks, BadMessageCounts, MessageCounts,
+    QuorumDriver, QuorumHandle, QuorumOptions, QuorumStatus, ServerControl, RECV_BUF_BYTES,
+    WAKE_POLL_MAX_MS,
 };
 pub use msg::{Message, MessageCodec, MessageError, MsgType};
 
