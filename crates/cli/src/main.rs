@@ -1,5 +1,6 @@
-//! The `scoutfs` command: making, printing and checking filesystems (and,
-//! as the project grows, mounting them and the archive commands).
+//! The `scoutfs` command: making, printing and checking filesystems,
+//! showing their cluster status, mounting them (and, as the project grows,
+//! the archive commands).
 //!
 //! Every subcommand reports failures as one clear line on standard error
 //! and a non-zero exit status; none panics on bad input. Long work shows a
@@ -56,6 +57,31 @@ enum Cmd {
         /// The data device or image file.
         data: PathBuf,
     },
+    /// Show the quorum slots, the server, old leaders to fence, mounted
+    /// clients and log trees, read offline from the metadata device.
+    ///
+    /// A slot's state comes from its quorum block: "never used" (never
+    /// written); "leader" (its ELECT term is greater than its STOP term: the
+    /// server may be running, and is up once a FENCE of that term follows);
+    /// "fenced" (such a leader of a term below another server's FENCE);
+    /// "unmounted cleanly" (END after its last BEGIN); "stopped" (STOP after
+    /// its last BEGIN, no END: mounted as a follower, or crashed); "member"
+    /// (started, neither: mounted as a follower, or crashed). Exits non-zero
+    /// when any quorum block or tree could not be read.
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["meta", "path"])))]
+struct StatusArgs {
+    /// Read the status offline from this metadata device or image file.
+    #[arg(long, value_name = "META")]
+    meta: Option<PathBuf>,
+    /// A mounted filesystem (online status; not available yet).
+    path: Option<PathBuf>,
+    /// Print one line of JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -111,6 +137,7 @@ fn main() -> ExitCode {
         Cmd::Mount(a) => mount::cmd_mount(a),
         Cmd::Up(a) => mount::cmd_up(a),
         Cmd::Check { meta, data } => cmd_check(&meta, &data),
+        Cmd::Status(a) => cmd_status(a),
     };
     match res {
         Ok(code) => code,
@@ -268,4 +295,38 @@ fn cmd_check(meta: &Path, data: &Path) -> Result<ExitCode, String> {
         println!("check: {} problems found", report.problems.len());
         Ok(ExitCode::FAILURE)
     }
+}
+
+fn cmd_status(a: StatusArgs) -> Result<ExitCode, String> {
+    let Some(meta) = a.meta else {
+        let path = a.path.unwrap_or_default();
+        return Err(format!(
+            "status {}: the status of a mounted filesystem needs its control socket, \
+             which mounts do not have yet; use --meta META to read the metadata device offline",
+            path.display()
+        ));
+    };
+    let dev = open_dev(&meta, false)?;
+    let st = scoutfs_core::status::read_status(&dev).map_err(|e| format!("status: {e}"))?;
+    let text = if a.json {
+        st.to_json() + "\n"
+    } else {
+        st.to_string()
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => {}
+        // A reader that stopped early (status | head) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => return Err(format!("status: writing output: {e}")),
+    }
+    let problems = st.problems();
+    for p in &problems {
+        eprintln!("scoutfs: status: {p}");
+    }
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -1,7 +1,7 @@
 //! The storage core of scoutfs-rs, bottom to top: devices (`dev`), the
 //! metadata block cache (`block`), allocators (`alloc`), the copy-on-write
 //! btree (`btree`), the commit of a whole metadata image (`commit`), the
-//! offline tools built on them (`mkfs`, `check`, `print`); then the mount:
+//! offline tools built on them (`mkfs`, `check`, `print`, `status`); then the mount:
 //! the forest reader (`forest`), item cache (`item`), cluster locks (`lock`,
 //! `lock_server`, and the driver `locks`), messages (`msg`), their bytes on
 //! the wire (`wire`: frames, payloads, a streaming decoder), their reliable
@@ -39,6 +39,7 @@ pub mod progress;
 pub mod quorum;
 pub mod rng;
 pub mod server;
+pub mod status;
 pub mod tcp;
 pub mod trans;
 pub mod wire;
