@@ -33,6 +33,10 @@ use crate::rng::Rng;
 use scoutfs_format::log_trees::LogTrees;
 use std::sync::{Arc, Condvar, Mutex};
 
+/// File data written in a transaction past which a commit writes it back
+/// before stopping writers.
+pub const PREFLUSH_DATA_BYTES: u64 = 8 << 20;
+
 /// When a transaction should be committed before it grows further.
 #[derive(Clone, Copy, Debug)]
 pub struct TransLimits {
@@ -270,12 +274,15 @@ impl Trans {
     /// Commits the open transaction and opens the next. Returns the
     /// committed transaction's seq.
     pub fn commit(&self) -> Result<u64> {
-        // Write back the file data written so far while writers go on: the
-        // flush under the commit barrier then has only what came after,
-        // so a large streaming write isn't stopped for a long flush.
-        self.data
-            .flush()
-            .map_err(|e| Error::io(format!("{}: flush", self.data.name()), e))?;
+        // After much file data, write it back while writers go on: the
+        // flush under the commit barrier then has only what came after, so
+        // a large streaming write isn't stopped for a long flush. (Small
+        // transactions skip it: one flush is cheaper than two.)
+        if self.state().data_bytes >= PREFLUSH_DATA_BYTES {
+            self.data
+                .flush()
+                .map_err(|e| Error::io(format!("{}: flush", self.data.name()), e))?;
+        }
         let mut st = self.state();
         while st.committing {
             st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
