@@ -8,8 +8,11 @@
 //! a channel, in the order the machine made them, while the mutex is still
 //! held, so concurrent callers can't reorder seqs on the wire; messages for
 //! the layer above are handed over after the mutex is released, so a
-//! handler may call back in. Writes never happen under the mutex: a peer
-//! that stops reading can't stall the side that must read its frames.
+//! handler may call back in (on the server, where a mount's old and new
+//! connection may both be read for a moment, a second mutex keeps the
+//! handing over in the machine's order). Writes never happen under the
+//! mutex: a peer that stops reading can't stall the side that must read
+//! its frames.
 //!
 //! The client connects to the server's address, retrying every
 //! [`CONNECT_RETRY_MS`], and reconnects whenever the connection breaks;
@@ -360,6 +363,10 @@ struct Conn {
 
 struct ServerShared {
     net: Mutex<ServerNet>,
+    /// Held from draining a reader's outputs until they are handed over:
+    /// the readers of a mount's old and new connection hand over in the
+    /// order the machine delivered.
+    delivery: Mutex<()>,
     conns: Mutex<HashMap<ConnId, Conn>>,
     /// Mounts that said farewell, forgotten once their connection is gone.
     leaving: Mutex<HashSet<u64>>,
@@ -399,6 +406,7 @@ impl ServerLink {
             .map_err(|e| Error::Invalid(format!("net: {e}")))?;
         let sh = Arc::new(ServerShared {
             net: Mutex::new(net),
+            delivery: Mutex::new(()),
             conns: Mutex::default(),
             leaving: Mutex::default(),
             next_conn: AtomicU64::new(1),
@@ -495,8 +503,10 @@ impl ServerShared {
         let mut net = lock(&self.net);
         f(&mut net);
         let out = self.drain(&mut net);
+        let order = lock(&self.delivery);
         drop(net);
         self.hand_over(out);
+        drop(order);
     }
 
     fn drain(&self, net: &mut ServerNet) -> Vec<ServerDelivery> {
@@ -595,8 +605,10 @@ impl ServerShared {
             let mut net = lock(&self.net);
             let r = net.on_frame(conn, &f);
             let out = self.drain(&mut net);
+            let order = lock(&self.delivery);
             drop(net);
             self.hand_over(out);
+            drop(order);
             if let Err(e) = &r {
                 eprintln!("scoutfs: server: closing a connection: {e}");
                 refused = true;
@@ -615,8 +627,10 @@ impl ServerShared {
         let mut net = lock(&self.net);
         net.on_disconnected(conn);
         let out = self.drain(&mut net);
+        let order = lock(&self.delivery);
         drop(net);
         self.hand_over(out);
+        drop(order);
         self.forget_gone();
     }
 
@@ -630,7 +644,9 @@ impl ServerShared {
             false
         });
         let out = self.drain(&mut net);
+        let order = lock(&self.delivery);
         drop(net);
         self.hand_over(out);
+        drop(order);
     }
 }
