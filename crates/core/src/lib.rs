@@ -24,6 +24,7 @@ pub mod commit;
 pub mod counters;
 pub mod dev;
 pub mod error;
+pub mod fence;
 pub mod forest;
 pub mod fs;
 pub mod item;
