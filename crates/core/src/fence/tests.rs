@@ -9,6 +9,24 @@ fn req(rid: u64) -> FenceRequest {
     }
 }
 
+/// A scratch directory removed on drop, on every path.
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("scoutfs-fence-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn sh(script: &str, timeout_ms: u64) -> Fencer {
     Fencer::new(
         Some(vec!["sh".into(), "-c".into(), script.into()]),
@@ -145,10 +163,8 @@ fn a_missing_program_is_a_spawn_error() {
 fn poll_does_not_block_and_then_keeps_the_outcome() {
     // The agent waits for a file the test makes, so the first poll is
     // certain to find it running.
-    let dir = std::env::temp_dir().join(format!("scoutfs-fence-poll-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let go = dir.join("go");
+    let dir = Dir::new("poll");
+    let go = dir.0.join("go");
     let script = format!(
         "i=0; while [ ! -e '{}' ]; do sleep 0.01; i=$((i+1)); [ $i -gt 1000 ] && exit 1; done; exit 0",
         go.display()
@@ -170,7 +186,6 @@ fn poll_does_not_block_and_then_keeps_the_outcome() {
     assert_eq!(out, Ok(FenceOutcome::Fenced));
     assert_eq!(h.poll(), Some(Ok(FenceOutcome::Fenced)));
     assert_eq!(h.wait(), Ok(FenceOutcome::Fenced));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -178,14 +193,12 @@ fn requests_run_concurrently() {
     // Each agent marks itself and waits until all have: run one at a time,
     // the first would wait forever and time out.
     const N: usize = 4;
-    let dir = std::env::temp_dir().join(format!("scoutfs-fence-conc-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Dir::new("conc");
     let script = format!(
         "d='{}'; : > \"$d/$SCOUTFS_FENCE_RID\"; i=0; \
          while [ $(ls \"$d\" | wc -l) -lt {N} ]; do sleep 0.01; i=$((i+1)); \
          [ $i -gt 1000 ] && exit 1; done; exit 0",
-        dir.display()
+        dir.0.display()
     );
     let f = sh(&script, 20_000);
     let hs: Vec<FenceHandle> = (0..N as u64)
@@ -195,7 +208,6 @@ fn requests_run_concurrently() {
         assert_eq!(h.wait(), Ok(FenceOutcome::Fenced));
     }
     assert_eq!(f.running(), 0);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
