@@ -332,6 +332,44 @@ fn a_killed_process_that_is_not_reaped_yet_counts_as_exited() {
 }
 
 #[test]
+fn without_a_pidfd_the_kill_and_exit_are_seen_through_proc() {
+    // Kernels before 5.3 have no pidfds: the kill goes by pid right after
+    // the start-time check, and the exit is read from /proc (a zombie
+    // counts as exited).
+    let mut s = Sleeper::start();
+    let r = record(1, 0x12, s.0.id(), Path::new("/nonexistent"));
+    let v = Victim {
+        pid: r.pid,
+        pidfd: None,
+    };
+    v.kill().unwrap();
+    v.wait_exit(WAIT, &r).unwrap();
+    assert_eq!(proc_identity(r.pid).unwrap().unwrap().state, b'Z');
+    assert_eq!(s.0.wait().unwrap().signal(), Some(libc::SIGKILL));
+    // Killing what has exited and been reaped is not an error.
+    v.kill().unwrap();
+}
+
+#[test]
+fn a_process_that_ignores_sigkill_too_long_fails_the_fence() {
+    // A process cannot ignore SIGKILL; a zero wait stands in for one stuck
+    // in the kernel. The record and the mount are left as they are.
+    let d = Dir::new("stuck");
+    let s = Sleeper::start();
+    let p = record(1, 0x13, s.0.id(), Path::new("/nonexistent"))
+        .write(&d.0)
+        .unwrap();
+    let v = Victim {
+        pid: s.0.id(),
+        pidfd: None,
+    };
+    let r = LocalRecord::read(&p).unwrap();
+    let e = v.wait_exit(Duration::ZERO, &r).unwrap_err();
+    assert!(e.to_string().contains("did not exit"), "{e}");
+    assert!(p.exists());
+}
+
+#[test]
 fn stale_records_are_swept_and_live_ones_kept() {
     let d = Dir::new("sweep");
     let me = LocalRecord::for_this_process(1, Rid(1), Path::new("/m")).unwrap();
