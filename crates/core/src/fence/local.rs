@@ -54,9 +54,11 @@
 //!
 //! # Limits
 //!
-//! - One host and one mount namespace: the agent must run where the mount's
-//!   process and mountpoint are visible. Fencing other hosts needs a site's
-//!   own agent (power, storage or network fencing).
+//! - One host, one mount namespace and one pid namespace: the agent must run
+//!   where the mount's process and mountpoint are visible (a `/proc` with
+//!   `hidepid` hides other users' processes from a non-root agent; with a
+//!   pidfd that is an error, never taken for "gone"). Fencing other hosts
+//!   needs a site's own agent (power, storage or network fencing).
 //! - A process stuck in the kernel (uninterruptible sleep on a device)
 //!   ignores SIGKILL until it wakes; the agent then fails after
 //!   [`KILL_WAIT_MS_DEFAULT`] and the server retries through a new election.
@@ -509,13 +511,24 @@ impl Victim {
                 }
             }
         };
-        Ok(match rec.gone_reason()? {
-            Some(why) => Found::Gone(why),
-            None => Found::Live(Victim {
+        let Some(why) = rec.gone_reason()? else {
+            return Ok(Found::Live(Victim {
                 pid: rec.pid,
                 pidfd,
-            }),
-        })
+            }));
+        };
+        // A live process that /proc does not show (mounted with hidepid,
+        // or another pid namespace) is not gone: we cannot tell, so fail.
+        let hidden = pidfd.as_ref().is_some_and(|fd| !readable(fd, 0))
+            && proc_identity(rec.pid).ok().flatten().is_none();
+        if hidden {
+            return Err(Error::Invalid(format!(
+                "pid {} runs but /proc does not show it (hidepid, or another pid namespace): \
+                 its start time cannot be checked",
+                rec.pid
+            )));
+        }
+        Ok(Found::Gone(why))
     }
 
     fn kill(&self) -> Result<()> {
@@ -569,15 +582,7 @@ impl Victim {
     /// Whether the process has exited, waiting up to `ms` for it.
     fn exited(&self, ms: i32, rec: &LocalRecord) -> Result<bool> {
         if let Some(fd) = &self.pidfd {
-            let mut p = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll on one valid pollfd we own; a pidfd is readable
-            // once its process has exited.
-            let r = unsafe { libc::poll(&mut p, 1, ms) };
-            return Ok(r > 0 && p.revents & libc::POLLIN != 0);
+            return Ok(readable(fd, ms));
         }
         std::thread::sleep(Duration::from_millis(ms as u64));
         let id = proc_identity(self.pid)
@@ -587,6 +592,19 @@ impl Victim {
             Some(id) => id.start_time != rec.start_time || id.state == b'Z' || id.state == b'X',
         })
     }
+}
+
+/// Whether `fd` becomes readable within `ms`: a pidfd is, once its process
+/// has exited.
+fn readable(fd: &OwnedFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd we own.
+    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    r > 0 && p.revents & libc::POLLIN != 0
 }
 
 /// A mount as `/proc/self/mountinfo` shows it.
