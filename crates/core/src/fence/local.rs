@@ -182,7 +182,8 @@ impl LocalRecord {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut b = format!(
-            "{RECORD_MAGIC}\nfsid {:016x}\nrid {:016x}\npid {}\nstart_time {}\nboot_id {}\nmountpoint ",
+            "{RECORD_MAGIC}\nfsid {:016x}\nrid {:016x}\npid {}\nstart_time {}\n\
+             boot_id {}\nmountpoint ",
             self.fsid, self.rid.0, self.pid, self.start_time, self.boot_id
         )
         .into_bytes();

@@ -166,7 +166,8 @@ fn poll_does_not_block_and_then_keeps_the_outcome() {
     let dir = Dir::new("poll");
     let go = dir.0.join("go");
     let script = format!(
-        "i=0; while [ ! -e '{}' ]; do sleep 0.01; i=$((i+1)); [ $i -gt 1000 ] && exit 1; done; exit 0",
+        "i=0; while [ ! -e '{}' ]; do sleep 0.01; i=$((i+1)); \
+         [ $i -gt 1000 ] && exit 1; done; exit 0",
         go.display()
     );
     let f = sh(&script, 20_000);
