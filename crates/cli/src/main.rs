@@ -6,6 +6,7 @@
 //! and a non-zero exit status; none panics on bad input. Long work shows a
 //! progress bar when the output is a terminal.
 
+mod fence;
 mod fuse;
 mod mount;
 mod progress;
@@ -69,6 +70,19 @@ enum Cmd {
     /// (started, neither: mounted as a follower, or crashed). Exits non-zero
     /// when any quorum block or tree could not be read.
     Status(StatusArgs),
+    /// The local fence agent: fence a mount on this host by killing its
+    /// process and detaching its FUSE mount.
+    ///
+    /// Servers run it as their fence command (`scoutfs mount
+    /// --fence-command scoutfs --fence-arg fence-local`), which names the
+    /// mount in SCOUTFS_FENCE_RID (and SCOUTFS_FENCE_FSID). It finds the
+    /// record that mount's process wrote in the run directory, checks that
+    /// the pid still names that process (by its start time; a recycled pid
+    /// is never signalled), sends it SIGKILL, waits for it to exit, detaches
+    /// its mount and removes the record. Exits 0 when the mount is fenced or
+    /// already gone (no record, or its process ended); non-zero when it may
+    /// still run.
+    FenceLocal(fence::FenceLocalArgs),
 }
 
 #[derive(clap::Args)]
@@ -138,6 +152,7 @@ fn main() -> ExitCode {
         Cmd::Up(a) => mount::cmd_up(a),
         Cmd::Check { meta, data } => cmd_check(&meta, &data),
         Cmd::Status(a) => cmd_status(a),
+        Cmd::FenceLocal(a) => fence::cmd_fence_local(a),
     };
     match res {
         Ok(code) => code,

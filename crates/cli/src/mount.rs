@@ -5,17 +5,31 @@
 //! thread; one thread waits for them and unmounts, which ends the FUSE
 //! session; then the mount commits and says farewell. `umount MOUNTPOINT`
 //! ends the session the same way.
+//!
+//! Before the mount's id (rid) can reach any server, the process records
+//! itself for the local fence agent (`scoutfs fence-local`, see
+//! `scoutfs_core::fence::local`): its pid, start time and mountpoint in the
+//! run directory. The record is removed once the mount has ended.
+//!
+//! The fence options (`--fence-command`, `--fence-arg`,
+//! `--fence-timeout-ms`) are parsed into the mount's options for its server,
+//! which fences other mounts with them once mounts elect servers.
 
 use crate::fuse::ScoutFuse;
 use crate::size;
 use fuser::{Config, INodeNo, MountOption, Session, SessionACL};
+use scoutfs_core::dev::BlockDev;
+use scoutfs_core::fence::local::{run_dir, sweep_stale, LocalRecord, RUN_DIR_ENV};
+use scoutfs_core::fence::FENCE_TIMEOUT_MS_DEFAULT;
 use scoutfs_core::fs::AtimeMode;
-use scoutfs_core::mount::{Mount, MountOptions};
+use scoutfs_core::lock::Rid;
+use scoutfs_core::mount::{new_rid, Mount, MountOptions};
 use scoutfs_format::key::zone;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct MountArgs {
@@ -41,6 +55,31 @@ pub struct MountArgs {
     /// that isn't served from the kernel's page cache) or noatime.
     #[arg(long, default_value = "relatime", value_parser = ["relatime", "strictatime", "noatime"])]
     atime: String,
+    /// The program this mount's server runs to fence another mount (one
+    /// that stopped answering, or an old server) before it reclaims what
+    /// that mount held. It gets SCOUTFS_FENCE_RID, SCOUTFS_FENCE_ADDR,
+    /// SCOUTFS_FENCE_PORT, SCOUTFS_FENCE_REASON and SCOUTFS_FENCE_FSID in its
+    /// environment and exits 0 once that mount can no longer write. Without
+    /// it a server refuses to fence. For mounts on this host:
+    /// `--fence-command scoutfs --fence-arg fence-local`.
+    #[arg(long = "fence-command", value_name = "PROGRAM")]
+    fence_command: Option<String>,
+    /// An argument of the fence command; repeat for more.
+    #[arg(
+        long = "fence-arg",
+        value_name = "ARG",
+        requires = "fence_command",
+        allow_hyphen_values = true
+    )]
+    fence_args: Vec<String>,
+    /// How long the fence command may run before it is killed and the
+    /// fence counts as failed.
+    #[arg(
+        long = "fence-timeout-ms",
+        default_value_t = FENCE_TIMEOUT_MS_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    fence_timeout_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -71,6 +110,10 @@ pub fn cmd_mount(a: MountArgs) -> Result<ExitCode, String> {
         "noatime" => AtimeMode::Off,
         _ => AtimeMode::Relatime,
     };
+    opts.fence_command = a
+        .fence_command
+        .map(|p| std::iter::once(p).chain(a.fence_args).collect());
+    opts.fence_timeout_ms = a.fence_timeout_ms;
     serve(&a.meta, &a.data, &a.mountpoint, &opts, None)
 }
 
@@ -181,6 +224,43 @@ fn wait_signal(set: libc::sigset_t) -> i32 {
     sig
 }
 
+/// Records this process for the local fence agent; the record goes when
+/// the returned guard drops, once the mount has ended.
+///
+/// Called before the rid reaches any server: the agent takes "no record"
+/// to mean "fenced already", which is true only if a process that may still
+/// use the rid always has one.
+fn record_mount(meta: &Arc<dyn BlockDev>, rid: u64, mp: &Path) -> Result<RecordGuard, String> {
+    let sb =
+        scoutfs_core::commit::read_super(meta.as_ref(), true).map_err(|e| format!("mount: {e}"))?;
+    let fsid = sb.hdr.fsid.get();
+    let dir = run_dir();
+    sweep_stale(&dir);
+    let written = LocalRecord::for_this_process(fsid, Rid(rid), mp).and_then(|r| r.write(&dir));
+    if let Err(e) = written {
+        return Err(format!(
+            "mount: recording this mount for the fence agent: {e} \
+             (the directory is set by {RUN_DIR_ENV})"
+        ));
+    }
+    Ok(RecordGuard { dir, fsid, rid })
+}
+
+/// Removes this mount's fence record on drop.
+struct RecordGuard {
+    dir: PathBuf,
+    fsid: u64,
+    rid: u64,
+}
+
+impl Drop for RecordGuard {
+    fn drop(&mut self) {
+        if let Err(e) = LocalRecord::remove(&self.dir, self.fsid, Rid(self.rid)) {
+            eprintln!("scoutfs: {e}");
+        }
+    }
+}
+
 fn serve(
     meta: &Path,
     data: &Path,
@@ -195,7 +275,12 @@ fn serve(
     let _excl = exclusive(meta)?;
     let m = crate::open_dev(meta, true)?;
     let d = crate::open_dev(data, true)?;
-    let mnt = Mount::open(m, d, opts).map_err(|e| format!("mount: {e}"))?;
+    let mut opts = opts.clone();
+    let rid = new_rid();
+    opts.rid = Some(rid);
+    // Dropped after the mount (declared before it), on every path.
+    let _record = record_mount(&m, rid, &mp)?;
+    let mnt = Mount::open(m, d, &opts).map_err(|e| format!("mount: {e}"))?;
     let fuse = ScoutFuse::new(mnt.fs().clone());
     let known = fuse.known();
     let notifier_slot = fuse.notifier_slot();
@@ -253,7 +338,11 @@ fn serve(
             eprintln!("scoutfs: unmount: {e}");
         }
     });
-    eprintln!("scoutfs: mounted {} on {}", data.display(), mp.display());
+    eprintln!(
+        "scoutfs: mounted {} on {} (mount id {rid:016x})",
+        data.display(),
+        mp.display()
+    );
     if let Some(h) = hint {
         eprintln!("{h}");
     }

@@ -8,7 +8,8 @@
 //! delivery across reconnects and server changes as state machines without
 //! I/O (`net`), the election of the server's host among the quorum slots
 //! and the reading of quorum blocks (`quorum`), their TCP drivers (`tcp`),
-//! the server (`server`) and client (`client`), transactions
+//! the server (`server`) and client (`client`), the fencing of mounts the
+//! server gave up on (`fence`, with the local agent), transactions
 //! (`trans`), the filesystem (`fs`) and the setup of a mount (`mount`).
 //!
 //! Each layer calls only down. Errors are typed per layer and meet in
@@ -24,6 +25,7 @@ pub mod commit;
 pub mod counters;
 pub mod dev;
 pub mod error;
+pub mod fence;
 pub mod forest;
 pub mod fs;
 pub mod item;

@@ -2,7 +2,9 @@
 //!
 //! Setup: check the two devices belong together; open the metadata store
 //! and start the server (today in the same process: its single quorum slot
-//! makes it leader); make a random mount id (rid) and connect the client;
+//! makes it leader); make a random mount id (rid), or take the caller's
+//! (`scoutfs mount` chooses it to record itself for the local fence agent
+//! before any server can see the rid), and connect the client;
 //! greet; create the item cache, lock driver and first transaction; free
 //! inodes an earlier mount left unlinked; start the commit thread. Teardown reverses it: stop the commit thread, commit,
 //! say farewell, stop the lock worker, disconnect, stop the server.
@@ -12,6 +14,7 @@ use crate::client::Client;
 use crate::commit::{check_pair, read_super, Store};
 use crate::dev::BlockDev;
 use crate::error::{Error, Result};
+use crate::fence::{Fencer, FENCE_TIMEOUT_MS_DEFAULT};
 use crate::fs::{Fs, FsOptions};
 use crate::item::ItemCache;
 use crate::locks::{Locks, LOCK_IDLE_MAX_DEFAULT};
@@ -36,6 +39,15 @@ pub struct MountOptions {
     pub trans: TransLimits,
     pub fs: FsOptions,
     pub lock_idle_max: usize,
+    /// This mount's id; `None` makes a random one ([`new_rid`]).
+    pub rid: Option<u64>,
+    /// The fence command (program, then arguments) the server runs to
+    /// fence a mount; `None`: fencing is not configured, and the server
+    /// refuses to fence rather than guess (see [`crate::fence`]).
+    pub fence_command: Option<Vec<String>>,
+    /// How long a fence command may run before it is killed and the fence
+    /// counts as failed.
+    pub fence_timeout_ms: u64,
 }
 
 impl Default for MountOptions {
@@ -47,8 +59,27 @@ impl Default for MountOptions {
             trans: TransLimits::default(),
             fs: FsOptions::default(),
             lock_idle_max: LOCK_IDLE_MAX_DEFAULT,
+            rid: None,
+            fence_command: None,
+            fence_timeout_ms: FENCE_TIMEOUT_MS_DEFAULT,
         }
     }
+}
+
+impl MountOptions {
+    /// The fencer of this mount's fence options, for its server.
+    pub fn fencer(&self, fsid: u64) -> Fencer {
+        Fencer::new(
+            self.fence_command.clone(),
+            Duration::from_millis(self.fence_timeout_ms),
+        )
+        .with_fsid(fsid)
+    }
+}
+
+/// A new random mount id: never 0, which no mount uses.
+pub fn new_rid() -> u64 {
+    crate::rng::os_random_u64() | 1
 }
 
 /// A mounted filesystem: its server, client and fs.
@@ -69,6 +100,11 @@ impl Mount {
         data: Arc<dyn BlockDev>,
         opts: &MountOptions,
     ) -> Result<Mount> {
+        let rid = match opts.rid {
+            Some(0) => return Err(Error::Invalid("mount id (rid) 0 is not valid".into())),
+            Some(rid) => rid,
+            None => new_rid(),
+        };
         let msb = read_super(meta.as_ref(), true)?;
         let dsb = read_super(data.as_ref(), false)?;
         check_pair(&msb, &dsb, data.name())?;
@@ -78,7 +114,6 @@ impl Mount {
         // Until mounts elect their server, every mount serves its
         // filesystem itself, on a loopback port of its own.
         let server = Server::start(store, SocketAddr::from(([127, 0, 0, 1], 0)))?;
-        let rid = crate::rng::os_random_u64() | 1;
         let items = Arc::new(ItemCache::new(opts.item_cache_bytes));
         let locks = Locks::new(rid, items.clone(), opts.lock_idle_max);
         let client = Client::connect(server.addr(), fsid, rid, locks.clone())?;
@@ -131,6 +166,11 @@ impl Mount {
 
     pub fn fs(&self) -> &Arc<Fs> {
         &self.fs
+    }
+
+    /// This mount's id, as servers and fence agents know it.
+    pub fn rid(&self) -> u64 {
+        self.client.rid()
     }
 
     /// The server this mount runs, if it runs one.

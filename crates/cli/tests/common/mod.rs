@@ -82,7 +82,7 @@ pub fn mkfs(dir: &Scratch) -> (PathBuf, PathBuf) {
     (m, d)
 }
 
-fn is_mounted(mp: &Path) -> bool {
+pub fn is_mounted(mp: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let want = mp.to_str().unwrap();
     mounts.lines().any(|l| l.split(' ').nth(1) == Some(want))
@@ -108,6 +108,17 @@ pub struct MountProc {
 impl MountProc {
     /// Starts `scoutfs mount` and waits (bounded) for the mount to appear.
     pub fn start(meta: &Path, data: &Path, mp: &Path, extra: &[&str]) -> MountProc {
+        MountProc::start_env(meta, data, mp, extra, &[])
+    }
+
+    /// [`MountProc::start`] with more environment variables for the mount.
+    pub fn start_env(
+        meta: &Path,
+        data: &Path,
+        mp: &Path,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> MountProc {
         std::fs::create_dir_all(mp).unwrap();
         let mp = std::fs::canonicalize(mp).unwrap();
         let mut args = vec![
@@ -120,6 +131,7 @@ impl MountProc {
         args.extend_from_slice(extra);
         let child = Command::new(bin())
             .args(&args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
