@@ -576,6 +576,9 @@ impl Sim {
             m.cache.remove(&inv.start);
         }
         let (resp, acts) = m.lc.invalidate_done(inv.start);
+        let Some(resp) = resp else {
+            panic!("no response without a server change");
+        };
         let rid = m.rid();
         self.log(format_args!("{rid} invalidated {resp:?}"));
         self.send_up(i, Up::Response(resp));
