@@ -347,6 +347,8 @@ impl Handler for Locks {
                 self.apply(&mut st, acts);
             }
             ServerRequest::SyncLogTrees => self.queue(Work::Sync { id }),
+            // Lock recovery is not wired yet: servers don't fail over.
+            ServerRequest::LockRecover { .. } => {}
         }
     }
 }
