@@ -458,6 +458,9 @@ impl Sim {
                     (rid, Down::Grant { net_id, msg })
                 }
                 ServerOut::Invalidate { rid, msg } => (rid, Down::Invalidate(msg)),
+                ServerOut::Recover { rid, .. } => {
+                    panic!("server: asks {rid} to recover without a server change")
+                }
                 ServerOut::ProtocolError { rid, reason } => {
                     panic!("server: protocol error from {rid}: {reason}")
                 }
