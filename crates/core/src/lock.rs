@@ -130,8 +130,15 @@
 //!   server told the lower mode early could grant a conflicting lock while
 //!   our writes are still uncommitted or our cache still valid. A lock with
 //!   a request in flight reports the mode granted so far, not the one asked
-//!   for. `write_seq` lets the new server raise its seq above every seq our
-//!   uncommitted items carry.
+//!   for (the old server may have granted more, and taken it from others,
+//!   but we never used it), except a lock we are giving up: with a `Null`
+//!   request in flight it is not reported at all. The old server may
+//!   already have granted it away (its `Null` grant is what got lost), and
+//!   reporting it would clash with the new holder's report; it admits no
+//!   users and holds nothing dirty (`trim_idle` asks only for clean idle
+//!   locks), so counting it as given up is safe, and the resent request's
+//!   grant (`Null` to `Null`) then forgets it. `write_seq` lets the new
+//!   server raise its seq above every seq our uncommitted items carry.
 //! - Nothing else changes while the server recovers: it sends no grants or
 //!   invalidations, and void invalidations keep their mode, so batches of
 //!   one report asked for one after another describe one state.
@@ -757,13 +764,15 @@ impl LockClient {
     /// one) locks from `first` on that we hold in a mode other than
     /// `Null`, each at its granted mode (the old mode during an
     /// invalidation, the granted one while a request is in flight), and
-    /// whether more follow. The server asks again from after the last key.
+    /// whether more follow. Locks being given up (a `Null` request in
+    /// flight) are left out (module comment). The server asks again from
+    /// after the last key.
     pub fn recovery_batch(&self, first: Key, max: usize) -> (Vec<RecoverEntry>, bool) {
         assert!(max > 0, "a recovery batch of 0 entries");
         let mut held = self
             .locks
             .range(first..)
-            .filter(|(_, l)| l.mode != LockMode::Null)
+            .filter(|(_, l)| l.mode != LockMode::Null && l.request != Some(LockMode::Null))
             .map(|(k, l)| RecoverEntry {
                 key: *k,
                 mode: l.mode,
@@ -1394,7 +1403,7 @@ mod tests {
 
     #[test]
     fn recovery_reports_granted_modes() {
-        let mut c = lc(10);
+        let mut c = lc(0);
         let a = get(&mut c, 1, Write, 5);
         let b = get(&mut c, 1024, Read, 0);
         let d = get(&mut c, 2048, WriteOnly, 6);
@@ -1411,6 +1420,10 @@ mod tests {
         let Acquire::Wait(Some(_)) = c.acquire(s, e, Read) else {
             panic!("expected a request");
         };
+        // A lock being given up isn't reported.
+        let g = get(&mut c, 8192, Read, 0);
+        c.release(g, Read);
+        assert_eq!(c.trim_idle(), vec![grant(g, Read, Null, 0)]);
         let want = vec![
             entry(a, Write, 5),
             entry(b, Read, 0),
@@ -1421,6 +1434,13 @@ mod tests {
         assert_eq!(c.recovery_batch(b.inc(), 2), (want[2..].to_vec(), false));
         assert_eq!(c.recovery_batch(d, 1), (want[2..].to_vec(), false));
         assert_eq!(c.recovery_batch(d.inc(), 1), (vec![], false));
+        c.check_invariants();
+        // The new server didn't count it: its resent request is granted
+        // from `Null`, which forgets it.
+        c.server_changed();
+        let acts = c.on_grant(grant(g, Null, Null, 0));
+        assert!(matches!(acts[..], [ClientAction::DropCache { .. }]));
+        assert!(c.lock_view(&g).is_none());
         c.check_invariants();
     }
 

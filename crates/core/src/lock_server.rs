@@ -76,6 +76,28 @@
 //! grant at once), and a grant asserts it
 //! ([`LockServer::recovered_write_seq`]).
 //!
+//! # What the server layer does
+//!
+//! - At start, `recovering(rids)` with every mount of the `mounted_clients`
+//!   records (`new()` when there are none).
+//! - On a greeting from a mount of an earlier server (a client term that is
+//!   nonzero and not ours), once the greeting is accepted: `greeted(rid)`.
+//!   Send each [`ServerOut::Recover`] as `ServerRequest::LockRecover
+//!   {first}` and remember its id like an invalidation's.
+//! - On `ClientResponse::LockRecover {entries, more}`: raise the seq above
+//!   the entries' greatest `write_seq`, then `recover(rid, &entries, more,
+//!   seq)`, and carry out the outputs.
+//! - Also raise the seq above the `max_item_seq` of every log tree a mount
+//!   commits (COMMIT_LOG_TREES), as at start: a mount may commit through
+//!   the new server and then be fenced before it reports the lock whose
+//!   `write_seq` its items carry.
+//! - After the recovery timeout, fence every rid of `recovery_pending()`,
+//!   and a mount that sent a `ProtocolError`; once fenced, `rid_gone(rid)`.
+//!   A farewell may come from a mount still recovering: `farewell`.
+//! - Recovery gates only lock processing; other requests (commits above
+//!   all) are served meanwhile, or mounts could not finish invalidations
+//!   that must commit.
+//!
 //! # Protocol errors
 //!
 //! Messages come from the network, so impossible ones (a second request
