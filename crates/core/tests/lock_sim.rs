@@ -29,17 +29,20 @@
 //! locks, which it reports in batches (1–3 entries for some seeds, so
 //! batching is exercised) while its tasks go on using them. The server
 //! starts from a seq somewhere between its last durable seq and the old
-//! server's and raises it above every reported `write_seq` (as
-//! `server.rs` raises it above the log trees' item seqs). While recovering,
-//! some mounts are fenced: they vanish with their uncommitted increments and
-//! their unanswered requests, and a new mount takes their place.
+//! server's and raises it above every reported `write_seq`, and above the
+//! item seqs of every commit (a commit goes through the server, so a mount
+//! that lost its server can't commit, nor finish an invalidation that must,
+//! until it greets the new one). While recovering, some mounts are fenced:
+//! they vanish with their uncommitted increments and their unanswered
+//! requests, and a new mount takes their place.
 //!
 //! Checked after every step: no two mounts hold or could admit conflicting
 //! modes on one lock (across crashes too: a mount keeps its locks, so a
 //! WRITE holder stays exclusive); both machines' `check_invariants`; every
 //! request is granted at most once per server; while recovering, every
 //! mount that has reported is counted by the server at exactly the mode it
-//! holds; every write grant's `write_seq` is above every item seq that
+//! holds (or not at all while it gives the lock up: its `Null` request is
+//! then granted from `Null`); every write grant's `write_seq` is above every item seq that
 //! still exists (committed, or dirty in a live mount), and a WRITE holder
 //! writes no seq below one already written to its lock. Every read sees
 //! every increment made so far and not lost with a fenced mount (so
