@@ -94,24 +94,75 @@
 //! - A caller must not wait for a mode on a lock while it holds a user of a
 //!   mode that the wanted mode doesn't satisfy (it would wait for itself),
 //!   and must take several locks in ascending key order.
+//! - After a server change, follow "Recovery" below.
 //!
 //! The driver serialises all calls (one mutex around the machine). Grants
 //! must be fed in the order the server sent them, and so must
 //! invalidations; a grant and an invalidation may arrive swapped.
+//!
+//! # Recovery after a server change
+//!
+//! A new server starts with no lock state and rebuilds it from what every
+//! mount reports (`lock_server`'s recovery). Our locks stay valid across
+//! the change: users keep using them while the server recovers, because
+//! the new server grants nothing until every mount it expects has reported
+//! or been fenced. What the old server had in flight is handled so that the
+//! report is exact, i.e. the new server ends up counting us at exactly the
+//! mode we hold:
+//!
+//! - Requests in flight stay in flight: the net layer resends them, the new
+//!   server queues them until recovery ends and then grants them against
+//!   the recovered state, so a grant after the change answers a request we
+//!   sent before it and is accepted like any other.
+//! - Invalidations from the old server are void: it is gone and nobody
+//!   waits for their answers (the net layer refuses answers to a previous
+//!   server's requests). [`LockClient::server_changed`] drops the queued
+//!   ones that haven't started. One the driver is already working on
+//!   cannot be stopped (it may be committing), so it is marked void: its
+//!   users stay blocked until [`LockClient::invalidate_done`], which then
+//!   keeps the mode it had and returns no response. Keeping the old mode is
+//!   safe (the work only committed and dropped caches, which a holder may
+//!   always do) and is what makes the report exact whenever it was taken.
+//! - The report ([`LockClient::recovery_batch`], [`RecoverEntry`]) is every
+//!   lock with a granted mode other than `Null`, at that mode and its
+//!   `write_seq`. During an invalidation that is the old mode: the target
+//!   is applied only when the work (commit, cache drop) is done, and a new
+//!   server told the lower mode early could grant a conflicting lock while
+//!   our writes are still uncommitted or our cache still valid. A lock with
+//!   a request in flight reports the mode granted so far, not the one asked
+//!   for (the old server may have granted more, and taken it from others,
+//!   but we never used it), except a lock we are giving up: with a `Null`
+//!   request in flight it is not reported at all. The old server may
+//!   already have granted it away (its `Null` grant is what got lost), and
+//!   reporting it would clash with the new holder's report; it admits no
+//!   users and holds nothing dirty (`trim_idle` asks only for clean idle
+//!   locks), so counting it as given up is safe, and the resent request's
+//!   grant (`Null` to `Null`) then forgets it. `write_seq` lets the new
+//!   server raise its seq above every seq our uncommitted items carry.
+//! - Nothing else changes while the server recovers: it sends no grants or
+//!   invalidations, and void invalidations keep their mode, so batches of
+//!   one report asked for one after another describe one state.
+//!
+//! What the driver does on a server change (the net layer's greeting reply
+//! with `new_server`), before it handles any message from the new server:
+//! call `server_changed` and carry out its actions; forget the server
+//! request ids of every invalidation (they were the old server's), so an
+//! `invalidate_done` that returns no response pops no id. On each
+//! LOCK_RECOVER `{first}` from the server, answer with
+//! `recovery_batch(first, RECOVER_ENTRIES_MAX)` as `{entries, more}`.
 //!
 //! # Invariants ([`LockClient::check_invariants`])
 //!
 //! Users only in modes the granted mode, the request in flight and the
 //! invalidation being worked on all satisfy; at most one request in flight
 //! and one invalidation being worked on (the queue's head) per lock; queued
-//! invalidations within [`INVALIDATIONS_QUEUED_MAX`]; a dirty lock is never
-//! `Null`; the LRU holds exactly the idle locks; no forgettable lock is kept;
+//! invalidations within [`INVALIDATIONS_QUEUED_MAX`]; only the one being
+//! worked on may be void; a dirty lock is never `Null`; the LRU holds exactly the idle locks; no forgettable lock is kept;
 //! lock ranges are ordered and disjoint.
 //!
 //! # Limits
 //!
-//! No lock recovery after a server change yet (the server's LOCK_RECOVER),
-//! no non-blocking acquire, and no coverage registrations for other caches.
+//! No non-blocking acquire, and no coverage registrations for other caches.
 //! Clearing dirty marks walks every lock (bounded by idle_max plus locks in
 //! use). Waiter registrations are counts, so a caller that doesn't retry
 //! after a `Wake` loses its place; fairness is best effort.
@@ -128,6 +179,12 @@ const LOCK_GROUP_MASK: u64 = LOCK_GROUP_NR - 1;
 /// Invalidations queued per lock. The server keeps at most one outstanding
 /// per lock and mount, so more than this is a protocol error.
 pub const INVALIDATIONS_QUEUED_MAX: usize = 4;
+
+/// Entries in one LOCK_RECOVER answer. 1024 entries of 48 bytes keep a
+/// payload well under `wire::MAX_FRAME_DATA` (checked there at compile
+/// time) while a mount with the default 10,000 idle locks reports in ten
+/// round trips.
+pub const RECOVER_ENTRIES_MAX: usize = 1024;
 
 /// The mode of a cluster lock, as on the wire.
 #[repr(u8)]
@@ -210,6 +267,17 @@ pub struct LockMsg {
     pub write_seq: u64,
     pub old_mode: LockMode,
     pub new_mode: LockMode,
+}
+
+/// One lock a mount reports to a new server during recovery: the lock's
+/// start key, the mode the mount holds (never `Null`; the old mode while an
+/// invalidation is being carried out) and the `write_seq` of its grant
+/// (zero for modes that can't write).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoverEntry {
+    pub key: Key,
+    pub mode: LockMode,
+    pub write_seq: u64,
 }
 
 /// The inode group lock of `ino`: every item of 1024 consecutive inodes.
@@ -306,11 +374,13 @@ pub struct LockView {
 }
 
 /// One invalidation from the server; `target` is set once it is handed to
-/// the driver (only the queue's head).
+/// the driver (only the queue's head). `void` marks one the driver was
+/// working on when the server that sent it was replaced.
 #[derive(Clone, Debug)]
 struct Invalidation {
     msg: LockMsg,
     target: Option<LockMode>,
+    void: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -358,14 +428,15 @@ impl ClientLock {
             .any(|&m| self.users[m.idx()] > 0 && !new.satisfies(m))
     }
 
-    /// Whether the protocol state lets a new user of `want` in.
+    /// Whether the protocol state lets a new user of `want` in. The one
+    /// invalidation being worked on blocks by the mode it goes to.
     fn usable(&self, want: LockMode) -> bool {
         self.mode.satisfies(want)
             && !matches!(self.request, Some(r) if !r.satisfies(want))
             && self
                 .invalidations
                 .iter()
-                .all(|i| i.msg.new_mode.satisfies(want))
+                .all(|i| i.target.unwrap_or(i.msg.new_mode).satisfies(want))
     }
 
     /// Whether a waiter for a conversion that users of `want` would hold up
@@ -581,10 +652,12 @@ impl LockClient {
         if req != msg.new_mode {
             return Err(format!("grant {msg:?} for a request of {req}"));
         }
+        // A void invalidation's answer never reached the old server, so
+        // the new server may grant our resent request meanwhile.
         if lock
             .invalidations
             .front()
-            .is_some_and(|i| i.target.is_some())
+            .is_some_and(|i| i.target.is_some() && !i.void)
         {
             return Err(format!("grant {msg:?} during an invalidation"));
         }
@@ -614,16 +687,21 @@ impl LockClient {
             let reason = format!("invalidation {msg:?} beyond the queue limit");
             return vec![ClientAction::ProtocolError { key: start, reason }];
         }
-        lock.invalidations
-            .push_back(Invalidation { msg, target: None });
+        lock.invalidations.push_back(Invalidation {
+            msg,
+            target: None,
+            void: false,
+        });
         let mut out = Vec::new();
         self.settle(start, false, &mut out);
         out
     }
 
     /// The driver finished an emitted `Invalidate`: returns the response
-    /// to send to the server and further actions.
-    pub fn invalidate_done(&mut self, start: Key) -> (LockMsg, Vec<ClientAction>) {
+    /// to send to the server and further actions. There is no response
+    /// when the invalidation was voided by a server change: the mode is
+    /// then kept (see "Recovery" in the module comment).
+    pub fn invalidate_done(&mut self, start: Key) -> (Option<LockMsg>, Vec<ClientAction>) {
         let lock = self.lock_mut(&start);
         let target = match lock.invalidations.front() {
             Some(Invalidation {
@@ -637,17 +715,72 @@ impl LockClient {
             lock.dirty_trans_seq
         );
         assert!(!lock.users_block(target), "users {:?} left", lock.users);
-        let inv = lock.invalidations.pop_front().map(|i| i.msg);
-        let Some(msg) = inv else {
+        let Some(inv) = lock.invalidations.pop_front() else {
             unreachable!("the queue's head was just read");
         };
-        lock.mode = target;
-        if !target.can_write() {
-            lock.write_seq = 0;
+        if !inv.void {
+            lock.mode = target;
+            if !target.can_write() {
+                lock.write_seq = 0;
+            }
         }
         let mut out = Vec::new();
         self.settle(start, true, &mut out);
-        (msg, out)
+        ((!inv.void).then_some(inv.msg), out)
+    }
+
+    /// The server was replaced (the net layer's greeting reply says
+    /// `new_server`): the old server's invalidations are void. Queued ones
+    /// are dropped; the one being worked on is marked void (module
+    /// comment). Requests in flight are kept for the net layer's resend.
+    pub fn server_changed(&mut self) -> Vec<ClientAction> {
+        let keys: Vec<Key> = self
+            .locks
+            .iter()
+            .filter(|(_, l)| !l.invalidations.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = Vec::new();
+        for key in keys {
+            let lock = self.lock_mut(&key);
+            let before = lock.invalidations.len();
+            lock.invalidations.retain(|i| i.target.is_some());
+            for i in lock.invalidations.iter_mut() {
+                i.void = true;
+            }
+            // Waiters held back by a dropped invalidation may go on.
+            let dropped = lock.invalidations.len() != before;
+            self.settle(key, dropped, &mut out);
+        }
+        out
+    }
+
+    /// Every lock we hold, for a new server: see [`Self::recovery_batch`].
+    pub fn recovery_report(&self) -> Vec<RecoverEntry> {
+        self.recovery_batch(Key::MIN, usize::MAX).0
+    }
+
+    /// The answer to a LOCK_RECOVER `{first}`: the first `max` (at least
+    /// one) locks from `first` on that we hold in a mode other than
+    /// `Null`, each at its granted mode (the old mode during an
+    /// invalidation, the granted one while a request is in flight), and
+    /// whether more follow. Locks being given up (a `Null` request in
+    /// flight) are left out (module comment). The server asks again from
+    /// after the last key.
+    pub fn recovery_batch(&self, first: Key, max: usize) -> (Vec<RecoverEntry>, bool) {
+        assert!(max > 0, "a recovery batch of 0 entries");
+        let mut held = self
+            .locks
+            .range(first..)
+            .filter(|(_, l)| l.mode != LockMode::Null && l.request != Some(LockMode::Null))
+            .map(|(k, l)| RecoverEntry {
+                key: *k,
+                mode: l.mode,
+                write_seq: l.write_seq,
+            });
+        let entries: Vec<RecoverEntry> = held.by_ref().take(max).collect();
+        let more = held.next().is_some();
+        (entries, more)
     }
 
     /// A holder of a write mode dirtied open transaction `trans_seq`.
@@ -841,8 +974,14 @@ fn check_lock(start: &Key, lock: &ClientLock) {
         lock.invalidations
             .iter()
             .skip(1)
-            .all(|i| i.target.is_none()),
+            .all(|i| i.target.is_none() && !i.void),
         "more than one invalidation in progress on {start:?}"
+    );
+    assert!(
+        lock.invalidations
+            .front()
+            .is_none_or(|i| !i.void || i.target.is_some()),
+        "a void invalidation not in progress on {start:?}"
     );
     assert!(
         lock.dirty_trans_seq == 0 || lock.mode != LockMode::Null,
@@ -1009,7 +1148,7 @@ mod tests {
         assert_eq!(c.lock_view(&s).unwrap().dirty_trans_seq, 3);
         c.trans_committed(3);
         let (resp, acts) = c.invalidate_done(s);
-        assert_eq!(resp, inv);
+        assert_eq!(resp, Some(inv));
         assert!(acts.is_empty());
         let v = c.lock_view(&s).unwrap();
         assert_eq!((v.mode, v.users, v.write_seq), (Read, [0, 1, 0, 0], 0));
@@ -1048,7 +1187,7 @@ mod tests {
         // A waiter registered meanwhile is woken when it is done.
         assert_eq!(c.acquire(s, end(s), WriteOnly), Acquire::Wait(None));
         let (resp, acts) = c.invalidate_done(s);
-        assert_eq!(resp, inv);
+        assert_eq!(resp, Some(inv));
         assert_eq!(acts, vec![ClientAction::Wake { start: s }]);
         assert!(c.lock_view(&s).is_none());
         assert_eq!(c.idle_len(), 0);
@@ -1161,7 +1300,7 @@ mod tests {
             ]
         ));
         let (resp, _) = c.invalidate_done(s);
-        assert_eq!(resp, inv);
+        assert_eq!(resp, Some(inv));
         // The request is still in flight, so the null lock is kept.
         let v = c.lock_view(&s).unwrap();
         assert_eq!((v.mode, v.request), (Null, Some(Write)));
@@ -1251,6 +1390,139 @@ mod tests {
         let s = get(&mut c, 1, Read, 0);
         let acts = c.on_grant(grant(s, Read, Write, 1));
         assert!(matches!(acts[..], [ClientAction::ProtocolError { .. }]));
+        c.check_invariants();
+    }
+
+    fn entry(key: Key, mode: LockMode, write_seq: u64) -> RecoverEntry {
+        RecoverEntry {
+            key,
+            mode,
+            write_seq,
+        }
+    }
+
+    #[test]
+    fn recovery_reports_granted_modes() {
+        let mut c = lc(0);
+        let a = get(&mut c, 1, Write, 5);
+        let b = get(&mut c, 1024, Read, 0);
+        let d = get(&mut c, 2048, WriteOnly, 6);
+        // A request in flight reports the mode granted so far.
+        let Acquire::Wait(Some(_)) = c.acquire(b, end(b), Write) else {
+            panic!("expected an upgrade request");
+        };
+        // An invalidation being worked on reports the old mode.
+        c.release(a, Write);
+        let acts = c.on_invalidate(grant(a, Write, Null, 0));
+        assert!(matches!(acts[..], [ClientAction::Invalidate { .. }]));
+        // A lock asked for but never granted isn't reported.
+        let (s, e) = inode_lock_range(4096);
+        let Acquire::Wait(Some(_)) = c.acquire(s, e, Read) else {
+            panic!("expected a request");
+        };
+        // A lock being given up isn't reported.
+        let g = get(&mut c, 8192, Read, 0);
+        c.release(g, Read);
+        assert_eq!(c.trim_idle(), vec![grant(g, Read, Null, 0)]);
+        let want = vec![
+            entry(a, Write, 5),
+            entry(b, Read, 0),
+            entry(d, WriteOnly, 6),
+        ];
+        assert_eq!(c.recovery_report(), want);
+        assert_eq!(c.recovery_batch(Key::MIN, 2), (want[..2].to_vec(), true));
+        assert_eq!(c.recovery_batch(b.inc(), 2), (want[2..].to_vec(), false));
+        assert_eq!(c.recovery_batch(d, 1), (want[2..].to_vec(), false));
+        assert_eq!(c.recovery_batch(d.inc(), 1), (vec![], false));
+        c.check_invariants();
+        // The new server didn't count it: its resent request is granted
+        // from `Null`, which forgets it.
+        c.server_changed();
+        let acts = c.on_grant(grant(g, Null, Null, 0));
+        assert!(matches!(acts[..], [ClientAction::DropCache { .. }]));
+        assert!(c.lock_view(&g).is_none());
+        c.check_invariants();
+    }
+
+    #[test]
+    fn server_change_voids_invalidations_and_keeps_requests() {
+        let mut c = lc(10);
+        let a = get(&mut c, 1, Write, 5);
+        let b = get(&mut c, 1024, Read, 0);
+        c.mark_dirty(a, 3);
+        // `a` is being invalidated (the driver is committing) with a
+        // second invalidation queued; `b` has one queued behind a reader.
+        c.release(a, Write);
+        let acts = c.on_invalidate(grant(a, Write, Read, 0));
+        assert!(matches!(
+            acts[..],
+            [ClientAction::Invalidate { sync: true, .. }]
+        ));
+        assert!(c.on_invalidate(grant(a, Read, Null, 0)).is_empty());
+        let Acquire::Wait(Some(req)) = c.acquire(b, end(b), Write) else {
+            panic!("expected an upgrade request");
+        };
+        assert!(c.on_invalidate(grant(b, Read, Null, 0)).is_empty());
+        assert_eq!(c.acquire(b, end(b), Read), Acquire::Wait(None));
+        let acts = c.server_changed();
+        // The reader held back by `b`'s dropped invalidation may go on.
+        assert_eq!(acts, vec![ClientAction::Wake { start: b }]);
+        assert!(matches!(c.acquire(b, end(b), Read), Acquire::Held { .. }));
+        c.release(b, Read);
+        // The void invalidation still blocks writers until it is done.
+        assert_eq!(c.acquire(a, end(a), Write), Acquire::Wait(None));
+        c.check_invariants();
+        assert_eq!(
+            c.recovery_report(),
+            vec![entry(a, Write, 5), entry(b, Read, 0)]
+        );
+        c.trans_committed(3);
+        let (resp, acts) = c.invalidate_done(a);
+        assert_eq!(resp, None, "the old server is gone");
+        assert_eq!(acts, vec![ClientAction::Wake { start: a }]);
+        let v = c.lock_view(&a).unwrap();
+        assert_eq!((v.mode, v.write_seq, v.invalidations_queued), (Write, 5, 0));
+        assert!(matches!(
+            c.acquire(a, end(a), Write),
+            Acquire::Held { write_seq: 5, .. }
+        ));
+        // The resent request is granted by the new server.
+        let acts = c.on_grant(grant(b, req.old_mode, Write, 9));
+        assert!(acts.is_empty(), "{acts:?}");
+        assert!(matches!(
+            c.acquire(b, end(b), Write),
+            Acquire::Held { write_seq: 9, .. }
+        ));
+        c.check_invariants();
+    }
+
+    #[test]
+    fn grant_during_a_void_invalidation_is_accepted() {
+        let mut c = lc(10);
+        let s = get(&mut c, 1, Read, 0);
+        let Acquire::Wait(Some(_)) = c.acquire(s, end(s), Write) else {
+            panic!("expected an upgrade request");
+        };
+        c.release(s, Read);
+        let acts = c.on_invalidate(grant(s, Read, Null, 0));
+        assert!(matches!(acts[..], [ClientAction::Invalidate { .. }]));
+        assert!(matches!(
+            c.on_grant(grant(s, Read, Write, 4))[..],
+            [ClientAction::ProtocolError { .. }]
+        ));
+        c.server_changed();
+        // The new server recovered us at READ and granted the upgrade
+        // while the driver was still dropping the cache for the old one.
+        assert!(c.on_grant(grant(s, Read, Write, 7)).is_empty());
+        assert_eq!(c.lock_view(&s).unwrap().mode, Write);
+        assert_eq!(c.acquire(s, end(s), Write), Acquire::Wait(None));
+        c.check_invariants();
+        let (resp, acts) = c.invalidate_done(s);
+        assert_eq!((resp, acts), (None, vec![ClientAction::Wake { start: s }]));
+        assert!(matches!(
+            c.acquire(s, end(s), Write),
+            Acquire::Held { write_seq: 7, .. }
+        ));
         c.check_invariants();
     }
 

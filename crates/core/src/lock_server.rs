@@ -3,7 +3,8 @@
 //! # What it is
 //!
 //! A pure state machine run by the elected server. Inputs are LOCK requests
-//! from mounts, their responses to our invalidations, and farewells; each
+//! from mounts, their responses to our invalidations, farewells and, after
+//! a server change, the mounts' reports of the locks they hold; each
 //! returns the messages to send ([`ServerOut`]). It has no threads, clocks
 //! or I/O, and its outputs are ordered only by its inputs and key order.
 //! Modes, compatibility and the wire struct live in [`crate::lock`].
@@ -41,13 +42,73 @@
 //! drops it for `Null`). A farewell drops every entry of the mount, queued
 //! requests included, and reprocesses the locks it touched in key order.
 //!
+//! # Recovery after a server change
+//!
+//! Grants live only in memory, so a new server ([`LockServer::recovering`])
+//! starts from the mounts that were connected to the old one (the
+//! `mounted_clients` records) and rebuilds exactly who holds what from
+//! their reports before it decides anything:
+//!
+//! 1. When an expected mount greets ([`LockServer::greeted`]), ask it for
+//!    its locks: [`ServerOut::Recover`] `{first = Key::MIN}`.
+//! 2. Each answer ([`LockServer::recover`]) is a batch of entries `{key,
+//!    mode, write_seq}` in ascending key order from `first` on, and whether
+//!    more follow; if so, ask again from after the last key. Entries are
+//!    installed as granted. A mount reports the mode it holds, the old
+//!    one during an invalidation, so the rebuilt state never counts a mount
+//!    at less than it may use.
+//! 3. A mount that doesn't report in time is fenced by the server layer,
+//!    which then calls [`LockServer::rid_gone`]: its entries and requests
+//!    are dropped. A farewell counts the same.
+//! 4. When every expected mount has reported or is gone, recovery ends and
+//!    the requests queued meanwhile are processed, lock by lock in the
+//!    order of each lock's first queued request, each lock's queue in
+//!    arrival order.
+//!
+//! While recovering, requests (resent ones included, and those of new
+//! mounts) are queued, never granted, and nothing is invalidated: a mount
+//! that hasn't reported yet may hold anything. Invalidation responses are
+//! protocol errors (nothing was sent). Items a mount wrote under a write
+//! lock carry the grant's `write_seq` and may still be uncommitted, so the
+//! new server's seq must exceed every reported `write_seq` before it grants
+//! a write mode: the driver raises its seq source above a batch's largest
+//! `write_seq` before passing the batch in (a batch may end recovery and
+//! grant at once), and a grant asserts it
+//! ([`LockServer::recovered_write_seq`]).
+//!
+//! # What the server layer does
+//!
+//! - At start, `recovering(rids)` with every mount of the `mounted_clients`
+//!   records (`new()` when there are none).
+//! - On a greeting from a mount of an earlier server (a client term that is
+//!   nonzero and not ours), once the greeting is accepted: `greeted(rid)`.
+//!   Send each [`ServerOut::Recover`] as `ServerRequest::LockRecover
+//!   {first}` and remember its id like an invalidation's.
+//! - On `ClientResponse::LockRecover {entries, more}`: raise the seq above
+//!   the entries' greatest `write_seq`, then `recover(rid, &entries, more,
+//!   seq)`, and carry out the outputs.
+//! - Also raise the seq above the `max_item_seq` of every log tree a mount
+//!   commits (COMMIT_LOG_TREES), as at start: a mount may commit through
+//!   the new server and then be fenced before it reports the lock whose
+//!   `write_seq` its items carry.
+//! - After the recovery timeout, fence every rid of `recovery_pending()`,
+//!   and a mount that sent a `ProtocolError`; once fenced, `rid_gone(rid)`.
+//!   A farewell may come from a mount still recovering: `farewell`.
+//! - Recovery gates only lock processing; other requests (commits above
+//!   all) are served meanwhile, or mounts could not finish invalidations
+//!   that must commit.
+//!
 //! # Protocol errors
 //!
 //! Messages come from the network, so impossible ones (a second request
 //! from a mount for a lock it already has one queued on, a response without
-//! an outstanding invalidation or with other modes) are answered with
-//! [`ServerOut::ProtocolError`] and otherwise ignored; the driver should
-//! disconnect (and eventually fence) that mount.
+//! an outstanding invalidation or with other modes, a report nobody asked
+//! for, out of order, of a `Null` mode, claiming more without entries, or
+//! conflicting with another mount's reported mode) are answered with
+//! [`ServerOut::ProtocolError`] and otherwise ignored; a refused report
+//! installs none of its batch. The driver should disconnect (and
+//! eventually fence) that mount: two mounts claiming conflicting modes
+//! means one of them is broken, and fencing it is the only safe way on.
 //!
 //! # Invariants ([`LockServer::check_invariants`])
 //!
@@ -56,19 +117,21 @@
 //! `Read` from `Write` or for `Null`; a mount has at most one entry per lock
 //! across granted and invalidated (so at most one pending invalidation) and
 //! at most one queued request; a lock with queued requests has an
-//! outstanding invalidation (processing always runs until it must wait); no
-//! empty lock is kept.
+//! outstanding invalidation (processing always runs until it must wait),
+//! except while recovering, when nothing is invalidated and every lock with
+//! queued requests is listed for processing; no empty lock is kept.
 //!
 //! # Limits
 //!
-//! No lock recovery after a server change (LOCK_RECOVER) yet: a new server
-//! starts empty. Processing does not wait for recovery. A farewell walks
-//! every lock. The requested queue of a lock holds at most one entry per
-//! mount, so it is bounded by the number of mounts.
+//! Recovery has no clock: its timeout (the original's 30 s) and the fencing
+//! of late mounts are the server layer's. A farewell walks every lock. The
+//! requested queue of a lock holds at most one entry per mount, so it is
+//! bounded by the number of mounts; a report batch by
+//! [`RECOVER_ENTRIES_MAX`].
 
-use crate::lock::{modes_compatible, LockMode, LockMsg, Rid};
+use crate::lock::{modes_compatible, LockMode, LockMsg, RecoverEntry, Rid, RECOVER_ENTRIES_MAX};
 use scoutfs_format::Key;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// A message for the driver to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +140,9 @@ pub enum ServerOut {
     Grant { rid: Rid, net_id: u64, msg: LockMsg },
     /// A server → mount request to give the lock up to `msg.new_mode`.
     Invalidate { rid: Rid, msg: LockMsg },
+    /// A server → mount LOCK_RECOVER request: report the locks you hold
+    /// from `first` on; the answer goes to [`LockServer::recover`].
+    Recover { rid: Rid, first: Key },
     /// An impossible message from `rid` was ignored.
     ProtocolError { rid: Rid, reason: String },
 }
@@ -126,15 +192,76 @@ fn invalidation_target(held: LockMode, wanted: LockMode) -> LockMode {
     }
 }
 
+/// Where the recovery of one expected mount stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RecoverState {
+    /// It hasn't greeted this server yet.
+    Waiting,
+    /// It was asked for its locks from `first` on.
+    Asked { first: Key },
+}
+
+/// The state of a recovering server.
+#[derive(Clone, Debug, Default)]
+struct Recovery {
+    /// Expected mounts that haven't finished reporting.
+    pending: BTreeMap<Rid, RecoverState>,
+    /// Locks with queued requests, in the order of their first request.
+    queued: Vec<Key>,
+    queued_set: BTreeSet<Key>,
+}
+
 /// The lock server; see the module comment.
 #[derive(Debug, Default)]
 pub struct LockServer {
     locks: BTreeMap<Key, ServerLock>,
+    recovery: Option<Recovery>,
+    /// The greatest `write_seq` any mount reported.
+    recovered_write_seq: u64,
 }
 
 impl LockServer {
+    /// The lock server of a filesystem that nobody has mounted under an
+    /// earlier server.
     pub fn new() -> LockServer {
         LockServer::default()
+    }
+
+    /// The lock server of a new server: it recovers the locks of the
+    /// `expected` mounts (those mounted under the old server) before it
+    /// grants anything. With none expected it starts ready.
+    pub fn recovering(expected: impl IntoIterator<Item = Rid>) -> LockServer {
+        let pending: BTreeMap<Rid, RecoverState> = expected
+            .into_iter()
+            .map(|r| (r, RecoverState::Waiting))
+            .collect();
+        let recovery = (!pending.is_empty()).then(|| Recovery {
+            pending,
+            ..Recovery::default()
+        });
+        LockServer {
+            recovery,
+            ..LockServer::default()
+        }
+    }
+
+    /// Whether some expected mount hasn't reported or gone yet.
+    pub fn is_recovering(&self) -> bool {
+        self.recovery.is_some()
+    }
+
+    /// The expected mounts that haven't finished reporting, for the server
+    /// layer's recovery timeout.
+    pub fn recovery_pending(&self) -> Vec<Rid> {
+        self.recovery
+            .as_ref()
+            .map_or_else(Vec::new, |r| r.pending.keys().copied().collect())
+    }
+
+    /// The greatest `write_seq` reported in recovery (0 if none): every
+    /// write grant's seq is above it.
+    pub fn recovered_write_seq(&self) -> u64 {
+        self.recovered_write_seq
     }
 
     /// Locks with any state.
@@ -185,9 +312,129 @@ impl LockServer {
             old_mode: msg.old_mode,
             new_mode: msg.new_mode,
         });
+        if let Some(rec) = self.recovery.as_mut() {
+            if rec.queued_set.insert(msg.key) {
+                rec.queued.push(msg.key);
+            }
+            return Vec::new();
+        }
         let mut out = Vec::new();
         self.process(msg.key, seq, &mut out);
         out
+    }
+
+    /// Mount `rid` greeted this server after a server change: if it is
+    /// expected and not asked yet, ask for its locks. Repeated greetings
+    /// (reconnects) ask nothing more: the net layer resends the question.
+    pub fn greeted(&mut self, rid: Rid) -> Vec<ServerOut> {
+        let Some(st) = self.recovery.as_mut().and_then(|r| r.pending.get_mut(&rid)) else {
+            return Vec::new();
+        };
+        if *st != RecoverState::Waiting {
+            return Vec::new();
+        }
+        *st = RecoverState::Asked { first: Key::MIN };
+        vec![ServerOut::Recover {
+            rid,
+            first: Key::MIN,
+        }]
+    }
+
+    /// Mount `rid` answered our LOCK_RECOVER with `entries` (from the key
+    /// we asked for on, ascending) and whether `more` follow. The seq
+    /// source must already be above every entry's `write_seq` (module
+    /// comment).
+    pub fn recover(
+        &mut self,
+        rid: Rid,
+        entries: &[RecoverEntry],
+        more: bool,
+        seq: &mut dyn FnMut() -> u64,
+    ) -> Vec<ServerOut> {
+        if let Err(reason) = self.check_report(rid, entries, more) {
+            return vec![ServerOut::ProtocolError { rid, reason }];
+        }
+        for e in entries {
+            let lock = self.locks.entry(e.key).or_default();
+            lock.granted.insert(rid, e.mode);
+            self.recovered_write_seq = self.recovered_write_seq.max(e.write_seq);
+        }
+        let Some(rec) = self.recovery.as_mut() else {
+            unreachable!("check_report found recovery");
+        };
+        match entries.last() {
+            Some(last) if more => {
+                let first = last.key.inc();
+                rec.pending.insert(rid, RecoverState::Asked { first });
+                vec![ServerOut::Recover { rid, first }]
+            }
+            _ => {
+                rec.pending.remove(&rid);
+                let mut out = Vec::new();
+                self.maybe_end_recovery(seq, &mut out);
+                out
+            }
+        }
+    }
+
+    /// Why a report can't be installed, if it can't.
+    fn check_report(&self, rid: Rid, entries: &[RecoverEntry], more: bool) -> Result<(), String> {
+        let asked = self.recovery.as_ref().and_then(|r| r.pending.get(&rid));
+        let Some(RecoverState::Asked { first }) = asked else {
+            return Err(format!(
+                "a lock report of {} entries nobody asked for",
+                entries.len()
+            ));
+        };
+        if entries.len() > RECOVER_ENTRIES_MAX {
+            return Err(format!("a lock report of {} entries", entries.len()));
+        }
+        match entries.last() {
+            None if more => return Err("an empty lock report that claims more".into()),
+            Some(last) if more && last.key == Key::MAX => {
+                return Err("a lock report that claims more after the last key".into())
+            }
+            _ => {}
+        }
+        let mut prev: Option<Key> = None;
+        for e in entries {
+            if e.key < *first || prev.is_some_and(|p| p >= e.key) {
+                return Err(format!("lock report {e:?} out of order (from {first:?})"));
+            }
+            prev = Some(e.key);
+            if e.mode == LockMode::Null {
+                return Err(format!("lock report {e:?} of a null mode"));
+            }
+            let Some(lock) = self.locks.get(&e.key) else {
+                continue;
+            };
+            if lock.granted.contains_key(&rid) {
+                return Err(format!("lock report {e:?} repeats a key"));
+            }
+            let clash = lock
+                .granted
+                .iter()
+                .find(|(_, &m)| !modes_compatible(m, e.mode));
+            if let Some((other, m)) = clash {
+                return Err(format!(
+                    "lock report {e:?} conflicts with {other} holding {m}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends recovery once nobody is pending, then processes what queued.
+    fn maybe_end_recovery(&mut self, seq: &mut dyn FnMut() -> u64, out: &mut Vec<ServerOut>) {
+        if self.recovery.as_ref().is_none_or(|r| !r.pending.is_empty()) {
+            return;
+        }
+        let Some(rec) = self.recovery.take() else {
+            return;
+        };
+        for key in rec.queued {
+            self.process(key, seq, out);
+        }
     }
 
     /// Mount `rid` answered our invalidation.
@@ -220,8 +467,15 @@ impl LockServer {
         out
     }
 
-    /// Mount `rid` is gone: forget everything it held or asked for.
+    /// Mount `rid` said farewell: the same as [`Self::rid_gone`] (it
+    /// committed before, and its cache goes with it).
     pub fn farewell(&mut self, rid: Rid, seq: &mut dyn FnMut() -> u64) -> Vec<ServerOut> {
+        self.rid_gone(rid, seq)
+    }
+
+    /// Mount `rid` is gone (fenced, or said farewell): forget everything it
+    /// held or asked for, and stop waiting for its recovery.
+    pub fn rid_gone(&mut self, rid: Rid, seq: &mut dyn FnMut() -> u64) -> Vec<ServerOut> {
         let mut touched = Vec::new();
         for (key, lock) in self.locks.iter_mut() {
             let before = lock.requested.len();
@@ -233,6 +487,18 @@ impl LockServer {
             }
         }
         let mut out = Vec::new();
+        if let Some(rec) = self.recovery.as_mut() {
+            rec.pending.remove(&rid);
+            // Locks left empty are dropped; queued ones are processed
+            // when recovery ends (here, if `rid` was the last).
+            for key in touched {
+                if self.locks.get(&key).is_some_and(|l| l.is_empty()) {
+                    self.locks.remove(&key);
+                }
+            }
+            self.maybe_end_recovery(seq, &mut out);
+            return out;
+        }
         for key in touched {
             self.process(key, seq, &mut out);
         }
@@ -241,6 +507,11 @@ impl LockServer {
 
     /// Grants queued requests in order until one must wait (module comment).
     fn process(&mut self, key: Key, seq: &mut dyn FnMut() -> u64, out: &mut Vec<ServerOut>) {
+        assert!(
+            self.recovery.is_none(),
+            "processing {key:?} while recovering"
+        );
+        let floor = self.recovered_write_seq;
         let Some(lock) = self.locks.get_mut(&key) else {
             return;
         };
@@ -270,7 +541,7 @@ impl LockServer {
                 break;
             }
             lock.requested.pop_front();
-            out.push(grant(lock, key, &head, seq));
+            out.push(grant(lock, key, &head, floor, seq));
         }
         if lock.is_empty() {
             self.locks.remove(&key);
@@ -312,19 +583,37 @@ impl LockServer {
                     a.rid
                 );
             }
-            assert!(
-                lock.requested.is_empty() || !lock.invalidated.is_empty(),
-                "requests on {key:?} stalled with nothing outstanding"
-            );
+            match &self.recovery {
+                Some(rec) => {
+                    assert!(
+                        lock.invalidated.is_empty(),
+                        "invalidating {key:?} in recovery"
+                    );
+                    assert!(
+                        lock.requested.is_empty() || rec.queued_set.contains(key),
+                        "requests on {key:?} not listed for after recovery"
+                    );
+                }
+                None => assert!(
+                    lock.requested.is_empty() || !lock.invalidated.is_empty(),
+                    "requests on {key:?} stalled with nothing outstanding"
+                ),
+            }
+        }
+        if let Some(rec) = &self.recovery {
+            assert!(!rec.pending.is_empty(), "recovery with nobody pending");
+            assert_eq!(rec.queued.len(), rec.queued_set.len());
         }
     }
 }
 
-/// Grants `req` (already taken off the queue) and records the result.
+/// Grants `req` (already taken off the queue) and records the result. A
+/// write seq must exceed `floor`, the greatest recovered one.
 fn grant(
     lock: &mut ServerLock,
     key: Key,
     req: &Requested,
+    floor: u64,
     seq: &mut dyn FnMut() -> u64,
 ) -> ServerOut {
     let old_mode = lock
@@ -333,6 +622,11 @@ fn grant(
         .copied()
         .unwrap_or(LockMode::Null);
     let write_seq = if req.new_mode.can_write() { seq() } else { 0 };
+    assert!(
+        write_seq == 0 || write_seq > floor,
+        "write seq {write_seq} of {key:?} not above the recovered {floor}: \
+         the seq source wasn't raised before recovery ended"
+    );
     if req.new_mode == LockMode::Null {
         lock.granted.remove(&req.rid);
     } else {
@@ -404,6 +698,37 @@ mod tests {
             });
             self.s.check_invariants();
             out
+        }
+
+        fn recover(&mut self, rid: Rid, entries: &[RecoverEntry], more: bool) -> Vec<ServerOut> {
+            // The driver raises its seq above the batch first.
+            let top = entries.iter().map(|e| e.write_seq).max().unwrap_or(0);
+            self.seq = self.seq.max(top);
+            let seq = &mut self.seq;
+            let out = self.s.recover(rid, entries, more, &mut || {
+                *seq += 1;
+                *seq
+            });
+            self.s.check_invariants();
+            out
+        }
+
+        fn gone(&mut self, rid: Rid) -> Vec<ServerOut> {
+            let seq = &mut self.seq;
+            let out = self.s.rid_gone(rid, &mut || {
+                *seq += 1;
+                *seq
+            });
+            self.s.check_invariants();
+            out
+        }
+
+        fn entry(&self, mode: LockMode, write_seq: u64) -> RecoverEntry {
+            RecoverEntry {
+                key: self.key,
+                mode,
+                write_seq,
+            }
         }
 
         fn farewell(&mut self, rid: Rid) -> Vec<ServerOut> {
@@ -631,5 +956,147 @@ mod tests {
         assert_eq!(t.farewell(B), vec![t.grant(C, 1, Null, Read, 0)]);
         assert_eq!(t.farewell(C), vec![]);
         assert!(t.s.is_empty());
+    }
+
+    fn is_error(out: &[ServerOut], who: Rid) -> bool {
+        matches!(out, [ServerOut::ProtocolError { rid, .. }] if *rid == who)
+    }
+
+    #[test]
+    fn recovery_queues_requests_until_every_mount_reported() {
+        let mut t = T::new();
+        t.s = LockServer::recovering([A, B]);
+        assert!(t.s.is_recovering());
+        // A resent request arrives before anyone reported: it waits.
+        assert!(t.req(C, 1, Null, Read).is_empty());
+        assert!(t.req(B, 1, Null, Write).is_empty());
+        assert_eq!(t.s.recovery_pending(), vec![A, B]);
+        let recover_a = ServerOut::Recover {
+            rid: A,
+            first: Key::MIN,
+        };
+        assert_eq!(t.s.greeted(A), vec![recover_a]);
+        assert!(t.s.greeted(A).is_empty(), "asked once");
+        assert!(t.s.greeted(C).is_empty(), "not expected");
+        let e = t.entry(Write, 500);
+        assert!(t.recover(A, &[e], false).is_empty());
+        assert_eq!(t.s.held_mode(&t.key, A), Write);
+        assert_eq!(t.s.recovery_pending(), vec![B]);
+        assert_eq!(t.s.greeted(B).len(), 1);
+        // B held nothing; its report ends recovery and the queue runs in
+        // arrival order: C's READ first downgrades A.
+        assert_eq!(t.recover(B, &[], false), vec![t.inv(A, Write, Read)]);
+        assert!(!t.s.is_recovering());
+        assert_eq!(t.s.recovered_write_seq(), 500);
+        assert_eq!(
+            t.done(A, Write, Read),
+            vec![
+                t.grant(C, 1, Null, Read, 0),
+                t.inv(A, Read, Null),
+                t.inv(C, Read, Null)
+            ]
+        );
+        t.done(A, Read, Null);
+        // Write seqs continue above every recovered one.
+        assert_eq!(t.done(C, Read, Null), vec![t.grant(B, 1, Null, Write, 501)]);
+    }
+
+    #[test]
+    fn recovery_reports_come_in_batches() {
+        let mut t = T::new();
+        t.s = LockServer::recovering([A]);
+        t.s.greeted(A);
+        let k1 = t.key;
+        let k2 = inode_lock_range(5000).0;
+        let k3 = inode_lock_range(9000).0;
+        let e = |key, mode| RecoverEntry {
+            key,
+            mode,
+            write_seq: 0,
+        };
+        let first = k1.inc();
+        assert_eq!(
+            t.recover(A, &[e(k1, Read)], true),
+            vec![ServerOut::Recover { rid: A, first }]
+        );
+        // Out of order: before the key asked for, or not ascending.
+        assert!(is_error(&t.recover(A, &[e(k1, Read)], false), A));
+        assert!(is_error(
+            &t.recover(A, &[e(k3, Read), e(k2, Read)], false),
+            A
+        ));
+        assert!(is_error(&t.recover(A, &[e(k2, Null)], false), A));
+        assert!(is_error(&t.recover(A, &[], true), A));
+        assert!(t.s.is_recovering(), "refused batches change nothing");
+        assert_eq!(t.s.held_mode(&k2, A), Null);
+        assert!(t
+            .recover(A, &[e(k2, WriteOnly), e(k3, Read)], false)
+            .is_empty());
+        assert!(!t.s.is_recovering());
+        assert_eq!(
+            (
+                t.s.held_mode(&k1, A),
+                t.s.held_mode(&k2, A),
+                t.s.held_mode(&k3, A)
+            ),
+            (Read, WriteOnly, Read)
+        );
+        assert!(is_error(&t.recover(A, &[], false), A), "not asked");
+    }
+
+    #[test]
+    fn conflicting_reports_are_protocol_errors() {
+        let mut t = T::new();
+        t.s = LockServer::recovering([A, B, C]);
+        for r in [A, B, C] {
+            t.s.greeted(r);
+        }
+        assert!(t.recover(A, &[t.entry(Read, 0)], false).is_empty());
+        let out = t.recover(B, &[t.entry(Write, 9)], false);
+        assert!(is_error(&out, B), "{out:?}");
+        assert_eq!(t.s.held_mode(&t.key, B), Null);
+        assert_eq!(t.s.recovered_write_seq(), 0);
+        // Readers share; B is fenced and recovery ends without it.
+        assert!(t.recover(C, &[t.entry(Read, 0)], false).is_empty());
+        assert!(t.gone(B).is_empty());
+        assert!(!t.s.is_recovering());
+        assert!(is_error(&t.done(A, Read, Null), A));
+    }
+
+    #[test]
+    fn fenced_mounts_end_recovery_and_lose_their_locks() {
+        let mut t = T::new();
+        t.s = LockServer::recovering([A, B]);
+        t.s.greeted(A);
+        t.s.greeted(B);
+        assert!(t.recover(A, &[t.entry(WriteOnly, 300)], false).is_empty());
+        assert!(t.req(A, 7, WriteOnly, Read).is_empty());
+        assert!(t.req(C, 1, Null, WriteOnly).is_empty());
+        // Nothing is invalidated while B may still hold anything.
+        assert!(t.s.queue(&t.key).len() == 2);
+        // B never reports: fenced. A's conversion goes first.
+        assert_eq!(t.gone(B), vec![t.inv(A, WriteOnly, Null)]);
+        assert_eq!(
+            t.done(A, WriteOnly, Null),
+            vec![t.grant(A, 7, Null, Read, 0), t.inv(A, Read, Null)]
+        );
+        assert_eq!(
+            t.done(A, Read, Null),
+            vec![t.grant(C, 1, Null, WriteOnly, 301)]
+        );
+        // Expecting nobody is not recovering.
+        assert!(!LockServer::recovering([]).is_recovering());
+    }
+
+    #[test]
+    #[should_panic(expected = "not above the recovered")]
+    fn granting_below_a_recovered_write_seq_is_a_bug() {
+        let mut t = T::new();
+        t.s = LockServer::recovering([A]);
+        t.s.greeted(A);
+        let e = t.entry(WriteOnly, 900);
+        // The driver forgot to raise its seq before passing the batch in.
+        t.s.request(B, 1, t.msg(Null, WriteOnly), &mut || 1);
+        t.s.recover(A, &[e], false, &mut || 5);
     }
 }

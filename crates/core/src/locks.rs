@@ -308,8 +308,10 @@ impl Locks {
                 self.drop_caches(&start, &end, !keep_items);
                 let mut st = self.state();
                 let (m, acts) = st.machine.invalidate_done(start);
-                let id = st.inval_ids.get_mut(&start).and_then(|q| q.pop_front());
-                self.respond(id, m);
+                if let Some(m) = m {
+                    let id = st.inval_ids.get_mut(&start).and_then(|q| q.pop_front());
+                    self.respond(id, m);
+                }
                 self.apply(&mut st, acts);
             }
         }
@@ -345,6 +347,8 @@ impl Handler for Locks {
                 self.apply(&mut st, acts);
             }
             ServerRequest::SyncLogTrees => self.queue(Work::Sync { id }),
+            // Lock recovery is not wired yet: servers don't fail over.
+            ServerRequest::LockRecover { .. } => {}
         }
     }
 }

@@ -6,11 +6,13 @@
 //! transport. Every request gets exactly one response with the
 //! same id. Requests go both ways: the client asks for log trees, roots,
 //! inode numbers, locks and statistics; the server asks a client to give up
-//! (invalidate) a lock or to commit its transaction.
+//! (invalidate) a lock, to commit its transaction, or (a new server) to
+//! report the locks it holds.
 
 use crate::forest::Roots;
-use crate::lock::LockMsg;
+use crate::lock::{LockMsg, RecoverEntry};
 use scoutfs_format::log_trees::LogTrees;
+use scoutfs_format::Key;
 
 /// Requests a client sends to the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +74,9 @@ pub enum ServerRequest {
     Invalidate(LockMsg),
     /// Commit the open transaction.
     SyncLogTrees,
+    /// A new server recovering locks: report the locks you hold from
+    /// `first` on (`lock::LockClient::recovery_batch`).
+    LockRecover { first: Key },
 }
 
 /// A client's answers to the server's requests.
@@ -79,6 +84,13 @@ pub enum ServerRequest {
 pub enum ClientResponse {
     InvalidateDone(LockMsg),
     Done,
+    /// Locks held from the asked key on, ascending, at most
+    /// `lock::RECOVER_ENTRIES_MAX` of them; `more` when more follow (the
+    /// server asks again from after the last key).
+    LockRecover {
+        entries: Vec<RecoverEntry>,
+        more: bool,
+    },
 }
 
 /// Everything that travels from a client to the server.

@@ -352,6 +352,17 @@ impl State {
                         Err(e) => eprintln!("scoutfs: server: {e}"),
                     }
                 }
+                // Only a recovering lock server asks, and this one never
+                // recovers yet (no failover); see lock_server's recovery.
+                ServerOut::Recover { rid, first } => {
+                    let req = ServerRequest::LockRecover { first };
+                    match self.link.request(rid.0, &req) {
+                        Ok(id) => {
+                            self.asked.insert((rid.0, id));
+                        }
+                        Err(e) => eprintln!("scoutfs: server: {e}"),
+                    }
+                }
                 ServerOut::ProtocolError { rid, reason } => {
                     eprintln!(
                         "scoutfs: server: lock protocol error from {:#x}: {reason}",

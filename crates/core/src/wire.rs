@@ -57,16 +57,18 @@
 //! # Limits
 //!
 //! A payload is at most [`MAX_FRAME_DATA`] (64 KiB); today's largest is a
-//! [`LogTrees`] (472 bytes). Only the commands `msg` has are defined; the
-//! original's others keep their numbers free and decode as unknown.
+//! LOCK_RECOVER answer of [`RECOVER_ENTRIES_MAX`] entries (49,160 bytes),
+//! then a [`LogTrees`] (472 bytes). Only the commands `msg` has are
+//! defined; the original's others keep their numbers free and decode as
+//! unknown.
 
 use crate::forest::Roots;
-use crate::lock::{LockMode, LockMsg};
+use crate::lock::{LockMode, LockMsg, RecoverEntry, RECOVER_ENTRIES_MAX};
 use crate::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
 use scoutfs_format::error::check_zero;
 use scoutfs_format::key::DiskKey;
 use scoutfs_format::log_trees::LogTrees;
-use scoutfs_format::{BtreeRoot, DecodeError};
+use scoutfs_format::{BtreeRoot, DecodeError, Key};
 use std::fmt;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -113,6 +115,29 @@ struct WireLock {
     new_mode: u8,
     pad: [u8; 6],
 }
+
+/// The head of a LOCK_RECOVER answer, 8 bytes; `nr` entries follow.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct WireRecoverHead {
+    nr: U32,
+    flags: u8,
+    pad: [u8; 3],
+}
+
+/// One entry of a LOCK_RECOVER answer, 48 bytes.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct WireRecoverEntry {
+    key: DiskKey,
+    write_seq: U64,
+    mode: u8,
+    pad: [u8; 7],
+}
+
+/// `WireRecoverHead::flags`: more entries follow; ask again from after the
+/// last key.
+pub const RECOVER_FLAG_MORE: u8 = 1;
 
 /// The ALLOC_INODES response, 16 bytes.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
@@ -162,6 +187,11 @@ pub const STATFS_LEN: usize = 48;
 pub const GREETING_LEN: usize = 40;
 pub const COUNT_LEN: usize = 8;
 pub const LOG_TREES_LEN: usize = 472;
+pub const KEY_LEN: usize = 32;
+pub const RECOVER_HEAD_LEN: usize = 8;
+pub const RECOVER_ENTRY_LEN: usize = 48;
+/// The largest LOCK_RECOVER answer.
+pub const RECOVER_MAX_LEN: usize = RECOVER_HEAD_LEN + RECOVER_ENTRIES_MAX * RECOVER_ENTRY_LEN;
 
 const _: () = {
     use core::mem::size_of;
@@ -172,8 +202,13 @@ const _: () = {
     assert!(size_of::<WireStatfs>() == STATFS_LEN);
     assert!(size_of::<WireGreeting>() == GREETING_LEN);
     assert!(size_of::<LogTrees>() == LOG_TREES_LEN);
-    // The largest payload fits a frame with room to grow.
+    assert!(size_of::<DiskKey>() == KEY_LEN);
+    assert!(size_of::<WireRecoverHead>() == RECOVER_HEAD_LEN);
+    assert!(size_of::<WireRecoverEntry>() == RECOVER_ENTRY_LEN);
+    // The largest payloads fit a frame, the recovery batch with room to
+    // grow.
     assert!(LOG_TREES_LEN <= MAX_FRAME_DATA);
+    assert!(RECOVER_MAX_LEN <= MAX_FRAME_DATA * 4 / 5);
     // data_len is a le32.
     assert!(MAX_FRAME_DATA <= u32::MAX as usize);
 };
@@ -206,13 +241,14 @@ pub enum Cmd {
     SyncLogTrees = 4,
     GetRoots = 5,
     Lock = 7,
+    LockRecover = 8,
     Statfs = 18,
     Farewell = 19,
 }
 
 impl Cmd {
     /// Every defined command.
-    pub const ALL: [Cmd; 9] = [
+    pub const ALL: [Cmd; 10] = [
         Cmd::Greeting,
         Cmd::AllocInodes,
         Cmd::GetLogTrees,
@@ -220,6 +256,7 @@ impl Cmd {
         Cmd::SyncLogTrees,
         Cmd::GetRoots,
         Cmd::Lock,
+        Cmd::LockRecover,
         Cmd::Statfs,
         Cmd::Farewell,
     ];
@@ -237,6 +274,7 @@ impl Cmd {
             Cmd::SyncLogTrees => "SYNC_LOG_TREES",
             Cmd::GetRoots => "GET_ROOTS",
             Cmd::Lock => "LOCK",
+            Cmd::LockRecover => "LOCK_RECOVER",
             Cmd::Statfs => "STATFS",
             Cmd::Farewell => "FAREWELL",
         }
@@ -350,6 +388,8 @@ pub enum EncodeError {
     Mismatch { cmd: Cmd, resp: &'static str },
     #[error("errno {errno} is not an error")]
     Errno { errno: i32 },
+    #[error("{cmd} with {nr} entries, at most {max} fit")]
+    TooMany { cmd: Cmd, nr: usize, max: usize },
 }
 
 /// The decoded header of a frame.
@@ -721,6 +761,87 @@ fn decode_lock(data: &[u8]) -> Result<LockMsg, WireError> {
     })
 }
 
+fn decode_key(cmd: Cmd, data: &[u8]) -> Result<Key, WireError> {
+    let k: DiskKey = exact(cmd, data)?;
+    k.to_key()
+        .map_err(|source| WireError::Payload { cmd, source })
+}
+
+fn encode_recover(entries: &[RecoverEntry], more: bool) -> Result<Vec<u8>, EncodeError> {
+    let cmd = Cmd::LockRecover;
+    if entries.len() > RECOVER_ENTRIES_MAX {
+        return Err(EncodeError::TooMany {
+            cmd,
+            nr: entries.len(),
+            max: RECOVER_ENTRIES_MAX,
+        });
+    }
+    let head = WireRecoverHead {
+        // At most RECOVER_ENTRIES_MAX, checked above.
+        nr: (entries.len() as u32).into(),
+        flags: if more { RECOVER_FLAG_MORE } else { 0 },
+        pad: [0; 3],
+    };
+    let mut out = Vec::with_capacity(RECOVER_HEAD_LEN + entries.len() * RECOVER_ENTRY_LEN);
+    out.extend_from_slice(head.as_bytes());
+    for e in entries {
+        let w = WireRecoverEntry {
+            key: e.key.to_disk(),
+            write_seq: e.write_seq.into(),
+            mode: e.mode as u8,
+            pad: [0; 7],
+        };
+        out.extend_from_slice(w.as_bytes());
+    }
+    Ok(out)
+}
+
+/// A LOCK_RECOVER answer: its length must match its count, which is within
+/// the limit. Which modes and key orders make sense is the lock server's
+/// business.
+fn decode_recover(data: &[u8]) -> Result<ClientResponse, WireError> {
+    let cmd = Cmd::LockRecover;
+    let Ok((head, rest)) = WireRecoverHead::read_from_prefix(data) else {
+        return Err(WireError::PayloadLength {
+            cmd,
+            have: data.len(),
+            expected: RECOVER_HEAD_LEN,
+        });
+    };
+    let nr = head.nr.get() as usize;
+    if nr > RECOVER_ENTRIES_MAX {
+        return Err(field(cmd, "nr", nr as u64));
+    }
+    if head.flags & !RECOVER_FLAG_MORE != 0 {
+        return Err(field(cmd, "flags", head.flags as u64));
+    }
+    let payload = |source| WireError::Payload { cmd, source };
+    check_zero("lock recover", 5, &head.pad).map_err(payload)?;
+    if rest.len() != nr * RECOVER_ENTRY_LEN {
+        return Err(WireError::PayloadLength {
+            cmd,
+            have: data.len(),
+            expected: RECOVER_HEAD_LEN + nr * RECOVER_ENTRY_LEN,
+        });
+    }
+    let mut entries = Vec::with_capacity(nr);
+    for chunk in rest.chunks_exact(RECOVER_ENTRY_LEN) {
+        let w: WireRecoverEntry = exact(cmd, chunk)?;
+        let key = w.key.to_key().map_err(payload)?;
+        check_zero("lock recover entry", 41, &w.pad).map_err(payload)?;
+        let mode = LockMode::from_u8(w.mode).ok_or(field(cmd, "mode", w.mode as u64))?;
+        entries.push(RecoverEntry {
+            key,
+            mode,
+            write_seq: w.write_seq.get(),
+        });
+    }
+    Ok(ClientResponse::LockRecover {
+        entries,
+        more: head.flags & RECOVER_FLAG_MORE != 0,
+    })
+}
+
 fn decode_log_trees(cmd: Cmd, data: &[u8]) -> Result<Box<LogTrees>, WireError> {
     if data.len() != LOG_TREES_LEN {
         return Err(WireError::PayloadLength {
@@ -774,7 +895,7 @@ pub fn decode_request(cmd: Cmd, data: &[u8]) -> Result<Request, WireError> {
         Cmd::Lock => Request::Lock(decode_lock(data)?),
         Cmd::Statfs => empty(cmd, data).map(|_| Request::Statfs)?,
         Cmd::Farewell => empty(cmd, data).map(|_| Request::Farewell)?,
-        Cmd::Greeting | Cmd::SyncLogTrees => {
+        Cmd::Greeting | Cmd::SyncLogTrees | Cmd::LockRecover => {
             return Err(WireError::Unexpected {
                 cmd,
                 what: "request to the server",
@@ -850,7 +971,7 @@ pub fn decode_response(
     error: Option<ErrCode>,
     data: &[u8],
 ) -> Result<Response, WireError> {
-    if cmd == Cmd::Greeting || cmd == Cmd::SyncLogTrees {
+    if matches!(cmd, Cmd::Greeting | Cmd::SyncLogTrees | Cmd::LockRecover) {
         return Err(WireError::Unexpected {
             cmd,
             what: "response from the server",
@@ -883,7 +1004,7 @@ pub fn decode_response(
                 fsid: w.fsid.get(),
             })
         }
-        Cmd::Greeting | Cmd::SyncLogTrees => unreachable!("refused above"),
+        Cmd::Greeting | Cmd::SyncLogTrees | Cmd::LockRecover => unreachable!("refused above"),
     })
 }
 
@@ -892,6 +1013,9 @@ pub fn encode_server_request(req: &ServerRequest) -> (Cmd, Vec<u8>) {
     match req {
         ServerRequest::Invalidate(m) => (Cmd::Lock, encode_lock(m)),
         ServerRequest::SyncLogTrees => (Cmd::SyncLogTrees, Vec::new()),
+        ServerRequest::LockRecover { first } => {
+            (Cmd::LockRecover, first.to_disk().as_bytes().to_vec())
+        }
     }
 }
 
@@ -900,6 +1024,9 @@ pub fn decode_server_request(cmd: Cmd, data: &[u8]) -> Result<ServerRequest, Wir
     match cmd {
         Cmd::Lock => Ok(ServerRequest::Invalidate(decode_lock(data)?)),
         Cmd::SyncLogTrees => empty(cmd, data).map(|_| ServerRequest::SyncLogTrees),
+        Cmd::LockRecover => Ok(ServerRequest::LockRecover {
+            first: decode_key(cmd, data)?,
+        }),
         _ => Err(WireError::Unexpected {
             cmd,
             what: "request to a client",
@@ -912,11 +1039,18 @@ pub fn encode_client_response(cmd: Cmd, resp: &ClientResponse) -> Result<Vec<u8>
     match (cmd, resp) {
         (Cmd::Lock, ClientResponse::InvalidateDone(m)) => Ok(encode_lock(m)),
         (Cmd::SyncLogTrees, ClientResponse::Done) => Ok(Vec::new()),
+        (Cmd::LockRecover, ClientResponse::LockRecover { entries, more }) => {
+            encode_recover(entries, *more)
+        }
         (_, ClientResponse::InvalidateDone(_)) => Err(EncodeError::Mismatch {
             cmd,
             resp: "invalidate done",
         }),
         (_, ClientResponse::Done) => Err(EncodeError::Mismatch { cmd, resp: "done" }),
+        (_, ClientResponse::LockRecover { .. }) => Err(EncodeError::Mismatch {
+            cmd,
+            resp: "lock recover",
+        }),
     }
 }
 
@@ -936,6 +1070,7 @@ pub fn decode_client_response(
     match cmd {
         Cmd::Lock => Ok(ClientResponse::InvalidateDone(decode_lock(data)?)),
         Cmd::SyncLogTrees => empty(cmd, data).map(|_| ClientResponse::Done),
+        Cmd::LockRecover => decode_recover(data),
         _ => Err(WireError::Unexpected {
             cmd,
             what: "response from a client",
@@ -1154,5 +1289,90 @@ mod tests {
             })
         );
         assert!(encode_client_response(Cmd::Lock, &ClientResponse::Done).is_err());
+    }
+
+    fn recover_entry(i: u64) -> RecoverEntry {
+        RecoverEntry {
+            key: Key::new(16, i * 1024, 0, 0, 0, 0),
+            mode: LockMode::ALL[1 + (i % 3) as usize],
+            write_seq: i * 7,
+        }
+    }
+
+    #[test]
+    fn lock_recover_layout_and_limits() {
+        assert_eq!(offset_of!(WireRecoverHead, flags), 4);
+        assert_eq!(offset_of!(WireRecoverHead, pad), 5);
+        assert_eq!(offset_of!(WireRecoverEntry, write_seq), 32);
+        assert_eq!(offset_of!(WireRecoverEntry, mode), 40);
+        assert_eq!(offset_of!(WireRecoverEntry, pad), 41);
+        // A full batch fits a frame and round-trips.
+        let entries: Vec<RecoverEntry> =
+            (0..RECOVER_ENTRIES_MAX as u64).map(recover_entry).collect();
+        let resp = ClientResponse::LockRecover {
+            entries,
+            more: true,
+        };
+        let data = encode_client_response(Cmd::LockRecover, &resp).unwrap();
+        assert_eq!(data.len(), RECOVER_MAX_LEN);
+        let f = Frame::new(hdr(Kind::Response, Cmd::LockRecover, None), data).unwrap();
+        let f = Frame::decode(&f.encode()).unwrap();
+        assert_eq!(
+            decode_client_response(Cmd::LockRecover, None, f.data()),
+            Ok(resp)
+        );
+        // One more is the caller's mistake.
+        let entries: Vec<RecoverEntry> = (0..=RECOVER_ENTRIES_MAX as u64)
+            .map(recover_entry)
+            .collect();
+        let resp = ClientResponse::LockRecover {
+            entries,
+            more: false,
+        };
+        assert!(matches!(
+            encode_client_response(Cmd::LockRecover, &resp),
+            Err(EncodeError::TooMany { .. })
+        ));
+        let req = ServerRequest::LockRecover {
+            first: Key::new(16, 5, 0, 0, 0, 0),
+        };
+        let (cmd, data) = encode_server_request(&req);
+        assert_eq!((cmd, data.len()), (Cmd::LockRecover, KEY_LEN));
+        assert_eq!(decode_server_request(cmd, &data), Ok(req));
+    }
+
+    #[test]
+    fn lock_recover_refuses_bad_fields() {
+        let resp = ClientResponse::LockRecover {
+            entries: vec![recover_entry(1), recover_entry(2)],
+            more: false,
+        };
+        let good = encode_client_response(Cmd::LockRecover, &resp).unwrap();
+        let refused = |b: &[u8]| decode_client_response(Cmd::LockRecover, None, b).is_err();
+        assert!(!refused(&good));
+        let edit = |at: usize, v: u8| {
+            let mut b = good.clone();
+            b[at] = v;
+            b
+        };
+        assert!(refused(&edit(0, 3)), "count and length disagree");
+        assert!(refused(&edit(4, 2)), "unknown flag");
+        assert!(refused(&edit(7, 1)), "head padding");
+        assert!(refused(&edit(8 + 40, 4)), "unknown mode");
+        assert!(refused(&edit(8 + 47, 1)), "entry padding");
+        assert!(refused(&edit(8 + 31, 1)), "key padding");
+        let mut b = good.clone();
+        b[..4].copy_from_slice(&(RECOVER_ENTRIES_MAX as u32 + 1).to_le_bytes());
+        assert!(refused(&b), "beyond the limit");
+        assert!(refused(&good[..good.len() - 1]));
+        assert!(refused(&good[..3]));
+        assert!(refused(&[good.clone(), vec![0]].concat()));
+        // Wrong directions and commands.
+        assert!(decode_request(Cmd::LockRecover, &[0; KEY_LEN]).is_err());
+        assert!(decode_response(Cmd::LockRecover, None, &good).is_err());
+        assert!(decode_client_response(Cmd::LockRecover, Some(ErrCode::Io), &good).is_err());
+        assert!(decode_server_request(Cmd::LockRecover, &[0; KEY_LEN - 1]).is_err());
+        assert!(encode_client_response(Cmd::Lock, &resp).is_err());
+        assert!(encode_client_response(Cmd::LockRecover, &ClientResponse::Done).is_err());
     }
 }

@@ -19,12 +19,38 @@
 //! `sync`, drop the cache unless WRITE→READ, drop it on `DropCache`, wake
 //! waiters on `Wake`.
 //!
+//! Server failover (most seeds): now and then the server crashes and a new
+//! [`LockServer`] starts recovering the locks of every mount there was.
+//! What the old server sent may still arrive (a prefix of each lane) until
+//! the mount greets the new server; then the rest is gone, as are its own
+//! messages to the old server, except requests, which the mount's net
+//! layer resends in order (and a farewell, which is one). At its greeting
+//! the mount's driver calls `server_changed` and the server asks it for its
+//! locks, which it reports in batches (1–3 entries for some seeds, so
+//! batching is exercised) while its tasks go on using them. The server
+//! starts from a seq somewhere between its last durable seq and the old
+//! server's and raises it above every reported `write_seq`, and above the
+//! item seqs of every commit (a commit goes through the server, so a mount
+//! that lost its server can't commit, nor finish an invalidation that must,
+//! until it greets the new one). While recovering, some mounts are fenced:
+//! they vanish with their uncommitted increments and their unanswered
+//! requests, and a new mount takes their place.
+//!
 //! Checked after every step: no two mounts hold or could admit conflicting
-//! modes on one lock; both machines' `check_invariants`; every request is
-//! granted at most once. Every read sees every increment made so far (so
-//! invalidations committed and caches were dropped when they had to be).
-//! At the end new work stops and the cluster must drain within a step
-//! bound: every task completed, every request granted exactly once, every
+//! modes on one lock (across crashes too: a mount keeps its locks, so a
+//! WRITE holder stays exclusive); both machines' `check_invariants`; every
+//! request is granted at most once per server; while recovering, every
+//! mount that has reported is counted by the server at exactly the mode it
+//! holds (or not at all while it gives the lock up: its `Null` request is
+//! then granted from `Null`); every write grant's `write_seq` is above every item seq that
+//! still exists (committed, or dirty in a live mount), and a WRITE holder
+//! writes no seq below one already written to its lock. Every read sees
+//! every increment made so far and not lost with a fenced mount (so
+//! invalidations committed and caches were dropped when they had to be). At
+//! the end new work and faults stop and the cluster must drain within a
+//! step bound: every mount greeted, recovery over, every task completed (or
+//! gone with its mount), every request granted exactly once (or lost with
+//! its mount), the server and every mount agreeing on every lock, every
 //! increment committed.
 //!
 //! A failure prints its seed and a replay command;
@@ -33,7 +59,7 @@
 
 use scoutfs_core::lock::{
     index_lock_range, inode_lock_range, modes_compatible, orphan_lock_range, rename_lock_range,
-    Acquire, ClientAction, LockClient, LockMode, LockMsg, Rid,
+    Acquire, ClientAction, LockClient, LockMode, LockMsg, RecoverEntry, Rid, RECOVER_ENTRIES_MAX,
 };
 use scoutfs_core::lock_server::{LockServer, ServerOut};
 use scoutfs_core::rng::Rng;
@@ -49,20 +75,33 @@ const PARTS: u64 = 4;
 const WORK_STEPS: u64 = 1200;
 const DRAIN_STEPS_MAX: u64 = 20_000;
 const TASKS_PER_MOUNT_MAX: usize = 3;
+/// One in this many draws of a crash (and of a fence, while recovering)
+/// happens: about two crashes per seed.
+const CRASH_ODDS: u64 = 16;
+const FENCE_ODDS: u64 = 4;
 
 const MODES: [LockMode; 3] = [LockMode::Read, LockMode::Write, LockMode::WriteOnly];
 
 #[derive(Clone, Debug)]
 enum Up {
-    Request { net_id: u64, msg: LockMsg },
+    Request {
+        net_id: u64,
+        msg: LockMsg,
+    },
     Response(LockMsg),
     Farewell,
+    /// The answer to a LOCK_RECOVER.
+    Recover {
+        entries: Vec<RecoverEntry>,
+        more: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
 enum Down {
     Grant { net_id: u64, msg: LockMsg },
     Invalidate(LockMsg),
+    Recover { first: Key },
 }
 
 struct Task {
@@ -77,6 +116,8 @@ struct Invalidating {
     old_mode: LockMode,
     new_mode: LockMode,
     sync: bool,
+    /// The server era the mount was in when it started.
+    era: u64,
 }
 
 /// One mount: its lock client, connection queues and simulated driver.
@@ -92,13 +133,25 @@ struct Mount {
     trans_seq: u64,
     /// Increments in the open transaction, per lock.
     dirty: BTreeMap<Key, u64>,
+    /// The greatest item seq (write_seq) of the open transaction, per lock.
+    dirty_seqs: BTreeMap<Key, u64>,
     /// The item cache: the counter's value as last read or written.
     cache: BTreeMap<Key, u64>,
     leaving: bool,
+    /// Requests whose grant hasn't arrived: the net layer resends them to a
+    /// new server.
+    unanswered: BTreeMap<u64, LockMsg>,
+    /// Locks left out of a report because a `Null` request was in flight:
+    /// the new server grants that request from `Null`.
+    unreported: BTreeSet<Key>,
+    /// Greeted the current server; until then nothing it sends is read.
+    connected: bool,
+    /// The server era it last greeted.
+    era: u64,
 }
 
 impl Mount {
-    fn new(rid: Rid, idle_max: usize) -> Mount {
+    fn new(rid: Rid, idle_max: usize, era: u64) -> Mount {
         Mount {
             lc: LockClient::new(rid, idle_max),
             next_net_id: 1,
@@ -108,8 +161,13 @@ impl Mount {
             invalidating: Vec::new(),
             trans_seq: 1,
             dirty: BTreeMap::new(),
+            dirty_seqs: BTreeMap::new(),
             cache: BTreeMap::new(),
             leaving: false,
+            unanswered: BTreeMap::new(),
+            unreported: BTreeSet::new(),
+            connected: true,
+            era,
         }
     }
 
@@ -130,10 +188,19 @@ impl Mount {
 
     fn quiet(&self) -> bool {
         !self.leaving
+            && self.connected
             && self.tasks.is_empty()
             && self.invalidating.is_empty()
             && self.up.iter().all(|q| q.is_empty())
             && !self.requests_in_flight()
+    }
+
+    /// Invalidations the driver may finish now: one that must commit
+    /// waits until the mount reaches a server.
+    fn finishable(&self) -> Vec<usize> {
+        (0..self.invalidating.len())
+            .filter(|&j| self.connected || !self.invalidating[j].sync)
+            .collect()
     }
 }
 
@@ -153,6 +220,16 @@ struct Stats {
     farewells: u64,
     cancels: u64,
     tasks: u64,
+    crashes: u64,
+    fences: u64,
+    resent: u64,
+    recover_batches: u64,
+    void_invalidations: u64,
+    old_messages_read: u64,
+    /// Locks reported while an invalidation was queued or in progress.
+    reported_invalidating: u64,
+    /// Locks left out of a report while being given up.
+    unreported: u64,
 }
 
 impl Stats {
@@ -170,6 +247,14 @@ impl Stats {
         self.farewells += o.farewells;
         self.cancels += o.cancels;
         self.tasks += o.tasks;
+        self.crashes += o.crashes;
+        self.fences += o.fences;
+        self.resent += o.resent;
+        self.recover_batches += o.recover_batches;
+        self.void_invalidations += o.void_invalidations;
+        self.old_messages_read += o.old_messages_read;
+        self.reported_invalidating += o.reported_invalidating;
+        self.unreported += o.unreported;
     }
 }
 
@@ -184,6 +269,9 @@ enum Event {
     Commit,
     Farewell,
     Cancel,
+    Crash,
+    Greet,
+    Fence,
 }
 
 struct Sim {
@@ -192,6 +280,12 @@ struct Sim {
     trace: bool,
     server: LockServer,
     server_seq: u64,
+    /// Counts servers; each crash starts the next.
+    era: u64,
+    /// Whether this seed crashes its server.
+    crashes: bool,
+    /// Entries per LOCK_RECOVER answer.
+    recover_batch_max: usize,
     mounts: Vec<Mount>,
     keys: Vec<(Key, Key)>,
     split: bool,
@@ -209,6 +303,11 @@ struct Sim {
     /// The model: every increment made, and those committed.
     truth: BTreeMap<Key, u64>,
     committed: BTreeMap<Key, u64>,
+    /// The greatest item seq committed per lock.
+    committed_seqs: BTreeMap<Key, u64>,
+    /// Requests and tasks that vanished with fenced mounts.
+    requests_lost: u64,
+    tasks_aborted: u64,
     step: u64,
 }
 
@@ -232,6 +331,11 @@ impl Sim {
         let nr_mounts = 3 + rng.below(3) as usize;
         let idle_max = rng.below(4) as usize;
         let split = rng.below(2) == 1;
+        let crashes = rng.below(4) != 0;
+        let recover_batch_max = match rng.below(2) {
+            0 => 1 + rng.below(3) as usize,
+            _ => RECOVER_ENTRIES_MAX,
+        };
         let mut keys = lock_set();
         // Fewer locks for some seeds: more contention.
         let keep = 2 + rng.below(keys.len() as u64 - 1) as usize;
@@ -244,6 +348,9 @@ impl Sim {
             trace,
             server: LockServer::new(),
             server_seq: 0,
+            era: 1,
+            crashes,
+            recover_batch_max,
             mounts: Vec::new(),
             keys,
             split,
@@ -258,6 +365,9 @@ impl Sim {
             tasks_done: 0,
             truth: BTreeMap::new(),
             committed: BTreeMap::new(),
+            committed_seqs: BTreeMap::new(),
+            requests_lost: 0,
+            tasks_aborted: 0,
             step: 0,
         };
         for _ in 0..nr_mounts {
@@ -265,7 +375,8 @@ impl Sim {
             sim.mounts.push(m);
         }
         sim.log(format_args!(
-            "mounts {nr_mounts} idle_max {idle_max} split {split} locks {}",
+            "mounts {nr_mounts} idle_max {idle_max} split {split} locks {} \
+             crashes {crashes} recover batch {recover_batch_max}",
             sim.keys.len()
         ));
         sim
@@ -280,7 +391,7 @@ impl Sim {
     fn new_mount(&mut self) -> Mount {
         let rid = Rid(0x1000 + self.next_rid);
         self.next_rid += 1;
-        Mount::new(rid, self.idle_max)
+        Mount::new(rid, self.idle_max, self.era)
     }
 
     fn below(&mut self, n: usize) -> usize {
@@ -301,8 +412,14 @@ impl Sim {
     fn possible_events(&self) -> Vec<(Event, u64)> {
         let ms = &self.mounts;
         let mut v = Vec::new();
-        if ms.iter().any(|m| m.up.iter().any(|q| !q.is_empty())) {
+        if ms
+            .iter()
+            .any(|m| m.connected && m.up.iter().any(|q| !q.is_empty()))
+        {
             v.push((Event::DeliverUp, 6));
+        }
+        if ms.iter().any(|m| !m.connected) {
+            v.push((Event::Greet, 3));
         }
         if ms.iter().any(|m| m.down.iter().any(|q| !q.is_empty())) {
             v.push((Event::DeliverDown, 6));
@@ -310,7 +427,7 @@ impl Sim {
         if ms.iter().any(|m| m.runnable()) {
             v.push((Event::RunTask, 6));
         }
-        if ms.iter().any(|m| !m.invalidating.is_empty()) {
+        if ms.iter().any(|m| !m.finishable().is_empty()) {
             v.push((Event::FinishInvalidation, 3));
         }
         if v.is_empty() && self.draining {
@@ -328,6 +445,12 @@ impl Sim {
             }
             if ms.iter().any(|m| m.tasks.iter().any(|t| t.waiting)) {
                 v.push((Event::Cancel, 1));
+            }
+            if self.crashes {
+                v.push((Event::Crash, 1));
+            }
+            if self.server.is_recovering() {
+                v.push((Event::Fence, 1));
             }
         }
         v.push((Event::Trim, 1));
@@ -351,8 +474,14 @@ impl Sim {
             }
             r -= w;
         }
-        // Farewells are rare: most of their draws do nothing.
-        if matches!(ev, Event::Farewell | Event::Cancel) && self.rng.below(8) != 0 {
+        // Farewells and faults are rare: most of their draws do nothing.
+        let odds = match ev {
+            Event::Farewell | Event::Cancel => 8,
+            Event::Crash => CRASH_ODDS,
+            Event::Fence => FENCE_ODDS,
+            _ => 1,
+        };
+        if self.rng.below(odds) != 0 {
             ev = Event::Commit;
         }
         self.step += 1;
@@ -364,11 +493,17 @@ impl Sim {
             Event::FinishInvalidation => self.finish_invalidation(),
             Event::Trim => self.trim(),
             Event::Commit => {
+                // A commit needs the server (COMMIT_LOG_TREES).
                 let i = self.below(self.mounts.len());
-                self.commit(i);
+                if self.mounts[i].connected {
+                    self.commit(i);
+                }
             }
             Event::Farewell => self.farewell(),
             Event::Cancel => self.cancel(),
+            Event::Crash => self.crash(),
+            Event::Greet => self.greet(),
+            Event::Fence => self.fence(),
         }
         self.check();
         true
@@ -376,12 +511,13 @@ impl Sim {
 
     fn send_up(&mut self, i: usize, msg: Up) {
         let lane = match msg {
-            Up::Response(_) if self.split => 1,
+            Up::Response(_) | Up::Recover { .. } if self.split => 1,
             _ => 0,
         };
-        if let Up::Request { net_id, .. } = msg {
+        if let Up::Request { net_id, msg } = msg {
             let rid = self.mounts[i].rid();
             assert!(self.pending.insert((rid, net_id)), "net id reused");
+            self.mounts[i].unanswered.insert(net_id, msg);
         }
         self.mounts[i].up[lane].push_back(msg);
     }
@@ -409,7 +545,7 @@ impl Sim {
     }
 
     fn deliver_up(&mut self) {
-        let Some(i) = self.pick_mount(|m| m.up.iter().any(|q| !q.is_empty())) else {
+        let Some(i) = self.pick_mount(|m| m.connected && m.up.iter().any(|q| !q.is_empty())) else {
             return;
         };
         let lanes = [
@@ -423,6 +559,12 @@ impl Sim {
         let rid = self.mounts[i].rid();
         self.log(format_args!("server receives from {rid}: {msg:?}"));
         let mut seq = self.server_seq;
+        if let Up::Recover { entries, .. } = &msg {
+            // Raise the seq above every seq the mount's items may carry
+            // before the batch can end recovery and grant.
+            let top = entries.iter().map(|e| e.write_seq).max();
+            seq = seq.max(top.unwrap_or(0));
+        }
         let mut next = || {
             seq += 1;
             seq
@@ -430,9 +572,21 @@ impl Sim {
         let outs = match msg {
             Up::Request { net_id, msg } => self.server.request(rid, net_id, msg, &mut next),
             Up::Response(msg) => self.server.invalidate_done(rid, msg, &mut next),
+            Up::Recover { entries, more } => {
+                self.stats.recover_batches += 1;
+                self.server.recover(rid, &entries, more, &mut next)
+            }
             Up::Farewell => {
                 let outs = self.server.farewell(rid, &mut next);
-                assert!(self.mounts[i].up.iter().all(|q| q.is_empty()));
+                // The connection closes: only answers to a new server's
+                // recovery may be left, and they go with it.
+                let m = &self.mounts[i];
+                assert!(m
+                    .up
+                    .iter()
+                    .flatten()
+                    .all(|u| matches!(u, Up::Recover { .. })));
+                assert!(m.unanswered.is_empty());
                 self.log(format_args!("{rid} is gone"));
                 self.mounts[i] = self.new_mount();
                 outs
@@ -453,22 +607,28 @@ impl Sim {
                     );
                     assert!(self.granted.insert((rid, net_id)));
                     if msg.new_mode.can_write() {
-                        assert!(msg.write_seq > 0, "write grant without write_seq");
+                        let live = self.live_item_seq();
+                        assert!(
+                            msg.write_seq > live,
+                            "write grant {msg:?} to {rid} at or below item seq {live}"
+                        );
                     }
                     (rid, Down::Grant { net_id, msg })
                 }
                 ServerOut::Invalidate { rid, msg } => (rid, Down::Invalidate(msg)),
+                ServerOut::Recover { rid, first } => (rid, Down::Recover { first }),
                 ServerOut::ProtocolError { rid, reason } => {
                     panic!("server: protocol error from {rid}: {reason}")
                 }
             };
             let lane = match down {
-                Down::Invalidate(_) if self.split => 1,
+                Down::Invalidate(_) | Down::Recover { .. } if self.split => 1,
                 _ => 0,
             };
             let Some(m) = self.mounts.iter_mut().find(|m| m.rid() == rid) else {
                 panic!("server sent to {rid}, which is gone");
             };
+            assert!(m.connected, "server sent to {rid}, which hasn't greeted it");
             m.down[lane].push_back(down);
         }
     }
@@ -487,24 +647,56 @@ impl Sim {
         };
         let rid = self.mounts[i].rid();
         self.log(format_args!("{rid} receives {msg:?}"));
+        if !self.mounts[i].connected {
+            self.stats.old_messages_read += 1;
+        }
         if self.mounts[i].leaving {
             assert!(
-                matches!(msg, Down::Invalidate(_)),
+                !matches!(msg, Down::Grant { .. }),
                 "grant to a leaving mount"
             );
-            return;
+            if matches!(msg, Down::Invalidate(_)) {
+                return;
+            }
         }
         let acts = match msg {
+            Down::Recover { first } => {
+                let m = &mut self.mounts[i];
+                let (entries, more) = m.lc.recovery_batch(first, self.recover_batch_max);
+                let upto = entries.last().filter(|_| more).map_or(Key::MAX, |e| e.key);
+                let asked: Vec<Key> = m.lc.starts().into_iter().filter(|k| first <= *k).collect();
+                for k in asked.into_iter().filter(|k| *k <= upto) {
+                    let v = m.lc.lock_view(&k).expect("a known lock");
+                    if v.mode != LockMode::Null && v.request == Some(LockMode::Null) {
+                        m.unreported.insert(k);
+                        self.stats.unreported += 1;
+                    } else if v.mode != LockMode::Null && v.invalidations_queued > 0 {
+                        self.stats.reported_invalidating += 1;
+                    }
+                }
+                self.log(format_args!("{rid} reports {entries:?} more {more}"));
+                self.send_up(i, Up::Recover { entries, more });
+                return;
+            }
             Down::Grant { net_id, msg } => {
                 assert!(
                     self.granted.remove(&(rid, net_id)),
                     "second grant of request {net_id} of {rid}"
                 );
+                let m = &mut self.mounts[i];
+                assert!(m.unanswered.remove(&net_id).is_some());
                 self.grants += 1;
                 // The server's idea of our old mode is ours: every change
-                // reached it before it granted.
-                let mode = self.mounts[i].lc.lock_view(&msg.key).map(|v| v.mode);
-                assert_eq!(mode, Some(msg.old_mode), "grant {msg:?} to {rid}");
+                // reached it before it granted. A lock we were giving up
+                // when we reported wasn't counted: granted from `Null`.
+                let mode = m.lc.lock_view(&msg.key).map(|v| v.mode);
+                let unreported = m.unreported.remove(&msg.key);
+                if unreported {
+                    assert_eq!(msg.old_mode, LockMode::Null, "grant {msg:?} to {rid}");
+                    assert_eq!(msg.new_mode, LockMode::Null, "grant {msg:?} to {rid}");
+                } else {
+                    assert_eq!(mode, Some(msg.old_mode), "grant {msg:?} to {rid}");
+                }
                 self.mounts[i].lc.on_grant(msg)
             }
             Down::Invalidate(msg) => {
@@ -541,6 +733,7 @@ impl Sim {
                         old_mode,
                         new_mode,
                         sync,
+                        era: m.era,
                     });
                 }
                 ClientAction::Respond(msg) => self.send_up(i, Up::Response(msg)),
@@ -562,11 +755,11 @@ impl Sim {
     }
 
     fn finish_invalidation(&mut self) {
-        let Some(i) = self.pick_mount(|m| !m.invalidating.is_empty()) else {
+        let Some(i) = self.pick_mount(|m| !m.finishable().is_empty()) else {
             return;
         };
-        let n = self.mounts[i].invalidating.len();
-        let j = self.below(n);
+        let ready = self.mounts[i].finishable();
+        let j = ready[self.below(ready.len())];
         let inv = self.mounts[i].invalidating.remove(j);
         if inv.sync {
             self.commit(i);
@@ -577,15 +770,150 @@ impl Sim {
         }
         let (resp, acts) = m.lc.invalidate_done(inv.start);
         let rid = m.rid();
+        let current = inv.era == m.era;
         self.log(format_args!("{rid} invalidated {resp:?}"));
-        self.send_up(i, Up::Response(resp));
+        // Only the server the mount knew when it started wants the answer.
+        assert_eq!(resp.is_some(), current, "{rid} answers {resp:?}");
+        match resp {
+            Some(resp) => self.send_up(i, Up::Response(resp)),
+            None => self.stats.void_invalidations += 1,
+        }
         self.actions(i, acts);
     }
 
+    /// The greatest seq of an item of lock `k` that still exists:
+    /// committed, or dirty in a live mount.
+    fn item_seq(&self, k: &Key) -> u64 {
+        let dirty = self.mounts.iter().filter_map(|m| m.dirty_seqs.get(k));
+        let committed = self.committed_seqs.get(k);
+        dirty.chain(committed).copied().max().unwrap_or(0)
+    }
+
+    /// The greatest seq of any item that still exists.
+    fn live_item_seq(&self) -> u64 {
+        self.keys
+            .iter()
+            .map(|(k, _)| self.item_seq(k))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Drops what `lane` of mount `i` still has from a server: a grant
+    /// that never arrives makes its request wait for the next server.
+    fn drop_down(&mut self, i: usize, keep: [usize; 2]) {
+        let rid = self.mounts[i].rid();
+        for (lane, keep) in keep.into_iter().enumerate() {
+            let lost: Vec<Down> = self.mounts[i].down[lane].drain(keep..).collect();
+            for d in lost {
+                if let Down::Grant { net_id, .. } = d {
+                    assert!(self.granted.remove(&(rid, net_id)));
+                    assert!(self.pending.insert((rid, net_id)));
+                }
+            }
+        }
+    }
+
+    /// The server dies; a new one starts recovering every mount's locks.
+    fn crash(&mut self) {
+        self.era += 1;
+        self.stats.crashes += 1;
+        for i in 0..self.mounts.len() {
+            // What reached the mount's socket before the end may still be
+            // read; the mount notices the loss only after it.
+            let keep = [0, 1].map(|l| {
+                let n = self.mounts[i].down[l].len() as u64;
+                self.rng.below(n + 1) as usize
+            });
+            self.drop_down(i, keep);
+            self.mounts[i].connected = false;
+        }
+        // Grants were never durable: the new seq may start anywhere from
+        // what is (the items' seqs, as in the log trees) to the old one.
+        let durable = self.committed_seqs.values().copied().max().unwrap_or(0);
+        let lag = self.rng.below(self.server_seq + 1);
+        self.server_seq = durable.max(self.server_seq - lag);
+        let expected: Vec<Rid> = self.mounts.iter().map(|m| m.rid()).collect();
+        self.log(format_args!(
+            "server crashes: era {} seq {} expects {expected:?}",
+            self.era, self.server_seq
+        ));
+        self.server = LockServer::recovering(expected);
+    }
+
+    /// A mount greets the new server (the net layer's new_server).
+    fn greet(&mut self) {
+        let Some(i) = self.pick_mount(|m| !m.connected) else {
+            return;
+        };
+        let rid = self.mounts[i].rid();
+        self.log(format_args!("{rid} greets server era {}", self.era));
+        self.drop_down(i, [0, 0]);
+        let m = &mut self.mounts[i];
+        m.connected = true;
+        m.era = self.era;
+        // Answers to the old server are dropped; requests are resent in
+        // order, and a farewell is one.
+        m.up = [VecDeque::new(), VecDeque::new()];
+        for (&net_id, &msg) in &m.unanswered {
+            m.up[0].push_back(Up::Request { net_id, msg });
+            self.stats.resent += 1;
+        }
+        if m.leaving {
+            m.up[0].push_back(Up::Farewell);
+        }
+        let acts = m.lc.server_changed();
+        self.actions(i, acts);
+        let outs = self.server.greeted(rid);
+        self.route(outs);
+    }
+
+    /// A mount that may not have recovered is fenced: it is gone with its
+    /// open transaction and its requests; a new mount takes its place.
+    fn fence(&mut self) {
+        let Some(i) = self.pick_mount(|_| true) else {
+            return;
+        };
+        let new = self.new_mount();
+        let m = std::mem::replace(&mut self.mounts[i], new);
+        let rid = m.rid();
+        self.log(format_args!("{rid} is fenced"));
+        self.stats.fences += 1;
+        for (k, d) in m.dirty {
+            let t = self.truth.entry(k).or_insert(0);
+            *t -= d;
+            if *t == 0 {
+                self.truth.remove(&k);
+            }
+        }
+        for net_id in m.unanswered.keys() {
+            self.pending.remove(&(rid, *net_id));
+            self.granted.remove(&(rid, *net_id));
+            self.requests_lost += 1;
+        }
+        self.tasks_aborted += m.tasks.len() as u64;
+        let mut seq = self.server_seq;
+        let outs = self.server.rid_gone(rid, &mut || {
+            seq += 1;
+            seq
+        });
+        self.server_seq = seq;
+        self.route(outs);
+    }
+
+    /// The mount's open transaction becomes durable through the server,
+    /// which raises its seq above the log tree's item seqs (a mount may
+    /// commit and then be fenced before it reports the lock's write_seq).
     fn commit(&mut self, i: usize) {
+        assert!(self.mounts[i].connected, "a commit without a server");
+        let top = self.mounts[i].dirty_seqs.values().copied().max();
+        self.server_seq = self.server_seq.max(top.unwrap_or(0));
         let m = &mut self.mounts[i];
         for (k, d) in std::mem::take(&mut m.dirty) {
             *self.committed.entry(k).or_insert(0) += d;
+        }
+        for (k, s) in std::mem::take(&mut m.dirty_seqs) {
+            let c = self.committed_seqs.entry(k).or_insert(0);
+            *c = (*c).max(s);
         }
         m.lc.trans_committed(m.trans_seq);
         m.trans_seq += 1;
@@ -754,6 +1082,21 @@ impl Sim {
         }
         if mode.can_write() {
             self.stats.writes += 1;
+            let Some(write_seq) = m.lc.lock_view(&k).map(|v| v.write_seq) else {
+                panic!("{} writes {k:?} without its lock", m.rid());
+            };
+            if mode == LockMode::Write {
+                // Items of the exclusive writer win over every earlier one.
+                let rid = m.rid();
+                let floor = self.item_seq(&k);
+                assert!(
+                    write_seq >= floor,
+                    "{rid} writes {k:?} at seq {write_seq} below item seq {floor}"
+                );
+            }
+            let m = &mut self.mounts[i];
+            let s = m.dirty_seqs.entry(k).or_insert(0);
+            *s = (*s).max(write_seq);
             *m.dirty.entry(k).or_insert(0) += 1;
             self.truth.insert(k, truth + 1);
             if mode == LockMode::Write {
@@ -768,6 +1111,24 @@ impl Sim {
         self.server.check_invariants();
         for m in &self.mounts {
             m.lc.check_invariants();
+        }
+        // While the server recovers nothing changes a reported mount's
+        // modes, so the server must count each exactly as it holds them.
+        let pending = self.server.recovery_pending();
+        if self.server.is_recovering() {
+            for m in self.mounts.iter().filter(|m| !pending.contains(&m.rid())) {
+                for (k, _) in &self.keys {
+                    let v = m.lc.lock_view(k);
+                    let mode = v.as_ref().map_or(LockMode::Null, |v| v.mode);
+                    let giving_up = v.is_some_and(|v| v.request == Some(LockMode::Null));
+                    let held = self.server.held_mode(k, m.rid());
+                    assert!(
+                        held == mode || (giving_up && held == LockMode::Null),
+                        "{} holds {mode} on {k:?}, recovered as {held}",
+                        m.rid()
+                    );
+                }
+            }
         }
         for (k, _) in &self.keys {
             let held: Vec<(Rid, Vec<LockMode>)> = self
@@ -807,7 +1168,9 @@ impl Sim {
     }
 
     fn check_end(&mut self) {
+        assert!(!self.server.is_recovering(), "recovery never ended");
         for m in &self.mounts {
+            assert!(m.connected, "{} never greeted", m.rid());
             assert!(m.tasks.is_empty(), "{} has stuck tasks", m.rid());
             for s in m.lc.starts() {
                 let Some(v) = m.lc.lock_view(&s) else {
@@ -825,7 +1188,11 @@ impl Sim {
                 assert_eq!(mode, held, "{} and the server disagree on {k:?}", m.rid());
             }
         }
-        assert_eq!(self.tasks_started, self.tasks_done, "tasks lost");
+        assert_eq!(
+            self.tasks_started,
+            self.tasks_done + self.tasks_aborted,
+            "tasks lost"
+        );
         assert!(
             self.pending.is_empty(),
             "requests never granted: {:?}",
@@ -836,7 +1203,7 @@ impl Sim {
             "grants never received: {:?}",
             self.granted
         );
-        assert_eq!(self.stats.requests, self.grants);
+        assert_eq!(self.stats.requests, self.grants + self.requests_lost);
         for i in 0..self.mounts.len() {
             self.commit(i);
         }

@@ -36,7 +36,7 @@
 //! `SCOUTFS_SIM_SEED=<seed>` runs that seed alone and traces every step, and
 //! `SCOUTFS_SIM_SEEDS=<n>` runs seeds 0..n instead of the default set.
 
-use scoutfs_core::lock::{LockMode, LockMsg, Rid};
+use scoutfs_core::lock::{LockMode, LockMsg, RecoverEntry, Rid};
 use scoutfs_core::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
 use scoutfs_core::net::{
     ClientConfig, ClientNet, ClientOutput, ConnId, Limits, NetCounters, NetError, Refusal,
@@ -50,6 +50,23 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Seeds run by the tests below, split in parts the harness runs in parallel.
+/// The client's answer to a server request: it echoes the request, so an
+/// answer delivered for the wrong request is caught.
+fn answer(req: &ServerRequest) -> ClientResponse {
+    match req {
+        ServerRequest::Invalidate(m) => ClientResponse::InvalidateDone(*m),
+        ServerRequest::SyncLogTrees => ClientResponse::Done,
+        ServerRequest::LockRecover { first } => ClientResponse::LockRecover {
+            entries: vec![RecoverEntry {
+                key: *first,
+                mode: LockMode::Read,
+                write_seq: first.first,
+            }],
+            more: first.first % 2 == 0,
+        },
+    }
+}
+
 const SEEDS: u64 = 1200;
 const PARTS: u64 = 4;
 /// Steps with new work and faults, then steps allowed to drain.
@@ -487,10 +504,7 @@ impl Sim {
     fn client_answer(&mut self) {
         let i = self.below(self.handling.len());
         let (term, id, req) = self.handling.remove(i);
-        let resp = match req {
-            ServerRequest::Invalidate(m) => ClientResponse::InvalidateDone(m),
-            ServerRequest::SyncLogTrees => ClientResponse::Done,
-        };
+        let resp = answer(&req);
         match self.client.send_response(term, id, &resp) {
             Ok(()) => assert_eq!(term, self.client.server_term()),
             Err(NetError::UnknownRequest { .. }) => {
@@ -611,6 +625,10 @@ impl Sim {
     fn server_send(&mut self) {
         let req = if self.rng.below(3) == 0 {
             ServerRequest::SyncLogTrees
+        } else if self.rng.below(4) == 0 {
+            ServerRequest::LockRecover {
+                first: Key::inode(self.rng.below(4096)),
+            }
         } else {
             let n = self.rng.next_u64();
             ServerRequest::Invalidate(LockMsg {
@@ -685,10 +703,7 @@ impl Sim {
                     let Some(req) = self.server.asked.get(&id) else {
                         panic!("answer {id} to nothing server {} asked", self.server.term);
                     };
-                    let want = match req {
-                        ServerRequest::Invalidate(m) => ClientResponse::InvalidateDone(*m),
-                        ServerRequest::SyncLogTrees => ClientResponse::Done,
-                    };
+                    let want = answer(req);
                     assert_eq!(resp, want, "answer {id}");
                     assert!(self.server.answered.insert(id), "{id} answered twice");
                     self.stats.server_answers += 1;

@@ -3,6 +3,9 @@
 //! - Every message of `msg`, in each direction, survives encoding into a
 //!   frame, the frame's bytes, decoding and payload decoding unchanged
 //!   (errnos the protocol doesn't name come back as EIO).
+//! - A LOCK_RECOVER answer with changed, cut or added bytes never panics its
+//!   decoder; whatever it accepts is within the entry limit and encodes
+//!   back to exactly the same bytes (one encoding per message).
 //! - Arbitrary bytes, and valid frames with random changes, never panic the
 //!   frame decoder, the streaming reader or any payload decoder.
 //! - Any single flipped bit of a valid frame is refused (the crc, or the
@@ -15,7 +18,7 @@
 
 use proptest::prelude::*;
 use scoutfs_core::forest::Roots;
-use scoutfs_core::lock::{LockMode, LockMsg};
+use scoutfs_core::lock::{LockMode, LockMsg, RecoverEntry, RECOVER_ENTRIES_MAX};
 use scoutfs_core::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
 use scoutfs_core::wire::*;
 use scoutfs_format::block::BlockRef;
@@ -46,6 +49,16 @@ fn arb_lock() -> impl Strategy<Value = LockMsg> {
         old_mode: o,
         new_mode: n,
     })
+}
+
+fn arb_recover_entries() -> impl Strategy<Value = Vec<RecoverEntry>> {
+    let entry =
+        (arb_key(), arb_mode(), any::<u64>()).prop_map(|(key, mode, write_seq)| RecoverEntry {
+            key,
+            mode,
+            write_seq,
+        });
+    prop::collection::vec(entry, 0..12)
 }
 
 fn arb_root() -> impl Strategy<Value = BtreeRoot> {
@@ -146,6 +159,7 @@ fn arb_server_request() -> impl Strategy<Value = ServerRequest> {
     prop_oneof![
         arb_lock().prop_map(ServerRequest::Invalidate),
         Just(ServerRequest::SyncLogTrees),
+        arb_key().prop_map(|first| ServerRequest::LockRecover { first }),
     ]
 }
 
@@ -153,6 +167,10 @@ fn arb_client_response() -> impl Strategy<Value = (Cmd, ClientResponse)> {
     prop_oneof![
         arb_lock().prop_map(|m| (Cmd::Lock, ClientResponse::InvalidateDone(m))),
         Just((Cmd::SyncLogTrees, ClientResponse::Done)),
+        (arb_recover_entries(), any::<bool>()).prop_map(|(entries, more)| (
+            Cmd::LockRecover,
+            ClientResponse::LockRecover { entries, more }
+        )),
     ]
 }
 
@@ -329,6 +347,35 @@ proptest! {
         decode_everything(&bytes);
         // Payload decoders also see valid payloads with changed bytes.
         decode_everything(f.data());
+    }
+
+    #[test]
+    fn mutated_lock_recover_answers_are_refused_or_canonical(
+        entries in arb_recover_entries(),
+        more: bool,
+        edits in prop::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+        cut in any::<prop::sample::Index>(),
+        extra in prop::collection::vec(any::<u8>(), 0..100),
+    ) {
+        let resp = ClientResponse::LockRecover { entries, more };
+        let good = encode_client_response(Cmd::LockRecover, &resp).unwrap();
+        let mut bytes = good.clone();
+        for (at, v) in edits {
+            let i = at % bytes.len();
+            bytes[i] = v;
+        }
+        let cut = cut.index(bytes.len() + 1);
+        for b in [bytes.clone(), bytes[..cut].to_vec(), [bytes.clone(), extra].concat()] {
+            match decode_client_response(Cmd::LockRecover, None, &b) {
+                Ok(got @ ClientResponse::LockRecover { .. }) => {
+                    let ClientResponse::LockRecover { entries, .. } = &got else { unreachable!() };
+                    prop_assert!(entries.len() <= RECOVER_ENTRIES_MAX);
+                    prop_assert_eq!(encode_client_response(Cmd::LockRecover, &got).unwrap(), b);
+                }
+                Ok(other) => prop_assert!(false, "decoded as {:?}", other),
+                Err(_) => {}
+            }
+        }
     }
 
     #[test]
