@@ -478,6 +478,10 @@ impl State {
         }
         let mut new = *lt;
         new.commit_trans_seq = new.get_trans_seq;
+        // Seqs stay above every committed item, whichever server handed
+        // them out (a mount may commit through a new server before it has
+        // reported its locks).
+        self.seq = self.seq.max(lt.max_item_seq.get());
         let key = log_trees_key(rid, lt.nr.get());
         btree::insert(
             &mut txn.w,
