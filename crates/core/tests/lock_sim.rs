@@ -57,6 +57,8 @@
 //! `SCOUTFS_SIM_SEED=<seed>` runs that seed alone and traces every step, and
 //! `SCOUTFS_SIM_SEEDS=<n>` runs seeds 0..n instead of the default set.
 
+mod common;
+
 use scoutfs_core::lock::{
     index_lock_range, inode_lock_range, modes_compatible, orphan_lock_range, rename_lock_range,
     Acquire, ClientAction, LockClient, LockMode, LockMsg, RecoverEntry, Rid, RECOVER_ENTRIES_MAX,
@@ -66,7 +68,6 @@ use scoutfs_core::rng::Rng;
 use scoutfs_format::key::ty;
 use scoutfs_format::Key;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Seeds run by the tests below, split in parts the harness runs in parallel.
 const SEEDS: u64 = 1200;
@@ -232,7 +233,7 @@ struct Stats {
     unreported: u64,
 }
 
-impl Stats {
+impl common::sim::Totals for Stats {
     fn add(&mut self, o: &Stats) {
         self.steps += o.steps;
         self.requests += o.requests;
@@ -1232,45 +1233,8 @@ fn run_seed(seed: u64, trace: bool) -> Stats {
     sim.stats
 }
 
-fn replay_env() -> Option<u64> {
-    let s = std::env::var("SCOUTFS_SIM_SEED").ok()?;
-    match s.parse() {
-        Ok(v) => Some(v),
-        Err(_) => panic!("SCOUTFS_SIM_SEED={s} is not a number"),
-    }
-}
-
-/// `SCOUTFS_SIM_SEEDS=<n>` runs more seeds (a longer soak), else [`SEEDS`].
-fn seed_count() -> u64 {
-    match std::env::var("SCOUTFS_SIM_SEEDS") {
-        Ok(s) => s
-            .parse()
-            .unwrap_or_else(|_| panic!("SCOUTFS_SIM_SEEDS={s} is not a number")),
-        Err(_) => SEEDS,
-    }
-}
-
 fn run_part(part: u64) {
-    let seeds: Vec<u64> = match replay_env() {
-        Some(seed) if part == 0 => vec![seed],
-        Some(_) => Vec::new(),
-        None => (0..seed_count()).filter(|s| s % PARTS == part).collect(),
-    };
-    let trace = replay_env().is_some();
-    let mut totals = Stats::default();
-    for seed in seeds {
-        match catch_unwind(AssertUnwindSafe(|| run_seed(seed, trace))) {
-            Ok(st) => totals.add(&st),
-            Err(e) => {
-                eprintln!("lock_sim: seed {seed} failed");
-                eprintln!(
-                    "replay: SCOUTFS_SIM_SEED={seed} cargo test -p scoutfs-core --test lock_sim"
-                );
-                std::panic::resume_unwind(e);
-            }
-        }
-    }
-    eprintln!("lock_sim part {part}: {totals:?}");
+    common::sim::run_part("lock_sim", part, PARTS, SEEDS, run_seed);
 }
 
 #[test]

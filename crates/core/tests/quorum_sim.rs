@@ -54,6 +54,8 @@
 //! runs that seed alone and traces every step, and `SCOUTFS_SIM_SEEDS=<n>`
 //! runs seeds 0..n instead of the default set.
 
+mod common;
+
 use scoutfs_core::lock::Rid;
 use scoutfs_core::quorum::{
     event_term, leaders_to_fence, newer_election, record_events, Action, Agent, AgentConfig, Dest,
@@ -64,7 +66,6 @@ use scoutfs_format::block::Timespec;
 use scoutfs_format::consts::QUORUM_MAX_SLOTS;
 use scoutfs_format::quorum::{QuorumBlock, QUORUM_EVENT_ELECT};
 use std::collections::{BTreeMap, BTreeSet};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Seeds run by the tests below, split in parts the harness runs in parallel.
 const SEEDS: u64 = 4000;
@@ -198,7 +199,7 @@ struct Stats {
     settle_beyond_hb_ms_max: u64,
 }
 
-impl Stats {
+impl common::sim::Totals for Stats {
     fn add(&mut self, o: &Stats) {
         self.seeds += o.seeds;
         self.steps += o.steps;
@@ -1032,45 +1033,8 @@ fn run_seed(seed: u64, trace: bool) -> Stats {
     sim.stats
 }
 
-fn replay_env() -> Option<u64> {
-    let s = std::env::var("SCOUTFS_SIM_SEED").ok()?;
-    match s.parse() {
-        Ok(v) => Some(v),
-        Err(_) => panic!("SCOUTFS_SIM_SEED={s} is not a number"),
-    }
-}
-
-/// `SCOUTFS_SIM_SEEDS=<n>` runs more seeds (a longer soak), else [`SEEDS`].
-fn seed_count() -> u64 {
-    match std::env::var("SCOUTFS_SIM_SEEDS") {
-        Ok(s) => s
-            .parse()
-            .unwrap_or_else(|_| panic!("SCOUTFS_SIM_SEEDS={s} is not a number")),
-        Err(_) => SEEDS,
-    }
-}
-
 fn run_part(part: u64) {
-    let seeds: Vec<u64> = match replay_env() {
-        Some(seed) if part == 0 => vec![seed],
-        Some(_) => Vec::new(),
-        None => (0..seed_count()).filter(|s| s % PARTS == part).collect(),
-    };
-    let trace = replay_env().is_some();
-    let mut totals = Stats::default();
-    for seed in seeds {
-        match catch_unwind(AssertUnwindSafe(|| run_seed(seed, trace))) {
-            Ok(st) => totals.add(&st),
-            Err(e) => {
-                eprintln!("quorum_sim: seed {seed} failed");
-                eprintln!(
-                    "replay: SCOUTFS_SIM_SEED={seed} cargo test -p scoutfs-core --test quorum_sim"
-                );
-                std::panic::resume_unwind(e);
-            }
-        }
-    }
-    eprintln!("quorum_sim part {part}: {totals:?}");
+    common::sim::run_part("quorum_sim", part, PARTS, SEEDS, run_seed);
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Helpers shared by the core's integration tests.
 #![allow(dead_code)]
 
+pub mod sim;
+
 use scoutfs_core::commit::Store;
 use scoutfs_core::dev::{BlockDev, MemDev};
 use scoutfs_core::mkfs::{mkfs, MkfsOptions};
