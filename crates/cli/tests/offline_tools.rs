@@ -5,29 +5,15 @@
 
 mod common;
 
-use common::Scratch;
+use common::{scoutfs, Scratch};
 use scoutfs_core::btree;
 use scoutfs_core::commit::Store;
 use scoutfs_core::dev::{BlockDev, FileDev};
 use scoutfs_format::consts::*;
 use scoutfs_format::Key;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
-
-fn scoutfs(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_scoutfs"))
-        .args(args)
-        .output()
-        .expect("run scoutfs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("panicked"),
-        "scoutfs {args:?} panicked: {stderr}"
-    );
-    assert_ne!(out.status.code(), Some(101), "scoutfs {args:?} panicked");
-    out
-}
 
 fn text(o: &Output) -> String {
     format!(

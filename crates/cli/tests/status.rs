@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Scratch;
+use common::{scoutfs, Scratch};
 use scoutfs_core::block::{read_sm, write_sm};
 use scoutfs_core::dev::{BlockDev, FileDev};
 use scoutfs_core::lock::Rid;
@@ -14,21 +14,7 @@ use scoutfs_format::consts::*;
 use scoutfs_format::quorum::QuorumBlock;
 use scoutfs_format::Timespec;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn scoutfs(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_scoutfs"))
-        .args(args)
-        .output()
-        .expect("run scoutfs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("panicked"),
-        "scoutfs {args:?} panicked: {stderr}"
-    );
-    assert_ne!(out.status.code(), Some(101), "scoutfs {args:?} panicked");
-    out
-}
+use std::process::Output;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -276,3 +276,19 @@ pub fn assert_check_clean(meta: &Path, data: &Path) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Runs the `scoutfs` binary with `args`; fails the test if it panicked
+/// (a panic is never an acceptable answer to any input).
+pub fn scoutfs(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scoutfs"))
+        .args(args)
+        .output()
+        .expect("run scoutfs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "scoutfs {args:?} panicked: {stderr}"
+    );
+    assert_ne!(out.status.code(), Some(101), "scoutfs {args:?} panicked");
+    out
+}

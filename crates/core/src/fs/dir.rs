@@ -749,7 +749,6 @@ impl Fs {
     /// Creates an inode as a user would: in a set-group-id directory the new
     /// inode takes the directory's group, and a new directory keeps the bit.
     #[allow(clippy::too_many_arguments)]
-    #[allow(clippy::too_many_arguments)]
     pub fn mknod_as(
         &self,
         parent: u64,
