@@ -31,6 +31,9 @@ pub trait Handler: Send + Sync {
     fn lock_granted(&self, msg: LockMsg);
     /// A request from the server; the handler answers with `respond`.
     fn server_request(&self, id: u64, req: ServerRequest);
+    /// The server changed (a new term): what the old one asked is void,
+    /// and the new one will ask for the locks held.
+    fn server_changed(&self);
 }
 
 enum Waiter {
@@ -66,6 +69,13 @@ impl ClientDeliver for Dispatch {
     fn request(&self, server_term: u64, id: u64, req: ServerRequest) {
         lock(&self.terms).insert(id, server_term);
         self.handler.server_request(id, req);
+    }
+
+    fn greeted(&self, _server_term: u64, new_server: bool) {
+        if new_server {
+            lock(&self.terms).clear();
+            self.handler.server_changed();
+        }
     }
 }
 

@@ -18,7 +18,10 @@
 use crate::client::{Client, Handler};
 use crate::error::{Error, Result};
 use crate::item::{Cover, ItemCache};
-use crate::lock::{inode_lock_range, Acquire, ClientAction, LockClient, LockMode, LockMsg, Rid};
+use crate::lock::{
+    inode_lock_range, Acquire, ClientAction, LockClient, LockMode, LockMsg, Rid,
+    RECOVER_ENTRIES_MAX,
+};
 use crate::msg::{ClientResponse, ServerRequest};
 use crate::trans::Trans;
 use scoutfs_format::key::zone;
@@ -347,8 +350,26 @@ impl Handler for Locks {
                 self.apply(&mut st, acts);
             }
             ServerRequest::SyncLogTrees => self.queue(Work::Sync { id }),
-            // Lock recovery is not wired yet: servers don't fail over.
-            ServerRequest::LockRecover { .. } => {}
+            ServerRequest::LockRecover { first } => {
+                let (entries, more) = self
+                    .state()
+                    .machine
+                    .recovery_batch(first, RECOVER_ENTRIES_MAX);
+                if let Some(c) = self.client.get() {
+                    let resp = ClientResponse::LockRecover { entries, more };
+                    if let Err(e) = c.respond(id, resp) {
+                        eprintln!("scoutfs: lock recovery answer not sent: {e}");
+                    }
+                }
+            }
         }
+    }
+
+    fn server_changed(&self) {
+        let mut st = self.state();
+        // The old server's request ids mean nothing to the new one.
+        st.inval_ids.clear();
+        let acts = st.machine.server_changed();
+        self.apply(&mut st, acts);
     }
 }

@@ -19,7 +19,7 @@ use crate::fs::{Fs, FsOptions};
 use crate::item::ItemCache;
 use crate::locks::{Locks, LOCK_IDLE_MAX_DEFAULT};
 use crate::msg::Request;
-use crate::server::Server;
+use crate::server::{Server, ServerStart};
 use crate::trans::{Trans, TransLimits};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -113,7 +113,8 @@ impl Mount {
         let fsid = store.sb.hdr.fsid.get();
         // Until mounts elect their server, every mount serves its
         // filesystem itself, on a loopback port of its own.
-        let server = Server::start(store, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let server = Server::start(store, loopback, ServerStart::Alone)?;
         let items = Arc::new(ItemCache::new(opts.item_cache_bytes));
         let locks = Locks::new(rid, items.clone(), opts.lock_idle_max);
         let client = Client::connect(server.addr(), fsid, rid, locks.clone())?;
@@ -176,6 +177,24 @@ impl Mount {
     /// The server this mount runs, if it runs one.
     pub fn server(&self) -> Option<&Server> {
         self.server.as_ref()
+    }
+
+    /// Replaces this mount's server with a new one of the next term on the
+    /// same address, as a failover does (without the election): the mount
+    /// reconnects, sees a new server, reports its locks, and its unanswered
+    /// requests are handled by the new server. For tests of recovery.
+    pub fn restart_server(&mut self) -> Result<()> {
+        let old = self
+            .server
+            .take()
+            .ok_or_else(|| Error::Invalid("this mount runs no server".into()))?;
+        let (addr, term) = (old.addr(), old.term());
+        let store = old
+            .stop()
+            .ok_or_else(|| Error::Invalid("the server thread failed".into()))?;
+        let how = ServerStart::TakeOver { term: term + 1 };
+        self.server = Some(Server::start(store, addr, how)?);
+        Ok(())
     }
 
     pub fn locks(&self) -> &Arc<Locks> {

@@ -66,11 +66,25 @@ fn mounted_client_key(rid: u64) -> Key {
     Key::new(zone::MOUNTED_CLIENT, rid, 0, 0, 0, 0)
 }
 
+/// How a server begins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerStart {
+    /// No mount of the filesystem can be running: every log tree left is a
+    /// departed mount's and is merged into fs_root.
+    Alone,
+    /// Taking over from the server of an earlier term while mounts run:
+    /// the mounts recorded in the super block keep their log trees, and
+    /// report their locks before anything is granted.
+    TakeOver { term: u64 },
+}
+
 enum Event {
-    /// Mount `rid` greeted on `conn`: record it, then accept the greeting.
+    /// Mount `rid` greeted on `conn` (`client_term`: the term of the server
+    /// it knew, 0 on its first connection): record it, then accept.
     Greeting {
         conn: ConnId,
         rid: u64,
+        client_term: u64,
     },
     Request {
         rid: u64,
@@ -95,8 +109,12 @@ impl ToThread {
 }
 
 impl ServerDeliver for ToThread {
-    fn greeting(&self, conn: ConnId, rid: u64, _client_term: u64, _flags: u64) {
-        self.send(Event::Greeting { conn, rid });
+    fn greeting(&self, conn: ConnId, rid: u64, client_term: u64, _flags: u64) {
+        self.send(Event::Greeting {
+            conn,
+            rid,
+            client_term,
+        });
     }
     fn request(&self, rid: u64, id: u64, req: Request) {
         self.send(Event::Request { rid, id, req });
@@ -110,25 +128,31 @@ impl ServerDeliver for ToThread {
 pub struct Server {
     tx: Sender<Event>,
     link: Arc<ServerLink>,
+    term: u64,
     thread: Option<JoinHandle<Store>>,
 }
 
 impl Server {
     /// Starts the server on an open store, listening on `addr` (port 0
     /// picks a free port; see `addr`).
-    pub fn start(store: Store, addr: SocketAddr) -> Result<Server> {
+    pub fn start(store: Store, addr: SocketAddr, how: ServerStart) -> Result<Server> {
         let (tx, rx) = channel();
         let fsid = store.sb.hdr.fsid.get();
+        let term = match how {
+            ServerStart::Alone => SERVER_TERM,
+            ServerStart::TakeOver { term } => term,
+        };
         let deliver = Arc::new(ToThread(Mutex::new(tx.clone())));
-        let link = Arc::new(ServerLink::listen(addr, fsid, SERVER_TERM, deliver)?);
+        let link = Arc::new(ServerLink::listen(addr, fsid, term, deliver)?);
         let l2 = link.clone();
         let thread = std::thread::Builder::new()
             .name("scoutfs-server".into())
-            .spawn(move || State::new(store, l2).run(rx))
+            .spawn(move || State::new(store, l2, how, term).run(rx))
             .map_err(|e| Error::io("spawning the server thread", e))?;
         Ok(Server {
             tx,
             link,
+            term,
             thread: Some(thread),
         })
     }
@@ -136,6 +160,11 @@ impl Server {
     /// Where clients connect.
     pub fn addr(&self) -> SocketAddr {
         self.link.addr()
+    }
+
+    /// The term this server serves.
+    pub fn term(&self) -> u64 {
+        self.term
     }
 
     /// The server's network end (fault injection and counters).
@@ -168,10 +197,11 @@ struct State {
     /// Server requests awaiting a client's response: (rid, id).
     asked: BTreeSet<(u64, u64)>,
     seq: u64,
+    term: u64,
 }
 
 impl State {
-    fn new(store: Store, link: Arc<ServerLink>) -> State {
+    fn new(store: Store, link: Arc<ServerLink>, how: ServerStart, term: u64) -> State {
         let mut seq = store.sb.seq.get();
         if let Ok(lts) = log_roots(store.cache.as_ref(), &store.sb.logs_root) {
             for lt in lts {
@@ -184,13 +214,40 @@ impl State {
             link,
             asked: BTreeSet::new(),
             seq,
+            term,
         };
-        // Nothing is mounted when the server starts, so every log tree was
-        // left by a mount that is gone: merge them all into fs_root.
-        if let Err(e) = st.merge_departed() {
-            eprintln!("scoutfs: server: merging earlier mounts' log trees: {e}");
+        match how {
+            // Nothing is mounted, so every log tree was left by a mount
+            // that is gone: merge them all into fs_root.
+            ServerStart::Alone => {
+                if let Err(e) = st.merge_departed() {
+                    eprintln!("scoutfs: server: merging earlier mounts' log trees: {e}");
+                }
+            }
+            ServerStart::TakeOver { .. } => match st.mounted_rids() {
+                Ok(rids) => st.locks = LockServer::recovering(rids.into_iter().map(Rid)),
+                Err(e) => eprintln!("scoutfs: server: reading the mounted clients: {e}"),
+            },
         }
         st
+    }
+
+    /// The mounts recorded in the super block.
+    fn mounted_rids(&self) -> Result<Vec<u64>> {
+        let start = mounted_client_key(0);
+        let end = mounted_client_key(u64::MAX);
+        let mut rids = Vec::new();
+        btree::for_each_range(
+            self.store.cache.as_ref(),
+            &self.store.sb.mounted_clients,
+            &start,
+            &end,
+            |it| {
+                rids.push(it.key.first);
+                Ok(true)
+            },
+        )?;
+        Ok(rids)
     }
 
     /// Merges every log tree into fs_root (newest versions win, deletions
@@ -271,8 +328,19 @@ impl State {
     fn run(mut self, rx: Receiver<Event>) -> Store {
         while let Ok(ev) = rx.recv() {
             match ev {
-                Event::Greeting { conn, rid } => match self.greeting(rid) {
-                    Ok(()) => self.link.accept(conn),
+                Event::Greeting {
+                    conn,
+                    rid,
+                    client_term,
+                } => match self.greeting(rid) {
+                    Ok(()) => {
+                        self.link.accept(conn);
+                        // A mount of an earlier server: ask for its locks.
+                        if client_term != 0 && client_term != self.term {
+                            let outs = self.locks.greeted(Rid(rid));
+                            self.lock_outputs(outs);
+                        }
+                    }
                     Err(e) => eprintln!("scoutfs: server: recording mount {rid:#x}: {e}"),
                 },
                 Event::Request {
@@ -302,14 +370,29 @@ impl State {
         if !self.asked.remove(&(rid, id)) {
             return;
         }
-        if let ClientResponse::InvalidateDone(m) = resp {
-            let mut seq = self.seq;
-            let outs = self.locks.invalidate_done(Rid(rid), m, &mut || {
-                seq += 1;
-                seq
-            });
-            self.seq = seq;
-            self.lock_outputs(outs);
+        match resp {
+            ClientResponse::InvalidateDone(m) => {
+                let mut seq = self.seq;
+                let outs = self.locks.invalidate_done(Rid(rid), m, &mut || {
+                    seq += 1;
+                    seq
+                });
+                self.seq = seq;
+                self.lock_outputs(outs);
+            }
+            ClientResponse::LockRecover { entries, more } => {
+                // Write seqs stay above every one a mount reports: a batch
+                // may end recovery and grant at once.
+                let reported = entries.iter().map(|e| e.write_seq).max().unwrap_or(0);
+                let mut seq = self.seq.max(reported);
+                let outs = self.locks.recover(Rid(rid), &entries, more, &mut || {
+                    seq += 1;
+                    seq
+                });
+                self.seq = seq;
+                self.lock_outputs(outs);
+            }
+            ClientResponse::Done => {}
         }
     }
 
@@ -352,8 +435,7 @@ impl State {
                         Err(e) => eprintln!("scoutfs: server: {e}"),
                     }
                 }
-                // Only a recovering lock server asks, and this one never
-                // recovers yet (no failover); see lock_server's recovery.
+                // A recovering lock server asks each mount for its locks.
                 ServerOut::Recover { rid, first } => {
                     let req = ServerRequest::LockRecover { first };
                     match self.link.request(rid.0, &req) {

@@ -106,6 +106,11 @@ pub trait ClientDeliver: Send + Sync {
     /// A request of the server of `server_term`, to answer with
     /// [`ClientLink::respond`].
     fn request(&self, server_term: u64, id: u64, req: ServerRequest);
+    /// The server answered a greeting; `new_server`: it is not the one
+    /// greeted before (its term differs), so what the old one asked is void
+    /// and the locks must be recovered. Comes before anything the new
+    /// server sends.
+    fn greeted(&self, server_term: u64, new_server: bool);
 }
 
 struct ClientShared {
@@ -234,6 +239,7 @@ impl Drop for ClientLink {
 }
 
 enum Delivery {
+    Greeted(u64, bool),
     Response(u64, Response),
     Request(u64, u64, ServerRequest),
 }
@@ -250,9 +256,13 @@ impl ClientShared {
                         let _ = w.send(f.encode());
                     }
                 }
-                ClientOutput::Greeted { .. } => {
+                ClientOutput::Greeted {
+                    server_term,
+                    new_server,
+                } => {
                     lock(&self.state).greeted = true;
                     self.state_cv.notify_all();
+                    out.push(Delivery::Greeted(server_term, new_server));
                 }
                 ClientOutput::Response { id, resp } => out.push(Delivery::Response(id, resp)),
                 ClientOutput::Request {
@@ -268,6 +278,7 @@ impl ClientShared {
     fn hand_over(&self, out: Vec<Delivery>) {
         for d in out {
             match d {
+                Delivery::Greeted(term, new) => self.deliver.greeted(term, new),
                 Delivery::Response(id, resp) => self.deliver.response(id, resp),
                 Delivery::Request(term, id, req) => self.deliver.request(term, id, req),
             }

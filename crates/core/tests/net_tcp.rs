@@ -161,3 +161,62 @@ fn bad_bytes_close_only_their_connection() {
     mnt.unmount().unwrap();
     assert_clean(&meta, &data);
 }
+
+/// The server is replaced by one of the next term, again and again, while
+/// the mount works: the mount reconnects to a new server, reports the
+/// locks it holds, and its unanswered requests (commits among them) are
+/// handled by the new server once; the work goes on without an error and
+/// everything acknowledged is there after remount.
+#[test]
+fn a_new_server_recovers_the_mounts_locks_and_work_goes_on() {
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0x7c03);
+    let rounds = 60;
+    let done = Arc::new(AtomicBool::new(false));
+    watchdog(done.clone(), 120);
+    {
+        let mut mnt = mount(&meta, &data);
+        let fs = mnt.fs().clone();
+        let d = fs.mknod(ROOT_INO, b"d", DIR, 0, 0, 0, None).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (fs, stop) = (fs.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for r in 0..rounds {
+                    work(&fs, d.ino, r);
+                }
+                stop.store(true, Ordering::SeqCst);
+            })
+        };
+        let mut restarts = 0;
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+            mnt.restart_server().unwrap();
+            restarts += 1;
+        }
+        worker.join().unwrap();
+        assert!(restarts >= 10, "the server was replaced {restarts} times");
+        assert_eq!(mnt.server().unwrap().term(), 1 + restarts);
+        // Locks still work under the last server: a fresh directory and
+        // a sync need new grants and a commit.
+        let e = fs.mknod(ROOT_INO, b"after", DIR, 0, 0, 0, None).unwrap();
+        fs.mknod(e.ino, b"f", REG, 0, 0, 0, None).unwrap();
+        fs.sync().unwrap();
+        mnt.unmount().unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    assert_clean(&meta, &data);
+    let mnt = mount(&meta, &data);
+    let fs = mnt.fs();
+    let d = fs.lookup(ROOT_INO, b"d").unwrap();
+    for r in 0..rounds {
+        for i in 0..40 {
+            let name = format!("r{r}-f{i}");
+            let f = fs.lookup(d.ino, name.as_bytes()).unwrap();
+            assert_eq!(fs.read(f.ino, 0, 64).unwrap(), name.as_bytes());
+        }
+    }
+    let e = fs.lookup(ROOT_INO, b"after").unwrap();
+    fs.lookup(e.ino, b"f").unwrap();
+    mnt.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
