@@ -311,9 +311,16 @@ impl ClientShared {
             if self.stop.load(Ordering::SeqCst) {
                 break;
             }
+            let Some(writer) = spawn_writer(w, "scoutfs-client-write") else {
+                // No thread to write with: this connection can't greet.
+                let _ = stream.shutdown(Shutdown::Both);
+                lock(&self.stream).take();
+                std::thread::sleep(Duration::from_millis(CONNECT_RETRY_MS));
+                continue;
+            };
             let out = {
                 let mut net = lock(&self.net);
-                *lock(&self.writer) = spawn_writer(w, "scoutfs-client-write");
+                *lock(&self.writer) = Some(writer);
                 net.on_connected();
                 self.drain(&mut net)
             };
