@@ -11,6 +11,12 @@
 //! response. Then the item cache drops the range (unless WRITE→READ), the
 //! kernel's caches are told to drop it, and the answer goes to the server.
 //!
+//! When the server changes (a new term), the state machine is told before
+//! anything the new server sends: the old server's requests are void (their
+//! ids are forgotten), the caches stay (the locks are still held), and the
+//! new server's LOCK_RECOVER requests are answered at once, on the receive
+//! thread, from the machine's granted modes.
+//!
 //! Ordering rules for callers: take several locks in ascending key order
 //! (`lock_inodes` does), and never wait for a lock while holding the
 //! transaction.
