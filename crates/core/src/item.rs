@@ -323,27 +323,7 @@ impl ItemCache {
         key: &Key,
         last: &Key,
     ) -> Result<Option<(Key, Vec<u8>)>> {
-        assert!(
-            c.covers(key) && c.covers(last) && c.read,
-            "next from {key} outside its lock"
-        );
-        let mut k = *key;
-        loop {
-            let step = self.known_op(src, c, &k, |g| {
-                let end = g.known_end(&k).unwrap_or(k).min(*last);
-                let found = g
-                    .items
-                    .range(k..=end)
-                    .find(|(_, it)| !it.deleted)
-                    .map(|(k, it)| (*k, it.val.clone()));
-                (found, end)
-            })?;
-            match step {
-                (Some(f), _) => return Ok(Some(f)),
-                (None, end) if end >= *last => return Ok(None),
-                (None, end) => k = end.inc(),
-            }
-        }
+        Ok(self.next_many(src, c, key, last, 1)?.pop())
     }
 
     /// Up to `max` items in `key..=last` in key order (within the lock),

@@ -1,13 +1,14 @@
 //! Mounting: setup and teardown of everything a mount runs, in order.
 //!
 //! Setup: check the two devices belong together; open the metadata store
-//! and start the server (today in the same process: its single quorum slot
-//! makes it leader); make a random mount id (rid), or take the caller's
-//! (`scoutfs mount` chooses it to record itself for the local fence agent
-//! before any server can see the rid), and connect the client;
-//! greet; create the item cache, lock driver and first transaction; free
-//! inodes an earlier mount left unlinked; start the commit thread. Teardown reverses it: stop the commit thread, commit,
-//! say farewell, stop the lock worker, disconnect, stop the server.
+//! and start the server (until mounts elect it, in the same process, on a
+//! loopback port of its own); make a random mount id (rid), or take the
+//! caller's (`scoutfs mount` chooses it to record itself for the local
+//! fence agent before any server can see the rid), and connect the client
+//! over TCP, which greets; create the item cache, lock driver and first
+//! transaction; free inodes an earlier mount left unlinked; start the
+//! commit thread. Teardown reverses it: stop the commit thread, commit, say
+//! farewell, close the connection, stop the lock worker, stop the server.
 
 use crate::block::BlockCache;
 use crate::client::Client;

@@ -1,10 +1,9 @@
 //! Messages between a mount's client and the server.
 //!
-//! These are the in-memory requests and responses. Today they travel between
-//! threads of one process; `wire` encodes them as frames and `net` carries
-//! them reliably (sequence numbers, acknowledgements, resends) for the TCP
-//! transport. Every request gets exactly one response with the
-//! same id. Requests go both ways: the client asks for log trees, roots,
+//! These are the in-memory requests and responses; `wire` encodes them as
+//! frames, `net` carries them reliably (sequence numbers,
+//! acknowledgements, resends) and `tcp` over sockets. Every request gets
+//! exactly one response with the same id. Requests go both ways: the client asks for log trees, roots,
 //! inode numbers, locks and statistics; the server asks a client to give up
 //! (invalidate) a lock, to commit its transaction, or (a new server) to
 //! report the locks it holds.

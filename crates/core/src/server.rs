@@ -19,14 +19,21 @@
 //! Seqs: one counter (`super.seq`) supplies transaction seqs and lock write
 //! seqs. At start it is raised above every seq recorded in the log trees.
 //!
-//! Merging: when the server starts, every log tree belongs to a mount that
-//! is gone (nothing is mounted yet), so they are all merged into `fs_root`
-//! in batches of commits and dropped, their space returned. Merging while
-//! mounts run (finalize, distribute, splice) comes with the cluster.
+//! Transport: mounts connect over TCP (`tcp`, with the delivery rules of
+//! `net`); a greeting records the mount in `mounted_clients` before it is
+//! answered.
+//!
+//! Starting ([`ServerStart`]): a server that starts `Alone` (no mount can be
+//! running) merges every log tree into `fs_root` in batches of commits and
+//! drops them, their space returned. One that takes over from the server of
+//! an earlier term while mounts run keeps their log trees and recovers
+//! their locks first: every mount recorded in `mounted_clients` is asked
+//! for its locks (LOCK_RECOVER) when it greets, and nothing is granted
+//! until all have answered.
 //!
 //! Not yet here (later issues): batching of commits across requests,
-//! merging while mounts run, network transport, recovery after a server
-//! change, fencing.
+//! merging while mounts run, the election that decides which mount runs the
+//! server, a time limit on recovery and fencing the mounts that miss it.
 
 use crate::alloc::extent;
 use crate::btree;
@@ -396,14 +403,20 @@ impl State {
         }
     }
 
-    /// Records a mount that greeted (idempotent: a reconnect greets again).
+    /// Records a mount that greeted (a reconnect greets again: then it is
+    /// already recorded and nothing is written).
     fn greeting(&mut self, rid: u64) -> Result<()> {
+        let key = mounted_client_key(rid);
+        let sb = &self.store.sb;
+        if btree::lookup(self.store.cache.as_ref(), &sb.mounted_clients, &key)?.is_some() {
+            return Ok(());
+        }
         let mut txn = self.store.begin();
         let val = MountedClientVal::default();
         btree::insert(
             &mut txn.w,
             &mut txn.sb.mounted_clients,
-            &mounted_client_key(rid),
+            &key,
             0,
             0,
             val.as_bytes(),

@@ -5,29 +5,17 @@
 mod common;
 
 use scoutfs_core::check::{check, NoProgress};
-use scoutfs_core::dev::{BlockDev, MemDev};
+use scoutfs_core::dev::BlockDev;
 use scoutfs_core::fs::dir::{RENAME_EXCHANGE, RENAME_NOREPLACE};
 use scoutfs_core::fs::*;
-use scoutfs_core::mount::{Mount, MountOptions};
+use scoutfs_core::mount::MountOptions;
 use scoutfs_format::ROOT_INO;
 use std::sync::Arc;
 
 const REG: u32 = libc::S_IFREG | 0o644;
 const DIR: u32 = libc::S_IFDIR | 0o755;
 
-fn mount(meta: &MemDev, data: &MemDev) -> Mount {
-    let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
-        (Arc::new(meta.clone()), Arc::new(data.clone()));
-    Mount::open(m, d, &MountOptions::default()).expect("mount")
-}
-
-fn assert_clean(meta: &MemDev, data: &MemDev) {
-    let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
-        (Arc::new(meta.clone()), Arc::new(data.clone()));
-    let r = check(&m, &d, &mut NoProgress).expect("check");
-    let first: Vec<String> = r.problems.iter().take(8).map(|p| p.to_string()).collect();
-    assert!(r.is_clean(), "check: {first:?}");
-}
+use common::{assert_clean, mount};
 
 fn names(fs: &Fs, dir: u64) -> Vec<String> {
     let mut out = Vec::new();
@@ -520,11 +508,9 @@ fn atime_modes() {
     use scoutfs_format::Timespec;
     let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xfc);
     let open = |mode| {
-        let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
-            (Arc::new(meta.clone()), Arc::new(data.clone()));
         let mut o = MountOptions::default();
         o.fs.atime = mode;
-        Mount::open(m, d, &o).expect("mount")
+        common::mount_with(&meta, &data, &o)
     };
     let mnt = open(AtimeMode::Relatime);
     let fs = mnt.fs();

@@ -5,8 +5,9 @@
 
 mod common;
 
-use scoutfs_core::check::{check, NoProgress};
-use scoutfs_core::dev::{BlockDev, MemDev};
+use common::assert_clean;
+
+use scoutfs_core::dev::MemDev;
 use scoutfs_core::fs::Fs;
 use scoutfs_core::mount::{Mount, MountOptions};
 use scoutfs_format::ROOT_INO;
@@ -19,22 +20,12 @@ const REG: u32 = libc::S_IFREG | 0o644;
 const DIR: u32 = libc::S_IFDIR | 0o755;
 
 fn mount(meta: &MemDev, data: &MemDev) -> Mount {
-    let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
-        (Arc::new(meta.clone()), Arc::new(data.clone()));
     let opts = MountOptions {
         // Small transactions: many commits, so many server round trips.
         commit_interval_ms: 50,
         ..Default::default()
     };
-    Mount::open(m, d, &opts).expect("mount")
-}
-
-fn assert_clean(meta: &MemDev, data: &MemDev) {
-    let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
-        (Arc::new(meta.clone()), Arc::new(data.clone()));
-    let r = check(&m, &d, &mut NoProgress).expect("check");
-    let first: Vec<String> = r.problems.iter().take(8).map(|p| p.to_string()).collect();
-    assert!(r.is_clean(), "check: {first:?}");
+    common::mount_with(meta, data, &opts)
 }
 
 /// Ends the test process if `done` isn't set within `secs`: a request
@@ -51,6 +42,18 @@ fn watchdog(done: Arc<AtomicBool>, secs: u64) {
         eprintln!("a request went unanswered for {secs} s");
         std::process::exit(1);
     });
+}
+
+/// Every file `work` made in `rounds` rounds is there with its contents.
+fn assert_work(fs: &Fs, rounds: usize) {
+    let d = fs.lookup(ROOT_INO, b"d").unwrap();
+    for r in 0..rounds {
+        for i in 0..40 {
+            let name = format!("r{r}-f{i}");
+            let f = fs.lookup(d.ino, name.as_bytes()).unwrap();
+            assert_eq!(fs.read(f.ino, 0, 64).unwrap(), name.as_bytes());
+        }
+    }
 }
 
 fn work(fs: &Fs, dir: u64, round: usize) {
@@ -99,14 +102,7 @@ fn broken_connections_are_made_again_and_nothing_is_lost() {
     assert_clean(&meta, &data);
     let mnt = mount(&meta, &data);
     let fs = mnt.fs();
-    let d = fs.lookup(ROOT_INO, b"d").unwrap();
-    for r in 0..rounds {
-        for i in 0..40 {
-            let name = format!("r{r}-f{i}");
-            let f = fs.lookup(d.ino, name.as_bytes()).unwrap();
-            assert_eq!(fs.read(f.ino, 0, 64).unwrap(), name.as_bytes());
-        }
-    }
+    assert_work(fs, rounds);
     mnt.unmount().unwrap();
     assert_clean(&meta, &data);
 }
@@ -207,14 +203,7 @@ fn a_new_server_recovers_the_mounts_locks_and_work_goes_on() {
     assert_clean(&meta, &data);
     let mnt = mount(&meta, &data);
     let fs = mnt.fs();
-    let d = fs.lookup(ROOT_INO, b"d").unwrap();
-    for r in 0..rounds {
-        for i in 0..40 {
-            let name = format!("r{r}-f{i}");
-            let f = fs.lookup(d.ino, name.as_bytes()).unwrap();
-            assert_eq!(fs.read(f.ino, 0, 64).unwrap(), name.as_bytes());
-        }
-    }
+    assert_work(fs, rounds);
     let e = fs.lookup(ROOT_INO, b"after").unwrap();
     fs.lookup(e.ino, b"f").unwrap();
     mnt.unmount().unwrap();

@@ -6,10 +6,12 @@
 
 mod common;
 
+use common::mount;
+
 use scoutfs_core::commit::{read_super, write_super};
 use scoutfs_core::dev::{BlockDev, MemDev};
 use scoutfs_core::forest::STALE_RETRIES_MAX;
-use scoutfs_core::mount::{Mount, MountOptions};
+use scoutfs_core::mount::Mount;
 use scoutfs_core::status::{read_status, LogTreeStatus, SlotState, Status};
 use scoutfs_core::Error;
 use scoutfs_format::consts::{BLOCK_SM_SIZE, SUPER_OFFSET};
@@ -22,12 +24,6 @@ fn status(meta: &MemDev) -> Status {
     let st = read_status(&dev).expect("status");
     assert!(st.problems().is_empty(), "{:?}", st.problems());
     st
-}
-
-fn mount(meta: &MemDev, data: &MemDev) -> Mount {
-    let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
-        (Arc::new(meta.clone()), Arc::new(data.clone()));
-    Mount::open(m, d, &MountOptions::default()).expect("mount")
 }
 
 /// Creates a file and commits, so the mount's log tree holds something.

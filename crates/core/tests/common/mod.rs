@@ -46,3 +46,30 @@ pub fn open(meta: &MemDev) -> Store {
     let dev: Arc<dyn BlockDev> = Arc::new(meta.clone());
     Store::open(dev, 512).expect("open store")
 }
+
+/// Mounts in-memory devices with `opts`.
+pub fn mount_with(
+    meta: &MemDev,
+    data: &MemDev,
+    opts: &scoutfs_core::mount::MountOptions,
+) -> scoutfs_core::mount::Mount {
+    let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
+        (Arc::new(meta.clone()), Arc::new(data.clone()));
+    scoutfs_core::mount::Mount::open(m, d, opts).expect("mount")
+}
+
+/// Mounts in-memory devices with default options.
+pub fn mount(meta: &MemDev, data: &MemDev) -> scoutfs_core::mount::Mount {
+    mount_with(meta, data, &scoutfs_core::mount::MountOptions::default())
+}
+
+/// Runs `check` on in-memory devices and fails the test, naming the first
+/// problems, unless it finds none.
+pub fn assert_clean(meta: &MemDev, data: &MemDev) {
+    use scoutfs_core::check::{check, NoProgress};
+    let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
+        (Arc::new(meta.clone()), Arc::new(data.clone()));
+    let r = check(&m, &d, &mut NoProgress).expect("check");
+    let first: Vec<String> = r.problems.iter().take(8).map(|p| p.to_string()).collect();
+    assert!(r.is_clean(), "check: {first:?}");
+}
