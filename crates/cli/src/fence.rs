@@ -84,9 +84,22 @@ pub fn cmd_fence_local(a: FenceLocalArgs) -> Result<ExitCode, String> {
             );
             None
         }
-        LocalFenceOutcome::Gone { record, why, left } => {
+        LocalFenceOutcome::Gone {
+            record,
+            why,
+            detached,
+            left,
+        } => {
+            let what = if detached {
+                format!(
+                    "; its dead FUSE mount on {} was detached",
+                    record.mountpoint.display()
+                )
+            } else {
+                String::new()
+            };
             eprintln!(
-                "scoutfs fence-local: mount {rid} (pid {}) is gone: {why}; fenced",
+                "scoutfs fence-local: mount {rid} (pid {}) is gone: {why}{what}; fenced",
                 record.pid
             );
             left

@@ -342,16 +342,28 @@ impl Filesystem for ScoutFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        empty(
-            reply,
-            self.fs.rename(
-                parent.0,
-                name.as_bytes(),
-                newparent.0,
-                newname.as_bytes(),
-                flags.bits(),
-            ),
+        let r = self.fs.rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            flags.bits(),
         );
+        if r.is_ok() {
+            // The kernel moves its entries itself (both ways for an
+            // exchange): both names are cached now, to be dropped when
+            // their directories' locks go.
+            let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            k.names
+                .entry(parent.0)
+                .or_default()
+                .insert(name.as_bytes().to_vec());
+            k.names
+                .entry(newparent.0)
+                .or_default()
+                .insert(newname.as_bytes().to_vec());
+        }
+        empty(reply, r);
     }
 
     fn link(
@@ -373,11 +385,14 @@ impl Filesystem for ScoutFuse {
         // them), except when a read is due to update the atime: then the
         // kernel drops them so that the next read reaches us.
         let atime = reads && !noatime && self.fs.atime_wanted(ino.0).unwrap_or(false);
-        let keep = if atime {
+        let mut keep = if atime {
             FopenFlags::empty()
         } else {
             FopenFlags::FOPEN_KEEP_CACHE
         };
+        if flags.0 & libc::O_APPEND != 0 {
+            keep |= FopenFlags::FOPEN_DIRECT_IO;
+        }
         reply.opened(FileHandle(if noatime { FH_NOATIME } else { 0 }), keep);
     }
 
@@ -413,12 +428,31 @@ impl Filesystem for ScoutFuse {
         offset: u64,
         data: &[u8],
         _wf: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lo: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(ino.0, offset, data) {
-            Ok(n) => reply.written(n as u32),
+        if flags.0 & libc::O_APPEND == 0 {
+            match self.fs.write(ino.0, offset, data) {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(err(e)),
+            }
+            return;
+        }
+        // O_APPEND: the kernel chose the offset from the size it caches,
+        // which another mount may have changed; the end of the file is
+        // found under the inode's lock instead. (Such files are opened for
+        // direct I/O, so no page holds the kernel's guess.) If the guess
+        // was wrong, the kernel's size and pages are dropped.
+        match self.fs.append(ino.0, data) {
+            Ok((n, at)) => {
+                reply.written(n as u32);
+                if at != offset {
+                    if let Some(nt) = self.notifier.get() {
+                        let _ = nt.inval_inode(ino, 0, 0);
+                    }
+                }
+            }
             Err(e) => reply.error(err(e)),
         }
     }

@@ -11,9 +11,14 @@
 //! `scoutfs_core::fence::local`): its pid, start time and mountpoint in the
 //! run directory. The record is removed once the mount has ended.
 //!
-//! The fence options (`--fence-command`, `--fence-arg`,
-//! `--fence-timeout-ms`) are parsed into the mount's options for its server,
-//! which fences other mounts with them once mounts elect servers.
+//! A mount with `--quorum-slot` is a quorum member: it stands for election
+//! and serves the filesystem while elected; one without is a client of the
+//! elected server. The fence options (`--fence-command`, `--fence-arg`,
+//! `--fence-timeout-ms`) are what its server fences other mounts with.
+//!
+//! `scoutfs up` makes a filesystem with three quorum slots on loopback (if
+//! its folder has none) and runs three mounts of it, one per slot, as child
+//! processes fenced with the local agent; Ctrl-C unmounts them together.
 
 use crate::fuse::ScoutFuse;
 use crate::size;
@@ -23,13 +28,18 @@ use scoutfs_core::fence::local::{run_dir, sweep_stale, LocalRecord, RUN_DIR_ENV}
 use scoutfs_core::fence::FENCE_TIMEOUT_MS_DEFAULT;
 use scoutfs_core::fs::AtimeMode;
 use scoutfs_core::lock::Rid;
-use scoutfs_core::mount::{new_rid, Mount, MountOptions};
+use scoutfs_core::mount::{new_rid, Mount, MountOptions, MountRole};
+use scoutfs_core::quorum::{HEARTBEAT_TIMEOUT_MAX_MS, HEARTBEAT_TIMEOUT_MIN_MS};
 use scoutfs_format::key::zone;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+
+/// How long giving up a lock waits for the kernel to drop the caches of
+/// its inodes (see the kernel invalidation in `serve`).
+const KERNEL_INVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(clap::Args)]
 pub struct MountArgs {
@@ -40,10 +50,30 @@ pub struct MountArgs {
     data: PathBuf,
     /// The directory to mount on.
     mountpoint: PathBuf,
-    /// This mount's quorum slot. Accepted for the cluster to come; today
-    /// every mount serves its filesystem itself and must be the only one.
-    #[arg(long = "quorum-slot")]
-    quorum_slot: Option<usize>,
+    /// This mount's quorum slot (one configured at mkfs with -Q): the mount
+    /// stands for election and serves the filesystem while elected. Without
+    /// it the mount is a client of the elected server.
+    #[arg(long = "quorum-slot", value_parser = clap::value_parser!(u8).range(0..15))]
+    quorum_slot: Option<u8>,
+    /// How long a quorum member waits for the leader's heartbeat before it
+    /// stands for election (a leader whose server is unreachable is given
+    /// less).
+    #[arg(
+        long = "quorum-heartbeat-timeout-ms",
+        default_value_t = scoutfs_core::quorum::HEARTBEAT_TIMEOUT_DEFAULT_MS,
+        value_parser = clap::value_parser!(u64).range(HEARTBEAT_TIMEOUT_MIN_MS..=HEARTBEAT_TIMEOUT_MAX_MS)
+    )]
+    heartbeat_timeout_ms: u64,
+    /// How long this mount's server waits for the mounts of an earlier
+    /// server to reconnect and recover before it fences them.
+    #[arg(long = "recovery-timeout-ms", default_value_t = scoutfs_core::server::RECOVERY_TIMEOUT_MS_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    recovery_timeout_ms: u64,
+    /// How long this mount's server lets a mount stay disconnected before
+    /// it fences it.
+    #[arg(long = "reconnect-timeout-ms", default_value_t = scoutfs_core::server::RECONNECT_TIMEOUT_MS_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    reconnect_timeout_ms: u64,
     /// Commit the open transaction at least this often.
     #[arg(long = "commit-interval-ms", default_value_t = 10_000)]
     commit_interval_ms: u64,
@@ -59,9 +89,10 @@ pub struct MountArgs {
     /// that stopped answering, or an old server) before it reclaims what
     /// that mount held. It gets SCOUTFS_FENCE_RID, SCOUTFS_FENCE_ADDR,
     /// SCOUTFS_FENCE_PORT, SCOUTFS_FENCE_REASON and SCOUTFS_FENCE_FSID in its
-    /// environment and exits 0 once that mount can no longer write. Without
-    /// it a server refuses to fence. For mounts on this host:
-    /// `--fence-command scoutfs --fence-arg fence-local`.
+    /// environment and exits 0 once that mount can no longer write. The
+    /// default, when every quorum slot is a loopback address (so every
+    /// mount is on this host), is the local agent, `scoutfs fence-local`;
+    /// otherwise there is none and a server refuses to fence.
     #[arg(long = "fence-command", value_name = "PROGRAM")]
     fence_command: Option<String>,
     /// An argument of the fence command; repeat for more.
@@ -87,9 +118,13 @@ pub struct UpArgs {
     /// The folder holding the image files (made if missing).
     #[arg(long, default_value = "scoutfs-up")]
     dir: PathBuf,
-    /// Where to mount (default: DIR/mnt).
-    #[arg(long)]
-    mountpoint: Option<PathBuf>,
+    /// Where to mount: mount N goes on PREFIX-N (default: DIR/mnt-N).
+    #[arg(long = "mountpoint-prefix")]
+    mountpoint_prefix: Option<PathBuf>,
+    /// How many mounts to run, each a quorum member (a new filesystem gets
+    /// this many quorum slots on loopback).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=15))]
+    mounts: u8,
     /// Size of a new metadata image (sparse).
     #[arg(long, default_value = "1G", value_parser = size::parse_size)]
     meta_size: u64,
@@ -99,11 +134,17 @@ pub struct UpArgs {
 }
 
 pub fn cmd_mount(a: MountArgs) -> Result<ExitCode, String> {
-    let opts = MountOptions {
+    let mut opts = MountOptions {
+        role: match a.quorum_slot {
+            Some(slot) => MountRole::Quorum { slot },
+            None => MountRole::Client,
+        },
+        heartbeat_timeout_ms: a.heartbeat_timeout_ms,
+        recovery_timeout_ms: a.recovery_timeout_ms,
+        reconnect_timeout_ms: a.reconnect_timeout_ms,
         commit_interval_ms: a.commit_interval_ms,
         ..Default::default()
     };
-    let mut opts = opts;
     opts.fs.acl = !a.noacl;
     opts.fs.atime = match a.atime.as_str() {
         "strictatime" => AtimeMode::Strict,
@@ -121,16 +162,18 @@ pub fn cmd_up(a: UpArgs) -> Result<ExitCode, String> {
     std::fs::create_dir_all(&a.dir).map_err(|e| format!("{}: {e}", a.dir.display()))?;
     let (meta, data) = (a.dir.join("meta.img"), a.dir.join("data.img"));
     if !meta.exists() {
-        let port = free_port()?;
+        let mut quorum = Vec::new();
+        for slot in 0..a.mounts as usize {
+            let port = free_port()?;
+            let addr = format!("127.0.0.1:{port}")
+                .parse()
+                .map_err(|e| format!("{e}"))?;
+            quorum.push((slot, addr));
+        }
         let m = crate::MkfsArgs {
             meta: meta.clone(),
             data: data.clone(),
-            quorum: vec![(
-                0,
-                format!("127.0.0.1:{port}")
-                    .parse()
-                    .map_err(|e| format!("{e}"))?,
-            )],
+            quorum,
             max_meta: Some(a.meta_size),
             max_data: Some(a.data_size),
             zone_blocks: None,
@@ -138,16 +181,92 @@ pub fn cmd_up(a: UpArgs) -> Result<ExitCode, String> {
         };
         crate::make(&m)?;
     }
-    let mnt = a.mountpoint.clone().unwrap_or_else(|| a.dir.join("mnt"));
-    std::fs::create_dir_all(&mnt).map_err(|e| format!("{}: {e}", mnt.display()))?;
-    let hint = format!(
-        "Use it like any directory, e.g.\n  cp -r /etc {0}/ && ls {0}/etc\n\
-         Archive tools: scoutfs walk-inodes, search-xattrs, release and stage (coming).\n\
-         Press Ctrl-C here to unmount; the filesystem stays in {1}.",
-        mnt.display(),
+    let dev = crate::open_dev(&meta, false)?;
+    let sb = scoutfs_core::commit::read_super(dev.as_ref(), true).map_err(|e| e.to_string())?;
+    let slots: Vec<u8> = (0..sb.qconf.slots.len() as u8)
+        .filter(|&i| sb.qconf.slots[i as usize].to_socket().is_some())
+        .take(a.mounts as usize)
+        .collect();
+    let exe = std::env::current_exe().map_err(|e| format!("finding the scoutfs binary: {e}"))?;
+    let set = block_signals();
+    let mut children = Vec::new();
+    let mut mps = Vec::new();
+    for (n, slot) in slots.iter().enumerate() {
+        let mp = match &a.mountpoint_prefix {
+            Some(p) => PathBuf::from(format!("{}-{}", p.display(), n + 1)),
+            None => a.dir.join(format!("mnt-{}", n + 1)),
+        };
+        std::fs::create_dir_all(&mp).map_err(|e| format!("{}: {e}", mp.display()))?;
+        let child = std::process::Command::new(&exe)
+            .arg("mount")
+            .arg("--meta")
+            .arg(&meta)
+            .arg(&data)
+            .arg(&mp)
+            .arg("--quorum-slot")
+            .arg(slot.to_string())
+            .arg("--fence-command")
+            .arg(&exe)
+            .arg("--fence-arg")
+            .arg("fence-local")
+            .spawn()
+            .map_err(|e| format!("starting mount {}: {e}", n + 1))?;
+        children.push(child);
+        mps.push(mp);
+    }
+    eprintln!(
+        "scoutfs up: {} mounts of one filesystem (the images are in {}):",
+        mps.len(),
         a.dir.display()
     );
-    serve(&meta, &data, &mnt, &MountOptions::default(), Some(hint))
+    for (n, mp) in mps.iter().enumerate() {
+        eprintln!(
+            "  mount {} (quorum slot {}): {}",
+            n + 1,
+            slots[n],
+            mp.display()
+        );
+    }
+    eprintln!(
+        "A change made in one is seen in the others at once. \
+         See the cluster with: scoutfs status --meta {}\n\
+         Press Ctrl-C here to unmount them all; the filesystem stays in {}.",
+        meta.display(),
+        a.dir.display()
+    );
+    // Ctrl-C: every mount gets SIGTERM at once (the last quorum members
+    // leave together), then each is waited for.
+    let pids: Vec<i32> = children.iter().map(|c| c.id() as i32).collect();
+    std::thread::spawn(move || {
+        let sig = wait_signal(set);
+        eprintln!("scoutfs up: signal {sig}: unmounting every mount");
+        for pid in pids {
+            // SAFETY: signalling our own child by its pid; it is not reaped
+            // before the waits below, so the pid is still its.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    });
+    let mut failed = 0;
+    for (n, mut c) in children.into_iter().enumerate() {
+        match c.wait() {
+            Ok(st) if st.success() => {}
+            Ok(st) => {
+                eprintln!("scoutfs up: mount {} ended with {st}", n + 1);
+                failed += 1;
+            }
+            Err(e) => {
+                eprintln!("scoutfs up: waiting for mount {}: {e}", n + 1);
+                failed += 1;
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// A free TCP port on loopback for a new filesystem's quorum slot.
@@ -155,6 +274,25 @@ fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| format!("finding a free port: {e}"))?;
     l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+/// The fence command of a mount given none: the local agent when every
+/// quorum slot is a loopback address. Then every mount of the filesystem
+/// runs on this host (no other host can reach a server there), so the
+/// agent's records name every mount, and a mount with no record is truly
+/// gone. Otherwise none: a site with several hosts must say how to fence.
+fn local_fencing(meta: &Arc<dyn BlockDev>) -> Result<Option<Vec<String>>, String> {
+    let sb =
+        scoutfs_core::commit::read_super(meta.as_ref(), true).map_err(|e| format!("mount: {e}"))?;
+    let slots: Vec<_> = sb.qconf.slots.iter().filter_map(|a| a.to_socket()).collect();
+    if slots.is_empty() || !slots.iter().all(|a| a.ip().is_loopback()) {
+        return Ok(None);
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("finding the scoutfs binary: {e}"))?;
+    Ok(Some(vec![
+        exe.to_string_lossy().into_owned(),
+        "fence-local".into(),
+    ]))
 }
 
 /// Refuses a mountpoint that isn't a directory or is already mounted on.
@@ -185,21 +323,6 @@ fn check_mountpoint(p: &Path) -> Result<PathBuf, String> {
     Ok(abs)
 }
 
-/// An exclusive advisory lock on the metadata device, held while mounted.
-fn exclusive(meta: &Path) -> Result<std::fs::File, String> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(meta).map_err(|e| format!("{}: {e}", meta.display()))?;
-    // SAFETY: flock on a file descriptor we own.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        return Err(format!(
-            "{}: the filesystem is already mounted by another scoutfs process on this host",
-            meta.display()
-        ));
-    }
-    Ok(f)
-}
-
 /// Blocks the signals that end a mount in this thread and every thread
 /// started after, and returns the set.
 fn block_signals() -> libc::sigset_t {
@@ -207,7 +330,7 @@ fn block_signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1] {
             libc::sigaddset(&mut set, s);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -270,12 +393,12 @@ fn serve(
 ) -> Result<ExitCode, String> {
     let set = block_signals();
     let mp = check_mountpoint(mountpoint)?;
-    // Until quorum election exists, one mount per filesystem on this host:
-    // the server runs inside the mount, and two servers would corrupt it.
-    let _excl = exclusive(meta)?;
     let m = crate::open_dev(meta, true)?;
     let d = crate::open_dev(data, true)?;
     let mut opts = opts.clone();
+    if opts.fence_command.is_none() {
+        opts.fence_command = local_fencing(&m)?;
+    }
     let rid = new_rid();
     opts.rid = Some(rid);
     // Dropped after the mount (declared before it), on every path.
@@ -306,7 +429,7 @@ fn serve(
     let notifier = session.notifier();
     let _ = notifier_slot.set(session.notifier());
     mnt.locks()
-        .set_kernel_invalidate(Box::new(move |start, end| {
+        .set_kernel_invalidate(Box::new(move |start, end, busy| {
             if start.zone != zone::FS {
                 return;
             }
@@ -323,16 +446,44 @@ fn serve(
                 }
                 (inos, names)
             };
-            for (d, n) in names {
-                let _ = notifier.inval_entry(INodeNo(d), std::ffi::OsStr::from_bytes(&n));
+            // Attributes first: dropping them takes no kernel lock, so it
+            // is always done before the lock is given up.
+            for &ino in &inos {
+                let _ = notifier.inval_inode(INodeNo(ino), -1, 0);
             }
-            for ino in inos {
-                let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+            // Names and pages are dropped under their directory's and
+            // pages' locks. A request in flight holds those while it waits
+            // for this very lock (a create holds its directory, a write its
+            // pages), so they are dropped on a thread of their own: waited
+            // for (at most KERNEL_INVAL_WAIT) when no caller waits for the
+            // lock, else not waited for; they finish as soon as those
+            // requests, which run again under a new grant, are answered.
+            let n = notifier.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("scoutfs-kinval".into())
+                .spawn(move || {
+                    for (d, name) in names {
+                        let _ = n.inval_entry(INodeNo(d), std::ffi::OsStr::from_bytes(&name));
+                    }
+                    for ino in inos {
+                        let _ = n.inval_inode(INodeNo(ino), 0, 0);
+                    }
+                    let _ = tx.send(());
+                });
+            if spawned.is_ok() && !busy && rx.recv_timeout(KERNEL_INVAL_WAIT).is_err() {
+                eprintln!("scoutfs: dropping kernel caches waits for a request in flight");
             }
         }));
     let mut unmounter = session.unmount_callable();
+    let dump = mnt.state_dumper();
     std::thread::spawn(move || {
-        let sig = wait_signal(set);
+        let mut sig = wait_signal(set);
+        // SIGUSR1: print the lock state, for diagnosis.
+        while sig == libc::SIGUSR1 {
+            dump();
+            sig = wait_signal(set);
+        }
         eprintln!("scoutfs: signal {sig}: unmounting");
         if let Err(e) = unmounter.unmount() {
             eprintln!("scoutfs: unmount: {e}");

@@ -217,6 +217,8 @@ fn mount_refuses_bad_devices_and_mountpoints_clearly() {
     std::fs::create_dir_all(&mp).unwrap();
     let empty = dir.path("empty.img");
     std::fs::write(&empty, vec![0u8; 1 << 20]).unwrap();
+    // Every mount here is the member of slot 0: one that got past its
+    // checks would serve (and never exit) instead of failing.
     let run = |m: &Path, d: &Path, p: &Path| {
         let o = std::process::Command::new(bin())
             .args([
@@ -225,6 +227,8 @@ fn mount_refuses_bad_devices_and_mountpoints_clearly() {
                 m.to_str().unwrap(),
                 d.to_str().unwrap(),
                 p.to_str().unwrap(),
+                "--quorum-slot",
+                "0",
             ])
             .output()
             .unwrap();
@@ -262,11 +266,14 @@ fn mount_refuses_bad_devices_and_mountpoints_clearly() {
     let m = MountProc::start(&meta, &data, &mp, &[]);
     let (ok, text) = run(&meta, &data, &mp);
     assert!(!ok && text.contains("busy"), "{text}");
-    // The same filesystem twice at once (until quorum election exists).
+    // A second mount in the slot of a running one.
     let mp2 = dir.path("mnt2");
     std::fs::create_dir_all(&mp2).unwrap();
     let (ok, text) = run(&meta, &data, &mp2);
-    assert!(!ok && text.contains("already mounted"), "{text}");
+    assert!(
+        !ok && text.contains("is another mount using this slot?"),
+        "{text}"
+    );
     m.unmount();
     assert_check_clean(&meta, &data);
 }

@@ -15,10 +15,10 @@
 use crate::error::{Error, Result};
 use crate::lock::LockMsg;
 use crate::msg::{ClientResponse, Request, Response, ServerRequest};
-use crate::tcp::{ClientDeliver, ClientLink};
+use crate::tcp::{ClientDeliver, ClientLink, ServerAddr};
+use crate::wire::GREETING_FLAG_FAREWELL;
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,16 +82,19 @@ impl ClientDeliver for Dispatch {
 pub struct Client {
     link: ClientLink,
     rid: u64,
+    flags: u64,
     dispatch: Arc<Dispatch>,
 }
 
 impl Client {
-    /// Connects mount `rid` of filesystem `fsid` to the server at `addr`;
-    /// `handler` gets grants and server requests.
+    /// Connects mount `rid` of filesystem `fsid` to the server at `addr`,
+    /// greeting with `flags` (`wire::GREETING_FLAG_QUORUM` for a quorum
+    /// member); `handler` gets grants and server requests.
     pub fn connect(
-        addr: SocketAddr,
+        addr: ServerAddr,
         fsid: u64,
         rid: u64,
+        flags: u64,
         handler: Arc<dyn Handler>,
     ) -> Result<Arc<Client>> {
         let dispatch = Arc::new(Dispatch {
@@ -99,12 +102,53 @@ impl Client {
             terms: Mutex::default(),
             handler,
         });
-        let link = ClientLink::connect(addr, fsid, rid, dispatch.clone(), GREETING_TIMEOUT)?;
+        let link = ClientLink::connect(addr, fsid, rid, flags, dispatch.clone(), GREETING_TIMEOUT)?;
         Ok(Arc::new(Client {
             link,
             rid,
+            flags,
             dispatch,
         }))
+    }
+
+    /// Says farewell (the last request of an unmount, after the final
+    /// commit) and waits for the answer. A server may hold a quorum
+    /// member's farewell until enough members remain or all leave
+    /// together; meanwhile `gone` is asked every `poll`: when it says the
+    /// server already processed the farewell (the mount's record is gone
+    /// from the super block), the answer is no longer needed. That is how
+    /// a mount finishes when the server that answered it stopped before
+    /// the answer arrived and no server will follow.
+    pub fn farewell(&self, poll: Duration, gone: impl Fn() -> bool) -> Result<()> {
+        // Later connections greet as leaving, so a new server knows.
+        self.link.set_flags(self.flags | GREETING_FLAG_FAREWELL)?;
+        let (tx, rx) = channel();
+        self.link.request(&Request::Farewell, |id| {
+            lock(&self.dispatch.waiters).insert(id, Waiter::Call(tx));
+        })?;
+        loop {
+            match rx.recv_timeout(poll) {
+                Ok(Response::Error(errno)) => {
+                    return Err(Error::Invalid(format!(
+                        "farewell: server error: errno {errno}"
+                    )))
+                }
+                Ok(_) => return Ok(()),
+                Err(RecvTimeoutError::Timeout) => {
+                    if gone() {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Invalid("the connection to the server closed".into()))
+                }
+            }
+        }
+    }
+
+    /// Whether the connection to the server is up and greeted now.
+    pub fn is_connected(&self) -> bool {
+        self.link.is_connected()
     }
 
     pub fn rid(&self) -> u64 {

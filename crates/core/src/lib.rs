@@ -21,6 +21,7 @@ pub mod block;
 pub mod btree;
 pub mod check;
 pub mod client;
+pub mod cluster;
 pub mod commit;
 pub mod counters;
 pub mod dev;

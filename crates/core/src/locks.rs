@@ -39,8 +39,10 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 /// Idle granted locks kept before the oldest are given back.
 pub const LOCK_IDLE_MAX_DEFAULT: usize = 10_000;
 
-/// Called with a key range whose kernel caches must be dropped.
-pub type KernelInvalidate = Box<dyn Fn(&Key, &Key) + Send + Sync>;
+/// Called with a key range whose kernel caches must be dropped, and
+/// whether callers are waiting for the lock (requests in flight that may
+/// hold kernel locks the drop needs; see `scoutfs mount`).
+pub type KernelInvalidate = Box<dyn Fn(&Key, &Key, bool) + Send + Sync>;
 
 enum Work {
     Invalidate {
@@ -219,6 +221,19 @@ impl Locks {
         }
     }
 
+    /// Every lock this mount knows, as the state machine sees it (for
+    /// diagnosis).
+    pub fn dump(&self) -> String {
+        let st = self.state();
+        let mut out = String::new();
+        for start in st.machine.starts() {
+            if let Some(v) = st.machine.lock_view(&start) {
+                out.push_str(&format!("  {start}: {v:?}\n"));
+            }
+        }
+        out
+    }
+
     /// The inode group lock of `ino`.
     pub fn lock_inode(&self, ino: u64, mode: LockMode) -> Result<LockGuard> {
         let (s, e) = inode_lock_range(ino);
@@ -263,7 +278,9 @@ impl Locks {
                     *st.wakes.entry(start).or_insert(0) += 1;
                     self.cv.notify_all();
                 }
-                ClientAction::DropCache { start, end } => self.drop_caches(&start, &end, true),
+                ClientAction::DropCache { start, end } => {
+                    self.drop_caches(&start, &end, true, false)
+                }
                 ClientAction::ProtocolError { key, reason } => {
                     eprintln!("scoutfs: lock protocol error on {key}: {reason}");
                 }
@@ -286,12 +303,13 @@ impl Locks {
         }
     }
 
-    fn drop_caches(&self, start: &Key, end: &Key, items: bool) {
+    /// Drops the item cache (`items`) and the kernel's caches of a range.
+    fn drop_caches(&self, start: &Key, end: &Key, items: bool, busy: bool) {
         if items {
             self.items.invalidate(start, end);
         }
         if let Some(k) = self.kernel.get() {
-            k(start, end);
+            k(start, end, busy);
         }
     }
 
@@ -313,8 +331,17 @@ impl Locks {
                 if sync {
                     self.commit();
                 }
-                let keep_items = old == LockMode::Write && new == LockMode::Read;
-                self.drop_caches(&start, &end, !keep_items);
+                // WRITE to READ: nobody can change the range while we
+                // read it, so every cache stays true.
+                let keep = old == LockMode::Write && new == LockMode::Read;
+                if !keep {
+                    let busy = self
+                        .state()
+                        .machine
+                        .lock_view(&start)
+                        .is_some_and(|v| v.waiters.iter().any(|&n| n > 0));
+                    self.drop_caches(&start, &end, true, busy);
+                }
                 let mut st = self.state();
                 let (m, acts) = st.machine.invalidate_done(start);
                 if let Some(m) = m {

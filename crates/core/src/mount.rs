@@ -1,36 +1,84 @@
 //! Mounting: setup and teardown of everything a mount runs, in order.
 //!
-//! Setup: check the two devices belong together; open the metadata store
-//! and start the server (until mounts elect it, in the same process, on a
-//! loopback port of its own); make a random mount id (rid), or take the
-//! caller's (`scoutfs mount` chooses it to record itself for the local
-//! fence agent before any server can see the rid), and connect the client
-//! over TCP, which greets; create the item cache, lock driver and first
-//! transaction; free inodes an earlier mount left unlinked; start the
-//! commit thread. Teardown reverses it: stop the commit thread, commit, say
-//! farewell, close the connection, stop the lock worker, stop the server.
+//! Setup: check the two devices belong together; make a random mount id
+//! (rid), or take the caller's (`scoutfs mount` chooses it to record itself
+//! for the local fence agent before any server can see the rid); start what
+//! serves the filesystem, by the mount's [`MountRole`]:
+//!
+//! - a quorum member starts its slot's quorum driver, whose elections start
+//!   and stop this mount's server ([`crate::cluster`]);
+//! - a plain client serves nothing;
+//! - a mount that is `Alone` (tests and tools that own the devices) runs its
+//!   own server in the process, on a loopback port, with no election.
+//!
+//! Then connect the client over TCP to the server (found in the quorum
+//! blocks before every attempt, as elections move it), which greets and
+//! records the mount; create the item cache, lock driver and first
+//! transaction; free inodes an earlier mount left unlinked, when no other
+//! mount is recorded (another may still have them open); start the commit
+//! thread.
+//!
+//! Teardown reverses it: stop the commit thread, commit, say farewell (a
+//! quorum member's farewell may wait for the others, see
+//! [`crate::server`]), close the connection, stop the lock worker, then
+//! stop the server or leave the quorum (which stops a server it runs).
 
 use crate::block::BlockCache;
+use crate::btree;
 use crate::client::Client;
+use crate::cluster::{ElectedOptions, ElectedServer};
 use crate::commit::{check_pair, read_super, Store};
 use crate::dev::BlockDev;
 use crate::error::{Error, Result};
 use crate::fence::{Fencer, FENCE_TIMEOUT_MS_DEFAULT};
 use crate::fs::{Fs, FsOptions};
 use crate::item::ItemCache;
+use crate::lock::Rid;
 use crate::locks::{Locks, LOCK_IDLE_MAX_DEFAULT};
-use crate::msg::Request;
-use crate::server::{Server, ServerStart};
+use crate::quorum::{
+    find_server, QuorumDriver, QuorumHandle, QuorumOptions, SlotNr, HEARTBEAT_TIMEOUT_DEFAULT_MS,
+};
+use crate::server::{
+    Server, ServerOptions, RECONNECT_TIMEOUT_MS_DEFAULT, RECOVERY_TIMEOUT_MS_DEFAULT,
+};
+use crate::tcp::{FindServer, ServerAddr};
 use crate::trans::{Trans, TransLimits};
+use crate::wire::GREETING_FLAG_QUORUM;
+use scoutfs_format::key::zone;
+use scoutfs_format::Key;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// What a mount serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountRole {
+    /// The only mount there can be: it serves the filesystem itself, in the
+    /// process, with no election (tests and tools that own the devices).
+    /// Every mount recorded on the device is taken for departed.
+    Alone,
+    /// A member of the quorum in this slot: it stands for election and
+    /// serves when elected.
+    Quorum { slot: u8 },
+    /// A client of whichever quorum member serves.
+    Client,
+}
 
 /// Options of a mount.
 #[derive(Clone, Debug)]
 pub struct MountOptions {
+    pub role: MountRole,
+    /// How long a quorum member waits for the leader's heartbeat before it
+    /// stands for election.
+    pub heartbeat_timeout_ms: u64,
+    /// How long this mount's server waits for the mounts of an earlier
+    /// server to recover before it fences them.
+    pub recovery_timeout_ms: u64,
+    /// How long this mount's server lets a mount stay disconnected before
+    /// it fences it.
+    pub reconnect_timeout_ms: u64,
     /// Commit the open transaction at least this often.
     pub commit_interval_ms: u64,
     /// Bytes of clean items the item cache keeps.
@@ -54,6 +102,10 @@ pub struct MountOptions {
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
+            role: MountRole::Alone,
+            heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_DEFAULT_MS,
+            recovery_timeout_ms: RECOVERY_TIMEOUT_MS_DEFAULT,
+            reconnect_timeout_ms: RECONNECT_TIMEOUT_MS_DEFAULT,
             commit_interval_ms: 10_000,
             item_cache_bytes: 256 << 20,
             block_cache_blocks: 2048,
@@ -83,16 +135,26 @@ pub fn new_rid() -> u64 {
     crate::rng::os_random_u64() | 1
 }
 
-/// A mounted filesystem: its server, client and fs.
+/// A mounted filesystem: its client and fs, and what it serves.
 pub struct Mount {
     fs: Arc<Fs>,
+    meta: Arc<dyn BlockDev>,
     cache: Arc<BlockCache>,
     locks: Arc<Locks>,
     client: Arc<Client>,
+    /// The in-process server of an `Alone` mount.
     server: Option<Server>,
+    /// The quorum member of a `Quorum` mount.
+    quorum: Option<QuorumDriver>,
+    /// Asks the elected server this mount runs, if any, to print its state.
+    elected_dump: Option<Arc<dyn Fn() + Send + Sync>>,
     committer: Option<JoinHandle<()>>,
     unmounted: AtomicBool,
 }
+
+/// How often an unmount waiting for its farewell's answer looks at the
+/// device to see whether the farewell was processed already.
+const FAREWELL_POLL: Duration = Duration::from_secs(1);
 
 impl Mount {
     /// Mounts the filesystem on `meta` and `data`.
@@ -109,16 +171,51 @@ impl Mount {
         let msb = read_super(meta.as_ref(), true)?;
         let dsb = read_super(data.as_ref(), false)?;
         check_pair(&msb, &dsb, data.name())?;
-        let store = Store::open(meta, opts.block_cache_blocks)?;
-        let cache: Arc<BlockCache> = store.cache.clone();
-        let fsid = store.sb.hdr.fsid.get();
-        // Until mounts elect their server, every mount serves its
-        // filesystem itself, on a loopback port of its own.
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let server = Server::start(store, loopback, ServerStart::Alone)?;
+        let fsid = msb.hdr.fsid.get();
+        let cache = Arc::new(BlockCache::new(meta.clone(), fsid, opts.block_cache_blocks));
+        let mut server = None;
+        let mut quorum = None;
+        let mut elected_dump = None;
+        let finder = Arc::new(Finder {
+            meta: meta.clone(),
+            quorum: OnceLock::new(),
+        });
+        let find = ServerAddr::Find(finder.clone());
+        let (addr, flags) = match opts.role {
+            MountRole::Alone => {
+                let store = Store::open(meta.clone(), opts.block_cache_blocks)?;
+                let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+                let s = Server::start(store, loopback, ServerOptions::alone(1))?;
+                let addr = ServerAddr::Fixed(s.addr());
+                server = Some(s);
+                (addr, 0)
+            }
+            MountRole::Quorum { slot } => {
+                let eopts = ElectedOptions {
+                    fencer: opts.fencer(fsid),
+                    cache_blocks: opts.block_cache_blocks,
+                    recovery_timeout: Duration::from_millis(opts.recovery_timeout_ms),
+                    reconnect_timeout: Duration::from_millis(opts.reconnect_timeout_ms),
+                };
+                let ctl = ElectedServer::new(meta.clone(), SlotNr(slot), eopts)?;
+                elected_dump = Some(Arc::from(ctl.dumper()));
+                let qopts = QuorumOptions {
+                    rid: Rid(rid),
+                    heartbeat_timeout_ms: opts.heartbeat_timeout_ms,
+                };
+                let driver = QuorumDriver::start(meta.clone(), SlotNr(slot), qopts, Box::new(ctl))?;
+                let _ = finder.quorum.set(driver.handle());
+                quorum = Some(driver);
+                (find, GREETING_FLAG_QUORUM)
+            }
+            MountRole::Client => (find, 0),
+        };
+        // A failure from here on leaves the quorum (stopping a server this
+        // mount runs) before it returns.
+        let quorum_on_err = QuorumOnErr(quorum);
         let items = Arc::new(ItemCache::new(opts.item_cache_bytes));
         let locks = Locks::new(rid, items.clone(), opts.lock_idle_max);
-        let client = Client::connect(server.addr(), fsid, rid, locks.clone())?;
+        let client = Client::connect(addr, fsid, rid, flags, locks.clone())?;
         // The client and the lock driver refer to each other; until the
         // mount is whole, a failure must close the client's connection or
         // its thread would go on reconnecting to a server that is gone.
@@ -147,20 +244,34 @@ impl Mount {
             opts.fs.clone(),
             fsid,
         ));
-        let orphans = fs
-            .reclaim_orphans()
-            .map_err(|e| Error::Invalid(format!("freeing orphaned inodes: {e}")))?;
-        if orphans > 0 {
-            eprintln!("scoutfs: freed {orphans} inodes left unlinked by an earlier mount");
+        if opts.role != MountRole::Alone {
+            let (meta, cache) = (meta.clone(), cache.clone());
+            fs.set_others_mounted(Box::new(move || {
+                others_mounted(meta.as_ref(), &cache, rid).unwrap_or(true)
+            }));
+        }
+        // Unlinked inodes still open on another mount are not orphans:
+        // free them only when no other mount is recorded. (Asking the
+        // others which they hold open is a later issue's open-inode map.)
+        if !others_mounted(meta.as_ref(), &cache, rid)? {
+            let orphans = fs
+                .reclaim_orphans()
+                .map_err(|e| Error::Invalid(format!("freeing orphaned inodes: {e}")))?;
+            if orphans > 0 {
+                eprintln!("scoutfs: freed {orphans} inodes left unlinked by an earlier mount");
+            }
         }
         let committer = spawn_committer(fs.clone(), opts.commit_interval_ms);
         close_on_err.disarm();
         Ok(Mount {
             fs,
+            meta,
             cache,
             locks,
             client,
-            server: Some(server),
+            server,
+            quorum: quorum_on_err.disarm(),
+            elected_dump,
             committer,
             unmounted: AtomicBool::new(false),
         })
@@ -175,15 +286,36 @@ impl Mount {
         self.client.rid()
     }
 
-    /// The server this mount runs, if it runs one.
+    /// Something that prints this mount's locks, and the state of the
+    /// server it runs, to stderr (for diagnosis: `kill -USR1` of a
+    /// `scoutfs mount`).
+    pub fn state_dumper(&self) -> impl Fn() + Send + Sync + 'static {
+        let locks = self.locks.clone();
+        let rid = self.rid();
+        let elected = self.elected_dump.clone();
+        move || {
+            eprintln!("scoutfs: mount {rid:#018x} locks:\n{}", locks.dump());
+            if let Some(d) = &elected {
+                d();
+            }
+        }
+    }
+
+    /// The in-process server of an `Alone` mount.
     pub fn server(&self) -> Option<&Server> {
         self.server.as_ref()
     }
 
-    /// Replaces this mount's server with a new one of the next term on the
-    /// same address, as a failover does (without the election): the mount
-    /// reconnects, sees a new server, reports its locks, and its unanswered
-    /// requests are handled by the new server. For tests of recovery.
+    /// The quorum member of a `Quorum` mount.
+    pub fn quorum(&self) -> Option<&QuorumDriver> {
+        self.quorum.as_ref()
+    }
+
+    /// Replaces an `Alone` mount's server with a new one of the next term
+    /// on the same address, as a failover does (without the election): the
+    /// mount reconnects, sees a new server, reports its locks, and its
+    /// unanswered requests are handled by the new server. For tests of
+    /// recovery.
     pub fn restart_server(&mut self) -> Result<()> {
         let old = self
             .server
@@ -193,8 +325,9 @@ impl Mount {
         let store = old
             .stop()
             .ok_or_else(|| Error::Invalid("the server thread failed".into()))?;
-        let how = ServerStart::TakeOver { term: term + 1 };
-        self.server = Some(Server::start(store, addr, how)?);
+        let mut opts = ServerOptions::alone(term + 1);
+        opts.alone = false;
+        self.server = Some(Server::start(store, addr, opts)?);
         Ok(())
     }
 
@@ -231,14 +364,22 @@ impl Mount {
             .fs
             .sync()
             .map_err(|e| Error::Invalid(format!("final commit: {e}")));
-        let bye = self.client.call(Request::Farewell);
+        let (meta, rid) = (self.meta.clone(), self.client.rid());
+        let bye = self.client.farewell(FAREWELL_POLL, || {
+            !is_recorded(meta.as_ref(), &self.cache, rid).unwrap_or(true)
+        });
         self.client.close();
         self.locks.stop();
         if let Some(s) = self.server.take() {
             s.stop();
         }
+        let left = match self.quorum.take() {
+            Some(q) => q.shutdown(),
+            None => Ok(()),
+        };
         res?;
-        bye.map(|_| ())
+        bye?;
+        left
     }
 }
 
@@ -246,6 +387,66 @@ impl Drop for Mount {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
             eprintln!("scoutfs: unmount: {e}");
+        }
+    }
+}
+
+/// Finds the server in the quorum blocks, and tells this mount's quorum
+/// member when the server there can't be reached.
+struct Finder {
+    meta: Arc<dyn BlockDev>,
+    quorum: OnceLock<QuorumHandle>,
+}
+
+impl FindServer for Finder {
+    fn find(&self) -> Option<SocketAddr> {
+        find_server(self.meta.as_ref())
+            .ok()
+            .flatten()
+            .map(|l| l.addr)
+    }
+    fn unreachable(&self, _addr: SocketAddr) {
+        if let Some(q) = self.quorum.get() {
+            q.server_unreachable();
+        }
+    }
+}
+
+/// Whether mount `rid` is recorded in the super block on the device now.
+fn is_recorded(meta: &dyn BlockDev, cache: &BlockCache, rid: u64) -> Result<bool> {
+    let sb = read_super(meta, true)?;
+    let key = Key::new(zone::MOUNTED_CLIENT, rid, 0, 0, 0, 0);
+    Ok(btree::lookup(cache, &sb.mounted_clients, &key)?.is_some())
+}
+
+/// Whether a mount other than `rid` is recorded in the super block now.
+fn others_mounted(meta: &dyn BlockDev, cache: &BlockCache, rid: u64) -> Result<bool> {
+    let sb = read_super(meta, true)?;
+    let start = Key::new(zone::MOUNTED_CLIENT, 0, 0, 0, 0, 0);
+    let end = Key::new(zone::MOUNTED_CLIENT, u64::MAX, 0, 0, 0, 0);
+    let mut other = false;
+    btree::for_each_range(cache, &sb.mounted_clients, &start, &end, |it| {
+        other = it.key.first != rid;
+        Ok(!other)
+    })?;
+    Ok(other)
+}
+
+/// Leaves the quorum if the mount fails before it is whole.
+struct QuorumOnErr(Option<QuorumDriver>);
+
+impl QuorumOnErr {
+    fn disarm(mut self) -> Option<QuorumDriver> {
+        self.0.take()
+    }
+}
+
+impl Drop for QuorumOnErr {
+    fn drop(&mut self) {
+        if let Some(q) = self.0.take() {
+            if let Err(e) = q.shutdown() {
+                eprintln!("scoutfs: leaving the quorum: {e}");
+            }
         }
     }
 }

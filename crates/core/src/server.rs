@@ -23,37 +23,59 @@
 //! `net`); a greeting records the mount in `mounted_clients` before it is
 //! answered.
 //!
-//! Starting ([`ServerStart`]): a server that starts `Alone` (no mount can be
-//! running) merges every log tree into `fs_root` in batches of commits and
-//! drops them, their space returned. One that takes over from the server of
-//! an earlier term while mounts run keeps their log trees and recovers
-//! their locks first: every mount recorded in `mounted_clients` is asked
-//! for its locks (LOCK_RECOVER) when it greets, and nothing is granted
-//! until all have answered.
+//! Starting ([`ServerOptions`]): the mounts recorded in `mounted_clients`
+//! are the ones that may still run. A server elected in a cluster first
+//! reclaims the mounts its starter fenced (old leaders), then waits for the
+//! rest to greet and report their locks (LOCK_RECOVER) before it grants
+//! anything; a mount that has not recovered within `recovery_timeout` is
+//! fenced. When no mount is recorded (or the server is told it is `alone`,
+//! as the in-process mount of tests and tools is), every log tree is a
+//! departed mount's and is merged into `fs_root` in batches of commits,
+//! their space returned.
 //!
-//! Not yet here (later issues): batching of commits across requests,
-//! merging while mounts run, the election that decides which mount runs the
-//! server, a time limit on recovery and fencing the mounts that miss it.
+//! While it runs, a mount whose connection is gone for longer than
+//! `reconnect_timeout` is fenced. A fenced mount is reclaimed: its locks
+//! dropped, its open transaction's allocators returned, its log tree kept
+//! (its committed items stay visible until a merge), and its
+//! `mounted_clients` item deleted last. A fence that fails ends the server
+//! (the `on_exit` report): another election follows, and the next server
+//! derives the same fence from the persistent records.
+//!
+//! Farewell: a non-quorum mount's farewell is answered at once, after its
+//! reclaim. A quorum member's is held while answering it would leave too
+//! few quorum members mounted to elect a server (no more than the votes
+//! needed), unless every remaining mount is a quorum member that has said
+//! farewell too: then they leave together. So the last quorum members never
+//! strand each other or the non-quorum mounts.
+//!
+//! Not yet here (later issues): batching of commits across requests and
+//! merging log trees while mounts run.
 
 use crate::alloc::extent;
 use crate::btree;
 use crate::commit::{meta_fill_target, Store, Txn};
 use crate::error::{Error, Result};
+use crate::fence::{FenceHandle, FenceOutcome, FenceReason, FenceRequest, Fencer};
 use crate::forest::{self, log_roots, Roots};
 use crate::lock::{LockMsg, Rid};
 use crate::lock_server::{LockServer, ServerOut};
 use crate::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
 use crate::net::ConnId;
 use crate::tcp::{ServerDeliver, ServerLink};
+use crate::wire::{GREETING_FLAG_FAREWELL, GREETING_FLAG_QUORUM};
 use scoutfs_format::key::zone;
-use scoutfs_format::log_trees::{LogTrees, MountedClientVal};
+use scoutfs_format::log_trees::{
+    LogTrees, MountedClientVal, LOG_TREES_FINALIZED, MOUNTED_CLIENT_QUORUM,
+};
+use scoutfs_format::super_block::InetAddr;
 use scoutfs_format::{Key, SuperBlock};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use zerocopy::IntoBytes;
+use std::time::{Duration, Instant};
+use zerocopy::{FromBytes, IntoBytes};
 
 /// Data blocks a mount's data_avail is filled to: an eighth of the device,
 /// at most 4 GiB; refilled when below a quarter of that.
@@ -61,9 +83,14 @@ pub fn data_fill_target(sb: &SuperBlock) -> u64 {
     (sb.total_data_blocks.get() / 8).clamp(256, 1 << 20)
 }
 
-/// The term of this server. Until mounts elect their server, each mount's
-/// server is the only one its clients will ever know.
-pub const SERVER_TERM: u64 = 1;
+/// How long a server waits for the mounts of an earlier server to greet
+/// and report their locks before it fences them (the original's 30 s).
+pub const RECOVERY_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// How long a connected mount may stay disconnected before it is fenced
+/// (the original's 20 s).
+pub const RECONNECT_TIMEOUT_MS_DEFAULT: u64 = 20_000;
+/// How often the server looks at its timers and fence requests.
+const TICK_MS: u64 = 100;
 
 fn log_trees_key(rid: u64, nr: u64) -> Key {
     Key::new(zone::LOG_TREES, rid, 0, nr, 0, 0)
@@ -73,16 +100,43 @@ fn mounted_client_key(rid: u64) -> Key {
     Key::new(zone::MOUNTED_CLIENT, rid, 0, 0, 0, 0)
 }
 
-/// How a server begins.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServerStart {
-    /// No mount of the filesystem can be running: every log tree left is a
-    /// departed mount's and is merged into fs_root.
-    Alone,
-    /// Taking over from the server of an earlier term while mounts run:
-    /// the mounts recorded in the super block keep their log trees, and
-    /// report their locks before anything is granted.
-    TakeOver { term: u64 },
+/// How a server runs.
+pub struct ServerOptions {
+    /// The term it serves: the quorum's election term (clients compare it
+    /// to the last server's to know they must recover their locks).
+    pub term: u64,
+    /// No other mount of the filesystem can be running (the in-process
+    /// mount of tests and tools): every recorded mount is a departed one,
+    /// reclaimed, and every log tree is merged.
+    pub alone: bool,
+    /// Mounts the starter already fenced (old leaders), reclaimed first.
+    pub fenced: Vec<u64>,
+    /// Runs fence requests.
+    pub fencer: Fencer,
+    pub recovery_timeout: Duration,
+    pub reconnect_timeout: Duration,
+    /// Votes an election needs (for the farewell rules); 0 when there is no
+    /// quorum (`alone`).
+    pub votes_needed: usize,
+    /// Called once, on the server thread, if the server ends on its own (a
+    /// fence failed): the reason. Not called when it is stopped.
+    pub on_exit: Option<Box<dyn FnOnce(String) + Send>>,
+}
+
+impl ServerOptions {
+    /// A server that is alone (see [`ServerOptions::alone`]) at `term`.
+    pub fn alone(term: u64) -> ServerOptions {
+        ServerOptions {
+            term,
+            alone: true,
+            fenced: Vec::new(),
+            fencer: Fencer::new(None, Duration::from_secs(1)),
+            recovery_timeout: Duration::from_millis(RECOVERY_TIMEOUT_MS_DEFAULT),
+            reconnect_timeout: Duration::from_millis(RECONNECT_TIMEOUT_MS_DEFAULT),
+            votes_needed: 0,
+            on_exit: None,
+        }
+    }
 }
 
 enum Event {
@@ -92,6 +146,7 @@ enum Event {
         conn: ConnId,
         rid: u64,
         client_term: u64,
+        flags: u64,
     },
     Request {
         rid: u64,
@@ -103,6 +158,8 @@ enum Event {
         id: u64,
         resp: ClientResponse,
     },
+    /// Print the lock server's state (for diagnosis).
+    Dump,
     Shutdown,
 }
 
@@ -116,11 +173,12 @@ impl ToThread {
 }
 
 impl ServerDeliver for ToThread {
-    fn greeting(&self, conn: ConnId, rid: u64, client_term: u64, _flags: u64) {
+    fn greeting(&self, conn: ConnId, rid: u64, client_term: u64, flags: u64) {
         self.send(Event::Greeting {
             conn,
             rid,
             client_term,
+            flags,
         });
     }
     fn request(&self, rid: u64, id: u64, req: Request) {
@@ -142,19 +200,30 @@ pub struct Server {
 impl Server {
     /// Starts the server on an open store, listening on `addr` (port 0
     /// picks a free port; see `addr`).
-    pub fn start(store: Store, addr: SocketAddr, how: ServerStart) -> Result<Server> {
+    pub fn start(store: Store, addr: SocketAddr, mut opts: ServerOptions) -> Result<Server> {
         let (tx, rx) = channel();
         let fsid = store.sb.hdr.fsid.get();
-        let term = match how {
-            ServerStart::Alone => SERVER_TERM,
-            ServerStart::TakeOver { term } => term,
-        };
+        let term = opts.term;
+        let on_exit = opts.on_exit.take();
         let deliver = Arc::new(ToThread(Mutex::new(tx.clone())));
         let link = Arc::new(ServerLink::listen(addr, fsid, term, deliver)?);
         let l2 = link.clone();
         let thread = std::thread::Builder::new()
             .name("scoutfs-server".into())
-            .spawn(move || State::new(store, l2, how, term).run(rx))
+            .spawn(move || {
+                let mut st = State::new(store, l2, opts);
+                match st.run(rx) {
+                    Ok(()) => {}
+                    Err(why) => {
+                        eprintln!("scoutfs: server of term {term} stops: {why}");
+                        st.link.close();
+                        if let Some(f) = on_exit {
+                            f(why);
+                        }
+                    }
+                }
+                st.store
+            })
             .map_err(|e| Error::io("spawning the server thread", e))?;
         Ok(Server {
             tx,
@@ -179,6 +248,11 @@ impl Server {
         &self.link
     }
 
+    /// Prints the server's lock state and what it waits for to stderr.
+    pub fn dump(&self) {
+        let _ = self.tx.send(Event::Dump);
+    }
+
     /// Stops the server and returns its store.
     pub fn stop(mut self) -> Option<Store> {
         self.link.close();
@@ -197,6 +271,14 @@ impl Drop for Server {
     }
 }
 
+/// What the server knows of a recorded mount.
+#[derive(Clone, Copy, Debug)]
+struct Mounted {
+    quorum: bool,
+    /// Its last address (for fence requests).
+    addr: Option<SocketAddr>,
+}
+
 struct State {
     store: Store,
     locks: LockServer,
@@ -205,10 +287,21 @@ struct State {
     asked: BTreeSet<(u64, u64)>,
     seq: u64,
     term: u64,
+    /// The mounts recorded in `mounted_clients`.
+    mounted: BTreeMap<u64, Mounted>,
+    /// Held farewells of quorum members: rid to request id.
+    farewells: BTreeMap<u64, u64>,
+    /// When each mounted rid was first seen without a connection.
+    absent: HashMap<u64, Instant>,
+    fencing: HashMap<u64, FenceHandle>,
+    fencer: Fencer,
+    recovery_deadline: Instant,
+    reconnect_timeout: Duration,
+    votes_needed: usize,
 }
 
 impl State {
-    fn new(store: Store, link: Arc<ServerLink>, how: ServerStart, term: u64) -> State {
+    fn new(store: Store, link: Arc<ServerLink>, opts: ServerOptions) -> State {
         let mut seq = store.sb.seq.get();
         if let Ok(lts) = log_roots(store.cache.as_ref(), &store.sb.logs_root) {
             for lt in lts {
@@ -221,40 +314,73 @@ impl State {
             link,
             asked: BTreeSet::new(),
             seq,
-            term,
+            term: opts.term,
+            mounted: BTreeMap::new(),
+            farewells: BTreeMap::new(),
+            absent: HashMap::new(),
+            fencing: HashMap::new(),
+            fencer: opts.fencer,
+            recovery_deadline: Instant::now() + opts.recovery_timeout,
+            reconnect_timeout: opts.reconnect_timeout,
+            votes_needed: opts.votes_needed,
         };
-        match how {
-            // Nothing is mounted, so every log tree was left by a mount
-            // that is gone: merge them all into fs_root.
-            ServerStart::Alone => {
-                if let Err(e) = st.merge_departed() {
-                    eprintln!("scoutfs: server: merging earlier mounts' log trees: {e}");
-                }
-            }
-            ServerStart::TakeOver { .. } => match st.mounted_rids() {
-                Ok(rids) => st.locks = LockServer::recovering(rids.into_iter().map(Rid)),
-                Err(e) => eprintln!("scoutfs: server: reading the mounted clients: {e}"),
-            },
+        if let Err(e) = st.begin(opts.alone, &opts.fenced) {
+            eprintln!("scoutfs: server: starting: {e}");
         }
         st
     }
 
+    /// Reclaims the departed and fenced mounts, then merges every log tree
+    /// if nothing is mounted, or recovers the locks of the mounts that are.
+    fn begin(&mut self, alone: bool, fenced: &[u64]) -> Result<()> {
+        self.mounted = self.read_mounted()?;
+        let gone: Vec<u64> = if alone {
+            self.mounted.keys().copied().collect()
+        } else {
+            fenced
+                .iter()
+                .copied()
+                .filter(|r| self.mounted.contains_key(r))
+                .collect()
+        };
+        for rid in gone {
+            self.reclaim(rid)?;
+        }
+        if self.mounted.is_empty() {
+            // Nothing is mounted, so every log tree was left by a mount
+            // that is gone: merge them all into fs_root.
+            self.merge_departed()
+        } else {
+            self.locks = LockServer::recovering(self.mounted.keys().map(|&r| Rid(r)));
+            Ok(())
+        }
+    }
+
     /// The mounts recorded in the super block.
-    fn mounted_rids(&self) -> Result<Vec<u64>> {
+    fn read_mounted(&self) -> Result<BTreeMap<u64, Mounted>> {
         let start = mounted_client_key(0);
         let end = mounted_client_key(u64::MAX);
-        let mut rids = Vec::new();
+        let mut found = BTreeMap::new();
         btree::for_each_range(
             self.store.cache.as_ref(),
             &self.store.sb.mounted_clients,
             &start,
             &end,
             |it| {
-                rids.push(it.key.first);
+                let val = MountedClientVal::read_from_prefix(&it.val)
+                    .map(|(v, _)| v)
+                    .unwrap_or_default();
+                found.insert(
+                    it.key.first,
+                    Mounted {
+                        quorum: val.flags & MOUNTED_CLIENT_QUORUM != 0,
+                        addr: val.addr.to_socket(),
+                    },
+                );
                 Ok(true)
             },
         )?;
-        Ok(rids)
+        Ok(found)
     }
 
     /// Merges every log tree into fs_root (newest versions win, deletions
@@ -307,13 +433,7 @@ impl State {
             let mut txn = self.store.begin();
             let mut lt = lt;
             reclaim_freed(&mut txn, &mut lt)?;
-            let mut avail = lt.meta_avail;
-            let entries = txn.w.list_take_all(&mut avail)?;
-            extent::free_blocks(&mut txn.w, &mut txn.sb.meta_alloc[1], entries)?;
-            for e in extent::extents(&txn.w, &lt.data_avail)? {
-                extent::free_extent(&mut txn.w, &mut txn.sb.data_alloc, e.start, e.len)?;
-            }
-            btree::free_tree(&mut txn.w, &mut lt.data_avail.root)?;
+            return_avail(&mut txn, &mut lt)?;
             btree::free_tree(&mut txn.w, &mut lt.item_root)?;
             btree::delete(
                 &mut txn.w,
@@ -332,45 +452,221 @@ impl State {
         Ok(())
     }
 
-    fn run(mut self, rx: Receiver<Event>) -> Store {
-        while let Ok(ev) = rx.recv() {
+    /// Handles events until shutdown (Ok) or a failure that ends the
+    /// server (Err: why).
+    fn run(&mut self, rx: Receiver<Event>) -> std::result::Result<(), String> {
+        let mut next_tick = Instant::now();
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let ev = match rx.recv_timeout(wait) {
+                Ok(ev) => Some(ev),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            };
             match ev {
-                Event::Greeting {
+                None => {}
+                Some(Event::Shutdown) => return Ok(()),
+                Some(Event::Dump) => eprintln!(
+                    "scoutfs: server of term {}: mounted {:?}, held farewells {:?}, \
+                     asked {:?}, fencing {:?}\n{:#?}",
+                    self.term,
+                    self.mounted,
+                    self.farewells,
+                    self.asked,
+                    self.fencing.keys().collect::<Vec<_>>(),
+                    self.locks
+                ),
+                Some(Event::Greeting {
                     conn,
                     rid,
                     client_term,
-                } => match self.greeting(rid) {
-                    Ok(()) => {
-                        self.link.accept(conn);
-                        // A mount of an earlier server: ask for its locks.
-                        if client_term != 0 && client_term != self.term {
-                            let outs = self.locks.greeted(Rid(rid));
-                            self.lock_outputs(outs);
-                        }
-                    }
-                    Err(e) => eprintln!("scoutfs: server: recording mount {rid:#x}: {e}"),
-                },
-                Event::Request {
+                    flags,
+                }) => self.greeting(conn, rid, client_term, flags),
+                Some(Event::Request {
                     rid,
                     id,
                     req: Request::Lock(m),
-                } => self.lock_request(rid, id, m),
-                Event::Request { rid, id, req } => {
-                    let farewell = matches!(req, Request::Farewell);
+                }) => self.lock_request(rid, id, m),
+                Some(Event::Request {
+                    rid,
+                    id,
+                    req: Request::Farewell,
+                }) => {
+                    if !self.mounted.contains_key(&rid) {
+                        // Already reclaimed (a resend to a new server).
+                        self.link.respond(rid, id, &Response::Done);
+                        self.link.forget_when_gone(rid);
+                    } else {
+                        self.farewells.insert(rid, id);
+                    }
+                    self.farewells_due().map_err(|e| format!("farewell: {e}"))?;
+                }
+                Some(Event::Request { rid, id, req }) => {
                     let resp = self.request(rid, req).unwrap_or_else(|e| {
                         eprintln!("scoutfs: server: request from {rid:#x} failed: {e}");
                         Response::Error(e.errno())
                     });
                     self.link.respond(rid, id, &resp);
-                    if farewell {
-                        self.link.forget_when_gone(rid);
-                    }
                 }
-                Event::Response { rid, id, resp } => self.response(rid, id, resp),
-                Event::Shutdown => break,
+                Some(Event::Response { rid, id, resp }) => self.response(rid, id, resp),
+            }
+            if Instant::now() >= next_tick {
+                self.tick()?;
+                next_tick = Instant::now() + Duration::from_millis(TICK_MS);
             }
         }
-        self.store
+    }
+
+    /// Timers: fence the mounts that missed recovery or stayed away, and
+    /// reclaim the ones whose fence finished.
+    fn tick(&mut self) -> std::result::Result<(), String> {
+        let now = Instant::now();
+        if now >= self.recovery_deadline {
+            for Rid(rid) in self.locks.recovery_pending() {
+                self.fence(rid, FenceReason::ClientRecovery)?;
+            }
+        }
+        let pending: BTreeSet<u64> = self
+            .locks
+            .recovery_pending()
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        let rids: Vec<u64> = self.mounted.keys().copied().collect();
+        for rid in rids {
+            if pending.contains(&rid) || self.fencing.contains_key(&rid) {
+                continue;
+            }
+            if self.link.is_ready(rid) {
+                self.absent.remove(&rid);
+                continue;
+            }
+            let since = *self.absent.entry(rid).or_insert(now);
+            if now.duration_since(since) >= self.reconnect_timeout {
+                self.fence(rid, FenceReason::ClientReconnect)?;
+            }
+        }
+        let mut done = Vec::new();
+        for (rid, h) in self.fencing.iter_mut() {
+            if let Some(r) = h.poll() {
+                done.push((*rid, r, h.pid()));
+            }
+        }
+        for (rid, r, pid) in done {
+            self.fencing.remove(&rid);
+            match r {
+                Ok(FenceOutcome::Fenced) => {
+                    eprintln!("scoutfs: server: mount {rid:#018x} is fenced; reclaiming it");
+                    self.reclaim(rid)
+                        .map_err(|e| format!("reclaiming fenced mount {rid:#018x}: {e}"))?;
+                    self.farewells_due().map_err(|e| format!("farewell: {e}"))?;
+                }
+                Ok(FenceOutcome::Failed {
+                    status,
+                    stderr_tail,
+                }) => {
+                    return Err(format!(
+                        "fencing mount {rid:#018x} failed (agent pid {pid}, {status}): {}",
+                        stderr_tail.trim()
+                    ))
+                }
+                Ok(FenceOutcome::TimedOut { stderr_tail }) => {
+                    return Err(format!(
+                        "fencing mount {rid:#018x} timed out (agent pid {pid}): {}",
+                        stderr_tail.trim()
+                    ))
+                }
+                Err(e) => return Err(format!("fencing mount {rid:#018x}: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts fencing `rid` unless it is already being fenced.
+    fn fence(&mut self, rid: u64, reason: FenceReason) -> std::result::Result<(), String> {
+        if self.fencing.contains_key(&rid) || !self.mounted.contains_key(&rid) {
+            return Ok(());
+        }
+        let addr = self
+            .mounted
+            .get(&rid)
+            .and_then(|m| m.addr)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        eprintln!("scoutfs: server: fencing mount {rid:#018x} at {addr} ({reason})");
+        let h = self
+            .fencer
+            .start(FenceRequest {
+                rid: Rid(rid),
+                addr,
+                reason,
+            })
+            .map_err(|e| e.to_string())?;
+        self.fencing.insert(rid, h);
+        Ok(())
+    }
+
+    /// Forgets a mount that is gone (fenced or said farewell): its locks
+    /// are dropped (others waiting for them are granted), what its open
+    /// transaction was given is returned, its log tree stays for a later
+    /// merge, and its `mounted_clients` item is deleted last. Idempotent.
+    fn reclaim(&mut self, rid: u64) -> Result<()> {
+        let mut seq = self.seq;
+        let outs = self.locks.rid_gone(Rid(rid), &mut || {
+            seq += 1;
+            seq
+        });
+        self.seq = seq;
+        self.asked.retain(|&(r, _)| r != rid);
+        self.absent.remove(&rid);
+        let mut txn = self.store.begin();
+        if let Some(mut lt) = self.current_log_trees(&txn, rid)? {
+            reclaim_freed(&mut txn, &mut lt)?;
+            return_avail(&mut txn, &mut lt)?;
+            if !lt.is_finalized() {
+                // It takes no more commits; its items wait for a merge.
+                lt.flags = (lt.flags.get() | LOG_TREES_FINALIZED).into();
+                lt.finalize_seq = self.next_seq().into();
+            }
+            let key = log_trees_key(rid, lt.nr.get());
+            btree::insert(&mut txn.w, &mut txn.sb.logs_root, &key, 0, 0, lt.as_bytes())?;
+        }
+        let key = mounted_client_key(rid);
+        if btree::lookup(&txn.w, &txn.sb.mounted_clients, &key)?.is_some() {
+            btree::delete(&mut txn.w, &mut txn.sb.mounted_clients, &key)?;
+        }
+        self.commit(txn)?;
+        self.mounted.remove(&rid);
+        self.lock_outputs(outs);
+        Ok(())
+    }
+
+    /// Answers the held farewells that may be answered now (see the module
+    /// comment), each after its mount's reclaim.
+    fn farewells_due(&mut self) -> Result<()> {
+        loop {
+            let pending: BTreeSet<Rid> = self.locks.recovery_pending().into_iter().collect();
+            let quorum = self.mounted.values().filter(|m| m.quorum).count();
+            let all_leaving = self
+                .mounted
+                .iter()
+                .all(|(r, m)| m.quorum && self.farewells.contains_key(r));
+            let due = self
+                .farewells
+                .iter()
+                .map(|(&r, &id)| (r, id))
+                .find(|(rid, _)| {
+                    let member = self.mounted.get(rid).is_some_and(|m| m.quorum);
+                    !pending.contains(&Rid(*rid))
+                        && (!member || quorum > self.votes_needed || all_leaving)
+                });
+            let Some((rid, id)) = due else {
+                return Ok(());
+            };
+            self.farewells.remove(&rid);
+            self.reclaim(rid)?;
+            self.link.respond(rid, id, &Response::Done);
+            self.link.forget_when_gone(rid);
+        }
     }
 
     fn response(&mut self, rid: u64, id: u64, resp: ClientResponse) {
@@ -403,25 +699,64 @@ impl State {
         }
     }
 
-    /// Records a mount that greeted (a reconnect greets again: then it is
-    /// already recorded and nothing is written).
-    fn greeting(&mut self, rid: u64) -> Result<()> {
-        let key = mounted_client_key(rid);
-        let sb = &self.store.sb;
-        if btree::lookup(self.store.cache.as_ref(), &sb.mounted_clients, &key)?.is_some() {
-            return Ok(());
+    /// A mount greeted: record it (a reconnect is already recorded and
+    /// nothing is written), accept it, and ask a mount of an earlier server
+    /// for its locks.
+    fn greeting(&mut self, conn: ConnId, rid: u64, client_term: u64, flags: u64) {
+        let known = self.mounted.contains_key(&rid);
+        if !known && flags & GREETING_FLAG_FAREWELL != 0 {
+            // Its farewell was processed (its record is gone); it only
+            // wants the answer, which its resent request gets.
+            self.link.accept(conn);
+            return;
         }
+        if !known && client_term != 0 && client_term != self.term {
+            // Mounted under an earlier server, but its record is gone: it
+            // was fenced and reclaimed. It must not come back.
+            eprintln!("scoutfs: server: refusing mount {rid:#018x}: it was fenced and reclaimed");
+            self.link.forget(rid);
+            return;
+        }
+        if !known {
+            let m = Mounted {
+                quorum: flags & GREETING_FLAG_QUORUM != 0,
+                addr: self.link.peer_addr(conn),
+            };
+            if let Err(e) = self.record_mounted(rid, m) {
+                eprintln!("scoutfs: server: recording mount {rid:#018x}: {e}");
+                return;
+            }
+        } else if let Some(addr) = self.link.peer_addr(conn) {
+            if let Some(m) = self.mounted.get_mut(&rid) {
+                m.addr = Some(addr);
+            }
+        }
+        self.link.accept(conn);
+        // A mount of an earlier server: ask for its locks.
+        if client_term != 0 && client_term != self.term {
+            let outs = self.locks.greeted(Rid(rid));
+            self.lock_outputs(outs);
+        }
+    }
+
+    fn record_mounted(&mut self, rid: u64, m: Mounted) -> Result<()> {
         let mut txn = self.store.begin();
-        let val = MountedClientVal::default();
+        let val = MountedClientVal {
+            addr: m.addr.map(InetAddr::from_socket).unwrap_or_default(),
+            flags: if m.quorum { MOUNTED_CLIENT_QUORUM } else { 0 },
+            ..Default::default()
+        };
         btree::insert(
             &mut txn.w,
             &mut txn.sb.mounted_clients,
-            &key,
+            &mounted_client_key(rid),
             0,
             0,
             val.as_bytes(),
         )?;
-        self.commit(txn)
+        self.commit(txn)?;
+        self.mounted.insert(rid, m);
+        Ok(())
     }
 
     fn lock_request(&mut self, rid: u64, id: u64, m: LockMsg) {
@@ -506,23 +841,7 @@ impl State {
                 }))
             }
             Request::Statfs => Ok(Response::Statfs(self.statfs()?)),
-            Request::Farewell => {
-                let mut seq = self.seq;
-                let outs = self.locks.farewell(Rid(rid), &mut || {
-                    seq += 1;
-                    seq
-                });
-                self.seq = seq;
-                self.lock_outputs(outs);
-                let mut txn = self.store.begin();
-                btree::delete(
-                    &mut txn.w,
-                    &mut txn.sb.mounted_clients,
-                    &mounted_client_key(rid),
-                )?;
-                self.commit(txn)?;
-                Ok(Response::Done)
-            }
+            Request::Farewell => unreachable!("farewells are handled by the run loop"),
             Request::Lock(_) => unreachable!("lock requests are handled by lock_request"),
         }
     }
@@ -626,6 +945,20 @@ fn reclaim_freed(txn: &mut Txn, lt: &mut LogTrees) -> Result<()> {
     }
     btree::free_tree(&mut txn.w, &mut lt.data_freed.root)?;
     lt.data_freed.total_len = 0.into();
+    Ok(())
+}
+
+/// Returns the metadata blocks and data extents a mount was given for its
+/// transactions and did not use in a committed one to the server's
+/// allocators (the mount is gone).
+fn return_avail(txn: &mut Txn, lt: &mut LogTrees) -> Result<()> {
+    let entries = txn.w.list_take_all(&mut lt.meta_avail)?;
+    extent::free_blocks(&mut txn.w, &mut txn.sb.meta_alloc[1], entries)?;
+    for e in extent::extents(&txn.w, &lt.data_avail)? {
+        extent::free_extent(&mut txn.w, &mut txn.sb.data_alloc, e.start, e.len)?;
+    }
+    btree::free_tree(&mut txn.w, &mut lt.data_avail.root)?;
+    lt.data_avail.total_len = 0.into();
     Ok(())
 }
 

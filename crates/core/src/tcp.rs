@@ -14,8 +14,10 @@
 //! mutex: a peer that stops reading can't stall the side that must read
 //! its frames.
 //!
-//! The client connects to the server's address, retrying every
-//! [`CONNECT_RETRY_MS`], and reconnects whenever the connection breaks;
+//! The client connects to the server's address ([`ServerAddr`]: fixed, or
+//! looked up again before every attempt, as the quorum blocks name the
+//! elected server), retrying every [`CONNECT_RETRY_MS`], and reconnects
+//! whenever the connection breaks;
 //! the machine resends whatever wasn't acknowledged. Frames queued for a
 //! connection that is gone are dropped by its writer (the machine sends
 //! them again on the next one, after the greeting).
@@ -99,6 +101,49 @@ fn spawn_writer(stream: TcpStream, name: &str) -> Option<Sender<Vec<u8>>> {
 
 // ---------------------------------------------------------------- client
 
+/// Where a client finds the server.
+#[derive(Clone)]
+pub enum ServerAddr {
+    /// Always this address.
+    Fixed(SocketAddr),
+    /// Looked up before every connection attempt.
+    Find(Arc<dyn FindServer>),
+}
+
+/// How a client finds a server that moves.
+pub trait FindServer: Send + Sync {
+    /// The server's address now; `None` while there is none (an election
+    /// is under way).
+    fn find(&self) -> Option<SocketAddr>;
+    /// Connecting to `addr` (from `find`) failed, or the connection to it
+    /// ended: the server there may be gone.
+    fn unreachable(&self, _addr: SocketAddr) {}
+}
+
+impl ServerAddr {
+    fn get(&self) -> Option<SocketAddr> {
+        match self {
+            ServerAddr::Fixed(a) => Some(*a),
+            ServerAddr::Find(f) => f.find(),
+        }
+    }
+
+    fn unreachable(&self, addr: SocketAddr) {
+        if let ServerAddr::Find(f) = self {
+            f.unreachable(addr);
+        }
+    }
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddr::Fixed(a) => write!(f, "the server at {a}"),
+            ServerAddr::Find(_) => f.write_str("the elected server"),
+        }
+    }
+}
+
 /// What the client link hands to the layer above.
 pub trait ClientDeliver: Send + Sync {
     /// The response to request `id`.
@@ -140,18 +185,21 @@ pub struct ClientLink {
 
 impl ClientLink {
     /// Starts connecting to the server at `addr` as mount `rid` of
-    /// filesystem `fsid`; returns once the server has answered the first
-    /// greeting, or fails if it refuses the mount for good or doesn't
-    /// answer within `timeout`.
+    /// filesystem `fsid`, greeting with `flags` (`wire::GREETING_FLAG_*`);
+    /// returns once the server has answered the first greeting, or fails
+    /// if it refuses the mount for good or doesn't answer within
+    /// `timeout`.
     pub fn connect(
-        addr: SocketAddr,
+        addr: ServerAddr,
         fsid: u64,
         rid: u64,
+        flags: u64,
         deliver: Arc<dyn ClientDeliver>,
         timeout: Duration,
     ) -> Result<ClientLink> {
-        let net = ClientNet::new(ClientConfig::new(fsid, Rid(rid)))
-            .map_err(|e| Error::Invalid(format!("net: {e}")))?;
+        let mut cfg = ClientConfig::new(fsid, Rid(rid));
+        cfg.flags = flags;
+        let net = ClientNet::new(cfg).map_err(|e| Error::Invalid(format!("net: {e}")))?;
         let sh = Arc::new(ClientShared {
             net: Mutex::new(net),
             writer: Mutex::new(None),
@@ -162,9 +210,10 @@ impl ClientLink {
             deliver,
         });
         let s2 = sh.clone();
+        let a2 = addr.clone();
         let thread = std::thread::Builder::new()
             .name("scoutfs-client-net".into())
-            .spawn(move || s2.run(addr))
+            .spawn(move || s2.run(a2))
             .map_err(|e| Error::io("spawning the client's network thread", e))?;
         let link = ClientLink {
             sh,
@@ -177,16 +226,28 @@ impl ClientLink {
             .wait_timeout_while(st, timeout, |s| !s.greeted && s.failed.is_none())
             .unwrap_or_else(|p| p.into_inner());
         if let Some(why) = &st.failed {
-            return Err(Error::Invalid(format!("the server at {addr}: {why}")));
+            return Err(Error::Invalid(format!("{addr}: {why}")));
         }
         if !st.greeted {
             return Err(Error::Invalid(format!(
-                "the server at {addr} didn't answer within {} ms",
+                "{addr} didn't answer within {} ms",
                 timeout.as_millis()
             )));
         }
         drop(st);
         Ok(link)
+    }
+
+    /// The greeting flags of later connections (FAREWELL once unmounting).
+    pub fn set_flags(&self, flags: u64) -> Result<()> {
+        lock(&self.sh.net)
+            .set_flags(flags)
+            .map_err(|e| Error::Invalid(format!("net: {e}")))
+    }
+
+    /// Whether the server has answered the greeting on the connection now.
+    pub fn is_connected(&self) -> bool {
+        lock(&self.sh.net).is_ready()
     }
 
     /// Sends a request; `sent(id)` runs before it can be answered (to
@@ -291,18 +352,31 @@ impl ClientShared {
     }
 
     /// The connection thread: connect, greet, read; again when it breaks.
-    fn run(&self, addr: SocketAddr) {
+    fn run(&self, target: ServerAddr) {
         while !self.stop.load(Ordering::SeqCst) {
+            let Some(addr) = target.get() else {
+                std::thread::sleep(Duration::from_millis(CONNECT_RETRY_MS));
+                continue;
+            };
             let stream = match TcpStream::connect_timeout(
                 &addr,
                 Duration::from_millis(CONNECT_TIMEOUT_MS),
             ) {
                 Ok(s) => s,
                 Err(_) => {
+                    target.unreachable(addr);
                     std::thread::sleep(Duration::from_millis(CONNECT_RETRY_MS));
                     continue;
                 }
             };
+            // Connecting on loopback to a port nobody listens on can meet
+            // itself, when the kernel picks that port as the source.
+            if stream.local_addr().ok() == stream.peer_addr().ok() {
+                drop(stream);
+                target.unreachable(addr);
+                std::thread::sleep(Duration::from_millis(CONNECT_RETRY_MS));
+                continue;
+            }
             let _ = stream.set_nodelay(true);
             let (Ok(w), Ok(keep)) = (stream.try_clone(), stream.try_clone()) else {
                 continue;
@@ -355,6 +429,7 @@ impl ClientShared {
             }
             lock(&self.stream).take();
             if !self.stop.load(Ordering::SeqCst) {
+                target.unreachable(addr);
                 std::thread::sleep(Duration::from_millis(CONNECT_RETRY_MS));
             }
         }
@@ -489,6 +564,26 @@ impl ServerLink {
         for c in lock(&self.sh.conns).values() {
             let _ = c.stream.shutdown(Shutdown::Both);
         }
+    }
+
+    /// Whether mount `rid` has a greeted, accepted connection now.
+    pub fn is_ready(&self, rid: u64) -> bool {
+        lock(&self.sh.net).is_ready(Rid(rid))
+    }
+
+    /// The address connection `conn` comes from, while it is open.
+    pub fn peer_addr(&self, conn: ConnId) -> Option<SocketAddr> {
+        lock(&self.sh.conns)
+            .get(&conn)
+            .and_then(|c| c.stream.peer_addr().ok())
+    }
+
+    /// Forgets mount `rid` now (it was fenced): its connection, if any, is
+    /// closed and its queued messages dropped.
+    pub fn forget(&self, rid: u64) {
+        self.sh.with_net(|net| {
+            net.forget(Rid(rid));
+        });
     }
 
     /// Frames refused and connections closed for bad input, so far.

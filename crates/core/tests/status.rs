@@ -61,26 +61,33 @@ fn mounts_and_their_log_trees_through_mount_and_unmount() {
     let clients = during.mounted_clients.as_ref().unwrap();
     assert_eq!(clients.len(), 1, "{clients:?}");
     let rid = clients[0].rid;
-    // The server records neither the address nor membership yet.
-    assert_eq!((clients[0].addr, clients[0].quorum), (None, false));
+    // The server records the address the mount connected from; an Alone
+    // mount is not a quorum member.
+    let addr = clients[0].addr.expect("the mount's address is recorded");
+    assert!(addr.ip().is_loopback(), "{addr}");
+    assert!(!clients[0].quorum);
     let lt = only_log_tree(&during);
     assert_eq!((lt.rid, lt.nr, lt.finalize_seq), (rid, 1, None));
     assert!(lt.committed_seq > 0, "{lt:?}");
     assert!(during.seq > fresh.seq);
     let text = during.to_string();
     assert!(
-        text.contains(&format!("rid {rid}: address not recorded")),
+        text.contains(&format!("rid {rid}: {addr}, not a quorum member")),
         "{text}"
     );
     assert!(text.contains("(mounted)"), "{text}");
     mnt.unmount().unwrap();
 
     // Unmounted: the farewell removed the mount; its log tree stays,
-    // committed and closed, until the next server merges it.
+    // committed and finalized, until the next server merges it.
     let after = status(&meta);
     assert!(after.mounted_clients.as_ref().unwrap().is_empty());
     let left = only_log_tree(&after);
-    assert_eq!((left.rid, left.nr, left.finalize_seq), (rid, 1, None));
+    assert_eq!((left.rid, left.nr), (rid, 1));
+    let fin = left
+        .finalize_seq
+        .expect("the departed mount's tree is finalized");
+    assert!(fin > left.committed_seq, "{left:?}");
     assert!(left.committed_seq >= lt.committed_seq);
     let text = after.to_string();
     assert!(text.contains("mounted clients: none"), "{text}");
@@ -88,7 +95,7 @@ fn mounts_and_their_log_trees_through_mount_and_unmount() {
         text.contains(&format!(
             "rid {rid} nr 1: committed seq {}",
             left.committed_seq
-        )) && text.contains("not finalized (rid not mounted)"),
+        )) && text.contains(&format!("finalized at seq {fin}")),
         "{text}"
     );
     // The transaction the mount opened after its last commit stays open.

@@ -11,9 +11,9 @@
 //! and records its commit by setting `commit_trans_seq` to the same value, so
 //! a tree's transaction is open exactly when `get_trans_seq >
 //! commit_trans_seq`. A finalized tree (`LOG_TREES_FINALIZED`, with
-//! `finalize_seq`) takes no more items and waits to be merged into `fs_root`;
-//! merging belongs to a later issue, so `finalize_seq` and the flag are
-//! defined but not yet set by anything.
+//! `finalize_seq`) takes no more items and waits to be merged into `fs_root`:
+//! the server finalizes the tree of a mount it reclaims (fenced, or said
+//! farewell).
 //!
 //! A [`MountedClientVal`], keyed (MOUNTED_CLIENT zone, rid), exists while a
 //! mount is mounted; it is deleted last when a departed or fenced mount is

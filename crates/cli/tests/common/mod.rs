@@ -57,23 +57,41 @@ pub fn can_mount(test: &str) -> bool {
     root && fuse
 }
 
-/// Makes a filesystem on two new image files in `dir`.
+/// Makes a filesystem on two new image files in `dir`, with one quorum
+/// slot on a free loopback port.
 pub fn mkfs(dir: &Scratch) -> (PathBuf, PathBuf) {
+    mkfs_slots(dir, 1)
+}
+
+/// A loopback port free for both TCP and UDP now (a quorum slot uses both).
+pub fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Makes a filesystem on two new image files in `dir`, with `slots`
+/// quorum slots (0..slots) on free loopback ports.
+pub fn mkfs_slots(dir: &Scratch, slots: usize) -> (PathBuf, PathBuf) {
     let (m, d) = (dir.path("meta.img"), dir.path("data.img"));
-    let o = Command::new(bin())
-        .args([
-            "mkfs",
-            m.to_str().unwrap(),
-            d.to_str().unwrap(),
-            "-Q",
-            "0,127.0.0.1,7000",
-            "-m",
-            "512M",
-            "-d",
-            "2G",
-        ])
-        .output()
-        .unwrap();
+    let mut args: Vec<String> = vec![
+        "mkfs".into(),
+        m.to_str().unwrap().into(),
+        d.to_str().unwrap().into(),
+        "-m".into(),
+        "512M".into(),
+        "-d".into(),
+        "2G".into(),
+    ];
+    for slot in 0..slots {
+        args.push("-Q".into());
+        args.push(format!("{slot},127.0.0.1,{}", free_port()));
+    }
+    let o = Command::new(bin()).args(&args).output().unwrap();
     assert!(
         o.status.success(),
         "mkfs: {}",
@@ -106,7 +124,8 @@ pub struct MountProc {
 }
 
 impl MountProc {
-    /// Starts `scoutfs mount` and waits (bounded) for the mount to appear.
+    /// Starts `scoutfs mount` as the member of quorum slot 0 (unless
+    /// `extra` names a slot) and waits (bounded) for the mount to appear.
     pub fn start(meta: &Path, data: &Path, mp: &Path, extra: &[&str]) -> MountProc {
         MountProc::start_env(meta, data, mp, extra, &[])
     }
@@ -119,6 +138,38 @@ impl MountProc {
         extra: &[&str],
         env: &[(&str, &Path)],
     ) -> MountProc {
+        let mut all: Vec<&str> = extra.to_vec();
+        if !extra.contains(&"--quorum-slot") {
+            all.extend_from_slice(&["--quorum-slot", "0"]);
+        }
+        MountProc::start_exact(meta, data, mp, &all, env)
+    }
+
+    /// Starts `scoutfs mount` with exactly these extra arguments (no slot
+    /// added: without `--quorum-slot` the mount is a client).
+    pub fn start_exact(
+        meta: &Path,
+        data: &Path,
+        mp: &Path,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> MountProc {
+        let mut m = MountProc::spawn(meta, data, mp, extra, env, None);
+        m.wait_mounted(Duration::from_secs(20));
+        m
+    }
+
+    /// Starts `scoutfs mount` without waiting for the mount (the members of
+    /// a quorum must all start before any can be elected). Its stderr goes
+    /// to `log` if given, else to a pipe read when it fails.
+    pub fn spawn(
+        meta: &Path,
+        data: &Path,
+        mp: &Path,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+        log: Option<&Path>,
+    ) -> MountProc {
         std::fs::create_dir_all(mp).unwrap();
         let mp = std::fs::canonicalize(mp).unwrap();
         let mut args = vec![
@@ -129,39 +180,49 @@ impl MountProc {
             mp.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
+        let stderr = match log {
+            Some(p) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .unwrap(),
+            ),
+            None => Stdio::piped(),
+        };
         let child = Command::new(bin())
             .args(&args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .unwrap();
-        let mut m = MountProc {
+        MountProc {
             child: Some(child),
             mp,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !is_mounted(&m.mp) {
-            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+        }
+    }
+
+    /// Waits (at most `limit`) for the mount to appear; panics with the
+    /// mount's error if it exits first.
+    pub fn wait_mounted(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !is_mounted(&self.mp) {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 let mut err = String::new();
                 use std::io::Read;
-                let _ = m
-                    .child
-                    .as_mut()
-                    .unwrap()
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err);
+                if let Some(mut e) = self.child.as_mut().unwrap().stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
                 panic!("scoutfs mount exited with {st}: {err}");
             }
             assert!(
                 Instant::now() < deadline,
-                "mount did not appear within 20 s"
+                "mount {} did not appear within {limit:?}",
+                self.mp.display()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        m
     }
 
     pub fn pid(&self) -> u32 {
@@ -170,28 +231,57 @@ impl MountProc {
 
     /// Unmounts with umount(8) and waits (bounded) for a clean exit.
     pub fn unmount(mut self) {
+        self.begin_unmount();
+        self.wait_exit(Duration::from_secs(30));
+    }
+
+    /// Unmounts with umount(8), which returns once the kernel has detached
+    /// the mount; the process then says farewell and exits.
+    pub fn begin_unmount(&mut self) {
         let o = Command::new("umount").arg(&self.mp).output().unwrap();
         assert!(
             o.status.success(),
             "umount: {}",
             String::from_utf8_lossy(&o.stderr)
         );
+    }
+
+    /// Waits (at most `limit`) for the process to exit, and asserts that
+    /// it exited cleanly.
+    pub fn wait_exit(mut self, limit: Duration) {
         let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(st) = child.try_wait().unwrap() {
                 let mut err = String::new();
                 use std::io::Read;
-                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
                 assert!(st.success(), "scoutfs mount exited with {st}: {err}");
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "scoutfs mount did not exit within 30 s of umount"
-            );
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "scoutfs mount of {} did not exit within {limit:?} of umount",
+                    self.mp.display()
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// kill -9, leaving the dead mount for a fence agent to detach (the
+    /// caller must make sure it goes, e.g. with [`force_unmount`]).
+    pub fn kill9_keep_mount(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Nothing left to drop but the path: skip the unmount of drop.
+        self.mp = PathBuf::new();
     }
 
     /// kill -9, then clear the dead mount.
@@ -211,7 +301,9 @@ impl Drop for MountProc {
             let _ = c.kill();
             let _ = c.wait();
         }
-        force_unmount(&self.mp);
+        if !self.mp.as_os_str().is_empty() {
+            force_unmount(&self.mp);
+        }
     }
 }
 

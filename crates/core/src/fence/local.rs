@@ -423,9 +423,11 @@ pub enum LocalFenceOutcome {
     /// No record: the mount unmounted cleanly or never mounted on this host.
     NoRecord,
     /// The recorded process was gone already; nothing was signalled.
+    /// `detached`: its FUSE mount was still there, dead, and was detached.
     Gone {
         record: LocalRecord,
         why: String,
+        detached: bool,
         /// Why the record could not be removed, if it could not (the
         /// fence stands; a later one finds the process gone again).
         left: Option<String>,
@@ -453,9 +455,15 @@ pub fn fence_local(
     };
     let victim = match Victim::open(&record)? {
         Found::Gone(why) => {
+            let detached = detach_dead(&record.mountpoint)?;
             let left = LocalRecord::remove(dir, record.fsid, record.rid).err();
             let left = left.map(|e| e.to_string());
-            return Ok(LocalFenceOutcome::Gone { record, why, left });
+            return Ok(LocalFenceOutcome::Gone {
+                record,
+                why,
+                detached,
+                left,
+            });
         }
         Found::Live(v) => v,
     };
@@ -657,6 +665,20 @@ fn parse_mountinfo(info: &[u8], mp: &[u8]) -> Option<MountEntry> {
 
 /// Detaches the scoutfs FUSE mount on `mp`; `false` if nothing is mounted
 /// there. Anything but a scoutfs FUSE mount is left alone, with an error.
+/// Detaches the scoutfs FUSE mount on `mp` only if its process is gone
+/// (the kernel answers ENOTCONN): the mount of a process that died
+/// without the agent. A live mount there (a new one) is left alone.
+fn detach_dead(mp: &Path) -> Result<bool> {
+    let dead = matches!(
+        std::fs::metadata(mp),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)
+    );
+    if !dead {
+        return Ok(false);
+    }
+    detach(mp)
+}
+
 fn detach(mp: &Path) -> Result<bool> {
     let Some(m) = mount_at(mp)? else {
         return Ok(false);

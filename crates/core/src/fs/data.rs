@@ -199,34 +199,49 @@ impl Fs {
 
     /// Writes `buf` at `off`; returns the bytes written.
     pub fn write(&self, ino: u64, off: u64, buf: &[u8]) -> FsResult<usize> {
+        self.write_at(ino, Some(off), buf).map(|(n, _)| n)
+    }
+
+    /// Writes `buf` at the end of the file, as it is under the inode's
+    /// lock (O_APPEND: another mount may have grown the file since this
+    /// mount's kernel last saw its size); returns the bytes written and
+    /// the offset they went to.
+    pub fn append(&self, ino: u64, buf: &[u8]) -> FsResult<(usize, u64)> {
+        self.write_at(ino, None, buf)
+    }
+
+    fn write_at(&self, ino: u64, off: Option<u64>, buf: &[u8]) -> FsResult<(usize, u64)> {
         if buf.is_empty() {
-            return Ok(0);
+            return Ok((0, off.unwrap_or(0)));
         }
-        let end = off
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= MAX_FILE_BYTES)
-            .ok_or(EFBIG)?;
         let mut retried = false;
         loop {
-            match self.write_once(ino, off, end, buf) {
+            match self.write_once(ino, off, buf) {
                 Err(e) if e == ENOSPC && !retried => {
                     // The mount's data extents ran out: a commit gets more.
                     retried = true;
                     self.trans.commit()?;
                 }
                 other => {
-                    other?;
+                    let at = other?;
                     self.maybe_commit()?;
-                    return Ok(buf.len());
+                    return Ok((buf.len(), at));
                 }
             }
         }
     }
 
-    fn write_once(&self, ino: u64, off: u64, end: u64, buf: &[u8]) -> FsResult<()> {
+    /// Writes `buf` at `off` (None: at the end of the file); returns the
+    /// offset it went to.
+    fn write_once(&self, ino: u64, off: Option<u64>, buf: &[u8]) -> FsResult<u64> {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
         let _local = self.lock_local(&[ino]);
         let mut a = self.regular(&g, ino)?;
+        let off = off.unwrap_or_else(|| a.size());
+        let end = off
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= MAX_FILE_BYTES)
+            .ok_or(EFBIG)?;
         let op = self.begin(&[seqs_of(&a)])?;
         let (b0, b1) = (off / BLOCK, end.div_ceil(BLOCK));
         let mut b = b0;
@@ -286,7 +301,7 @@ impl Fs {
         a.inode.ctime = t;
         self.write_inode(&op, &g, &mut a, true)?;
         self.trans.add_data_bytes(end - off);
-        Ok(())
+        Ok(off)
     }
 
     /// Blocks to preallocate past a write that extends the file at its end,

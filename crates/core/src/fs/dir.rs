@@ -492,6 +492,25 @@ impl Fs {
     /// Frees an inode whose last name is gone once nothing uses it: its
     /// items, its data and its orphan item. Does nothing while it has names.
     pub fn evict(&self, ino: u64) -> FsResult<()> {
+        // Unlinked here, it may still be open on another mount, which
+        // reads it until it closes. Until mounts tell each other what they
+        // hold open, its orphan item stays while other mounts run; the
+        // first mount that starts alone frees it. (No lock is taken for an
+        // inode the kernel forgets while others run: most are still
+        // linked, and a lock would pull it from the mount that uses it.)
+        if self.others_mounted() {
+            return Ok(());
+        }
+        // Most inodes the kernel forgets are still linked.
+        {
+            let g = self.locks.lock_inode(ino, LockMode::Read)?;
+            match self.read_inode(&g, ino) {
+                Ok(a) if a.inode.nlink.get() > 0 => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e == ENOENT => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
         let og = self.locks.lock(
             orphan_lock_range().0,
             orphan_lock_range().1,
@@ -575,6 +594,13 @@ impl Fs {
             if dst.is_some_and(|d| d.ino == src.ino) {
                 return Ok(());
             }
+            // Moving a directory under itself is refused. The walk up from
+            // the new parent takes each directory's lock in turn, so it runs
+            // before this rename holds any inode lock (a lock it held would
+            // wait on its own invalidation). Its answer holds: directories
+            // only change parents in cross-directory renames, which wait
+            // for the rename lock we hold.
+            let under_itself = parent != newparent && self.is_ancestor(src.ino, newparent)?;
             let og = self.locks.lock(
                 orphan_lock_range().0,
                 orphan_lock_range().1,
@@ -607,7 +633,7 @@ impl Fs {
                 None => None,
             };
             self.rename_checks(g(newparent), &sa, da.as_ref(), newparent, flags)?;
-            if sa.is_dir() && parent != newparent && self.is_ancestor(src.ino, newparent)? {
+            if sa.is_dir() && under_itself {
                 return Err(EINVAL);
             }
             let mut seqs = vec![seqs_of(&pd), seqs_of(&nd), seqs_of(&sa)];

@@ -14,6 +14,10 @@ pub const ELECT_MIN_MS: u64 = 250;
 pub const ELECT_VAR_MS: u64 = 100;
 /// How often a leader sends heartbeats.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+/// How long a follower whose mount cannot reach the leader's server waits
+/// for the leader's next heartbeat before it stands for election (see
+/// [`Agent::server_unreachable`]): five heartbeat intervals.
+pub const SUSPECT_SILENCE_MS: u64 = 5 * HEARTBEAT_INTERVAL_MS;
 /// How long a follower waits for a heartbeat before it stands for election.
 pub const HEARTBEAT_TIMEOUT_DEFAULT_MS: u64 = 10_000;
 pub const HEARTBEAT_TIMEOUT_MIN_MS: u64 = 2_000;
@@ -151,6 +155,8 @@ pub struct AgentStats {
     pub ignored_inputs: u64,
     /// Server reports that match no server we asked for.
     pub unexpected_server_reports: u64,
+    /// Times an unreachable server brought the election deadline closer.
+    pub suspicions: u64,
 }
 
 /// The election agent of one quorum slot (see the module comment).
@@ -170,6 +176,8 @@ pub struct Agent {
     server: ServerState,
     /// The slot whose heartbeat of our term we last heard (or us as leader).
     leader: Option<SlotNr>,
+    /// When we last heard a heartbeat (0: never).
+    heard_ms: u64,
     stats: AgentStats,
 }
 
@@ -195,6 +203,7 @@ impl Agent {
             now_ms: 0,
             server: ServerState::Down,
             leader: None,
+            heard_ms: 0,
             stats: AgentStats::default(),
         })
     }
@@ -281,6 +290,27 @@ impl Agent {
             }
         }
         self.output(out)
+    }
+
+    /// The mount could not reach the server it was told of (a connection
+    /// refused or broken). A server whose process died also stopped its
+    /// leader's heartbeats: if none has been heard for
+    /// [`SUSPECT_SILENCE_MS`], a follower stands for election then instead
+    /// of waiting out the whole heartbeat timeout. A leader that still sends
+    /// heartbeats keeps leading: a broken connection alone proves nothing.
+    pub fn server_unreachable(&mut self, now_ms: u64) -> Output {
+        let now = self.clock(now_ms);
+        if self.phase == Phase::Running
+            && self.role == Role::Follower
+            && self.server == ServerState::Down
+        {
+            let quiet_until = self.heard_ms.saturating_add(SUSPECT_SILENCE_MS);
+            if quiet_until < self.deadline_ms {
+                self.deadline_ms = quiet_until.max(now);
+                self.stats.suspicions += 1;
+            }
+        }
+        self.output(Vec::new())
     }
 
     /// The server we started reports that it fenced the old leaders and
@@ -450,6 +480,7 @@ impl Agent {
         self.votes = SlotSet::default();
         self.leader = None;
         self.deadline_ms = if msg.ty == MsgType::Heartbeat {
+            self.heard_ms = now;
             now.saturating_add(self.cfg.heartbeat_timeout_ms)
         } else {
             self.election_deadline(now)
@@ -474,6 +505,7 @@ impl Agent {
         }
         self.role = Role::Follower;
         self.leader = Some(msg.from);
+        self.heard_ms = now;
         self.deadline_ms = now.saturating_add(self.cfg.heartbeat_timeout_ms);
     }
 

@@ -236,6 +236,7 @@ pub struct QuorumStatus {
 enum Command {
     ServerUp(Term),
     ServerStopped(Term),
+    ServerUnreachable,
     Shutdown,
     /// End the thread at once, writing and sending nothing (a test's crash).
     Kill,
@@ -328,6 +329,12 @@ impl QuorumHandle {
     /// The server started for `term` stopped (asked to, or on its own).
     pub fn server_stopped(&self, term: Term) {
         self.command(Command::ServerStopped(term));
+    }
+
+    /// The mount's client could not reach the server the blocks name (see
+    /// [`Agent::server_unreachable`]).
+    pub fn server_unreachable(&self) {
+        self.command(Command::ServerUnreachable);
     }
 
     /// Every configured slot's quorum block as it is on the device now.
@@ -668,6 +675,7 @@ impl Driver {
                     self.running = None;
                     self.step(|a, now| a.server_stopped(now))?
                 }
+                Command::ServerUnreachable => self.step(|a, now| a.server_unreachable(now))?,
                 Command::ServerUp(_) | Command::ServerStopped(_) => {
                     self.st.stale_server_reports += 1;
                     self.publish();

@@ -129,7 +129,7 @@ mod msg;
 pub use agent::{
     Action, Agent, AgentConfig, AgentStats, ConfigError, Dest, Output, Phase, Role, ServerState,
     Vote, ELECT_MIN_MS, ELECT_VAR_MS, HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_DEFAULT_MS,
-    HEARTBEAT_TIMEOUT_MAX_MS, HEARTBEAT_TIMEOUT_MIN_MS,
+    HEARTBEAT_TIMEOUT_MAX_MS, HEARTBEAT_TIMEOUT_MIN_MS, SUSPECT_SILENCE_MS,
 };
 pub use blocks::{
     current_server, event_term, greatest_term, leaders_to_fence, newer_election, record_events,
