@@ -9,6 +9,7 @@
 mod fence;
 mod fuse;
 mod mount;
+mod mountinfo;
 mod progress;
 mod size;
 
@@ -91,7 +92,8 @@ struct StatusArgs {
     /// Read the status offline from this metadata device or image file.
     #[arg(long, value_name = "META")]
     meta: Option<PathBuf>,
-    /// A mounted filesystem (online status; not available yet).
+    /// A mountpoint of a running `scoutfs mount` on this host: the status
+    /// of its filesystem, and this mount's own role.
     path: Option<PathBuf>,
     /// Print one line of JSON instead of text.
     #[arg(long)]
@@ -313,20 +315,65 @@ fn cmd_check(meta: &Path, data: &Path) -> Result<ExitCode, String> {
 }
 
 fn cmd_status(a: StatusArgs) -> Result<ExitCode, String> {
-    let Some(meta) = a.meta else {
-        let path = a.path.unwrap_or_default();
-        return Err(format!(
-            "status {}: the status of a mounted filesystem needs its control socket, \
-             which mounts do not have yet; use --meta META to read the metadata device offline",
-            path.display()
-        ));
+    let mut this = None;
+    let meta = match (a.meta, a.path) {
+        (Some(meta), _) => meta,
+        (None, path) => {
+            let path = path.unwrap_or_default();
+            let mp = std::fs::canonicalize(&path)
+                .map_err(|e| format!("status {}: {e}", path.display()))?;
+            let dir = scoutfs_core::fence::local::run_dir();
+            let info = mountinfo::MountInfo::find(&dir, &mp).map_err(|e| format!("status {e}"))?;
+            let meta = info.meta.clone();
+            this = Some(info);
+            meta
+        }
     };
     let dev = open_dev(&meta, false)?;
     let st = scoutfs_core::status::read_status(&dev).map_err(|e| format!("status: {e}"))?;
-    let text = if a.json {
-        st.to_json() + "\n"
-    } else {
-        st.to_string()
+    let text = match (&this, a.json) {
+        (None, true) => st.to_json() + "\n",
+        (None, false) => st.to_string(),
+        (Some(i), json) => {
+            let rid = scoutfs_core::lock::Rid(i.rid);
+            let serving = st.server.is_some_and(|s| s.rid == rid);
+            let recorded = st
+                .mounted_clients
+                .as_ref()
+                .ok()
+                .map(|l| l.iter().any(|c| c.rid == rid));
+            let role = match (i.slot, serving) {
+                (Some(s), true) => format!("quorum slot {s}, leader, serving"),
+                (Some(s), false) => format!("quorum slot {s}, not serving"),
+                (None, _) => "client (not a quorum member)".to_string(),
+            };
+            if json {
+                let j = st.to_json();
+                let mp = scoutfs_core::status::json_str(&i.mountpoint.to_string_lossy());
+                format!(
+                    "{},\"this_mount\":{{\"mountpoint\":{mp},\"pid\":{},\"rid\":\"{:016x}\",\
+                     \"slot\":{},\"serving\":{serving},\"recorded\":{}}}}}\n",
+                    &j[..j.len() - 1],
+                    i.pid,
+                    i.rid,
+                    i.slot.map_or("null".to_string(), |s| s.to_string()),
+                    recorded.map_or("null".to_string(), |r| r.to_string()),
+                )
+            } else {
+                format!(
+                    "{}this mount: {} (pid {}, rid {:016x}): {role}; {}\n",
+                    st,
+                    i.mountpoint.display(),
+                    i.pid,
+                    i.rid,
+                    match recorded {
+                        Some(true) => "recorded in mounted clients",
+                        Some(false) => "NOT recorded in mounted clients",
+                        None => "mounted clients unreadable",
+                    }
+                )
+            }
+        }
     };
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {

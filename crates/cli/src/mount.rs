@@ -284,7 +284,12 @@ fn free_port() -> Result<u16, String> {
 fn local_fencing(meta: &Arc<dyn BlockDev>) -> Result<Option<Vec<String>>, String> {
     let sb =
         scoutfs_core::commit::read_super(meta.as_ref(), true).map_err(|e| format!("mount: {e}"))?;
-    let slots: Vec<_> = sb.qconf.slots.iter().filter_map(|a| a.to_socket()).collect();
+    let slots: Vec<_> = sb
+        .qconf
+        .slots
+        .iter()
+        .filter_map(|a| a.to_socket())
+        .collect();
     if slots.is_empty() || !slots.iter().all(|a| a.ip().is_loopback()) {
         return Ok(None);
     }
@@ -403,6 +408,23 @@ fn serve(
     opts.rid = Some(rid);
     // Dropped after the mount (declared before it), on every path.
     let _record = record_mount(&m, rid, &mp)?;
+    let fsid = scoutfs_core::commit::read_super(m.as_ref(), true)
+        .map_err(|e| format!("mount: {e}"))?
+        .hdr
+        .fsid
+        .get();
+    let info = crate::mountinfo::MountInfo {
+        pid: std::process::id(),
+        rid,
+        fsid,
+        meta: std::fs::canonicalize(meta).unwrap_or_else(|_| meta.to_path_buf()),
+        mountpoint: mp.clone(),
+        slot: match opts.role {
+            MountRole::Quorum { slot } => Some(slot),
+            _ => None,
+        },
+    };
+    let _info = info.write(&run_dir())?;
     let mnt = Mount::open(m, d, &opts).map_err(|e| format!("mount: {e}"))?;
     let fuse = ScoutFuse::new(mnt.fs().clone());
     let known = fuse.known();

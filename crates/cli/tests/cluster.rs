@@ -277,6 +277,35 @@ fn every_change_is_seen_on_the_other_mounts_when_the_call_returns() {
         }
     }
     assert_eq!(checked, 6);
+    // `status PATH` on each mount: its own slot and role, one serving.
+    let mut serving = 0;
+    for s in 0..3 {
+        let mp = c.mp(s).to_str().unwrap().to_string();
+        let o = std::process::Command::new(bin())
+            .args(["status", &mp])
+            .env("SCOUTFS_RUN_DIR", &c.run)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(text.contains(&format!("this mount: {mp} (pid ")), "{text}");
+        assert!(text.contains(&format!("quorum slot {s},")), "{text}");
+        assert!(text.contains("recorded in mounted clients"), "{text}");
+        serving += usize::from(text.contains("leader, serving"));
+        let o = std::process::Command::new(bin())
+            .args(["status", "--json", &mp])
+            .env("SCOUTFS_RUN_DIR", &c.run)
+            .output()
+            .unwrap();
+        let json = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(json.contains(&format!("\"slot\":{s},")), "{json}");
+        assert!(json.trim_end().ends_with("\"recorded\":true}}"), "{json}");
+    }
+    assert_eq!(serving, 1, "exactly one mount serves");
     // All three see the same (empty) tree.
     let snaps: Vec<_> = (0..3).map(|s| snapshot(c.mp(s))).collect();
     assert!(

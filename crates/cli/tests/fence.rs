@@ -32,9 +32,11 @@ fn request(rid: Rid) -> FenceRequest {
 
 /// The one record in `run`, with its path.
 fn only_record(run: &Path) -> (std::path::PathBuf, LocalRecord) {
+    // The fence records (`f.*`), not the mounts' status files (`m.*`).
     let files: Vec<_> = std::fs::read_dir(run)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("f."))
         .collect();
     assert_eq!(files.len(), 1, "records: {files:?}");
     let rec = LocalRecord::read(&files[0]).unwrap();

@@ -295,7 +295,7 @@ fn devices_without_a_filesystem_and_bad_arguments_give_clear_errors() {
     assert_eq!(err.lines().count(), 1, "{err}");
 
     let err = one_line_error(&["status", s(&dir.0)], "use --meta");
-    assert!(err.contains("control socket"), "{err}");
+    assert!(err.contains("no running scoutfs mount there"), "{err}");
     one_line_error(
         &["status", "--meta", s(&m), s(&dir.0)],
         "cannot be used with",

@@ -1,0 +1,173 @@
+//! What `scoutfs status PATH` learns of a running mount: each `scoutfs
+//! mount` writes a small file into the run directory (beside its fence
+//! record, `m.<fsid>.r.<rid>`) naming its metadata device, mountpoint, pid
+//! and role, and removes it when it ends. Paths are written as hex bytes,
+//! so any name round-trips.
+
+use std::path::{Path, PathBuf};
+
+const MAGIC: &str = "scoutfs-mount 1";
+
+/// One running mount, as it described itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountInfo {
+    pub pid: u32,
+    pub rid: u64,
+    pub fsid: u64,
+    pub meta: PathBuf,
+    pub mountpoint: PathBuf,
+    /// The quorum slot, or None for a client.
+    pub slot: Option<u8>,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|c| format!("{c:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    let pairs = s.as_bytes().chunks_exact(2);
+    if !pairs.remainder().is_empty() {
+        return None;
+    }
+    pairs
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .collect()
+}
+
+impl MountInfo {
+    fn file(dir: &Path, fsid: u64, rid: u64) -> PathBuf {
+        dir.join(format!("m.{fsid:016x}.r.{rid:016x}"))
+    }
+
+    fn encode(&self) -> String {
+        use std::os::unix::ffi::OsStrExt;
+        format!(
+            "{MAGIC}\npid {}\nrid {:016x}\nfsid {:016x}\nmeta {}\nmountpoint {}\nslot {}\n",
+            self.pid,
+            self.rid,
+            self.fsid,
+            hex(self.meta.as_os_str().as_bytes()),
+            hex(self.mountpoint.as_os_str().as_bytes()),
+            self.slot.map_or("client".to_string(), |s| s.to_string()),
+        )
+    }
+
+    fn decode(text: &str) -> Option<MountInfo> {
+        use std::os::unix::ffi::OsStringExt;
+        let mut lines = text.lines();
+        if lines.next()? != MAGIC {
+            return None;
+        }
+        let mut get = std::collections::HashMap::new();
+        for l in lines {
+            let (k, v) = l.split_once(' ')?;
+            get.insert(k, v);
+        }
+        let path = |k: &str| {
+            Some(PathBuf::from(std::ffi::OsString::from_vec(unhex(
+                get.get(k)?,
+            )?)))
+        };
+        Some(MountInfo {
+            pid: get.get("pid")?.parse().ok()?,
+            rid: u64::from_str_radix(get.get("rid")?, 16).ok()?,
+            fsid: u64::from_str_radix(get.get("fsid")?, 16).ok()?,
+            meta: path("meta")?,
+            mountpoint: path("mountpoint")?,
+            slot: match *get.get("slot")? {
+                "client" => None,
+                s => Some(s.parse().ok()?),
+            },
+        })
+    }
+
+    /// Writes this mount's file into `dir` (made if missing); it goes when
+    /// the guard drops.
+    pub fn write(&self, dir: &Path) -> Result<InfoGuard, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Files of mounts that died without removing theirs.
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if !e.file_name().to_string_lossy().starts_with("m.") {
+                continue;
+            }
+            let info = std::fs::read_to_string(e.path())
+                .ok()
+                .and_then(|t| MountInfo::decode(&t));
+            // SAFETY: signal 0 only checks that the pid exists.
+            let gone = info.is_some_and(|i| unsafe { libc::kill(i.pid as libc::pid_t, 0) } != 0);
+            if gone {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let p = Self::file(dir, self.fsid, self.rid);
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, self.encode())
+            .and_then(|_| std::fs::rename(&tmp, &p))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(InfoGuard(p))
+    }
+
+    /// The running mount on `mountpoint` among the files in `dir`.
+    pub fn find(dir: &Path, mountpoint: &Path) -> Result<MountInfo, String> {
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => Some(rd),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        };
+        for e in rd.into_iter().flatten().flatten() {
+            let name = e.file_name();
+            if !name.to_string_lossy().starts_with("m.") {
+                continue;
+            }
+            let Some(info) = std::fs::read_to_string(e.path())
+                .ok()
+                .and_then(|t| MountInfo::decode(&t))
+            else {
+                continue;
+            };
+            // SAFETY: signal 0 only checks that the pid exists.
+            let alive = unsafe { libc::kill(info.pid as libc::pid_t, 0) } == 0;
+            if info.mountpoint == mountpoint && alive {
+                return Ok(info);
+            }
+        }
+        Err(format!(
+            "{}: no running scoutfs mount there is recorded in {} (mounts record themselves \
+             in the run directory, /run/scoutfs or $SCOUTFS_RUN_DIR); use --meta META to read \
+             the metadata device offline",
+            mountpoint.display(),
+            dir.display()
+        ))
+    }
+}
+
+/// Removes a mount's info file on drop.
+pub struct InfoGuard(PathBuf);
+
+impl Drop for InfoGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_round_trips_with_any_path() {
+        let i = MountInfo {
+            pid: 42,
+            rid: 0xabc,
+            fsid: 0x123,
+            meta: PathBuf::from("/dev/some disk\nwith a newline"),
+            mountpoint: PathBuf::from("/mnt/x"),
+            slot: Some(2),
+        };
+        assert_eq!(MountInfo::decode(&i.encode()), Some(i.clone()));
+        let c = MountInfo { slot: None, ..i };
+        assert_eq!(MountInfo::decode(&c.encode()), Some(c));
+        assert_eq!(MountInfo::decode("scoutfs-mount 1\npid x\n"), None);
+        assert_eq!(MountInfo::decode("something else"), None);
+    }
+}
