@@ -298,6 +298,8 @@ struct State {
     recovery_deadline: Instant,
     reconnect_timeout: Duration,
     votes_needed: usize,
+    /// Why starting failed: the server ends at once.
+    start_error: Option<String>,
 }
 
 impl State {
@@ -323,9 +325,11 @@ impl State {
             recovery_deadline: Instant::now() + opts.recovery_timeout,
             reconnect_timeout: opts.reconnect_timeout,
             votes_needed: opts.votes_needed,
+            start_error: None,
         };
         if let Err(e) = st.begin(opts.alone, &opts.fenced) {
-            eprintln!("scoutfs: server: starting: {e}");
+            // Not knowing who is mounted, it must not serve at all.
+            st.start_error = Some(format!("starting: {e}"));
         }
         st
     }
@@ -348,8 +352,12 @@ impl State {
         }
         if self.mounted.is_empty() {
             // Nothing is mounted, so every log tree was left by a mount
-            // that is gone: merge them all into fs_root.
-            self.merge_departed()
+            // that is gone: merge them all into fs_root. A merge that
+            // fails leaves the trees where every mount still reads them.
+            if let Err(e) = self.merge_departed() {
+                eprintln!("scoutfs: server: merging departed mounts' log trees: {e}");
+            }
+            Ok(())
         } else {
             self.locks = LockServer::recovering(self.mounted.keys().map(|&r| Rid(r)));
             Ok(())
@@ -455,6 +463,9 @@ impl State {
     /// Handles events until shutdown (Ok) or a failure that ends the
     /// server (Err: why).
     fn run(&mut self, rx: Receiver<Event>) -> std::result::Result<(), String> {
+        if let Some(why) = self.start_error.take() {
+            return Err(why);
+        }
         let mut next_tick = Instant::now();
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -578,6 +589,10 @@ impl State {
                 }
                 Err(e) => return Err(format!("fencing mount {rid:#018x}: {e}")),
             }
+        }
+        // Farewells held while their mount recovered, or for the others.
+        if !self.farewells.is_empty() {
+            self.farewells_due().map_err(|e| format!("farewell: {e}"))?;
         }
         Ok(())
     }
