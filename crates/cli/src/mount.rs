@@ -270,10 +270,18 @@ pub fn cmd_up(a: UpArgs) -> Result<ExitCode, String> {
 }
 
 /// A free TCP port on loopback for a new filesystem's quorum slot.
+/// Chosen at random below Linux's ephemeral range (32768 and up), so the
+/// kernel never hands it to an outgoing connection, and free for both TCP
+/// and UDP now (a quorum slot uses both).
 fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| format!("finding a free port: {e}"))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+    for _ in 0..1000 {
+        let port = 20_000 + (scoutfs_core::rng::os_random_u64() % 12_000) as u16;
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if udp.is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free loopback port found for a quorum slot".into())
 }
 
 /// The fence command of a mount given none: the local agent when every

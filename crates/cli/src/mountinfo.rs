@@ -87,7 +87,8 @@ impl MountInfo {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         // Files of mounts that died without removing theirs.
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if !e.file_name().to_string_lossy().starts_with("m.") {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("m.") || name.ends_with(".tmp") {
                 continue;
             }
             let info = std::fs::read_to_string(e.path())
@@ -100,7 +101,9 @@ impl MountInfo {
             }
         }
         let p = Self::file(dir, self.fsid, self.rid);
-        let tmp = p.with_extension("tmp");
+        let mut tmp = p.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
         std::fs::write(&tmp, self.encode())
             .and_then(|_| std::fs::rename(&tmp, &p))
             .map_err(|e| format!("{}: {e}", p.display()))?;

@@ -63,12 +63,23 @@ pub fn mkfs(dir: &Scratch) -> (PathBuf, PathBuf) {
     mkfs_slots(dir, 1)
 }
 
-/// A loopback port free for both TCP and UDP now (a quorum slot uses both).
+/// A loopback port free for both TCP and UDP now (a quorum slot uses
+/// both). Chosen below Linux's ephemeral range (32768 and up), so the
+/// kernel does not hand it to an outgoing connection before the mount
+/// binds it; at random, so tests running at once rarely pick the same.
 pub fn free_port() -> u16 {
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ (std::process::id() << 16);
     loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let port = 20_000 + (x % 12_000) as u16;
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if udp.is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
@@ -121,6 +132,8 @@ pub fn force_unmount(mp: &Path) {
 pub struct MountProc {
     pub child: Option<Child>,
     pub mp: PathBuf,
+    /// Where its stderr goes, if not to a pipe.
+    pub log: Option<PathBuf>,
 }
 
 impl MountProc {
@@ -200,6 +213,7 @@ impl MountProc {
         MountProc {
             child: Some(child),
             mp,
+            log: log.map(Path::to_path_buf),
         }
     }
 
@@ -213,6 +227,9 @@ impl MountProc {
                 use std::io::Read;
                 if let Some(mut e) = self.child.as_mut().unwrap().stderr.take() {
                     let _ = e.read_to_string(&mut err);
+                }
+                if let Some(l) = &self.log {
+                    err = std::fs::read_to_string(l).unwrap_or_default();
                 }
                 panic!("scoutfs mount exited with {st}: {err}");
             }
