@@ -23,7 +23,6 @@
 use crate::fuse::ScoutFuse;
 use crate::size;
 use fuser::{Config, INodeNo, MountOption, Session, SessionACL};
-use scoutfs_core::dev::BlockDev;
 use scoutfs_core::fence::local::{run_dir, sweep_stale, LocalRecord, RUN_DIR_ENV};
 use scoutfs_core::fence::FENCE_TIMEOUT_MS_DEFAULT;
 use scoutfs_core::fs::AtimeMode;
@@ -31,11 +30,11 @@ use scoutfs_core::lock::Rid;
 use scoutfs_core::mount::{new_rid, Mount, MountOptions, MountRole};
 use scoutfs_core::quorum::{HEARTBEAT_TIMEOUT_MAX_MS, HEARTBEAT_TIMEOUT_MIN_MS};
 use scoutfs_format::key::zone;
+use scoutfs_format::SuperBlock;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 /// How long giving up a lock waits for the kernel to drop the caches of
 /// its inodes (see the kernel invalidation in `serve`).
@@ -155,7 +154,7 @@ pub fn cmd_mount(a: MountArgs) -> Result<ExitCode, String> {
         .fence_command
         .map(|p| std::iter::once(p).chain(a.fence_args).collect());
     opts.fence_timeout_ms = a.fence_timeout_ms;
-    serve(&a.meta, &a.data, &a.mountpoint, &opts, None)
+    serve(&a.meta, &a.data, &a.mountpoint, &opts)
 }
 
 pub fn cmd_up(a: UpArgs) -> Result<ExitCode, String> {
@@ -289,9 +288,7 @@ fn free_port() -> Result<u16, String> {
 /// runs on this host (no other host can reach a server there), so the
 /// agent's records name every mount, and a mount with no record is truly
 /// gone. Otherwise none: a site with several hosts must say how to fence.
-fn local_fencing(meta: &Arc<dyn BlockDev>) -> Result<Option<Vec<String>>, String> {
-    let sb =
-        scoutfs_core::commit::read_super(meta.as_ref(), true).map_err(|e| format!("mount: {e}"))?;
+fn local_fencing(sb: &SuperBlock) -> Result<Option<Vec<String>>, String> {
     let slots: Vec<_> = sb
         .qconf
         .slots
@@ -366,10 +363,7 @@ fn wait_signal(set: libc::sigset_t) -> i32 {
 /// Called before the rid reaches any server: the agent takes "no record"
 /// to mean "fenced already", which is true only if a process that may still
 /// use the rid always has one.
-fn record_mount(meta: &Arc<dyn BlockDev>, rid: u64, mp: &Path) -> Result<RecordGuard, String> {
-    let sb =
-        scoutfs_core::commit::read_super(meta.as_ref(), true).map_err(|e| format!("mount: {e}"))?;
-    let fsid = sb.hdr.fsid.get();
+fn record_mount(fsid: u64, rid: u64, mp: &Path) -> Result<RecordGuard, String> {
     let dir = run_dir();
     sweep_stale(&dir);
     let written = LocalRecord::for_this_process(fsid, Rid(rid), mp).and_then(|r| r.write(&dir));
@@ -402,25 +396,22 @@ fn serve(
     data: &Path,
     mountpoint: &Path,
     opts: &MountOptions,
-    hint: Option<String>,
 ) -> Result<ExitCode, String> {
     let set = block_signals();
     let mp = check_mountpoint(mountpoint)?;
     let m = crate::open_dev(meta, true)?;
     let d = crate::open_dev(data, true)?;
+    let sb =
+        scoutfs_core::commit::read_super(m.as_ref(), true).map_err(|e| format!("mount: {e}"))?;
+    let fsid = sb.hdr.fsid.get();
     let mut opts = opts.clone();
     if opts.fence_command.is_none() {
-        opts.fence_command = local_fencing(&m)?;
+        opts.fence_command = local_fencing(&sb)?;
     }
     let rid = new_rid();
     opts.rid = Some(rid);
     // Dropped after the mount (declared before it), on every path.
-    let _record = record_mount(&m, rid, &mp)?;
-    let fsid = scoutfs_core::commit::read_super(m.as_ref(), true)
-        .map_err(|e| format!("mount: {e}"))?
-        .hdr
-        .fsid
-        .get();
+    let _record = record_mount(fsid, rid, &mp)?;
     let info = crate::mountinfo::MountInfo {
         pid: std::process::id(),
         rid,
@@ -524,9 +515,6 @@ fn serve(
         data.display(),
         mp.display()
     );
-    if let Some(h) = hint {
-        eprintln!("{h}");
-    }
     let res = session.run();
     let done = mnt.unmount();
     res.map_err(|e| format!("FUSE session: {e}"))?;

@@ -86,18 +86,9 @@ impl MountInfo {
     pub fn write(&self, dir: &Path) -> Result<InfoGuard, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         // Files of mounts that died without removing theirs.
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("m.") || name.ends_with(".tmp") {
-                continue;
-            }
-            let info = std::fs::read_to_string(e.path())
-                .ok()
-                .and_then(|t| MountInfo::decode(&t));
-            // SAFETY: signal 0 only checks that the pid exists.
-            let gone = info.is_some_and(|i| unsafe { libc::kill(i.pid as libc::pid_t, 0) } != 0);
-            if gone {
-                let _ = std::fs::remove_file(e.path());
+        for (path, info) in all(dir) {
+            if !alive(info.pid) {
+                let _ = std::fs::remove_file(path);
             }
         }
         let p = Self::file(dir, self.fsid, self.rid);
@@ -112,36 +103,44 @@ impl MountInfo {
 
     /// The running mount on `mountpoint` among the files in `dir`.
     pub fn find(dir: &Path, mountpoint: &Path) -> Result<MountInfo, String> {
-        let rd = match std::fs::read_dir(dir) {
-            Ok(rd) => Some(rd),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("{}: {e}", dir.display())),
-        };
-        for e in rd.into_iter().flatten().flatten() {
-            let name = e.file_name();
-            if !name.to_string_lossy().starts_with("m.") {
-                continue;
-            }
-            let Some(info) = std::fs::read_to_string(e.path())
-                .ok()
-                .and_then(|t| MountInfo::decode(&t))
-            else {
-                continue;
-            };
-            // SAFETY: signal 0 only checks that the pid exists.
-            let alive = unsafe { libc::kill(info.pid as libc::pid_t, 0) } == 0;
-            if info.mountpoint == mountpoint && alive {
-                return Ok(info);
-            }
-        }
-        Err(format!(
-            "{}: no running scoutfs mount there is recorded in {} (mounts record themselves \
-             in the run directory, /run/scoutfs or $SCOUTFS_RUN_DIR); use --meta META to read \
-             the metadata device offline",
-            mountpoint.display(),
-            dir.display()
-        ))
+        all(dir)
+            .into_iter()
+            .map(|(_, info)| info)
+            .find(|i| i.mountpoint == mountpoint && alive(i.pid))
+            .ok_or_else(|| {
+                format!(
+                    "{}: no running scoutfs mount there is recorded in {} (mounts record \
+                     themselves in the run directory, /run/scoutfs or $SCOUTFS_RUN_DIR); use \
+                     --meta META to read the metadata device offline",
+                    mountpoint.display(),
+                    dir.display()
+                )
+            })
     }
+}
+
+/// Every mount's file in `dir` that reads as one (none if `dir` is missing
+/// or unreadable), with its path.
+fn all(dir: &Path) -> Vec<(PathBuf, MountInfo)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("m.") && !name.ends_with(".tmp")
+        })
+        .filter_map(|e| {
+            let info = MountInfo::decode(&std::fs::read_to_string(e.path()).ok()?)?;
+            Some((e.path(), info))
+        })
+        .collect()
+}
+
+/// Whether process `pid` exists.
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the pid exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
 }
 
 /// Removes a mount's info file on drop.

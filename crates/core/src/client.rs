@@ -146,11 +146,6 @@ impl Client {
         }
     }
 
-    /// Whether the connection to the server is up and greeted now.
-    pub fn is_connected(&self) -> bool {
-        self.link.is_connected()
-    }
-
     pub fn rid(&self) -> u64 {
         self.rid
     }

@@ -22,12 +22,13 @@
 //! Reports carry the term the server was started for; the agent ignores a
 //! late report of an earlier server.
 
-use crate::commit::{read_super, Store};
+use crate::commit::Store;
 use crate::dev::BlockDev;
 use crate::error::{Error, Result};
 use crate::fence::{FenceOutcome, FenceReason, FenceRequest, Fencer};
 use crate::quorum::{QuorumHandle, ServerControl, SlotNr, SlotSet, Term};
 use crate::server::{Server, ServerOptions};
+use scoutfs_format::SuperBlock;
 use std::net::SocketAddr;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -62,8 +63,13 @@ pub struct ElectedServer {
 
 impl ElectedServer {
     /// A control for the server of `slot` on the filesystem of `meta`.
-    pub fn new(meta: Arc<dyn BlockDev>, slot: SlotNr, opts: ElectedOptions) -> Result<Self> {
-        let sb = read_super(meta.as_ref(), true)?;
+    /// `sb` is the super block the mount read (for the quorum slots).
+    pub fn new(
+        meta: Arc<dyn BlockDev>,
+        sb: &SuperBlock,
+        slot: SlotNr,
+        opts: ElectedOptions,
+    ) -> Result<Self> {
         let addr = sb
             .qconf
             .slots

@@ -39,13 +39,12 @@ use crate::quorum::{
     find_server, QuorumDriver, QuorumHandle, QuorumOptions, SlotNr, HEARTBEAT_TIMEOUT_DEFAULT_MS,
 };
 use crate::server::{
-    Server, ServerOptions, RECONNECT_TIMEOUT_MS_DEFAULT, RECOVERY_TIMEOUT_MS_DEFAULT,
+    mounted_client_key, Server, ServerOptions, RECONNECT_TIMEOUT_MS_DEFAULT,
+    RECOVERY_TIMEOUT_MS_DEFAULT,
 };
 use crate::tcp::{FindServer, ServerAddr};
 use crate::trans::{Trans, TransLimits};
 use crate::wire::GREETING_FLAG_QUORUM;
-use scoutfs_format::key::zone;
-use scoutfs_format::Key;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -197,7 +196,7 @@ impl Mount {
                     recovery_timeout: Duration::from_millis(opts.recovery_timeout_ms),
                     reconnect_timeout: Duration::from_millis(opts.reconnect_timeout_ms),
                 };
-                let ctl = ElectedServer::new(meta.clone(), SlotNr(slot), eopts)?;
+                let ctl = ElectedServer::new(meta.clone(), &msb, SlotNr(slot), eopts)?;
                 elected_dump = Some(Arc::from(ctl.dumper()));
                 let qopts = QuorumOptions {
                     rid: Rid(rid),
@@ -306,11 +305,6 @@ impl Mount {
         self.server.as_ref()
     }
 
-    /// The quorum member of a `Quorum` mount.
-    pub fn quorum(&self) -> Option<&QuorumDriver> {
-        self.quorum.as_ref()
-    }
-
     /// Replaces an `Alone` mount's server with a new one of the next term
     /// on the same address, as a failover does (without the election): the
     /// mount reconnects, sees a new server, reports its locks, and its
@@ -415,15 +409,13 @@ impl FindServer for Finder {
 /// Whether mount `rid` is recorded in the super block on the device now.
 fn is_recorded(meta: &dyn BlockDev, cache: &BlockCache, rid: u64) -> Result<bool> {
     let sb = read_super(meta, true)?;
-    let key = Key::new(zone::MOUNTED_CLIENT, rid, 0, 0, 0, 0);
-    Ok(btree::lookup(cache, &sb.mounted_clients, &key)?.is_some())
+    Ok(btree::lookup(cache, &sb.mounted_clients, &mounted_client_key(rid))?.is_some())
 }
 
 /// Whether a mount other than `rid` is recorded in the super block now.
 fn others_mounted(meta: &dyn BlockDev, cache: &BlockCache, rid: u64) -> Result<bool> {
     let sb = read_super(meta, true)?;
-    let start = Key::new(zone::MOUNTED_CLIENT, 0, 0, 0, 0, 0);
-    let end = Key::new(zone::MOUNTED_CLIENT, u64::MAX, 0, 0, 0, 0);
+    let (start, end) = (mounted_client_key(0), mounted_client_key(u64::MAX));
     let mut other = false;
     btree::for_each_range(cache, &sb.mounted_clients, &start, &end, |it| {
         other = it.key.first != rid;

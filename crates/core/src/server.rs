@@ -96,7 +96,8 @@ fn log_trees_key(rid: u64, nr: u64) -> Key {
     Key::new(zone::LOG_TREES, rid, 0, nr, 0, 0)
 }
 
-fn mounted_client_key(rid: u64) -> Key {
+/// The key of mount `rid`'s item in `mounted_clients`.
+pub(crate) fn mounted_client_key(rid: u64) -> Key {
     Key::new(zone::MOUNTED_CLIENT, rid, 0, 0, 0, 0)
 }
 

@@ -7,8 +7,10 @@
 //! block of every configured slot, and the super's `mounted_clients` and
 //! `logs_root` btrees, and returns a [`Status`]. It writes nothing. The
 //! struct renders itself as text (`Display`) and as one line of JSON
-//! ([`Status::to_json`]); the command line only prints. The online form
-//! (asking a mount over its control socket) can fill the same struct.
+//! ([`Status::to_json`]); the command line only prints. `scoutfs status
+//! PATH` finds the running mount on PATH (from the file each mount writes
+//! in the run directory), reads this struct from its metadata device and
+//! adds the mount's own role.
 //!
 //! # Failures
 //!

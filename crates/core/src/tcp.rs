@@ -245,11 +245,6 @@ impl ClientLink {
             .map_err(|e| Error::Invalid(format!("net: {e}")))
     }
 
-    /// Whether the server has answered the greeting on the connection now.
-    pub fn is_connected(&self) -> bool {
-        lock(&self.sh.net).is_ready()
-    }
-
     /// Sends a request; `sent(id)` runs before it can be answered (to
     /// record who waits for its response). Returns its id.
     pub fn request(&self, req: &Request, sent: impl FnOnce(u64)) -> Result<u64> {

@@ -33,7 +33,9 @@
 //!
 //! 1. Find the record of the rid (and fsid, when given). None: the mount
 //!    unmounted cleanly or never mounted here; fenced already.
-//! 2. Its process gone (see above): fenced already; the record is removed.
+//! 2. Its process gone (see above): fenced already. Its FUSE mount, if it
+//!    is still there and dead (the kernel answers ENOTCONN), is detached;
+//!    the record is removed.
 //! 3. Refuse to kill the agent itself or the process that ran it (a server
 //!    fencing its own mount is a bug, not a fence).
 //! 4. SIGKILL, and wait (bounded) until the process has exited. Exit closes

@@ -490,7 +490,8 @@ impl Fs {
     }
 
     /// Frees an inode whose last name is gone once nothing uses it: its
-    /// items, its data and its orphan item. Does nothing while it has names.
+    /// items, its data and its orphan item. Does nothing while it has names,
+    /// or while other mounts run (see below).
     pub fn evict(&self, ino: u64) -> FsResult<()> {
         // Unlinked here, it may still be open on another mount, which
         // reads it until it closes. Until mounts tell each other what they

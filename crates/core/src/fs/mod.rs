@@ -1,7 +1,7 @@
 //! The filesystem: POSIX namespace, attributes, xattrs and file data on
 //! top of items, cluster locks and the transaction.
 //!
-//! One API serves FUSE, the control socket and in-process tests. Every
+//! One API serves FUSE and in-process tests. Every
 //! operation follows the same order: take the cluster locks it needs (inode
 //! groups in ascending inode order, then index groups), hold the
 //! transaction, change items in the item cache, release the hold, drop the
