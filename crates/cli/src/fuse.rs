@@ -8,7 +8,7 @@ use scoutfs_core::fs::inode::{Attr, SetAttr};
 use scoutfs_core::fs::{Fs, FsError};
 use scoutfs_format::inode::*;
 use scoutfs_format::Timespec;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -24,11 +24,60 @@ const FH_NOATIME: u64 = 1;
 pub const MAX_WRITE: u32 = 1 << 20;
 
 /// What the kernel caches that we must be able to invalidate: the lookup
-/// count of each inode it knows, and the names it has cached per directory.
+/// count of each inode it knows, and per directory the names it has
+/// cached or may cache from a request in flight.
 #[derive(Default)]
 pub struct Known {
     pub inodes: HashMap<u64, u64>,
-    pub names: HashMap<u64, HashSet<Vec<u8>>>,
+    pub names: HashMap<u64, HashMap<Vec<u8>, NameState>>,
+}
+
+/// A name of [`Known`].
+#[derive(Clone, Copy, Default)]
+pub struct NameState {
+    /// Requests in flight whose reply may cache it.
+    pub pending: u32,
+    /// A reply cached it.
+    pub cached: bool,
+}
+
+impl Known {
+    /// A request whose reply may cache `parent`/`name` is about to run.
+    fn begin(&mut self, parent: u64, name: &[u8]) {
+        let d = self.names.entry(parent).or_default();
+        d.entry(name.to_vec()).or_default().pending += 1;
+    }
+
+    /// That request ended; `cached` if its reply made the kernel cache the
+    /// name. A name neither cached nor pending is forgotten (failed
+    /// lookups would otherwise pile up). A name whose record was taken by
+    /// a drop meanwhile is recorded again if cached: the drop may have
+    /// run before the reply.
+    fn end(&mut self, parent: u64, name: &[u8], cached: bool) {
+        let d = self.names.entry(parent).or_default();
+        match d.get_mut(name) {
+            Some(st) => {
+                st.pending = st.pending.saturating_sub(1);
+                st.cached |= cached;
+                if st.pending == 0 && !st.cached {
+                    d.remove(name);
+                }
+            }
+            None if cached => {
+                d.insert(
+                    name.to_vec(),
+                    NameState {
+                        pending: 0,
+                        cached: true,
+                    },
+                );
+            }
+            None => {}
+        }
+        if d.is_empty() {
+            self.names.remove(&parent);
+        }
+    }
 }
 
 pub struct ScoutFuse {
@@ -67,10 +116,24 @@ impl ScoutFuse {
         self.known.clone()
     }
 
-    fn looked_up(&self, parent: u64, name: &[u8], ino: u64) {
+    /// Records a name the kernel may cache from the reply of a request
+    /// about to run. Recorded before the request takes its lock, so that a
+    /// drop of the directory's names that starts after that finds it (see
+    /// `kinval`). Each call is ended by `cached`.
+    fn may_cache(&self, parent: u64, name: &[u8]) {
         let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        *k.inodes.entry(ino).or_insert(0) += 1;
-        k.names.entry(parent).or_default().insert(name.to_vec());
+        k.begin(parent, name);
+    }
+
+    /// The request of a `may_cache` is answered; `ino` if the kernel
+    /// looked it up (its count is what `forget` gives back), `cached` if
+    /// the name stays cached.
+    fn cached(&self, parent: u64, name: &[u8], ino: Option<u64>, cached: bool) {
+        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ino) = ino {
+            *k.inodes.entry(ino).or_insert(0) += 1;
+        }
+        k.end(parent, name, cached);
     }
 }
 
@@ -141,13 +204,18 @@ fn time_or_now(t: Option<TimeOrNow>) -> Option<Timespec> {
 }
 
 impl ScoutFuse {
+    /// Answers a request that looked up or made `name` (recorded with
+    /// `may_cache` before it ran).
     fn entry(&self, reply: ReplyEntry, parent: u64, name: &OsStr, r: Result<Attr, FsError>) {
         match r {
             Ok(a) => {
-                self.looked_up(parent, name.as_bytes(), a.ino);
+                self.cached(parent, name.as_bytes(), Some(a.ino), true);
                 reply.entry(&TTL, &file_attr(&a), Generation(0));
             }
-            Err(e) => reply.error(err(e)),
+            Err(e) => {
+                self.cached(parent, name.as_bytes(), None, false);
+                reply.error(err(e))
+            }
         }
     }
 
@@ -210,12 +278,9 @@ impl Filesystem for ScoutFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(
-            reply,
-            parent.0,
-            name,
-            self.fs.lookup(parent.0, name.as_bytes()),
-        );
+        self.may_cache(parent.0, name.as_bytes());
+        let r = self.fs.lookup(parent.0, name.as_bytes());
+        self.entry(reply, parent.0, name, r);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -294,6 +359,7 @@ impl Filesystem for ScoutFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.may_cache(parent.0, name.as_bytes());
         let r = self.make(req, parent.0, name, mode, umask, rdev, None);
         self.entry(reply, parent.0, name, r);
     }
@@ -307,6 +373,7 @@ impl Filesystem for ScoutFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.may_cache(parent.0, name.as_bytes());
         let r = self.make(req, parent.0, name, S_IFDIR | mode, umask, 0, None);
         self.entry(reply, parent.0, name, r);
     }
@@ -328,6 +395,7 @@ impl Filesystem for ScoutFuse {
         reply: ReplyEntry,
     ) {
         let t = target.as_os_str().as_bytes();
+        self.may_cache(parent.0, link_name.as_bytes());
         let r = self.make(req, parent.0, link_name, S_IFLNK | 0o777, 0, 0, Some(t));
         self.entry(reply, parent.0, link_name, r);
     }
@@ -342,6 +410,10 @@ impl Filesystem for ScoutFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        // The kernel moves its entries itself (both ways for an exchange):
+        // both names may be cached after it.
+        self.may_cache(parent.0, name.as_bytes());
+        self.may_cache(newparent.0, newname.as_bytes());
         let r = self.fs.rename(
             parent.0,
             name.as_bytes(),
@@ -349,20 +421,11 @@ impl Filesystem for ScoutFuse {
             newname.as_bytes(),
             flags.bits(),
         );
-        if r.is_ok() {
-            // The kernel moves its entries itself (both ways for an
-            // exchange): both names are cached now, to be dropped when
-            // their directories' locks go.
-            let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            k.names
-                .entry(parent.0)
-                .or_default()
-                .insert(name.as_bytes().to_vec());
-            k.names
-                .entry(newparent.0)
-                .or_default()
-                .insert(newname.as_bytes().to_vec());
-        }
+        // Either way the names stay as cached as they were before (the
+        // kernel moved or kept them).
+        let ok = r.is_ok();
+        self.cached(parent.0, name.as_bytes(), None, ok);
+        self.cached(newparent.0, newname.as_bytes(), None, ok);
         empty(reply, r);
     }
 
@@ -374,6 +437,7 @@ impl Filesystem for ScoutFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.may_cache(newparent.0, newname.as_bytes());
         let r = self.fs.link(ino.0, newparent.0, newname.as_bytes());
         self.entry(reply, newparent.0, newname, r);
     }
@@ -613,9 +677,10 @@ impl Filesystem for ScoutFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.may_cache(parent.0, name.as_bytes());
         match self.make(req, parent.0, name, mode, umask, 0, None) {
             Ok(a) => {
-                self.looked_up(parent.0, name.as_bytes(), a.ino);
+                self.cached(parent.0, name.as_bytes(), Some(a.ino), true);
                 let noatime = flags & libc::O_NOATIME != 0;
                 reply.created(
                     &TTL,
@@ -625,7 +690,10 @@ impl Filesystem for ScoutFuse {
                     FopenFlags::FOPEN_KEEP_CACHE,
                 );
             }
-            Err(e) => reply.error(err(e)),
+            Err(e) => {
+                self.cached(parent.0, name.as_bytes(), None, false);
+                reply.error(err(e))
+            }
         }
     }
 

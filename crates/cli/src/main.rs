@@ -8,6 +8,7 @@
 
 mod fence;
 mod fuse;
+mod kinval;
 mod mount;
 mod mountinfo;
 mod progress;

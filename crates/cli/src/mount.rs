@@ -21,24 +21,20 @@
 //! processes fenced with the local agent; Ctrl-C unmounts them together.
 
 use crate::fuse::ScoutFuse;
+use crate::kinval::{Epoch, KernelCaches};
 use crate::size;
-use fuser::{Config, INodeNo, MountOption, Session, SessionACL};
+use fuser::{Config, MountOption, Session, SessionACL};
 use scoutfs_core::fence::local::{run_dir, sweep_stale, LocalRecord, RUN_DIR_ENV};
 use scoutfs_core::fence::FENCE_TIMEOUT_MS_DEFAULT;
 use scoutfs_core::fs::AtimeMode;
 use scoutfs_core::lock::Rid;
 use scoutfs_core::mount::{new_rid, Mount, MountOptions, MountRole};
 use scoutfs_core::quorum::{HEARTBEAT_TIMEOUT_MAX_MS, HEARTBEAT_TIMEOUT_MIN_MS};
-use scoutfs_format::key::zone;
 use scoutfs_format::SuperBlock;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-/// How long giving up a lock waits for the kernel to drop the caches of
-/// its inodes (see the kernel invalidation in `serve`).
-const KERNEL_INVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(clap::Args)]
 pub struct MountArgs {
@@ -449,52 +445,22 @@ fn serve(
     };
     let notifier = session.notifier();
     let _ = notifier_slot.set(session.notifier());
+    let epoch = match session.as_fd().try_clone_to_owned() {
+        Ok(fd) => Epoch::new(fd),
+        Err(e) => {
+            drop(session);
+            let _ = mnt.unmount();
+            return Err(format!("{}: the FUSE device: {e}", mp.display()));
+        }
+    };
+    let caches = KernelCaches {
+        known,
+        notifier,
+        epoch,
+    };
     mnt.locks()
-        .set_kernel_invalidate(Box::new(move |start, end, busy| {
-            if start.zone != zone::FS {
-                return;
-            }
-            let in_range = |i: &u64| *i >= start.first && *i <= end.first;
-            let (inos, names): (Vec<u64>, Vec<(u64, Vec<u8>)>) = {
-                let mut k = known.lock().unwrap_or_else(|p| p.into_inner());
-                let inos = k.inodes.keys().copied().filter(in_range).collect();
-                let dirs: Vec<u64> = k.names.keys().copied().filter(in_range).collect();
-                let mut names = Vec::new();
-                for d in dirs {
-                    for n in k.names.remove(&d).unwrap_or_default() {
-                        names.push((d, n));
-                    }
-                }
-                (inos, names)
-            };
-            // Attributes first: dropping them takes no kernel lock, so it
-            // is always done before the lock is given up.
-            for &ino in &inos {
-                let _ = notifier.inval_inode(INodeNo(ino), -1, 0);
-            }
-            // Names and pages are dropped under their directory's and
-            // pages' locks. A request in flight holds those while it waits
-            // for this very lock (a create holds its directory, a write its
-            // pages), so they are dropped on a thread of their own: waited
-            // for (at most KERNEL_INVAL_WAIT) when no caller waits for the
-            // lock, else not waited for; they finish as soon as those
-            // requests, which run again under a new grant, are answered.
-            let n = notifier.clone();
-            let (tx, rx) = std::sync::mpsc::channel();
-            let spawned = std::thread::Builder::new()
-                .name("scoutfs-kinval".into())
-                .spawn(move || {
-                    for (d, name) in names {
-                        let _ = n.inval_entry(INodeNo(d), std::ffi::OsStr::from_bytes(&name));
-                    }
-                    for ino in inos {
-                        let _ = n.inval_inode(INodeNo(ino), 0, 0);
-                    }
-                    let _ = tx.send(());
-                });
-            if spawned.is_ok() && !busy && rx.recv_timeout(KERNEL_INVAL_WAIT).is_err() {
-                eprintln!("scoutfs: dropping kernel caches waits for a request in flight");
-            }
+        .set_kernel_invalidate(Box::new(move |start, end, may_wait| {
+            caches.drop_range(start, end, may_wait)
         }));
     let mut unmounter = session.unmount_callable();
     let dump = mnt.state_dumper();

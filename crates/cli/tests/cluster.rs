@@ -666,3 +666,53 @@ impl Cluster {
         c
     }
 }
+
+/// A mount whose creates in a directory keep waiting for the directory's
+/// lock (each holds the kernel's lock of the directory while it waits)
+/// still drops the names it caches there before it gives the lock up:
+/// a name removed on another mount is gone on this one when the removal
+/// returns.
+#[test]
+fn names_cached_on_a_busy_mount_are_dropped_before_the_lock_goes() {
+    if !can_mount("names_cached_on_a_busy_mount_are_dropped_before_the_lock_goes") {
+        return;
+    }
+    const ROUNDS: usize = 300;
+    let c = Cluster::start("cluster-busy-names");
+    std::fs::create_dir(c.p(0, "d")).unwrap();
+    let stop = AtomicBool::new(false);
+    let mut stale = Vec::new();
+    std::thread::scope(|sc| {
+        let busy_dir = c.p(1, "d");
+        let stop = &stop;
+        let busy = sc.spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                std::fs::write(busy_dir.join(format!("busy{n}")), b"b").unwrap();
+                n += 1;
+            }
+            n
+        });
+        for i in 0..ROUNDS {
+            let name = format!("d/x{i}");
+            std::fs::write(c.p(2, &name), b"x").unwrap();
+            assert!(
+                exists(&c.p(1, &name)),
+                "round {i}: mount 1 doesn't see {name}"
+            );
+            std::fs::remove_file(c.p(2, &name)).unwrap();
+            if exists(&c.p(1, &name)) {
+                stale.push(i);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let created = busy.join().unwrap();
+        eprintln!("busy creates meanwhile: {created}");
+        assert!(created > 0);
+    });
+    assert!(
+        stale.is_empty(),
+        "mount 1 still saw names removed on mount 2 in rounds {stale:?}"
+    );
+    c.finish();
+}

@@ -39,10 +39,14 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 /// Idle granted locks kept before the oldest are given back.
 pub const LOCK_IDLE_MAX_DEFAULT: usize = 10_000;
 
-/// Called with a key range whose kernel caches must be dropped, and
-/// whether callers are waiting for the lock (requests in flight that may
-/// hold kernel locks the drop needs; see `scoutfs mount`).
-pub type KernelInvalidate = Box<dyn Fn(&Key, &Key, bool) + Send + Sync>;
+/// Called with a key range whose kernel caches must be dropped before the
+/// lock goes, and a test of whether the drop may still wait for the kernel
+/// locks it needs. It may not once callers wait for the lock: each may
+/// hold a kernel lock the drop needs (a create holds its directory's, a
+/// write its pages') until the lock is theirs again. It may not at all when
+/// the caller must not block (the client's receive thread). See `scoutfs
+/// mount`.
+pub type KernelInvalidate = Box<dyn Fn(&Key, &Key, &dyn Fn() -> bool) + Send + Sync>;
 
 enum Work {
     Invalidate {
@@ -279,7 +283,7 @@ impl Locks {
                     self.cv.notify_all();
                 }
                 ClientAction::DropCache { start, end } => {
-                    self.drop_caches(&start, &end, true, false)
+                    self.drop_caches(&start, &end, true, &|| false)
                 }
                 ClientAction::ProtocolError { key, reason } => {
                     eprintln!("scoutfs: lock protocol error on {key}: {reason}");
@@ -304,12 +308,12 @@ impl Locks {
     }
 
     /// Drops the item cache (`items`) and the kernel's caches of a range.
-    fn drop_caches(&self, start: &Key, end: &Key, items: bool, busy: bool) {
+    fn drop_caches(&self, start: &Key, end: &Key, items: bool, may_wait: &dyn Fn() -> bool) {
         if items {
             self.items.invalidate(start, end);
         }
         if let Some(k) = self.kernel.get() {
-            k(start, end, busy);
+            k(start, end, may_wait);
         }
     }
 
@@ -335,12 +339,14 @@ impl Locks {
                 // read it, so every cache stays true.
                 let keep = old == LockMode::Write && new == LockMode::Read;
                 if !keep {
-                    let busy = self
-                        .state()
-                        .machine
-                        .lock_view(&start)
-                        .is_some_and(|v| v.waiters.iter().any(|&n| n > 0));
-                    self.drop_caches(&start, &end, true, busy);
+                    let unwaited = || {
+                        !self
+                            .state()
+                            .machine
+                            .lock_view(&start)
+                            .is_some_and(|v| v.waiters.iter().any(|&n| n > 0))
+                    };
+                    self.drop_caches(&start, &end, true, &unwaited);
                 }
                 let mut st = self.state();
                 let (m, acts) = st.machine.invalidate_done(start);
