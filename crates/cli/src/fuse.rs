@@ -30,6 +30,11 @@ pub const MAX_WRITE: u32 = 1 << 20;
 pub struct Known {
     pub inodes: HashMap<u64, u64>,
     pub names: HashMap<u64, HashMap<Vec<u8>, NameState>>,
+    /// Reads and writes in flight per inode, by id: the byte ranges whose
+    /// pages the kernel may hold locked (and not up to date) until each
+    /// is answered.
+    pub io: HashMap<u64, HashMap<u64, (u64, u64)>>,
+    next_io: u64,
 }
 
 /// A name of [`Known`].
@@ -39,6 +44,25 @@ pub struct NameState {
     pub pending: u32,
     /// A reply cached it.
     pub cached: bool,
+}
+
+/// A read or write in flight, recorded in [`Known::io`] until dropped.
+struct InFlight<'a> {
+    known: &'a Mutex<Known>,
+    ino: u64,
+    id: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = k.io.get_mut(&self.ino) {
+            m.remove(&self.id);
+            if m.is_empty() {
+                k.io.remove(&self.ino);
+            }
+        }
+    }
 }
 
 impl Known {
@@ -108,6 +132,20 @@ impl ScoutFuse {
         // the read.
         if let (Ok(true), Some(n)) = (self.fs.accessed(ino), self.notifier.get()) {
             let _ = n.inval_inode(INodeNo(ino), -1, 0);
+        }
+    }
+
+    /// Records a read or write of `len` bytes at `off` of `ino` until the
+    /// result is dropped (after the reply).
+    fn in_flight(&self, ino: u64, off: u64, len: u64) -> InFlight<'_> {
+        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        k.next_io += 1;
+        let id = k.next_io;
+        k.io.entry(ino).or_default().insert(id, (off, len));
+        InFlight {
+            known: &self.known,
+            ino,
+            id,
         }
     }
 
@@ -471,6 +509,7 @@ impl Filesystem for ScoutFuse {
         _lo: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _io = self.in_flight(ino.0, offset, size.into());
         match self.fs.read(ino.0, offset, size as usize) {
             Ok(d) => {
                 // The atime before the data: once the read returns, stat
@@ -497,6 +536,7 @@ impl Filesystem for ScoutFuse {
         reply: ReplyWrite,
     ) {
         if flags.0 & libc::O_APPEND == 0 {
+            let _io = self.in_flight(ino.0, offset, data.len() as u64);
             match self.fs.write(ino.0, offset, data) {
                 Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(err(e)),

@@ -1,49 +1,40 @@
 //! Dropping the kernel's caches of the inodes a lost cluster lock covered.
 //!
 //! Before a mount gives up (or lowers) a lock, the kernel must forget what
-//! it caches under it: attributes, directory entries and file pages. Each
-//! kind has its own cost:
+//! it caches under it: attributes, directory entries and file pages.
 //!
 //! - Attributes are dropped at once: that takes no kernel lock, and a reply
 //!   to a request sent before the drop is not cached (the kernel's attribute
 //!   version).
 //! - Names are dropped one by one under their directory's lock, and pages
-//!   under their page locks. A request in flight may hold those while it
-//!   waits for this very lock (a create holds its directory, a write its
-//!   pages), and it gets the lock only after the other mount is done. So
-//!   the drop runs on a thread of its own, waited for (at most
-//!   [`IDLE_WAIT`]) while nobody waits for the lock. Once somebody does
-//!   (or at once when the caller must not block), and the names are not
-//!   dropped yet, every name the kernel caches for this mount is expired at
-//!   once (`FUSE_NOTIFY_INC_EPOCH`, which takes no lock): each is looked up
-//!   again before its next use. The thread finishes the drop as soon as
-//!   the waiting requests are answered.
+//!   under their page locks, on a thread of its own. A request in flight
+//!   may hold those while it waits for this very lock (a create holds its
+//!   directory, a read or a partial write its pages). The lock driver
+//!   (`scoutfs_core::locks`) then lets such requests run under the lock it
+//!   still holds, so they let go, and drops again what they cached. Where
+//!   that can't help (a request waits to convert the lock, or keeps coming
+//!   back), the drop is given up on: every name the kernel caches for this
+//!   mount is expired at once (`FUSE_NOTIFY_INC_EPOCH`, which takes no
+//!   lock), so each is looked up again before its next use, and the pages
+//!   are dropped when the thread gets to them.
 //!
 //! A name is recorded (in [`Known`]) before the request that may cache it
 //! runs, so a drop that starts after the request took its lock finds it:
 //! the kernel caches the reply under the directory's lock, which the drop
 //! then waits for.
-//!
-//! What stays: pages held locked by a request that waits for the lock are
-//! dropped only when it has been answered. A `read` of another page of such
-//! a file in that moment may return what the page held before. The
-//! attributes were dropped, so a read past the cached size, a `stat`, or
-//! an open sees the other mount's change.
 
 use crate::fuse::Known;
 use fuser::{INodeNo, Notifier};
+use scoutfs_core::locks::PendingDrop;
 use scoutfs_format::key::zone;
 use scoutfs_format::Key;
+use std::cell::Cell;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// How long a drop waits while nobody waits for the lock.
-pub const IDLE_WAIT: Duration = Duration::from_secs(1);
-/// How often a waiting drop looks for callers waiting for the lock.
-const WAITERS_POLL: Duration = Duration::from_millis(2);
+use std::time::Duration;
 
 /// The FUSE notification that expires every cached entry of a connection
 /// (protocol 7.44, Linux 6.16).
@@ -94,20 +85,20 @@ impl Epoch {
 pub struct KernelCaches {
     pub known: Arc<Mutex<Known>>,
     pub notifier: Notifier,
-    pub epoch: Epoch,
+    pub epoch: Arc<Epoch>,
 }
 
 impl KernelCaches {
-    /// Drops what the kernel caches in `start..=end`; `may_wait` tells
-    /// whether the drop may still wait for the kernel locks it needs.
-    pub fn drop_range(&self, start: &Key, end: &Key, may_wait: &dyn Fn() -> bool) {
+    /// Drops what the kernel caches in `start..=end`: attributes at
+    /// once, names and pages on a thread; returns that drop.
+    pub fn drop_range(&self, start: &Key, end: &Key) -> Option<Box<dyn PendingDrop>> {
         if start.zone != zone::FS {
-            return;
+            return None;
         }
         let in_range = |i: &u64| *i >= start.first && *i <= end.first;
         let (inos, names): (Vec<u64>, Vec<(u64, Vec<u8>)>) = {
             let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            let inos = k.inodes.keys().copied().filter(in_range).collect();
+            let inos: Vec<u64> = k.inodes.keys().copied().filter(in_range).collect();
             let dirs: Vec<u64> = k.names.keys().copied().filter(in_range).collect();
             let mut names = Vec::new();
             for d in dirs {
@@ -120,45 +111,146 @@ impl KernelCaches {
         for &ino in &inos {
             let _ = self.notifier.inval_inode(INodeNo(ino), -1, 0);
         }
+        // The pages of each inode, but those of its reads and writes in
+        // flight: the kernel holds them locked while they wait (perhaps
+        // for this lock), and they are not up to date; they are filled or
+        // written under the next grant.
+        let pages: Vec<(u64, Vec<(u64, u64)>)> = {
+            let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            inos.iter()
+                .map(|&ino| {
+                    let busy = k.io.get(&ino).map(|m| m.values().copied().collect());
+                    (ino, unlocked_ranges(busy.unwrap_or_default()))
+                })
+                .collect()
+        };
+        let inos = pages;
         if inos.is_empty() && names.is_empty() {
-            return;
+            return None;
         }
-        let had_names = !names.is_empty();
+        let drop = NamesAndPages {
+            names: self.spawn("scoutfs-kinval-names", names, |n, (d, name)| {
+                let _ = n.inval_entry(INodeNo(d), std::ffi::OsStr::from_bytes(&name));
+            }),
+            pages: self.spawn("scoutfs-kinval-pages", inos, |n, (ino, ranges)| {
+                for (off, len) in ranges {
+                    let _ = n.inval_inode(INodeNo(ino), off as i64, len as i64);
+                }
+            }),
+            epoch: self.epoch.clone(),
+        };
+        Some(Box::new(drop))
+    }
+
+    /// Runs `f` on each of `items` on a thread; `None` if there are none.
+    fn spawn<T: Send + 'static>(
+        &self,
+        name: &str,
+        items: Vec<T>,
+        f: fn(&Notifier, T),
+    ) -> Option<Part> {
+        if items.is_empty() {
+            return None;
+        }
         let n = self.notifier.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
-            .name("scoutfs-kinval".into())
+            .name(name.into())
             .spawn(move || {
-                for (d, name) in names {
-                    let _ = n.inval_entry(INodeNo(d), std::ffi::OsStr::from_bytes(&name));
-                }
-                for ino in inos {
-                    let _ = n.inval_inode(INodeNo(ino), 0, 0);
+                for i in items {
+                    f(&n, i);
                 }
                 let _ = tx.send(());
             });
-        if spawned.is_ok() {
-            let began = Instant::now();
-            let mut waited = false;
-            while may_wait() {
-                if rx.recv_timeout(WAITERS_POLL).is_ok() {
-                    return;
-                }
-                if began.elapsed() >= IDLE_WAIT {
-                    waited = true;
-                    break;
-                }
-            }
-            // One last look: it may have finished while we looked.
-            if rx.try_recv().is_ok() {
-                return;
-            }
-            if waited {
-                eprintln!("scoutfs: dropping kernel caches waits for a request in flight");
-            }
+        if let Err(e) = spawned {
+            eprintln!("scoutfs: no thread to drop kernel caches: {e}");
         }
-        if had_names {
+        Some(Part {
+            rx,
+            done: Cell::new(false),
+        })
+    }
+}
+
+/// The page-aligned ranges (offset, length; 0 to the end) that avoid the
+/// pages of `busy` (offset, length) byte ranges.
+fn unlocked_ranges(mut busy: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    const PAGE: u64 = 4096;
+    busy.sort_unstable();
+    let mut out = Vec::new();
+    let mut from = 0u64;
+    for (off, len) in busy {
+        let a = off / PAGE * PAGE;
+        let b = off.saturating_add(len).div_ceil(PAGE).saturating_mul(PAGE);
+        if a > from {
+            out.push((from, a - from));
+        }
+        from = from.max(b);
+    }
+    if from <= i64::MAX as u64 {
+        out.push((from, 0));
+    }
+    out
+}
+
+/// One kind of cache being dropped on its thread.
+struct Part {
+    rx: Receiver<()>,
+    done: Cell<bool>,
+}
+
+impl Part {
+    fn wait(&self, d: Duration) -> bool {
+        if !self.done.get() {
+            self.done.set(self.rx.recv_timeout(d).is_ok());
+        }
+        self.done.get()
+    }
+}
+
+/// Names and pages being dropped, each on its thread.
+struct NamesAndPages {
+    names: Option<Part>,
+    pages: Option<Part>,
+    epoch: Arc<Epoch>,
+}
+
+impl PendingDrop for NamesAndPages {
+    fn wait(&self, d: Duration) -> bool {
+        // Both run at once: waiting for one gives the other time too.
+        let names = self.names.as_ref().is_none_or(|p| p.wait(d));
+        let pages = self.pages.as_ref().is_none_or(|p| p.wait(Duration::ZERO));
+        names && pages
+    }
+
+    fn pages_done(&self) -> bool {
+        self.pages.as_ref().is_none_or(|p| p.wait(Duration::ZERO))
+    }
+
+    fn give_up(&self) {
+        if self.names.as_ref().is_some_and(|p| !p.wait(Duration::ZERO)) {
             self.epoch.bump();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unlocked_ranges;
+
+    #[test]
+    fn unlocked_ranges_skip_the_pages_of_requests_in_flight() {
+        assert_eq!(unlocked_ranges(vec![]), vec![(0, 0)]);
+        assert_eq!(unlocked_ranges(vec![(10, 100)]), vec![(4096, 0)]);
+        assert_eq!(
+            unlocked_ranges(vec![(8192, 4096), (100, 1)]),
+            vec![(4096, 4096), (12288, 0)]
+        );
+        // Overlapping and unaligned ranges merge.
+        assert_eq!(
+            unlocked_ranges(vec![(5000, 5000), (4096, 100), (20000, 1)]),
+            vec![(0, 4096), (12288, 4096), (20480, 0)]
+        );
+        assert_eq!(unlocked_ranges(vec![(u64::MAX - 5, 5)]).len(), 1);
     }
 }

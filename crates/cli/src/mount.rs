@@ -35,6 +35,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct MountArgs {
@@ -446,7 +447,7 @@ fn serve(
     let notifier = session.notifier();
     let _ = notifier_slot.set(session.notifier());
     let epoch = match session.as_fd().try_clone_to_owned() {
-        Ok(fd) => Epoch::new(fd),
+        Ok(fd) => Arc::new(Epoch::new(fd)),
         Err(e) => {
             drop(session);
             let _ = mnt.unmount();
@@ -459,9 +460,7 @@ fn serve(
         epoch,
     };
     mnt.locks()
-        .set_kernel_invalidate(Box::new(move |start, end, may_wait| {
-            caches.drop_range(start, end, may_wait)
-        }));
+        .set_kernel_invalidate(Box::new(move |start, end| caches.drop_range(start, end)));
     let mut unmounter = session.unmount_callable();
     let dump = mnt.state_dumper();
     std::thread::spawn(move || {

@@ -716,3 +716,60 @@ fn names_cached_on_a_busy_mount_are_dropped_before_the_lock_goes() {
     );
     c.finish();
 }
+
+/// The same for pages: a mount whose writes of part of a page the kernel
+/// doesn't cache keep waiting for the file's lock (the kernel holds that
+/// page locked meanwhile) still drops the other pages it caches: a read
+/// there after another mount's write returns sees the new bytes.
+#[test]
+fn pages_cached_on_a_busy_mount_are_dropped_before_the_lock_goes() {
+    if !can_mount("pages_cached_on_a_busy_mount_are_dropped_before_the_lock_goes") {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    const ROUNDS: usize = 300;
+    const PAGE: usize = 4096;
+    let c = Cluster::start("cluster-busy-pages");
+    std::fs::write(c.p(0, "f"), vec![0u8; 2 * PAGE]).unwrap();
+    let stop = AtomicBool::new(false);
+    let mut stale = Vec::new();
+    std::thread::scope(|sc| {
+        let busy_file = c.p(1, "f");
+        let stop = &stop;
+        let busy = sc.spawn(move || {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(busy_file)
+                .unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                f.write_all_at(&[0xbb; 100], 10).unwrap();
+                n += 1;
+            }
+            n
+        });
+        let writer = std::fs::OpenOptions::new()
+            .write(true)
+            .open(c.p(2, "f"))
+            .unwrap();
+        let reader = std::fs::File::open(c.p(1, "f")).unwrap();
+        let mut buf = vec![0u8; PAGE];
+        for i in 0..ROUNDS {
+            let v = (i % 250) as u8 + 1;
+            writer.write_all_at(&vec![v; PAGE], PAGE as u64).unwrap();
+            reader.read_exact_at(&mut buf, PAGE as u64).unwrap();
+            if buf.iter().any(|&b| b != v) {
+                stale.push(i);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let written = busy.join().unwrap();
+        eprintln!("busy writes meanwhile: {written}");
+        assert!(written > 0);
+    });
+    assert!(
+        stale.is_empty(),
+        "mount 1 read bytes older than mount 2's write in rounds {stale:?}"
+    );
+    c.finish();
+}

@@ -76,6 +76,22 @@
 //! granted mode doesn't satisfy, new users of modes `w` doesn't satisfy are
 //! held back, so a stream of readers can't starve a `WriteOnly` waiter.
 //!
+//! # Admission
+//!
+//! Some work of an invalidation can wait on the callers waiting for the
+//! lock: on one mount the kernel's cache of a directory's names is dropped
+//! under the directory's lock and a file's pages under their page locks,
+//! and a request in flight holds those while it waits for this lock. The
+//! lock is still ours until the driver answers, so [`LockClient::admit`]
+//! lets those callers (and newcomers) in under the mode still held,
+//! fairness aside; they finish and let go of what the work waits for.
+//! [`LockClient::end_admission`] stops it, and the invalidation may finish
+//! once the users admitted have left ([`LockClient::invalidation_ready`]).
+//! What they did must be undone like anything before the invalidation: the
+//! driver commits again if they dirtied the transaction and drops the
+//! caches again. Callers waiting for a mode the lock doesn't hold (a
+//! conversion) are not admitted.
+//!
 //! # What the driver must do
 //!
 //! - Send every returned [`LockMsg`] to the server: requests from `acquire`
@@ -83,8 +99,10 @@
 //!   `Respond` as answers to the server's LOCK request.
 //! - `Invalidate { sync: true }`: commit the open transaction (and report it
 //!   with [`LockClient::trans_committed`]) before `invalidate_done`. Unless
-//!   the change is `Write`→`Read`, drop the item cache for `[start, end]`;
-//!   always drop kernel caches (attributes, entries, pages) it covers.
+//!   the change is `Write`→`Read`, drop the item cache for `[start, end]`
+//!   and the kernel's caches (attributes, entries, pages) it covers. After
+//!   an admission, end it, wait for `invalidation_ready`, and do all of
+//!   this again (the lock's `dirty_trans_seq` tells whether to commit).
 //! - `DropCache`: drop clean cached items and kernel caches of the range.
 //! - `Wake`: wake every caller waiting on that lock; they retry `acquire`.
 //! - `ProtocolError`: the server sent something impossible; the message was
@@ -154,7 +172,7 @@
 //! # Invariants ([`LockClient::check_invariants`])
 //!
 //! Users only in modes the granted mode, the request in flight and the
-//! invalidation being worked on all satisfy; at most one request in flight
+//! invalidation being worked on (unless it admitted users) all satisfy; at most one request in flight
 //! and one invalidation being worked on (the queue's head) per lock; queued
 //! invalidations within [`INVALIDATIONS_QUEUED_MAX`]; only the one being
 //! worked on may be void; a dirty lock is never `Null`; the LRU holds exactly the idle locks; no forgettable lock is kept;
@@ -224,7 +242,8 @@ impl LockMode {
         self == want || (self == LockMode::Write && want == LockMode::Read)
     }
 
-    fn idx(self) -> usize {
+    /// The index of this mode in per-mode counts (`LockView::users`).
+    pub fn idx(self) -> usize {
         self as usize
     }
 }
@@ -369,18 +388,24 @@ pub struct LockView {
     pub waiters: [u32; 4],
     pub request: Option<LockMode>,
     pub invalidations_queued: usize,
+    /// The invalidation being worked on admits users (see "Admission").
+    pub admitting: bool,
     pub dirty_trans_seq: u64,
     pub idle: bool,
 }
 
 /// One invalidation from the server; `target` is set once it is handed to
 /// the driver (only the queue's head). `void` marks one the driver was
-/// working on when the server that sent it was replaced.
+/// working on when the server that sent it was replaced. `admitting` is
+/// set while the driver lets users in under the mode still held (see
+/// "Admission"); `admitted` once it ever has.
 #[derive(Clone, Debug)]
 struct Invalidation {
     msg: LockMsg,
     target: Option<LockMode>,
     void: bool,
+    admitting: bool,
+    admitted: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -429,14 +454,20 @@ impl ClientLock {
     }
 
     /// Whether the protocol state lets a new user of `want` in. The one
-    /// invalidation being worked on blocks by the mode it goes to.
+    /// invalidation being worked on blocks by the mode it goes to, unless
+    /// it admits users.
     fn usable(&self, want: LockMode) -> bool {
         self.mode.satisfies(want)
             && !matches!(self.request, Some(r) if !r.satisfies(want))
-            && self
-                .invalidations
-                .iter()
-                .all(|i| i.target.unwrap_or(i.msg.new_mode).satisfies(want))
+            && (self.admitting()
+                || self
+                    .invalidations
+                    .iter()
+                    .all(|i| i.target.unwrap_or(i.msg.new_mode).satisfies(want)))
+    }
+
+    fn admitting(&self) -> bool {
+        self.invalidations.front().is_some_and(|i| i.admitting)
     }
 
     /// Whether a waiter for a conversion that users of `want` would hold up
@@ -528,6 +559,7 @@ impl LockClient {
             waiters: l.waiters,
             request: l.request,
             invalidations_queued: l.invalidations.len(),
+            admitting: l.admitting(),
             dirty_trans_seq: l.dirty_trans_seq,
             idle: l.lru_seq.is_some(),
         })
@@ -553,7 +585,7 @@ impl LockClient {
             "lock {start:?} has end {:?}, not {end:?}",
             lock.end
         );
-        let res = if lock.usable(mode) && !lock.fairness_blocks(mode) {
+        let res = if lock.usable(mode) && (lock.admitting() || !lock.fairness_blocks(mode)) {
             lock.users[mode.idx()] += 1;
             Acquire::Held {
                 write_seq: lock.write_seq,
@@ -691,10 +723,51 @@ impl LockClient {
             msg,
             target: None,
             void: false,
+            admitting: false,
+            admitted: false,
         });
         let mut out = Vec::new();
         self.settle(start, false, &mut out);
         out
+    }
+
+    /// The driver can't finish the invalidation being worked on while
+    /// callers wait for the lock (see "Admission"): lets them, and any
+    /// newcomer, in under the mode still held until `end_admission`.
+    pub fn admit(&mut self, start: Key) -> Vec<ClientAction> {
+        let lock = self.lock_mut(&start);
+        match lock.invalidations.front_mut() {
+            Some(i) if i.target.is_some() => {
+                i.admitting = true;
+                i.admitted = true;
+            }
+            _ => panic!("admit on {start:?} without an invalidation in progress"),
+        }
+        let mut out = Vec::new();
+        self.settle(start, true, &mut out);
+        out
+    }
+
+    /// Stops admitting users to the invalidation being worked on; it may
+    /// finish once those admitted have left ([`Self::invalidation_ready`]).
+    pub fn end_admission(&mut self, start: Key) {
+        let lock = self.lock_mut(&start);
+        match lock.invalidations.front_mut() {
+            Some(i) if i.target.is_some() => i.admitting = false,
+            _ => panic!("end_admission on {start:?} without an invalidation in progress"),
+        }
+    }
+
+    /// Whether the invalidation being worked on admits no users and no
+    /// user it doesn't allow is left, so that `invalidate_done` may be
+    /// called.
+    pub fn invalidation_ready(&self, start: &Key) -> bool {
+        self.locks.get(start).is_some_and(|l| {
+            l.invalidations.front().is_some_and(|i| match i.target {
+                Some(t) => !i.admitting && !l.users_block(t),
+                None => false,
+            })
+        })
     }
 
     /// The driver finished an emitted `Invalidate`: returns the response
@@ -718,6 +791,10 @@ impl LockClient {
         let Some(inv) = lock.invalidations.pop_front() else {
             unreachable!("the queue's head was just read");
         };
+        assert!(
+            !inv.admitting,
+            "invalidate_done on {start:?} while admitting"
+        );
         if !inv.void {
             lock.mode = target;
             if !target.can_write() {
@@ -946,7 +1023,13 @@ fn start_invalidation(start: Key, lock: &mut ClientLock, out: &mut Vec<ClientAct
 fn check_lock(start: &Key, lock: &ClientLock) {
     assert_eq!(lock.users[0], 0, "null users on {start:?}");
     assert_eq!(lock.waiters[0], 0, "null waiters on {start:?}");
-    let working = lock.invalidations.front().and_then(|i| i.target);
+    // Users admitted by an invalidation may hold modes its target doesn't
+    // allow until they leave.
+    let working = lock
+        .invalidations
+        .front()
+        .filter(|i| !i.admitted)
+        .and_then(|i| i.target);
     for m in LockMode::ALL {
         if lock.users[m.idx()] == 0 {
             continue;
@@ -982,6 +1065,12 @@ fn check_lock(start: &Key, lock: &ClientLock) {
             .front()
             .is_none_or(|i| !i.void || i.target.is_some()),
         "a void invalidation not in progress on {start:?}"
+    );
+    assert!(
+        lock.invalidations
+            .iter()
+            .all(|i| !i.admitted || i.target.is_some()),
+        "an invalidation not in progress admitted users on {start:?}"
     );
     assert!(
         lock.dirty_trans_seq == 0 || lock.mode != LockMode::Null,
@@ -1025,6 +1114,17 @@ mod tests {
 
     fn end(s: Key) -> Key {
         inode_lock_range(s.first).1
+    }
+
+    impl LockClient {
+        /// A write user of `s` dirtied transaction `seq` (taking and
+        /// giving back a user around `mark_dirty`).
+        fn dirtied_for_test(&mut self, s: Key, seq: u64) {
+            let e = end(s);
+            assert!(matches!(self.acquire(s, e, Write), Acquire::Held { .. }));
+            self.mark_dirty(s, seq);
+            assert!(self.release(s, Write).is_empty());
+        }
     }
 
     #[test]
@@ -1121,6 +1221,83 @@ mod tests {
         ));
         let v = c.lock_view(&s).unwrap();
         assert_eq!((v.mode, v.users), (Write, [0, 2, 1, 0]));
+        c.check_invariants();
+    }
+
+    #[test]
+    fn admission_lets_waiters_in_under_the_mode_still_held() {
+        let mut c = lc(10);
+        let s = get(&mut c, 1, Write, 9);
+        c.dirtied_for_test(s, 3);
+        assert!(c.release(s, Write).is_empty());
+        let acts = c.on_invalidate(grant(s, Write, Null, 0));
+        assert!(matches!(
+            acts[..],
+            [ClientAction::Invalidate {
+                new_mode: Null,
+                sync: true,
+                ..
+            }]
+        ));
+        c.trans_committed(3);
+        // A writer and a reader arrive during the work and wait; one
+        // wanting a conversion can't be here (we hold WRITE).
+        assert_eq!(c.acquire(s, end(s), Write), Acquire::Wait(None));
+        assert_eq!(c.acquire(s, end(s), Read), Acquire::Wait(None));
+        assert!(!c.lock_view(&s).unwrap().admitting);
+        assert_eq!(c.admit(s), vec![ClientAction::Wake { start: s }]);
+        assert!(c.lock_view(&s).unwrap().admitting);
+        assert!(matches!(
+            c.acquire(s, end(s), Write),
+            Acquire::Held { write_seq: 9, .. }
+        ));
+        assert!(matches!(c.acquire(s, end(s), Read), Acquire::Held { .. }));
+        // Newcomers get in too while admitting.
+        assert!(matches!(c.acquire(s, end(s), Read), Acquire::Held { .. }));
+        c.check_invariants();
+        c.dirtied_for_test(s, 4);
+        assert!(!c.invalidation_ready(&s));
+        c.end_admission(s);
+        // Now newcomers wait again, and the users admitted must leave.
+        assert_eq!(c.acquire(s, end(s), Read), Acquire::Wait(None));
+        assert!(!c.invalidation_ready(&s));
+        // (The last user of a mode to leave wakes the waiters to retry.)
+        c.release(s, Read);
+        c.release(s, Read);
+        assert!(!c.invalidation_ready(&s));
+        c.release(s, Write);
+        c.check_invariants();
+        assert!(c.invalidation_ready(&s));
+        // What they dirtied is committed before the answer.
+        assert_eq!(c.lock_view(&s).unwrap().dirty_trans_seq, 4);
+        c.trans_committed(4);
+        let (resp, acts) = c.invalidate_done(s);
+        assert_eq!(resp, Some(grant(s, Write, Null, 0)));
+        assert!(acts.is_empty());
+        assert!(
+            c.lock_view(&s).is_none(),
+            "a null lock with nobody is forgotten"
+        );
+        c.check_invariants();
+    }
+
+    #[test]
+    fn admission_leaves_conversion_waiters_waiting() {
+        let mut c = lc(10);
+        let s = get(&mut c, 1, Read, 0);
+        assert!(c.release(s, Read).is_empty());
+        let acts = c.on_invalidate(grant(s, Read, Null, 0));
+        assert_eq!(acts.len(), 1);
+        assert_eq!(c.acquire(s, end(s), Write), Acquire::Wait(None));
+        assert_eq!(c.admit(s), vec![ClientAction::Wake { start: s }]);
+        assert_eq!(c.acquire(s, end(s), Write), Acquire::Wait(None));
+        assert!(matches!(c.acquire(s, end(s), Read), Acquire::Held { .. }));
+        c.end_admission(s);
+        assert!(!c.invalidation_ready(&s));
+        c.release(s, Read);
+        assert!(c.invalidation_ready(&s));
+        let (resp, _) = c.invalidate_done(s);
+        assert_eq!(resp, Some(grant(s, Read, Null, 0)));
         c.check_invariants();
     }
 

@@ -35,18 +35,41 @@ use scoutfs_format::Key;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 /// Idle granted locks kept before the oldest are given back.
 pub const LOCK_IDLE_MAX_DEFAULT: usize = 10_000;
 
+/// A drop of kernel caches that may still be running: names and pages
+/// are dropped under kernel locks that a request in flight may hold while
+/// it waits for the very lock being given up.
+pub trait PendingDrop: Send {
+    /// Waits up to `d` for the drop; true once it is done.
+    fn wait(&self, d: Duration) -> bool;
+    /// Whether only names are left to drop: `give_up` then loses nothing.
+    fn pages_done(&self) -> bool;
+    /// The drop can't be waited for any longer: makes sure the kernel
+    /// serves no name it would have dropped (the rest finishes later).
+    fn give_up(&self);
+}
+
 /// Called with a key range whose kernel caches must be dropped before the
-/// lock goes, and a test of whether the drop may still wait for the kernel
-/// locks it needs. It may not once callers wait for the lock: each may
-/// hold a kernel lock the drop needs (a create holds its directory's, a
-/// write its pages') until the lock is theirs again. It may not at all when
-/// the caller must not block (the client's receive thread). See `scoutfs
-/// mount`.
-pub type KernelInvalidate = Box<dyn Fn(&Key, &Key, &dyn Fn() -> bool) + Send + Sync>;
+/// lock goes. Drops what it can at once and returns what is left, if
+/// anything (see `scoutfs mount`).
+pub type KernelInvalidate = Box<dyn Fn(&Key, &Key) -> Option<Box<dyn PendingDrop>> + Send + Sync>;
+
+/// How often a waiting cache drop looks at who waits for the lock.
+const DROP_POLL: Duration = Duration::from_millis(2);
+/// How long a cache drop is waited for while nobody waits for the lock:
+/// what it waits on is a request in flight that will finish.
+const DROP_WAIT_IDLE: Duration = Duration::from_secs(1);
+/// How long it is waited for while callers that can't be admitted wait for
+/// the lock (they may hold what it waits on until they get the lock).
+const DROP_WAIT_BUSY: Duration = Duration::from_millis(20);
+/// Rounds of admission per invalidation: each may let in requests that
+/// cache more, which the next round drops; a mount that keeps sending
+/// requests for the lock can't hold it forever.
+const ADMISSION_ROUNDS_MAX: u32 = 4;
 
 enum Work {
     Invalidate {
@@ -54,7 +77,6 @@ enum Work {
         end: Key,
         old: LockMode,
         new: LockMode,
-        sync: bool,
     },
     Sync {
         id: u64,
@@ -72,6 +94,8 @@ struct State {
 pub struct Locks {
     st: Mutex<State>,
     cv: Condvar,
+    /// The worker waits here for users admitted by an invalidation to leave.
+    drained: Condvar,
     client: OnceLock<Arc<Client>>,
     trans: OnceLock<Weak<Trans>>,
     items: Arc<ItemCache>,
@@ -124,6 +148,9 @@ impl Drop for LockGuard {
         let mut st = self.locks.state();
         let acts = st.machine.release(self.start, self.mode);
         self.locks.apply(&mut st, acts);
+        if st.machine.invalidation_ready(&self.start) {
+            self.locks.drained.notify_all();
+        }
         let idle = st.machine.trim_idle();
         drop(st);
         for m in idle {
@@ -142,6 +169,7 @@ impl Locks {
         let locks = Arc::new(Locks {
             st: Mutex::new(st),
             cv: Condvar::new(),
+            drained: Condvar::new(),
             client: OnceLock::new(),
             trans: OnceLock::new(),
             items,
@@ -264,14 +292,15 @@ impl Locks {
                     end,
                     old_mode,
                     new_mode,
-                    sync,
+                    // Whether to commit is looked up when the work runs
+                    // (users admitted meanwhile may dirty the lock).
+                    sync: _,
                 } => {
                     self.queue(Work::Invalidate {
                         start,
                         end,
                         old: old_mode,
                         new: new_mode,
-                        sync,
                     });
                 }
                 ClientAction::Respond(m) => {
@@ -283,7 +312,13 @@ impl Locks {
                     self.cv.notify_all();
                 }
                 ClientAction::DropCache { start, end } => {
-                    self.drop_caches(&start, &end, true, &|| false)
+                    // On the receive thread, which must not block.
+                    self.items.invalidate(&start, &end);
+                    if let Some(p) = self.kernel_drop(&start, &end) {
+                        if !p.wait(Duration::ZERO) {
+                            p.give_up();
+                        }
+                    }
                 }
                 ClientAction::ProtocolError { key, reason } => {
                     eprintln!("scoutfs: lock protocol error on {key}: {reason}");
@@ -307,14 +342,81 @@ impl Locks {
         }
     }
 
-    /// Drops the item cache (`items`) and the kernel's caches of a range.
-    fn drop_caches(&self, start: &Key, end: &Key, items: bool, may_wait: &dyn Fn() -> bool) {
-        if items {
-            self.items.invalidate(start, end);
+    fn kernel_drop(&self, start: &Key, end: &Key) -> Option<Box<dyn PendingDrop>> {
+        self.kernel.get().and_then(|k| k(start, end))
+    }
+
+    /// Whether callers wait for lock `start`, and whether any of them
+    /// could be admitted (wants a mode the lock holds) while it isn't.
+    fn waiting(&self, start: &Key) -> (bool, bool) {
+        let Some(v) = self.state().machine.lock_view(start) else {
+            return (false, false);
+        };
+        let admissible = !v.admitting
+            && LockMode::ALL.iter().any(|&m| {
+                v.waiters[m.idx()] > 0
+                    && v.mode.satisfies(m)
+                    && !matches!(v.request, Some(r) if !r.satisfies(m))
+            });
+        (v.waiters.iter().any(|&n| n > 0), admissible)
+    }
+
+    /// Waits for a kernel cache drop of lock `start`'s invalidation.
+    /// When callers wait for the lock, they may hold what the drop waits
+    /// on. If only names are left, the drop is given up on (which expires
+    /// every cached name at once, exact if coarse). Else they are admitted
+    /// (if `admit`) to run under the mode still held and let go of the
+    /// pages. Returns whether any were admitted. Gives the drop up when
+    /// that can't help (module comment of `lock`, "Admission").
+    fn wait_drop(&self, start: Key, p: &dyn PendingDrop, admit: bool) -> bool {
+        let began = Instant::now();
+        let mut admitted = false;
+        loop {
+            if p.wait(DROP_POLL) {
+                return admitted;
+            }
+            let (waiters, admissible) = self.waiting(&start);
+            if waiters && p.pages_done() {
+                p.give_up();
+                return admitted;
+            }
+            if admissible && admit {
+                let mut st = self.state();
+                let acts = st.machine.admit(start);
+                self.apply(&mut st, acts);
+                admitted = true;
+                continue;
+            }
+            let limit = if waiters {
+                DROP_WAIT_BUSY
+            } else {
+                DROP_WAIT_IDLE
+            };
+            if began.elapsed() >= limit {
+                if !waiters {
+                    eprintln!("scoutfs: dropping kernel caches waits for a request in flight");
+                }
+                p.give_up();
+                return admitted;
+            }
         }
-        if let Some(k) = self.kernel.get() {
-            k(start, end, may_wait);
+    }
+
+    /// Ends the admission of lock `start`'s invalidation and waits for the
+    /// users it let in to leave.
+    fn end_admission(&self, start: Key) {
+        let mut st = self.state();
+        st.machine.end_admission(start);
+        while !st.machine.invalidation_ready(&start) {
+            st = self.drained.wait(st).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    fn dirty(&self, start: &Key) -> bool {
+        self.state()
+            .machine
+            .lock_view(start)
+            .is_some_and(|v| v.dirty_trans_seq != 0)
     }
 
     fn do_work(&self, w: Work) {
@@ -330,23 +432,29 @@ impl Locks {
                 end,
                 old,
                 new,
-                sync,
             } => {
-                if sync {
-                    self.commit();
-                }
                 // WRITE to READ: nobody can change the range while we
                 // read it, so every cache stays true.
                 let keep = old == LockMode::Write && new == LockMode::Read;
-                if !keep {
-                    let unwaited = || {
-                        !self
-                            .state()
-                            .machine
-                            .lock_view(&start)
-                            .is_some_and(|v| v.waiters.iter().any(|&n| n > 0))
+                let mut round = 0;
+                loop {
+                    if self.dirty(&start) {
+                        self.commit();
+                    }
+                    if keep {
+                        break;
+                    }
+                    self.items.invalidate(&start, &end);
+                    let admitted = match self.kernel_drop(&start, &end) {
+                        Some(p) => self.wait_drop(start, &*p, round < ADMISSION_ROUNDS_MAX),
+                        None => false,
                     };
-                    self.drop_caches(&start, &end, true, &unwaited);
+                    if !admitted {
+                        break;
+                    }
+                    // What the users let in did is undone like the rest.
+                    self.end_admission(start);
+                    round += 1;
                 }
                 let mut st = self.state();
                 let (m, acts) = st.machine.invalidate_done(start);

@@ -15,9 +15,13 @@
 //! counter per lock through a model of the item cache (a cached value, the
 //! open transaction's increments, and a shared committed value), then
 //! release them; now and then a waiting task gives up instead
-//! (`cancel_wait`). The drivers follow the lock client's contract: commit on
-//! `sync`, drop the cache unless WRITE→READ, drop it on `DropCache`, wake
-//! waiters on `Wake`.
+//! (`cancel_wait`). The drivers follow the lock client's contract: commit
+//! what the lock dirtied, drop the cache unless WRITE→READ, drop it on
+//! `DropCache`, wake waiters on `Wake`. Now and then a driver admits the
+//! tasks waiting for a lock it is giving up (as the real one does when its
+//! kernel cache drop waits on them); they run under the mode still held
+//! until the driver ends the admission, and the invalidation finishes once
+//! they have left, committing what they dirtied.
 //!
 //! Server failover (most seeds): now and then the server crashes and a new
 //! [`LockServer`] starts recovering the locks of every mount there was.
@@ -116,7 +120,6 @@ struct Invalidating {
     start: Key,
     old_mode: LockMode,
     new_mode: LockMode,
-    sync: bool,
     /// The server era the mount was in when it started.
     era: u64,
 }
@@ -196,11 +199,31 @@ impl Mount {
             && !self.requests_in_flight()
     }
 
-    /// Invalidations the driver may finish now: one that must commit
-    /// waits until the mount reaches a server.
+    /// Invalidations the driver may take a step on now: end an admission,
+    /// or finish once the users admitted have left (one that must commit
+    /// waits until the mount reaches a server).
     fn finishable(&self) -> Vec<usize> {
         (0..self.invalidating.len())
-            .filter(|&j| self.connected || !self.invalidating[j].sync)
+            .filter(|&j| {
+                let start = self.invalidating[j].start;
+                let Some(v) = self.lc.lock_view(&start) else {
+                    return false;
+                };
+                v.admitting
+                    || (self.lc.invalidation_ready(&start)
+                        && (self.connected || v.dirty_trans_seq == 0))
+            })
+            .collect()
+    }
+
+    /// Invalidations with callers waiting that the driver may admit.
+    fn admittable(&self) -> Vec<usize> {
+        (0..self.invalidating.len())
+            .filter(|&j| {
+                self.lc
+                    .lock_view(&self.invalidating[j].start)
+                    .is_some_and(|v| !v.admitting && v.waiters.iter().any(|&n| n > 0))
+            })
             .collect()
     }
 }
@@ -226,6 +249,8 @@ struct Stats {
     resent: u64,
     recover_batches: u64,
     void_invalidations: u64,
+    /// Admissions of waiters during an invalidation, and users admitted.
+    admissions: u64,
     old_messages_read: u64,
     /// Locks reported while an invalidation was queued or in progress.
     reported_invalidating: u64,
@@ -253,6 +278,7 @@ impl common::sim::Totals for Stats {
         self.resent += o.resent;
         self.recover_batches += o.recover_batches;
         self.void_invalidations += o.void_invalidations;
+        self.admissions += o.admissions;
         self.old_messages_read += o.old_messages_read;
         self.reported_invalidating += o.reported_invalidating;
         self.unreported += o.unreported;
@@ -266,6 +292,7 @@ enum Event {
     RunTask,
     StartTask,
     FinishInvalidation,
+    Admit,
     Trim,
     Commit,
     Farewell,
@@ -431,6 +458,9 @@ impl Sim {
         if ms.iter().any(|m| !m.finishable().is_empty()) {
             v.push((Event::FinishInvalidation, 3));
         }
+        if ms.iter().any(|m| !m.admittable().is_empty()) {
+            v.push((Event::Admit, 1));
+        }
         if v.is_empty() && self.draining {
             return v;
         }
@@ -492,6 +522,7 @@ impl Sim {
             Event::RunTask => self.run_task(),
             Event::StartTask => self.start_task(),
             Event::FinishInvalidation => self.finish_invalidation(),
+            Event::Admit => self.admit(),
             Event::Trim => self.trim(),
             Event::Commit => {
                 // A commit needs the server (COMMIT_LOG_TREES).
@@ -729,11 +760,12 @@ impl Sim {
                     sync,
                 } => {
                     assert!(m.invalidating.iter().all(|v| v.start != start));
+                    let dirty = m.lc.lock_view(&start).map(|v| v.dirty_trans_seq != 0);
+                    assert_eq!(Some(sync), dirty, "sync of {start:?}");
                     m.invalidating.push(Invalidating {
                         start,
                         old_mode,
                         new_mode,
-                        sync,
                         era: m.era,
                     });
                 }
@@ -755,14 +787,42 @@ impl Sim {
         }
     }
 
+    /// The driver lets the callers waiting for a lock it is giving up in
+    /// (as when its cache drop waits on them).
+    fn admit(&mut self) {
+        let Some(i) = self.pick_mount(|m| !m.admittable().is_empty()) else {
+            return;
+        };
+        let ready = self.mounts[i].admittable();
+        let j = ready[self.below(ready.len())];
+        let start = self.mounts[i].invalidating[j].start;
+        self.stats.admissions += 1;
+        let acts = self.mounts[i].lc.admit(start);
+        self.log(format_args!("{} admits on {start:?}", self.mounts[i].rid()));
+        self.actions(i, acts);
+    }
+
     fn finish_invalidation(&mut self) {
         let Some(i) = self.pick_mount(|m| !m.finishable().is_empty()) else {
             return;
         };
         let ready = self.mounts[i].finishable();
         let j = ready[self.below(ready.len())];
+        let start = self.mounts[i].invalidating[j].start;
+        let view = self.mounts[i].lc.lock_view(&start);
+        if view.as_ref().is_some_and(|v| v.admitting) {
+            // Its users run on; the work is done again once they left.
+            self.mounts[i].lc.end_admission(start);
+            self.log(format_args!(
+                "{} ends admission on {start:?}",
+                self.mounts[i].rid()
+            ));
+            return;
+        }
         let inv = self.mounts[i].invalidating.remove(j);
-        if inv.sync {
+        // What it must commit may have grown while it admitted users.
+        let dirty = view.is_some_and(|v| v.dirty_trans_seq != 0);
+        if dirty {
             self.commit(i);
         }
         let m = &mut self.mounts[i];
