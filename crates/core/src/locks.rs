@@ -71,6 +71,28 @@ const DROP_WAIT_BUSY: Duration = Duration::from_millis(20);
 /// requests for the lock can't hold it forever.
 const ADMISSION_ROUNDS_MAX: u32 = 4;
 
+/// An invalidation being carried out (see `Locks::invalidate`).
+struct Invalidating {
+    start: Key,
+    end: Key,
+    /// WRITE to READ: only commit.
+    keep: bool,
+    /// Admissions so far.
+    round: u32,
+    /// The kernel cache drop being waited for, when handed to a thread.
+    pending: Option<Box<dyn PendingDrop>>,
+    own_thread: bool,
+}
+
+/// How waiting for a kernel cache drop ended.
+enum Waited {
+    Done {
+        admitted: bool,
+    },
+    /// Callers must be admitted: on a thread of the invalidation's own.
+    HandOff,
+}
+
 enum Work {
     Invalidate {
         start: Key,
@@ -346,6 +368,36 @@ impl Locks {
         self.kernel.get().and_then(|k| k(start, end))
     }
 
+    /// Goes on with `inv` on a thread of its own; gives it back if there is
+    /// none.
+    fn hand_off(&self, inv: Invalidating) -> Option<Invalidating> {
+        let Some(me) = self.me.get().and_then(Weak::upgrade) else {
+            return Some(inv);
+        };
+        let slot = Arc::new(Mutex::new(None::<Invalidating>));
+        let theirs = slot.clone();
+        // Held until `inv` is in it, so the thread finds it there.
+        let mut held = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let spawned = std::thread::Builder::new()
+            .name("scoutfs-lock-admit".into())
+            .spawn(move || {
+                let taken = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(inv) = taken {
+                    me.invalidate(inv);
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                *held = Some(inv);
+                None
+            }
+            Err(e) => {
+                eprintln!("scoutfs: no thread for a lock admission: {e}");
+                Some(inv)
+            }
+        }
+    }
+
     /// Whether callers wait for lock `start`, and whether any of them
     /// could be admitted (wants a mode the lock holds) while it isn't.
     fn waiting(&self, start: &Key) -> (bool, bool) {
@@ -365,22 +417,26 @@ impl Locks {
     /// When callers wait for the lock, they may hold what the drop waits
     /// on. If only names are left, the drop is given up on (which expires
     /// every cached name at once, exact if coarse). Else they are admitted
-    /// (if `admit`) to run under the mode still held and let go of the
-    /// pages. Returns whether any were admitted. Gives the drop up when
-    /// that can't help (module comment of `lock`, "Admission").
-    fn wait_drop(&self, start: Key, p: &dyn PendingDrop, admit: bool) -> bool {
+    /// (if `admit`, and only on a thread of the invalidation's own, else
+    /// it asks for one) to run under the mode still held and let go of the
+    /// pages. Gives the drop up when that can't help (module comment of
+    /// `lock`, "Admission").
+    fn wait_drop(&self, start: Key, p: &dyn PendingDrop, admit: bool, own: bool) -> Waited {
         let began = Instant::now();
         let mut admitted = false;
         loop {
             if p.wait(DROP_POLL) {
-                return admitted;
+                return Waited::Done { admitted };
             }
             let (waiters, admissible) = self.waiting(&start);
             if waiters && p.pages_done() {
                 p.give_up();
-                return admitted;
+                return Waited::Done { admitted };
             }
             if admissible && admit {
+                if !own {
+                    return Waited::HandOff;
+                }
                 let mut st = self.state();
                 let acts = st.machine.admit(start);
                 self.apply(&mut st, acts);
@@ -397,7 +453,7 @@ impl Locks {
                     eprintln!("scoutfs: dropping kernel caches waits for a request in flight");
                 }
                 p.give_up();
-                return admitted;
+                return Waited::Done { admitted };
             }
         }
     }
@@ -436,35 +492,70 @@ impl Locks {
                 // WRITE to READ: nobody can change the range while we
                 // read it, so every cache stays true.
                 let keep = old == LockMode::Write && new == LockMode::Read;
-                let mut round = 0;
-                loop {
-                    if self.dirty(&start) {
-                        self.commit();
-                    }
-                    if keep {
-                        break;
-                    }
-                    self.items.invalidate(&start, &end);
-                    let admitted = match self.kernel_drop(&start, &end) {
-                        Some(p) => self.wait_drop(start, &*p, round < ADMISSION_ROUNDS_MAX),
-                        None => false,
-                    };
-                    if !admitted {
-                        break;
-                    }
-                    // What the users let in did is undone like the rest.
-                    self.end_admission(start);
-                    round += 1;
-                }
-                let mut st = self.state();
-                let (m, acts) = st.machine.invalidate_done(start);
-                if let Some(m) = m {
-                    let id = st.inval_ids.get_mut(&start).and_then(|q| q.pop_front());
-                    self.respond(id, m);
-                }
-                self.apply(&mut st, acts);
+                self.invalidate(Invalidating {
+                    start,
+                    end,
+                    keep,
+                    round: 0,
+                    pending: None,
+                    own_thread: false,
+                });
             }
         }
+    }
+
+    /// Carries out an invalidation: commit what the lock dirtied, drop the
+    /// item cache and the kernel's caches, admitting waiting callers when
+    /// the kernel's drop waits on them, then answer. Admitted users may
+    /// wait for other locks whose invalidations are queued behind this one
+    /// on the worker, so an invalidation that admits goes on on a thread of
+    /// its own.
+    fn invalidate(&self, mut inv: Invalidating) {
+        loop {
+            let p = match inv.pending.take() {
+                Some(p) => p,
+                None => {
+                    if self.dirty(&inv.start) {
+                        self.commit();
+                    }
+                    if inv.keep {
+                        break;
+                    }
+                    self.items.invalidate(&inv.start, &inv.end);
+                    match self.kernel_drop(&inv.start, &inv.end) {
+                        Some(p) => p,
+                        None => break,
+                    }
+                }
+            };
+            let admit = inv.round < ADMISSION_ROUNDS_MAX;
+            match self.wait_drop(inv.start, &*p, admit, inv.own_thread) {
+                Waited::Done { admitted: false } => break,
+                Waited::Done { admitted: true } => {
+                    // What the users let in did is undone like the rest.
+                    self.end_admission(inv.start);
+                    inv.round += 1;
+                }
+                Waited::HandOff => {
+                    inv.pending = Some(p);
+                    inv.own_thread = true;
+                    if let Some(inv) = self.hand_off(inv) {
+                        // No thread: admission waits here then, which is
+                        // safe unless an admitted user waits for a lock
+                        // queued behind this one.
+                        self.invalidate(inv);
+                    }
+                    return;
+                }
+            }
+        }
+        let mut st = self.state();
+        let (m, acts) = st.machine.invalidate_done(inv.start);
+        if let Some(m) = m {
+            let id = st.inval_ids.get_mut(&inv.start).and_then(|q| q.pop_front());
+            self.respond(id, m);
+        }
+        self.apply(&mut st, acts);
     }
 
     fn commit(&self) {
