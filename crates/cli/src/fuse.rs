@@ -6,11 +6,13 @@
 use fuser::*;
 use scoutfs_core::fs::inode::{Attr, SetAttr};
 use scoutfs_core::fs::{Fs, FsError};
+use scoutfs_core::locks::show_waits;
 use scoutfs_format::inode::*;
 use scoutfs_format::Timespec;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,9 +33,9 @@ pub struct Known {
     pub inodes: HashMap<u64, u64>,
     pub names: HashMap<u64, HashMap<Vec<u8>, NameState>>,
     /// Reads and writes in flight per inode, by id: the byte ranges whose
-    /// pages the kernel may hold locked (and not up to date) until each
-    /// is answered.
-    pub io: HashMap<u64, HashMap<u64, (u64, u64)>>,
+    /// pages the kernel holds locked (and not up to date) until each is
+    /// answered, and whether each waits for a lock now.
+    pub io: HashMap<u64, HashMap<u64, InFlightIo>>,
     next_io: u64,
 }
 
@@ -46,6 +48,13 @@ pub struct NameState {
     pub cached: bool,
 }
 
+/// A read or write of [`Known::io`].
+pub struct InFlightIo {
+    pub off: u64,
+    pub len: u64,
+    pub waiting: Arc<AtomicBool>,
+}
+
 /// A read or write in flight, recorded in [`Known::io`] until dropped.
 struct InFlight<'a> {
     known: &'a Mutex<Known>,
@@ -55,6 +64,7 @@ struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
+        show_waits(None);
         let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = k.io.get_mut(&self.ino) {
             m.remove(&self.id);
@@ -135,13 +145,17 @@ impl ScoutFuse {
         }
     }
 
-    /// Records a read or write of `len` bytes at `off` of `ino` until the
-    /// result is dropped (after the reply).
+    /// Records a read or write of `len` bytes at `off` of `ino`, and
+    /// whether it waits for a lock, until the result is dropped (see
+    /// `kinval`).
     fn in_flight(&self, ino: u64, off: u64, len: u64) -> InFlight<'_> {
+        let waiting = Arc::new(AtomicBool::new(false));
+        show_waits(Some(waiting.clone()));
         let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
         k.next_io += 1;
         let id = k.next_io;
-        k.io.entry(ino).or_default().insert(id, (off, len));
+        let io = InFlightIo { off, len, waiting };
+        k.io.entry(ino).or_default().insert(id, io);
         InFlight {
             known: &self.known,
             ino,
@@ -509,8 +523,10 @@ impl Filesystem for ScoutFuse {
         _lo: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _io = self.in_flight(ino.0, offset, size.into());
-        match self.fs.read(ino.0, offset, size as usize) {
+        let io = self.in_flight(ino.0, offset, size.into());
+        let r = self.fs.read(ino.0, offset, size as usize);
+        drop(io);
+        match r {
             Ok(d) => {
                 // The atime before the data: once the read returns, stat
                 // shows the access.
@@ -536,8 +552,10 @@ impl Filesystem for ScoutFuse {
         reply: ReplyWrite,
     ) {
         if flags.0 & libc::O_APPEND == 0 {
-            let _io = self.in_flight(ino.0, offset, data.len() as u64);
-            match self.fs.write(ino.0, offset, data) {
+            let io = self.in_flight(ino.0, offset, data.len() as u64);
+            let r = self.fs.write(ino.0, offset, data);
+            drop(io);
+            match r {
                 Ok(n) => reply.written(n as u32),
                 Err(e) => reply.error(err(e)),
             }

@@ -28,13 +28,13 @@ use fuser::{INodeNo, Notifier};
 use scoutfs_core::locks::PendingDrop;
 use scoutfs_format::key::zone;
 use scoutfs_format::Key;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The FUSE notification that expires every cached entry of a connection
 /// (protocol 7.44, Linux 6.16).
@@ -111,65 +111,85 @@ impl KernelCaches {
         for &ino in &inos {
             let _ = self.notifier.inval_inode(INodeNo(ino), -1, 0);
         }
-        // The pages of each inode, but those of its reads and writes in
-        // flight: the kernel holds them locked while they wait (perhaps
-        // for this lock), and they are not up to date; they are filled or
-        // written under the next grant.
-        let pages: Vec<(u64, Vec<(u64, u64)>)> = {
-            let k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            inos.iter()
-                .map(|&ino| {
-                    let busy = k.io.get(&ino).map(|m| m.values().copied().collect());
-                    (ino, unlocked_ranges(busy.unwrap_or_default()))
-                })
-                .collect()
-        };
-        let inos = pages;
         if inos.is_empty() && names.is_empty() {
             return None;
         }
+        let ranges = page_ranges(&self.known, &inos);
         let drop = NamesAndPages {
-            names: self.spawn("scoutfs-kinval-names", names, |n, (d, name)| {
-                let _ = n.inval_entry(INodeNo(d), std::ffi::OsStr::from_bytes(&name));
-            }),
-            pages: self.spawn("scoutfs-kinval-pages", inos, |n, (ino, ranges)| {
-                for (off, len) in ranges {
-                    let _ = n.inval_inode(INodeNo(ino), off as i64, len as i64);
-                }
-            }),
+            names: spawn(
+                &self.notifier,
+                "scoutfs-kinval-names",
+                names,
+                |n, (d, name)| {
+                    let _ = n.inval_entry(INodeNo(d), std::ffi::OsStr::from_bytes(&name));
+                },
+            ),
+            pages: RefCell::new(spawn_pages(&self.notifier, ranges.clone())),
+            ranges: RefCell::new(ranges),
+            inos,
+            known: self.known.clone(),
+            notifier: self.notifier.clone(),
             epoch: self.epoch.clone(),
         };
         Some(Box::new(drop))
     }
+}
 
-    /// Runs `f` on each of `items` on a thread; `None` if there are none.
-    fn spawn<T: Send + 'static>(
-        &self,
-        name: &str,
-        items: Vec<T>,
-        f: fn(&Notifier, T),
-    ) -> Option<Part> {
-        if items.is_empty() {
-            return None;
-        }
-        let n = self.notifier.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                for i in items {
-                    f(&n, i);
-                }
-                let _ = tx.send(());
+/// The page ranges to drop of each of `inos`: all but those of its reads
+/// and writes that wait for a lock. The kernel holds those locked
+/// meanwhile, and they are not up to date; they are filled or written
+/// under the next grant. (The pages of one that got its lock are dropped
+/// once the kernel has its answer: the drop waits for their page locks.)
+fn page_ranges(known: &Mutex<Known>, inos: &[u64]) -> Vec<(u64, Vec<(u64, u64)>)> {
+    let k = known.lock().unwrap_or_else(|p| p.into_inner());
+    inos.iter()
+        .map(|&ino| {
+            let waiting = k.io.get(&ino).map(|m| {
+                m.values()
+                    .filter(|io| io.waiting.load(Ordering::SeqCst))
+                    .map(|io| (io.off, io.len))
+                    .collect()
             });
-        if let Err(e) = spawned {
-            eprintln!("scoutfs: no thread to drop kernel caches: {e}");
-        }
-        Some(Part {
-            rx,
-            done: Cell::new(false),
+            (ino, unlocked_ranges(waiting.unwrap_or_default()))
         })
+        .collect()
+}
+
+fn spawn_pages(n: &Notifier, ranges: Vec<(u64, Vec<(u64, u64)>)>) -> Option<Part> {
+    spawn(n, "scoutfs-kinval-pages", ranges, |n, (ino, ranges)| {
+        for (off, len) in ranges {
+            let _ = n.inval_inode(INodeNo(ino), off as i64, len as i64);
+        }
+    })
+}
+
+/// Runs `f` on each of `items` on a thread; `None` if there are none.
+fn spawn<T: Send + 'static>(
+    n: &Notifier,
+    name: &str,
+    items: Vec<T>,
+    f: fn(&Notifier, T),
+) -> Option<Part> {
+    if items.is_empty() {
+        return None;
     }
+    let n = n.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            for i in items {
+                f(&n, i);
+            }
+            let _ = tx.send(());
+        });
+    if let Err(e) = spawned {
+        eprintln!("scoutfs: no thread to drop kernel caches: {e}");
+    }
+    Some(Part {
+        rx,
+        done: Cell::new(false),
+    })
 }
 
 /// The page-aligned ranges (offset, length; 0 to the end) that avoid the
@@ -211,26 +231,54 @@ impl Part {
 /// Names and pages being dropped, each on its thread.
 struct NamesAndPages {
     names: Option<Part>,
-    pages: Option<Part>,
+    /// The latest drop of pages, and the ranges it drops.
+    pages: RefCell<Option<Part>>,
+    ranges: RefCell<Vec<(u64, Vec<(u64, u64)>)>>,
+    inos: Vec<u64>,
+    known: Arc<Mutex<Known>>,
+    notifier: Notifier,
     epoch: Arc<Epoch>,
 }
 
 impl PendingDrop for NamesAndPages {
     fn wait(&self, d: Duration) -> bool {
-        // Both run at once: waiting for one gives the other time too.
-        let names = self.names.as_ref().is_none_or(|p| p.wait(d));
-        let pages = self.pages.as_ref().is_none_or(|p| p.wait(Duration::ZERO));
-        names && pages
+        // Both run at once: the time waited for one counts for the other.
+        let deadline = Instant::now() + d;
+        let names = self
+            .names
+            .as_ref()
+            .is_none_or(|p| p.wait(deadline.saturating_duration_since(Instant::now())));
+        names && self.pages_wait(deadline.saturating_duration_since(Instant::now()))
     }
 
     fn pages_done(&self) -> bool {
-        self.pages.as_ref().is_none_or(|p| p.wait(Duration::ZERO))
+        self.pages_wait(Duration::ZERO)
+    }
+
+    /// A read or write may have locked its pages and then come to wait
+    /// for a lock after the pages drop began (and stopped at them): a new
+    /// drop leaves them out.
+    fn refresh(&self) {
+        if self.pages_wait(Duration::ZERO) {
+            return;
+        }
+        let ranges = page_ranges(&self.known, &self.inos);
+        if ranges != *self.ranges.borrow() {
+            *self.pages.borrow_mut() = spawn_pages(&self.notifier, ranges.clone());
+            *self.ranges.borrow_mut() = ranges;
+        }
     }
 
     fn give_up(&self) {
         if self.names.as_ref().is_some_and(|p| !p.wait(Duration::ZERO)) {
             self.epoch.bump();
         }
+    }
+}
+
+impl NamesAndPages {
+    fn pages_wait(&self, d: Duration) -> bool {
+        self.pages.borrow().as_ref().is_none_or(|p| p.wait(d))
     }
 }
 

@@ -717,10 +717,11 @@ fn names_cached_on_a_busy_mount_are_dropped_before_the_lock_goes() {
     c.finish();
 }
 
-/// The same for pages: a mount whose writes of part of a page the kernel
-/// doesn't cache keep waiting for the file's lock (the kernel holds that
-/// page locked meanwhile) still drops the other pages it caches: a read
-/// there after another mount's write returns sees the new bytes.
+/// The same for pages: a mount whose reads, and writes of part of a page
+/// the kernel doesn't cache, keep waiting for the file's lock (the kernel
+/// holds those pages locked meanwhile) still drops the other pages it
+/// caches: a read there after another mount's write returns sees the new
+/// bytes.
 #[test]
 fn pages_cached_on_a_busy_mount_are_dropped_before_the_lock_goes() {
     if !can_mount("pages_cached_on_a_busy_mount_are_dropped_before_the_lock_goes") {
@@ -730,7 +731,7 @@ fn pages_cached_on_a_busy_mount_are_dropped_before_the_lock_goes() {
     const ROUNDS: usize = 300;
     const PAGE: usize = 4096;
     let c = Cluster::start("cluster-busy-pages");
-    std::fs::write(c.p(0, "f"), vec![0u8; 2 * PAGE]).unwrap();
+    std::fs::write(c.p(0, "f"), vec![0u8; 3 * PAGE]).unwrap();
     let stop = AtomicBool::new(false);
     let mut stale = Vec::new();
     std::thread::scope(|sc| {
@@ -744,6 +745,17 @@ fn pages_cached_on_a_busy_mount_are_dropped_before_the_lock_goes() {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 f.write_all_at(&[0xbb; 100], 10).unwrap();
+                n += 1;
+            }
+            n
+        });
+        let busy_file = c.p(1, "f");
+        let busy_reader = sc.spawn(move || {
+            let f = std::fs::File::open(busy_file).unwrap();
+            let mut buf = vec![0u8; PAGE];
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                f.read_exact_at(&mut buf, 2 * PAGE as u64).unwrap();
                 n += 1;
             }
             n
@@ -764,8 +776,9 @@ fn pages_cached_on_a_busy_mount_are_dropped_before_the_lock_goes() {
         }
         stop.store(true, Ordering::Relaxed);
         let written = busy.join().unwrap();
-        eprintln!("busy writes meanwhile: {written}");
-        assert!(written > 0);
+        let read = busy_reader.join().unwrap();
+        eprintln!("busy writes meanwhile: {written}, reads: {read}");
+        assert!(written > 0 && read > 0);
     });
     assert!(
         stale.is_empty(),

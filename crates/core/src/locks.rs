@@ -33,6 +33,7 @@ use crate::trans::Trans;
 use scoutfs_format::key::zone;
 use scoutfs_format::Key;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -48,6 +49,10 @@ pub trait PendingDrop: Send {
     fn wait(&self, d: Duration) -> bool;
     /// Whether only names are left to drop: `give_up` then loses nothing.
     fn pages_done(&self) -> bool;
+    /// Looks again at what the drop must leave alone (requests that came
+    /// to wait for a lock since it began), and starts it again if that
+    /// changed.
+    fn refresh(&self);
     /// The drop can't be waited for any longer: makes sure the kernel
     /// serves no name it would have dropped (the rest finishes later).
     fn give_up(&self);
@@ -57,6 +62,26 @@ pub trait PendingDrop: Send {
 /// lock goes. Drops what it can at once and returns what is left, if
 /// anything (see `scoutfs mount`).
 pub type KernelInvalidate = Box<dyn Fn(&Key, &Key) -> Option<Box<dyn PendingDrop>> + Send + Sync>;
+
+thread_local! {
+    static WAIT_FLAG: std::cell::RefCell<Option<Arc<AtomicBool>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// While set, whether this thread waits for a lock is shown in `flag`
+/// (the kernel cache drop leaves alone the pages of reads and writes that
+/// wait: see `scoutfs mount`).
+pub fn show_waits(flag: Option<Arc<AtomicBool>>) {
+    WAIT_FLAG.with(|f| *f.borrow_mut() = flag);
+}
+
+fn shown_waiting(waiting: bool) {
+    WAIT_FLAG.with(|f| {
+        if let Some(f) = &*f.borrow() {
+            f.store(waiting, Ordering::SeqCst);
+        }
+    });
+}
 
 /// How often a waiting cache drop looks at who waits for the lock.
 const DROP_POLL: Duration = Duration::from_millis(2);
@@ -254,6 +279,7 @@ impl Locks {
         loop {
             match st.machine.acquire(start, end, mode) {
                 Acquire::Held { write_seq, .. } => {
+                    shown_waiting(false);
                     return Ok(LockGuard {
                         locks: me,
                         start,
@@ -263,6 +289,9 @@ impl Locks {
                     });
                 }
                 Acquire::Wait(msg) => {
+                    // Shown before the state's mutex is let go: a drop
+                    // that sees the lock given up sees this wait.
+                    shown_waiting(true);
                     let gen = st.wakes.get(&start).copied().unwrap_or(0);
                     if let Some(m) = msg {
                         self.send(m);
@@ -428,6 +457,7 @@ impl Locks {
             if p.wait(DROP_POLL) {
                 return Waited::Done { admitted };
             }
+            p.refresh();
             let (waiters, admissible) = self.waiting(&start);
             if waiters && p.pages_done() {
                 p.give_up();
