@@ -140,7 +140,7 @@ impl KernelCaches {
 /// meanwhile, and they are not up to date; they are filled or written
 /// under the next grant. (The pages of one that got its lock are dropped
 /// once the kernel has its answer: the drop waits for their page locks.)
-fn page_ranges(known: &Mutex<Known>, inos: &[u64]) -> Vec<(u64, Vec<(u64, u64)>)> {
+fn page_ranges(known: &Mutex<Known>, inos: &[u64]) -> PageRanges {
     let k = known.lock().unwrap_or_else(|p| p.into_inner());
     inos.iter()
         .map(|&ino| {
@@ -155,7 +155,7 @@ fn page_ranges(known: &Mutex<Known>, inos: &[u64]) -> Vec<(u64, Vec<(u64, u64)>)
         .collect()
 }
 
-fn spawn_pages(n: &Notifier, ranges: Vec<(u64, Vec<(u64, u64)>)>) -> Option<Part> {
+fn spawn_pages(n: &Notifier, ranges: PageRanges) -> Option<Part> {
     spawn(n, "scoutfs-kinval-pages", ranges, |n, (ino, ranges)| {
         for (off, len) in ranges {
             let _ = n.inval_inode(INodeNo(ino), off as i64, len as i64);
@@ -228,12 +228,15 @@ impl Part {
     }
 }
 
+/// Per inode, the byte ranges (offset, length; 0 to the end) to drop.
+type PageRanges = Vec<(u64, Vec<(u64, u64)>)>;
+
 /// Names and pages being dropped, each on its thread.
 struct NamesAndPages {
     names: Option<Part>,
     /// The latest drop of pages, and the ranges it drops.
     pages: RefCell<Option<Part>>,
-    ranges: RefCell<Vec<(u64, Vec<(u64, u64)>)>>,
+    ranges: RefCell<PageRanges>,
     inos: Vec<u64>,
     known: Arc<Mutex<Known>>,
     notifier: Notifier,
