@@ -10,6 +10,11 @@
 //! dirtied it), which needs the receive thread to deliver the commit's
 //! response. Then the item cache drops the range (unless WRITE→READ), the
 //! kernel's caches are told to drop it, and the answer goes to the server.
+//! When the kernel's drop waits on requests that wait for this lock, they
+//! are admitted under the mode still held (`lock`'s "Admission"), on a
+//! thread of the invalidation's own (an admitted user may wait for a lock
+//! whose invalidation is queued behind it on the worker), and the commit
+//! and drops are done again once they have left.
 //!
 //! When the server changes (a new term), the state machine is told before
 //! anything the new server sends: the old server's requests are void (their
