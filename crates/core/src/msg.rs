@@ -22,7 +22,8 @@ pub enum Request {
     AllocInodes { count: u64 },
     /// Opens the mount's next transaction on its log tree.
     GetLogTrees,
-    /// Records the mount's committed log tree.
+    /// Records the mount's committed log tree and opens its next
+    /// transaction (answered like `GetLogTrees`).
     CommitLogTrees(Box<LogTrees>),
     /// The roots of the last written super block.
     GetRoots,

@@ -12,9 +12,11 @@
 //! mount freed in its last committed transaction to the server's allocators
 //! (they are durable now), refills its metadata alloc list and data extents,
 //! and opens a transaction with a fresh seq. COMMIT_LOG_TREES records the
-//! mount's new roots and closes the transaction. Both are idempotent against
-//! resends: an open transaction is returned as it is, an already committed
-//! one is ignored.
+//! mount's new roots, closing the transaction, and opens the next one the
+//! same way, in one server commit, answering with it. Both are idempotent
+//! against resends: an open transaction is returned as it is, and a resent
+//! commit that was recorded already is answered with the transaction open
+//! now.
 //!
 //! Seqs: one counter (`super.seq`) supplies transaction seqs and lock write
 //! seqs. At start it is raised above every seq recorded in the log trees.
@@ -844,10 +846,9 @@ impl State {
                 Ok(Response::Inodes { ino, nr })
             }
             Request::GetLogTrees => Ok(Response::LogTrees(Box::new(self.get_log_trees(rid)?))),
-            Request::CommitLogTrees(lt) => {
-                self.commit_log_trees(rid, &lt)?;
-                Ok(Response::Done)
-            }
+            Request::CommitLogTrees(lt) => Ok(Response::LogTrees(Box::new(
+                self.commit_log_trees(rid, &lt)?,
+            ))),
             Request::GetRoots => {
                 let sb = &self.store.sb;
                 Ok(Response::Roots(Roots {
@@ -875,7 +876,7 @@ impl State {
 
     fn get_log_trees(&mut self, rid: u64) -> Result<LogTrees> {
         let mut txn = self.store.begin();
-        let mut lt = match self.current_log_trees(&txn, rid)? {
+        let lt = match self.current_log_trees(&txn, rid)? {
             Some(lt) if lt.trans_open() => return Ok(lt),
             Some(lt) => lt,
             None => LogTrees {
@@ -884,16 +885,26 @@ impl State {
                 ..Default::default()
             },
         };
-        reclaim_freed(&mut txn, &mut lt)?;
-        refill(&mut txn, &mut lt)?;
-        lt.get_trans_seq = self.next_seq().into();
-        let key = log_trees_key(rid, lt.nr.get());
-        btree::insert(&mut txn.w, &mut txn.sb.logs_root, &key, 0, 0, lt.as_bytes())?;
+        let lt = self.open_trans(&mut txn, lt)?;
         self.commit(txn)?;
         Ok(lt)
     }
 
-    fn commit_log_trees(&mut self, rid: u64, lt: &LogTrees) -> Result<()> {
+    /// Opens the next transaction of a mount's log tree whose last one is
+    /// committed: what it freed goes back to the server's allocators
+    /// (durable now), its allocators are refilled, and it gets a fresh seq.
+    fn open_trans(&mut self, txn: &mut Txn, mut lt: LogTrees) -> Result<LogTrees> {
+        reclaim_freed(txn, &mut lt)?;
+        refill(txn, &mut lt)?;
+        lt.get_trans_seq = self.next_seq().into();
+        let key = log_trees_key(lt.rid.get(), lt.nr.get());
+        btree::insert(&mut txn.w, &mut txn.sb.logs_root, &key, 0, 0, lt.as_bytes())?;
+        Ok(lt)
+    }
+
+    /// Records a mount's committed transaction and opens its next one, in
+    /// one server commit; returns the open log tree.
+    fn commit_log_trees(&mut self, rid: u64, lt: &LogTrees) -> Result<LogTrees> {
         let mut txn = self.store.begin();
         let cur = self.current_log_trees(&txn, rid)?;
         let Some(cur) = cur.filter(|c| c.nr == lt.nr && lt.rid.get() == rid) else {
@@ -903,8 +914,10 @@ impl State {
             )));
         };
         if !cur.trans_open() || cur.get_trans_seq != lt.get_trans_seq {
-            // A resend of a commit that was already recorded.
-            return Ok(());
+            // A resend of a commit that was already recorded: the answer
+            // is the transaction open now (opened if need be).
+            drop(txn);
+            return self.get_log_trees(rid);
         }
         let mut new = *lt;
         new.commit_trans_seq = new.get_trans_seq;
@@ -912,16 +925,9 @@ impl State {
         // them out (a mount may commit through a new server before it has
         // reported its locks).
         self.seq = self.seq.max(lt.max_item_seq.get());
-        let key = log_trees_key(rid, lt.nr.get());
-        btree::insert(
-            &mut txn.w,
-            &mut txn.sb.logs_root,
-            &key,
-            0,
-            0,
-            new.as_bytes(),
-        )?;
-        self.commit(txn)
+        let next = self.open_trans(&mut txn, new)?;
+        self.commit(txn)?;
+        Ok(next)
     }
 
     fn statfs(&self) -> Result<StatfsInfo> {

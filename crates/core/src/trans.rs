@@ -9,9 +9,10 @@
 //! 2. inserts the item cache's dirty items into the mount's log btree;
 //! 3. writes every dirty metadata block and flushes the metadata device;
 //! 4. sends COMMIT_LOG_TREES with the new roots and allocator heads; the
-//!    server commits before answering, so the transaction is now durable;
-//! 5. marks the items clean, tells the lock client which seq committed;
-//! 6. sends GET_LOG_TREES to open the next transaction.
+//!    server records them and opens the next transaction in one commit
+//!    before answering with it, so the transaction is now durable;
+//! 5. marks the items clean, tells the lock client which seq committed,
+//!    and takes up the next transaction.
 //!
 //! Holders must not hold twice on one thread (a commit waiting between the
 //! two holds would deadlock); fs operations take one hold each.
@@ -19,7 +20,7 @@
 //! Allocation: the transaction's [`Writer`] allocates metadata blocks from
 //! the mount's `meta_avail` list and frees into `meta_freed`; data extents
 //! come from `data_avail` and freed ones go to `data_freed`. The server
-//! refills and reclaims them at each GET_LOG_TREES.
+//! refills and reclaims them as it opens each transaction.
 
 use crate::alloc::ListState;
 use crate::block::{BlockCache, Writer};
@@ -331,18 +332,18 @@ impl Trans {
         st.lt.inode_count_delta = ((st.lt.inode_count_delta() + st.inode_delta) as u64).into();
         st.lt.meta_avail = w.lists().avail;
         st.lt.meta_freed = w.lists().freed;
-        match self.client.call(Request::CommitLogTrees(Box::new(st.lt)))? {
-            Response::Done => {}
+        let next = match self.client.call(Request::CommitLogTrees(Box::new(st.lt)))? {
+            Response::LogTrees(lt) => *lt,
             other => {
                 return Err(Error::Invalid(format!(
                     "unexpected commit response {other:?}"
                 )))
             }
-        }
+        };
         self.items.write_done();
         st.data_bytes = 0;
         st.inode_delta = 0;
-        st.lt = get_log_trees(&self.client)?;
+        st.lt = next;
         st.w = Some(writer_for(&self.cache, &st.lt));
         st.data_avail_at_open = st.lt.data_avail.total_len.get();
         st.asked_early = false;

@@ -934,8 +934,8 @@ pub fn encode_response(
         }
         .as_bytes()
         .to_vec(),
-        (Cmd::GetLogTrees, Response::LogTrees(lt)) => lt.as_bytes().to_vec(),
-        (Cmd::CommitLogTrees | Cmd::Farewell, Response::Done) => Vec::new(),
+        (Cmd::GetLogTrees | Cmd::CommitLogTrees, Response::LogTrees(lt)) => lt.as_bytes().to_vec(),
+        (Cmd::Farewell, Response::Done) => Vec::new(),
         (Cmd::GetRoots, Response::Roots(r)) => WireRoots {
             fs_root: r.fs_root,
             logs_root: r.logs_root,
@@ -989,8 +989,8 @@ pub fn decode_response(
                 nr: w.nr.get(),
             }
         }
-        Cmd::GetLogTrees => Response::LogTrees(decode_log_trees(cmd, data)?),
-        Cmd::CommitLogTrees | Cmd::Farewell => empty(cmd, data).map(|_| Response::Done)?,
+        Cmd::GetLogTrees | Cmd::CommitLogTrees => Response::LogTrees(decode_log_trees(cmd, data)?),
+        Cmd::Farewell => empty(cmd, data).map(|_| Response::Done)?,
         Cmd::GetRoots => Response::Roots(decode_roots(data)?),
         Cmd::Lock => Response::Lock(decode_lock(data)?),
         Cmd::Statfs => {

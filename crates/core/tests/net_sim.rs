@@ -590,12 +590,14 @@ impl Sim {
                 self.next_ino += count;
                 Response::Inodes { ino, nr: *count }
             }
-            Request::GetLogTrees => Response::LogTrees(Box::new(LogTrees {
-                rid: RID.0.into(),
-                get_trans_seq: id.into(),
-                ..Default::default()
-            })),
-            Request::CommitLogTrees(_) | Request::Farewell => Response::Done,
+            Request::GetLogTrees | Request::CommitLogTrees(_) => {
+                Response::LogTrees(Box::new(LogTrees {
+                    rid: RID.0.into(),
+                    get_trans_seq: id.into(),
+                    ..Default::default()
+                }))
+            }
+            Request::Farewell => Response::Done,
             Request::GetRoots => Response::Roots(Default::default()),
             Request::Lock(m) => Response::Lock(LockMsg {
                 write_seq: id,

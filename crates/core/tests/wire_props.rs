@@ -138,7 +138,7 @@ fn arb_response() -> impl Strategy<Value = (Cmd, Response)> {
     prop_oneof![
         any::<(u64, u64)>().prop_map(|(ino, nr)| (Cmd::AllocInodes, Response::Inodes { ino, nr })),
         arb_log_trees().prop_map(|lt| (Cmd::GetLogTrees, Response::LogTrees(lt))),
-        Just((Cmd::CommitLogTrees, Response::Done)),
+        arb_log_trees().prop_map(|lt| (Cmd::CommitLogTrees, Response::LogTrees(lt))),
         Just((Cmd::Farewell, Response::Done)),
         (arb_root(), arb_root(), arb_root()).prop_map(|(a, b, c)| (
             Cmd::GetRoots,
