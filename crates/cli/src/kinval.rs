@@ -70,7 +70,10 @@ impl Epoch {
             return true;
         }
         let e = std::io::Error::last_os_error();
-        if !self.unsupported.swap(true, Ordering::Relaxed) {
+        // An unknown notification is refused as invalid; other errors
+        // (the connection is going away at unmount) say nothing of it.
+        let unknown = matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS));
+        if unknown && !self.unsupported.swap(true, Ordering::Relaxed) {
             eprintln!(
                 "scoutfs: the kernel can't expire cached names at once ({e}; needs Linux 6.16): \
                  names cached in a directory whose lock goes while a request there waits for \
