@@ -70,7 +70,7 @@ use scoutfs_format::log_trees::{
     LogTrees, MountedClientVal, LOG_TREES_FINALIZED, MOUNTED_CLIENT_QUORUM,
 };
 use scoutfs_format::super_block::InetAddr;
-use scoutfs_format::{Key, SuperBlock};
+use scoutfs_format::{AllocListHead, AllocRoot, Key, SuperBlock};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -960,27 +960,26 @@ const MERGE_BATCH_ITEMS: usize = 20_000;
 /// Returns what the mount freed in its committed transaction (durable now)
 /// to the server's allocators.
 fn reclaim_freed(txn: &mut Txn, lt: &mut LogTrees) -> Result<()> {
-    let entries = txn.w.list_take_all(&mut lt.meta_freed)?;
-    extent::free_blocks(&mut txn.w, &mut txn.sb.meta_alloc[1], entries)?;
-    for e in extent::extents(&txn.w, &lt.data_freed)? {
-        extent::free_extent(&mut txn.w, &mut txn.sb.data_alloc, e.start, e.len)?;
-    }
-    btree::free_tree(&mut txn.w, &mut lt.data_freed.root)?;
-    lt.data_freed.total_len = 0.into();
-    Ok(())
+    give_back(txn, &mut lt.meta_freed, &mut lt.data_freed)
 }
 
 /// Returns the metadata blocks and data extents a mount was given for its
 /// transactions and did not use in a committed one to the server's
 /// allocators (the mount is gone).
 fn return_avail(txn: &mut Txn, lt: &mut LogTrees) -> Result<()> {
-    let entries = txn.w.list_take_all(&mut lt.meta_avail)?;
+    give_back(txn, &mut lt.meta_avail, &mut lt.data_avail)
+}
+
+/// Empties a mount's metadata block list and data extents into the
+/// server's allocators.
+fn give_back(txn: &mut Txn, meta: &mut AllocListHead, data: &mut AllocRoot) -> Result<()> {
+    let entries = txn.w.list_take_all(meta)?;
     extent::free_blocks(&mut txn.w, &mut txn.sb.meta_alloc[1], entries)?;
-    for e in extent::extents(&txn.w, &lt.data_avail)? {
+    for e in extent::extents(&txn.w, data)? {
         extent::free_extent(&mut txn.w, &mut txn.sb.data_alloc, e.start, e.len)?;
     }
-    btree::free_tree(&mut txn.w, &mut lt.data_avail.root)?;
-    lt.data_avail.total_len = 0.into();
+    btree::free_tree(&mut txn.w, &mut data.root)?;
+    data.total_len = 0.into();
     Ok(())
 }
 
