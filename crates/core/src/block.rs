@@ -21,11 +21,24 @@
 //! without aliasing. `write_out` checksums and writes every dirty block in
 //! blkno order, flushes the device, and moves the blocks into the clean cache.
 //!
+//! Memory. A transaction may dirty more blocks than it should hold: random
+//! keys inserted into a large log btree dirty nearly every leaf. Past
+//! `resident_max` dirty blocks, the writer writes the least recently put
+//! half to their (newly allocated, so unreferenced) places on the device
+//! and drops them from memory. They stay dirty: a later change reads one
+//! back and modifies it in place, and the flush in `write_out` makes them
+//! durable with the rest before any super block can reference them. A
+//! crash before then leaves them in free space, like any uncommitted block.
+//!
 //! Small blocks (the super block and quorum blocks, 4 KiB) are read and
 //! written synchronously with the same header checks by `read_sm`/`write_sm`.
 //!
 //! Locking: the cache has one mutex around its map; a Writer is owned by one
 //! thread. Blocks never change after they are verified.
+
+mod buf;
+
+pub use buf::BlockBuf;
 
 use crate::alloc::ListState;
 use crate::counters::{self, Counters};
@@ -46,7 +59,7 @@ pub const CACHE_BLOCKS_DEFAULT: usize = 1024;
 
 /// A verified, immutable metadata block.
 pub struct Block {
-    data: Box<[u8]>,
+    data: BlockBuf,
 }
 
 impl Block {
@@ -220,7 +233,7 @@ impl BlockCache {
             self.forget(blkno);
         }
         counters::inc(&self.counters.block_cache_miss);
-        let mut data = vec![0u8; BLOCK_LG_SIZE].into_boxed_slice();
+        let mut data = BlockBuf::for_overwrite();
         self.read_raw(blkno, &mut data)?;
         if let Err(e) = verify_block(&data, r, self.fsid, magic) {
             self.note_error(&e);
@@ -325,10 +338,33 @@ impl std::ops::Deref for BlockBytes<'_> {
     }
 }
 
+/// Dirty blocks a writer keeps in memory unless told otherwise (64 MiB).
+pub const DIRTY_RESIDENT_DEFAULT: usize = 1024;
+
+/// A dirty block in memory, with when it was last put back.
+pub(crate) struct Dirty {
+    buf: BlockBuf,
+    used: u64,
+}
+
+/// A dirty block written early to free its memory.
+struct Spilled {
+    seq: u64,
+    magic: u32,
+}
+
 /// The dirty blocks and allocator of one transaction.
 pub struct Writer {
     pub(crate) cache: Arc<BlockCache>,
-    pub(crate) dirty: BTreeMap<u64, Box<[u8]>>,
+    dirty: BTreeMap<u64, Dirty>,
+    /// Dirty blocks already written to the device (see "Memory" above).
+    spilled: BTreeMap<u64, Spilled>,
+    /// How many dirty blocks stay in memory before some are spilled.
+    resident_max: usize,
+    /// Advances with every put: a dirty block's `used` orders spilling.
+    tick: u64,
+    /// Bytes of spilled blocks, reported by `write_out`.
+    spilled_bytes: u64,
     pub(crate) rng: Rng,
     pub(crate) lists: ListState,
     /// Set by the first error after a change began: blocks may have been
@@ -345,6 +381,10 @@ impl Writer {
         Writer {
             cache,
             dirty: BTreeMap::new(),
+            spilled: BTreeMap::new(),
+            resident_max: DIRTY_RESIDENT_DEFAULT,
+            tick: 0,
+            spilled_bytes: 0,
             rng,
             lists,
             failed: None,
@@ -354,6 +394,12 @@ impl Writer {
 
     pub fn cache(&self) -> &Arc<BlockCache> {
         &self.cache
+    }
+
+    /// Keeps at most about `n` dirty blocks in memory (at least 2), writing
+    /// the least recently used of the rest early.
+    pub fn set_resident_max(&mut self, n: usize) {
+        self.resident_max = n.max(2);
     }
 
     /// Records the first error of a change: the writer can no longer be
@@ -385,25 +431,55 @@ impl Writer {
         Ok(blkno)
     }
 
+    /// The blocks this transaction has dirtied, in memory or spilled.
     pub fn dirty_blocks(&self) -> usize {
+        self.dirty.len() + self.spilled.len()
+    }
+
+    /// The dirty blocks held in memory.
+    pub fn resident_blocks(&self) -> usize {
         self.dirty.len()
     }
 
     /// Whether `r` names a block this writer has dirtied (and may change).
     pub fn is_dirty(&self, r: &BlockRef) -> bool {
+        let blkno = r.blkno.get();
+        let seq = r.seq.get();
         self.dirty
-            .get(&r.blkno.get())
-            .is_some_and(|b| header_of(b).seq.get() == r.seq.get())
+            .get(&blkno)
+            .is_some_and(|d| header_of(&d.buf).seq.get() == seq)
+            || self.spilled.get(&blkno).is_some_and(|s| s.seq == seq)
     }
 
     /// Reads a block: this writer's dirty version, or a verified clean one.
+    /// A spilled dirty block is read from the device like a clean one.
     pub fn read(&self, r: &BlockRef, magic: u32) -> Result<BlockBytes<'_>> {
-        if let Some(b) = self.dirty.get(&r.blkno.get()) {
-            if header_of(b).seq.get() == r.seq.get() {
-                return Ok(BlockBytes::Dirty(b));
+        if let Some(d) = self.dirty.get(&r.blkno.get()) {
+            if header_of(&d.buf).seq.get() == r.seq.get() {
+                return Ok(BlockBytes::Dirty(&d.buf));
             }
         }
         Ok(BlockBytes::Clean(self.cache.read(r, magic)?))
+    }
+
+    /// Takes dirty block `blkno` out for modification, reading it back if
+    /// it was spilled. The caller has checked `is_dirty`. A failed read
+    /// fails the transaction: the block's contents are lost to it.
+    pub(crate) fn take_dirty(&mut self, blkno: u64) -> Result<BlockBuf> {
+        if let Some(d) = self.dirty.remove(&blkno) {
+            return Ok(d.buf);
+        }
+        let Some(sp) = self.spilled.remove(&blkno) else {
+            unreachable!("dirty block {blkno} is neither in memory nor spilled")
+        };
+        let r = BlockRef::new(blkno, sp.seq);
+        let res = self
+            .cache
+            .read(&r, sp.magic)
+            .map(|b| BlockBuf::copy_of(b.bytes()));
+        // It is about to change under the same seq: no cached copy may stay.
+        self.cache.forget(blkno);
+        self.fail_on(res)
     }
 
     /// Takes a block out for modification: a dirty block as it is, or a clean
@@ -411,16 +487,12 @@ impl Writer {
     /// `r` is updated and the old blkno freed. Give it back with [`put`].
     ///
     /// [`put`]: Writer::put
-    pub fn cow(&mut self, r: &mut BlockRef, magic: u32) -> Result<Box<[u8]>> {
+    pub fn cow(&mut self, r: &mut BlockRef, magic: u32) -> Result<BlockBuf> {
         if self.is_dirty(r) {
-            // is_dirty just found it.
-            return Ok(self
-                .dirty
-                .remove(&r.blkno.get())
-                .unwrap_or_else(|| unreachable!()));
+            return self.take_dirty(r.blkno.get());
         }
         let clean = self.cache.read(r, magic)?;
-        let mut buf: Box<[u8]> = Box::from(clean.bytes());
+        let mut buf = BlockBuf::copy_of(clean.bytes());
         let res = self.alloc_meta().and_then(|blkno| {
             self.free_meta(r.blkno.get())?;
             Ok(blkno)
@@ -433,30 +505,98 @@ impl Writer {
     }
 
     /// A new zeroed block of `magic` at a newly allocated blkno.
-    pub fn new_block(&mut self, magic: u32) -> Result<(BlockRef, Box<[u8]>)> {
+    pub fn new_block(&mut self, magic: u32) -> Result<(BlockRef, BlockBuf)> {
         let blkno = self.alloc_meta()?;
         Ok(self.new_block_at(magic, blkno))
     }
 
     /// A new zeroed block at a blkno the caller already allocated.
-    pub fn new_block_at(&mut self, magic: u32, blkno: u64) -> (BlockRef, Box<[u8]>) {
-        let mut buf = vec![0u8; BLOCK_LG_SIZE].into_boxed_slice();
+    pub fn new_block_at(&mut self, magic: u32, blkno: u64) -> (BlockRef, BlockBuf) {
+        let mut buf = BlockBuf::zeroed();
         let seq = self.rng.nonzero();
         set_header(&mut buf, magic, self.cache.fsid, seq, blkno);
         (BlockRef::new(blkno, seq), buf)
     }
 
     /// Gives a block taken by `cow` or `new_block` back to the dirty set.
-    pub fn put(&mut self, buf: Box<[u8]>) {
+    /// Past the resident limit, some dirty blocks are written early; an
+    /// error there fails the transaction and keeps them in memory.
+    pub fn put(&mut self, buf: BlockBuf) {
         let blkno = header_of(&buf).blkno.get();
-        let prev = self.dirty.insert(blkno, buf);
+        self.tick += 1;
+        let prev = self.dirty.insert(
+            blkno,
+            Dirty {
+                buf,
+                used: self.tick,
+            },
+        );
         assert!(prev.is_none(), "dirty block {blkno} put twice");
+        assert!(
+            !self.spilled.contains_key(&blkno),
+            "dirty block {blkno} put while spilled"
+        );
+        if self.dirty.len() > self.resident_max && self.failed.is_none() {
+            let res = self.spill();
+            let _ = self.fail_on(res);
+        }
+    }
+
+    /// Writes the least recently put half of the dirty blocks to the device
+    /// and drops them from memory, in blkno order.
+    fn spill(&mut self) -> Result<()> {
+        let keep = self.resident_max / 2;
+        let mut by_age: Vec<(u64, u64)> = self.dirty.iter().map(|(b, d)| (d.used, *b)).collect();
+        by_age.sort_unstable();
+        let mut victims: Vec<u64> = by_age[..by_age.len().saturating_sub(keep)]
+            .iter()
+            .map(|&(_, b)| b)
+            .collect();
+        victims.sort_unstable();
+        let dev = self.cache.dev.clone();
+        for blkno in victims {
+            let Some(mut d) = self.dirty.remove(&blkno) else {
+                continue;
+            };
+            assert!(
+                blkno >= META_DEV_START_BLKNO && blkno < self.dev_blocks,
+                "spilling metadata block {blkno}"
+            );
+            set_block_crc(&mut d.buf);
+            if let Err(e) = dev.write_at(&d.buf, blkno * BLOCK_LG_SIZE as u64) {
+                self.dirty.insert(blkno, d);
+                counters::inc(&self.cache.counters.block_io_error);
+                return Err(Error::io(
+                    format!("{}: writing metadata block {blkno}", dev.name()),
+                    e,
+                ));
+            }
+            let h = header_of(&d.buf);
+            self.spilled.insert(
+                blkno,
+                Spilled {
+                    seq: h.seq.get(),
+                    magic: h.magic.get(),
+                },
+            );
+            self.cache.forget(blkno);
+            self.spilled_bytes += d.buf.len() as u64;
+            let ctr = &self.cache.counters;
+            counters::inc(&ctr.block_dirty_spilled);
+            counters::inc(&ctr.block_write_blocks);
+            counters::add(&ctr.block_write_bytes, d.buf.len() as u64);
+        }
+        Ok(())
     }
 
     /// Frees a block that a structure no longer references.
     pub fn free_block(&mut self, r: &BlockRef) -> Result<()> {
         if self.is_dirty(r) {
-            self.dirty.remove(&r.blkno.get());
+            let blkno = r.blkno.get();
+            self.dirty.remove(&blkno);
+            if self.spilled.remove(&blkno).is_some() {
+                self.cache.forget(blkno);
+            }
         }
         self.free_meta(r.blkno.get())
     }
@@ -478,7 +618,7 @@ impl Writer {
         let mut bytes = 0u64;
         let dirty = std::mem::take(&mut self.dirty);
         let mut written = Vec::with_capacity(dirty.len());
-        for (blkno, mut buf) in dirty {
+        for (blkno, Dirty { mut buf, .. }) in dirty {
             assert!(
                 blkno >= META_DEV_START_BLKNO && blkno < self.dev_blocks,
                 "writing metadata block {blkno}"
@@ -502,7 +642,9 @@ impl Writer {
         for data in written {
             self.cache.insert(Arc::new(Block { data }));
         }
-        Ok(bytes)
+        // The spilled blocks were written before the flush: durable too.
+        self.spilled.clear();
+        Ok(bytes + std::mem::take(&mut self.spilled_bytes))
     }
 }
 

@@ -26,6 +26,7 @@ counters! {
     block_read_bytes,
     block_write_blocks,
     block_write_bytes,
+    block_dirty_spilled,
     block_stale,
     block_corrupt,
     block_io_error,

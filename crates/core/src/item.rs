@@ -468,16 +468,21 @@ impl ItemCache {
     /// The dirty items in key order, as the log btree stores them.
     pub fn dirty_items(&self) -> Vec<Item> {
         let g = self.lock();
-        g.dirty
-            .iter()
-            .filter_map(|k| g.items.get(k).map(|it| (k, it)))
-            .map(|(k, it)| Item {
-                key: *k,
-                seq: it.seq,
-                flags: if it.deleted { ITEM_FLAG_DELETION } else { 0 },
-                val: it.val.clone(),
-            })
-            .collect()
+        // Sized once: a grown copy would leave the larger freed chunks of
+        // its doublings behind in the heap.
+        let mut out = Vec::with_capacity(g.dirty.len());
+        out.extend(
+            g.dirty
+                .iter()
+                .filter_map(|k| g.items.get(k).map(|it| (k, it)))
+                .map(|(k, it)| Item {
+                    key: *k,
+                    seq: it.seq,
+                    flags: if it.deleted { ITEM_FLAG_DELETION } else { 0 },
+                    val: it.val.clone(),
+                }),
+        );
+        out
     }
 
     /// The dirty items are durable in the log btree: they become clean.

@@ -38,11 +38,15 @@ use std::sync::{Arc, Condvar, Mutex};
 /// before stopping writers.
 pub const PREFLUSH_DATA_BYTES: u64 = 8 << 20;
 
-/// When a transaction should be committed before it grows further.
+/// When a transaction should be committed before it grows further, and
+/// how much of it may be held in memory.
 #[derive(Clone, Copy, Debug)]
 pub struct TransLimits {
     pub dirty_items_max: usize,
     pub dirty_bytes_max: usize,
+    /// Dirty metadata blocks kept in memory while the commit builds the log
+    /// btree; more are written early (see `block`, "Memory").
+    pub resident_blocks_max: usize,
 }
 
 impl Default for TransLimits {
@@ -50,6 +54,7 @@ impl Default for TransLimits {
         TransLimits {
             dirty_items_max: 200_000,
             dirty_bytes_max: 64 << 20,
+            resident_blocks_max: crate::block::DIRTY_RESIDENT_DEFAULT,
         }
     }
 }
@@ -118,12 +123,14 @@ impl Drop for TransHold<'_> {
     }
 }
 
-fn writer_for(cache: &Arc<BlockCache>, lt: &LogTrees) -> Writer {
-    Writer::new(
+fn writer_for(cache: &Arc<BlockCache>, lt: &LogTrees, limits: &TransLimits) -> Writer {
+    let mut w = Writer::new(
         cache.clone(),
         ListState::new(lt.meta_avail, lt.meta_freed),
         Rng::from_os(),
-    )
+    );
+    w.set_resident_max(limits.resident_blocks_max);
+    w
 }
 
 impl Trans {
@@ -136,7 +143,7 @@ impl Trans {
         limits: TransLimits,
     ) -> Result<Trans> {
         let lt = get_log_trees(&client)?;
-        let w = Some(writer_for(&cache, &lt));
+        let w = Some(writer_for(&cache, &lt, &limits));
         let st = TransState {
             holders: 0,
             committing: false,
@@ -344,7 +351,7 @@ impl Trans {
         st.data_bytes = 0;
         st.inode_delta = 0;
         st.lt = next;
-        st.w = Some(writer_for(&self.cache, &st.lt));
+        st.w = Some(writer_for(&self.cache, &st.lt, &self.limits));
         st.data_avail_at_open = st.lt.data_avail.total_len.get();
         st.asked_early = false;
         Ok(seq)

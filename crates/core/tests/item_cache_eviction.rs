@@ -15,6 +15,7 @@ fn item_cache_eviction_never_drops_the_range_in_use() {
         trans: TransLimits {
             dirty_items_max: 3000,
             dirty_bytes_max: 1 << 20,
+            ..Default::default()
         },
         ..Default::default()
     };

@@ -195,7 +195,7 @@ impl Writer {
             }
             let r = head.first;
             if !self.is_dirty(&r) {
-                let clean: Box<[u8]> = Box::from(&*self.read(&r, magic::ALLOC_LIST)?);
+                let clean = crate::block::BlockBuf::copy_of(&self.read(&r, magic::ALLOC_LIST)?);
                 let h = hdr(&clean);
                 let (start, nr) = (h.start.get() as usize, h.nr.get() as usize);
                 if nr == 0 {
@@ -218,8 +218,7 @@ impl Writer {
                 continue;
             }
             let blkno = r.blkno.get();
-            // is_dirty found it just above.
-            let mut buf = self.dirty.remove(&blkno).unwrap_or_else(|| unreachable!());
+            let mut buf = self.take_dirty(blkno)?;
             let h = hdr(&buf);
             let (start, nr) = (h.start.get() as usize, h.nr.get() as usize);
             if nr == 0 {

@@ -34,7 +34,7 @@ use scoutfs_format::{BlockRef, BtreeRoot, Key};
 use zerocopy::IntoBytes;
 
 /// A block buffer taken out of a writer for modification.
-type Buf = Box<[u8]>;
+type Buf = crate::block::BlockBuf;
 
 /// Anything btree blocks can be read through.
 pub trait Reader {
@@ -257,7 +257,7 @@ pub fn insert_list(w: &mut Writer, root: &mut BtreeRoot, items: &[Item]) -> Resu
 
 /// Dirties the root for a modifying walk, creating an empty leaf root for
 /// an empty tree.
-fn dirty_root(w: &mut Writer, root: &mut BtreeRoot) -> Result<Box<[u8]>> {
+fn dirty_root(w: &mut Writer, root: &mut BtreeRoot) -> Result<Buf> {
     if root.height == 0 {
         let (r, mut buf) = w.new_block(magic::BTREE)?;
         block::init(&mut buf, 0);
@@ -275,7 +275,7 @@ fn dirty_root(w: &mut Writer, root: &mut BtreeRoot) -> Result<Box<[u8]>> {
 }
 
 /// Dirties child `i` of the parent `pbuf`, updating its reference.
-fn dirty_child(w: &mut Writer, pbuf: &mut [u8], i: usize) -> Result<Box<[u8]>> {
+fn dirty_child(w: &mut Writer, pbuf: &mut [u8], i: usize) -> Result<Buf> {
     let mut r = block::child_ref(pbuf, i);
     let buf = w.cow(&mut r, magic::BTREE)?;
     block::set_child_ref(pbuf, i, &r);
@@ -354,7 +354,7 @@ fn insert_walk(w: &mut Writer, root: &mut BtreeRoot, items: &[Item]) -> Result<u
 /// Splits `child` (item `i` of `parent`) into a new left sibling holding the
 /// lower half and `child` keeping the upper half and its bound. Returns the
 /// (left, right) buffers for the caller to put back.
-fn split(w: &mut Writer, parent: &mut [u8], i: usize, mut child: Box<[u8]>) -> Result<(Buf, Buf)> {
+fn split(w: &mut Writer, parent: &mut [u8], i: usize, mut child: Buf) -> Result<(Buf, Buf)> {
     let lvl = block::level(&child);
     let items = block::items_of(&child);
     let k = block::split_point(&items);
