@@ -370,9 +370,26 @@ fn concurrent_creates_in_separate_and_shared_directories() {
             let mp = c.mp(s).to_path_buf();
             sc.spawn(move || {
                 for i in 0..EACH {
-                    std::fs::write(mp.join(format!("own{s}/f{i}")), format!("{s}.{i}")).unwrap();
-                    std::fs::write(mp.join(format!("shared/m{s}-f{i}")), format!("{s}.{i}"))
-                        .unwrap();
+                    for name in [format!("own{s}/f{i}"), format!("shared/m{s}-f{i}")] {
+                        let path = mp.join(&name);
+                        if let Err(e) = std::fs::write(&path, format!("{s}.{i}")) {
+                            // What the mount sees right after, for the report.
+                            let dir = path.parent().unwrap_or(&mp);
+                            let after = std::fs::metadata(dir).map(|m| m.is_dir());
+                            let again = std::fs::write(&path, format!("{s}.{i}"));
+                            let logs: Vec<String> = (0..3)
+                                .map(|m| {
+                                    let l = mp.with_file_name(format!("mount{m}.log"));
+                                    std::fs::read_to_string(l).unwrap_or_default()
+                                })
+                                .collect();
+                            panic!(
+                                "creating {name} on mount {s}: {e}; then its \
+                                 directory: {after:?}, a second try: {again:?}; \
+                                 mount logs: {logs:#?}"
+                            );
+                        }
+                    }
                 }
             });
         }

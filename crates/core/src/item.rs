@@ -30,7 +30,13 @@
 //!
 //! Locking: one mutex around the cache. A forest read happens with the
 //! mutex released; its results are inserted only for keys that are still
-//! unknown, so a concurrent local change always wins.
+//! unknown, so a concurrent local change always wins. A read's roots may
+//! predate a commit that finished while it ran, and the cache may let go
+//! of what that commit wrote (a blind write outside known ranges at once,
+//! others by eviction later): then the read could put back an older view.
+//! So a read that overlapped a commit is thrown away and made again with
+//! newer roots (`Inner::commits`). Within one lock grant no other mount
+//! changes the lock's items, so our own commits are all a read can miss.
 
 use crate::btree::Item;
 use crate::error::Result;
@@ -86,6 +92,9 @@ struct Inner {
     dirty_items: usize,
     dirty_bytes: usize,
     tick: u64,
+    /// Advances with every commit of dirty items: a forest read that began
+    /// before may be older than them, and its result is discarded.
+    commits: u64,
 }
 
 const ITEM_OVERHEAD_BYTES: usize = 96;
@@ -257,8 +266,13 @@ impl ItemCache {
 
     /// Inserts what a forest read found, where the cache doesn't know
     /// better: a range made known meanwhile, or a dirty item, is newer.
-    fn insert_read(&self, res: crate::forest::ReadResult) {
+    /// A read that began when `commits` commits had been made is discarded
+    /// if another came since (see "Locking" above).
+    fn insert_read(&self, res: crate::forest::ReadResult, commits: u64) {
         let mut g = self.lock();
+        if g.commits != commits {
+            return;
+        }
         for (k, v) in res.items {
             if g.items.contains_key(&k) || g.known_end(&k).is_some() {
                 continue;
@@ -289,7 +303,7 @@ impl ItemCache {
         mut f: impl FnMut(&mut Inner) -> T,
     ) -> Result<T> {
         loop {
-            {
+            let commits = {
                 let mut g = self.lock();
                 if g.known_at(key) {
                     let r = f(&mut g);
@@ -297,10 +311,11 @@ impl ItemCache {
                     self.shrink(key);
                     return Ok(r);
                 }
-            }
+                g.commits
+            };
             assert!(c.read, "reading {key} without a read lock");
             let res = src.read(key, &c.start, &c.end)?;
-            self.insert_read(res);
+            self.insert_read(res, commits);
         }
     }
 
@@ -489,6 +504,9 @@ impl ItemCache {
     pub fn write_done(&self) {
         let mut g = self.lock();
         let dirty = std::mem::take(&mut g.dirty);
+        if !dirty.is_empty() {
+            g.commits += 1;
+        }
         for k in dirty {
             // Clean items live only in known ranges, where eviction finds
             // them; one written blindly outside them is dropped now that it
@@ -564,5 +582,147 @@ impl ItemCache {
             }
         }
         assert_eq!((di, db, cb), (g.dirty_items, g.dirty_bytes, g.clean_bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn key(n: u64) -> Key {
+        Key::new(32, n, 0, 0, 0, 0)
+    }
+
+    fn cover() -> Cover {
+        Cover {
+            start: key(0),
+            end: key(1000),
+            read: true,
+            write: true,
+            write_only: false,
+            write_seq: 1,
+        }
+    }
+
+    /// A forest whose first read is answered from roots taken before a
+    /// commit that finishes while the read runs (`on_first`), and whose
+    /// later reads see what that commit wrote (`after`).
+    struct CommitDuringRead<'a> {
+        cache: &'a ItemCache,
+        after: BTreeMap<Key, Version>,
+        reads: AtomicUsize,
+    }
+
+    impl Source for CommitDuringRead<'_> {
+        fn read(&self, _key: &Key, lo: &Key, hi: &Key) -> Result<ReadResult> {
+            let items = if self.reads.fetch_add(1, Ordering::SeqCst) == 0 {
+                // The commit lands between taking the roots and answering.
+                self.cache.write_done();
+                BTreeMap::new()
+            } else {
+                self.after.clone()
+            };
+            Ok(ReadResult {
+                items,
+                start: *lo,
+                end: *hi,
+            })
+        }
+    }
+
+    #[test]
+    fn a_read_older_than_a_commit_that_dropped_items_is_read_again() {
+        let cache = ItemCache::new(1 << 20);
+        let c = cover();
+        // A new inode's item, written blindly outside any known range.
+        cache.put_blind(&c, &key(7), 5, b"inode");
+        let mut after = BTreeMap::new();
+        after.insert(
+            key(7),
+            Version {
+                seq: 5,
+                deleted: false,
+                val: b"inode".to_vec(),
+            },
+        );
+        let src = CommitDuringRead {
+            cache: &cache,
+            after,
+            reads: AtomicUsize::new(0),
+        };
+        let got = cache.lookup(&src, &c, &key(7)).unwrap();
+        assert_eq!(got.as_deref(), Some(&b"inode"[..]));
+        assert_eq!(
+            src.reads.load(Ordering::SeqCst),
+            2,
+            "the stale read is redone"
+        );
+        cache.check_invariants();
+    }
+
+    /// The forest as seen from roots taken before key 7 was committed,
+    /// whatever happens while the second read runs.
+    struct ReadAcross<'a> {
+        cache: &'a ItemCache,
+        after: BTreeMap<Key, Version>,
+        reads: AtomicUsize,
+    }
+
+    impl Source for ReadAcross<'_> {
+        fn read(&self, k: &Key, lo: &Key, hi: &Key) -> Result<ReadResult> {
+            let n = self.reads.fetch_add(1, Ordering::SeqCst);
+            if n == 0 {
+                // Learn 0..=10 while nothing is on disk yet.
+                return Ok(ReadResult {
+                    items: BTreeMap::new(),
+                    start: key(0),
+                    end: key(10),
+                });
+            }
+            let items = if n == 1 {
+                assert_eq!(*k, key(20));
+                // While this read runs, key 7 is committed and then let go
+                // of (evicted, or its range dropped).
+                self.cache.write_done();
+                self.cache.invalidate(&key(0), &key(10));
+                BTreeMap::new()
+            } else {
+                self.after.clone()
+            };
+            Ok(ReadResult {
+                items,
+                start: *lo,
+                end: *hi,
+            })
+        }
+    }
+
+    #[test]
+    fn a_read_older_than_a_commit_whose_items_were_let_go_is_read_again() {
+        let cache = ItemCache::new(1 << 20);
+        let c = cover();
+        let mut after = BTreeMap::new();
+        after.insert(
+            key(7),
+            Version {
+                seq: 5,
+                deleted: false,
+                val: b"seven".to_vec(),
+            },
+        );
+        let src = ReadAcross {
+            cache: &cache,
+            after,
+            reads: AtomicUsize::new(0),
+        };
+        assert_eq!(cache.lookup(&src, &c, &key(7)).unwrap(), None);
+        cache.put(&src, &c, &key(7), 5, b"seven").unwrap();
+        assert_eq!(cache.lookup(&src, &c, &key(20)).unwrap(), None);
+        assert_eq!(
+            cache.lookup(&src, &c, &key(7)).unwrap().as_deref(),
+            Some(&b"seven"[..])
+        );
+        cache.check_invariants();
     }
 }
