@@ -605,30 +605,40 @@ mod tests {
         }
     }
 
-    /// A forest whose first read is answered from roots taken before a
-    /// commit that finishes while the read runs (`on_first`), and whose
-    /// later reads see what that commit wrote (`after`).
-    struct CommitDuringRead<'a> {
-        cache: &'a ItemCache,
-        after: BTreeMap<Key, Version>,
-        reads: AtomicUsize,
+    /// Key `n` on disk with `val`.
+    fn on_disk(n: u64, val: &[u8]) -> BTreeMap<Key, Version> {
+        let v = Version {
+            seq: 5,
+            deleted: false,
+            val: val.to_vec(),
+        };
+        BTreeMap::from([(key(n), v)])
     }
 
-    impl Source for CommitDuringRead<'_> {
-        fn read(&self, _key: &Key, lo: &Key, hi: &Key) -> Result<ReadResult> {
-            let items = if self.reads.fetch_add(1, Ordering::SeqCst) == 0 {
-                // The commit lands between taking the roots and answering.
-                self.cache.write_done();
-                BTreeMap::new()
-            } else {
-                self.after.clone()
-            };
-            Ok(ReadResult {
-                items,
-                start: *lo,
-                end: *hi,
-            })
+    /// A forest whose reads follow a script: read `n` (from 0) of `key`
+    /// within `lo..=hi` is answered by `script(n, key, lo, hi)`, which may
+    /// also change the cache as if it happened while the read ran.
+    struct Scripted<F> {
+        reads: AtomicUsize,
+        script: F,
+    }
+
+    impl<F: Fn(usize, &Key, &Key, &Key) -> ReadResult> Source for Scripted<F> {
+        fn read(&self, k: &Key, lo: &Key, hi: &Key) -> Result<ReadResult> {
+            let n = self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok((self.script)(n, k, lo, hi))
         }
+    }
+
+    fn scripted<F: Fn(usize, &Key, &Key, &Key) -> ReadResult>(script: F) -> Scripted<F> {
+        Scripted {
+            reads: AtomicUsize::new(0),
+            script,
+        }
+    }
+
+    fn result(items: BTreeMap<Key, Version>, start: Key, end: Key) -> ReadResult {
+        ReadResult { items, start, end }
     }
 
     #[test]
@@ -637,20 +647,16 @@ mod tests {
         let c = cover();
         // A new inode's item, written blindly outside any known range.
         cache.put_blind(&c, &key(7), 5, b"inode");
-        let mut after = BTreeMap::new();
-        after.insert(
-            key(7),
-            Version {
-                seq: 5,
-                deleted: false,
-                val: b"inode".to_vec(),
-            },
-        );
-        let src = CommitDuringRead {
-            cache: &cache,
-            after,
-            reads: AtomicUsize::new(0),
-        };
+        let src = scripted(|n, _, lo, hi| {
+            if n == 0 {
+                // Roots taken before the commit, which lands while the
+                // read runs and drops the item (it is on disk now).
+                cache.write_done();
+                result(BTreeMap::new(), *lo, *hi)
+            } else {
+                result(on_disk(7, b"inode"), *lo, *hi)
+            }
+        });
         let got = cache.lookup(&src, &c, &key(7)).unwrap();
         assert_eq!(got.as_deref(), Some(&b"inode"[..]));
         assert_eq!(
@@ -661,68 +667,28 @@ mod tests {
         cache.check_invariants();
     }
 
-    /// The forest as seen from roots taken before key 7 was committed,
-    /// whatever happens while the second read runs.
-    struct ReadAcross<'a> {
-        cache: &'a ItemCache,
-        after: BTreeMap<Key, Version>,
-        reads: AtomicUsize,
-    }
-
-    impl Source for ReadAcross<'_> {
-        fn read(&self, k: &Key, lo: &Key, hi: &Key) -> Result<ReadResult> {
-            let n = self.reads.fetch_add(1, Ordering::SeqCst);
-            if n == 0 {
-                // Learn 0..=10 while nothing is on disk yet.
-                return Ok(ReadResult {
-                    items: BTreeMap::new(),
-                    start: key(0),
-                    end: key(10),
-                });
-            }
-            let items = if n == 1 {
-                assert_eq!(*k, key(20));
-                // While this read runs, key 7 is committed and then let go
-                // of (evicted, or its range dropped).
-                self.cache.write_done();
-                self.cache.invalidate(&key(0), &key(10));
-                BTreeMap::new()
-            } else {
-                self.after.clone()
-            };
-            Ok(ReadResult {
-                items,
-                start: *lo,
-                end: *hi,
-            })
-        }
-    }
-
     #[test]
     fn a_read_older_than_a_commit_whose_items_were_let_go_is_read_again() {
         let cache = ItemCache::new(1 << 20);
         let c = cover();
-        let mut after = BTreeMap::new();
-        after.insert(
-            key(7),
-            Version {
-                seq: 5,
-                deleted: false,
-                val: b"seven".to_vec(),
-            },
-        );
-        let src = ReadAcross {
-            cache: &cache,
-            after,
-            reads: AtomicUsize::new(0),
-        };
+        let src = scripted(|n, k, lo, hi| match n {
+            // Learn 0..=10 while nothing is on disk yet.
+            0 => result(BTreeMap::new(), key(0), key(10)),
+            1 => {
+                assert_eq!(*k, key(20));
+                // While this read runs, key 7 is committed and then let go
+                // of (evicted, or its range dropped).
+                cache.write_done();
+                cache.invalidate(&key(0), &key(10));
+                result(BTreeMap::new(), *lo, *hi)
+            }
+            _ => result(on_disk(7, b"seven"), *lo, *hi),
+        });
         assert_eq!(cache.lookup(&src, &c, &key(7)).unwrap(), None);
         cache.put(&src, &c, &key(7), 5, b"seven").unwrap();
         assert_eq!(cache.lookup(&src, &c, &key(20)).unwrap(), None);
-        assert_eq!(
-            cache.lookup(&src, &c, &key(7)).unwrap().as_deref(),
-            Some(&b"seven"[..])
-        );
+        let got = cache.lookup(&src, &c, &key(7)).unwrap();
+        assert_eq!(got.as_deref(), Some(&b"seven"[..]));
         cache.check_invariants();
     }
 }
