@@ -279,10 +279,22 @@ impl MountProc {
                 return;
             }
             if Instant::now() >= deadline {
+                // Ask for its lock state (SIGUSR1) before ending it, and
+                // report that with the rest of its log.
+                // SAFETY: signalling our own child process, still unreaped.
+                unsafe {
+                    libc::kill(child.id() as libc::pid_t, libc::SIGUSR1);
+                }
+                std::thread::sleep(Duration::from_secs(1));
                 let _ = child.kill();
                 let _ = child.wait();
+                let log = self
+                    .log
+                    .as_ref()
+                    .and_then(|l| std::fs::read_to_string(l).ok())
+                    .unwrap_or_default();
                 panic!(
-                    "scoutfs mount of {} did not exit within {limit:?} of umount",
+                    "scoutfs mount of {} did not exit within {limit:?} of umount; its log:\n{log}",
                     self.mp.display()
                 );
             }
