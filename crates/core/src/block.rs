@@ -342,7 +342,7 @@ impl std::ops::Deref for BlockBytes<'_> {
 pub const DIRTY_RESIDENT_DEFAULT: usize = 1024;
 
 /// A dirty block in memory, with when it was last put back.
-pub(crate) struct Dirty {
+struct Dirty {
     buf: BlockBuf,
     used: u64,
 }
@@ -542,6 +542,25 @@ impl Writer {
         }
     }
 
+    /// Checksums and writes one dirty block in place, counting it.
+    fn write_block(&self, blkno: u64, buf: &mut [u8]) -> Result<()> {
+        assert!(
+            blkno >= META_DEV_START_BLKNO && blkno < self.dev_blocks,
+            "writing metadata block {blkno}"
+        );
+        set_block_crc(buf);
+        let dev = &self.cache.dev;
+        let ctr = &self.cache.counters;
+        dev.write_at(buf, blkno * BLOCK_LG_SIZE as u64)
+            .map_err(|e| {
+                counters::inc(&ctr.block_io_error);
+                Error::io(format!("{}: writing metadata block {blkno}", dev.name()), e)
+            })?;
+        counters::inc(&ctr.block_write_blocks);
+        counters::add(&ctr.block_write_bytes, buf.len() as u64);
+        Ok(())
+    }
+
     /// Writes the least recently put half of the dirty blocks to the device
     /// and drops them from memory, in blkno order.
     fn spill(&mut self) -> Result<()> {
@@ -553,23 +572,13 @@ impl Writer {
             .map(|&(_, b)| b)
             .collect();
         victims.sort_unstable();
-        let dev = self.cache.dev.clone();
         for blkno in victims {
             let Some(mut d) = self.dirty.remove(&blkno) else {
                 continue;
             };
-            assert!(
-                blkno >= META_DEV_START_BLKNO && blkno < self.dev_blocks,
-                "spilling metadata block {blkno}"
-            );
-            set_block_crc(&mut d.buf);
-            if let Err(e) = dev.write_at(&d.buf, blkno * BLOCK_LG_SIZE as u64) {
+            if let Err(e) = self.write_block(blkno, &mut d.buf) {
                 self.dirty.insert(blkno, d);
-                counters::inc(&self.cache.counters.block_io_error);
-                return Err(Error::io(
-                    format!("{}: writing metadata block {blkno}", dev.name()),
-                    e,
-                ));
+                return Err(e);
             }
             let h = header_of(&d.buf);
             self.spilled.insert(
@@ -581,10 +590,7 @@ impl Writer {
             );
             self.cache.forget(blkno);
             self.spilled_bytes += d.buf.len() as u64;
-            let ctr = &self.cache.counters;
-            counters::inc(&ctr.block_dirty_spilled);
-            counters::inc(&ctr.block_write_blocks);
-            counters::add(&ctr.block_write_bytes, d.buf.len() as u64);
+            counters::inc(&self.cache.counters.block_dirty_spilled);
         }
         Ok(())
     }
@@ -619,24 +625,10 @@ impl Writer {
         let dirty = std::mem::take(&mut self.dirty);
         let mut written = Vec::with_capacity(dirty.len());
         for (blkno, Dirty { mut buf, .. }) in dirty {
-            assert!(
-                blkno >= META_DEV_START_BLKNO && blkno < self.dev_blocks,
-                "writing metadata block {blkno}"
-            );
-            set_block_crc(&mut buf);
-            let off = blkno * BLOCK_LG_SIZE as u64;
-            dev.write_at(&buf, off).map_err(|e| {
-                counters::inc(&self.cache.counters.block_io_error);
-                Error::io(format!("{}: writing metadata block {blkno}", dev.name()), e)
-            })?;
+            self.write_block(blkno, &mut buf)?;
             bytes += buf.len() as u64;
             written.push(buf);
         }
-        counters::add(
-            &self.cache.counters.block_write_blocks,
-            written.len() as u64,
-        );
-        counters::add(&self.cache.counters.block_write_bytes, bytes);
         dev.flush()
             .map_err(|e| Error::io(format!("{}: flush", dev.name()), e))?;
         for data in written {

@@ -7,7 +7,7 @@
 //! the next block grew the heap, so a mount's resident memory settled
 //! well above what it held. (Measured with a million files created through
 //! one mount, the same limits: peak resident memory 345–386 MiB with heap
-//! blocks, 329–340 MiB mapped, in the same time.) Spare buffers are kept
+//! blocks, 329–337 MiB mapped, in the same time.) Spare buffers are kept
 //! to spare the system calls (and page faults) of a commit's burst: its
 //! written blocks enter the cache and push as many out, which the next
 //! transaction's new blocks then want.
@@ -27,7 +27,7 @@ const SPARES_MAX: usize = 256;
 /// may hold only so many).
 struct Mapping(NonNull<u8>, Source);
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Source {
     Mapped,
     Heap,
@@ -48,7 +48,14 @@ fn spares() -> std::sync::MutexGuard<'static, Vec<Mapping>> {
     SPARES.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn map_new() -> Mapping {
+/// A spare buffer's memory, if one is kept (the list is unlocked again
+/// before the caller fills it).
+fn spare() -> Option<Mapping> {
+    spares().pop()
+}
+
+/// A fresh buffer's memory: mapped, or from the heap if no mapping is left.
+fn new_memory() -> Mapping {
     // SAFETY: an anonymous private mapping with no address hint; the
     // result is checked before use.
     let p = unsafe {
@@ -86,23 +93,23 @@ pub struct BlockBuf(Mapping);
 impl BlockBuf {
     /// A buffer of zeros.
     pub fn zeroed() -> BlockBuf {
-        match spares().pop() {
+        match spare() {
             Some(m) => {
                 let mut b = BlockBuf(m);
                 b.copy_from_slice(&ZEROS);
                 b
             }
             // Fresh anonymous memory reads as zeros.
-            None => BlockBuf(map_new()),
+            None => BlockBuf(new_memory()),
         }
     }
 
     /// A buffer whose contents the caller will overwrite entirely (with a
     /// block read from the device): a spare one keeps its old bytes.
     pub fn for_overwrite() -> BlockBuf {
-        match spares().pop() {
+        match spare() {
             Some(m) => BlockBuf(m),
-            None => BlockBuf(map_new()),
+            None => BlockBuf(new_memory()),
         }
     }
 
@@ -140,7 +147,7 @@ impl Drop for BlockBuf {
                 return;
             }
         }
-        // SAFETY: the memory came from map_new with this length (and the
+        // SAFETY: the memory came from new_memory with this length (and the
         // heap's layout when it came from there); no one else refers to it.
         unsafe {
             match source {
