@@ -12,7 +12,7 @@ use scoutfs_format::Timespec;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -118,6 +118,18 @@ pub struct ScoutFuse {
     fs: Arc<Fs>,
     known: Arc<Mutex<Known>>,
     notifier: Arc<OnceLock<Notifier>>,
+    dirs: Mutex<DirHandles>,
+}
+
+/// Open directories: where each one's listing stops. A listing from the
+/// start records the directory's next entry position, and every later
+/// read of that handle stops there: an entry renamed meanwhile takes a
+/// new position past it and is not listed a second time (entries made
+/// after the listing began are not listed either, which POSIX allows).
+#[derive(Default)]
+struct DirHandles {
+    next_fh: u64,
+    end: HashMap<u64, u64>,
 }
 
 impl ScoutFuse {
@@ -126,6 +138,7 @@ impl ScoutFuse {
             fs,
             known: Arc::default(),
             notifier: Arc::default(),
+            dirs: Mutex::default(),
         }
     }
 
@@ -189,17 +202,93 @@ impl ScoutFuse {
     }
 }
 
+/// Requests whose handler panicked (see [`guard`]).
+pub static REQUESTS_PANICKED: AtomicU64 = AtomicU64::new(0);
+
+/// Runs the handler of one kernel request. A panic there is a bug (a
+/// broken invariant caught by an assertion), but one request's bug must not
+/// take down the whole mount, and with it the server it may run: the panic
+/// is logged and counted, and the request is answered EIO (its reply, not
+/// yet sent, answers EIO when dropped while unwinding). Locks and
+/// transaction holds the handler took are released as it unwinds; the
+/// assertions on these paths check before they change anything.
+fn guard(op: &'static str, f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        let n = REQUESTS_PANICKED.fetch_add(1, Ordering::Relaxed) + 1;
+        eprintln!("scoutfs: BUG: a {op} request panicked ({n} so far); it was answered EIO");
+    }
+}
+
+/// What a request's header doesn't say of its caller and the mode rules
+/// of a local filesystem need: whether it has CAP_FSETID, and its
+/// supplementary groups. Read from `/proc/PID/status`; a caller that is
+/// gone counts as root if its uid was 0 and as in no other group.
+struct Caller {
+    gid: u32,
+    groups: Vec<u32>,
+    cap_fsetid: bool,
+}
+
+/// The bit of CAP_FSETID in a capability set.
+const CAP_FSETID: u64 = 1 << 4;
+
+impl Caller {
+    fn of(req: &Request) -> Caller {
+        let mut c = Caller {
+            gid: req.gid(),
+            groups: Vec::new(),
+            cap_fsetid: req.uid() == 0,
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", req.pid())) else {
+            return c;
+        };
+        for line in status.lines() {
+            if let Some(g) = line.strip_prefix("Groups:") {
+                c.groups = g
+                    .split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect();
+            } else if let Some(caps) = line.strip_prefix("CapEff:") {
+                if let Ok(caps) = u64::from_str_radix(caps.trim(), 16) {
+                    c.cap_fsetid = caps & CAP_FSETID != 0;
+                }
+            }
+        }
+        c
+    }
+
+    /// Whether a mode change by this caller keeps a file's setgid bit.
+    fn in_group_or_capable(&self, gid: u32) -> bool {
+        self.cap_fsetid || self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
 fn err(e: FsError) -> Errno {
     Errno::from_i32(e.0)
 }
 
 fn systime(t: &Timespec) -> SystemTime {
-    UNIX_EPOCH + Duration::new(t.sec.get(), t.nsec.get())
+    let sec = t.signed_sec();
+    let nsec = Duration::from_nanos(t.nsec.get().into());
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::from_secs(sec as u64) + nsec
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + nsec
+    }
 }
 
 fn timespec(t: SystemTime) -> Timespec {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    Timespec::new(d.as_secs(), d.subsec_nanos())
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timespec::from_signed(d.as_secs() as i64, d.subsec_nanos()),
+        // Before 1970. fuser 0.18 turns the kernel's (sec < 0, nsec) into
+        // the epoch less |sec| seconds *and* nsec (where it should add
+        // nsec): this undoes exactly that, so the kernel's pair is kept
+        // (the real-mount test of times before 1970 checks it).
+        Err(e) => {
+            let d = e.duration();
+            Timespec::from_signed(-(d.as_secs() as i64), d.subsec_nanos())
+        }
+    }
 }
 
 fn kind(mode: u32) -> FileType {
@@ -330,35 +419,39 @@ impl Filesystem for ScoutFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.may_cache(parent.0, name.as_bytes());
-        let r = self.fs.lookup(parent.0, name.as_bytes());
-        self.entry(reply, parent.0, name, r);
+        guard("lookup", || {
+            self.may_cache(parent.0, name.as_bytes());
+            let r = self.fs.lookup(parent.0, name.as_bytes());
+            self.entry(reply, parent.0, name, r);
+        })
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let gone = {
-            let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            let n = k.inodes.entry(ino.0).or_insert(0);
-            *n = n.saturating_sub(nlookup);
-            let gone = *n == 0;
+        guard("forget", || {
+            let gone = {
+                let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                let n = k.inodes.entry(ino.0).or_insert(0);
+                *n = n.saturating_sub(nlookup);
+                let gone = *n == 0;
+                if gone {
+                    k.inodes.remove(&ino.0);
+                    k.names.remove(&ino.0);
+                }
+                gone
+            };
             if gone {
-                k.inodes.remove(&ino.0);
-                k.names.remove(&ino.0);
+                if let Err(e) = self.fs.evict(ino.0) {
+                    eprintln!("scoutfs: freeing inode {}: {e}", ino.0);
+                }
             }
-            gone
-        };
-        if gone {
-            if let Err(e) = self.fs.evict(ino.0) {
-                eprintln!("scoutfs: freeing inode {}: {e}", ino.0);
-            }
-        }
+        })
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
+        guard("getattr", || match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(err(e)),
-        }
+        })
     }
 
     fn setattr(
@@ -379,26 +472,28 @@ impl Filesystem for ScoutFuse {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let s = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: time_or_now(atime),
-            mtime: time_or_now(mtime),
-            ctime: ctime.map(timespec),
-        };
-        match self.fs.setattr(ino.0, &s) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(err(e)),
-        }
+        guard("setattr", || {
+            let s = SetAttr {
+                mode,
+                uid,
+                gid,
+                size,
+                atime: time_or_now(atime),
+                mtime: time_or_now(mtime),
+                ctime: ctime.map(timespec),
+            };
+            match self.fs.setattr(ino.0, &s) {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Err(e) => reply.error(err(e)),
+            }
+        })
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
+        guard("readlink", || match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(err(e)),
-        }
+        })
     }
 
     fn mknod(
@@ -411,9 +506,11 @@ impl Filesystem for ScoutFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.may_cache(parent.0, name.as_bytes());
-        let r = self.make(req, parent.0, name, mode, umask, rdev, None);
-        self.entry(reply, parent.0, name, r);
+        guard("mknod", || {
+            self.may_cache(parent.0, name.as_bytes());
+            let r = self.make(req, parent.0, name, mode, umask, rdev, None);
+            self.entry(reply, parent.0, name, r);
+        })
     }
 
     fn mkdir(
@@ -425,17 +522,23 @@ impl Filesystem for ScoutFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.may_cache(parent.0, name.as_bytes());
-        let r = self.make(req, parent.0, name, S_IFDIR | mode, umask, 0, None);
-        self.entry(reply, parent.0, name, r);
+        guard("mkdir", || {
+            self.may_cache(parent.0, name.as_bytes());
+            let r = self.make(req, parent.0, name, S_IFDIR | mode, umask, 0, None);
+            self.entry(reply, parent.0, name, r);
+        })
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs.unlink(parent.0, name.as_bytes()));
+        guard("unlink", || {
+            empty(reply, self.fs.unlink(parent.0, name.as_bytes()));
+        })
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs.rmdir(parent.0, name.as_bytes()));
+        guard("rmdir", || {
+            empty(reply, self.fs.rmdir(parent.0, name.as_bytes()));
+        })
     }
 
     fn symlink(
@@ -446,10 +549,12 @@ impl Filesystem for ScoutFuse {
         target: &std::path::Path,
         reply: ReplyEntry,
     ) {
-        let t = target.as_os_str().as_bytes();
-        self.may_cache(parent.0, link_name.as_bytes());
-        let r = self.make(req, parent.0, link_name, S_IFLNK | 0o777, 0, 0, Some(t));
-        self.entry(reply, parent.0, link_name, r);
+        guard("symlink", || {
+            let t = target.as_os_str().as_bytes();
+            self.may_cache(parent.0, link_name.as_bytes());
+            let r = self.make(req, parent.0, link_name, S_IFLNK | 0o777, 0, 0, Some(t));
+            self.entry(reply, parent.0, link_name, r);
+        })
     }
 
     fn rename(
@@ -462,23 +567,25 @@ impl Filesystem for ScoutFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        // The kernel moves its entries itself (both ways for an exchange):
-        // both names may be cached after it.
-        self.may_cache(parent.0, name.as_bytes());
-        self.may_cache(newparent.0, newname.as_bytes());
-        let r = self.fs.rename(
-            parent.0,
-            name.as_bytes(),
-            newparent.0,
-            newname.as_bytes(),
-            flags.bits(),
-        );
-        // Either way the names stay as cached as they were before (the
-        // kernel moved or kept them).
-        let ok = r.is_ok();
-        self.cached(parent.0, name.as_bytes(), None, ok);
-        self.cached(newparent.0, newname.as_bytes(), None, ok);
-        empty(reply, r);
+        guard("rename", || {
+            // The kernel moves its entries itself (both ways for an exchange):
+            // both names may be cached after it.
+            self.may_cache(parent.0, name.as_bytes());
+            self.may_cache(newparent.0, newname.as_bytes());
+            let r = self.fs.rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                flags.bits(),
+            );
+            // Either way the names stay as cached as they were before (the
+            // kernel moved or kept them).
+            let ok = r.is_ok();
+            self.cached(parent.0, name.as_bytes(), None, ok);
+            self.cached(newparent.0, newname.as_bytes(), None, ok);
+            empty(reply, r);
+        })
     }
 
     fn link(
@@ -489,27 +596,31 @@ impl Filesystem for ScoutFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.may_cache(newparent.0, newname.as_bytes());
-        let r = self.fs.link(ino.0, newparent.0, newname.as_bytes());
-        self.entry(reply, newparent.0, newname, r);
+        guard("link", || {
+            self.may_cache(newparent.0, newname.as_bytes());
+            let r = self.fs.link(ino.0, newparent.0, newname.as_bytes());
+            self.entry(reply, newparent.0, newname, r);
+        })
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let noatime = flags.0 & libc::O_NOATIME != 0;
-        let reads = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
-        // Pages stay cached across opens (losing the inode's lock drops
-        // them), except when a read is due to update the atime: then the
-        // kernel drops them so that the next read reaches us.
-        let atime = reads && !noatime && self.fs.atime_wanted(ino.0).unwrap_or(false);
-        let mut keep = if atime {
-            FopenFlags::empty()
-        } else {
-            FopenFlags::FOPEN_KEEP_CACHE
-        };
-        if flags.0 & libc::O_APPEND != 0 {
-            keep |= FopenFlags::FOPEN_DIRECT_IO;
-        }
-        reply.opened(FileHandle(if noatime { FH_NOATIME } else { 0 }), keep);
+        guard("open", || {
+            let noatime = flags.0 & libc::O_NOATIME != 0;
+            let reads = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
+            // Pages stay cached across opens (losing the inode's lock drops
+            // them), except when a read is due to update the atime: then the
+            // kernel drops them so that the next read reaches us.
+            let atime = reads && !noatime && self.fs.atime_wanted(ino.0).unwrap_or(false);
+            let mut keep = if atime {
+                FopenFlags::empty()
+            } else {
+                FopenFlags::FOPEN_KEEP_CACHE
+            };
+            if flags.0 & libc::O_APPEND != 0 {
+                keep |= FopenFlags::FOPEN_DIRECT_IO;
+            }
+            reply.opened(FileHandle(if noatime { FH_NOATIME } else { 0 }), keep);
+        })
     }
 
     fn read(
@@ -523,20 +634,22 @@ impl Filesystem for ScoutFuse {
         _lo: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let io = self.in_flight(ino.0, offset, size.into());
-        let r = self.fs.read(ino.0, offset, size as usize);
-        drop(io);
-        match r {
-            Ok(d) => {
-                // The atime before the data: once the read returns, stat
-                // shows the access.
-                if fh.0 & FH_NOATIME == 0 {
-                    self.accessed(ino.0);
+        guard("read", || {
+            let io = self.in_flight(ino.0, offset, size.into());
+            let r = self.fs.read(ino.0, offset, size as usize);
+            drop(io);
+            match r {
+                Ok(d) => {
+                    // The atime before the data: once the read returns, stat
+                    // shows the access.
+                    if fh.0 & FH_NOATIME == 0 {
+                        self.accessed(ino.0);
+                    }
+                    reply.data(&d);
                 }
-                reply.data(&d);
+                Err(e) => reply.error(err(e)),
             }
-            Err(e) => reply.error(err(e)),
-        }
+        })
     }
 
     fn write(
@@ -551,32 +664,34 @@ impl Filesystem for ScoutFuse {
         _lo: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        if flags.0 & libc::O_APPEND == 0 {
-            let io = self.in_flight(ino.0, offset, data.len() as u64);
-            let r = self.fs.write(ino.0, offset, data);
-            drop(io);
-            match r {
-                Ok(n) => reply.written(n as u32),
-                Err(e) => reply.error(err(e)),
+        guard("write", || {
+            if flags.0 & libc::O_APPEND == 0 {
+                let io = self.in_flight(ino.0, offset, data.len() as u64);
+                let r = self.fs.write(ino.0, offset, data);
+                drop(io);
+                match r {
+                    Ok(n) => reply.written(n as u32),
+                    Err(e) => reply.error(err(e)),
+                }
+                return;
             }
-            return;
-        }
-        // O_APPEND: the kernel chose the offset from the size it caches,
-        // which another mount may have changed; the end of the file is
-        // found under the inode's lock instead. (Such files are opened for
-        // direct I/O, so no page holds the kernel's guess.) If the guess
-        // was wrong, the kernel's size and pages are dropped.
-        match self.fs.append(ino.0, data) {
-            Ok((n, at)) => {
-                reply.written(n as u32);
-                if at != offset {
-                    if let Some(nt) = self.notifier.get() {
-                        let _ = nt.inval_inode(ino, 0, 0);
+            // O_APPEND: the kernel chose the offset from the size it caches,
+            // which another mount may have changed; the end of the file is
+            // found under the inode's lock instead. (Such files are opened for
+            // direct I/O, so no page holds the kernel's guess.) If the guess
+            // was wrong, the kernel's size and pages are dropped.
+            match self.fs.append(ino.0, data) {
+                Ok((n, at)) => {
+                    reply.written(n as u32);
+                    if at != offset {
+                        if let Some(nt) = self.notifier.get() {
+                            let _ = nt.inval_inode(ino, 0, 0);
+                        }
                     }
                 }
+                Err(e) => reply.error(err(e)),
             }
-            Err(e) => reply.error(err(e)),
-        }
+        })
     }
 
     fn flush(
@@ -599,43 +714,86 @@ impl Filesystem for ScoutFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.fs.sync());
+        guard("fsync", || {
+            empty(reply, self.fs.sync());
+        })
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        if offset == 0 {
-            // A listing from the start is an access of the directory.
-            self.accessed(ino.0);
-        }
-        let mut pos = offset;
-        loop {
-            let ents = match self.fs.readdir(ino.0, pos, 128) {
-                Ok(e) => e,
-                Err(e) => return reply.error(err(e)),
-            };
-            if ents.is_empty() {
-                break;
-            }
-            for e in &ents {
-                if reply.add(
-                    INodeNo(e.ino),
-                    e.next_pos,
-                    dt_kind(e.dt),
-                    OsStr::from_bytes(&e.name),
-                ) {
-                    return reply.ok();
+        guard("readdir", || {
+            let end = if offset == 0 {
+                // A listing from the start is an access of the directory.
+                self.accessed(ino.0);
+                let end = match self.fs.readdir_end(ino.0) {
+                    Ok(e) => e,
+                    Err(e) => return reply.error(err(e)),
+                };
+                let mut d = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(v) = d.end.get_mut(&fh.0) {
+                    *v = end;
                 }
-                pos = e.next_pos;
+                end
+            } else {
+                let d = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+                d.end.get(&fh.0).copied().unwrap_or(u64::MAX)
+            };
+            let mut pos = offset;
+            loop {
+                let ents = match self.fs.readdir(ino.0, pos, 128, end) {
+                    Ok(e) => e,
+                    Err(e) => return reply.error(err(e)),
+                };
+                if ents.is_empty() {
+                    break;
+                }
+                for e in &ents {
+                    if reply.add(
+                        INodeNo(e.ino),
+                        e.next_pos,
+                        dt_kind(e.dt),
+                        OsStr::from_bytes(&e.name),
+                    ) {
+                        return reply.ok();
+                    }
+                    pos = e.next_pos;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        })
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        guard("opendir", || {
+            let mut d = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+            d.next_fh += 1;
+            let fh = d.next_fh;
+            d.end.insert(fh, u64::MAX);
+            drop(d);
+            reply.opened(FileHandle(fh), FopenFlags::empty());
+        })
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        guard("releasedir", || {
+            let mut d = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+            d.end.remove(&fh.0);
+            drop(d);
+            reply.ok();
+        })
     }
 
     fn fsyncdir(
@@ -646,33 +804,37 @@ impl Filesystem for ScoutFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.fs.sync());
+        guard("fsyncdir", || {
+            empty(reply, self.fs.sync());
+        })
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.fs.statfs() {
-            Ok(s) => {
-                // Inodes are limited only by metadata space: one per 64 bytes.
-                let files = s.total_meta_blocks * 1024;
-                let ffree = s.free_meta_blocks * 1024;
-                reply.statfs(
-                    s.total_data_blocks,
-                    s.free_data_blocks,
-                    s.free_data_blocks,
-                    files,
-                    ffree,
-                    4096,
-                    255,
-                    4096,
-                )
+        guard("statfs", || {
+            match self.fs.statfs() {
+                Ok(s) => {
+                    // Inodes are limited only by metadata space: one per 64 bytes.
+                    let files = s.total_meta_blocks * 1024;
+                    let ffree = s.free_meta_blocks * 1024;
+                    reply.statfs(
+                        s.total_data_blocks,
+                        s.free_data_blocks,
+                        s.free_data_blocks,
+                        files,
+                        ffree,
+                        4096,
+                        255,
+                        4096,
+                    )
+                }
+                Err(e) => reply.error(err(e)),
             }
-            Err(e) => reply.error(err(e)),
-        }
+        })
     }
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -680,24 +842,33 @@ impl Filesystem for ScoutFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        empty(
-            reply,
-            self.fs
-                .setxattr(ino.0, name.as_bytes(), value, flags as u32),
-        );
+        guard("setxattr", || {
+            let caller = std::cell::OnceCell::new();
+            let keep_sgid = |gid| {
+                caller
+                    .get_or_init(|| Caller::of(req))
+                    .in_group_or_capable(gid)
+            };
+            let r = self
+                .fs
+                .setxattr_as(ino.0, name.as_bytes(), value, flags as u32, &keep_sgid);
+            empty(reply, r);
+        })
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.fs.getxattr(ino.0, name.as_bytes()) {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
-            Ok(v) => reply.data(&v),
-            Err(e) => reply.error(err(e)),
-        }
+        guard("getxattr", || {
+            match self.fs.getxattr(ino.0, name.as_bytes()) {
+                Ok(v) if size == 0 => reply.size(v.len() as u32),
+                Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+                Ok(v) => reply.data(&v),
+                Err(e) => reply.error(err(e)),
+            }
+        })
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.fs.listxattr(ino.0) {
+        guard("listxattr", || match self.fs.listxattr(ino.0) {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -713,11 +884,13 @@ impl Filesystem for ScoutFuse {
                 }
             }
             Err(e) => reply.error(err(e)),
-        }
+        })
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.fs.removexattr(ino.0, name.as_bytes()));
+        guard("removexattr", || {
+            empty(reply, self.fs.removexattr(ino.0, name.as_bytes()));
+        })
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -735,29 +908,31 @@ impl Filesystem for ScoutFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.may_cache(parent.0, name.as_bytes());
-        match self.make(req, parent.0, name, mode, umask, 0, None) {
-            Ok(a) => {
-                self.cached(parent.0, name.as_bytes(), Some(a.ino), true);
-                let noatime = flags & libc::O_NOATIME != 0;
-                reply.created(
-                    &TTL,
-                    &file_attr(&a),
-                    Generation(0),
-                    FileHandle(if noatime { FH_NOATIME } else { 0 }),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                );
+        guard("create", || {
+            self.may_cache(parent.0, name.as_bytes());
+            match self.make(req, parent.0, name, mode, umask, 0, None) {
+                Ok(a) => {
+                    self.cached(parent.0, name.as_bytes(), Some(a.ino), true);
+                    let noatime = flags & libc::O_NOATIME != 0;
+                    reply.created(
+                        &TTL,
+                        &file_attr(&a),
+                        Generation(0),
+                        FileHandle(if noatime { FH_NOATIME } else { 0 }),
+                        FopenFlags::FOPEN_KEEP_CACHE,
+                    );
+                }
+                Err(e) => {
+                    self.cached(parent.0, name.as_bytes(), None, false);
+                    reply.error(err(e))
+                }
             }
-            Err(e) => {
-                self.cached(parent.0, name.as_bytes(), None, false);
-                reply.error(err(e))
-            }
-        }
+        })
     }
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -765,6 +940,27 @@ impl Filesystem for ScoutFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.fs.fallocate(ino.0, mode as u32, offset, length));
+        guard("fallocate", || {
+            let keep_privs = Caller::of(req).cap_fsetid;
+            let r = self
+                .fs
+                .fallocate_as(ino.0, mode as u32, offset, length, keep_privs);
+            empty(reply, r);
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_handler_is_contained_and_counted() {
+        let before = REQUESTS_PANICKED.load(Ordering::Relaxed);
+        let mut ran_after = false;
+        guard("test", || panic!("a broken invariant"));
+        guard("test", || ran_after = true);
+        assert!(ran_after);
+        assert_eq!(REQUESTS_PANICKED.load(Ordering::Relaxed), before + 1);
     }
 }

@@ -76,6 +76,14 @@ pub struct MountArgs {
     /// Don't enforce POSIX ACLs.
     #[arg(long)]
     noacl: bool,
+    /// Refuse to open device nodes on this mount (by default they work,
+    /// as on a local filesystem mounted by root).
+    #[arg(long)]
+    nodev: bool,
+    /// Ignore setuid and setgid bits of programs run from this mount (by
+    /// default they are honoured, as on a local filesystem).
+    #[arg(long)]
+    nosuid: bool,
     /// When reads update access times: relatime (when the atime is not
     /// after the last change, or is a day old), strictatime (every read
     /// that isn't served from the kernel's page cache) or noatime.
@@ -151,7 +159,18 @@ pub fn cmd_mount(a: MountArgs) -> Result<ExitCode, String> {
         .fence_command
         .map(|p| std::iter::once(p).chain(a.fence_args).collect());
     opts.fence_timeout_ms = a.fence_timeout_ms;
-    serve(&a.meta, &a.data, &a.mountpoint, &opts)
+    let kernel = KernelFlags {
+        dev: !a.nodev,
+        suid: !a.nosuid,
+    };
+    serve(&a.meta, &a.data, &a.mountpoint, &opts, kernel)
+}
+
+/// Flags of the kernel's mount, not of the filesystem.
+#[derive(Clone, Copy)]
+struct KernelFlags {
+    dev: bool,
+    suid: bool,
 }
 
 pub fn cmd_up(a: UpArgs) -> Result<ExitCode, String> {
@@ -393,6 +412,7 @@ fn serve(
     data: &Path,
     mountpoint: &Path,
     opts: &MountOptions,
+    kernel: KernelFlags,
 ) -> Result<ExitCode, String> {
     let set = block_signals();
     let mp = check_mountpoint(mountpoint)?;
@@ -434,6 +454,16 @@ fn serve(
     if opts.fs.atime == AtimeMode::Off {
         config.mount_options.push(MountOption::NoAtime);
     }
+    // FUSE mounts default to nodev and nosuid (right for a user's mount);
+    // this one is root's, like a local filesystem's.
+    config.mount_options.push(match kernel.dev {
+        true => MountOption::Dev,
+        false => MountOption::NoDev,
+    });
+    config.mount_options.push(match kernel.suid {
+        true => MountOption::Suid,
+        false => MountOption::NoSuid,
+    });
     config.acl = SessionACL::All;
     config.n_threads = Some(4);
     config.clone_fd = true;

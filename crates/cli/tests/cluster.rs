@@ -4,6 +4,8 @@
 //! - every change made on one mount is visible on the others as soon as the
 //!   call that made it returns;
 //! - mkdir, rename and rmdir across every combination of mounts;
+//! - a directory renamed onto a directory (same parent or another, empty
+//!   or not), made on one mount and renamed on another;
 //! - concurrent creates in separate and shared directories;
 //! - two mounts appending to one file in turn keep every byte;
 //! - failover: the mount that runs the server is killed (kill -9) in the
@@ -351,6 +353,72 @@ fn mkdir_rename_rmdir_across_every_combination_of_mounts() {
         assert_eq!(std::fs::metadata(c.p(s, "other")).unwrap().nlink(), 2);
         assert_eq!(std::fs::read_dir(c.p(s, "other")).unwrap().count(), 0);
     }
+    c.finish();
+}
+
+/// Regression: renaming a directory onto an existing directory read the
+/// target's entries under its new parent's lock, an assertion that took the
+/// mount down whenever the two sat in different lock groups.
+#[test]
+fn rename_of_a_directory_onto_a_directory_in_every_combination() {
+    if !can_mount("rename_of_a_directory_onto_a_directory_in_every_combination") {
+        return;
+    }
+    let c = Cluster::start("cluster-rename-dirs");
+    std::fs::create_dir(c.p(0, "p")).unwrap();
+    std::fs::create_dir(c.p(0, "q")).unwrap();
+    let mut n = 0;
+    for a in 0..3 {
+        for b in 0..3 {
+            for (same, full) in [(true, false), (true, true), (false, false), (false, true)] {
+                let src = format!("p/s{a}{b}{same}{full}");
+                let dst_dir = if same { "p" } else { "q" };
+                let dst = format!("{dst_dir}/t{a}{b}{same}{full}");
+                std::fs::create_dir(c.p(a, &src)).unwrap();
+                std::fs::write(c.p(a, &format!("{src}/f")), src.as_bytes()).unwrap();
+                std::fs::create_dir(c.p(a, &dst)).unwrap();
+                if full {
+                    std::fs::write(c.p(a, &format!("{dst}/g")), b"kept").unwrap();
+                }
+                // Renamed on mount b, seen the same on every mount.
+                let r = std::fs::rename(c.p(b, &src), c.p(b, &dst));
+                if full {
+                    let e = r.expect_err("rename onto a full directory");
+                    assert_eq!(
+                        e.raw_os_error(),
+                        Some(libc::ENOTEMPTY),
+                        "{src} -> {dst}: {e}"
+                    );
+                    for s in 0..3 {
+                        assert_eq!(read(&c.p(s, &format!("{src}/f"))), src.as_bytes());
+                        assert_eq!(read(&c.p(s, &format!("{dst}/g"))), b"kept");
+                    }
+                    std::fs::remove_file(c.p(b, &format!("{dst}/g"))).unwrap();
+                    std::fs::rename(c.p(b, &src), c.p(b, &dst)).unwrap();
+                } else {
+                    r.unwrap_or_else(|e| panic!("{src} -> {dst}: {e}"));
+                }
+                for s in 0..3 {
+                    assert!(!exists(&c.p(s, &src)), "{src} still seen on mount {s}");
+                    assert_eq!(read(&c.p(s, &format!("{dst}/f"))), src.as_bytes());
+                    let names = std::fs::read_dir(c.p(s, &dst)).unwrap().count();
+                    assert_eq!(names, 1, "{dst} on mount {s}");
+                }
+                n += 1;
+            }
+        }
+    }
+    assert_eq!(n, 36);
+    // Every renamed directory replaced one: 18 directories in each parent.
+    for s in 0..3 {
+        for d in ["p", "q"] {
+            let m = std::fs::metadata(c.p(s, d)).unwrap();
+            assert_eq!(m.nlink(), 2 + 18, "{d} on mount {s}");
+            assert_eq!(std::fs::read_dir(c.p(s, d)).unwrap().count(), 18);
+        }
+    }
+    let logs = c.logs();
+    assert!(!logs.contains("panicked"), "a mount panicked:\n{logs}");
     c.finish();
 }
 

@@ -481,3 +481,185 @@ fn reads_update_atimes_by_the_mount_option() {
     m.unmount();
     assert_check_clean(&meta, &data);
 }
+
+/// Runs `f` in a child process as `uid`:`gid` with no other groups and no
+/// capabilities; its result is the child's exit status (0 or an errno).
+/// `f` makes only system calls (a forked child of a threaded process may
+/// do nothing else).
+fn as_user(uid: u32, gid: u32, f: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child makes only system calls and leaves with _exit.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            let ok = libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(gid) == 0
+                && libc::setuid(uid) == 0;
+            libc::_exit(if ok { f() } else { 127 });
+        }
+        let mut st = 0;
+        assert_eq!(libc::waitpid(pid, &mut st, 0), pid);
+        assert!(libc::WIFEXITED(st), "child status {st}");
+        libc::WEXITSTATUS(st)
+    }
+}
+
+/// An errno as an exit status (0 for success).
+fn status(r: libc::c_int) -> i32 {
+    if r == 0 {
+        0
+    } else {
+        // SAFETY: reading errno right after the call.
+        unsafe { *libc::__errno_location() }
+    }
+}
+
+fn cpath(p: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().mode() & 0o7777
+}
+
+/// Regressions from xfstests: times before 1970 (generic/258) read back as
+/// set, also after a remount; setgid is cleared by chmod and by an access
+/// ACL from a caller outside the file's group (generic/375), setuid and
+/// setgid by fallocate and hole punching from an unprivileged caller
+/// (generic/683, 684); device nodes open on root's mount (generic/184).
+#[test]
+fn times_before_1970_setgid_rules_and_device_nodes() {
+    use std::os::unix::fs::MetadataExt;
+    if !can_mount("times_before_1970_setgid_rules_and_device_nodes") {
+        return;
+    }
+    let dir = Scratch::new("posix-edges");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (meta, data) = mkfs(&dir);
+    let mp = dir.path("mnt");
+    let m = MountProc::start(&meta, &data, &mp, &[]);
+    std::fs::set_permissions(&m.mp, std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    // A time before 1970, with nanoseconds.
+    let old = m.mp.join("old");
+    std::fs::write(&old, b"x").unwrap();
+    let ts = [
+        libc::timespec {
+            tv_sec: -100_000_000,
+            tv_nsec: 250_000_000,
+        },
+        libc::timespec {
+            tv_sec: -1,
+            tv_nsec: 999_999_999,
+        },
+    ];
+    // SAFETY: a valid C string and two timespecs.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, cpath(&old).as_ptr(), ts.as_ptr(), 0) };
+    assert_eq!(r, 0, "utimensat: {}", std::io::Error::last_os_error());
+    let times = |p: &Path| {
+        let md = std::fs::metadata(p).unwrap();
+        (md.atime(), md.atime_nsec(), md.mtime(), md.mtime_nsec())
+    };
+    assert_eq!(times(&old), (-100_000_000, 250_000_000, -1, 999_999_999));
+
+    // chmod by the owner from outside the file's group clears setgid.
+    let (uid, gid, other) = (4242, 4242, 4343);
+    let f = m.mp.join("f");
+    std::fs::write(&f, b"data").unwrap();
+    std::os::unix::fs::chown(&f, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o2755)).unwrap();
+    let c = cpath(&f);
+    // SAFETY (each closure): system calls on a valid C string.
+    assert_eq!(
+        as_user(uid, gid, || status(unsafe {
+            libc::chmod(c.as_ptr(), 0o2775)
+        })),
+        0
+    );
+    assert_eq!(mode_of(&f), 0o2775, "a member keeps setgid");
+    assert_eq!(
+        as_user(uid, other, || status(unsafe {
+            libc::chmod(c.as_ptr(), 0o2777)
+        })),
+        0
+    );
+    assert_eq!(mode_of(&f), 0o777, "chmod from outside the group");
+
+    // An access ACL that sets the mode, from outside the group.
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o2755)).unwrap();
+    let acl = acl_bytes(&[
+        (0x01, 7, u32::MAX),
+        (0x04, 7, u32::MAX),
+        (0x20, 7, u32::MAX),
+    ]);
+    let name = std::ffi::CString::new("system.posix_acl_access").unwrap();
+    let set_acl = || {
+        // SAFETY: valid C strings and a buffer of the given length.
+        status(unsafe {
+            libc::setxattr(c.as_ptr(), name.as_ptr(), acl.as_ptr().cast(), acl.len(), 0)
+        })
+    };
+    assert_eq!(as_user(uid, other, set_acl), 0);
+    assert_eq!(mode_of(&f), 0o777, "an ACL from outside the group");
+
+    // fallocate and a hole punch by an unprivileged caller.
+    let falloc = |mode: i32| {
+        // SAFETY: system calls on a valid C string; the fd is closed.
+        unsafe {
+            let fd = libc::open(c.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return 126;
+            }
+            let r = status(libc::fallocate(fd, mode, 0, 8192));
+            libc::close(fd);
+            r
+        }
+    };
+    for (what, mode) in [
+        ("fallocate", 0),
+        (
+            "punch",
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        ),
+    ] {
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6775)).unwrap();
+        assert_eq!(as_user(uid, gid, || falloc(mode)), 0, "{what}");
+        assert_eq!(
+            mode_of(&f),
+            0o775,
+            "{what} by the owner clears setuid and setgid"
+        );
+        // Without group execute, setgid stays.
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6764)).unwrap();
+        assert_eq!(as_user(uid, gid, || falloc(mode)), 0, "{what}");
+        assert_eq!(
+            mode_of(&f),
+            0o2764,
+            "{what}: setgid without group execute stays"
+        );
+        // Root keeps both.
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6775)).unwrap();
+        assert_eq!(falloc(mode), 0);
+        assert_eq!(mode_of(&f), 0o6775, "{what} by root");
+    }
+
+    // A device node works as on a local filesystem (/dev/null's numbers).
+    let null = m.mp.join("null");
+    let cn = cpath(&null);
+    // SAFETY: a valid C string.
+    let r = unsafe { libc::mknod(cn.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+    assert_eq!(r, 0, "mknod: {}", std::io::Error::last_os_error());
+    std::fs::write(&null, b"into nothing").expect("writing a device node");
+    assert_eq!(std::fs::read(&null).unwrap(), b"");
+
+    m.unmount();
+    let m = MountProc::start(&meta, &data, &mp, &["--nodev"]);
+    let old = m.mp.join("old");
+    assert_eq!(times(&old), (-100_000_000, 250_000_000, -1, 999_999_999));
+    let e = std::fs::write(m.mp.join("null"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "--nodev: {e}");
+    m.unmount();
+    assert_check_clean(&meta, &data);
+}

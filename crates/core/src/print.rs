@@ -45,7 +45,7 @@ struct Printer<'a> {
 }
 
 fn ts(t: &Timespec) -> String {
-    format!("{}.{:09}", t.sec.get(), t.nsec.get())
+    format!("{}.{:09}", t.signed_sec(), t.nsec.get())
 }
 
 fn rf(r: &BlockRef) -> String {

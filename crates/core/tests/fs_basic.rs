@@ -21,7 +21,7 @@ fn names(fs: &Fs, dir: u64) -> Vec<String> {
     let mut out = Vec::new();
     let mut pos = 0;
     loop {
-        let ents = fs.readdir(dir, pos, 100).unwrap();
+        let ents = fs.readdir(dir, pos, 100, u64::MAX).unwrap();
         if ents.is_empty() {
             break;
         }
@@ -346,7 +346,7 @@ fn readdir_batches_skip_deleted_entries_and_survive_remount() {
             fs.unlink(d.ino, format!("f{i:04}").as_bytes()).unwrap();
         }
         // Read a few entries, change the directory, and go on from there.
-        let first = fs.readdir(d.ino, 0, 7).unwrap();
+        let first = fs.readdir(d.ino, 0, 7, u64::MAX).unwrap();
         assert_eq!(first.len(), 7);
         assert_eq!(first[0].name, b".");
         assert_eq!(first[1].name, b"..");
@@ -357,7 +357,7 @@ fn readdir_batches_skip_deleted_entries_and_survive_remount() {
         let mut rest = Vec::new();
         let mut p = pos;
         loop {
-            let ents = fs.readdir(d.ino, p, 13).unwrap();
+            let ents = fs.readdir(d.ino, p, 13, u64::MAX).unwrap();
             if ents.is_empty() {
                 break;
             }
@@ -386,6 +386,76 @@ fn readdir_batches_skip_deleted_entries_and_survive_remount() {
         expect,
         "a cold cache lists the same"
     );
+    mnt.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+/// Regression (xfstests generic/736): a listing that renames each entry it
+/// reads saw every renamed entry again at its new position. Stopping at
+/// the directory's next position when the listing began lists each once.
+#[test]
+fn a_listing_that_renames_what_it_reads_lists_each_entry_once() {
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xf6);
+    let mnt = mount(&meta, &data);
+    let fs = mnt.fs();
+    let d = fs.mknod(ROOT_INO, b"d", DIR, 0, 0, 0, None).unwrap();
+    for i in 0..500 {
+        fs.mknod(d.ino, format!("f{i}").as_bytes(), REG, 0, 0, 0, None)
+            .unwrap();
+    }
+    let end = fs.readdir_end(d.ino).unwrap();
+    let (mut pos, mut seen) = (0, Vec::new());
+    loop {
+        let ents = fs.readdir(d.ino, pos, 16, end).unwrap();
+        let Some(last) = ents.last() else { break };
+        pos = last.next_pos;
+        for e in ents.iter().filter(|e| e.name[0] == b'f') {
+            let new = [&e.name[..], b"_renamed"].concat();
+            fs.rename(d.ino, &e.name, d.ino, &new, 0).unwrap();
+            seen.push(e.name.clone());
+        }
+    }
+    assert_eq!(seen.len(), 500, "each entry listed once");
+    // Without the stop the renamed entries come back (the defect).
+    let again = fs.readdir(d.ino, pos, 16, u64::MAX).unwrap();
+    assert_eq!(again.len(), 16);
+    assert_eq!(names(fs, d.ino).len(), 502);
+    mnt.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+/// Regression (xfstests generic/037): a read racing a replace of the same
+/// xattr saw no attribute at all between the old value's removal and the
+/// new one's store.
+#[test]
+fn an_xattr_replace_is_atomic_to_concurrent_readers() {
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xf7);
+    let mnt = mount(&meta, &data);
+    let fs = mnt.fs();
+    let f = fs.mknod(ROOT_INO, b"f", REG, 0, 0, 0, None).unwrap();
+    fs.setxattr(f.ino, b"user.v", b"0", 0).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let reads = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut n = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let v = fs.getxattr(f.ino, b"user.v");
+                assert!(v.is_ok(), "read {n} during a replace: {v:?}");
+                assert!(fs.listxattr(f.ino).unwrap().contains(&b"user.v".to_vec()));
+                n += 1;
+            }
+            n
+        });
+        for i in 0..3000u32 {
+            // Values of several sizes, so parts come and go.
+            let v = vec![b'a' + (i % 26) as u8; 1 + (i as usize * 37) % 9000];
+            fs.setxattr(f.ino, b"user.v", &v, 2 /* XATTR_REPLACE */)
+                .unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap()
+    });
+    assert!(reads > 0);
     mnt.unmount().unwrap();
     assert_clean(&meta, &data);
 }

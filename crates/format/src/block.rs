@@ -77,7 +77,9 @@ impl core::fmt::Display for BlockRef {
     }
 }
 
-/// Seconds and nanoseconds since the epoch.
+/// Seconds and nanoseconds since the epoch. `sec` holds a signed count in
+/// two's complement (a time before 1970 is negative); `nsec` counts
+/// forward from it, so -0.25 s is `sec` -1, `nsec` 750,000,000.
 #[derive(
     FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default, PartialEq, Eq,
 )]
@@ -95,6 +97,15 @@ impl Timespec {
             nsec: nsec.into(),
             pad: [0; 4],
         }
+    }
+    /// A time `sec` seconds (negative before 1970) and `nsec` after the
+    /// epoch.
+    pub fn from_signed(sec: i64, nsec: u32) -> Self {
+        Timespec::new(sec as u64, nsec)
+    }
+    /// The signed seconds since the epoch.
+    pub fn signed_sec(&self) -> i64 {
+        self.sec.get() as i64
     }
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let t: Timespec = read_prefix("timespec", bytes)?;

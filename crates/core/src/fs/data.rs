@@ -437,19 +437,34 @@ impl Fs {
     /// fallocate: allocate (mode 0 or KEEP_SIZE) or punch a hole
     /// (PUNCH_HOLE | KEEP_SIZE).
     pub fn fallocate(&self, ino: u64, mode: u32, off: u64, len: u64) -> FsResult<()> {
+        self.fallocate_as(ino, mode, off, len, true)
+    }
+
+    /// `fallocate` by a caller that may keep the file's setuid and setgid
+    /// bits (`keep_privs`, CAP_FSETID) or not: then, as a write would, it
+    /// clears setuid, and setgid where group execute is set.
+    pub fn fallocate_as(
+        &self,
+        ino: u64,
+        mode: u32,
+        off: u64,
+        len: u64,
+        keep_privs: bool,
+    ) -> FsResult<()> {
         let end = off
             .checked_add(len)
             .filter(|&e| len > 0 && e <= MAX_FILE_BYTES)
             .ok_or(if len == 0 { EINVAL } else { EFBIG })?;
         if mode == FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE {
-            return self.punch(ino, off, end);
+            return self.punch(ino, off, end, keep_privs);
         }
         if mode & !FALLOC_FL_KEEP_SIZE != 0 {
             return Err(EOPNOTSUPP);
         }
         let mut retried = false;
         loop {
-            match self.preallocate(ino, off, end, mode & FALLOC_FL_KEEP_SIZE != 0) {
+            let keep_size = mode & FALLOC_FL_KEEP_SIZE != 0;
+            match self.preallocate(ino, off, end, keep_size, keep_privs) {
                 Err(e) if e == ENOSPC && !retried => {
                     retried = true;
                     self.trans.commit()?;
@@ -462,7 +477,14 @@ impl Fs {
         }
     }
 
-    fn preallocate(&self, ino: u64, off: u64, end: u64, keep_size: bool) -> FsResult<()> {
+    fn preallocate(
+        &self,
+        ino: u64,
+        off: u64,
+        end: u64,
+        keep_size: bool,
+        keep_privs: bool,
+    ) -> FsResult<()> {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
         let _local = self.lock_local(&[ino]);
         let mut a = self.regular(&g, ino)?;
@@ -490,11 +512,14 @@ impl Fs {
             a.inode.size = end.into();
             a.inode.data_version = (a.inode.data_version.get() + 1).into();
         }
+        if !keep_privs {
+            a.drop_privs();
+        }
         a.inode.ctime = now();
         self.write_inode(&op, &g, &mut a, true)
     }
 
-    fn punch(&self, ino: u64, off: u64, end: u64) -> FsResult<()> {
+    fn punch(&self, ino: u64, off: u64, end: u64, keep_privs: bool) -> FsResult<()> {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
         let _local = self.lock_local(&[ino]);
         self.regular(&g, ino)?;
@@ -517,6 +542,9 @@ impl Fs {
         let mut a = self.read_inode(&g, ino)?;
         let op = self.begin(&[seqs_of(&a)])?;
         a.inode.data_version = (a.inode.data_version.get() + 1).into();
+        if !keep_privs {
+            a.drop_privs();
+        }
         let t = now();
         a.inode.mtime = t;
         a.inode.ctime = t;

@@ -444,9 +444,17 @@ impl Fs {
             .is_some())
     }
 
+    /// The position the next entry made in `dir` will take. A listing that
+    /// stops there returns each entry at most once while entries are
+    /// renamed (a renamed entry takes a new position, past this one).
+    pub fn readdir_end(&self, dir: u64) -> FsResult<u64> {
+        let g = self.locks.lock_inode(dir, LockMode::Read)?;
+        Ok(self.dir_attr(&g, dir)?.inode.next_readdir_pos.get())
+    }
+
     /// Entries of `dir` from position `pos` (0 and 1 are "." and ".."), at
-    /// most `max`.
-    pub fn readdir(&self, dir: u64, pos: u64, max: usize) -> FsResult<Vec<DirEntry>> {
+    /// most `max`, all below position `end` (`u64::MAX` for every entry).
+    pub fn readdir(&self, dir: u64, pos: u64, max: usize, end: u64) -> FsResult<Vec<DirEntry>> {
         let g = self.locks.lock_inode(dir, LockMode::Read)?;
         self.dir_attr(&g, dir)?;
         let mut out = Vec::new();
@@ -468,8 +476,11 @@ impl Fs {
             });
         }
         let first = readdir_key(dir, pos.max(DIRENT_FIRST_POS));
-        let last = readdir_key(dir, u64::MAX);
+        let last = readdir_key(dir, end.saturating_sub(1));
         let want = max.saturating_sub(out.len());
+        if end <= pos.max(DIRENT_FIRST_POS) {
+            return Ok(out);
+        }
         for (key, v) in self.next_many(&g, &first, &last, want)? {
             let (h, name) = decode_dirent(&v).map_err(|e| {
                 FsError::from(Error::corrupt(
@@ -633,7 +644,8 @@ impl Fs {
                 Some(d) => Some(self.read_inode(g(d.ino), d.ino)?),
                 None => None,
             };
-            self.rename_checks(g(newparent), &sa, da.as_ref(), newparent, flags)?;
+            let gd = dst.map(|d| g(d.ino));
+            self.rename_checks(gd, &sa, da.as_ref(), flags)?;
             if sa.is_dir() && under_itself {
                 return Err(EINVAL);
             }
@@ -694,26 +706,32 @@ impl Fs {
         }
     }
 
+    /// Whether the rename may replace (or exchange with) `da`; `gd` is the
+    /// guard of the target's own lock, under which its entries are read.
     fn rename_checks(
         &self,
-        gn: &LockGuard,
+        gd: Option<&LockGuard>,
         sa: &Attr,
         da: Option<&Attr>,
-        newparent: u64,
         flags: u32,
     ) -> FsResult<()> {
-        match da {
-            None if flags & RENAME_EXCHANGE != 0 => Err(ENOENT),
-            None => Ok(()),
-            Some(_) if flags & RENAME_NOREPLACE != 0 => Err(EEXIST),
-            Some(_) if flags & RENAME_EXCHANGE != 0 => Ok(()),
-            Some(d) if sa.is_dir() && !d.is_dir() => Err(ENOTDIR),
-            Some(d) if !sa.is_dir() && d.is_dir() => Err(EISDIR),
-            Some(d) if d.is_dir() && self.dir_has_entries(gn, d.ino).unwrap_or(false) => {
-                let _ = newparent;
-                Err(ENOTEMPTY)
-            }
-            Some(_) => Ok(()),
+        let (d, gd) = match (da, gd) {
+            (None, _) if flags & RENAME_EXCHANGE != 0 => return Err(ENOENT),
+            (None, _) => return Ok(()),
+            (Some(d), Some(gd)) => (d, gd),
+            (Some(_), None) => return Err(EIO),
+        };
+        if flags & RENAME_NOREPLACE != 0 {
+            return Err(EEXIST);
+        }
+        if flags & RENAME_EXCHANGE != 0 {
+            return Ok(());
+        }
+        match (sa.is_dir(), d.is_dir()) {
+            (true, false) => Err(ENOTDIR),
+            (false, true) => Err(EISDIR),
+            (true, true) if self.dir_has_entries(gd, d.ino)? => Err(ENOTEMPTY),
+            _ => Ok(()),
         }
     }
 

@@ -48,6 +48,16 @@ impl Attr {
     pub fn blocks_512(&self) -> u64 {
         self.inode.online_blocks.get() * 8
     }
+    /// What a change of a file's data by an unprivileged caller does to its
+    /// mode, as on a local filesystem: setuid goes, and setgid where group
+    /// execute is set (setgid without it marks mandatory locking).
+    pub fn drop_privs(&mut self) {
+        let mut m = self.mode() & !libc::S_ISUID;
+        if m & libc::S_IXGRP != 0 {
+            m &= !libc::S_ISGID;
+        }
+        self.inode.mode = m.into();
+    }
 }
 
 pub fn now() -> Timespec {
@@ -278,7 +288,7 @@ impl Fs {
 
     /// Whether a read now should update `a`'s atime, by the mount's mode.
     pub fn atime_due(&self, a: &Attr) -> bool {
-        let at = |t: &Timespec| (t.sec.get(), t.nsec.get());
+        let at = |t: &Timespec| (t.signed_sec(), t.nsec.get());
         let i = &a.inode;
         match self.opts.atime {
             AtimeMode::Off => false,
@@ -287,7 +297,7 @@ impl Fs {
                 let atime = at(&i.atime);
                 atime <= at(&i.mtime)
                     || atime <= at(&i.ctime)
-                    || now().sec.get().saturating_sub(atime.0) >= RELATIME_MAX_AGE_SECS
+                    || now().signed_sec().saturating_sub(atime.0) >= RELATIME_MAX_AGE_SECS as i64
             }
         }
     }

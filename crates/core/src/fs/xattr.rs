@@ -102,10 +102,13 @@ impl Fs {
         Ok(None)
     }
 
-    /// The value of xattr `name`.
+    /// The value of xattr `name`. Reads take the inode's local mutex too:
+    /// a replace on this mount deletes the old parts and stores the new
+    /// ones under it, and a read between the two must not see neither.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
         check_xattr_name(name).map_err(|e| if e == EOPNOTSUPP { ENODATA } else { e })?;
         let g = self.locks.lock_inode(ino, LockMode::Read)?;
+        let _local = self.lock_local(&[ino]);
         self.read_inode(&g, ino)?;
         Ok(self.find_xattr(&g, ino, name)?.ok_or(ENODATA)?.value)
     }
@@ -113,6 +116,7 @@ impl Fs {
     /// The names of every xattr of an inode.
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
         let g = self.locks.lock_inode(ino, LockMode::Read)?;
+        let _local = self.lock_local(&[ino]);
         self.read_inode(&g, ino)?;
         let mut names = Vec::new();
         let mut k = Key::new(zone::FS, ino, ty::XATTR, 0, 0, 0);
@@ -133,6 +137,21 @@ impl Fs {
     /// bits, and one that says no more than the mode isn't kept (as on a
     /// local filesystem); a default ACL only goes on a directory.
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
+        self.setxattr_as(ino, name, value, flags, &|_| true)
+    }
+
+    /// `setxattr` by a caller that may or may not keep a file's setgid bit
+    /// when it changes its mode: `keep_sgid(gid)` tells whether it is in
+    /// group `gid` or has CAP_FSETID. If not, an access ACL that sets the
+    /// mode also clears setgid, as chmod by such a caller does.
+    pub fn setxattr_as(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+        keep_sgid: &dyn Fn(u32) -> bool,
+    ) -> FsResult<()> {
         check_xattr_name(name)?;
         if value.len() > XATTR_VALUE_MAX {
             return Err(E2BIG);
@@ -160,7 +179,11 @@ impl Fs {
             }
             if name == acl::ACCESS {
                 let (bits, equiv) = acl.mode_bits();
-                a.inode.mode = ((a.mode() & !0o777) | bits).into();
+                let mut mode = (a.mode() & !0o777) | bits;
+                if !keep_sgid(a.inode.gid.get()) {
+                    mode &= !libc::S_ISGID;
+                }
+                a.inode.mode = mode.into();
                 keep = !equiv;
             }
         }
