@@ -194,6 +194,23 @@ fn open_or_create(path: &Path, size: Option<u64>, what: &str) -> Result<Arc<dyn 
     Ok(Arc::new(dev))
 }
 
+/// Whether two paths name one file or device (the same path, a link to
+/// it, or another node of the same block device).
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) if x.file_type().is_block_device() && y.file_type().is_block_device() => {
+            x.rdev() == y.rdev()
+        }
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        // Not made yet: the same path once made.
+        _ => {
+            let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            abs(a) == abs(b)
+        }
+    }
+}
+
 fn cmd_mkfs(a: MkfsArgs) -> Result<ExitCode, String> {
     use scoutfs_core::mkfs::{MIN_DATA_BYTES, MIN_META_BYTES};
     for (size, min, what) in [
@@ -206,6 +223,21 @@ fn cmd_mkfs(a: MkfsArgs) -> Result<ExitCode, String> {
                 size::human(min)
             ));
         }
+        // The largest file Linux can make (its sizes are signed).
+        if size.is_some_and(|s| s > i64::MAX as u64) {
+            return Err(format!(
+                "mkfs: the {what} device can be at most {} ({} bytes)",
+                size::human(i64::MAX as u64),
+                i64::MAX
+            ));
+        }
+    }
+    if same_file(&a.meta, &a.data) {
+        return Err(format!(
+            "mkfs: {} and {} are the same file; the metadata and data devices must differ",
+            a.meta.display(),
+            a.data.display()
+        ));
     }
     let created: Vec<&Path> = [&a.meta, &a.data]
         .into_iter()

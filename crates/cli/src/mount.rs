@@ -155,6 +155,9 @@ pub fn cmd_mount(a: MountArgs) -> Result<ExitCode, String> {
         "noatime" => AtimeMode::Off,
         _ => AtimeMode::Relatime,
     };
+    if let Some(p) = &a.fence_command {
+        check_program(p).map_err(|e| format!("--fence-command {p}: {e}"))?;
+    }
     opts.fence_command = a
         .fence_command
         .map(|p| std::iter::once(p).chain(a.fence_args).collect());
@@ -164,6 +167,30 @@ pub fn cmd_mount(a: MountArgs) -> Result<ExitCode, String> {
         suid: !a.nosuid,
     };
     serve(&a.meta, &a.data, &a.mountpoint, &opts, kernel)
+}
+
+/// Checks that `prog` names an executable file, as exec would find it (by
+/// path when it has a slash, else in $PATH): a fence command that can't
+/// run would be found out only when a fence is needed.
+fn check_program(prog: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if prog.contains('/') {
+        let p = Path::new(prog);
+        return match std::fs::metadata(p) {
+            Err(e) => Err(e.to_string()),
+            Ok(_) if runnable(p) => Ok(()),
+            Ok(_) => Err("not an executable file".into()),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|d| runnable(&d.join(prog))) {
+        Ok(())
+    } else {
+        Err("no such program in $PATH".into())
+    }
 }
 
 /// Flags of the kernel's mount, not of the filesystem.
@@ -416,6 +443,13 @@ fn serve(
 ) -> Result<ExitCode, String> {
     let set = block_signals();
     let mp = check_mountpoint(mountpoint)?;
+    if crate::same_file(meta, data) {
+        return Err(format!(
+            "{} and {} are the same file; the metadata and data devices must differ",
+            meta.display(),
+            data.display()
+        ));
+    }
     let m = crate::open_dev(meta, true)?;
     let d = crate::open_dev(data, true)?;
     let sb =

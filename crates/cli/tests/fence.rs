@@ -181,11 +181,40 @@ fn mount_fence_options_are_parsed() {
             "/nonexistent/d",
             "/nonexistent/mnt",
         ])
-        .args(["--fence-command", "scoutfs", "--fence-arg", "fence-local"])
+        .args(["--fence-command", bin(), "--fence-arg", "fence-local"])
         .args(["--fence-arg", "--run-dir=/x", "--fence-timeout-ms", "5000"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("/nonexistent/mnt"), "{err}");
+    // A fence command that can't run is refused when the mount starts,
+    // not when a fence is needed.
+    let dir = Scratch::new("fence-prog");
+    let plain = dir.path("not-a-program");
+    std::fs::write(&plain, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    for (prog, want) in [
+        ("/nonexistent/fence", "No such file"),
+        (plain.to_str().unwrap(), "not an executable file"),
+        ("no-such-fence-program", "no such program in $PATH"),
+    ] {
+        let o = Command::new(bin())
+            .args([
+                "mount",
+                "--meta",
+                "/nonexistent/m",
+                "/nonexistent/d",
+                "/nonexistent/mnt",
+            ])
+            .args(["--fence-command", prog])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{prog}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("--fence-command {prog}: {want}")),
+            "{err}"
+        );
+    }
 }

@@ -285,6 +285,22 @@ fn bad_arguments_are_refused_clearly() {
             "does not exist",
         ),
         (vec!["mkfs", s(&m), s(&d)], "--quorum-slot"),
+        (
+            vec![
+                "mkfs",
+                s(&m),
+                s(&d),
+                "-Q",
+                "0,127.0.0.1,7000",
+                "-m",
+                "18446744073709551615",
+            ],
+            "can be at most",
+        ),
+        (
+            vec!["mkfs", s(&m), s(&m), "-Q", "0,127.0.0.1,7000", "-m", "64M"],
+            "are the same file",
+        ),
     ] {
         let o = scoutfs(&args);
         assert!(!o.status.success(), "{args:?} should fail");
