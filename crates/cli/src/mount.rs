@@ -416,7 +416,12 @@ fn record_mount(fsid: u64, rid: u64, mp: &Path) -> Result<RecordGuard, String> {
              (the directory is set by {RUN_DIR_ENV})"
         ));
     }
-    Ok(RecordGuard { dir, fsid, rid })
+    Ok(RecordGuard {
+        dir,
+        fsid,
+        rid,
+        mp: mp.to_path_buf(),
+    })
 }
 
 /// Removes this mount's fence record on drop.
@@ -424,6 +429,20 @@ struct RecordGuard {
     dir: PathBuf,
     fsid: u64,
     rid: u64,
+    mp: PathBuf,
+}
+
+impl RecordGuard {
+    /// Adds the FUSE mount's device number to the record, once mounted:
+    /// the agent aborts that connection when it fences this mount.
+    fn add_fuse_dev(&self) -> Result<(), String> {
+        let e = |e: scoutfs_core::error::Error| format!("mount: recording the FUSE device: {e}");
+        let dev = scoutfs_core::fence::local::fuse_dev_at(&self.mp).map_err(e)?;
+        let mut r = LocalRecord::for_this_process(self.fsid, Rid(self.rid), &self.mp).map_err(e)?;
+        r.fuse_dev = dev;
+        r.write(&self.dir).map_err(e)?;
+        Ok(())
+    }
 }
 
 impl Drop for RecordGuard {
@@ -462,7 +481,7 @@ fn serve(
     let rid = new_rid();
     opts.rid = Some(rid);
     // Dropped after the mount (declared before it), on every path.
-    let _record = record_mount(fsid, rid, &mp)?;
+    let record = record_mount(fsid, rid, &mp)?;
     let info = crate::mountinfo::MountInfo {
         pid: std::process::id(),
         rid,
@@ -508,6 +527,11 @@ fn serve(
             return Err(format!("{}: mounting with FUSE: {e}", mp.display()));
         }
     };
+    if let Err(e) = record.add_fuse_dev() {
+        // The agent can still kill this process; it then can't abort a
+        // connection that a thread of it waits on.
+        eprintln!("scoutfs: {e}");
+    }
     let notifier = session.notifier();
     let _ = notifier_slot.set(session.notifier());
     let epoch = match session.as_fd().try_clone_to_owned() {

@@ -1,7 +1,8 @@
 //! Real FUSE mounts through ordinary syscalls: a workload, unmount,
 //! remount, the same tree and contents, and a clean `scoutfs check`; and
 //! kill -9 of the mount process at random moments, after which the tree is
-//! the state of some commit no older than the last acknowledged fsync.
+//! the state of some commit no older than the last acknowledged fsync, and
+//! every file extended after it reads zeros past its old end.
 
 mod common;
 
@@ -72,7 +73,7 @@ fn crash_op(m: &Path, i: usize) -> std::io::Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         r => r.map(|_| false),
     };
-    match i % 7 {
+    match i % 8 {
         0 | 1 => std::fs::File::create(d.join(format!("f{i}"))).map(|_| false),
         2 => {
             // One page, so the kernel sends it as one write.
@@ -88,11 +89,47 @@ fn crash_op(m: &Path, i: usize) -> std::io::Result<bool> {
             d.join(format!("r{i}")),
         )),
         5 => ignore_missing(std::fs::remove_file(m.join(format!(
-            "d{}/f{}",
-            (i - 4) % 4,
-            i - 4
+            "d{}/r{}",
+            (i - 1) % 4,
+            i - 1
         )))),
-        _ => std::os::unix::fs::symlink(format!("f{i}"), d.join(format!("s{i}"))).map(|_| false),
+        6 => std::os::unix::fs::symlink(format!("f{i}"), d.join(format!("s{i}"))).map(|_| false),
+        _ => {
+            // Past the end of the file fsynced at op i - 5, not synced: a
+            // crash may leave these bytes past the committed end.
+            let p = m.join(format!("d{}/f{}", (i - 6) % 4, i - 6));
+            let f = std::fs::OpenOptions::new().append(true).open(p)?;
+            (&f).write_all(&[0xee; 3000])?;
+            Ok(false)
+        }
+    }
+}
+
+/// Extends every regular file of the tree by a block and checks that what
+/// lies past its old end reads as zeros, whatever a crash left on the
+/// device there.
+fn extend_reads_zeros(root: &Path, round: usize) {
+    for n in 0..4 {
+        for e in std::fs::read_dir(root.join(format!("d{n}"))).unwrap() {
+            let e = e.unwrap();
+            if !e.file_type().unwrap().is_file() {
+                continue;
+            }
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(e.path())
+                .unwrap();
+            let size = f.metadata().unwrap().len();
+            f.set_len(size + 4096).unwrap();
+            let got = std::fs::read(e.path()).unwrap();
+            let stale = got[size as usize..].iter().filter(|&&c| c != 0).count();
+            assert_eq!(
+                stale,
+                0,
+                "round {round}: {} extended from {size} shows old bytes",
+                e.path().display()
+            );
+        }
     }
 }
 
@@ -109,7 +146,7 @@ fn kill9_recovers_a_commit_no_older_than_the_last_fsync() {
     if !can_mount("kill9_recovers_a_commit_no_older_than_the_last_fsync") {
         return;
     }
-    const ROUNDS: usize = 20;
+    const ROUNDS: usize = 40;
     let dir = Scratch::new("crash");
     let (meta, data) = mkfs(&dir);
     let mp = dir.path("mnt");
@@ -164,6 +201,7 @@ fn kill9_recovers_a_commit_no_older_than_the_last_fsync() {
             "round {round}: after kill -9 at op {done} (last fsync at {synced}) the tree is no committed state: {:?}",
             diff(&states.last().map(|s| s.1.clone()).unwrap_or_default(), &got)
         );
+        extend_reads_zeros(&m.mp, round);
         m.unmount();
         assert_check_clean(&meta, &data);
         std::fs::remove_dir_all(&model).unwrap();
@@ -660,6 +698,82 @@ fn times_before_1970_setgid_rules_and_device_nodes() {
     assert_eq!(times(&old), (-100_000_000, 250_000_000, -1, 999_999_999));
     let e = std::fs::write(m.mp.join("null"), b"x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EACCES), "--nodev: {e}");
+    m.unmount();
+    assert_check_clean(&meta, &data);
+}
+
+/// Regression: bytes written past a file's committed end that never
+/// committed (the mount was killed) stayed on the device, and showed
+/// through when the file was extended after remount. Three ways to extend:
+/// truncate, fallocate, and a write past the next block.
+#[test]
+fn an_extension_after_a_crash_reads_zeros() {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    if !can_mount("an_extension_after_a_crash_reads_zeros") {
+        return;
+    }
+    let dir = Scratch::new("crash-extend");
+    let (meta, data) = mkfs(&dir);
+    let mp = dir.path("mnt");
+    let ways = ["truncate", "fallocate", "write"];
+    // No commit of its own between the fsync and the kill.
+    let m = MountProc::start(&meta, &data, &mp, &["--commit-interval-ms", "3600000"]);
+    let files: Vec<std::fs::File> = ways
+        .iter()
+        .map(|w| std::fs::File::create(m.mp.join(w)).unwrap())
+        .collect();
+    for f in &files {
+        f.write_all_at(&[b'a'; 100], 0).unwrap();
+    }
+    files[0].sync_all().unwrap();
+    for f in &files {
+        f.write_all_at(&[b'b'; 3000], 100).unwrap();
+    }
+    m.kill9();
+    let m = MountProc::start(&meta, &data, &mp, &[]);
+    for w in ways {
+        let p = m.mp.join(w);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 100, "{w}: the committed size");
+        let size = match w {
+            "truncate" => {
+                f.set_len(4096).unwrap();
+                4096
+            }
+            "fallocate" => {
+                // SAFETY: fallocate on an open descriptor.
+                let r = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, 4096) };
+                assert_eq!(
+                    r,
+                    0,
+                    "posix_fallocate: {}",
+                    std::io::Error::from_raw_os_error(r)
+                );
+                4096
+            }
+            _ => {
+                f.write_all_at(b"z", 5000).unwrap();
+                5001
+            }
+        };
+        f.sync_all().unwrap();
+        let got = std::fs::read(&p).unwrap();
+        assert_eq!(got.len(), size);
+        assert!(
+            got[..100].iter().all(|&c| c == b'a'),
+            "{w}: the acknowledged bytes"
+        );
+        let stale = got[100..4096].iter().filter(|&&c| c != 0).count();
+        assert_eq!(
+            stale, 0,
+            "{w}: bytes past the committed end must read as zeros"
+        );
+    }
     m.unmount();
     assert_check_clean(&meta, &data);
 }

@@ -38,9 +38,16 @@
 //!    the record is removed.
 //! 3. Refuse to kill the agent itself or the process that ran it (a server
 //!    fencing its own mount is a bug, not a fence).
-//! 4. SIGKILL, and wait (bounded) until the process has exited. Exit closes
-//!    its `/dev/fuse` descriptors, so the mount can no longer change
-//!    anything; the kernel fails requests on it with ENOTCONN.
+//! 4. SIGKILL, then abort its FUSE connection, and wait (bounded) until the
+//!    process has exited. Exit closes its `/dev/fuse` descriptors, so the
+//!    mount can no longer change anything; the kernel fails requests on it
+//!    with ENOTCONN. The abort is what lets it exit at all in one state: a
+//!    thread of it that waits in the kernel (uninterruptibly) for a
+//!    directory's lock held by a request on its own mount, which only that
+//!    process could answer. Aborting answers every request at once. It is
+//!    a forced unmount's first step (`umount2(MNT_FORCE)`), taken only when
+//!    the mount on the mountpoint is the one the record names: the record
+//!    carries the FUSE device number (`fuse_dev`) the mount got.
 //! 5. Detach its FUSE mount (`umount2(MNT_DETACH | UMOUNT_NOFOLLOW)`) if it
 //!    is still there, so no dead mount is left on the mountpoint. Only a
 //!    scoutfs FUSE mount is detached; anything else there is an error.
@@ -158,6 +165,9 @@ pub struct LocalRecord {
     pub start_time: u64,
     pub boot_id: String,
     pub mountpoint: PathBuf,
+    /// The device number (`major:minor`, as mountinfo shows it) of its FUSE
+    /// mount, recorded once mounted: the connection the agent may abort.
+    pub fuse_dev: Option<String>,
 }
 
 impl LocalRecord {
@@ -174,6 +184,7 @@ impl LocalRecord {
             start_time: id.start_time,
             boot_id: boot_id().map_err(|e| Error::io("reading the boot id", e))?,
             mountpoint: mountpoint.to_path_buf(),
+            fuse_dev: None,
         })
     }
 
@@ -191,10 +202,14 @@ impl LocalRecord {
         .into_bytes();
         b.extend(escape(self.mountpoint.as_os_str().as_bytes()));
         b.push(b'\n');
+        if let Some(d) = &self.fuse_dev {
+            b.extend(format!("fuse_dev {d}\n").into_bytes());
+        }
         b
     }
 
-    /// Parses a record; every field must be there exactly once.
+    /// Parses a record; every field must be there exactly once, but for
+    /// `fuse_dev` (at most once).
     pub fn decode(b: &[u8]) -> std::result::Result<LocalRecord, String> {
         let mut lines = b.split(|&c| c == b'\n');
         if lines.next() != Some(RECORD_MAGIC.as_bytes()) {
@@ -202,8 +217,16 @@ impl LocalRecord {
                 "not a record (the first line is not '{RECORD_MAGIC}')"
             ));
         }
-        let mut f: [Option<&[u8]>; 6] = [None; 6];
-        const KEYS: [&str; 6] = ["fsid", "rid", "pid", "start_time", "boot_id", "mountpoint"];
+        let mut f: [Option<&[u8]>; 7] = [None; 7];
+        const KEYS: [&str; 7] = [
+            "fsid",
+            "rid",
+            "pid",
+            "start_time",
+            "boot_id",
+            "mountpoint",
+            "fuse_dev",
+        ];
         for line in lines.filter(|l| !l.is_empty()) {
             let sp = line.iter().position(|&c| c == b' ').unwrap_or(line.len());
             let (k, v) = (&line[..sp], line.get(sp + 1..).unwrap_or(&[]));
@@ -231,6 +254,16 @@ impl LocalRecord {
         if pid == 0 || mp.is_empty() {
             return Err("pid 0 or an empty mountpoint".into());
         }
+        let fuse_dev = match f[6] {
+            None => None,
+            Some(_) => {
+                let d = text(6)?;
+                if parse_dev(d).is_none() {
+                    return Err("field 'fuse_dev' is not MAJOR:MINOR".into());
+                }
+                Some(d.to_string())
+            }
+        };
         Ok(LocalRecord {
             fsid: hex(0)?,
             rid: Rid(hex(1)?),
@@ -238,6 +271,7 @@ impl LocalRecord {
             start_time: num(3)?,
             boot_id: text(4)?.to_string(),
             mountpoint: PathBuf::from(OsString::from_vec(mp)),
+            fuse_dev,
         })
     }
 
@@ -479,8 +513,9 @@ pub fn fence_local(
         )));
     }
     victim.kill()?;
+    let aborted = abort_connection(&record)?;
     victim.wait_exit(kill_wait, &record)?;
-    let detached = detach(&record.mountpoint)?;
+    let detached = detach(&record.mountpoint)? || aborted;
     let left = LocalRecord::remove(dir, record.fsid, record.rid).err();
     let left = left.map(|e| e.to_string());
     Ok(LocalFenceOutcome::Killed {
@@ -621,8 +656,56 @@ fn readable(fd: &OwnedFd, ms: i32) -> bool {
 /// A mount as `/proc/self/mountinfo` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct MountEntry {
+    /// `major:minor` of its device.
+    dev: String,
     fstype: String,
     source: String,
+}
+
+fn parse_dev(d: &str) -> Option<(u32, u32)> {
+    let (ma, mi) = d.split_once(':')?;
+    Some((ma.parse().ok()?, mi.parse().ok()?))
+}
+
+/// The device number (`major:minor`) of the scoutfs FUSE mount on `mp`,
+/// from mountinfo (a stat of the mountpoint would ask that mount itself).
+pub fn fuse_dev_at(mp: &Path) -> Result<Option<String>> {
+    Ok(mount_at(mp)?.filter(|m| m.is_scoutfs()).map(|m| m.dev))
+}
+
+/// Aborts the FUSE connection of the killed mount of `rec`: every request
+/// on it fails at once, so no thread of the process (nor any caller on
+/// the mount) waits for an answer it can't get. Only the mount on the
+/// mountpoint with the recorded device number is touched; `true` if it
+/// was unmounted too (a forced unmount unmounts what nothing holds busy).
+fn abort_connection(rec: &LocalRecord) -> Result<bool> {
+    let Some(dev) = &rec.fuse_dev else {
+        return Ok(false);
+    };
+    match mount_at(&rec.mountpoint)? {
+        Some(m) if m.is_scoutfs() && &m.dev == dev => {}
+        _ => return Ok(false),
+    }
+    let c = CString::new(rec.mountpoint.as_os_str().as_bytes())
+        .map_err(|_| Error::Invalid(format!("{}: a NUL in the path", rec.mountpoint.display())))?;
+    // SAFETY: umount2 on a valid C string.
+    let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE | libc::UMOUNT_NOFOLLOW) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // Aborted, but still in use (the unmount itself is refused), or
+        // gone in between: either way no request waits on it any more.
+        Some(libc::EBUSY) | Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(false),
+        _ => Err(Error::io(
+            format!(
+                "aborting the FUSE connection on {}",
+                rec.mountpoint.display()
+            ),
+            e,
+        )),
+    }
 }
 
 impl MountEntry {
@@ -658,6 +741,7 @@ fn parse_mountinfo(info: &[u8], mp: &[u8]) -> Option<MountEntry> {
                 .unwrap_or_default()
         };
         found = Some(MountEntry {
+            dev: text(2),
             fstype: text(dash + 1),
             source: text(dash + 2),
         });

@@ -242,6 +242,13 @@ impl Fs {
             .checked_add(buf.len() as u64)
             .filter(|&e| e <= MAX_FILE_BYTES)
             .ok_or(EFBIG)?;
+        // A write that starts past the block holding the end of the file
+        // leaves that block's tail as it is on the device: zero it first
+        // (a write that starts in it rewrites it whole, zeros past the
+        // old end included).
+        if off / BLOCK > a.size() / BLOCK {
+            self.zero_tail(&g, &a, a.size())?;
+        }
         let op = self.begin(&[seqs_of(&a)])?;
         let (b0, b1) = (off / BLOCK, end.div_ceil(BLOCK));
         let mut b = b0;
@@ -373,6 +380,8 @@ impl Fs {
             self.zero_tail(&g, &a, size)?;
             self.truncate_blocks(&g, &a, size.div_ceil(BLOCK))?;
             a = self.read_inode(&g, ino)?;
+        } else if size > a.size() {
+            self.zero_tail(&g, &a, a.size())?;
         }
         let op = self.begin(&[seqs_of(&a)])?;
         let t = now();
@@ -387,8 +396,10 @@ impl Fs {
         Ok(a)
     }
 
-    /// Zeros the bytes of the block holding `size` that lie past it, so a
-    /// later extension reads zeros there.
+    /// Zeros the bytes of the block holding `size` that lie past it: done
+    /// when the size shrinks and again whenever it grows, since the device
+    /// may hold anything there. A crash can leave bytes of writes that
+    /// never committed past the committed size, in a block that did.
     fn zero_tail(&self, g: &LockGuard, a: &Attr, size: u64) -> FsResult<()> {
         let within = size % BLOCK;
         if within == 0 {
@@ -488,6 +499,9 @@ impl Fs {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
         let _local = self.lock_local(&[ino]);
         let mut a = self.regular(&g, ino)?;
+        if !keep_size && end > a.size() {
+            self.zero_tail(&g, &a, a.size())?;
+        }
         let op = self.begin(&[seqs_of(&a)])?;
         let (b0, b1) = (off / BLOCK, end.div_ceil(BLOCK));
         let exts = self.extents_in(&g, ino, b0, b1)?;

@@ -58,6 +58,7 @@ fn record(fsid: u64, rid: u64, pid: u32, mp: &Path) -> LocalRecord {
         start_time: proc_identity(pid).unwrap().unwrap().start_time,
         boot_id: boot_id().unwrap(),
         mountpoint: mp.to_path_buf(),
+        fuse_dev: None,
     }
 }
 
@@ -73,9 +74,10 @@ fn a_record_round_trips_with_any_mountpoint() {
         start_time: 123_456_789,
         boot_id: "6e0f6c1c-1f5a-4f0e-9a3b-0d6f0e5b7c11".into(),
         mountpoint: PathBuf::from(odd),
+        fuse_dev: Some("0:57".into()),
     };
     let b = r.encode();
-    assert_eq!(b.iter().filter(|&&c| c == b'\n').count(), 7);
+    assert_eq!(b.iter().filter(|&&c| c == b'\n').count(), 8);
     assert_eq!(LocalRecord::decode(&b), Ok(r));
 }
 
@@ -95,6 +97,10 @@ fn bad_records_are_refused_by_name() {
             "unknown field 'color'",
         ),
         (good.clone() + "pid 7\n", "'pid' appears twice"),
+        (
+            good.clone() + "fuse_dev 0-5\n",
+            "'fuse_dev' is not MAJOR:MINOR",
+        ),
         (
             good.replacen("mountpoint /mnt/x", "", 1),
             "'mountpoint' is missing",
@@ -411,6 +417,7 @@ fn mountinfo_finds_the_topmost_mount_and_knows_scoutfs() {
         43 22 0:53 / /mnt/d rw - fuse.sshfs host:/x rw\n";
     let top = parse_mountinfo(info, b"/mnt/a b").unwrap();
     assert_eq!(top.fstype, "fuse.scoutfs");
+    assert_eq!(top.dev, "0:51");
     assert!(top.is_scoutfs());
     assert!(parse_mountinfo(info, b"/mnt/c").unwrap().is_scoutfs());
     assert!(!parse_mountinfo(info, b"/mnt/d").unwrap().is_scoutfs());
