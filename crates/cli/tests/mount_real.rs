@@ -777,3 +777,54 @@ fn an_extension_after_a_crash_reads_zeros() {
     m.unmount();
     assert_check_clean(&meta, &data);
 }
+
+/// A filesystem of format version 1 (before the cluster key) still mounts
+/// and works: its members authenticate with a key of zeros, say so, and
+/// it stays version 1. (The image is made by this version's mkfs and
+/// rewritten as version 1 wrote its super blocks: the key's bytes were
+/// the zero tail of the block then.)
+#[test]
+fn a_format_version_1_filesystem_mounts_without_a_cluster_key() {
+    use scoutfs_core::commit::{read_super, write_super};
+    use scoutfs_core::dev::{BlockDev, FileDev};
+    if !can_mount("a_format_version_1_filesystem_mounts_without_a_cluster_key") {
+        return;
+    }
+    let dir = Scratch::new("v1-image");
+    let (meta, data) = mkfs(&dir);
+    for (path, is_meta) in [(&meta, true), (&data, false)] {
+        let dev = FileDev::open(path, true).unwrap();
+        let mut sb = read_super(&dev, is_meta).unwrap();
+        assert_eq!(sb.fmt_vers.get(), 2);
+        assert_eq!(
+            sb.has_cluster_key(),
+            is_meta,
+            "only the metadata device holds the key"
+        );
+        sb.fmt_vers = 1.into();
+        sb.cluster_key = [0; 32];
+        let seq = sb.hdr.seq.get();
+        write_super(&dev, &mut sb, seq).unwrap();
+        dev.flush().unwrap();
+    }
+    let printed = scoutfs(&["print", meta.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        text.contains("cluster key none (format version 1"),
+        "{text}"
+    );
+    let mp = dir.path("mnt");
+    let log = dir.path("mount.log");
+    let mut m = MountProc::spawn(&meta, &data, &mp, &["--quorum-slot", "0"], &[], Some(&log));
+    m.wait_mounted(Duration::from_secs(20));
+    std::fs::write(m.mp.join("f"), b"version 1").unwrap();
+    m.unmount();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("has no cluster key"), "{said}");
+    let m = MountProc::start(&meta, &data, &mp, &[]);
+    assert_eq!(std::fs::read(m.mp.join("f")).unwrap(), b"version 1");
+    m.unmount();
+    let sb = read_super(&FileDev::open(&meta, false).unwrap(), true).unwrap();
+    assert_eq!((sb.fmt_vers.get(), sb.has_cluster_key()), (1, false));
+    assert_check_clean(&meta, &data);
+}

@@ -93,6 +93,7 @@ impl Client {
     pub fn connect(
         addr: ServerAddr,
         fsid: u64,
+        key: crate::auth::ClusterKey,
         rid: u64,
         flags: u64,
         handler: Arc<dyn Handler>,
@@ -102,7 +103,14 @@ impl Client {
             terms: Mutex::default(),
             handler,
         });
-        let link = ClientLink::connect(addr, fsid, rid, flags, dispatch.clone(), GREETING_TIMEOUT)?;
+        let link = ClientLink::connect(
+            addr,
+            (fsid, key),
+            rid,
+            flags,
+            dispatch.clone(),
+            GREETING_TIMEOUT,
+        )?;
         Ok(Arc::new(Client {
             link,
             rid,

@@ -17,6 +17,7 @@
 //! (`docs/corruption.md`).
 
 pub mod alloc;
+pub mod auth;
 pub mod block;
 pub mod btree;
 pub mod check;

@@ -131,6 +131,10 @@ pub fn mkfs(
     let mut w = bootstrap_writer(cache.clone(), &sb, rng);
     build_trees(&mut w, &mut sb, now)?;
     sb.flags = FLAG_IS_META_BDEV.into();
+    // Only the metadata device's copy holds the key (see `auth`).
+    let key = crate::auth::ClusterKey::random()
+        .map_err(|e| Error::io("making the cluster key from the OS's entropy", e))?;
+    sb.cluster_key = key.bytes();
     let mut store = Store::from_parts(cache, sb);
     store.commit(Txn { w, sb })?;
     Ok(MkfsResult {

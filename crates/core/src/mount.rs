@@ -214,7 +214,14 @@ impl Mount {
         let quorum_on_err = QuorumOnErr(quorum);
         let items = Arc::new(ItemCache::new(opts.item_cache_bytes));
         let locks = Locks::new(rid, items.clone(), opts.lock_idle_max);
-        let client = Client::connect(addr, fsid, rid, flags, locks.clone())?;
+        let key = crate::auth::ClusterKey::of(&msb);
+        if !key.is_secret() {
+            eprintln!(
+                "scoutfs: this filesystem (format version 1) has no cluster key: its cluster \
+                 traffic is not authenticated; a filesystem made by this version has one"
+            );
+        }
+        let client = Client::connect(addr, fsid, key, rid, flags, locks.clone())?;
         // The client and the lock driver refer to each other; until the
         // mount is whole, a failure must close the client's connection or
         // its thread would go on reconnecting to a server that is gone.

@@ -94,13 +94,14 @@
 //! time) makes the connection fail on every resend rather than being
 //! skipped, which is loud on purpose.
 
+use crate::auth::ClusterKey;
 use crate::lock::Rid;
 use crate::msg::{ClientResponse, Request, Response, ServerRequest};
 use crate::wire::{
     self, Cmd, EncodeError, ErrCode, Frame, FrameHeader, Greeting, Kind, WireError,
     GREETING_FLAGS_KNOWN,
 };
-use scoutfs_format::consts::FORMAT_VERSION;
+use scoutfs_format::consts::{CLUSTER_KEY_LEN, FORMAT_VERSION};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
@@ -154,6 +155,9 @@ pub enum Refusal {
     StaleGreeting { rid: Rid, id: u64, newest: u64 },
     /// The server refused with an errno this version doesn't know.
     Server { errno: i32 },
+    /// The greeting (or its reply) does not carry the cluster key's code:
+    /// it came from a stranger. Dropped unanswered and counted.
+    Unauthenticated,
 }
 
 impl Refusal {
@@ -181,6 +185,9 @@ impl fmt::Display for Refusal {
                 write!(f, "greeting {id} of mount {rid} is older than {newest}")
             }
             Refusal::Server { errno } => write!(f, "the server refused with errno {errno}"),
+            Refusal::Unauthenticated => {
+                f.write_str("the greeting lacks this cluster's authentication code")
+            }
         }
     }
 }
@@ -247,6 +254,8 @@ pub struct NetCounters {
     pub greetings: u64,
     /// Greetings refused, by either side.
     pub refusals: u64,
+    /// Of those, greetings or replies without the cluster key's code.
+    pub unauthenticated: u64,
     /// Client: replies from a new server.
     pub new_servers: u64,
 }
@@ -548,6 +557,8 @@ pub struct ClientConfig {
     pub rid: Rid,
     /// `wire::GREETING_FLAG_*` sent in greetings.
     pub flags: u64,
+    /// What greetings are authenticated with (see `auth`).
+    pub key: ClusterKey,
     pub limits: Limits,
 }
 
@@ -559,6 +570,7 @@ impl ClientConfig {
             fmt_vers: FORMAT_VERSION,
             rid,
             flags: 0,
+            key: ClusterKey::new([0; CLUSTER_KEY_LEN]),
             limits: Limits::default(),
         }
     }
@@ -740,8 +752,9 @@ impl ClientNet {
             .stream
             .greeting_header(self.greeting_id, Kind::Request, None);
         self.counters.frames_out += 1;
+        let data = g.encode(&self.cfg.key, self.greeting_id);
         self.out
-            .push_back(ClientOutput::Frame(valid_frame(hdr, g.encode())));
+            .push_back(ClientOutput::Frame(valid_frame(hdr, data)));
     }
 
     /// The connection is gone; everything stays queued for the next.
@@ -798,6 +811,13 @@ impl ClientNet {
         let g = Greeting::decode(frame.data())?;
         if g.rid != self.cfg.rid.0 {
             return Err(protocol("a greeting reply for another mount", g.rid));
+        }
+        // Another filesystem's server can't know our key: its reply says
+        // why it refused. Anything else must carry our code.
+        let ours = g.fsid == self.cfg.fsid && g.fmt_vers == self.cfg.fmt_vers;
+        if ours && !Greeting::authentic(frame.data(), &self.cfg.key, hdr.id) {
+            self.counters.unauthenticated += 1;
+            return Err(NetError::Refused(Refusal::Unauthenticated));
         }
         let refused = if g.fsid != self.cfg.fsid {
             Some(Refusal::Fsid {
@@ -862,6 +882,8 @@ pub struct ServerConfig {
     pub fmt_vers: u64,
     /// The election term this server runs in, never 0.
     pub server_term: u64,
+    /// What greetings are authenticated with (see `auth`).
+    pub key: ClusterKey,
     pub limits: Limits,
 }
 
@@ -872,6 +894,7 @@ impl ServerConfig {
             fsid,
             fmt_vers: FORMAT_VERSION,
             server_term,
+            key: ClusterKey::new([0; CLUSTER_KEY_LEN]),
             limits: Limits::default(),
         }
     }
@@ -1138,6 +1161,16 @@ impl ServerNet {
         }
         let g = Greeting::decode(frame.data())?;
         let rid = Rid(g.rid);
+        // A mount of another filesystem is told why it is refused (our
+        // reply carries our code, which it can't check but needn't trust);
+        // a greeting for us must carry our code, or it came from a
+        // stranger and gets no answer at all.
+        let ours = g.fsid == self.cfg.fsid && g.fmt_vers == self.cfg.fmt_vers;
+        if ours && !Greeting::authentic(frame.data(), &self.cfg.key, hdr.id) {
+            self.counters.unauthenticated += 1;
+            self.counters.refusals += 1;
+            return Err(NetError::Refused(Refusal::Unauthenticated));
+        }
         if g.fsid != self.cfg.fsid {
             let why = Refusal::Fsid {
                 ours: self.cfg.fsid,
@@ -1223,7 +1256,7 @@ impl ServerNet {
         self.counters.refusals += 1;
         self.out.push_back(ServerOutput::Frame {
             conn,
-            frame: valid_frame(hdr, reply.encode()),
+            frame: valid_frame(hdr, reply.encode(&self.cfg.key, greeting_id)),
         });
         Err(NetError::Refused(why))
     }
@@ -1251,7 +1284,8 @@ impl ServerNet {
         self.conns.insert(conn, ConnState::Ready { rid });
         self.counters.frames_out += 1 + frames.len() as u64;
         self.counters.frames_after_greeting += frames.len() as u64;
-        let frame = valid_frame(hdr, reply.encode());
+        let data = reply.encode(&self.cfg.key, peer.greeting_id);
+        let frame = valid_frame(hdr, data);
         self.out.push_back(ServerOutput::Frame { conn, frame });
         for frame in frames {
             self.out.push_back(ServerOutput::Frame { conn, frame });

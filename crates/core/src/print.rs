@@ -204,7 +204,13 @@ impl Printer<'_> {
             "  volume options set_bits {:#x} data_alloc_zone_blocks {}",
             sb.volopt.set_bits.get(),
             sb.volopt.data_alloc_zone_blocks.get()
-        )
+        )?;
+        // Never the key itself: print output gets pasted into reports.
+        let key = match sb.has_cluster_key() {
+            true => "set (cluster traffic is authenticated)",
+            false => "none (format version 1: cluster traffic is not authenticated)",
+        };
+        writeln!(o, "  cluster key {key}")
     }
 
     fn quorum(&mut self, meta: &dyn BlockDev, fsid: u64) -> std::io::Result<()> {

@@ -209,7 +209,8 @@ impl Server {
         let term = opts.term;
         let on_exit = opts.on_exit.take();
         let deliver = Arc::new(ToThread(Mutex::new(tx.clone())));
-        let link = Arc::new(ServerLink::listen(addr, fsid, term, deliver)?);
+        let key = crate::auth::ClusterKey::of(&store.sb);
+        let link = Arc::new(ServerLink::listen(addr, (fsid, key), term, deliver)?);
         let l2 = link.clone();
         let thread = std::thread::Builder::new()
             .name("scoutfs-server".into())

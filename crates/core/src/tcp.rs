@@ -22,6 +22,7 @@
 //! connection that is gone are dropped by its writer (the machine sends
 //! them again on the next one, after the greeting).
 
+use crate::auth::ClusterKey;
 use crate::error::{Error, Result};
 use crate::lock::Rid;
 use crate::msg::{ClientResponse, Request, Response, ServerRequest};
@@ -191,7 +192,7 @@ impl ClientLink {
     /// `timeout`.
     pub fn connect(
         addr: ServerAddr,
-        fsid: u64,
+        (fsid, key): (u64, ClusterKey),
         rid: u64,
         flags: u64,
         deliver: Arc<dyn ClientDeliver>,
@@ -199,6 +200,7 @@ impl ClientLink {
     ) -> Result<ClientLink> {
         let mut cfg = ClientConfig::new(fsid, Rid(rid));
         cfg.flags = flags;
+        cfg.key = key;
         let net = ClientNet::new(cfg).map_err(|e| Error::Invalid(format!("net: {e}")))?;
         let sh = Arc::new(ClientShared {
             net: Mutex::new(net),
@@ -481,7 +483,7 @@ impl ServerLink {
     /// Listens on `addr` (port 0 picks a free one) as the server of `term`.
     pub fn listen(
         addr: SocketAddr,
-        fsid: u64,
+        (fsid, key): (u64, ClusterKey),
         term: u64,
         deliver: Arc<dyn ServerDeliver>,
     ) -> Result<ServerLink> {
@@ -490,8 +492,9 @@ impl ServerLink {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::io("server: its address", e))?;
-        let net = ServerNet::new(ServerConfig::new(fsid, term))
-            .map_err(|e| Error::Invalid(format!("net: {e}")))?;
+        let mut cfg = ServerConfig::new(fsid, term);
+        cfg.key = key;
+        let net = ServerNet::new(cfg).map_err(|e| Error::Invalid(format!("net: {e}")))?;
         let sh = Arc::new(ServerShared {
             net: Mutex::new(net),
             delivery: Mutex::new(()),

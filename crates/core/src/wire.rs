@@ -62,9 +62,11 @@
 //! defined; the original's others keep their numbers free and decode as
 //! unknown.
 
+use crate::auth::ClusterKey;
 use crate::forest::Roots;
 use crate::lock::{LockMode, LockMsg, RecoverEntry, RECOVER_ENTRIES_MAX};
 use crate::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
+use scoutfs_format::consts::MAC_LEN;
 use scoutfs_format::error::check_zero;
 use scoutfs_format::key::DiskKey;
 use scoutfs_format::log_trees::LogTrees;
@@ -168,7 +170,7 @@ struct WireStatfs {
     fsid: U64,
 }
 
-/// The GREETING payload, 40 bytes.
+/// The GREETING payload, 56 bytes.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
 #[repr(C)]
 struct WireGreeting {
@@ -177,14 +179,20 @@ struct WireGreeting {
     server_term: U64,
     rid: U64,
     flags: U64,
+    /// The cluster key's code of the greeting id (the frame's `id`) and
+    /// the 40 bytes above (see `auth`).
+    mac: [u8; MAC_LEN],
 }
+
+/// The bytes of a greeting its code covers.
+const GREETING_SIGNED_LEN: usize = 40;
 
 /// Payload sizes, fixed here so a layout change fails the build.
 pub const LOCK_LEN: usize = 48;
 pub const INODES_LEN: usize = 16;
 pub const ROOTS_LEN: usize = 72;
 pub const STATFS_LEN: usize = 48;
-pub const GREETING_LEN: usize = 40;
+pub const GREETING_LEN: usize = 56;
 pub const COUNT_LEN: usize = 8;
 pub const LOG_TREES_LEN: usize = 472;
 pub const KEY_LEN: usize = 32;
@@ -661,16 +669,29 @@ pub struct Greeting {
 }
 
 impl Greeting {
-    pub fn encode(&self) -> Vec<u8> {
-        WireGreeting {
+    /// The payload of greeting `id` (its frame's id), with its code under
+    /// `key`.
+    pub fn encode(&self, key: &ClusterKey, id: u64) -> Vec<u8> {
+        let mut w = WireGreeting {
             fsid: self.fsid.into(),
             fmt_vers: self.fmt_vers.into(),
             server_term: self.server_term.into(),
             rid: self.rid.into(),
             flags: self.flags.into(),
-        }
-        .as_bytes()
-        .to_vec()
+            mac: [0; MAC_LEN],
+        };
+        w.mac = key.mac(&[&id.to_le_bytes(), &w.as_bytes()[..GREETING_SIGNED_LEN]]);
+        w.as_bytes().to_vec()
+    }
+
+    /// Whether `data`, the payload of greeting `id`, carries the code
+    /// `key` gives it: false for anything a stranger sent.
+    pub fn authentic(data: &[u8], key: &ClusterKey, id: u64) -> bool {
+        data.len() == GREETING_LEN
+            && key.verify(
+                &[&id.to_le_bytes(), &data[..GREETING_SIGNED_LEN]],
+                &data[GREETING_SIGNED_LEN..],
+            )
     }
 
     /// Decodes a greeting. Any fsid and format version decode, so the
@@ -1242,7 +1263,19 @@ mod tests {
             rid: 9,
             flags: GREETING_FLAG_QUORUM,
         };
-        assert_eq!(Greeting::decode(&g.encode()), Ok(g));
+        let key = ClusterKey::new([0x33; 32]);
+        let b = g.encode(&key, 5);
+        assert_eq!(Greeting::decode(&b), Ok(g));
+        assert!(Greeting::authentic(&b, &key, 5));
+        // Another key, another greeting id, or any changed byte: not ours.
+        assert!(!Greeting::authentic(&b, &ClusterKey::new([0x34; 32]), 5));
+        assert!(!Greeting::authentic(&b, &key, 6), "a replay under a new id");
+        for i in 0..b.len() {
+            let mut bad = b.clone();
+            bad[i] ^= 0x80;
+            assert!(!Greeting::authentic(&bad, &key, 5), "byte {i}");
+        }
+        assert!(!Greeting::authentic(&b[..GREETING_LEN - 1], &key, 5));
         assert_eq!(g.request(), Request::Greeting { rid: 9 });
         assert_eq!(
             g.response(),
@@ -1252,15 +1285,15 @@ mod tests {
             }
         );
         let bad_rid = Greeting { rid: 0, ..g };
-        assert!(Greeting::decode(&bad_rid.encode()).is_err());
+        assert!(Greeting::decode(&bad_rid.encode(&key, 5)).is_err());
         let bad_flags = Greeting { flags: 4, ..g };
-        assert!(Greeting::decode(&bad_flags.encode()).is_err());
-        assert!(Greeting::decode(&g.encode()[..39]).is_err());
+        assert!(Greeting::decode(&bad_flags.encode(&key, 5)).is_err());
+        assert!(Greeting::decode(&b[..GREETING_LEN - 1]).is_err());
         assert_eq!(
             encode_request(&Request::Greeting { rid: 9 }),
             Err(EncodeError::Greeting)
         );
-        assert!(decode_request(Cmd::Greeting, &g.encode()).is_err());
+        assert!(decode_request(Cmd::Greeting, &b).is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use scoutfs_core::quorum::{
 use scoutfs_core::Error;
 use scoutfs_format::block::Timespec;
 use scoutfs_format::consts::{BLOCK_SM_SHIFT, QUORUM_BLKNO};
-use scoutfs_format::quorum::{QuorumMessage, QUORUM_MSG_HEARTBEAT};
+use scoutfs_format::quorum::{QuorumMessage, QUORUM_MESSAGE_MAC_OFFSET, QUORUM_MSG_HEARTBEAT};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -391,8 +391,9 @@ fn three_members_elect_fail_over_and_fence() {
 /// counted by kind, and nothing changes.
 fn garbage_is_counted_and_ignored(f: &Member, codec: MessageCodec, leader: SlotNr, term: Term) {
     let before = f.status();
+    // Well formed and signed with the cluster key, each wrong in a field.
     let raw = |ty: u8, from: u8| {
-        QuorumMessage {
+        let mut b = QuorumMessage {
             fsid: codec.fsid.into(),
             version: codec.version.into(),
             term: (term.0 + 5).into(),
@@ -400,7 +401,10 @@ fn garbage_is_counted_and_ignored(f: &Member, codec: MessageCodec, leader: SlotN
             from,
             ..Default::default()
         }
-        .to_bytes()
+        .to_bytes();
+        let mac = codec.key.mac(&[&b[..QUORUM_MESSAGE_MAC_OFFSET]]);
+        b[QUORUM_MESSAGE_MAC_OFFSET..].copy_from_slice(&mac);
+        b
     };
     // A valid heartbeat of a greater term would depose the leader: these
     // are each wrong in one way.
@@ -415,6 +419,17 @@ fn garbage_is_counted_and_ignored(f: &Member, codec: MessageCodec, leader: SlotN
     };
     let mut bad_crc = codec.encode(&heartbeat);
     bad_crc[20] ^= 0x10;
+    // Forged: valid crcs and every field right, but made without the key
+    // (one pushing the term to its end, which would end elections).
+    assert!(codec.key.is_secret(), "mkfs makes a cluster key");
+    let forger = MessageCodec {
+        key: scoutfs_core::auth::ClusterKey::new([0; 32]),
+        ..codec
+    };
+    let to_the_end = Message {
+        term: Term(u64::MAX),
+        ..heartbeat
+    };
     let datagrams: Vec<Vec<u8>> = vec![
         b"garbage".to_vec(),
         Vec::new(),
@@ -424,6 +439,9 @@ fn garbage_is_counted_and_ignored(f: &Member, codec: MessageCodec, leader: SlotN
         raw(9, leader.0).to_vec(),
         raw(QUORUM_MSG_HEARTBEAT, 14).to_vec(),
         raw(QUORUM_MSG_HEARTBEAT, 200).to_vec(),
+        forger.encode(&heartbeat).to_vec(),
+        forger.encode(&to_the_end).to_vec(),
+        raw(QUORUM_MSG_HEARTBEAT, leader.0)[..QUORUM_MESSAGE_MAC_OFFSET].to_vec(),
     ];
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     for d in &datagrams {
@@ -438,7 +456,8 @@ fn garbage_is_counted_and_ignored(f: &Member, codec: MessageCodec, leader: SlotN
         }
     });
     let (b, a) = (before.messages.bad, st.messages.bad);
-    assert_eq!(a.length - b.length, 3);
+    assert_eq!(a.length - b.length, 4);
+    assert_eq!(a.unauthenticated - b.unauthenticated, 2);
     assert_eq!(a.crc - b.crc, 1);
     assert_eq!(a.fsid - b.fsid, 1);
     assert_eq!(a.msg_type - b.msg_type, 1);

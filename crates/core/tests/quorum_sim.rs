@@ -64,6 +64,7 @@ use scoutfs_core::quorum::{
 use scoutfs_core::rng::Rng;
 use scoutfs_format::block::Timespec;
 use scoutfs_format::consts::QUORUM_MAX_SLOTS;
+use scoutfs_format::quorum::QUORUM_MESSAGE_SIZE;
 use scoutfs_format::quorum::{QuorumBlock, QUORUM_EVENT_ELECT};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -136,7 +137,7 @@ impl Node {
 struct Packet {
     at: u64,
     to: usize,
-    bytes: [u8; 32],
+    bytes: [u8; QUORUM_MESSAGE_SIZE],
     /// Damaged or from another filesystem: must be refused.
     bad: bool,
 }
@@ -280,6 +281,7 @@ impl Sim {
                 fsid: FSID,
                 version: 1,
                 slots,
+                key: scoutfs_core::auth::ClusterKey::new([0x51; 32]),
             },
             slots,
             hb_timeout_ms,
@@ -633,7 +635,7 @@ impl Sim {
         }
     }
 
-    fn transmit(&mut self, from: usize, to: usize, bytes: [u8; 32]) {
+    fn transmit(&mut self, from: usize, to: usize, bytes: [u8; QUORUM_MESSAGE_SIZE]) {
         self.stats.datagrams += 1;
         if self.cut.contains(&(from, to)) || self.below(100) < self.drop_pct {
             self.stats.dropped += 1;

@@ -304,7 +304,10 @@ proptest! {
     #[test]
     fn greetings_round_trip(fsid: u64, fmt_vers: u64, server_term: u64, rid in 1u64.., flags in 0u64..4) {
         let g = Greeting { fsid, fmt_vers, server_term, rid, flags };
-        prop_assert_eq!(Greeting::decode(&g.encode()).unwrap(), g);
+        let key = scoutfs_core::auth::ClusterKey::new([7; 32]);
+        let b = g.encode(&key, rid);
+        prop_assert_eq!(Greeting::decode(&b).unwrap(), g);
+        prop_assert!(Greeting::authentic(&b, &key, rid));
     }
 
     #[test]

@@ -5,11 +5,22 @@
 //! quorum blocks and file data.
 
 /// The format version this build writes. Supers and greetings carry it.
-pub const FORMAT_VERSION: u64 = 1;
-/// The oldest format version this build can read.
+/// Version 2 added the cluster key to the super block (and with it the
+/// authentication of quorum messages and greetings).
+pub const FORMAT_VERSION: u64 = 2;
+/// The oldest format version this build can read. A version 1 filesystem
+/// has no cluster key: its members authenticate with a key of zeros,
+/// which anyone can forge, and say so when they mount.
 pub const FORMAT_VERSION_MIN: u64 = 1;
 /// The newest format version this build can read.
-pub const FORMAT_VERSION_MAX: u64 = 1;
+pub const FORMAT_VERSION_MAX: u64 = 2;
+/// The first format version with a cluster key.
+pub const FORMAT_VERSION_CLUSTER_KEY: u64 = 2;
+/// Bytes of the cluster key.
+pub const CLUSTER_KEY_LEN: usize = 32;
+/// Bytes of the message authentication code in quorum messages and
+/// greetings (HMAC-SHA256 cut to its first half).
+pub const MAC_LEN: usize = 16;
 
 /// statfs `f_type` of a mounted scoutfs-rs filesystem ("SCOU").
 pub const SUPER_MAGIC: u32 = 0x554f_4353;

@@ -19,11 +19,12 @@
 //! names its header `seq`; a reader checks its magic, fsid, blkno and the
 //! crc over the whole 4 KiB. An aligned 4 KiB write is assumed atomic.
 //!
-//! Quorum members elect the server's host with [`QuorumMessage`]s, 32-byte
-//! UDP datagrams {fsid, format version, term, type, from slot, crc}. This
-//! module holds only their layout and checksum; the election code decodes
-//! them (and refuses other filesystems' and versions' messages) because it
-//! knows which fsid, version and slots to expect.
+//! Quorum members elect the server's host with [`QuorumMessage`]s, 48-byte
+//! UDP datagrams {fsid, format version, term, type, from slot, crc, mac}.
+//! This module holds only their layout and checksum; the election code
+//! decodes them (and refuses other filesystems' and versions' messages, and
+//! any whose mac the cluster key doesn't give) because it knows which fsid,
+//! version, slots and key to expect.
 
 use crate::block::{read_prefix, BlockHeader, Timespec};
 use crate::consts::BLOCK_SM_SIZE;
@@ -165,11 +166,17 @@ pub struct QuorumMessage {
     pub pad: [u8; 2],
     /// [`quorum_msg_crc`] of the bytes before this field.
     pub crc: U32,
+    /// The message authentication code of the bytes before this field
+    /// under the cluster key (computed by the election code, which holds
+    /// the key): a datagram without the right one is forged.
+    pub mac: [u8; crate::consts::MAC_LEN],
 }
 
 pub const QUORUM_MESSAGE_SIZE: usize = core::mem::size_of::<QuorumMessage>();
 /// The bytes the crc covers: everything before the crc field.
-pub const QUORUM_MESSAGE_CRC_OFFSET: usize = QUORUM_MESSAGE_SIZE - 4;
+pub const QUORUM_MESSAGE_CRC_OFFSET: usize = 28;
+/// The bytes the mac covers: everything before the mac field.
+pub const QUORUM_MESSAGE_MAC_OFFSET: usize = 32;
 
 /// The crc of a message's bytes: CRC-32C (the block checksum's function) of
 /// the bytes before the crc field. Shorter input has no crc (0).
@@ -180,12 +187,13 @@ pub fn quorum_msg_crc(bytes: &[u8]) -> u32 {
 }
 
 impl QuorumMessage {
-    /// The datagram: the struct's bytes with its crc set.
+    /// The datagram: the struct's bytes with its crc set (the mac as it
+    /// is: the caller sets it over these bytes).
     pub fn to_bytes(&self) -> [u8; QUORUM_MESSAGE_SIZE] {
         let mut b = [0u8; QUORUM_MESSAGE_SIZE];
         b.copy_from_slice(self.as_bytes());
         let crc = quorum_msg_crc(&b);
-        b[QUORUM_MESSAGE_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        b[QUORUM_MESSAGE_CRC_OFFSET..QUORUM_MESSAGE_MAC_OFFSET].copy_from_slice(&crc.to_le_bytes());
         b
     }
 }
@@ -233,9 +241,10 @@ mod tests {
             ..Default::default()
         };
         let b = m.to_bytes();
-        assert_eq!(QUORUM_MESSAGE_SIZE, 32);
+        assert_eq!(QUORUM_MESSAGE_SIZE, 48);
         assert_eq!(&b[..28], &m.as_bytes()[..28]);
         let crc = u32::from_le_bytes([b[28], b[29], b[30], b[31]]);
+        assert_eq!(&b[32..], &[0; 16], "the mac is the caller's");
         assert_eq!(crc, crc32c::crc32c(&b[..28]));
         assert_eq!(quorum_msg_crc(&b), crc);
         assert_eq!(quorum_msg_crc(&b[..27]), 0);

@@ -21,7 +21,7 @@ sizes! {
     crate::super_block::InetAddr => 32,
     crate::super_block::QuorumConfig => 488,
     crate::super_block::VolumeOptions => 520,
-    crate::super_block::SuperBlock => 1488,
+    crate::super_block::SuperBlock => 1520,
     crate::inode::Inode => 168,
     crate::dir::DirentHeader => 32,
     crate::xattr::XattrHeader => 8,
@@ -33,7 +33,7 @@ sizes! {
     crate::bloom::BloomBlockHeader => 40,
     crate::quorum::QuorumEvent => 40,
     crate::quorum::QuorumBlock => 280,
-    crate::quorum::QuorumMessage => 32,
+    crate::quorum::QuorumMessage => 48,
 }
 
 // An alloc list block's array fills its 64 KiB block exactly.

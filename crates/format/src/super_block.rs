@@ -151,6 +151,12 @@ pub struct SuperBlock {
     pub mounted_clients: BtreeRoot,
     pub srch_root: BtreeRoot,
     pub volopt: VolumeOptions,
+    /// The secret that quorum messages and greetings are authenticated
+    /// with, made at mkfs (format version 2 on). Only the metadata
+    /// device's copy holds it; the data device's copy has zeros, so only
+    /// holders of the metadata device can speak for the cluster. Zeros in
+    /// version 1 (the bytes were the zero tail of the block then).
+    pub cluster_key: [u8; CLUSTER_KEY_LEN],
 }
 
 pub const SUPER_BLOCK_SIZE: usize = core::mem::size_of::<SuperBlock>();
@@ -223,10 +229,23 @@ impl SuperBlock {
                 self.volopt.data_alloc_zone_blocks.get(),
             );
         }
-        match self.volopt.future.iter().position(|v| v.get() != 0) {
-            Some(i) => field("volopt reserved", i as u64),
-            None => Ok(()),
+        if let Some(i) = self.volopt.future.iter().position(|v| v.get() != 0) {
+            return field("volopt reserved", i as u64);
         }
+        // Version 1 has no key; from version 2 the metadata device's copy
+        // must hold one and the data device's none.
+        let keyed = self.cluster_key != [0; CLUSTER_KEY_LEN];
+        let meta = self.flags.get() & FLAG_IS_META_BDEV != 0;
+        if keyed != (meta && v >= FORMAT_VERSION_CLUSTER_KEY) {
+            return field("cluster_key", keyed as u64);
+        }
+        Ok(())
+    }
+
+    /// Whether this filesystem's cluster traffic is authenticated with a
+    /// secret key (format version 2 on).
+    pub fn has_cluster_key(&self) -> bool {
+        self.cluster_key != [0; CLUSTER_KEY_LEN]
     }
 
     /// The quorum slots that are configured, with their addresses.

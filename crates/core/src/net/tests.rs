@@ -364,6 +364,94 @@ fn other_filesystems_and_formats_are_refused_on_both_sides() {
     }
 }
 
+/// Greetings made without the cluster's key are dropped unanswered and
+/// counted; a reply made without it is refused by the mount (and it
+/// reconnects), so neither side ever acts on a stranger's greeting.
+#[test]
+fn greetings_without_the_cluster_key_are_dropped_and_counted() {
+    use crate::auth::ClusterKey;
+    let key = ClusterKey::new([0x42; 32]);
+    let stranger = ClusterKey::new([0x43; 32]);
+    let keyed_server = ServerConfig {
+        key,
+        ..ServerConfig::new(FSID, 1)
+    };
+    // A mount without the key: no answer at all, the connection closed.
+    let mut p = Pair::with(ClientConfig::new(FSID, RID), keyed_server);
+    p.connect();
+    let g = p.to_server.pop_front().unwrap();
+    let refused = Err(NetError::Refused(Refusal::Unauthenticated));
+    assert_eq!(p.s.on_frame(p.conn, &g), refused);
+    p.drain();
+    assert_eq!(p.closed, [p.conn]);
+    assert!(p.to_client.is_empty(), "a stranger gets no reply");
+    assert!(p.at_server.is_empty());
+    assert_eq!(p.s.counters().unauthenticated, 1);
+    assert!(p.s.peers().next().is_none());
+    // A keyed greeting replayed under a newer greeting id: refused too.
+    let mut p = Pair::with(
+        ClientConfig {
+            key,
+            ..ClientConfig::new(FSID, RID)
+        },
+        keyed_server,
+    );
+    p.connect();
+    let g = p.to_server.pop_front().unwrap();
+    let replay = frame(
+        1,
+        0,
+        g.hdr().id + 1,
+        Kind::Request,
+        Cmd::Greeting,
+        g.data().to_vec(),
+    );
+    assert_eq!(p.s.on_frame(p.conn, &replay), refused);
+    // A server without the key: its reply is refused and not permanent.
+    let mut p = Pair::with(
+        ClientConfig {
+            key: stranger,
+            ..ClientConfig::new(FSID, RID)
+        },
+        ServerConfig {
+            key: stranger,
+            ..ServerConfig::new(FSID, 1)
+        },
+    );
+    p.c = ClientNet::new(ClientConfig {
+        key,
+        ..ClientConfig::new(FSID, RID)
+    })
+    .unwrap();
+    p.c.on_connected();
+    let g = p.c.poll_output();
+    let Some(ClientOutput::Frame(g)) = g else {
+        panic!("no greeting: {g:?}")
+    };
+    let g = Greeting::decode(g.data()).unwrap();
+    let data = Greeting {
+        server_term: 1,
+        ..g
+    }
+    .encode(&stranger, 1);
+    let reply = frame(1, 0, 1, Kind::Response, Cmd::Greeting, data);
+    assert_eq!(p.c.on_frame(&reply), refused);
+    assert!(!Refusal::Unauthenticated.is_permanent());
+    assert_eq!(p.c.counters().unauthenticated, 1);
+    assert!(!p.c.is_ready());
+    // With the key on both sides, all is well.
+    let mut p = Pair::with(
+        ClientConfig {
+            key,
+            ..ClientConfig::new(FSID, RID)
+        },
+        keyed_server,
+    );
+    p.connect();
+    p.run();
+    assert!(p.c.is_ready());
+}
+
 #[test]
 fn a_forgotten_mount_is_refused() {
     let mut p = Pair::new();
@@ -584,7 +672,8 @@ fn protocol_violations_close_the_connection() {
         rid: RID.0,
         flags: 0,
     };
-    let reply = frame(1, 0, 1, Kind::Response, Cmd::Greeting, g.encode());
+    let data = g.encode(&ClientConfig::new(FSID, RID).key, 1);
+    let reply = frame(1, 0, 1, Kind::Response, Cmd::Greeting, data);
     assert!(p.c.on_frame(&reply).is_err(), "greeting 2 is current");
     p.to_client.clear();
     p.to_server.clear();

@@ -127,6 +127,14 @@ pub struct Output {
     pub deadline_ms: Option<u64>,
 }
 
+/// How far past our term a message's term may be. Terms grow by one per
+/// election, and every member starts from the greatest term in the quorum
+/// blocks, so a member is never this far ahead of another unless it held
+/// a million elections the other never heard of (at the shortest timeout,
+/// over a day of them). A message further ahead is dropped and counted: a
+/// term pushed near `u64::MAX` would end elections for good.
+pub const TERM_JUMP_MAX: u64 = 1 << 20;
+
 /// Counts of what the agent did and ignored, for status and diagnosis.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AgentStats {
@@ -148,6 +156,10 @@ pub struct AgentStats {
     /// Timeouts that did not start an election: the term is at its maximum.
     pub terms_exhausted: u64,
     pub stale_messages: u64,
+    /// Messages whose term is further ahead of ours than elections could
+    /// have taken it ([`TERM_JUMP_MAX`]): dropped, so no message can push
+    /// the cluster's term toward its end.
+    pub terms_too_far: u64,
     /// Messages from our own slot (two mounts on one slot?) or an
     /// unconfigured one.
     pub foreign_messages: u64,
@@ -438,6 +450,10 @@ impl Agent {
         }
         if msg.term < self.term {
             self.stats.stale_messages += 1;
+            return;
+        }
+        if msg.term.0 - self.term.0 > TERM_JUMP_MAX {
+            self.stats.terms_too_far += 1;
             return;
         }
         if msg.term > self.term {
@@ -841,6 +857,24 @@ mod tests {
     }
 
     #[test]
+    fn terms_too_far_ahead_are_ignored() {
+        let mut a = agent(0, &[0, 1, 2]);
+        a.start(&blocks(&[(0, &[(E::Term, 5, 1)])]), 0);
+        let d = a.deadline_ms();
+        for term in [5 + TERM_JUMP_MAX + 1, u64::MAX] {
+            for ty in MsgType::ALL {
+                assert_eq!(a.on_message(msg(ty, term, 1), 10).actions, []);
+            }
+        }
+        assert_eq!(a.stats().terms_too_far, 8);
+        assert_eq!((a.term(), a.deadline_ms()), (Term(5), d));
+        // The furthest a term may go is adopted.
+        let out = a.on_message(msg(MsgType::Heartbeat, 5 + TERM_JUMP_MAX, 1), 10);
+        assert!(!out.actions.is_empty());
+        assert_eq!(a.term(), Term(5 + TERM_JUMP_MAX));
+    }
+
+    #[test]
     fn messages_from_our_own_slot_are_ignored() {
         let mut a = agent(0, &[0, 1, 2]);
         a.start(&[], 0);
@@ -1147,9 +1181,10 @@ mod tests {
 
     #[test]
     fn the_greatest_term_does_not_overflow() {
+        // Quorum blocks that hold the greatest term (written before terms
+        // were bounded) leave it there; no election can overflow it.
         let mut a = agent(0, &[0, 1, 2]);
-        a.start(&[], 0);
-        a.on_message(msg(MsgType::Heartbeat, u64::MAX, 1), 10);
+        a.start(&blocks(&[(1, &[(E::Term, u64::MAX, 1)])]), 0);
         let (out, _) = fire(&mut a);
         assert_eq!(out.actions, []);
         assert_eq!(a.stats().terms_exhausted, 1);

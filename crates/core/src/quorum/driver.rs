@@ -161,6 +161,8 @@ pub struct BadMessageCounts {
     pub msg_type: u64,
     pub slot_range: u64,
     pub slot_unconfigured: u64,
+    /// Well formed for us but without the cluster key's code: forged.
+    pub unauthenticated: u64,
 }
 
 impl BadMessageCounts {
@@ -174,6 +176,7 @@ impl BadMessageCounts {
             MessageError::Type(_) => &mut self.msg_type,
             MessageError::SlotRange(_) => &mut self.slot_range,
             MessageError::SlotUnconfigured(_) => &mut self.slot_unconfigured,
+            MessageError::Unauthenticated => &mut self.unauthenticated,
         };
         *c += 1;
     }
@@ -187,6 +190,7 @@ impl BadMessageCounts {
             + self.msg_type
             + self.slot_range
             + self.slot_unconfigured
+            + self.unauthenticated
     }
 }
 

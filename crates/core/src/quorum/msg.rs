@@ -1,12 +1,14 @@
-//! The election messages: one 32-byte UDP datagram each (the format
+//! The election messages: one 48-byte UDP datagram each (the format
 //! crate's `QuorumMessage`), and their decoding, which refuses anything not
-//! meant for this filesystem's configured slots without ever panicking.
+//! meant for this filesystem's configured slots, and anything not made with
+//! its cluster key (see `auth`), without ever panicking.
 
 use super::{SlotNr, SlotSet, Term};
+use crate::auth::ClusterKey;
 use scoutfs_format::consts::QUORUM_MAX_SLOTS;
 use scoutfs_format::quorum::{
-    quorum_msg_crc, QuorumMessage, QUORUM_MESSAGE_SIZE, QUORUM_MSG_HEARTBEAT,
-    QUORUM_MSG_REQUEST_VOTE, QUORUM_MSG_RESIGNATION, QUORUM_MSG_VOTE,
+    quorum_msg_crc, QuorumMessage, QUORUM_MESSAGE_MAC_OFFSET, QUORUM_MESSAGE_SIZE,
+    QUORUM_MSG_HEARTBEAT, QUORUM_MSG_REQUEST_VOTE, QUORUM_MSG_RESIGNATION, QUORUM_MSG_VOTE,
 };
 use scoutfs_format::SuperBlock;
 use std::fmt;
@@ -87,6 +89,8 @@ pub enum MessageError {
     SlotRange(u8),
     #[error("quorum message from slot {0}, which is not configured")]
     SlotUnconfigured(u8),
+    #[error("quorum message without this cluster's authentication code (forged)")]
+    Unauthenticated,
 }
 
 /// Encodes and decodes the messages of one filesystem.
@@ -97,6 +101,8 @@ pub struct MessageCodec {
     pub version: u64,
     /// The configured slots: messages from others are refused.
     pub slots: SlotSet,
+    /// What every message is authenticated with.
+    pub key: ClusterKey,
 }
 
 impl MessageCodec {
@@ -106,11 +112,12 @@ impl MessageCodec {
             fsid: sb.hdr.fsid.get(),
             version: sb.fmt_vers.get(),
             slots: SlotSet::from_config(&sb.qconf),
+            key: ClusterKey::of(sb),
         }
     }
 
     pub fn encode(&self, msg: &Message) -> [u8; QUORUM_MESSAGE_SIZE] {
-        QuorumMessage {
+        let mut b = QuorumMessage {
             fsid: self.fsid.into(),
             version: self.version.into(),
             term: msg.term.0.into(),
@@ -118,12 +125,18 @@ impl MessageCodec {
             from: msg.from.0,
             pad: [0; 2],
             crc: 0.into(),
+            mac: [0; scoutfs_format::consts::MAC_LEN],
         }
-        .to_bytes()
+        .to_bytes();
+        let mac = self.key.mac(&[&b[..QUORUM_MESSAGE_MAC_OFFSET]]);
+        b[QUORUM_MESSAGE_MAC_OFFSET..].copy_from_slice(&mac);
+        b
     }
 
     /// Decodes any bytes: a message for us, or why not. The crc is checked
-    /// first, so damage is reported as damage and not as a foreign message.
+    /// first, so damage is reported as damage and not as a foreign message;
+    /// then the fsid and version (another filesystem's members), then the
+    /// code: a message that passes those and not this is forged.
     pub fn decode(&self, bytes: &[u8]) -> Result<Message, MessageError> {
         let len = bytes.len();
         let m = QuorumMessage::read_from_bytes(bytes).map_err(|_| MessageError::Length { len })?;
@@ -139,6 +152,13 @@ impl MessageCodec {
         if m.version.get() != self.version {
             let (got, expected) = (m.version.get(), self.version);
             return Err(MessageError::Version { got, expected });
+        }
+        let signed = &bytes[..QUORUM_MESSAGE_MAC_OFFSET];
+        if !self
+            .key
+            .verify(&[signed], &bytes[QUORUM_MESSAGE_MAC_OFFSET..])
+        {
+            return Err(MessageError::Unauthenticated);
         }
         if m.pad != [0; 2] {
             return Err(MessageError::Padding);
@@ -171,7 +191,16 @@ mod tests {
             fsid: FSID,
             version: 1,
             slots: set(&[0, 1, 2, 14]),
+            key: ClusterKey::new([0x6b; 32]),
         }
+    }
+
+    /// A datagram with a valid crc and code over any fields.
+    fn signed(c: &MessageCodec, m: QuorumMessage) -> Vec<u8> {
+        let mut b = m.to_bytes();
+        let mac = c.key.mac(&[&b[..QUORUM_MESSAGE_MAC_OFFSET]]);
+        b[QUORUM_MESSAGE_MAC_OFFSET..].copy_from_slice(&mac);
+        b.to_vec()
     }
 
     #[test]
@@ -193,7 +222,7 @@ mod tests {
     fn codec_refuses_each_kind_of_bad_datagram() {
         let c = codec();
         let good = c.encode(&msg(MsgType::Vote, 3, 1));
-        for len in [0, 31, 33] {
+        for len in [0, 31, 47, 49] {
             let mut b = good.to_vec();
             b.resize(len, 0);
             assert_eq!(c.decode(&b), Err(MessageError::Length { len }));
@@ -219,18 +248,31 @@ mod tests {
                 expected: 1
             })
         );
-        // Valid crcs over invalid fields.
+        // Well formed, with a valid crc, but made without our key: forged.
+        let forger = MessageCodec {
+            key: ClusterKey::new([0x6c; 32]),
+            ..c
+        };
+        let forged = forger.encode(&msg(MsgType::Heartbeat, u64::MAX, 1));
+        assert_eq!(c.decode(&forged), Err(MessageError::Unauthenticated));
+        let mut unsigned = forged;
+        unsigned[32..].fill(0);
+        assert_eq!(c.decode(&unsigned), Err(MessageError::Unauthenticated));
+        // Valid crcs and codes over invalid fields.
         let raw = |ty: u8, from: u8, pad: [u8; 2]| {
-            QuorumMessage {
-                fsid: FSID.into(),
-                version: 1.into(),
-                term: 3.into(),
-                ty,
-                from,
-                pad,
-                crc: 0.into(),
-            }
-            .to_bytes()
+            signed(
+                &c,
+                QuorumMessage {
+                    fsid: FSID.into(),
+                    version: 1.into(),
+                    term: 3.into(),
+                    ty,
+                    from,
+                    pad,
+                    crc: 0.into(),
+                    mac: [0; 16],
+                },
+            )
         };
         assert_eq!(
             c.decode(&raw(1, 1, [0, 0])).map(|m| m.ty),
@@ -268,7 +310,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
             let c = codec();
             if let Ok(m) = c.decode(&bytes) {
                 prop_assert_eq!(&c.encode(&m)[..], &bytes[..]);
@@ -280,10 +322,10 @@ mod tests {
                                               fsid_bit in 0u32..3) {
             let c = codec();
             let fsid = if fsid_bit == 0 { FSID } else { FSID ^ (1 << fsid_bit) };
-            let b = QuorumMessage {
+            let b = signed(&c, QuorumMessage {
                 fsid: fsid.into(), version: 1.into(), term: term.into(), ty, from,
-                pad: [0; 2], crc: 0.into(),
-            }.to_bytes();
+                pad: [0; 2], crc: 0.into(), mac: [0; 16],
+            });
             let ok = fsid == FSID && ty < 4 && c.slots.contains(SlotNr(from));
             prop_assert_eq!(c.decode(&b).is_ok(), ok);
         }
