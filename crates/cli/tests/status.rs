@@ -82,7 +82,7 @@ fn a_fresh_filesystem_has_unused_slots_and_no_server() {
     let (o, t) = status(&m);
     assert!(o.status.success(), "{t}{}", stderr(&o));
     assert!(
-        t.starts_with("fsid ") && t.contains("format version 1"),
+        t.starts_with("fsid ") && t.contains("format version 2"),
         "{t}"
     );
     assert!(
@@ -106,7 +106,7 @@ fn a_fresh_filesystem_has_unused_slots_and_no_server() {
 
     let (o, j) = status_json(&m);
     assert!(o.status.success());
-    assert_eq!(j.get("format_version").u64(), 1);
+    assert_eq!(j.get("format_version").u64(), 2);
     assert_eq!(j.get("fsid").str().len(), 16);
     assert!(t.contains(j.get("fsid").str()), "same fsid as the text");
     let slots = j.get("slots").arr();
