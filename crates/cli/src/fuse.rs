@@ -400,10 +400,15 @@ impl Filesystem for ScoutFuse {
         // and the kernel keeps the attributes we send instead of forgetting
         // each file's block count at every close (which made every stat
         // after a close cost a request).
+        //
+        // No FUSE_ASYNC_DIO: the kernel drops the page cache over a direct
+        // write only when the write completes before the call returns, and
+        // asynchronous direct writes (AIO) return before; a buffered read
+        // racing one then kept the old bytes cached for good. Without it
+        // each direct write completes within its call.
         let want = InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_ASYNC_DIO
             // The kernel sends the umask instead of applying it: a parent's
             // default ACL replaces it.
             | InitFlags::FUSE_DONT_MASK;
