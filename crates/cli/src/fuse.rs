@@ -3,6 +3,7 @@
 //! inode is freed when the kernel forgets it), and dropping the kernel's
 //! caches when the mount loses the lock that covered them.
 
+use crate::knotify::KernelNotify;
 use fuser::*;
 use scoutfs_core::fs::inode::{Attr, SetAttr};
 use scoutfs_core::fs::{Fs, FsError};
@@ -118,8 +119,25 @@ pub struct ScoutFuse {
     fs: Arc<Fs>,
     known: Arc<Mutex<Known>>,
     notifier: Arc<OnceLock<Notifier>>,
+    knotify: Arc<OnceLock<Arc<KernelNotify>>>,
     dirs: Mutex<DirHandles>,
+    faults: Faults,
 }
+
+/// Fault points for tests, off unless their variable is in the mount's
+/// environment.
+#[derive(Default)]
+struct Faults {
+    /// `SCOUTFS_FAULT_RENAME_WEDGE`: a rename to a name starting with
+    /// "wedge" drops the kernel's entry of its source (which waits on the
+    /// directory's lock this rename holds in the kernel) and is never
+    /// answered: the state of a mount whose kernel notification waits on
+    /// a request of its own that waits for a cluster lock.
+    rename_wedge: bool,
+}
+
+/// The variable of [`Faults::rename_wedge`].
+pub const FAULT_RENAME_WEDGE: &str = "SCOUTFS_FAULT_RENAME_WEDGE";
 
 /// Open directories: where each one's listing stops. A listing from the
 /// start records the directory's next entry position, and every later
@@ -138,7 +156,11 @@ impl ScoutFuse {
             fs,
             known: Arc::default(),
             notifier: Arc::default(),
+            knotify: Arc::default(),
             dirs: Mutex::default(),
+            faults: Faults {
+                rename_wedge: std::env::var_os(FAULT_RENAME_WEDGE).is_some(),
+            },
         }
     }
 
@@ -148,6 +170,12 @@ impl ScoutFuse {
         self.notifier.clone()
     }
 
+    /// Where the helper for notifications that may wait in the kernel goes
+    /// once it runs (see `knotify`).
+    pub fn knotify_slot(&self) -> Arc<OnceLock<Arc<KernelNotify>>> {
+        self.knotify.clone()
+    }
+
     /// Records an access of `ino`; when that changed its atime, the
     /// attributes the kernel caches are dropped so stat sees it.
     fn accessed(&self, ino: u64) {
@@ -155,6 +183,19 @@ impl ScoutFuse {
         // the read.
         if let (Ok(true), Some(n)) = (self.fs.accessed(ino), self.notifier.get()) {
             let _ = n.inval_inode(INodeNo(ino), -1, 0);
+        }
+    }
+
+    /// The fault of [`Faults::rename_wedge`]: never returns while the
+    /// process lives (the request stays unanswered).
+    fn wedge(&self, parent: u64, name: &[u8]) {
+        eprintln!("scoutfs: fault {FAULT_RENAME_WEDGE}: wedging a rename");
+        if let Some(k) = self.knotify.get() {
+            let (k, name) = (k.clone(), name.to_vec());
+            std::thread::spawn(move || k.inval_entry(parent, &name));
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
         }
     }
 
@@ -573,6 +614,9 @@ impl Filesystem for ScoutFuse {
         reply: ReplyEmpty,
     ) {
         guard("rename", || {
+            if self.faults.rename_wedge && newname.as_bytes().starts_with(b"wedge") {
+                return self.wedge(parent.0, name.as_bytes());
+            }
             // The kernel moves its entries itself (both ways for an exchange):
             // both names may be cached after it.
             self.may_cache(parent.0, name.as_bytes());
@@ -689,8 +733,15 @@ impl Filesystem for ScoutFuse {
                 Ok((n, at)) => {
                     reply.written(n as u32);
                     if at != offset {
+                        // The attributes at once (no kernel lock); pages may
+                        // be locked by a request that waits for us, so they
+                        // go through the helper, on a thread.
                         if let Some(nt) = self.notifier.get() {
-                            let _ = nt.inval_inode(ino, 0, 0);
+                            let _ = nt.inval_inode(ino, -1, 0);
+                        }
+                        if let Some(k) = self.knotify.get() {
+                            let k = k.clone();
+                            std::thread::spawn(move || k.inval_pages(ino.0, 0, 0));
                         }
                     }
                 }

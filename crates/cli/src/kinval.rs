@@ -7,7 +7,9 @@
 //!   to a request sent before the drop is not cached (the kernel's attribute
 //!   version).
 //! - Names are dropped one by one under their directory's lock, and pages
-//!   under their page locks, on a thread of its own. A request in flight
+//!   under their page locks, on a thread of its own, through the helper
+//!   process of `knotify` (a wait in the kernel there can't keep this
+//!   process from exiting when it is killed). A request in flight
 //!   may hold those while it waits for this very lock (a create holds its
 //!   directory, a read or a partial write its pages). The lock driver
 //!   (`scoutfs_core::locks`) then lets such requests run under the lock it
@@ -24,13 +26,13 @@
 //! then waits for.
 
 use crate::fuse::Known;
+use crate::knotify::KernelNotify;
 use fuser::{INodeNo, Notifier};
 use scoutfs_core::locks::PendingDrop;
 use scoutfs_format::key::zone;
 use scoutfs_format::Key;
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -87,7 +89,10 @@ impl Epoch {
 /// Drops the kernel's caches of the inodes in a lock's range.
 pub struct KernelCaches {
     pub known: Arc<Mutex<Known>>,
+    /// For attributes (no kernel lock taken).
     pub notifier: Notifier,
+    /// For names and pages, which may wait in the kernel (see `knotify`).
+    pub knotify: Arc<KernelNotify>,
     pub epoch: Arc<Epoch>,
 }
 
@@ -120,18 +125,18 @@ impl KernelCaches {
         let ranges = page_ranges(&self.known, &inos);
         let drop = NamesAndPages {
             names: spawn(
-                &self.notifier,
+                &self.knotify,
                 "scoutfs-kinval-names",
                 names,
                 |n, (d, name)| {
-                    let _ = n.inval_entry(INodeNo(d), std::ffi::OsStr::from_bytes(&name));
+                    n.inval_entry(d, &name);
                 },
             ),
-            pages: RefCell::new(spawn_pages(&self.notifier, ranges.clone())),
+            pages: RefCell::new(spawn_pages(&self.knotify, ranges.clone())),
             ranges: RefCell::new(ranges),
             inos,
             known: self.known.clone(),
-            notifier: self.notifier.clone(),
+            knotify: self.knotify.clone(),
             epoch: self.epoch.clone(),
         };
         Some(Box::new(drop))
@@ -158,20 +163,20 @@ fn page_ranges(known: &Mutex<Known>, inos: &[u64]) -> PageRanges {
         .collect()
 }
 
-fn spawn_pages(n: &Notifier, ranges: PageRanges) -> Option<Part> {
+fn spawn_pages(n: &Arc<KernelNotify>, ranges: PageRanges) -> Option<Part> {
     spawn(n, "scoutfs-kinval-pages", ranges, |n, (ino, ranges)| {
         for (off, len) in ranges {
-            let _ = n.inval_inode(INodeNo(ino), off as i64, len as i64);
+            n.inval_pages(ino, off as i64, len as i64);
         }
     })
 }
 
 /// Runs `f` on each of `items` on a thread; `None` if there are none.
 fn spawn<T: Send + 'static>(
-    n: &Notifier,
+    n: &Arc<KernelNotify>,
     name: &str,
     items: Vec<T>,
-    f: fn(&Notifier, T),
+    f: fn(&KernelNotify, T),
 ) -> Option<Part> {
     if items.is_empty() {
         return None;
@@ -242,7 +247,7 @@ struct NamesAndPages {
     ranges: RefCell<PageRanges>,
     inos: Vec<u64>,
     known: Arc<Mutex<Known>>,
-    notifier: Notifier,
+    knotify: Arc<KernelNotify>,
     epoch: Arc<Epoch>,
 }
 
@@ -270,7 +275,7 @@ impl PendingDrop for NamesAndPages {
         }
         let ranges = page_ranges(&self.known, &self.inos);
         if ranges != *self.ranges.borrow() {
-            *self.pages.borrow_mut() = spawn_pages(&self.notifier, ranges.clone());
+            *self.pages.borrow_mut() = spawn_pages(&self.knotify, ranges.clone());
             *self.ranges.borrow_mut() = ranges;
         }
     }

@@ -9,6 +9,7 @@
 mod fence;
 mod fuse;
 mod kinval;
+mod knotify;
 mod mount;
 mod mountinfo;
 mod progress;
@@ -85,6 +86,9 @@ enum Cmd {
     /// already gone (no record, or its process ended); non-zero when it may
     /// still run.
     FenceLocal(fence::FenceLocalArgs),
+    /// A mount's helper for kernel notifications (started by the mount).
+    #[command(hide = true)]
+    KernelNotify,
 }
 
 #[derive(clap::Args)]
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
         Cmd::Check { meta, data } => cmd_check(&meta, &data),
         Cmd::Status(a) => cmd_status(a),
         Cmd::FenceLocal(a) => fence::cmd_fence_local(a),
+        Cmd::KernelNotify => return knotify::helper_main(),
     };
     match res {
         Ok(code) => code,

@@ -433,13 +433,18 @@ struct RecordGuard {
 }
 
 impl RecordGuard {
-    /// Adds the FUSE mount's device number to the record, once mounted:
-    /// the agent aborts that connection when it fences this mount.
-    fn add_fuse_dev(&self) -> Result<(), String> {
+    /// Adds the FUSE mount's device number and the pid of the helper that
+    /// holds it open too to the record, once mounted: the agent kills the
+    /// helper and aborts that connection when it fences this mount.
+    fn add_fuse(&self, helper_pid: u32) -> Result<(), String> {
+        use scoutfs_core::fence::local::{fuse_dev_at, proc_identity};
         let e = |e: scoutfs_core::error::Error| format!("mount: recording the FUSE device: {e}");
-        let dev = scoutfs_core::fence::local::fuse_dev_at(&self.mp).map_err(e)?;
+        let dev = fuse_dev_at(&self.mp).map_err(e)?;
         let mut r = LocalRecord::for_this_process(self.fsid, Rid(self.rid), &self.mp).map_err(e)?;
         r.fuse_dev = dev;
+        if let Ok(Some(id)) = proc_identity(helper_pid) {
+            r.helper = Some((helper_pid, id.start_time));
+        }
         r.write(&self.dir).map_err(e)?;
         Ok(())
     }
@@ -498,6 +503,7 @@ fn serve(
     let fuse = ScoutFuse::new(mnt.fs().clone());
     let known = fuse.known();
     let notifier_slot = fuse.notifier_slot();
+    let knotify_slot = fuse.knotify_slot();
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("scoutfs:{}", data.display())),
@@ -527,11 +533,6 @@ fn serve(
             return Err(format!("{}: mounting with FUSE: {e}", mp.display()));
         }
     };
-    if let Err(e) = record.add_fuse_dev() {
-        // The agent can still kill this process; it then can't abort a
-        // connection that a thread of it waits on.
-        eprintln!("scoutfs: {e}");
-    }
     let notifier = session.notifier();
     let _ = notifier_slot.set(session.notifier());
     let epoch = match session.as_fd().try_clone_to_owned() {
@@ -542,9 +543,28 @@ fn serve(
             return Err(format!("{}: the FUSE device: {e}", mp.display()));
         }
     };
+    let knotify = match session
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(crate::knotify::KernelNotify::start)
+    {
+        Ok(k) => Arc::new(k),
+        Err(e) => {
+            drop(session);
+            let _ = mnt.unmount();
+            return Err(format!("starting the kernel notification helper: {e}"));
+        }
+    };
+    if let Err(e) = record.add_fuse(knotify.pid()) {
+        // The agent can still kill this process; it then can't abort the
+        // connection a thread of the helper may wait on.
+        eprintln!("scoutfs: {e}");
+    }
+    let _ = knotify_slot.set(knotify.clone());
     let caches = KernelCaches {
         known,
         notifier,
+        knotify,
         epoch,
     };
     mnt.locks()

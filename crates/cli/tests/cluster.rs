@@ -35,10 +35,16 @@ struct Cluster {
     data: PathBuf,
     run: PathBuf,
     mounts: Vec<Option<MountProc>>,
+    /// Mounts start with the rename wedge fault point on.
+    wedge_fault: bool,
 }
 
 impl Cluster {
     fn start(name: &str) -> Cluster {
+        Cluster::start_with(name, false)
+    }
+
+    fn start_with(name: &str, wedge_fault: bool) -> Cluster {
         let dir = Scratch::new(name);
         let (meta, data) = mkfs_slots(&dir, 3);
         let run = dir.path("run");
@@ -49,6 +55,7 @@ impl Cluster {
             data,
             run,
             mounts: vec![None, None, None],
+            wedge_fault,
         };
         for slot in 0..3 {
             c.spawn(slot);
@@ -74,7 +81,10 @@ impl Cluster {
             "--reconnect-timeout-ms",
             "3000",
         ];
-        let env = [("SCOUTFS_RUN_DIR", self.run.as_path())];
+        let mut env = vec![("SCOUTFS_RUN_DIR", self.run.as_path())];
+        if self.wedge_fault {
+            env.push(("SCOUTFS_FAULT_RENAME_WEDGE", Path::new("1")));
+        }
         let m = MountProc::spawn(&self.meta, &self.data, &mp, &extra, &env, Some(&log));
         self.mounts[slot] = Some(m);
     }
@@ -629,6 +639,71 @@ fn failover(name: &str, shared: bool) {
         let total: usize = results.iter().map(|r| r.files.len()).sum();
         assert_eq!(n, total, "every acknowledged append is in the shared file");
     }
+    c.finish();
+}
+
+/// Regression: a server's mount killed while a kernel notification of
+/// its own waited in the kernel (on the directory lock of a rename on that
+/// mount, itself waiting for the mount's answer) could not exit: its
+/// sockets stayed open, the fence agent's kill never finished, and no new
+/// server could start. The notification is now sent by a helper process,
+/// and the agent aborts the dead mount's FUSE connection.
+#[test]
+fn a_server_killed_while_a_rename_waits_on_its_notification_is_replaced() {
+    if !can_mount("a_server_killed_while_a_rename_waits_on_its_notification_is_replaced") {
+        return;
+    }
+    let mut c = Cluster::start_with("cluster-wedge", true);
+    let old = c.server_slot().expect("a server is elected");
+    let others: Vec<usize> = (0..3).filter(|&s| s != old).collect();
+    std::fs::create_dir(c.p(old, "d")).unwrap();
+    std::fs::write(c.p(old, "d/a"), b"a").unwrap();
+    let (from, to) = (c.p(old, "d/a"), c.p(old, "d/wedge"));
+    let renamer = std::thread::spawn(move || std::fs::rename(from, to));
+    let log = c.dir.path(&format!("mount{old}.log"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("wedging a rename")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the rename never reached the fault point"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Time for the notification to reach the kernel and wait there.
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = c.mounts[old].take().unwrap();
+    let (pid, killed_mp) = (killed.pid(), killed.mp.clone());
+    let t0 = Instant::now();
+    killed.kill9_keep_mount();
+    let new = c.wait_new_server(old, Duration::from_secs(30));
+    let elected = t0.elapsed();
+    eprintln!("slot {new} serves {elected:?} after the kill of slot {old}");
+    // The rename on the dead mount failed once its connection was aborted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !renamer.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the rename on the dead mount never returned"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(renamer.join().unwrap().is_err(), "a rename on a dead mount");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the killed mount exited"
+    );
+    assert!(!is_mounted(&killed_mp), "the dead mount was detached");
+    // The cluster goes on.
+    std::fs::write(c.p(others[0], "after"), b"on").unwrap();
+    assert_eq!(read(&c.p(others[1], "after")), b"on");
+    assert!(
+        elected < Duration::from_secs(2),
+        "a new server after {elected:?}\n{}",
+        c.logs()
+    );
     c.finish();
 }
 

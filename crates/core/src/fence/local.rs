@@ -33,18 +33,24 @@
 //!
 //! 1. Find the record of the rid (and fsid, when given). None: the mount
 //!    unmounted cleanly or never mounted here; fenced already.
-//! 2. Its process gone (see above): fenced already. Its FUSE mount, if it
-//!    is still there and dead (the kernel answers ENOTCONN), is detached;
-//!    the record is removed.
+//! 2. Its process gone (see above): fenced already. If the mount's helper
+//!    process (recorded as `helper`, which sends kernel notifications that
+//!    may wait in the kernel) still runs, it holds the FUSE connection open:
+//!    it is killed and that connection aborted. The FUSE mount, if it is
+//!    still there and dead (the kernel answers ENOTCONN), is detached; the
+//!    record is removed.
 //! 3. Refuse to kill the agent itself or the process that ran it (a server
 //!    fencing its own mount is a bug, not a fence).
-//! 4. SIGKILL, then abort its FUSE connection, and wait (bounded) until the
+//! 4. SIGKILL (and its helper's), then abort its FUSE connection, and wait
+//!    (bounded) until the
 //!    process has exited. Exit closes its `/dev/fuse` descriptors, so the
 //!    mount can no longer change anything; the kernel fails requests on it
-//!    with ENOTCONN. The abort is what lets it exit at all in one state: a
-//!    thread of it that waits in the kernel (uninterruptibly) for a
-//!    directory's lock held by a request on its own mount, which only that
-//!    process could answer. Aborting answers every request at once. It is
+//!    with ENOTCONN. The abort is what frees a thread that waits in the
+//!    kernel (uninterruptibly, so a kill can't end it) for a directory's
+//!    lock held by a request on its own mount, which only that mount could
+//!    answer; the mount keeps such waits in its helper, so that its own
+//!    process exits at once, but the helper and the connection would wait
+//!    for good. Aborting answers every request at once. It is
 //!    a forced unmount's first step (`umount2(MNT_FORCE)`), taken only when
 //!    the mount on the mountpoint is the one the record names: the record
 //!    carries the FUSE device number (`fuse_dev`) the mount got.
@@ -168,6 +174,10 @@ pub struct LocalRecord {
     /// The device number (`major:minor`, as mountinfo shows it) of its FUSE
     /// mount, recorded once mounted: the connection the agent may abort.
     pub fuse_dev: Option<String>,
+    /// The pid and start time of the mount's helper process, which holds
+    /// the FUSE connection open too (it sends the kernel notifications
+    /// that may wait in the kernel).
+    pub helper: Option<(u32, u64)>,
 }
 
 impl LocalRecord {
@@ -185,6 +195,24 @@ impl LocalRecord {
             boot_id: boot_id().map_err(|e| Error::io("reading the boot id", e))?,
             mountpoint: mountpoint.to_path_buf(),
             fuse_dev: None,
+            helper: None,
+        })
+    }
+
+    /// The mount's helper process, if the record names one that still runs.
+    fn helper_victim(&self) -> Result<Option<Victim>> {
+        let Some((pid, start_time)) = self.helper else {
+            return Ok(None);
+        };
+        let rec = LocalRecord {
+            pid,
+            start_time,
+            helper: None,
+            ..self.clone()
+        };
+        Ok(match Victim::open(&rec)? {
+            Found::Live(v) => Some(v),
+            Found::Gone(_) => None,
         })
     }
 
@@ -205,11 +233,14 @@ impl LocalRecord {
         if let Some(d) = &self.fuse_dev {
             b.extend(format!("fuse_dev {d}\n").into_bytes());
         }
+        if let Some((pid, start)) = self.helper {
+            b.extend(format!("helper {pid} {start}\n").into_bytes());
+        }
         b
     }
 
     /// Parses a record; every field must be there exactly once, but for
-    /// `fuse_dev` (at most once).
+    /// `fuse_dev` and `helper` (at most once).
     pub fn decode(b: &[u8]) -> std::result::Result<LocalRecord, String> {
         let mut lines = b.split(|&c| c == b'\n');
         if lines.next() != Some(RECORD_MAGIC.as_bytes()) {
@@ -217,8 +248,8 @@ impl LocalRecord {
                 "not a record (the first line is not '{RECORD_MAGIC}')"
             ));
         }
-        let mut f: [Option<&[u8]>; 7] = [None; 7];
-        const KEYS: [&str; 7] = [
+        let mut f: [Option<&[u8]>; 8] = [None; 8];
+        const KEYS: [&str; 8] = [
             "fsid",
             "rid",
             "pid",
@@ -226,6 +257,7 @@ impl LocalRecord {
             "boot_id",
             "mountpoint",
             "fuse_dev",
+            "helper",
         ];
         for line in lines.filter(|l| !l.is_empty()) {
             let sp = line.iter().position(|&c| c == b' ').unwrap_or(line.len());
@@ -264,6 +296,19 @@ impl LocalRecord {
                 Some(d.to_string())
             }
         };
+        let helper = match f[7] {
+            None => None,
+            Some(_) => {
+                let bad = || "field 'helper' is not PID START_TIME".to_string();
+                let (p, s) = text(7)?.split_once(' ').ok_or_else(bad)?;
+                let pid: u32 = p.parse().map_err(|_| bad())?;
+                let start: u64 = s.parse().map_err(|_| bad())?;
+                if pid == 0 {
+                    return Err(bad());
+                }
+                Some((pid, start))
+            }
+        };
         Ok(LocalRecord {
             fsid: hex(0)?,
             rid: Rid(hex(1)?),
@@ -272,6 +317,7 @@ impl LocalRecord {
             boot_id: text(4)?.to_string(),
             mountpoint: PathBuf::from(OsString::from_vec(mp)),
             fuse_dev,
+            helper,
         })
     }
 
@@ -491,7 +537,17 @@ pub fn fence_local(
     };
     let victim = match Victim::open(&record)? {
         Found::Gone(why) => {
-            let detached = detach_dead(&record.mountpoint)?;
+            // Its helper may live on, holding the connection open with a
+            // thread asleep in the kernel on a request of that mount: then
+            // the mount is the recorded one; end the helper and abort it.
+            let aborted = match record.helper_victim()? {
+                Some(h) => {
+                    h.kill()?;
+                    abort_connection(&record)?
+                }
+                None => false,
+            };
+            let detached = detach_dead(&record.mountpoint)? || aborted;
             let left = LocalRecord::remove(dir, record.fsid, record.rid).err();
             let left = left.map(|e| e.to_string());
             return Ok(LocalFenceOutcome::Gone {
@@ -513,6 +569,9 @@ pub fn fence_local(
         )));
     }
     victim.kill()?;
+    if let Some(h) = record.helper_victim()? {
+        h.kill()?;
+    }
     let aborted = abort_connection(&record)?;
     victim.wait_exit(kill_wait, &record)?;
     let detached = detach(&record.mountpoint)? || aborted;

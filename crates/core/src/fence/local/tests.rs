@@ -59,6 +59,7 @@ fn record(fsid: u64, rid: u64, pid: u32, mp: &Path) -> LocalRecord {
         boot_id: boot_id().unwrap(),
         mountpoint: mp.to_path_buf(),
         fuse_dev: None,
+        helper: None,
     }
 }
 
@@ -75,9 +76,10 @@ fn a_record_round_trips_with_any_mountpoint() {
         boot_id: "6e0f6c1c-1f5a-4f0e-9a3b-0d6f0e5b7c11".into(),
         mountpoint: PathBuf::from(odd),
         fuse_dev: Some("0:57".into()),
+        helper: Some((77, 12345)),
     };
     let b = r.encode();
-    assert_eq!(b.iter().filter(|&&c| c == b'\n').count(), 8);
+    assert_eq!(b.iter().filter(|&&c| c == b'\n').count(), 9);
     assert_eq!(LocalRecord::decode(&b), Ok(r));
 }
 
