@@ -450,6 +450,10 @@ impl Filesystem for ScoutFuse {
         let want = InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_PARALLEL_DIROPS
+            // File handles (open_by_handle_at, NFS re-export) name inodes
+            // by number: the kernel looks up "." and ".." by number when
+            // it no longer caches them, so handles outlive a remount.
+            | InitFlags::FUSE_EXPORT_SUPPORT
             // The kernel sends the umask instead of applying it: a parent's
             // default ACL replaces it.
             | InitFlags::FUSE_DONT_MASK;
@@ -466,6 +470,20 @@ impl Filesystem for ScoutFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guard("lookup", || {
+            if name == "." || name == ".." {
+                // The kernel finding an inode by number (a file handle):
+                // no name is cached, but the inode is looked up.
+                match self.fs.lookup(parent.0, name.as_bytes()) {
+                    Ok(a) => {
+                        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                        *k.inodes.entry(a.ino).or_insert(0) += 1;
+                        drop(k);
+                        reply.entry(&TTL, &file_attr(&a), Generation(0));
+                    }
+                    Err(e) => reply.error(err(e)),
+                }
+                return;
+            }
             self.may_cache(parent.0, name.as_bytes());
             let r = self.fs.lookup(parent.0, name.as_bytes());
             self.entry(reply, parent.0, name, r);

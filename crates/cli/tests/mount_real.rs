@@ -943,3 +943,92 @@ fn a_buffered_read_after_an_aio_direct_write_sees_it() {
     m.unmount();
     assert_check_clean(&meta, &data);
 }
+
+/// A file handle (`name_to_handle_at`) as bytes: `handle_bytes` u32,
+/// `handle_type` i32, then the handle.
+fn handle_of(p: &Path) -> Vec<u8> {
+    let mut h = vec![0u8; 8 + 128];
+    h[..4].copy_from_slice(&128u32.to_ne_bytes());
+    let mut mount_id = 0;
+    let c = cpath(p);
+    // SAFETY: a valid C string and a handle buffer of the size it says.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            h.as_mut_ptr().cast(),
+            &mut mount_id,
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "name_to_handle_at {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+    h
+}
+
+/// Opens a file handle on the mount of `mount_fd`: the descriptor, or the
+/// errno.
+fn open_handle(mount_fd: &std::fs::File, h: &[u8], flags: i32) -> Result<std::fs::File, i32> {
+    use std::os::unix::io::{AsRawFd, FromRawFd};
+    let mut h = h.to_vec();
+    // SAFETY: a handle buffer as name_to_handle_at filled it.
+    let fd = unsafe { libc::open_by_handle_at(mount_fd.as_raw_fd(), h.as_mut_ptr().cast(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    // SAFETY: a descriptor the kernel just gave us.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Regression (xfstests generic/426, 477): file handles of files and
+/// directories open after the kernel has forgotten their inodes (here, a
+/// remount), which is what NFS re-export needs; a deleted file's handle is
+/// stale.
+#[test]
+fn file_handles_open_after_a_remount() {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    if !can_mount("file_handles_open_after_a_remount") {
+        return;
+    }
+    let dir = Scratch::new("handles");
+    let (meta, data) = mkfs(&dir);
+    let mp = dir.path("mnt");
+    let m = MountProc::start(&meta, &data, &mp, &[]);
+    std::fs::create_dir_all(m.mp.join("d/e")).unwrap();
+    std::fs::write(m.mp.join("d/e/f"), b"contents").unwrap();
+    std::fs::write(m.mp.join("d/gone"), b"x").unwrap();
+    let ino_f = std::fs::metadata(m.mp.join("d/e/f")).unwrap().ino();
+    let ino_e = std::fs::metadata(m.mp.join("d/e")).unwrap().ino();
+    let (hf, he, hg) = (
+        handle_of(&m.mp.join("d/e/f")),
+        handle_of(&m.mp.join("d/e")),
+        handle_of(&m.mp.join("d/gone")),
+    );
+    std::fs::remove_file(m.mp.join("d/gone")).unwrap();
+    m.unmount();
+    let m = MountProc::start(&meta, &data, &mp, &[]);
+    let root = std::fs::File::open(&m.mp).unwrap();
+    let mut f = open_handle(&root, &hf, libc::O_RDONLY).expect("the file's handle");
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(
+        (s.as_str(), f.metadata().unwrap().ino()),
+        ("contents", ino_f)
+    );
+    let e = open_handle(&root, &he, libc::O_RDONLY | libc::O_DIRECTORY).expect("the dir's handle");
+    let md = e.metadata().unwrap();
+    assert!(md.is_dir() && md.ino() == ino_e);
+    assert_eq!(
+        open_handle(&root, &hg, libc::O_RDONLY).err(),
+        Some(libc::ESTALE)
+    );
+    drop((f, e, root));
+    m.unmount();
+    assert_check_clean(&meta, &data);
+}

@@ -129,10 +129,15 @@ impl Fs {
         Ok(a)
     }
 
-    /// Looks up `name` in `parent`.
+    /// Looks up `name` in `parent`. "." is `parent` itself, whatever its
+    /// type: that is how the kernel finds an inode by number alone (for a
+    /// file handle whose inode it no longer caches).
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         if name.len() > NAME_LEN {
             return Err(ENAMETOOLONG);
+        }
+        if name == b"." {
+            return self.getattr(parent);
         }
         let ino = {
             let g = self.locks.lock_inode(parent, LockMode::Read)?;
