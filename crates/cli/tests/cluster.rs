@@ -946,3 +946,130 @@ fn pages_cached_on_a_busy_mount_are_dropped_before_the_lock_goes() {
     );
     c.finish();
 }
+
+/// Creates files named `prefix`N in the shared directory `pool` (the other
+/// worker's creates there make the directory's lock go back and forth, with
+/// its cached names dropped each time), writes and fsyncs each, and appends
+/// a line to `shared`, until `stop`; records what fsync acknowledged.
+fn soak_worker(pool: PathBuf, prefix: String, shared: PathBuf, stop: Arc<AtomicBool>) -> Acked {
+    let mut acked = Acked {
+        files: Vec::new(),
+        errors: Vec::new(),
+    };
+    let mut i = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let p = pool.join(format!("{prefix}{i}"));
+        let body = format!("{prefix} {i}").repeat(1 + i % 5).into_bytes();
+        let r = (|| -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .open(&p)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&shared)?;
+            f.write_all(format!("{prefix} {i}\n").as_bytes())?;
+            // A lookup of the other worker's latest name, and a listing.
+            let _ = std::fs::read_dir(&pool)?.count();
+            Ok(())
+        })();
+        match r {
+            Ok(()) => acked.files.push((p, body)),
+            Err(e) => acked.errors.push(format!("{}: {e}", p.display())),
+        }
+        i += 1;
+    }
+    acked
+}
+
+/// The failover soak (opt-in, `scripts/soak-failover`): SCOUTFS_SOAK_KILLS
+/// (default 100) rounds of a cross-mount workload on the two mounts that
+/// don't serve, a kill -9 of the one that does, the time until a new
+/// server serves, and a check that every acknowledged file is there; the
+/// killed mount then rejoins. Prints the failover times' median, p90, p99
+/// and max, and fails if p99 reaches 2 s or anything acknowledged is lost.
+#[test]
+#[ignore]
+fn failover_soak() {
+    if !can_mount("failover_soak") {
+        return;
+    }
+    let kills: usize = std::env::var("SCOUTFS_SOAK_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let mut c = Cluster::start("cluster-soak");
+    let mut times = Vec::new();
+    let mut acked_total = 0;
+    for round in 0..kills {
+        let old = c.server_slot().expect("a server is elected");
+        let others: Vec<usize> = (0..3).filter(|&s| s != old).collect();
+        let pool = format!("pool{round}");
+        let shared = format!("shared{round}");
+        std::fs::create_dir(c.p(others[0], &pool)).unwrap();
+        std::fs::write(c.p(others[0], &shared), b"").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = others
+            .iter()
+            .map(|&s| {
+                let (p, sh, stop) = (c.p(s, &pool), c.p(s, &shared), stop.clone());
+                std::thread::spawn(move || soak_worker(p, format!("s{s}-"), sh, stop))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(400 + (round as u64 * 37) % 400));
+        let killed = c.mounts[old].take().unwrap();
+        let t0 = Instant::now();
+        killed.kill9_keep_mount();
+        let new = c.wait_new_server(old, Duration::from_secs(60));
+        times.push(t0.elapsed());
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::SeqCst);
+        let results: Vec<Acked> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+        for (r, s) in results.iter().zip(&others) {
+            assert!(
+                r.errors.is_empty(),
+                "round {round}: the workload on mount {s} saw errors: {:?}",
+                r.errors
+            );
+        }
+        // Every acknowledged file on both survivors, and every append.
+        for &view in &others {
+            for r in &results {
+                for (p, body) in &r.files {
+                    let name = p.file_name().unwrap().to_str().unwrap();
+                    assert_eq!(&read(&c.p(view, &format!("{pool}/{name}"))), body);
+                }
+            }
+        }
+        let lines = read(&c.p(others[1], &shared));
+        let total: usize = results.iter().map(|r| r.files.len()).sum();
+        assert_eq!(lines.iter().filter(|&&b| b == b'\n').count(), total);
+        acked_total += total;
+        eprintln!(
+            "round {round}: slot {new} serves {:?} after the kill of slot {old}; {total} files acknowledged",
+            times[round]
+        );
+        c.spawn(old);
+        c.mounts[old]
+            .as_mut()
+            .unwrap()
+            .wait_mounted(Duration::from_secs(60));
+    }
+    let mut sorted = times.clone();
+    sorted.sort();
+    let at =
+        |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
+    eprintln!(
+        "failover soak: {kills} kills, {acked_total} files acknowledged and found; failover median {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        sorted[sorted.len() - 1]
+    );
+    assert!(
+        at(0.99) < Duration::from_secs(2),
+        "failover p99 {:?}",
+        at(0.99)
+    );
+    c.finish();
+}
