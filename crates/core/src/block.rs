@@ -316,9 +316,31 @@ impl BlockCache {
     }
 }
 
+/// The last corruption this process reported, for errors that reach the
+/// user as an errno (EIO) far from where it was found.
+static LAST_CORRUPTION: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 /// Writes a corruption report to the log (standard error).
 pub fn log_corruption(c: &crate::error::Corruption) {
     eprintln!("scoutfs: {c}");
+    *LAST_CORRUPTION.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.to_string());
+}
+
+/// The last corruption this process reported, if any.
+pub fn last_corruption() -> Option<String> {
+    LAST_CORRUPTION
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+/// " (cause: the last corruption)" for a message that reports EIO, when
+/// this process has found corruption; else nothing.
+pub fn eio_cause(errno: i32) -> String {
+    match (errno == libc::EIO).then(last_corruption).flatten() {
+        Some(c) => format!(" (the cause: {c})"),
+        None => String::new(),
+    }
 }
 
 /// A block buffer read for a writer: either one of its own dirty blocks or a

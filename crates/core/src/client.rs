@@ -97,6 +97,7 @@ impl Client {
         rid: u64,
         flags: u64,
         handler: Arc<dyn Handler>,
+        abandon: &dyn Fn() -> Option<String>,
     ) -> Result<Arc<Client>> {
         let dispatch = Arc::new(Dispatch {
             waiters: Mutex::default(),
@@ -110,6 +111,7 @@ impl Client {
             flags,
             dispatch.clone(),
             GREETING_TIMEOUT,
+            abandon,
         )?;
         Ok(Arc::new(Client {
             link,
@@ -165,9 +167,11 @@ impl Client {
             lock(&self.dispatch.waiters).insert(id, Waiter::Call(tx));
         })?;
         match rx.recv() {
-            Ok(Response::Error(errno)) => {
-                Err(Error::Invalid(format!("server error: errno {errno}")))
-            }
+            Ok(Response::Error(errno)) => Err(Error::Invalid(format!(
+                "the server failed {req:?}: {}{}",
+                std::io::Error::from_raw_os_error(errno),
+                crate::block::eio_cause(errno)
+            ))),
             Ok(resp) => Ok(resp),
             Err(_) => Err(Error::Invalid("the connection to the server closed".into())),
         }

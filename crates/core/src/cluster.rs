@@ -59,7 +59,14 @@ enum Cmd {
 pub struct ElectedServer {
     tx: Mutex<Sender<Cmd>>,
     thread: Option<JoinHandle<()>>,
+    failure: StartFailure,
 }
+
+/// Why this mount's server could not start, when the cause is the
+/// filesystem itself (corruption, or the device failing): another term
+/// won't fix it, and a mount that is still starting says so at once rather
+/// than wait for a server that will never answer.
+pub type StartFailure = Arc<Mutex<Option<String>>>;
 
 impl ElectedServer {
     /// A control for the server of `slot` on the filesystem of `meta`.
@@ -77,7 +84,9 @@ impl ElectedServer {
             .and_then(|a| a.to_socket())
             .ok_or_else(|| Error::Invalid(format!("quorum slot {slot} is not configured")))?;
         let (tx, rx) = channel();
+        let failure = StartFailure::default();
         let mut w = Worker {
+            failure: failure.clone(),
             meta,
             addr,
             slot_addrs: (0..sb.qconf.slots.len())
@@ -97,7 +106,13 @@ impl ElectedServer {
         Ok(ElectedServer {
             tx: Mutex::new(tx),
             thread: Some(thread),
+            failure,
         })
+    }
+
+    /// Where a start that failed because of the filesystem itself says why.
+    pub fn start_failure(&self) -> StartFailure {
+        self.failure.clone()
     }
 
     /// Something that asks the running server, if any, to print its state.
@@ -151,6 +166,7 @@ struct Worker {
     /// The term of the last start, for a stop with nothing running.
     last_term: Option<Term>,
     tx: Sender<Cmd>,
+    failure: StartFailure,
 }
 
 impl Worker {
@@ -163,6 +179,7 @@ impl Worker {
                     self.last_term = Some(term);
                     match self.start(term) {
                         Ok(server) => {
+                            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
                             eprintln!(
                                 "scoutfs: serving the filesystem as the server of term {} on {}",
                                 term.0, self.addr
@@ -174,6 +191,11 @@ impl Worker {
                         }
                         Err(e) => {
                             eprintln!("scoutfs: the server of term {} did not start: {e}", term.0);
+                            if matches!(e, Error::Corrupt(_) | Error::Io { .. }) {
+                                let why =
+                                    format!("the server of term {} could not start: {e}", term.0);
+                                *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                            }
                             if let Some(q) = &self.quorum {
                                 q.server_stopped(term);
                             }
@@ -259,6 +281,7 @@ impl Worker {
         }
         let store = Store::open(self.meta.clone(), self.opts.cache_blocks)?;
         let tx = self.tx.clone();
+        let failure = self.failure.clone();
         let opts = ServerOptions {
             term: term.0,
             alone: false,
@@ -267,7 +290,14 @@ impl Worker {
             recovery_timeout: self.opts.recovery_timeout,
             reconnect_timeout: self.opts.reconnect_timeout,
             votes_needed: self.votes_needed,
-            on_exit: Some(Box::new(move |_why| {
+            on_exit: Some(Box::new(move |why: String| {
+                // A server that ended on corruption: the next won't do
+                // better (the server's reasons are text until its errors
+                // are typed; a corruption report names its kind).
+                if why.contains("corruption SC_") {
+                    let why = format!("the server of term {} stopped: {why}", term.0);
+                    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                }
                 let _ = tx.send(Cmd::Exited(term));
             })),
         };

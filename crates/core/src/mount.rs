@@ -175,6 +175,7 @@ impl Mount {
         let mut server = None;
         let mut quorum = None;
         let mut elected_dump = None;
+        let mut start_failure = None;
         let finder = Arc::new(Finder {
             meta: meta.clone(),
             quorum: OnceLock::new(),
@@ -197,6 +198,7 @@ impl Mount {
                     reconnect_timeout: Duration::from_millis(opts.reconnect_timeout_ms),
                 };
                 let ctl = ElectedServer::new(meta.clone(), &msb, SlotNr(slot), eopts)?;
+                start_failure = Some(ctl.start_failure());
                 elected_dump = Some(Arc::from(ctl.dumper()));
                 let qopts = QuorumOptions {
                     rid: Rid(rid),
@@ -221,7 +223,22 @@ impl Mount {
                  traffic is not authenticated; a filesystem made by this version has one"
             );
         }
-        let client = Client::connect(addr, fsid, key, rid, flags, locks.clone())?;
+        // A starting mount whose own server can't start or serve because
+        // of the filesystem itself (corruption, a failing device) says why
+        // at once instead of waiting for a server that won't answer: the
+        // other members read the same devices.
+        let abandon = || {
+            let failed = start_failure
+                .as_ref()
+                .and_then(|f: &crate::cluster::StartFailure| {
+                    f.lock().unwrap_or_else(|p| p.into_inner()).clone()
+                });
+            failed.or_else(|| {
+                crate::block::last_corruption()
+                    .map(|c| format!("this mount's server found the filesystem corrupt: {c}"))
+            })
+        };
+        let client = Client::connect(addr, fsid, key, rid, flags, locks.clone(), &abandon)?;
         // The client and the lock driver refer to each other; until the
         // mount is whole, a failure must close the client's connection or
         // its thread would go on reconnecting to a server that is gone.
@@ -260,9 +277,10 @@ impl Mount {
         // free them only when no other mount is recorded. (Asking the
         // others which they hold open is a later issue's open-inode map.)
         if !others_mounted(meta.as_ref(), &cache, rid)? {
-            let orphans = fs
-                .reclaim_orphans()
-                .map_err(|e| Error::Invalid(format!("freeing orphaned inodes: {e}")))?;
+            let orphans = fs.reclaim_orphans().map_err(|e| {
+                let cause = crate::block::eio_cause(e.0);
+                Error::Invalid(format!("freeing orphaned inodes: {e}{cause}"))
+            })?;
             if orphans > 0 {
                 eprintln!("scoutfs: freed {orphans} inodes left unlinked by an earlier mount");
             }

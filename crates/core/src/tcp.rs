@@ -188,8 +188,8 @@ impl ClientLink {
     /// Starts connecting to the server at `addr` as mount `rid` of
     /// filesystem `fsid`, greeting with `flags` (`wire::GREETING_FLAG_*`);
     /// returns once the server has answered the first greeting, or fails
-    /// if it refuses the mount for good or doesn't answer within
-    /// `timeout`.
+    /// if it refuses the mount for good, doesn't answer within `timeout`,
+    /// or `abandon` (asked as it waits) gives a reason to stop waiting.
     pub fn connect(
         addr: ServerAddr,
         (fsid, key): (u64, ClusterKey),
@@ -197,6 +197,7 @@ impl ClientLink {
         flags: u64,
         deliver: Arc<dyn ClientDeliver>,
         timeout: Duration,
+        abandon: &dyn Fn() -> Option<String>,
     ) -> Result<ClientLink> {
         let mut cfg = ClientConfig::new(fsid, Rid(rid));
         cfg.flags = flags;
@@ -221,12 +222,27 @@ impl ClientLink {
             sh,
             thread: Mutex::new(Some(thread)),
         };
-        let st = lock(&link.sh.state);
-        let (st, _) = link
-            .sh
-            .state_cv
-            .wait_timeout_while(st, timeout, |s| !s.greeted && s.failed.is_none())
-            .unwrap_or_else(|p| p.into_inner());
+        let deadline = std::time::Instant::now() + timeout;
+        let mut st = lock(&link.sh.state);
+        loop {
+            if st.greeted || st.failed.is_some() {
+                break;
+            }
+            if let Some(why) = abandon() {
+                return Err(Error::Invalid(why));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let slice = left.min(Duration::from_millis(100));
+            st = link
+                .sh
+                .state_cv
+                .wait_timeout(st, slice)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
         if let Some(why) = &st.failed {
             return Err(Error::Invalid(format!("{addr}: {why}")));
         }
