@@ -123,6 +123,19 @@ impl Cluster {
         }
     }
 
+    /// The last `n` lines of each mount's log.
+    fn log_tails(&self, n: usize) -> String {
+        (0..3)
+            .map(|s| {
+                let t = std::fs::read_to_string(self.dir.path(&format!("mount{s}.log")))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = t.lines().collect();
+                let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+                format!("--- mount {s} (last {n} lines):\n{tail}\n")
+            })
+            .collect()
+    }
+
     fn logs(&self) -> String {
         (0..3)
             .map(|s| {
@@ -1028,8 +1041,10 @@ fn failover_soak() {
         for (r, s) in results.iter().zip(&others) {
             assert!(
                 r.errors.is_empty(),
-                "round {round}: the workload on mount {s} saw errors: {:?}",
-                r.errors
+                "round {round}: the workload on mount {s} saw {} errors, the first: {:?}\n{}",
+                r.errors.len(),
+                &r.errors[..r.errors.len().min(5)],
+                c.log_tails(80)
             );
         }
         // Every acknowledged file on both survivors, and every append.

@@ -26,7 +26,7 @@ use crate::commit::Store;
 use crate::dev::BlockDev;
 use crate::error::{Error, Result};
 use crate::fence::{FenceOutcome, FenceReason, FenceRequest, Fencer};
-use crate::quorum::{QuorumHandle, ServerControl, SlotNr, SlotSet, Term};
+use crate::quorum::{OldLeader, QuorumHandle, ServerControl, SlotNr, SlotSet, Term};
 use crate::server::{Server, ServerOptions};
 use scoutfs_format::SuperBlock;
 use std::net::SocketAddr;
@@ -54,6 +54,10 @@ enum Cmd {
     Dump,
     Quit,
 }
+
+/// How long a new server waits for an old leader that never came up to
+/// record its stop before fencing it (see `Worker::old_leaders`).
+pub const NEVER_UP_GRACE: Duration = Duration::from_millis(1000);
 
 /// The [`ServerControl`] of a quorum member's mount.
 pub struct ElectedServer {
@@ -241,13 +245,30 @@ impl Worker {
         true
     }
 
+    /// The old leaders to fence before serving in `term`. A leader that was
+    /// elected but never came up is usually a live mount that lost to our
+    /// newer election and is stopping: it is given [`NEVER_UP_GRACE`] to
+    /// record its STOP (then it needs no fence) before it is fenced like
+    /// the rest. One that comes up meanwhile is fenced.
+    fn old_leaders(&self, q: &QuorumHandle, term: Term) -> Result<Vec<OldLeader>> {
+        let deadline = std::time::Instant::now() + NEVER_UP_GRACE;
+        loop {
+            let old = q.leaders_to_fence_and_up(term)?;
+            let waiting = old.iter().any(|(_, up)| !up);
+            if !waiting || std::time::Instant::now() >= deadline {
+                return Ok(old.into_iter().map(|(o, _)| o).collect());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn start(&mut self, term: Term) -> Result<Server> {
         let q = self
             .quorum
             .clone()
             .ok_or_else(|| Error::Invalid("the quorum driver is not attached".into()))?;
         let mut fenced = Vec::new();
-        for old in q.leaders_to_fence(term)? {
+        for old in self.old_leaders(&q, term)? {
             let addr = self
                 .slot_addrs
                 .get(old.slot.0 as usize)

@@ -172,6 +172,17 @@ pub fn leaders_to_fence(
     found
 }
 
+/// Whether old leader `old` ever served: its slot's block shows that it
+/// finished fencing in its term (FENCE), which a leader records once its
+/// server is up. One that never did was elected and is still starting, or
+/// lost to a newer election and is stopping (and will record STOP).
+pub fn leader_came_up(blocks: &[(SlotNr, QuorumBlock)], old: &OldLeader) -> bool {
+    blocks
+        .iter()
+        .find(|(s, _)| *s == old.slot)
+        .is_some_and(|(_, qb)| event_term(qb, EventKind::Fence) >= old.term)
+}
+
 /// A newer election than `our_term`, if any block shows one: the slot and
 /// term of the greatest ELECT term above ours.
 ///
@@ -297,6 +308,28 @@ mod tests {
         // A fence stopped later is not an old leader.
         let bs = blocks(&[(1, &[(E::Fence, 3, 11), (E::Stop, 3, 11), (E::Elect, 5, 21)])]);
         assert_eq!(leaders_to_fence(&bs, Term(6), Rid(99)), [old(1, 21, 5)]);
+    }
+
+    #[test]
+    fn an_old_leader_came_up_once_it_recorded_its_fence() {
+        let bs = blocks(&[
+            // Elected in 5 and never up (lost to our newer election?).
+            (0, &[(E::Elect, 5, 10)]),
+            // Up in 4.
+            (1, &[(E::Elect, 4, 11), (E::Fence, 4, 11)]),
+            // Up in 3, elected again in 5 and not up yet.
+            (
+                2,
+                &[(E::Elect, 3, 12), (E::Fence, 3, 12), (E::Elect, 5, 22)],
+            ),
+        ]);
+        let ups: Vec<(u64, bool)> = leaders_to_fence(&bs, Term(6), Rid(99))
+            .iter()
+            .map(|o| (o.rid.0, leader_came_up(&bs, o)))
+            .collect();
+        assert_eq!(ups, [(10, false), (11, true), (22, false)]);
+        assert!(leader_came_up(&bs, &old(2, 12, 3)));
+        assert!(!leader_came_up(&bs, &old(3, 13, 1)), "no block");
     }
 
     #[test]

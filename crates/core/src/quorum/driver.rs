@@ -80,9 +80,9 @@
 //! - Sends are not retried: the election tolerates lost messages.
 
 use super::{
-    current_server, leaders_to_fence, newer_election, record_events, Action, Agent, AgentConfig,
-    AgentStats, Dest, Message, MessageCodec, MessageError, OldLeader, Output, Phase, Role,
-    ServerLocation, ServerState, SlotNr, SlotSet, Term, HEARTBEAT_TIMEOUT_DEFAULT_MS,
+    current_server, leader_came_up, leaders_to_fence, newer_election, record_events, Action, Agent,
+    AgentConfig, AgentStats, Dest, Message, MessageCodec, MessageError, OldLeader, Output, Phase,
+    Role, ServerLocation, ServerState, SlotNr, SlotSet, Term, HEARTBEAT_TIMEOUT_DEFAULT_MS,
 };
 use crate::block::{header_of, log_corruption, read_sm, write_sm};
 use crate::commit::read_super;
@@ -350,6 +350,19 @@ impl QuorumHandle {
     /// serves, read from the blocks now.
     pub fn leaders_to_fence(&self, term: Term) -> Result<Vec<OldLeader>> {
         Ok(leaders_to_fence(&self.read_blocks()?, term, self.rid))
+    }
+
+    /// [`QuorumHandle::leaders_to_fence`], each with whether it ever came
+    /// up (see [`leader_came_up`]).
+    pub fn leaders_to_fence_and_up(&self, term: Term) -> Result<Vec<(OldLeader, bool)>> {
+        let blocks = self.read_blocks()?;
+        Ok(leaders_to_fence(&blocks, term, self.rid)
+            .into_iter()
+            .map(|o| {
+                let up = leader_came_up(&blocks, &o);
+                (o, up)
+            })
+            .collect())
     }
 
     /// A newer election than `term` in the blocks now: a server of `term`

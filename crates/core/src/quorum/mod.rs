@@ -132,8 +132,8 @@ pub use agent::{
     HEARTBEAT_TIMEOUT_MAX_MS, HEARTBEAT_TIMEOUT_MIN_MS, SUSPECT_SILENCE_MS,
 };
 pub use blocks::{
-    current_server, event_term, greatest_term, leaders_to_fence, newer_election, record_events,
-    EventKind, OldLeader, ServerLocation,
+    current_server, event_term, greatest_term, leader_came_up, leaders_to_fence, newer_election,
+    record_events, EventKind, OldLeader, ServerLocation,
 };
 pub use driver::{
     find_server, read_quorum_block, read_quorum_blocks, BadMessageCounts, MessageCounts,
