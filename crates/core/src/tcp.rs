@@ -605,6 +605,11 @@ impl ServerLink {
         self.sh.bad_frames.load(Ordering::Relaxed)
     }
 
+    /// Greetings dropped for want of the cluster key's code.
+    pub fn unauthenticated(&self) -> u64 {
+        lock(&self.sh.net).counters().unauthenticated
+    }
+
     /// Stops listening and closes every connection.
     pub fn close(&self) {
         self.sh.stop.store(true, Ordering::SeqCst);

@@ -158,6 +158,75 @@ fn bad_bytes_close_only_their_connection() {
     assert_clean(&meta, &data);
 }
 
+/// Greetings over TCP that are well formed, with valid crcs, but made
+/// without the cluster key (or replayed under another greeting id) get no
+/// answer: the server closes the connection, counts each, and the mount
+/// goes on.
+#[test]
+fn forged_greetings_are_dropped_unanswered_and_counted() {
+    use scoutfs_core::auth::ClusterKey;
+    use scoutfs_core::wire::{Cmd, Frame, FrameHeader, Greeting, Kind};
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0x7c03);
+    let mnt = mount(&meta, &data);
+    let fs = mnt.fs();
+    let server = mnt.server().unwrap();
+    let addr = server.link().addr();
+    let sb = scoutfs_core::commit::read_super(&meta, true).unwrap();
+    let key = ClusterKey::of(&sb);
+    assert!(key.is_secret());
+    let g = Greeting {
+        fsid: sb.hdr.fsid.get(),
+        fmt_vers: scoutfs_format::consts::FORMAT_VERSION,
+        server_term: 0,
+        rid: 0x5eed,
+        flags: 0,
+    };
+    let frame = |id: u64, data: Vec<u8>| {
+        let hdr = FrameHeader {
+            seq: 1,
+            recv_seq: 0,
+            id,
+            kind: Kind::Request,
+            cmd: Cmd::Greeting,
+            error: None,
+        };
+        Frame::new(hdr, data).unwrap().encode()
+    };
+    let forged = [
+        frame(1, g.encode(&ClusterKey::new([0; 32]), 1)),
+        frame(1, g.encode(&ClusterKey::new([0x77; 32]), 1)),
+        // Made with the key for greeting 1, sent as greeting 2.
+        frame(2, g.encode(&key, 1)),
+    ];
+    for (n, bytes) in forged.iter().enumerate() {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut buf = [0u8; 64];
+        let r = s.read(&mut buf);
+        let closed = match &r {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        };
+        assert!(closed, "forged greeting {n} was answered: {r:?}");
+    }
+    let mut counted = 0;
+    for _ in 0..100 {
+        counted = server.link().unauthenticated();
+        if counted >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(counted, 3, "each forged greeting counted once");
+    let f = fs.mknod(ROOT_INO, b"after", REG, 0, 0, 0, None).unwrap();
+    fs.write(f.ino, 0, b"still here").unwrap();
+    fs.sync().unwrap();
+    mnt.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
 /// The server is replaced by one of the next term, again and again, while
 /// the mount works: the mount reconnects to a new server, reports the
 /// locks it holds, and its unanswered requests (commits among them) are
