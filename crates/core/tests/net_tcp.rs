@@ -107,6 +107,25 @@ fn broken_connections_are_made_again_and_nothing_is_lost() {
     assert_clean(&meta, &data);
 }
 
+/// Sends `bytes` to the server at `addr` on a connection of their own and
+/// asserts that the server closes it without an answer.
+fn send_and_expect_close(addr: std::net::SocketAddr, bytes: &[u8], what: &str) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut buf = [0u8; 64];
+    let r = s.read(&mut buf);
+    let closed = match &r {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    };
+    assert!(
+        closed,
+        "{what}: the connection wasn't closed unanswered: {r:?}"
+    );
+}
+
 /// Garbage, an oversized frame header and zeros on their own connections:
 /// each is closed and counted; the mount never notices.
 #[test]
@@ -126,18 +145,7 @@ fn bad_bytes_close_only_their_connection() {
         vec![0u8; 4096],
     ];
     for (n, bytes) in inputs.iter().enumerate() {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(bytes).unwrap();
-        // The server closes the connection: the read ends.
-        let mut buf = [0u8; 64];
-        let r = s.read(&mut buf);
-        let closed = match &r {
-            Ok(0) => true,
-            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
-            Ok(_) => false,
-        };
-        assert!(closed, "input {n}: the connection wasn't closed: {r:?}");
+        send_and_expect_close(addr, bytes, &format!("input {n}"));
         let f = fs
             .mknod(d.ino, format!("after-{n}").as_bytes(), REG, 0, 0, 0, None)
             .unwrap();
@@ -199,17 +207,7 @@ fn forged_greetings_are_dropped_unanswered_and_counted() {
         frame(2, g.encode(&key, 1)),
     ];
     for (n, bytes) in forged.iter().enumerate() {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(bytes).unwrap();
-        let mut buf = [0u8; 64];
-        let r = s.read(&mut buf);
-        let closed = match &r {
-            Ok(0) => true,
-            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
-            Ok(_) => false,
-        };
-        assert!(closed, "forged greeting {n} was answered: {r:?}");
+        send_and_expect_close(addr, bytes, &format!("forged greeting {n}"));
     }
     let mut counted = 0;
     for _ in 0..100 {
