@@ -204,9 +204,20 @@ fn inode_msg(ino: u64, off: i64, len: i64) -> Vec<u8> {
     b
 }
 
+/// The helper's work: notifications waiting for a thread, and how many
+/// threads there are and how many of them wait for work.
+#[derive(Default)]
+struct Pool {
+    queue: std::collections::VecDeque<(u64, Vec<u8>)>,
+    threads: usize,
+    idle: usize,
+}
+
 /// `scoutfs kernel-notify`: the helper's side. Reads notifications on
-/// stdin and writes each to the FUSE device on descriptor 3 on a thread of
-/// its own, answering on stdout. Ends when stdin closes or the mount dies.
+/// stdin and writes each to the FUSE device on descriptor 3 from a pool
+/// of threads (one per notification in flight, at most
+/// [`HELPER_THREADS_MAX`], kept for the next), answering on stdout. Ends
+/// when stdin closes or the mount dies.
 pub fn helper_main() -> std::process::ExitCode {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -218,7 +229,7 @@ pub fn helper_main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     let out = Arc::new(Mutex::new(std::io::stdout()));
-    let busy = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
+    let pool = Arc::new((Mutex::new(Pool::default()), std::sync::Condvar::new()));
     let mut input = std::io::stdin().lock();
     let mut head = [0u8; 12];
     while input.read_exact(&mut head).is_ok() {
@@ -232,41 +243,60 @@ pub fn helper_main() -> std::process::ExitCode {
         if input.read_exact(&mut msg).is_err() {
             break;
         }
-        {
-            let (n, cv) = &*busy;
-            let mut n = n.lock().unwrap_or_else(|p| p.into_inner());
-            while *n >= HELPER_THREADS_MAX {
-                n = cv.wait(n).unwrap_or_else(|p| p.into_inner());
-            }
-            *n += 1;
+        let (p, cv) = &*pool;
+        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+        p.queue.push_back((id, msg));
+        cv.notify_one();
+        // A new thread for a notification no idle thread will take, unless
+        // there are as many as may be (some may sleep in the kernel): then
+        // it waits its turn.
+        if p.queue.len() <= p.idle || p.threads >= HELPER_THREADS_MAX {
+            continue;
         }
-        let (out, busy) = (out.clone(), busy.clone());
-        let spawned = std::thread::Builder::new().spawn(move || {
-            // SAFETY: writes `msg`, a live buffer, to the FUSE device.
-            let r = unsafe { libc::write(HELPER_FUSE_FD, msg.as_ptr().cast(), msg.len()) };
-            let errno = match r {
-                r if r == msg.len() as isize => 0,
-                _ => std::io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO),
-            };
-            let mut a = [0u8; 12];
-            a[..8].copy_from_slice(&id.to_ne_bytes());
-            a[8..].copy_from_slice(&errno.to_ne_bytes());
-            {
-                let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
-                let _ = o.write_all(&a).and_then(|_| o.flush());
-            }
-            let (n, cv) = &*busy;
-            *n.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
-            cv.notify_one();
-        });
-        if spawned.is_err() {
+        p.threads += 1;
+        drop(p);
+        let (out, pool) = (out.clone(), pool.clone());
+        if std::thread::Builder::new()
+            .spawn(move || helper_worker(&out, &pool))
+            .is_err()
+        {
             eprintln!("scoutfs kernel-notify: no thread for a notification; stopping");
             return std::process::ExitCode::FAILURE;
         }
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// A thread of the helper's pool: writes queued notifications to the FUSE
+/// device and answers each.
+fn helper_worker(out: &Mutex<std::io::Stdout>, pool: &(Mutex<Pool>, std::sync::Condvar)) {
+    let (p, cv) = pool;
+    loop {
+        let (id, msg) = {
+            let mut g = p.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if let Some(w) = g.queue.pop_front() {
+                    break w;
+                }
+                g.idle += 1;
+                g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                g.idle -= 1;
+            }
+        };
+        // SAFETY: writes `msg`, a live buffer, to the FUSE device.
+        let r = unsafe { libc::write(HELPER_FUSE_FD, msg.as_ptr().cast(), msg.len()) };
+        let errno = match r {
+            r if r == msg.len() as isize => 0,
+            _ => std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        };
+        let mut a = [0u8; 12];
+        a[..8].copy_from_slice(&id.to_ne_bytes());
+        a[8..].copy_from_slice(&errno.to_ne_bytes());
+        let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = o.write_all(&a).and_then(|_| o.flush());
+    }
 }
 
 #[cfg(test)]
