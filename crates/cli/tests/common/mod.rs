@@ -253,14 +253,24 @@ impl MountProc {
     }
 
     /// Unmounts with umount(8), which returns once the kernel has detached
-    /// the mount; the process then says farewell and exits.
+    /// the mount; the process then says farewell and exits. A mount is
+    /// busy for as long as any process's call on it lasts (another
+    /// program's `df` or `statfs` of every mount, say): that is retried for
+    /// up to 5 s. Busy for longer, something holds it, and the failure
+    /// names the processes whose files or directories are in it.
     pub fn begin_unmount(&mut self) {
-        let o = Command::new("umount").arg(&self.mp).output().unwrap();
-        assert!(
-            o.status.success(),
-            "umount: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let o = Command::new("umount").arg(&self.mp).output().unwrap();
+            if o.status.success() {
+                return;
+            }
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            if !err.contains("busy") || Instant::now() >= deadline {
+                panic!("umount: {err}holding it: {:?}", holders(&self.mp));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits (at most `limit`) for the process to exit, and asserts that
@@ -396,6 +406,33 @@ pub fn assert_check_clean(meta: &Path, data: &Path) {
         "check: {out}{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// The processes with a working directory, root or open file under `mp`
+/// (pid, command, path), from /proc.
+pub fn holders(mp: &Path) -> Vec<(u32, String, PathBuf)> {
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+        let mut links: Vec<PathBuf> = ["cwd", "root"].iter().map(|l| p.path().join(l)).collect();
+        if let Ok(fds) = std::fs::read_dir(p.path().join("fd")) {
+            links.extend(fds.flatten().map(|f| f.path()));
+        }
+        for l in links {
+            if let Ok(t) = std::fs::read_link(&l) {
+                if t.starts_with(mp) {
+                    out.push((pid, comm.trim().to_string(), t));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Runs the `scoutfs` binary with `args`; fails the test if it panicked
