@@ -334,11 +334,12 @@ pub fn last_corruption() -> Option<String> {
         .clone()
 }
 
-/// " (cause: the last corruption)" for a message that reports EIO, when
-/// this process has found corruption; else nothing.
+/// For a message that reports EIO: the last corruption this process
+/// found, if any (in a mount's process, its own or its server's; the
+/// likely cause, named as what it is).
 pub fn eio_cause(errno: i32) -> String {
     match (errno == libc::EIO).then(last_corruption).flatten() {
-        Some(c) => format!(" (the cause: {c})"),
+        Some(c) => format!(" (the last corruption this process found: {c})"),
         None => String::new(),
     }
 }

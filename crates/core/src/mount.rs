@@ -228,15 +228,11 @@ impl Mount {
         // at once instead of waiting for a server that won't answer: the
         // other members read the same devices.
         let abandon = || {
-            let failed = start_failure
+            start_failure
                 .as_ref()
                 .and_then(|f: &crate::cluster::StartFailure| {
                     f.lock().unwrap_or_else(|p| p.into_inner()).clone()
-                });
-            failed.or_else(|| {
-                crate::block::last_corruption()
-                    .map(|c| format!("this mount's server found the filesystem corrupt: {c}"))
-            })
+                })
         };
         let client = Client::connect(addr, fsid, key, rid, flags, locks.clone(), &abandon)?;
         // The client and the lock driver refer to each other; until the

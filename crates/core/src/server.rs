@@ -304,6 +304,9 @@ struct State {
     votes_needed: usize,
     /// Why starting failed: the server ends at once.
     start_error: Option<String>,
+    /// A failure that ends the server: corruption found where it must
+    /// write (it can commit nothing more).
+    fatal: Option<String>,
 }
 
 impl State {
@@ -330,6 +333,7 @@ impl State {
             reconnect_timeout: opts.reconnect_timeout,
             votes_needed: opts.votes_needed,
             start_error: None,
+            fatal: None,
         };
         if let Err(e) = st.begin(opts.alone, &opts.fenced) {
             // Not knowing who is mounted, it must not serve at all.
@@ -496,7 +500,12 @@ impl State {
                     rid,
                     client_term,
                     flags,
-                }) => self.greeting(conn, rid, client_term, flags),
+                }) => {
+                    self.greeting(conn, rid, client_term, flags);
+                    if let Some(why) = self.fatal.take() {
+                        return Err(why);
+                    }
+                }
                 Some(Event::Request {
                     rid,
                     id,
@@ -743,6 +752,9 @@ impl State {
             };
             if let Err(e) = self.record_mounted(rid, m) {
                 eprintln!("scoutfs: server: recording mount {rid:#018x}: {e}");
+                if matches!(e, Error::Corrupt(_)) {
+                    self.fatal = Some(format!("recording mount {rid:#018x}: {e}"));
+                }
                 return;
             }
         } else if let Some(addr) = self.link.peer_addr(conn) {
