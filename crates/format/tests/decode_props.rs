@@ -277,9 +277,9 @@ fn super_block() -> impl Strategy<Value = SuperBlock> {
         btree_root(),
         btree_root(),
     ];
-    let volopt = (0..=1u64, any::<u64>());
+    let volopt = (0..=1u64, any::<u64>(), any::<[u8; 32]>());
     (ids, counts, qconf, allocs, roots, volopt).prop_map(
-        |((hdr, id, flags, uuid), (c, meta, data), qconf, (ar, lh), r, (bits, zone))| {
+        |((hdr, id, flags, uuid), (c, meta, data), qconf, (ar, lh), r, (bits, zone, key))| {
             let mut sb = SuperBlock::zeroed();
             sb.hdr = hdr;
             sb.id = id.into();
@@ -308,6 +308,12 @@ fn super_block() -> impl Strategy<Value = SuperBlock> {
                 ..VolumeOptions::default()
             };
             sb.volopt.data_alloc_zone_blocks = (zone * bits).into();
+            // The metadata device's copy holds a key (never all zeros); the
+            // data device's none.
+            if flags == FLAG_IS_META_BDEV {
+                sb.cluster_key = key;
+                sb.cluster_key[0] |= 1;
+            }
             sb
         },
     )

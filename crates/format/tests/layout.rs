@@ -50,12 +50,12 @@ fn btree_and_allocators() {
 fn super_block() {
     layout!(QuorumConfig, 488, { version: 0, slots: 8 });
     layout!(VolumeOptions, 520, { set_bits: 0, data_alloc_zone_blocks: 8, future: 16 });
-    layout!(SuperBlock, 1488, {
+    layout!(SuperBlock, 1520, {
         hdr: 0, id: 32, fmt_vers: 40, flags: 48, uuid: 56, seq: 72, next_ino: 80,
         inode_count: 88, total_meta_blocks: 96, total_data_blocks: 104, qconf: 112,
         meta_alloc: 600, data_alloc: 680, server_meta_avail: 720, server_meta_freed: 784,
         fs_root: 848, logs_root: 872, log_merge: 896, mounted_clients: 920, srch_root: 944,
-        volopt: 968,
+        volopt: 968, cluster_key: 1488,
     });
 }
 
@@ -88,8 +88,8 @@ fn server_items_and_other_blocks() {
     layout!(BloomBlockHeader, 40, { hdr: 0, total_set: 32 });
     layout!(QuorumEvent, 40, { write_nr: 0, rid: 8, term: 16, ts: 24 });
     layout!(QuorumBlock, 280, { hdr: 0, write_nr: 32, events: 40 });
-    layout!(QuorumMessage, 32, {
-        fsid: 0, version: 8, term: 16, ty: 24, from: 25, pad: 26, crc: 28,
+    layout!(QuorumMessage, 48, {
+        fsid: 0, version: 8, term: 16, ty: 24, from: 25, pad: 26, crc: 28, mac: 32,
     });
 }
 
