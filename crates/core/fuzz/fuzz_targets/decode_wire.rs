@@ -15,7 +15,11 @@ fn payloads(f: &Frame) {
     let (h, data) = (f.hdr(), f.data());
     if h.cmd == Cmd::Greeting {
         if let Ok(g) = Greeting::decode(data) {
-            assert_eq!(g.encode(), data);
+            // The fields re-encode to the same bytes; the code is the key's.
+            let key = scoutfs_core::auth::ClusterKey::new([0; 32]);
+            let again = g.encode(&key, h.id);
+            assert_eq!(again[..40], data[..40]);
+            assert_eq!(Greeting::authentic(data, &key, h.id), again[40..] == data[40..]);
         }
         return;
     }
