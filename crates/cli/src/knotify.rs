@@ -22,7 +22,9 @@
 //! and the cluster goes on.
 //!
 //! Notifications that take no kernel lock (attributes, the name epoch) are
-//! still written by the mount itself.
+//! still written by the mount itself, and so is everything if the helper
+//! dies (a dropped name must still be dropped; the mount is then back to
+//! waiting in the kernel itself, and says so).
 //!
 //! The pipe protocol, both ways in native byte order: the mount writes
 //! `[len u32][id u64][len bytes of a FUSE notification]`; the helper
@@ -49,6 +51,10 @@ const HELPER_FUSE_FD: i32 = 3;
 
 /// The mount's end of the helper.
 pub struct KernelNotify {
+    /// The FUSE device, for writing notifications here if the helper is
+    /// gone (they must still be made: a name the kernel keeps after the
+    /// lock went would be stale).
+    fuse: OwnedFd,
     child: Mutex<Child>,
     to_helper: Mutex<ChildStdin>,
     waiters: Arc<Mutex<Waiters>>,
@@ -84,7 +90,6 @@ impl KernelNotify {
             });
         }
         let mut child = cmd.spawn()?;
-        drop(fuse);
         let (Some(to_helper), Some(from_helper)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
             return Err(std::io::Error::other("the helper's pipes are missing"));
@@ -95,6 +100,7 @@ impl KernelNotify {
             .name("scoutfs-knotify".into())
             .spawn(move || read_answers(from_helper, &w2))?;
         Ok(KernelNotify {
+            fuse,
             child: Mutex::new(child),
             to_helper: Mutex::new(to_helper),
             waiters,
@@ -124,7 +130,8 @@ impl KernelNotify {
         let id = {
             let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
             if w.dead {
-                return false;
+                drop(w);
+                return self.write_here(msg);
             }
             w.next_id += 1;
             let id = w.next_id;
@@ -139,10 +146,28 @@ impl KernelNotify {
             let mut p = self.to_helper.lock().unwrap_or_else(|p| p.into_inner());
             p.write_all(&frame).and_then(|_| p.flush())
         };
-        let done = sent.is_ok() && matches!(rx.recv(), Ok(0));
-        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        w.by_id.remove(&id);
-        done
+        let answer = match sent {
+            Ok(()) => rx.recv().unwrap_or(libc::EPIPE),
+            Err(_) => libc::EPIPE,
+        };
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_id
+            .remove(&id);
+        match answer {
+            0 => true,
+            // The helper went away with it: made here after all.
+            libc::EPIPE => self.write_here(msg),
+            _ => false,
+        }
+    }
+
+    /// Writes a notification from this process (the helper is gone).
+    fn write_here(&self, msg: &[u8]) -> bool {
+        // SAFETY: writes `msg`, a live buffer, to a descriptor we own.
+        let r = unsafe { libc::write(self.fuse.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+        r == msg.len() as isize
     }
 }
 
@@ -173,7 +198,10 @@ fn read_answers(mut from: impl Read, waiters: &Mutex<Waiters>) {
     for (_, tx) in w.by_id.drain() {
         let _ = tx.try_send(libc::EPIPE);
     }
-    eprintln!("scoutfs: the kernel notification helper is gone; cached names and pages are expired instead of dropped one by one");
+    eprintln!(
+        "scoutfs: the kernel notification helper is gone; this mount drops cached names \
+         and pages itself (a kill of it may then wait on the kernel)"
+    );
 }
 
 fn header(len: usize, code: i32) -> Vec<u8> {
