@@ -982,7 +982,7 @@ fn soak_worker(pool: PathBuf, prefix: String, shared: PathBuf, stop: Arc<AtomicB
             f.sync_all()?;
             let mut f = std::fs::OpenOptions::new().append(true).open(&shared)?;
             f.write_all(format!("{prefix} {i}\n").as_bytes())?;
-            // A lookup of the other worker's latest name, and a listing.
+            // A listing of the shared directory (its names, cached or not).
             let _ = std::fs::read_dir(&pool)?.count();
             Ok(())
         })();
