@@ -17,11 +17,11 @@
 //! Usage: btree-bench [--items N] [--runs R] [--dir DIR]
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
-use scoutfs_core::btree::{self, Item};
-use scoutfs_core::commit::Store;
-use scoutfs_core::dev::{BlockDev, FileDev};
-use scoutfs_core::mkfs::{mkfs, MkfsOptions};
 use scoutfs_core::rng::Rng;
+use scoutfs_core::store::btree::{self, Item};
+use scoutfs_core::store::commit::Store;
+use scoutfs_core::store::dev::{BlockDev, FileDev};
+use scoutfs_core::tools::mkfs::{mkfs, MkfsOptions};
 use scoutfs_format::Key;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,12 +1,14 @@
 //! `scoutfs fence-local`: the local fence agent a server's fence command
 //! runs (`--fence-command scoutfs --fence-arg fence-local`) to fence a
-//! mount on this host. The work is `scoutfs_core::fence::local`; this reads
+//! mount on this host. The work is `scoutfs_core::cluster::fence::local`; this reads
 //! the request from the environment the fencer sets (or from flags, to
 //! fence by hand), says what it did on stderr (which the server keeps the
 //! tail of), and exits 0 only when the mount can no longer write.
 
-use scoutfs_core::fence::local::{fence_local, run_dir, LocalFenceOutcome, KILL_WAIT_MS_DEFAULT};
-use scoutfs_core::lock::Rid;
+use scoutfs_core::cluster::fence::local::{
+    fence_local, run_dir, LocalFenceOutcome, KILL_WAIT_MS_DEFAULT,
+};
+use scoutfs_core::types::Rid;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

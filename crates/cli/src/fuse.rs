@@ -5,9 +5,9 @@
 
 use crate::knotify::KernelNotify;
 use fuser::*;
-use scoutfs_core::fs::inode::{Attr, SetAttr};
-use scoutfs_core::fs::{Fs, FsError};
-use scoutfs_core::locks::show_waits;
+use scoutfs_core::mount::fs::inode::{Attr, SetAttr};
+use scoutfs_core::mount::fs::{Fs, FsError};
+use scoutfs_core::mount::locks::show_waits;
 use scoutfs_format::inode::*;
 use scoutfs_format::Timespec;
 use std::collections::HashMap;

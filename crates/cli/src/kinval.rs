@@ -12,7 +12,7 @@
 //!   process from exiting when it is killed). A request in flight
 //!   may hold those while it waits for this very lock (a create holds its
 //!   directory, a read or a partial write its pages). The lock driver
-//!   (`scoutfs_core::locks`) then lets such requests run under the lock it
+//!   (`scoutfs_core::mount::locks`) then lets such requests run under the lock it
 //!   still holds, so they let go, and drops again what they cached. Where
 //!   that can't help (a request waits to convert the lock, or keeps coming
 //!   back), the drop is given up on: every name the kernel caches for this
@@ -28,7 +28,7 @@
 use crate::fuse::Known;
 use crate::knotify::KernelNotify;
 use fuser::{INodeNo, Notifier};
-use scoutfs_core::locks::PendingDrop;
+use scoutfs_core::mount::locks::PendingDrop;
 use scoutfs_format::key::zone;
 use scoutfs_format::Key;
 use std::cell::{Cell, RefCell};

@@ -16,9 +16,9 @@ mod progress;
 mod size;
 
 use clap::{Parser, Subcommand};
-use scoutfs_core::check;
-use scoutfs_core::dev::{BlockDev, FileDev};
-use scoutfs_core::mkfs::{mkfs, MkfsOptions};
+use scoutfs_core::store::dev::{BlockDev, FileDev};
+use scoutfs_core::tools::check;
+use scoutfs_core::tools::mkfs::{mkfs, MkfsOptions};
 use scoutfs_format::consts::{FORMAT_VERSION, FORMAT_VERSION_MAX, FORMAT_VERSION_MIN};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -217,7 +217,7 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 fn cmd_mkfs(a: MkfsArgs) -> Result<ExitCode, String> {
-    use scoutfs_core::mkfs::{MIN_DATA_BYTES, MIN_META_BYTES};
+    use scoutfs_core::tools::mkfs::{MIN_DATA_BYTES, MIN_META_BYTES};
     for (size, min, what) in [
         (a.max_meta, MIN_META_BYTES, "metadata"),
         (a.max_data, MIN_DATA_BYTES, "data"),
@@ -303,7 +303,7 @@ fn cmd_print(meta: &Path) -> Result<ExitCode, String> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut bar = progress::Bar::for_redirected_stdout();
-    let res = scoutfs_core::print::print(&dev, &mut out, &mut bar);
+    let res = scoutfs_core::tools::print::print(&dev, &mut out, &mut bar);
     bar.done();
     let res = res.and_then(|_| {
         out.flush()
@@ -360,7 +360,7 @@ fn cmd_status(a: StatusArgs) -> Result<ExitCode, String> {
             let path = path.unwrap_or_default();
             let mp = std::fs::canonicalize(&path)
                 .map_err(|e| format!("status {}: {e}", path.display()))?;
-            let dir = scoutfs_core::fence::local::run_dir();
+            let dir = scoutfs_core::cluster::fence::local::run_dir();
             let info = mountinfo::MountInfo::find(&dir, &mp).map_err(|e| format!("status {e}"))?;
             let meta = info.meta.clone();
             this = Some(info);
@@ -368,12 +368,12 @@ fn cmd_status(a: StatusArgs) -> Result<ExitCode, String> {
         }
     };
     let dev = open_dev(&meta, false)?;
-    let st = scoutfs_core::status::read_status(&dev).map_err(|e| format!("status: {e}"))?;
+    let st = scoutfs_core::tools::status::read_status(&dev).map_err(|e| format!("status: {e}"))?;
     let text = match (&this, a.json) {
         (None, true) => st.to_json() + "\n",
         (None, false) => st.to_string(),
         (Some(i), json) => {
-            let rid = scoutfs_core::lock::Rid(i.rid);
+            let rid = scoutfs_core::types::Rid(i.rid);
             let serving = st.server.is_some_and(|s| s.rid == rid);
             let recorded = st
                 .mounted_clients
@@ -387,7 +387,7 @@ fn cmd_status(a: StatusArgs) -> Result<ExitCode, String> {
             };
             if json {
                 let j = st.to_json();
-                let mp = scoutfs_core::status::json_str(&i.mountpoint.to_string_lossy());
+                let mp = scoutfs_core::tools::status::json_str(&i.mountpoint.to_string_lossy());
                 format!(
                     "{},\"this_mount\":{{\"mountpoint\":{mp},\"pid\":{},\"rid\":\"{:016x}\",\
                      \"slot\":{},\"serving\":{serving},\"recorded\":{}}}}}\n",

@@ -8,7 +8,7 @@
 //!
 //! Before the mount's id (rid) can reach any server, the process records
 //! itself for the local fence agent (`scoutfs fence-local`, see
-//! `scoutfs_core::fence::local`): its pid, start time and mountpoint in the
+//! `scoutfs_core::cluster::fence::local`): its pid, start time and mountpoint in the
 //! run directory. The record is removed once the mount has ended.
 //!
 //! A mount with `--quorum-slot` is a quorum member: it stands for election
@@ -24,12 +24,12 @@ use crate::fuse::ScoutFuse;
 use crate::kinval::{Epoch, KernelCaches};
 use crate::size;
 use fuser::{Config, MountOption, Session, SessionACL};
-use scoutfs_core::fence::local::{run_dir, sweep_stale, LocalRecord, RUN_DIR_ENV};
-use scoutfs_core::fence::FENCE_TIMEOUT_MS_DEFAULT;
-use scoutfs_core::fs::AtimeMode;
-use scoutfs_core::lock::Rid;
+use scoutfs_core::cluster::fence::local::{run_dir, sweep_stale, LocalRecord, RUN_DIR_ENV};
+use scoutfs_core::cluster::fence::FENCE_TIMEOUT_MS_DEFAULT;
+use scoutfs_core::cluster::quorum::{HEARTBEAT_TIMEOUT_MAX_MS, HEARTBEAT_TIMEOUT_MIN_MS};
+use scoutfs_core::mount::fs::AtimeMode;
 use scoutfs_core::mount::{new_rid, Mount, MountOptions, MountRole};
-use scoutfs_core::quorum::{HEARTBEAT_TIMEOUT_MAX_MS, HEARTBEAT_TIMEOUT_MIN_MS};
+use scoutfs_core::types::Rid;
 use scoutfs_format::SuperBlock;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
@@ -56,18 +56,18 @@ pub struct MountArgs {
     /// less).
     #[arg(
         long = "quorum-heartbeat-timeout-ms",
-        default_value_t = scoutfs_core::quorum::HEARTBEAT_TIMEOUT_DEFAULT_MS,
+        default_value_t = scoutfs_core::cluster::quorum::HEARTBEAT_TIMEOUT_DEFAULT_MS,
         value_parser = clap::value_parser!(u64).range(HEARTBEAT_TIMEOUT_MIN_MS..=HEARTBEAT_TIMEOUT_MAX_MS)
     )]
     heartbeat_timeout_ms: u64,
     /// How long this mount's server waits for the mounts of an earlier
     /// server to reconnect and recover before it fences them.
-    #[arg(long = "recovery-timeout-ms", default_value_t = scoutfs_core::server::RECOVERY_TIMEOUT_MS_DEFAULT,
+    #[arg(long = "recovery-timeout-ms", default_value_t = scoutfs_core::cluster::server::RECOVERY_TIMEOUT_MS_DEFAULT,
         value_parser = clap::value_parser!(u64).range(1..))]
     recovery_timeout_ms: u64,
     /// How long this mount's server lets a mount stay disconnected before
     /// it fences it.
-    #[arg(long = "reconnect-timeout-ms", default_value_t = scoutfs_core::server::RECONNECT_TIMEOUT_MS_DEFAULT,
+    #[arg(long = "reconnect-timeout-ms", default_value_t = scoutfs_core::cluster::server::RECONNECT_TIMEOUT_MS_DEFAULT,
         value_parser = clap::value_parser!(u64).range(1..))]
     reconnect_timeout_ms: u64,
     /// Commit the open transaction at least this often.
@@ -224,7 +224,8 @@ pub fn cmd_up(a: UpArgs) -> Result<ExitCode, String> {
         crate::make(&m)?;
     }
     let dev = crate::open_dev(&meta, false)?;
-    let sb = scoutfs_core::commit::read_super(dev.as_ref(), true).map_err(|e| e.to_string())?;
+    let sb =
+        scoutfs_core::store::commit::read_super(dev.as_ref(), true).map_err(|e| e.to_string())?;
     let slots: Vec<u8> = (0..sb.qconf.slots.len() as u8)
         .filter(|&i| sb.qconf.slots[i as usize].to_socket().is_some())
         .take(a.mounts as usize)
@@ -437,7 +438,7 @@ impl RecordGuard {
     /// holds it open too to the record, once mounted: the agent kills the
     /// helper and aborts that connection when it fences this mount.
     fn add_fuse(&self, helper_pid: u32) -> Result<(), String> {
-        use scoutfs_core::fence::local::{fuse_dev_at, proc_identity};
+        use scoutfs_core::cluster::fence::local::{fuse_dev_at, proc_identity};
         let e = |e: scoutfs_core::error::Error| format!("mount: recording the FUSE device: {e}");
         let dev = fuse_dev_at(&self.mp).map_err(e)?;
         let mut r = LocalRecord::for_this_process(self.fsid, Rid(self.rid), &self.mp).map_err(e)?;
@@ -476,8 +477,8 @@ fn serve(
     }
     let m = crate::open_dev(meta, true)?;
     let d = crate::open_dev(data, true)?;
-    let sb =
-        scoutfs_core::commit::read_super(m.as_ref(), true).map_err(|e| format!("mount: {e}"))?;
+    let sb = scoutfs_core::store::commit::read_super(m.as_ref(), true)
+        .map_err(|e| format!("mount: {e}"))?;
     let fsid = sb.hdr.fsid.get();
     let mut opts = opts.clone();
     if opts.fence_command.is_none() {

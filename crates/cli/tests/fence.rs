@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use scoutfs_core::fence::local::{proc_identity, LocalRecord};
-use scoutfs_core::fence::{FenceOutcome, FenceReason, FenceRequest, Fencer};
-use scoutfs_core::lock::Rid;
+use scoutfs_core::cluster::fence::local::{proc_identity, LocalRecord};
+use scoutfs_core::cluster::fence::{FenceOutcome, FenceReason, FenceRequest, Fencer};
+use scoutfs_core::types::Rid;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;

@@ -785,8 +785,8 @@ fn an_extension_after_a_crash_reads_zeros() {
 /// the zero tail of the block then.)
 #[test]
 fn a_format_version_1_filesystem_mounts_without_a_cluster_key() {
-    use scoutfs_core::commit::{read_super, write_super};
-    use scoutfs_core::dev::{BlockDev, FileDev};
+    use scoutfs_core::store::commit::{read_super, write_super};
+    use scoutfs_core::store::dev::{BlockDev, FileDev};
     if !can_mount("a_format_version_1_filesystem_mounts_without_a_cluster_key") {
         return;
     }
@@ -1041,8 +1041,8 @@ fn file_handles_open_after_a_remount() {
 /// mount, before it answers the greeting).
 #[test]
 fn a_corrupt_allocator_block_is_named_when_the_mount_fails() {
-    use scoutfs_core::commit::read_super;
-    use scoutfs_core::dev::{BlockDev, FileDev};
+    use scoutfs_core::store::commit::read_super;
+    use scoutfs_core::store::dev::{BlockDev, FileDev};
     if !can_mount("a_corrupt_allocator_block_is_named_when_the_mount_fails") {
         return;
     }

@@ -6,9 +6,9 @@
 mod common;
 
 use common::{scoutfs, Scratch};
-use scoutfs_core::btree;
-use scoutfs_core::commit::Store;
-use scoutfs_core::dev::{BlockDev, FileDev};
+use scoutfs_core::store::btree;
+use scoutfs_core::store::commit::Store;
+use scoutfs_core::store::dev::{BlockDev, FileDev};
 use scoutfs_format::consts::*;
 use scoutfs_format::Key;
 use std::path::{Path, PathBuf};

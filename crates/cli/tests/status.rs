@@ -6,10 +6,10 @@
 mod common;
 
 use common::{scoutfs, Scratch};
-use scoutfs_core::block::{read_sm, write_sm};
-use scoutfs_core::dev::{BlockDev, FileDev};
-use scoutfs_core::lock::Rid;
-use scoutfs_core::quorum::{record_events, EventKind, Term};
+use scoutfs_core::cluster::quorum::{record_events, EventKind, Term};
+use scoutfs_core::store::block::{read_sm, write_sm};
+use scoutfs_core::store::dev::{BlockDev, FileDev};
+use scoutfs_core::types::Rid;
 use scoutfs_format::consts::*;
 use scoutfs_format::quorum::QuorumBlock;
 use scoutfs_format::Timespec;

@@ -14,12 +14,12 @@
 
 mod common;
 
-use scoutfs_core::alloc::extent;
-use scoutfs_core::btree;
-use scoutfs_core::check;
-use scoutfs_core::commit::{Store, Txn};
-use scoutfs_core::dev::{BlockDev, CrashMode, MemDev};
 use scoutfs_core::rng::Rng;
+use scoutfs_core::store::alloc::extent;
+use scoutfs_core::store::btree;
+use scoutfs_core::store::commit::{Store, Txn};
+use scoutfs_core::store::dev::{BlockDev, CrashMode, MemDev};
+use scoutfs_core::tools::check;
 use scoutfs_format::data::DataExtentVal;
 use scoutfs_format::key::{ty, zone};
 use scoutfs_format::{Key, DATA_DEV_START_BLKNO};

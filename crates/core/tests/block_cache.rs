@@ -5,17 +5,17 @@
 
 mod common;
 
-use scoutfs_core::block::BlockCache;
-use scoutfs_core::btree;
-use scoutfs_core::dev::{BlockDev, MemDev};
 use scoutfs_core::error::{CorruptKind, Error};
 use scoutfs_core::rng::Rng;
+use scoutfs_core::store::block::BlockCache;
+use scoutfs_core::store::btree;
+use scoutfs_core::store::dev::{BlockDev, MemDev};
 use scoutfs_format::consts::{magic, BLOCK_LG_SIZE};
 use scoutfs_format::{BlockRef, Key};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-fn fs_with_items(n: u64) -> (MemDev, scoutfs_core::commit::Store) {
+fn fs_with_items(n: u64) -> (MemDev, scoutfs_core::store::commit::Store) {
     let (meta, _data) = common::mem_fs(128 << 20, 64 << 20, 0xcac4e);
     let mut store = common::open(&meta);
     let mut txn = store.begin_with(Rng::new(1));
@@ -116,7 +116,8 @@ fn copy_on_write_moves_blocks_and_frees_the_old_ones() {
         "a clean block is copied to a new blkno"
     );
     assert_ne!(after.seq, before.seq, "with a new seq");
-    let (freed, _) = scoutfs_core::alloc::list::read_list(&txn.w, &txn.w.lists().freed).unwrap();
+    let (freed, _) =
+        scoutfs_core::store::alloc::list::read_list(&txn.w, &txn.w.lists().freed).unwrap();
     assert!(
         freed.contains(&before.blkno.get()),
         "the old blkno is freed: {freed:?}"

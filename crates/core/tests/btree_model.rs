@@ -8,10 +8,10 @@
 
 mod common;
 
-use scoutfs_core::btree::{self, Item};
-use scoutfs_core::check;
-use scoutfs_core::commit::{Store, Txn};
 use scoutfs_core::rng::Rng;
+use scoutfs_core::store::btree::{self, Item};
+use scoutfs_core::store::commit::{Store, Txn};
+use scoutfs_core::tools::check;
 use scoutfs_format::{Key, MAX_VAL_SIZE};
 use std::collections::BTreeMap;
 
@@ -251,6 +251,8 @@ fn run(seed: u64, ops: u64, resident: Option<usize>) -> (u64, usize) {
     (spilled, most)
 }
 
-fn store_dev(d: &scoutfs_core::dev::MemDev) -> std::sync::Arc<dyn scoutfs_core::dev::BlockDev> {
+fn store_dev(
+    d: &scoutfs_core::store::dev::MemDev,
+) -> std::sync::Arc<dyn scoutfs_core::store::dev::BlockDev> {
     std::sync::Arc::new(d.clone())
 }

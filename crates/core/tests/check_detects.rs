@@ -4,12 +4,12 @@
 
 mod common;
 
-use scoutfs_core::alloc::extent;
-use scoutfs_core::btree;
-use scoutfs_core::check::{check, NoProgress, Report};
-use scoutfs_core::commit::Store;
-use scoutfs_core::dev::{BlockDev, MemDev};
 use scoutfs_core::rng::Rng;
+use scoutfs_core::store::alloc::extent;
+use scoutfs_core::store::btree;
+use scoutfs_core::store::commit::Store;
+use scoutfs_core::store::dev::{BlockDev, MemDev};
+use scoutfs_core::tools::check::{check, NoProgress, Report};
 use scoutfs_format::data::DataExtentVal;
 use scoutfs_format::key::{ty, zone};
 use scoutfs_format::Key;
@@ -22,7 +22,7 @@ fn run_check(meta: &MemDev, data: &MemDev) -> Report {
     check(&m, &d, &mut NoProgress).expect("check runs")
 }
 
-fn extent_item(txn: &mut scoutfs_core::commit::Txn, ino: u64, blkno: u64, len: u64) {
+fn extent_item(txn: &mut scoutfs_core::store::commit::Txn, ino: u64, blkno: u64, len: u64) {
     let k = Key::new(zone::FS, ino, ty::DATA_EXTENT, len - 1, len, 0);
     let v = DataExtentVal::new(blkno, 0);
     btree::insert(&mut txn.w, &mut txn.sb.fs_root, &k, 1, 0, v.as_bytes()).unwrap();
@@ -142,7 +142,7 @@ fn garbage_with_valid_checksums_never_panics() {
         meta.write_at(&buf, off).unwrap();
         let r = run_check(&meta, &data);
         let dev: Arc<dyn BlockDev> = Arc::new(meta.clone());
-        scoutfs_core::print::print(&dev, &mut std::io::sink(), &mut NoProgress).unwrap();
+        scoutfs_core::tools::print::print(&dev, &mut std::io::sink(), &mut NoProgress).unwrap();
         rounds += 1;
         reported += !r.is_clean() as u32;
         meta.write_at(&orig, off).unwrap();

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
-use scoutfs_core::dev::{BlockDev, CrashMode, CrashReport, FileDev, MemDev, SECTOR_SIZE};
+use scoutfs_core::store::dev::{BlockDev, CrashMode, CrashReport, FileDev, MemDev, SECTOR_SIZE};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -560,7 +560,7 @@ proptest! {
         let mut model = Model {
             durable: vec![0; MODEL_SIZE as usize],
             unflushed: Vec::new(),
-            cache_max: scoutfs_core::dev::WRITE_CACHE_BYTES_MAX_DEFAULT,
+            cache_max: scoutfs_core::store::dev::WRITE_CACHE_BYTES_MAX_DEFAULT,
         };
         for op in ops {
             match op {

@@ -4,11 +4,11 @@
 
 mod common;
 
-use scoutfs_core::check::{check, NoProgress};
-use scoutfs_core::dev::BlockDev;
-use scoutfs_core::fs::dir::{RENAME_EXCHANGE, RENAME_NOREPLACE};
-use scoutfs_core::fs::*;
+use scoutfs_core::mount::fs::dir::{RENAME_EXCHANGE, RENAME_NOREPLACE};
+use scoutfs_core::mount::fs::*;
 use scoutfs_core::mount::MountOptions;
+use scoutfs_core::store::dev::BlockDev;
+use scoutfs_core::tools::check::{check, NoProgress};
 use scoutfs_format::ROOT_INO;
 use std::sync::Arc;
 
@@ -79,8 +79,8 @@ fn create_write_read_remount() {
     // The server merged the first mount's log tree into fs_root at start:
     // the forest is fs_root and this mount's own log tree.
     let roots = fs.roots().unwrap();
-    let lts =
-        scoutfs_core::forest::log_roots(mnt.block_cache().as_ref(), &roots.logs_root).unwrap();
+    let lts = scoutfs_core::store::forest::log_roots(mnt.block_cache().as_ref(), &roots.logs_root)
+        .unwrap();
     assert_eq!(lts.len(), 1, "one log tree, this mount's");
     assert!(
         roots.fs_root.height > 0,
@@ -219,7 +219,7 @@ fn truncate_fallocate_xattrs() {
 /// never writes it.
 #[test]
 fn corrupt_block_under_a_mount_gives_eio_and_the_rest_is_served() {
-    use scoutfs_core::btree;
+    use scoutfs_core::store::btree;
     use scoutfs_format::consts::BLOCK_LG_SIZE;
     use std::sync::atomic::Ordering;
     let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xf8);
@@ -466,7 +466,7 @@ fn an_xattr_replace_is_atomic_to_concurrent_readers() {
 /// chmod rewrites the access ACL.
 #[test]
 fn posix_acls_set_modes_and_are_inherited() {
-    use scoutfs_core::fs::acl::{self, Acl, Entry, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ};
+    use scoutfs_core::mount::fs::acl::{self, Acl, Entry, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ};
     let e = |tag, perm, id| Entry { tag, perm, id };
     const X: u32 = u32::MAX;
     let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xfb);
@@ -552,7 +552,7 @@ fn posix_acls_set_modes_and_are_inherited() {
     assert_eq!(plain.mode() & 0o7777, 0o640);
 
     // chmod rewrites the owner, mask and other entries.
-    let s = scoutfs_core::fs::inode::SetAttr {
+    let s = scoutfs_core::mount::fs::inode::SetAttr {
         mode: Some(0o604),
         ..Default::default()
     };
@@ -574,7 +574,7 @@ fn atime(fs: &Fs, ino: u64) -> (u64, u32) {
 /// strictatime updates at every access; noatime never.
 #[test]
 fn atime_modes() {
-    use scoutfs_core::fs::inode::SetAttr;
+    use scoutfs_core::mount::fs::inode::SetAttr;
     use scoutfs_format::Timespec;
     let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xfc);
     let open = |mode| {

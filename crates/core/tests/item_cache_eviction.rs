@@ -2,9 +2,9 @@
 //! and creates failed with ENOENT for directories that existed.
 
 mod common;
-use scoutfs_core::dev::BlockDev;
+use scoutfs_core::mount::trans::TransLimits;
 use scoutfs_core::mount::{Mount, MountOptions};
-use scoutfs_core::trans::TransLimits;
+use scoutfs_core::store::dev::BlockDev;
 use std::sync::Arc;
 #[test]
 fn item_cache_eviction_never_drops_the_range_in_use() {

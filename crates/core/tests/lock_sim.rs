@@ -63,12 +63,13 @@
 
 mod common;
 
-use scoutfs_core::lock::{
+use scoutfs_core::cluster::lock::server::{LockServer, ServerOut};
+use scoutfs_core::cluster::lock::{
     index_lock_range, inode_lock_range, modes_compatible, orphan_lock_range, rename_lock_range,
-    Acquire, ClientAction, LockClient, LockMode, LockMsg, RecoverEntry, Rid, RECOVER_ENTRIES_MAX,
+    Acquire, ClientAction, LockClient, LockMode, LockMsg, RecoverEntry, RECOVER_ENTRIES_MAX,
 };
-use scoutfs_core::lock_server::{LockServer, ServerOut};
 use scoutfs_core::rng::Rng;
+use scoutfs_core::types::Rid;
 use scoutfs_format::key::ty;
 use scoutfs_format::Key;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

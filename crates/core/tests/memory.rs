@@ -6,9 +6,9 @@
 
 mod common;
 
-use scoutfs_core::dev::{BlockDev, FileDev};
+use scoutfs_core::mount::trans::TransLimits;
 use scoutfs_core::mount::{Mount, MountOptions};
-use scoutfs_core::trans::TransLimits;
+use scoutfs_core::store::dev::{BlockDev, FileDev};
 use scoutfs_format::ROOT_INO;
 use std::sync::Arc;
 
@@ -32,7 +32,7 @@ fn a_million_files_stay_within_the_memory_bound() {
     let guard = Cleanup(dir.clone());
     let m: Arc<dyn BlockDev> = Arc::new(FileDev::create(dir.join("meta"), 4 << 30).unwrap());
     let d: Arc<dyn BlockDev> = Arc::new(FileDev::create(dir.join("data"), 1 << 30).unwrap());
-    scoutfs_core::mkfs::mkfs(m.clone(), d.clone(), &common::test_opts(0x3e3)).unwrap();
+    scoutfs_core::tools::mkfs::mkfs(m.clone(), d.clone(), &common::test_opts(0x3e3)).unwrap();
     let opts = MountOptions {
         item_cache_bytes: 128 << 20,
         block_cache_blocks: 512,

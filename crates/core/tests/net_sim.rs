@@ -38,14 +38,17 @@
 
 mod common;
 
-use scoutfs_core::lock::{LockMode, LockMsg, RecoverEntry, Rid};
-use scoutfs_core::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
-use scoutfs_core::net::{
+use scoutfs_core::cluster::lock::{LockMode, LockMsg, RecoverEntry};
+use scoutfs_core::cluster::net::msg::{
+    ClientResponse, Request, Response, ServerRequest, StatfsInfo,
+};
+use scoutfs_core::cluster::net::stream::{
     ClientConfig, ClientNet, ClientOutput, ConnId, Limits, NetCounters, NetError, Refusal,
     ServerConfig, ServerNet, ServerOutput,
 };
+use scoutfs_core::cluster::net::wire::{encode_request, FrameReader, GREETING_FLAG_QUORUM};
 use scoutfs_core::rng::Rng;
-use scoutfs_core::wire::{encode_request, FrameReader, GREETING_FLAG_QUORUM};
+use scoutfs_core::types::Rid;
 use scoutfs_format::log_trees::LogTrees;
 use scoutfs_format::Key;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

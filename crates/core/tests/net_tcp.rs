@@ -7,9 +7,9 @@ mod common;
 
 use common::assert_clean;
 
-use scoutfs_core::dev::MemDev;
-use scoutfs_core::fs::Fs;
+use scoutfs_core::mount::fs::Fs;
 use scoutfs_core::mount::{Mount, MountOptions};
+use scoutfs_core::store::dev::MemDev;
 use scoutfs_format::ROOT_INO;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -172,14 +172,14 @@ fn bad_bytes_close_only_their_connection() {
 /// goes on.
 #[test]
 fn forged_greetings_are_dropped_unanswered_and_counted() {
-    use scoutfs_core::auth::ClusterKey;
-    use scoutfs_core::wire::{Cmd, Frame, FrameHeader, Greeting, Kind};
+    use scoutfs_core::cluster::auth::ClusterKey;
+    use scoutfs_core::cluster::net::wire::{Cmd, Frame, FrameHeader, Greeting, Kind};
     let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0x7c03);
     let mnt = mount(&meta, &data);
     let fs = mnt.fs();
     let server = mnt.server().unwrap();
     let addr = server.link().addr();
-    let sb = scoutfs_core::commit::read_super(&meta, true).unwrap();
+    let sb = scoutfs_core::store::commit::read_super(&meta, true).unwrap();
     let key = ClusterKey::of(&sb);
     assert!(key.is_secret());
     let g = Greeting {

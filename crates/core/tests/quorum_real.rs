@@ -16,15 +16,15 @@
 //! followers' heartbeat timeout, and within that plus an election), not
 //! against a speed target.
 
-use scoutfs_core::commit::read_super;
-use scoutfs_core::dev::{BlockDev, CrashMode, MemDev};
-use scoutfs_core::lock::Rid;
-use scoutfs_core::mkfs::{mkfs, MkfsOptions};
-use scoutfs_core::quorum::{
+use scoutfs_core::cluster::quorum::{
     event_term, find_server, read_quorum_block, record_events, EventKind, Message, MessageCodec,
     MsgType, OldLeader, QuorumDriver, QuorumHandle, QuorumOptions, QuorumStatus, Role,
     ServerControl, ServerState, SlotNr, Term, ELECT_MIN_MS, ELECT_VAR_MS, HEARTBEAT_INTERVAL_MS,
 };
+use scoutfs_core::store::commit::read_super;
+use scoutfs_core::store::dev::{BlockDev, CrashMode, MemDev};
+use scoutfs_core::tools::mkfs::{mkfs, MkfsOptions};
+use scoutfs_core::types::Rid;
 use scoutfs_core::Error;
 use scoutfs_format::block::Timespec;
 use scoutfs_format::consts::{BLOCK_SM_SHIFT, QUORUM_BLKNO};
@@ -423,7 +423,7 @@ fn garbage_is_counted_and_ignored(f: &Member, codec: MessageCodec, leader: SlotN
     // (one pushing the term to its end, which would end elections).
     assert!(codec.key.is_secret(), "mkfs makes a cluster key");
     let forger = MessageCodec {
-        key: scoutfs_core::auth::ClusterKey::new([0; 32]),
+        key: scoutfs_core::cluster::auth::ClusterKey::new([0; 32]),
         ..codec
     };
     let to_the_end = Message {
@@ -539,7 +539,7 @@ fn another_writer_of_our_slot_stops_the_driver() {
         Timespec::new(1, 0),
     );
     let mut buf = qb.to_block();
-    scoutfs_core::block::write_sm(&meta, QUORUM_BLKNO, &mut buf).unwrap();
+    scoutfs_core::store::block::write_sm(&meta, QUORUM_BLKNO, &mut buf).unwrap();
     meta.flush().unwrap();
     m.driver.server_up(term);
     let why = failed(&m);

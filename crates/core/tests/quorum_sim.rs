@@ -56,12 +56,12 @@
 
 mod common;
 
-use scoutfs_core::lock::Rid;
-use scoutfs_core::quorum::{
+use scoutfs_core::cluster::quorum::{
     event_term, leaders_to_fence, newer_election, record_events, Action, Agent, AgentConfig, Dest,
     EventKind, Message, MessageCodec, MessageError, MsgType, Phase, Role, SlotNr, SlotSet, Term,
 };
 use scoutfs_core::rng::Rng;
+use scoutfs_core::types::Rid;
 use scoutfs_format::block::Timespec;
 use scoutfs_format::consts::QUORUM_MAX_SLOTS;
 use scoutfs_format::quorum::QUORUM_MESSAGE_SIZE;
@@ -281,7 +281,7 @@ impl Sim {
                 fsid: FSID,
                 version: 1,
                 slots,
-                key: scoutfs_core::auth::ClusterKey::new([0x51; 32]),
+                key: scoutfs_core::cluster::auth::ClusterKey::new([0x51; 32]),
             },
             slots,
             hb_timeout_ms,

@@ -2,11 +2,11 @@
 
 mod common;
 
-use scoutfs_core::alloc::extent;
-use scoutfs_core::btree;
-use scoutfs_core::check::{check, NoProgress, Report};
-use scoutfs_core::dev::{BlockDev, CrashMode, MemDev};
 use scoutfs_core::rng::Rng;
+use scoutfs_core::store::alloc::extent;
+use scoutfs_core::store::btree;
+use scoutfs_core::store::dev::{BlockDev, CrashMode, MemDev};
+use scoutfs_core::tools::check::{check, NoProgress, Report};
 use scoutfs_format::consts::BLOCK_LG_SIZE;
 use scoutfs_format::key::zone;
 use scoutfs_format::{AllocRoot, Key};

@@ -8,11 +8,11 @@ mod common;
 
 use common::mount;
 
-use scoutfs_core::commit::{read_super, write_super};
-use scoutfs_core::dev::{BlockDev, MemDev};
-use scoutfs_core::forest::STALE_RETRIES_MAX;
 use scoutfs_core::mount::Mount;
-use scoutfs_core::status::{read_status, LogTreeStatus, SlotState, Status};
+use scoutfs_core::store::commit::{read_super, write_super};
+use scoutfs_core::store::dev::{BlockDev, MemDev};
+use scoutfs_core::store::forest::STALE_RETRIES_MAX;
+use scoutfs_core::tools::status::{read_status, LogTreeStatus, SlotState, Status};
 use scoutfs_core::Error;
 use scoutfs_format::consts::{BLOCK_SM_SIZE, SUPER_OFFSET};
 use scoutfs_format::ROOT_INO;

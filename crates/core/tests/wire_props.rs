@@ -1,4 +1,4 @@
-//! Property tests of the wire format (`scoutfs_core::wire`).
+//! Property tests of the wire format (`scoutfs_core::cluster::net::wire`).
 //!
 //! - Every message of `msg`, in each direction, survives encoding into a
 //!   frame, the frame's bytes, decoding and payload decoding unchanged
@@ -17,10 +17,12 @@
 //!   the header's last byte arrives.
 
 use proptest::prelude::*;
-use scoutfs_core::forest::Roots;
-use scoutfs_core::lock::{LockMode, LockMsg, RecoverEntry, RECOVER_ENTRIES_MAX};
-use scoutfs_core::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
-use scoutfs_core::wire::*;
+use scoutfs_core::cluster::lock::{LockMode, LockMsg, RecoverEntry, RECOVER_ENTRIES_MAX};
+use scoutfs_core::cluster::net::msg::{
+    ClientResponse, Request, Response, ServerRequest, StatfsInfo,
+};
+use scoutfs_core::cluster::net::wire::*;
+use scoutfs_core::types::Roots;
 use scoutfs_format::block::BlockRef;
 use scoutfs_format::btree::BtreeRoot;
 use scoutfs_format::key::Key;
@@ -304,7 +306,7 @@ proptest! {
     #[test]
     fn greetings_round_trip(fsid: u64, fmt_vers: u64, server_term: u64, rid in 1u64.., flags in 0u64..4) {
         let g = Greeting { fsid, fmt_vers, server_term, rid, flags };
-        let key = scoutfs_core::auth::ClusterKey::new([7; 32]);
+        let key = scoutfs_core::cluster::auth::ClusterKey::new([7; 32]);
         let b = g.encode(&key, rid);
         prop_assert_eq!(Greeting::decode(&b).unwrap(), g);
         prop_assert!(Greeting::authentic(&b, &key, rid));

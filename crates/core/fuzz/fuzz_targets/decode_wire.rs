@@ -6,8 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use scoutfs_core::msg::Response;
-use scoutfs_core::wire::*;
+use scoutfs_core::cluster::net::msg::Response;
+use scoutfs_core::cluster::net::wire::*;
 
 /// Decodes a frame's payload every way its command allows and checks that
 /// what decodes re-encodes to the same bytes.
@@ -16,7 +16,7 @@ fn payloads(f: &Frame) {
     if h.cmd == Cmd::Greeting {
         if let Ok(g) = Greeting::decode(data) {
             // The fields re-encode to the same bytes; the code is the key's.
-            let key = scoutfs_core::auth::ClusterKey::new([0; 32]);
+            let key = scoutfs_core::cluster::auth::ClusterKey::new([0; 32]);
             let again = g.encode(&key, h.id);
             assert_eq!(again[..40], data[..40]);
             assert_eq!(Greeting::authentic(data, &key, h.id), again[40..] == data[40..]);

@@ -3,9 +3,9 @@
 
 pub mod sim;
 
-use scoutfs_core::commit::Store;
-use scoutfs_core::dev::{BlockDev, MemDev};
-use scoutfs_core::mkfs::{mkfs, MkfsOptions};
+use scoutfs_core::store::commit::Store;
+use scoutfs_core::store::dev::{BlockDev, MemDev};
+use scoutfs_core::tools::mkfs::{mkfs, MkfsOptions};
 use scoutfs_format::Timespec;
 use std::sync::Arc;
 
@@ -66,7 +66,7 @@ pub fn mount(meta: &MemDev, data: &MemDev) -> scoutfs_core::mount::Mount {
 /// Runs `check` on in-memory devices and fails the test, naming the first
 /// problems, unless it finds none.
 pub fn assert_clean(meta: &MemDev, data: &MemDev) {
-    use scoutfs_core::check::{check, NoProgress};
+    use scoutfs_core::tools::check::{check, NoProgress};
     let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
         (Arc::new(meta.clone()), Arc::new(data.clone()));
     let r = check(&m, &d, &mut NoProgress).expect("check");

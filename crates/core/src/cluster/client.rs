@@ -1,0 +1,202 @@
+//! The mount's client: its connection to the server.
+//!
+//! `call` sends a request and blocks until its response arrives. Lock
+//! requests are sent with `send_lock`; their grants are delivered to the
+//! lock handler instead of a waiting caller. Requests from the server (lock
+//! invalidations, sync) are queued to a worker thread, never handled on the
+//! receive thread, because handling them may need to call the server (a
+//! commit) and wait for the receive thread to deliver that response.
+//!
+//! The connection is TCP (`tcp`, with the delivery rules of `net`): the
+//! network thread reads every message from the server and hands responses
+//! to their waiters here. Every request gets exactly one response, across
+//! reconnects.
+
+use crate::cluster::lock::LockMsg;
+use crate::cluster::net::msg::{ClientResponse, Request, Response, ServerRequest};
+use crate::cluster::net::tcp::{ClientDeliver, ClientLink, ServerAddr};
+use crate::cluster::net::wire::GREETING_FLAG_FAREWELL;
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a mount waits for the server to answer its first greeting.
+pub const GREETING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the client does with lock grants and server requests.
+pub trait Handler: Send + Sync {
+    /// A grant of a lock request sent with `send_lock`.
+    fn lock_granted(&self, msg: LockMsg);
+    /// A request from the server; the handler answers with `respond`.
+    fn server_request(&self, id: u64, req: ServerRequest);
+    /// The server changed (a new term): what the old one asked is void,
+    /// and the new one will ask for the locks held.
+    fn server_changed(&self);
+}
+
+enum Waiter {
+    Call(Sender<Response>),
+    Lock,
+}
+
+/// Routes what the network delivers: responses to their waiters, server
+/// requests to the handler (remembering which server asked).
+struct Dispatch {
+    waiters: Mutex<HashMap<u64, Waiter>>,
+    /// The server term of each server request not yet answered.
+    terms: Mutex<HashMap<u64, u64>>,
+    handler: Arc<dyn Handler>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ClientDeliver for Dispatch {
+    fn response(&self, id: u64, resp: Response) {
+        let w = lock(&self.waiters).remove(&id);
+        match (w, resp) {
+            (Some(Waiter::Call(tx)), resp) => {
+                let _ = tx.send(resp);
+            }
+            (Some(Waiter::Lock), Response::Lock(m)) => self.handler.lock_granted(m),
+            (_, resp) => eprintln!("scoutfs: client: unexpected response {id}: {resp:?}"),
+        }
+    }
+
+    fn request(&self, server_term: u64, id: u64, req: ServerRequest) {
+        lock(&self.terms).insert(id, server_term);
+        self.handler.server_request(id, req);
+    }
+
+    fn greeted(&self, _server_term: u64, new_server: bool) {
+        if new_server {
+            lock(&self.terms).clear();
+            self.handler.server_changed();
+        }
+    }
+}
+
+pub struct Client {
+    link: ClientLink,
+    rid: u64,
+    flags: u64,
+    dispatch: Arc<Dispatch>,
+}
+
+impl Client {
+    /// Connects mount `rid` of filesystem `fsid` to the server at `addr`,
+    /// greeting with `flags` (`wire::GREETING_FLAG_QUORUM` for a quorum
+    /// member); `handler` gets grants and server requests.
+    pub fn connect(
+        addr: ServerAddr,
+        fsid: u64,
+        key: crate::cluster::auth::ClusterKey,
+        rid: u64,
+        flags: u64,
+        handler: Arc<dyn Handler>,
+        abandon: &dyn Fn() -> Option<String>,
+    ) -> Result<Arc<Client>> {
+        let dispatch = Arc::new(Dispatch {
+            waiters: Mutex::default(),
+            terms: Mutex::default(),
+            handler,
+        });
+        let link = ClientLink::connect(
+            addr,
+            (fsid, key),
+            rid,
+            flags,
+            dispatch.clone(),
+            GREETING_TIMEOUT,
+            abandon,
+        )?;
+        Ok(Arc::new(Client {
+            link,
+            rid,
+            flags,
+            dispatch,
+        }))
+    }
+
+    /// Says farewell (the last request of an unmount, after the final
+    /// commit) and waits for the answer. A server may hold a quorum
+    /// member's farewell until enough members remain or all leave
+    /// together; meanwhile `gone` is asked every `poll`: when it says the
+    /// server already processed the farewell (the mount's record is gone
+    /// from the super block), the answer is no longer needed. That is how
+    /// a mount finishes when the server that answered it stopped before
+    /// the answer arrived and no server will follow.
+    pub fn farewell(&self, poll: Duration, gone: impl Fn() -> bool) -> Result<()> {
+        // Later connections greet as leaving, so a new server knows.
+        self.link.set_flags(self.flags | GREETING_FLAG_FAREWELL)?;
+        let (tx, rx) = channel();
+        self.link.request(&Request::Farewell, |id| {
+            lock(&self.dispatch.waiters).insert(id, Waiter::Call(tx));
+        })?;
+        loop {
+            match rx.recv_timeout(poll) {
+                Ok(Response::Error(errno)) => {
+                    return Err(Error::Invalid(format!(
+                        "farewell: server error: errno {errno}"
+                    )))
+                }
+                Ok(_) => return Ok(()),
+                Err(RecvTimeoutError::Timeout) => {
+                    if gone() {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Invalid("the connection to the server closed".into()))
+                }
+            }
+        }
+    }
+
+    pub fn rid(&self) -> u64 {
+        self.rid
+    }
+
+    /// Sends a request and waits for its response.
+    pub fn call(&self, req: Request) -> Result<Response> {
+        let (tx, rx) = channel();
+        self.link.request(&req, |id| {
+            lock(&self.dispatch.waiters).insert(id, Waiter::Call(tx));
+        })?;
+        match rx.recv() {
+            Ok(Response::Error(errno)) => Err(Error::Invalid(format!(
+                "the server failed {req:?}: {}{}",
+                std::io::Error::from_raw_os_error(errno),
+                crate::store::block::eio_cause(errno)
+            ))),
+            Ok(resp) => Ok(resp),
+            Err(_) => Err(Error::Invalid("the connection to the server closed".into())),
+        }
+    }
+
+    /// Sends a lock request; its grant goes to the handler.
+    pub fn send_lock(&self, msg: LockMsg) -> Result<()> {
+        self.link.request(&Request::Lock(msg), |id| {
+            lock(&self.dispatch.waiters).insert(id, Waiter::Lock);
+        })?;
+        Ok(())
+    }
+
+    /// Answers a request from the server.
+    pub fn respond(&self, id: u64, resp: ClientResponse) -> Result<()> {
+        let term = lock(&self.dispatch.terms).remove(&id).ok_or_else(|| {
+            Error::Invalid(format!("no server request {id} is waiting for an answer"))
+        })?;
+        self.link.respond(term, id, &resp)
+    }
+
+    /// Closes the connection (at unmount, after the farewell); callers
+    /// still waiting get an error.
+    pub fn close(&self) {
+        self.link.close();
+        lock(&self.dispatch.waiters).clear();
+    }
+}

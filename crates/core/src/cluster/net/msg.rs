@@ -1,0 +1,108 @@
+//! Messages between a mount's client and the server.
+//!
+//! These are the in-memory requests and responses; `wire` encodes them as
+//! frames, `net` carries them reliably (sequence numbers,
+//! acknowledgements, resends) and `tcp` over sockets. Every request gets
+//! exactly one response with the same id. Requests go both ways: the client asks for log trees, roots,
+//! inode numbers, locks and statistics; the server asks a client to give up
+//! (invalidate) a lock, to commit its transaction, or (a new server) to
+//! report the locks it holds.
+
+use crate::cluster::lock::{LockMsg, RecoverEntry};
+use crate::types::Roots;
+use scoutfs_format::log_trees::LogTrees;
+use scoutfs_format::Key;
+
+/// Requests a client sends to the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// The first message of a mount: its random id.
+    Greeting { rid: u64 },
+    /// A run of inode numbers for new inodes.
+    AllocInodes { count: u64 },
+    /// Opens the mount's next transaction on its log tree.
+    GetLogTrees,
+    /// Records the mount's committed log tree and opens its next
+    /// transaction (answered like `GetLogTrees`).
+    CommitLogTrees(Box<LogTrees>),
+    /// The roots of the last written super block.
+    GetRoots,
+    /// A lock request {key, old mode, new mode}.
+    Lock(LockMsg),
+    /// Space and inode counts.
+    Statfs,
+    /// The mount is unmounting: forget it.
+    Farewell,
+}
+
+/// Filesystem totals for statfs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatfsInfo {
+    pub total_meta_blocks: u64,
+    pub free_meta_blocks: u64,
+    pub total_data_blocks: u64,
+    pub free_data_blocks: u64,
+    pub inode_count: u64,
+    pub fsid: u64,
+}
+
+/// Responses from the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    Greeting {
+        fsid: u64,
+        server_term: u64,
+    },
+    Inodes {
+        ino: u64,
+        nr: u64,
+    },
+    LogTrees(Box<LogTrees>),
+    Done,
+    Roots(Roots),
+    /// A lock grant {key, write seq, old mode, new mode}.
+    Lock(LockMsg),
+    Statfs(StatfsInfo),
+    /// The request failed; an errno.
+    Error(i32),
+}
+
+/// Requests the server sends to a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerRequest {
+    /// Give the lock up from old mode to new mode, then answer.
+    Invalidate(LockMsg),
+    /// Commit the open transaction.
+    SyncLogTrees,
+    /// A new server recovering locks: report the locks you hold from
+    /// `first` on (`lock::LockClient::recovery_batch`).
+    LockRecover { first: Key },
+}
+
+/// A client's answers to the server's requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientResponse {
+    InvalidateDone(LockMsg),
+    Done,
+    /// Locks held from the asked key on, ascending, at most
+    /// `lock::RECOVER_ENTRIES_MAX` of them; `more` when more follow (the
+    /// server asks again from after the last key).
+    LockRecover {
+        entries: Vec<RecoverEntry>,
+        more: bool,
+    },
+}
+
+/// Everything that travels from a client to the server.
+#[derive(Debug)]
+pub enum ToServer {
+    Request { id: u64, req: Request },
+    Response { id: u64, resp: ClientResponse },
+}
+
+/// Everything that travels from the server to a client.
+#[derive(Debug)]
+pub enum ToClient {
+    Response { id: u64, resp: Response },
+    Request { id: u64, req: ServerRequest },
+}

@@ -1,0 +1,1411 @@
+//! The wire format: how messages between a mount and the server travel as
+//! bytes over a stream (TCP).
+//!
+//! # Frames
+//!
+//! Every message is one *frame*: a fixed 40-byte little-endian header
+//! followed by `data_len` payload bytes (the layout is in `docs/wire.md`):
+//!
+//! | offset | field | meaning |
+//! |---|---|---|
+//! | 0 | `magic` le32 | [`WIRE_MAGIC`]: finds a stream that is not ours at once |
+//! | 4 | `crc` le32 | crc32c of header bytes 8..40, then the payload |
+//! | 8 | `seq` le64 | the sender's sequence number of this message, nonzero |
+//! | 16 | `recv_seq` le64 | acknowledgement: the last seq the sender received |
+//! | 24 | `id` le64 | request id, nonzero; a response echoes its request's |
+//! | 32 | `data_len` le32 | payload bytes, at most [`MAX_FRAME_DATA`] |
+//! | 36 | `kind` u8 | [`Kind`]: request 1 or response 2 |
+//! | 37 | `cmd` u8 | [`Cmd`], the original's command numbers |
+//! | 38 | `error` u8 | [`ErrCode`], 0 for none; responses only |
+//! | 39 | `pad` u8 | zero |
+//!
+//! Unlike the original we checksum every frame: TCP's 16-bit checksum lets
+//! corruption through at scale, and a corrupt lock grant or log tree root
+//! would damage the filesystem, while a bad crc only costs a reconnect.
+//!
+//! # Validation
+//!
+//! Decoding is total: any byte string yields a frame or a typed
+//! [`WireError`], never a panic, and never allocates more than a declared
+//! length after checking it against [`MAX_FRAME_DATA`]. The streaming
+//! [`FrameReader`] takes bytes in whatever chunks the socket delivers and
+//! checks magic and length as soon as a header is complete, so an oversized
+//! frame is refused before its payload arrives. A whole frame is then
+//! checked in this order: crc (so a damaged frame reports as damaged), then
+//! the fields: `seq` and `id` nonzero, `kind`, `cmd` and `error` known,
+//! `pad` zero, and no error on a request. Payloads are checked by the
+//! `decode_*` functions, which also know which commands may travel in which
+//! direction (the server never receives SYNC_LOG_TREES, the client never
+//! receives ALLOC_INODES). What the header fields mean across frames (seq
+//! order, acknowledgements, greetings first) is `net`'s business.
+//!
+//! # Payloads
+//!
+//! The in-memory messages are the enums of `msg`; this module maps each to
+//! its command and payload bytes and back. A response's payload depends on
+//! the command it answers, which the response frame echoes. An error
+//! response ([`Response::Error`]) has an [`ErrCode`] and no payload; errnos
+//! other than the six the protocol names travel as [`ErrCode::Other`] and
+//! decode as EIO, the original's "something failed over there".
+//!
+//! The GREETING payload is [`Greeting`] (fsid, format version, server term,
+//! rid, flags) in both directions. It is `net`'s handshake, not an ordinary
+//! message: `msg`'s `Request::Greeting` and `Response::Greeting` hold only a
+//! part of it, so the message codecs refuse them and [`Greeting::request`]
+//! and [`Greeting::response`] give the `msg` view of a decoded greeting.
+//!
+//! # Limits
+//!
+//! A payload is at most [`MAX_FRAME_DATA`] (64 KiB); today's largest is a
+//! LOCK_RECOVER answer of [`RECOVER_ENTRIES_MAX`] entries (49,160 bytes),
+//! then a [`LogTrees`] (472 bytes). Only the commands `msg` has are
+//! defined; the original's others keep their numbers free and decode as
+//! unknown.
+
+use crate::cluster::auth::ClusterKey;
+use crate::cluster::lock::{LockMode, LockMsg, RecoverEntry, RECOVER_ENTRIES_MAX};
+use crate::cluster::net::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
+use crate::types::Roots;
+use scoutfs_format::consts::MAC_LEN;
+use scoutfs_format::error::check_zero;
+use scoutfs_format::key::DiskKey;
+use scoutfs_format::log_trees::LogTrees;
+use scoutfs_format::{BtreeRoot, DecodeError, Key};
+use std::fmt;
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// The first four bytes of every frame: "SCNF" (scoutfs net frame).
+pub const WIRE_MAGIC: u32 = u32::from_le_bytes(*b"SCNF");
+/// Bytes of a frame header.
+pub const HEADER_LEN: usize = 40;
+/// The most payload bytes one frame may carry. Large enough for batches
+/// (lock recovery, open inode maps), small enough that a reader may buffer a
+/// whole frame.
+pub const MAX_FRAME_DATA: usize = 64 * 1024;
+
+/// `Greeting::flags`: the mount is unmounting and resends its farewell.
+pub const GREETING_FLAG_FAREWELL: u64 = 1;
+/// `Greeting::flags`: the mount is a quorum member.
+pub const GREETING_FLAG_QUORUM: u64 = 2;
+/// Every greeting flag; other bits are invalid.
+pub const GREETING_FLAGS_KNOWN: u64 = GREETING_FLAG_FAREWELL | GREETING_FLAG_QUORUM;
+
+/// A frame header as it is on the wire.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct RawHeader {
+    magic: U32,
+    crc: U32,
+    seq: U64,
+    recv_seq: U64,
+    id: U64,
+    data_len: U32,
+    kind: u8,
+    cmd: u8,
+    error: u8,
+    pad: u8,
+}
+
+/// The LOCK payload in both directions, 48 bytes.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct WireLock {
+    key: DiskKey,
+    write_seq: U64,
+    old_mode: u8,
+    new_mode: u8,
+    pad: [u8; 6],
+}
+
+/// The head of a LOCK_RECOVER answer, 8 bytes; `nr` entries follow.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct WireRecoverHead {
+    nr: U32,
+    flags: u8,
+    pad: [u8; 3],
+}
+
+/// One entry of a LOCK_RECOVER answer, 48 bytes.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct WireRecoverEntry {
+    key: DiskKey,
+    write_seq: U64,
+    mode: u8,
+    pad: [u8; 7],
+}
+
+/// `WireRecoverHead::flags`: more entries follow; ask again from after the
+/// last key.
+pub const RECOVER_FLAG_MORE: u8 = 1;
+
+/// The ALLOC_INODES response, 16 bytes.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct WireInodes {
+    ino: U64,
+    nr: U64,
+}
+
+/// The GET_ROOTS response, 72 bytes.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct WireRoots {
+    fs_root: BtreeRoot,
+    logs_root: BtreeRoot,
+    srch_root: BtreeRoot,
+}
+
+/// The STATFS response, 48 bytes.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct WireStatfs {
+    total_meta_blocks: U64,
+    free_meta_blocks: U64,
+    total_data_blocks: U64,
+    free_data_blocks: U64,
+    inode_count: U64,
+    fsid: U64,
+}
+
+/// The GREETING payload, 56 bytes.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct WireGreeting {
+    fsid: U64,
+    fmt_vers: U64,
+    server_term: U64,
+    rid: U64,
+    flags: U64,
+    /// The cluster key's code of the greeting id (the frame's `id`) and
+    /// the 40 bytes above (see `auth`).
+    mac: [u8; MAC_LEN],
+}
+
+/// The bytes of a greeting its code covers.
+const GREETING_SIGNED_LEN: usize = 40;
+
+/// Payload sizes, fixed here so a layout change fails the build.
+pub const LOCK_LEN: usize = 48;
+pub const INODES_LEN: usize = 16;
+pub const ROOTS_LEN: usize = 72;
+pub const STATFS_LEN: usize = 48;
+pub const GREETING_LEN: usize = 56;
+pub const COUNT_LEN: usize = 8;
+pub const LOG_TREES_LEN: usize = 472;
+pub const KEY_LEN: usize = 32;
+pub const RECOVER_HEAD_LEN: usize = 8;
+pub const RECOVER_ENTRY_LEN: usize = 48;
+/// The largest LOCK_RECOVER answer.
+pub const RECOVER_MAX_LEN: usize = RECOVER_HEAD_LEN + RECOVER_ENTRIES_MAX * RECOVER_ENTRY_LEN;
+
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<RawHeader>() == HEADER_LEN);
+    assert!(size_of::<WireLock>() == LOCK_LEN);
+    assert!(size_of::<WireInodes>() == INODES_LEN);
+    assert!(size_of::<WireRoots>() == ROOTS_LEN);
+    assert!(size_of::<WireStatfs>() == STATFS_LEN);
+    assert!(size_of::<WireGreeting>() == GREETING_LEN);
+    assert!(size_of::<LogTrees>() == LOG_TREES_LEN);
+    assert!(size_of::<DiskKey>() == KEY_LEN);
+    assert!(size_of::<WireRecoverHead>() == RECOVER_HEAD_LEN);
+    assert!(size_of::<WireRecoverEntry>() == RECOVER_ENTRY_LEN);
+    // The largest payloads fit a frame, the recovery batch with room to
+    // grow.
+    assert!(LOG_TREES_LEN <= MAX_FRAME_DATA);
+    assert!(RECOVER_MAX_LEN <= MAX_FRAME_DATA * 4 / 5);
+    // data_len is a le32.
+    assert!(MAX_FRAME_DATA <= u32::MAX as usize);
+};
+
+/// Whether a frame asks or answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Request = 1,
+    Response = 2,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        match v {
+            1 => Some(Kind::Request),
+            2 => Some(Kind::Response),
+            _ => None,
+        }
+    }
+}
+
+/// A command: what a request asks, and so what its response carries.
+/// Numbers are the original's (`enum scoutfs_net_cmd`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cmd {
+    Greeting = 0,
+    AllocInodes = 1,
+    GetLogTrees = 2,
+    CommitLogTrees = 3,
+    SyncLogTrees = 4,
+    GetRoots = 5,
+    Lock = 7,
+    LockRecover = 8,
+    Statfs = 18,
+    Farewell = 19,
+}
+
+impl Cmd {
+    /// Every defined command.
+    pub const ALL: [Cmd; 10] = [
+        Cmd::Greeting,
+        Cmd::AllocInodes,
+        Cmd::GetLogTrees,
+        Cmd::CommitLogTrees,
+        Cmd::SyncLogTrees,
+        Cmd::GetRoots,
+        Cmd::Lock,
+        Cmd::LockRecover,
+        Cmd::Statfs,
+        Cmd::Farewell,
+    ];
+
+    pub fn from_u8(v: u8) -> Option<Cmd> {
+        Cmd::ALL.iter().copied().find(|c| *c as u8 == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cmd::Greeting => "GREETING",
+            Cmd::AllocInodes => "ALLOC_INODES",
+            Cmd::GetLogTrees => "GET_LOG_TREES",
+            Cmd::CommitLogTrees => "COMMIT_LOG_TREES",
+            Cmd::SyncLogTrees => "SYNC_LOG_TREES",
+            Cmd::GetRoots => "GET_ROOTS",
+            Cmd::Lock => "LOCK",
+            Cmd::LockRecover => "LOCK_RECOVER",
+            Cmd::Statfs => "STATFS",
+            Cmd::Farewell => "FAREWELL",
+        }
+    }
+}
+
+impl fmt::Display for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The error of a failed request as it travels: the errnos the protocol
+/// names, and one code for every other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrCode {
+    NoEnt = 1,
+    NoMem = 2,
+    Io = 3,
+    NoSpc = 4,
+    Inval = 5,
+    NoLink = 6,
+    /// Any other errno; decodes as EIO.
+    Other = 7,
+}
+
+impl ErrCode {
+    pub const ALL: [ErrCode; 7] = [
+        ErrCode::NoEnt,
+        ErrCode::NoMem,
+        ErrCode::Io,
+        ErrCode::NoSpc,
+        ErrCode::Inval,
+        ErrCode::NoLink,
+        ErrCode::Other,
+    ];
+
+    /// The code of a (positive) errno. This is the one place errnos become
+    /// wire codes.
+    pub fn from_errno(errno: i32) -> ErrCode {
+        match errno {
+            libc::ENOENT => ErrCode::NoEnt,
+            libc::ENOMEM => ErrCode::NoMem,
+            libc::EIO => ErrCode::Io,
+            libc::ENOSPC => ErrCode::NoSpc,
+            libc::EINVAL => ErrCode::Inval,
+            libc::ENOLINK => ErrCode::NoLink,
+            _ => ErrCode::Other,
+        }
+    }
+
+    /// The errno a receiver reports for this code.
+    pub fn errno(self) -> i32 {
+        match self {
+            ErrCode::NoEnt => libc::ENOENT,
+            ErrCode::NoMem => libc::ENOMEM,
+            ErrCode::Io | ErrCode::Other => libc::EIO,
+            ErrCode::NoSpc => libc::ENOSPC,
+            ErrCode::Inval => libc::EINVAL,
+            ErrCode::NoLink => libc::ENOLINK,
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<ErrCode> {
+        ErrCode::ALL.iter().copied().find(|c| *c as u8 == v)
+    }
+}
+
+/// Why bytes are not a valid frame or payload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("frame magic {found:#010x}, expected {:#010x}", WIRE_MAGIC)]
+    Magic { found: u32 },
+    #[error(
+        "frame payload of {len} bytes exceeds the maximum of {}",
+        MAX_FRAME_DATA
+    )]
+    TooLong { len: u64 },
+    #[error("frame of {have} bytes, its header says {need}")]
+    Length { have: usize, need: usize },
+    #[error("frame crc {stored:#010x}, computed {computed:#010x}")]
+    Crc { stored: u32, computed: u32 },
+    #[error("frame header field {field} has invalid value {value}")]
+    Header { field: &'static str, value: u64 },
+    #[error("{cmd} {what} is not expected here")]
+    Unexpected { cmd: Cmd, what: &'static str },
+    #[error("{cmd} payload of {have} bytes, expected {expected}")]
+    PayloadLength {
+        cmd: Cmd,
+        have: usize,
+        expected: usize,
+    },
+    #[error("{cmd} payload field {field} has invalid value {value}")]
+    PayloadField {
+        cmd: Cmd,
+        field: &'static str,
+        value: u64,
+    },
+    #[error("{cmd} payload: {source}")]
+    Payload { cmd: Cmd, source: DecodeError },
+    #[error("the stream is out of step after an earlier error")]
+    Poisoned,
+}
+
+/// Why a message cannot be encoded: a caller's mistake, not the peer's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("greetings are net's handshake and travel as wire::Greeting")]
+    Greeting,
+    #[error("a {resp} response does not answer {cmd}")]
+    Mismatch { cmd: Cmd, resp: &'static str },
+    #[error("errno {errno} is not an error")]
+    Errno { errno: i32 },
+    #[error("{cmd} with {nr} entries, at most {max} fit")]
+    TooMany { cmd: Cmd, nr: usize, max: usize },
+}
+
+/// The decoded header of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub seq: u64,
+    pub recv_seq: u64,
+    pub id: u64,
+    pub kind: Kind,
+    pub cmd: Cmd,
+    /// Set only on responses.
+    pub error: Option<ErrCode>,
+}
+
+impl FrameHeader {
+    fn validate(&self) -> Result<(), WireError> {
+        let bad = |field, value| Err(WireError::Header { field, value });
+        if self.seq == 0 {
+            return bad("seq", 0);
+        }
+        if self.id == 0 {
+            return bad("id", 0);
+        }
+        if let (Kind::Request, Some(e)) = (self.kind, self.error) {
+            return bad("error", e as u64);
+        }
+        Ok(())
+    }
+}
+
+/// One message: a valid header and its payload. Built only through
+/// [`Frame::new`] or decoding, so every frame encodes to valid bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    hdr: FrameHeader,
+    data: Vec<u8>,
+}
+
+impl Frame {
+    /// A frame, if the header is valid and the payload within the maximum.
+    pub fn new(hdr: FrameHeader, data: Vec<u8>) -> Result<Frame, WireError> {
+        if data.len() > MAX_FRAME_DATA {
+            return Err(WireError::TooLong {
+                len: data.len() as u64,
+            });
+        }
+        hdr.validate()?;
+        Ok(Frame { hdr, data })
+    }
+
+    pub fn hdr(&self) -> &FrameHeader {
+        &self.hdr
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    pub fn into_data(self) -> Vec<u8> {
+        self.data
+    }
+
+    /// Bytes of the encoded frame.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.data.len()
+    }
+
+    /// Appends the encoded frame to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let h = &self.hdr;
+        let mut raw = RawHeader {
+            magic: WIRE_MAGIC.into(),
+            crc: 0.into(),
+            seq: h.seq.into(),
+            recv_seq: h.recv_seq.into(),
+            id: h.id.into(),
+            // Frame::new checked the length against MAX_FRAME_DATA.
+            data_len: (self.data.len() as u32).into(),
+            kind: h.kind as u8,
+            cmd: h.cmd as u8,
+            error: h.error.map_or(0, |e| e as u8),
+            pad: 0,
+        };
+        raw.crc = frame_crc(&raw, &self.data).into();
+        out.extend_from_slice(raw.as_bytes());
+        out.extend_from_slice(&self.data);
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Decodes exactly one whole frame.
+    pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
+        let Ok((raw, rest)) = RawHeader::read_from_prefix(bytes) else {
+            return Err(WireError::Length {
+                have: bytes.len(),
+                need: HEADER_LEN,
+            });
+        };
+        let len = check_header(&raw)?;
+        if rest.len() != len {
+            return Err(WireError::Length {
+                have: bytes.len(),
+                need: HEADER_LEN + len,
+            });
+        }
+        finish(&raw, rest.to_vec())
+    }
+}
+
+/// crc32c of the header after its crc field, then the payload.
+fn frame_crc(raw: &RawHeader, data: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(&raw.as_bytes()[8..]);
+    crc32c::crc32c_append(crc, data)
+}
+
+/// What must hold before reading on: the magic and a payload length within
+/// the maximum. Returns the payload length.
+fn check_header(raw: &RawHeader) -> Result<usize, WireError> {
+    if raw.magic.get() != WIRE_MAGIC {
+        return Err(WireError::Magic {
+            found: raw.magic.get(),
+        });
+    }
+    let len = raw.data_len.get();
+    if len as usize > MAX_FRAME_DATA {
+        return Err(WireError::TooLong { len: len as u64 });
+    }
+    Ok(len as usize)
+}
+
+/// Checks a whole frame's crc and then its fields.
+fn finish(raw: &RawHeader, data: Vec<u8>) -> Result<Frame, WireError> {
+    let computed = frame_crc(raw, &data);
+    if computed != raw.crc.get() {
+        return Err(WireError::Crc {
+            stored: raw.crc.get(),
+            computed,
+        });
+    }
+    let bad = |field, value: u8| WireError::Header {
+        field,
+        value: value as u64,
+    };
+    let kind = Kind::from_u8(raw.kind).ok_or(bad("kind", raw.kind))?;
+    let cmd = Cmd::from_u8(raw.cmd).ok_or(bad("cmd", raw.cmd))?;
+    let error = match raw.error {
+        0 => None,
+        e => Some(ErrCode::from_u8(e).ok_or(bad("error", e))?),
+    };
+    if raw.pad != 0 {
+        return Err(bad("pad", raw.pad));
+    }
+    let hdr = FrameHeader {
+        seq: raw.seq.get(),
+        recv_seq: raw.recv_seq.get(),
+        id: raw.id.get(),
+        kind,
+        cmd,
+        error,
+    };
+    hdr.validate()?;
+    Ok(Frame { hdr, data })
+}
+
+/// Assembles frames from a byte stream delivered in arbitrary chunks.
+///
+/// It buffers at most one header and one payload, whose length was checked
+/// against [`MAX_FRAME_DATA`] before anything was allocated for it. After an
+/// error the stream has lost its framing: every later call fails with
+/// [`WireError::Poisoned`] and the connection must be closed.
+#[derive(Debug)]
+pub struct FrameReader {
+    hdr: [u8; HEADER_LEN],
+    hdr_have: usize,
+    /// The header and its payload length once the header is complete.
+    raw: Option<(RawHeader, usize)>,
+    data: Vec<u8>,
+    poisoned: bool,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameReader {
+    pub fn new() -> FrameReader {
+        FrameReader {
+            hdr: [0; HEADER_LEN],
+            hdr_have: 0,
+            raw: None,
+            data: Vec::new(),
+            poisoned: false,
+        }
+    }
+
+    /// Consumes bytes of `input` until a frame is complete or the input is
+    /// used up. Returns how many bytes it consumed and the frame, if one
+    /// completed; call again with the rest of the input.
+    pub fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Frame>), WireError> {
+        if self.poisoned {
+            return Err(WireError::Poisoned);
+        }
+        let r = self.feed_inner(input);
+        if r.is_err() {
+            self.poisoned = true;
+        }
+        r
+    }
+
+    fn feed_inner(&mut self, input: &[u8]) -> Result<(usize, Option<Frame>), WireError> {
+        let mut used = 0;
+        let (raw, len) = match self.raw {
+            Some(r) => r,
+            None => {
+                let take = (HEADER_LEN - self.hdr_have).min(input.len());
+                self.hdr[self.hdr_have..self.hdr_have + take].copy_from_slice(&input[..take]);
+                self.hdr_have += take;
+                used += take;
+                if self.hdr_have < HEADER_LEN {
+                    return Ok((used, None));
+                }
+                let Ok(raw) = RawHeader::read_from_bytes(&self.hdr) else {
+                    unreachable!("the header buffer is exactly a header long");
+                };
+                let len = check_header(&raw)?;
+                self.data = Vec::with_capacity(len);
+                self.raw = Some((raw, len));
+                (raw, len)
+            }
+        };
+        let take = (len - self.data.len()).min(input.len() - used);
+        self.data.extend_from_slice(&input[used..used + take]);
+        used += take;
+        if self.data.len() < len {
+            return Ok((used, None));
+        }
+        self.raw = None;
+        self.hdr_have = 0;
+        let frame = finish(&raw, std::mem::take(&mut self.data))?;
+        Ok((used, Some(frame)))
+    }
+
+    /// Whether the reader is between frames (nothing partial buffered).
+    pub fn is_idle(&self) -> bool {
+        self.hdr_have == 0 && !self.poisoned
+    }
+}
+
+/// The GREETING payload: who is talking, about which filesystem, to which
+/// server incarnation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Greeting {
+    pub fsid: u64,
+    /// The format version of the sender (`FORMAT_VERSION`).
+    pub fmt_vers: u64,
+    /// From a client: the term of the last server it greeted, 0 at first.
+    /// From the server: its term.
+    pub server_term: u64,
+    /// The mount's random id, never 0; the server echoes it.
+    pub rid: u64,
+    /// `GREETING_FLAG_*`.
+    pub flags: u64,
+}
+
+impl Greeting {
+    /// The payload of greeting `id` (its frame's id), with its code under
+    /// `key`.
+    pub fn encode(&self, key: &ClusterKey, id: u64) -> Vec<u8> {
+        let mut w = WireGreeting {
+            fsid: self.fsid.into(),
+            fmt_vers: self.fmt_vers.into(),
+            server_term: self.server_term.into(),
+            rid: self.rid.into(),
+            flags: self.flags.into(),
+            mac: [0; MAC_LEN],
+        };
+        w.mac = key.mac(&[&id.to_le_bytes(), &w.as_bytes()[..GREETING_SIGNED_LEN]]);
+        w.as_bytes().to_vec()
+    }
+
+    /// Whether `data`, the payload of greeting `id`, carries the code
+    /// `key` gives it: false for anything a stranger sent.
+    pub fn authentic(data: &[u8], key: &ClusterKey, id: u64) -> bool {
+        data.len() == GREETING_LEN
+            && key.verify(
+                &[&id.to_le_bytes(), &data[..GREETING_SIGNED_LEN]],
+                &data[GREETING_SIGNED_LEN..],
+            )
+    }
+
+    /// Decodes a greeting. Any fsid and format version decode, so the
+    /// receiver can say exactly why it refuses one.
+    pub fn decode(data: &[u8]) -> Result<Greeting, WireError> {
+        let cmd = Cmd::Greeting;
+        let w: WireGreeting = exact(cmd, data)?;
+        let g = Greeting {
+            fsid: w.fsid.get(),
+            fmt_vers: w.fmt_vers.get(),
+            server_term: w.server_term.get(),
+            rid: w.rid.get(),
+            flags: w.flags.get(),
+        };
+        if g.rid == 0 {
+            return Err(field(cmd, "rid", 0));
+        }
+        if g.flags & !GREETING_FLAGS_KNOWN != 0 {
+            return Err(field(cmd, "flags", g.flags));
+        }
+        Ok(g)
+    }
+
+    /// The part of a client's greeting that `msg::Request::Greeting` holds.
+    pub fn request(&self) -> Request {
+        Request::Greeting { rid: self.rid }
+    }
+
+    /// The part of the server's greeting that `msg::Response::Greeting` holds.
+    pub fn response(&self) -> Response {
+        Response::Greeting {
+            fsid: self.fsid,
+            server_term: self.server_term,
+        }
+    }
+}
+
+fn field(cmd: Cmd, field: &'static str, value: u64) -> WireError {
+    WireError::PayloadField { cmd, field, value }
+}
+
+/// Reads a payload that must be exactly one `T`.
+fn exact<T: FromBytes + KnownLayout + Immutable>(cmd: Cmd, data: &[u8]) -> Result<T, WireError> {
+    T::read_from_bytes(data).map_err(|_| WireError::PayloadLength {
+        cmd,
+        have: data.len(),
+        expected: core::mem::size_of::<T>(),
+    })
+}
+
+fn empty(cmd: Cmd, data: &[u8]) -> Result<(), WireError> {
+    if !data.is_empty() {
+        return Err(WireError::PayloadLength {
+            cmd,
+            have: data.len(),
+            expected: 0,
+        });
+    }
+    Ok(())
+}
+
+fn encode_lock(m: &LockMsg) -> Vec<u8> {
+    WireLock {
+        key: m.key.to_disk(),
+        write_seq: m.write_seq.into(),
+        old_mode: m.old_mode as u8,
+        new_mode: m.new_mode as u8,
+        pad: [0; 6],
+    }
+    .as_bytes()
+    .to_vec()
+}
+
+fn decode_lock(data: &[u8]) -> Result<LockMsg, WireError> {
+    let cmd = Cmd::Lock;
+    let w: WireLock = exact(cmd, data)?;
+    let key = w
+        .key
+        .to_key()
+        .map_err(|source| WireError::Payload { cmd, source })?;
+    check_zero("lock", 42, &w.pad).map_err(|source| WireError::Payload { cmd, source })?;
+    let mode = |f, v: u8| LockMode::from_u8(v).ok_or(field(cmd, f, v as u64));
+    Ok(LockMsg {
+        key,
+        write_seq: w.write_seq.get(),
+        old_mode: mode("old_mode", w.old_mode)?,
+        new_mode: mode("new_mode", w.new_mode)?,
+    })
+}
+
+fn decode_key(cmd: Cmd, data: &[u8]) -> Result<Key, WireError> {
+    let k: DiskKey = exact(cmd, data)?;
+    k.to_key()
+        .map_err(|source| WireError::Payload { cmd, source })
+}
+
+fn encode_recover(entries: &[RecoverEntry], more: bool) -> Result<Vec<u8>, EncodeError> {
+    let cmd = Cmd::LockRecover;
+    if entries.len() > RECOVER_ENTRIES_MAX {
+        return Err(EncodeError::TooMany {
+            cmd,
+            nr: entries.len(),
+            max: RECOVER_ENTRIES_MAX,
+        });
+    }
+    let head = WireRecoverHead {
+        // At most RECOVER_ENTRIES_MAX, checked above.
+        nr: (entries.len() as u32).into(),
+        flags: if more { RECOVER_FLAG_MORE } else { 0 },
+        pad: [0; 3],
+    };
+    let mut out = Vec::with_capacity(RECOVER_HEAD_LEN + entries.len() * RECOVER_ENTRY_LEN);
+    out.extend_from_slice(head.as_bytes());
+    for e in entries {
+        let w = WireRecoverEntry {
+            key: e.key.to_disk(),
+            write_seq: e.write_seq.into(),
+            mode: e.mode as u8,
+            pad: [0; 7],
+        };
+        out.extend_from_slice(w.as_bytes());
+    }
+    Ok(out)
+}
+
+/// A LOCK_RECOVER answer: its length must match its count, which is within
+/// the limit. Which modes and key orders make sense is the lock server's
+/// business.
+fn decode_recover(data: &[u8]) -> Result<ClientResponse, WireError> {
+    let cmd = Cmd::LockRecover;
+    let Ok((head, rest)) = WireRecoverHead::read_from_prefix(data) else {
+        return Err(WireError::PayloadLength {
+            cmd,
+            have: data.len(),
+            expected: RECOVER_HEAD_LEN,
+        });
+    };
+    let nr = head.nr.get() as usize;
+    if nr > RECOVER_ENTRIES_MAX {
+        return Err(field(cmd, "nr", nr as u64));
+    }
+    if head.flags & !RECOVER_FLAG_MORE != 0 {
+        return Err(field(cmd, "flags", head.flags as u64));
+    }
+    let payload = |source| WireError::Payload { cmd, source };
+    check_zero("lock recover", 5, &head.pad).map_err(payload)?;
+    if rest.len() != nr * RECOVER_ENTRY_LEN {
+        return Err(WireError::PayloadLength {
+            cmd,
+            have: data.len(),
+            expected: RECOVER_HEAD_LEN + nr * RECOVER_ENTRY_LEN,
+        });
+    }
+    let mut entries = Vec::with_capacity(nr);
+    for chunk in rest.chunks_exact(RECOVER_ENTRY_LEN) {
+        let w: WireRecoverEntry = exact(cmd, chunk)?;
+        let key = w.key.to_key().map_err(payload)?;
+        check_zero("lock recover entry", 41, &w.pad).map_err(payload)?;
+        let mode = LockMode::from_u8(w.mode).ok_or(field(cmd, "mode", w.mode as u64))?;
+        entries.push(RecoverEntry {
+            key,
+            mode,
+            write_seq: w.write_seq.get(),
+        });
+    }
+    Ok(ClientResponse::LockRecover {
+        entries,
+        more: head.flags & RECOVER_FLAG_MORE != 0,
+    })
+}
+
+fn decode_log_trees(cmd: Cmd, data: &[u8]) -> Result<Box<LogTrees>, WireError> {
+    if data.len() != LOG_TREES_LEN {
+        return Err(WireError::PayloadLength {
+            cmd,
+            have: data.len(),
+            expected: LOG_TREES_LEN,
+        });
+    }
+    let lt = LogTrees::decode(data).map_err(|source| WireError::Payload { cmd, source })?;
+    Ok(Box::new(lt))
+}
+
+fn decode_roots(data: &[u8]) -> Result<Roots, WireError> {
+    let cmd = Cmd::GetRoots;
+    let w: WireRoots = exact(cmd, data)?;
+    for r in [&w.fs_root, &w.logs_root, &w.srch_root] {
+        r.validate()
+            .map_err(|source| WireError::Payload { cmd, source })?;
+    }
+    Ok(Roots {
+        fs_root: w.fs_root,
+        logs_root: w.logs_root,
+        srch_root: w.srch_root,
+    })
+}
+
+/// The command and payload of a client's request.
+pub fn encode_request(req: &Request) -> Result<(Cmd, Vec<u8>), EncodeError> {
+    Ok(match req {
+        Request::Greeting { .. } => return Err(EncodeError::Greeting),
+        Request::AllocInodes { count } => (Cmd::AllocInodes, count.to_le_bytes().to_vec()),
+        Request::GetLogTrees => (Cmd::GetLogTrees, Vec::new()),
+        Request::CommitLogTrees(lt) => (Cmd::CommitLogTrees, lt.as_bytes().to_vec()),
+        Request::GetRoots => (Cmd::GetRoots, Vec::new()),
+        Request::Lock(m) => (Cmd::Lock, encode_lock(m)),
+        Request::Statfs => (Cmd::Statfs, Vec::new()),
+        Request::Farewell => (Cmd::Farewell, Vec::new()),
+    })
+}
+
+/// A client's request, as the server receives it.
+pub fn decode_request(cmd: Cmd, data: &[u8]) -> Result<Request, WireError> {
+    Ok(match cmd {
+        Cmd::AllocInodes => {
+            let count: U64 = exact(cmd, data)?;
+            Request::AllocInodes { count: count.get() }
+        }
+        Cmd::GetLogTrees => empty(cmd, data).map(|_| Request::GetLogTrees)?,
+        Cmd::CommitLogTrees => Request::CommitLogTrees(decode_log_trees(cmd, data)?),
+        Cmd::GetRoots => empty(cmd, data).map(|_| Request::GetRoots)?,
+        Cmd::Lock => Request::Lock(decode_lock(data)?),
+        Cmd::Statfs => empty(cmd, data).map(|_| Request::Statfs)?,
+        Cmd::Farewell => empty(cmd, data).map(|_| Request::Farewell)?,
+        Cmd::Greeting | Cmd::SyncLogTrees | Cmd::LockRecover => {
+            return Err(WireError::Unexpected {
+                cmd,
+                what: "request to the server",
+            })
+        }
+    })
+}
+
+fn response_name(resp: &Response) -> &'static str {
+    match resp {
+        Response::Greeting { .. } => "greeting",
+        Response::Inodes { .. } => "inodes",
+        Response::LogTrees(_) => "log trees",
+        Response::Done => "done",
+        Response::Roots(_) => "roots",
+        Response::Lock(_) => "lock",
+        Response::Statfs(_) => "statfs",
+        Response::Error(_) => "error",
+    }
+}
+
+/// The error code and payload of the server's response to `cmd`.
+pub fn encode_response(
+    cmd: Cmd,
+    resp: &Response,
+) -> Result<(Option<ErrCode>, Vec<u8>), EncodeError> {
+    let data = match (cmd, resp) {
+        (Cmd::Greeting, _) | (_, Response::Greeting { .. }) => return Err(EncodeError::Greeting),
+        (_, Response::Error(errno)) if *errno <= 0 => {
+            return Err(EncodeError::Errno { errno: *errno })
+        }
+        (_, Response::Error(errno)) => return Ok((Some(ErrCode::from_errno(*errno)), Vec::new())),
+        (Cmd::AllocInodes, Response::Inodes { ino, nr }) => WireInodes {
+            ino: (*ino).into(),
+            nr: (*nr).into(),
+        }
+        .as_bytes()
+        .to_vec(),
+        (Cmd::GetLogTrees | Cmd::CommitLogTrees, Response::LogTrees(lt)) => lt.as_bytes().to_vec(),
+        (Cmd::Farewell, Response::Done) => Vec::new(),
+        (Cmd::GetRoots, Response::Roots(r)) => WireRoots {
+            fs_root: r.fs_root,
+            logs_root: r.logs_root,
+            srch_root: r.srch_root,
+        }
+        .as_bytes()
+        .to_vec(),
+        (Cmd::Lock, Response::Lock(m)) => encode_lock(m),
+        (Cmd::Statfs, Response::Statfs(s)) => WireStatfs {
+            total_meta_blocks: s.total_meta_blocks.into(),
+            free_meta_blocks: s.free_meta_blocks.into(),
+            total_data_blocks: s.total_data_blocks.into(),
+            free_data_blocks: s.free_data_blocks.into(),
+            inode_count: s.inode_count.into(),
+            fsid: s.fsid.into(),
+        }
+        .as_bytes()
+        .to_vec(),
+        _ => {
+            return Err(EncodeError::Mismatch {
+                cmd,
+                resp: response_name(resp),
+            })
+        }
+    };
+    Ok((None, data))
+}
+
+/// The server's response to a client's `cmd` request, as the client
+/// receives it.
+pub fn decode_response(
+    cmd: Cmd,
+    error: Option<ErrCode>,
+    data: &[u8],
+) -> Result<Response, WireError> {
+    if matches!(cmd, Cmd::Greeting | Cmd::SyncLogTrees | Cmd::LockRecover) {
+        return Err(WireError::Unexpected {
+            cmd,
+            what: "response from the server",
+        });
+    }
+    if let Some(e) = error {
+        empty(cmd, data)?;
+        return Ok(Response::Error(e.errno()));
+    }
+    Ok(match cmd {
+        Cmd::AllocInodes => {
+            let w: WireInodes = exact(cmd, data)?;
+            Response::Inodes {
+                ino: w.ino.get(),
+                nr: w.nr.get(),
+            }
+        }
+        Cmd::GetLogTrees | Cmd::CommitLogTrees => Response::LogTrees(decode_log_trees(cmd, data)?),
+        Cmd::Farewell => empty(cmd, data).map(|_| Response::Done)?,
+        Cmd::GetRoots => Response::Roots(decode_roots(data)?),
+        Cmd::Lock => Response::Lock(decode_lock(data)?),
+        Cmd::Statfs => {
+            let w: WireStatfs = exact(cmd, data)?;
+            Response::Statfs(StatfsInfo {
+                total_meta_blocks: w.total_meta_blocks.get(),
+                free_meta_blocks: w.free_meta_blocks.get(),
+                total_data_blocks: w.total_data_blocks.get(),
+                free_data_blocks: w.free_data_blocks.get(),
+                inode_count: w.inode_count.get(),
+                fsid: w.fsid.get(),
+            })
+        }
+        Cmd::Greeting | Cmd::SyncLogTrees | Cmd::LockRecover => unreachable!("refused above"),
+    })
+}
+
+/// The command and payload of the server's request to a client.
+pub fn encode_server_request(req: &ServerRequest) -> (Cmd, Vec<u8>) {
+    match req {
+        ServerRequest::Invalidate(m) => (Cmd::Lock, encode_lock(m)),
+        ServerRequest::SyncLogTrees => (Cmd::SyncLogTrees, Vec::new()),
+        ServerRequest::LockRecover { first } => {
+            (Cmd::LockRecover, first.to_disk().as_bytes().to_vec())
+        }
+    }
+}
+
+/// The server's request, as a client receives it.
+pub fn decode_server_request(cmd: Cmd, data: &[u8]) -> Result<ServerRequest, WireError> {
+    match cmd {
+        Cmd::Lock => Ok(ServerRequest::Invalidate(decode_lock(data)?)),
+        Cmd::SyncLogTrees => empty(cmd, data).map(|_| ServerRequest::SyncLogTrees),
+        Cmd::LockRecover => Ok(ServerRequest::LockRecover {
+            first: decode_key(cmd, data)?,
+        }),
+        _ => Err(WireError::Unexpected {
+            cmd,
+            what: "request to a client",
+        }),
+    }
+}
+
+/// The payload of a client's response to the server's `cmd` request.
+pub fn encode_client_response(cmd: Cmd, resp: &ClientResponse) -> Result<Vec<u8>, EncodeError> {
+    match (cmd, resp) {
+        (Cmd::Lock, ClientResponse::InvalidateDone(m)) => Ok(encode_lock(m)),
+        (Cmd::SyncLogTrees, ClientResponse::Done) => Ok(Vec::new()),
+        (Cmd::LockRecover, ClientResponse::LockRecover { entries, more }) => {
+            encode_recover(entries, *more)
+        }
+        (_, ClientResponse::InvalidateDone(_)) => Err(EncodeError::Mismatch {
+            cmd,
+            resp: "invalidate done",
+        }),
+        (_, ClientResponse::Done) => Err(EncodeError::Mismatch { cmd, resp: "done" }),
+        (_, ClientResponse::LockRecover { .. }) => Err(EncodeError::Mismatch {
+            cmd,
+            resp: "lock recover",
+        }),
+    }
+}
+
+/// A client's response to the server's `cmd` request, as the server
+/// receives it. Clients answer without errors: [`ClientResponse`] has none.
+pub fn decode_client_response(
+    cmd: Cmd,
+    error: Option<ErrCode>,
+    data: &[u8],
+) -> Result<ClientResponse, WireError> {
+    if error.is_some() {
+        return Err(WireError::Unexpected {
+            cmd,
+            what: "error response from a client",
+        });
+    }
+    match cmd {
+        Cmd::Lock => Ok(ClientResponse::InvalidateDone(decode_lock(data)?)),
+        Cmd::SyncLogTrees => empty(cmd, data).map(|_| ClientResponse::Done),
+        Cmd::LockRecover => decode_recover(data),
+        _ => Err(WireError::Unexpected {
+            cmd,
+            what: "response from a client",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::offset_of;
+    use scoutfs_format::Key;
+
+    fn hdr(kind: Kind, cmd: Cmd, error: Option<ErrCode>) -> FrameHeader {
+        FrameHeader {
+            seq: 7,
+            recv_seq: 3,
+            id: 5,
+            kind,
+            cmd,
+            error,
+        }
+    }
+
+    fn lock_msg() -> LockMsg {
+        LockMsg {
+            key: Key::new(16, 1024, 0, 0, 0, 0),
+            write_seq: 99,
+            old_mode: LockMode::Read,
+            new_mode: LockMode::Write,
+        }
+    }
+
+    #[test]
+    fn header_offsets_match_the_spec() {
+        assert_eq!(offset_of!(RawHeader, crc), 4);
+        assert_eq!(offset_of!(RawHeader, seq), 8);
+        assert_eq!(offset_of!(RawHeader, recv_seq), 16);
+        assert_eq!(offset_of!(RawHeader, id), 24);
+        assert_eq!(offset_of!(RawHeader, data_len), 32);
+        assert_eq!(offset_of!(RawHeader, kind), 36);
+        assert_eq!(offset_of!(RawHeader, cmd), 37);
+        assert_eq!(offset_of!(RawHeader, error), 38);
+        assert_eq!(offset_of!(RawHeader, pad), 39);
+        assert_eq!(offset_of!(WireLock, write_seq), 32);
+        assert_eq!(offset_of!(WireLock, old_mode), 40);
+        assert_eq!(offset_of!(WireLock, pad), 42);
+        assert_eq!(&WIRE_MAGIC.to_le_bytes(), b"SCNF");
+    }
+
+    #[test]
+    fn frame_round_trip() {
+        let f = Frame::new(
+            hdr(Kind::Request, Cmd::Lock, None),
+            encode_lock(&lock_msg()),
+        )
+        .unwrap();
+        let bytes = f.encode();
+        assert_eq!(bytes.len(), HEADER_LEN + LOCK_LEN);
+        assert_eq!(Frame::decode(&bytes), Ok(f));
+    }
+
+    #[test]
+    fn frame_new_refuses_invalid_headers() {
+        let mut h = hdr(Kind::Request, Cmd::Statfs, None);
+        h.seq = 0;
+        assert!(Frame::new(h, vec![]).is_err());
+        let mut h = hdr(Kind::Request, Cmd::Statfs, None);
+        h.id = 0;
+        assert!(Frame::new(h, vec![]).is_err());
+        let h = hdr(Kind::Request, Cmd::Statfs, Some(ErrCode::Io));
+        assert!(Frame::new(h, vec![]).is_err());
+        let h = hdr(Kind::Response, Cmd::Statfs, Some(ErrCode::Io));
+        assert!(Frame::new(h, vec![]).is_ok());
+        let h = hdr(Kind::Response, Cmd::Statfs, None);
+        assert!(Frame::new(h, vec![0; MAX_FRAME_DATA + 1]).is_err());
+        assert!(Frame::new(h, vec![0; MAX_FRAME_DATA]).is_ok());
+    }
+
+    /// Rewrites a header byte and fixes the crc, so only the field is wrong.
+    fn with_byte(f: &Frame, offset: usize, v: u8) -> Vec<u8> {
+        let mut b = f.encode();
+        b[offset] = v;
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&b[8..HEADER_LEN]), &b[HEADER_LEN..]);
+        b[4..8].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn decode_refuses_bad_fields_with_good_crcs() {
+        let f = Frame::new(hdr(Kind::Request, Cmd::Statfs, None), vec![]).unwrap();
+        let field_err = |b: &[u8], want: &str| match Frame::decode(b) {
+            Err(WireError::Header { field, .. }) => assert_eq!(field, want),
+            other => panic!("{want}: {other:?}"),
+        };
+        field_err(&with_byte(&f, 36, 0), "kind");
+        field_err(&with_byte(&f, 36, 3), "kind");
+        field_err(&with_byte(&f, 37, 6), "cmd");
+        field_err(&with_byte(&f, 37, 20), "cmd");
+        field_err(&with_byte(&f, 38, 8), "error");
+        field_err(&with_byte(&f, 38, 3), "error");
+        field_err(&with_byte(&f, 39, 1), "pad");
+        let mut b = with_byte(&f, 8, 0);
+        b[4..8].copy_from_slice(&[0; 4]);
+        assert!(matches!(Frame::decode(&b), Err(WireError::Crc { .. })));
+    }
+
+    #[test]
+    fn reader_refuses_oversize_as_soon_as_the_header_is_read() {
+        let f = Frame::new(hdr(Kind::Request, Cmd::Statfs, None), vec![]).unwrap();
+        let mut b = f.encode();
+        b[32..36].copy_from_slice(&(MAX_FRAME_DATA as u32 + 1).to_le_bytes());
+        let mut r = FrameReader::new();
+        assert_eq!(r.feed(&b[..HEADER_LEN - 1]), Ok((HEADER_LEN - 1, None)));
+        assert_eq!(
+            r.feed(&b[HEADER_LEN - 1..]),
+            Err(WireError::TooLong {
+                len: MAX_FRAME_DATA as u64 + 1
+            })
+        );
+        assert_eq!(r.feed(&[0]), Err(WireError::Poisoned));
+    }
+
+    #[test]
+    fn reader_splits_back_to_back_frames() {
+        let a = Frame::new(hdr(Kind::Request, Cmd::Statfs, None), vec![]).unwrap();
+        let b = Frame::new(
+            hdr(Kind::Request, Cmd::Lock, None),
+            encode_lock(&lock_msg()),
+        )
+        .unwrap();
+        let mut bytes = a.encode();
+        b.encode_into(&mut bytes);
+        let mut r = FrameReader::new();
+        let (used, got) = r.feed(&bytes).unwrap();
+        assert_eq!((used, got), (HEADER_LEN, Some(a)));
+        let (used2, got) = r.feed(&bytes[used..]).unwrap();
+        assert_eq!((used + used2, got), (bytes.len(), Some(b)));
+        assert!(r.is_idle());
+    }
+
+    #[test]
+    fn errnos_map_to_codes_and_back() {
+        for e in [
+            libc::ENOENT,
+            libc::ENOMEM,
+            libc::EIO,
+            libc::ENOSPC,
+            libc::EINVAL,
+            libc::ENOLINK,
+        ] {
+            assert_ne!(ErrCode::from_errno(e), ErrCode::Other);
+            assert_eq!(ErrCode::from_errno(e).errno(), e);
+        }
+        assert_eq!(ErrCode::from_errno(libc::EEXIST), ErrCode::Other);
+        assert_eq!(ErrCode::Other.errno(), libc::EIO);
+        assert_eq!(
+            encode_response(Cmd::Statfs, &Response::Error(0)),
+            Err(EncodeError::Errno { errno: 0 })
+        );
+    }
+
+    #[test]
+    fn greetings_refuse_bad_rids_and_flags_and_map_to_msg() {
+        let g = Greeting {
+            fsid: 1,
+            fmt_vers: 1,
+            server_term: 3,
+            rid: 9,
+            flags: GREETING_FLAG_QUORUM,
+        };
+        let key = ClusterKey::new([0x33; 32]);
+        let b = g.encode(&key, 5);
+        assert_eq!(Greeting::decode(&b), Ok(g));
+        assert!(Greeting::authentic(&b, &key, 5));
+        // Another key, another greeting id, or any changed byte: not ours.
+        assert!(!Greeting::authentic(&b, &ClusterKey::new([0x34; 32]), 5));
+        assert!(!Greeting::authentic(&b, &key, 6), "a replay under a new id");
+        for i in 0..b.len() {
+            let mut bad = b.clone();
+            bad[i] ^= 0x80;
+            assert!(!Greeting::authentic(&bad, &key, 5), "byte {i}");
+        }
+        assert!(!Greeting::authentic(&b[..GREETING_LEN - 1], &key, 5));
+        assert_eq!(g.request(), Request::Greeting { rid: 9 });
+        assert_eq!(
+            g.response(),
+            Response::Greeting {
+                fsid: 1,
+                server_term: 3
+            }
+        );
+        let bad_rid = Greeting { rid: 0, ..g };
+        assert!(Greeting::decode(&bad_rid.encode(&key, 5)).is_err());
+        let bad_flags = Greeting { flags: 4, ..g };
+        assert!(Greeting::decode(&bad_flags.encode(&key, 5)).is_err());
+        assert!(Greeting::decode(&b[..GREETING_LEN - 1]).is_err());
+        assert_eq!(
+            encode_request(&Request::Greeting { rid: 9 }),
+            Err(EncodeError::Greeting)
+        );
+        assert!(decode_request(Cmd::Greeting, &b).is_err());
+    }
+
+    #[test]
+    fn payloads_refuse_wrong_directions_and_bad_fields() {
+        assert!(decode_request(Cmd::SyncLogTrees, &[]).is_err());
+        assert!(decode_server_request(Cmd::Statfs, &[]).is_err());
+        assert!(decode_response(Cmd::SyncLogTrees, None, &[]).is_err());
+        assert!(decode_client_response(Cmd::Statfs, None, &[]).is_err());
+        assert!(decode_client_response(Cmd::SyncLogTrees, Some(ErrCode::Io), &[]).is_err());
+        assert!(decode_response(Cmd::Statfs, Some(ErrCode::Io), &[0]).is_err());
+        assert!(decode_request(Cmd::GetRoots, &[0]).is_err());
+        let mut lock = encode_lock(&lock_msg());
+        lock[40] = 4;
+        assert!(decode_request(Cmd::Lock, &lock).is_err());
+        let mut lock = encode_lock(&lock_msg());
+        lock[47] = 1;
+        assert!(decode_request(Cmd::Lock, &lock).is_err());
+        let mut lock = encode_lock(&lock_msg());
+        lock[31] = 1;
+        assert!(decode_request(Cmd::Lock, &lock).is_err(), "key padding");
+        assert_eq!(
+            encode_response(Cmd::Lock, &Response::Done),
+            Err(EncodeError::Mismatch {
+                cmd: Cmd::Lock,
+                resp: "done"
+            })
+        );
+        assert!(encode_client_response(Cmd::Lock, &ClientResponse::Done).is_err());
+    }
+
+    fn recover_entry(i: u64) -> RecoverEntry {
+        RecoverEntry {
+            key: Key::new(16, i * 1024, 0, 0, 0, 0),
+            mode: LockMode::ALL[1 + (i % 3) as usize],
+            write_seq: i * 7,
+        }
+    }
+
+    #[test]
+    fn lock_recover_layout_and_limits() {
+        assert_eq!(offset_of!(WireRecoverHead, flags), 4);
+        assert_eq!(offset_of!(WireRecoverHead, pad), 5);
+        assert_eq!(offset_of!(WireRecoverEntry, write_seq), 32);
+        assert_eq!(offset_of!(WireRecoverEntry, mode), 40);
+        assert_eq!(offset_of!(WireRecoverEntry, pad), 41);
+        // A full batch fits a frame and round-trips.
+        let entries: Vec<RecoverEntry> =
+            (0..RECOVER_ENTRIES_MAX as u64).map(recover_entry).collect();
+        let resp = ClientResponse::LockRecover {
+            entries,
+            more: true,
+        };
+        let data = encode_client_response(Cmd::LockRecover, &resp).unwrap();
+        assert_eq!(data.len(), RECOVER_MAX_LEN);
+        let f = Frame::new(hdr(Kind::Response, Cmd::LockRecover, None), data).unwrap();
+        let f = Frame::decode(&f.encode()).unwrap();
+        assert_eq!(
+            decode_client_response(Cmd::LockRecover, None, f.data()),
+            Ok(resp)
+        );
+        // One more is the caller's mistake.
+        let entries: Vec<RecoverEntry> = (0..=RECOVER_ENTRIES_MAX as u64)
+            .map(recover_entry)
+            .collect();
+        let resp = ClientResponse::LockRecover {
+            entries,
+            more: false,
+        };
+        assert!(matches!(
+            encode_client_response(Cmd::LockRecover, &resp),
+            Err(EncodeError::TooMany { .. })
+        ));
+        let req = ServerRequest::LockRecover {
+            first: Key::new(16, 5, 0, 0, 0, 0),
+        };
+        let (cmd, data) = encode_server_request(&req);
+        assert_eq!((cmd, data.len()), (Cmd::LockRecover, KEY_LEN));
+        assert_eq!(decode_server_request(cmd, &data), Ok(req));
+    }
+
+    #[test]
+    fn lock_recover_refuses_bad_fields() {
+        let resp = ClientResponse::LockRecover {
+            entries: vec![recover_entry(1), recover_entry(2)],
+            more: false,
+        };
+        let good = encode_client_response(Cmd::LockRecover, &resp).unwrap();
+        let refused = |b: &[u8]| decode_client_response(Cmd::LockRecover, None, b).is_err();
+        assert!(!refused(&good));
+        let edit = |at: usize, v: u8| {
+            let mut b = good.clone();
+            b[at] = v;
+            b
+        };
+        assert!(refused(&edit(0, 3)), "count and length disagree");
+        assert!(refused(&edit(4, 2)), "unknown flag");
+        assert!(refused(&edit(7, 1)), "head padding");
+        assert!(refused(&edit(8 + 40, 4)), "unknown mode");
+        assert!(refused(&edit(8 + 47, 1)), "entry padding");
+        assert!(refused(&edit(8 + 31, 1)), "key padding");
+        let mut b = good.clone();
+        b[..4].copy_from_slice(&(RECOVER_ENTRIES_MAX as u32 + 1).to_le_bytes());
+        assert!(refused(&b), "beyond the limit");
+        assert!(refused(&good[..good.len() - 1]));
+        assert!(refused(&good[..3]));
+        assert!(refused(&[good.clone(), vec![0]].concat()));
+        // Wrong directions and commands.
+        assert!(decode_request(Cmd::LockRecover, &[0; KEY_LEN]).is_err());
+        assert!(decode_response(Cmd::LockRecover, None, &good).is_err());
+        assert!(decode_client_response(Cmd::LockRecover, Some(ErrCode::Io), &good).is_err());
+        assert!(decode_server_request(Cmd::LockRecover, &[0; KEY_LEN - 1]).is_err());
+        assert!(encode_client_response(Cmd::Lock, &resp).is_err());
+        assert!(encode_client_response(Cmd::LockRecover, &ClientResponse::Done).is_err());
+    }
+}

@@ -1,0 +1,1038 @@
+//! The server: the one place that changes the super block.
+//!
+//! It records each mount's log tree, hands out space and inode numbers,
+//! grants cluster locks, and answers with the roots of its last written
+//! super block. It runs on its own thread and processes messages in arrival
+//! order; every request that changes persistent state is committed (super
+//! block written and flushed) before its response is sent, so a response
+//! always describes durable state.
+//!
+//! Log tree lifecycle (per mount, keyed by rid and nr): GET_LOG_TREES finds
+//! or creates the mount's open log tree, returns the blocks and extents the
+//! mount freed in its last committed transaction to the server's allocators
+//! (they are durable now), refills its metadata alloc list and data extents,
+//! and opens a transaction with a fresh seq. COMMIT_LOG_TREES records the
+//! mount's new roots, closing the transaction, and opens the next one the
+//! same way, in one server commit, answering with it. Both are idempotent
+//! against resends: an open transaction is returned as it is, and a resent
+//! commit that was recorded already is answered with the transaction open
+//! now.
+//!
+//! Seqs: one counter (`super.seq`) supplies transaction seqs and lock write
+//! seqs. At start it is raised above every seq recorded in the log trees.
+//!
+//! Transport: mounts connect over TCP (`tcp`, with the delivery rules of
+//! `net`); a greeting records the mount in `mounted_clients` before it is
+//! answered.
+//!
+//! Starting ([`ServerOptions`]): the mounts recorded in `mounted_clients`
+//! are the ones that may still run. A server elected in a cluster first
+//! reclaims the mounts its starter fenced (old leaders), then waits for the
+//! rest to greet and report their locks (LOCK_RECOVER) before it grants
+//! anything; a mount that has not recovered within `recovery_timeout` is
+//! fenced. When no mount is recorded (or the server is told it is `alone`,
+//! as the in-process mount of tests and tools is), every log tree is a
+//! departed mount's and is merged into `fs_root` in batches of commits,
+//! their space returned.
+//!
+//! While it runs, a mount whose connection is gone for longer than
+//! `reconnect_timeout` is fenced. A fenced mount is reclaimed: its locks
+//! dropped, its open transaction's allocators returned, its log tree kept
+//! (its committed items stay visible until a merge), and its
+//! `mounted_clients` item deleted last. A fence that fails ends the server
+//! (the `on_exit` report): another election follows, and the next server
+//! derives the same fence from the persistent records.
+//!
+//! Farewell: a non-quorum mount's farewell is answered at once, after its
+//! reclaim. A quorum member's is held while answering it would leave too
+//! few quorum members mounted to elect a server (no more than the votes
+//! needed), unless every remaining mount is a quorum member that has said
+//! farewell too: then they leave together. So the last quorum members never
+//! strand each other or the non-quorum mounts.
+//!
+//! Not yet here (later issues): batching of commits across requests and
+//! merging log trees while mounts run.
+
+use crate::cluster::fence::{FenceHandle, FenceOutcome, FenceReason, FenceRequest, Fencer};
+use crate::cluster::lock::server::{LockServer, ServerOut};
+use crate::cluster::lock::LockMsg;
+use crate::cluster::net::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
+use crate::cluster::net::stream::ConnId;
+use crate::cluster::net::tcp::{ServerDeliver, ServerLink};
+use crate::cluster::net::wire::{GREETING_FLAG_FAREWELL, GREETING_FLAG_QUORUM};
+use crate::error::{Error, Result};
+use crate::store::alloc::extent;
+use crate::store::btree;
+use crate::store::commit::{meta_fill_target, Store, Txn};
+use crate::store::forest::{self, log_roots};
+use crate::types::Rid;
+use crate::types::Roots;
+use scoutfs_format::key::zone;
+use scoutfs_format::log_trees::{
+    LogTrees, MountedClientVal, LOG_TREES_FINALIZED, MOUNTED_CLIENT_QUORUM,
+};
+use scoutfs_format::super_block::InetAddr;
+use scoutfs_format::{AllocListHead, AllocRoot, Key, SuperBlock};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use zerocopy::{FromBytes, IntoBytes};
+
+/// Data blocks a mount's data_avail is filled to: an eighth of the device,
+/// at most 4 GiB; refilled when below a quarter of that.
+pub fn data_fill_target(sb: &SuperBlock) -> u64 {
+    (sb.total_data_blocks.get() / 8).clamp(256, 1 << 20)
+}
+
+/// How long a server waits for the mounts of an earlier server to greet
+/// and report their locks before it fences them (the original's 30 s).
+pub const RECOVERY_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// How long a connected mount may stay disconnected before it is fenced
+/// (the original's 20 s).
+pub const RECONNECT_TIMEOUT_MS_DEFAULT: u64 = 20_000;
+/// How often the server looks at its timers and fence requests.
+const TICK_MS: u64 = 100;
+
+fn log_trees_key(rid: u64, nr: u64) -> Key {
+    Key::new(zone::LOG_TREES, rid, 0, nr, 0, 0)
+}
+
+/// The key of mount `rid`'s item in `mounted_clients`.
+pub(crate) fn mounted_client_key(rid: u64) -> Key {
+    Key::new(zone::MOUNTED_CLIENT, rid, 0, 0, 0, 0)
+}
+
+/// How a server runs.
+pub struct ServerOptions {
+    /// The term it serves: the quorum's election term (clients compare it
+    /// to the last server's to know they must recover their locks).
+    pub term: u64,
+    /// No other mount of the filesystem can be running (the in-process
+    /// mount of tests and tools): every recorded mount is a departed one,
+    /// reclaimed, and every log tree is merged.
+    pub alone: bool,
+    /// Mounts the starter already fenced (old leaders), reclaimed first.
+    pub fenced: Vec<u64>,
+    /// Runs fence requests.
+    pub fencer: Fencer,
+    pub recovery_timeout: Duration,
+    pub reconnect_timeout: Duration,
+    /// Votes an election needs (for the farewell rules); 0 when there is no
+    /// quorum (`alone`).
+    pub votes_needed: usize,
+    /// Called once, on the server thread, if the server ends on its own (a
+    /// fence failed): the reason. Not called when it is stopped.
+    pub on_exit: Option<Box<dyn FnOnce(String) + Send>>,
+}
+
+impl ServerOptions {
+    /// A server that is alone (see [`ServerOptions::alone`]) at `term`.
+    pub fn alone(term: u64) -> ServerOptions {
+        ServerOptions {
+            term,
+            alone: true,
+            fenced: Vec::new(),
+            fencer: Fencer::new(None, Duration::from_secs(1)),
+            recovery_timeout: Duration::from_millis(RECOVERY_TIMEOUT_MS_DEFAULT),
+            reconnect_timeout: Duration::from_millis(RECONNECT_TIMEOUT_MS_DEFAULT),
+            votes_needed: 0,
+            on_exit: None,
+        }
+    }
+}
+
+enum Event {
+    /// Mount `rid` greeted on `conn` (`client_term`: the term of the server
+    /// it knew, 0 on its first connection): record it, then accept.
+    Greeting {
+        conn: ConnId,
+        rid: u64,
+        client_term: u64,
+        flags: u64,
+    },
+    Request {
+        rid: u64,
+        id: u64,
+        req: Request,
+    },
+    Response {
+        rid: u64,
+        id: u64,
+        resp: ClientResponse,
+    },
+    /// Print the lock server's state (for diagnosis).
+    Dump,
+    Shutdown,
+}
+
+/// Hands what the network delivers to the server thread, in arrival order.
+struct ToThread(Mutex<Sender<Event>>);
+
+impl ToThread {
+    fn send(&self, ev: Event) {
+        let _ = self.0.lock().unwrap_or_else(|p| p.into_inner()).send(ev);
+    }
+}
+
+impl ServerDeliver for ToThread {
+    fn greeting(&self, conn: ConnId, rid: u64, client_term: u64, flags: u64) {
+        self.send(Event::Greeting {
+            conn,
+            rid,
+            client_term,
+            flags,
+        });
+    }
+    fn request(&self, rid: u64, id: u64, req: Request) {
+        self.send(Event::Request { rid, id, req });
+    }
+    fn response(&self, rid: u64, id: u64, resp: ClientResponse) {
+        self.send(Event::Response { rid, id, resp });
+    }
+}
+
+/// A handle to the running server thread and its listening socket.
+pub struct Server {
+    tx: Sender<Event>,
+    link: Arc<ServerLink>,
+    term: u64,
+    thread: Option<JoinHandle<Store>>,
+}
+
+impl Server {
+    /// Starts the server on an open store, listening on `addr` (port 0
+    /// picks a free port; see `addr`).
+    pub fn start(store: Store, addr: SocketAddr, mut opts: ServerOptions) -> Result<Server> {
+        let (tx, rx) = channel();
+        let fsid = store.sb.hdr.fsid.get();
+        let term = opts.term;
+        let on_exit = opts.on_exit.take();
+        let deliver = Arc::new(ToThread(Mutex::new(tx.clone())));
+        let key = crate::cluster::auth::ClusterKey::of(&store.sb);
+        let link = Arc::new(ServerLink::listen(addr, (fsid, key), term, deliver)?);
+        let l2 = link.clone();
+        let thread = std::thread::Builder::new()
+            .name("scoutfs-server".into())
+            .spawn(move || {
+                let mut st = State::new(store, l2, opts);
+                match st.run(rx) {
+                    Ok(()) => {}
+                    Err(why) => {
+                        eprintln!("scoutfs: server of term {term} stops: {why}");
+                        st.link.close();
+                        if let Some(f) = on_exit {
+                            f(why);
+                        }
+                    }
+                }
+                st.store
+            })
+            .map_err(|e| Error::io("spawning the server thread", e))?;
+        Ok(Server {
+            tx,
+            link,
+            term,
+            thread: Some(thread),
+        })
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.link.addr()
+    }
+
+    /// The term this server serves.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// The server's network end (fault injection and counters).
+    pub fn link(&self) -> &ServerLink {
+        &self.link
+    }
+
+    /// Prints the server's lock state and what it waits for to stderr.
+    pub fn dump(&self) {
+        let _ = self.tx.send(Event::Dump);
+    }
+
+    /// Stops the server and returns its store.
+    pub fn stop(mut self) -> Option<Store> {
+        self.link.close();
+        let _ = self.tx.send(Event::Shutdown);
+        self.thread.take().and_then(|t| t.join().ok())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.link.close();
+        let _ = self.tx.send(Event::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the server knows of a recorded mount.
+#[derive(Clone, Copy, Debug)]
+struct Mounted {
+    quorum: bool,
+    /// Its last address (for fence requests).
+    addr: Option<SocketAddr>,
+}
+
+struct State {
+    store: Store,
+    locks: LockServer,
+    link: Arc<ServerLink>,
+    /// Server requests awaiting a client's response: (rid, id).
+    asked: BTreeSet<(u64, u64)>,
+    seq: u64,
+    term: u64,
+    /// The mounts recorded in `mounted_clients`.
+    mounted: BTreeMap<u64, Mounted>,
+    /// Held farewells of quorum members: rid to request id.
+    farewells: BTreeMap<u64, u64>,
+    /// When each mounted rid was first seen without a connection.
+    absent: HashMap<u64, Instant>,
+    fencing: HashMap<u64, FenceHandle>,
+    fencer: Fencer,
+    recovery_deadline: Instant,
+    reconnect_timeout: Duration,
+    votes_needed: usize,
+    /// Why starting failed: the server ends at once.
+    start_error: Option<String>,
+    /// A failure that ends the server: corruption found where it must
+    /// write (it can commit nothing more).
+    fatal: Option<String>,
+}
+
+impl State {
+    fn new(store: Store, link: Arc<ServerLink>, opts: ServerOptions) -> State {
+        let mut seq = store.sb.seq.get();
+        if let Ok(lts) = log_roots(store.cache.as_ref(), &store.sb.logs_root) {
+            for lt in lts {
+                seq = seq.max(lt.max_item_seq.get()).max(lt.get_trans_seq.get());
+            }
+        }
+        let mut st = State {
+            store,
+            locks: LockServer::new(),
+            link,
+            asked: BTreeSet::new(),
+            seq,
+            term: opts.term,
+            mounted: BTreeMap::new(),
+            farewells: BTreeMap::new(),
+            absent: HashMap::new(),
+            fencing: HashMap::new(),
+            fencer: opts.fencer,
+            recovery_deadline: Instant::now() + opts.recovery_timeout,
+            reconnect_timeout: opts.reconnect_timeout,
+            votes_needed: opts.votes_needed,
+            start_error: None,
+            fatal: None,
+        };
+        if let Err(e) = st.begin(opts.alone, &opts.fenced) {
+            // Not knowing who is mounted, it must not serve at all.
+            st.start_error = Some(format!("starting: {e}"));
+        }
+        st
+    }
+
+    /// Reclaims the departed and fenced mounts, then merges every log tree
+    /// if nothing is mounted, or recovers the locks of the mounts that are.
+    fn begin(&mut self, alone: bool, fenced: &[u64]) -> Result<()> {
+        self.mounted = self.read_mounted()?;
+        let gone: Vec<u64> = if alone {
+            self.mounted.keys().copied().collect()
+        } else {
+            fenced
+                .iter()
+                .copied()
+                .filter(|r| self.mounted.contains_key(r))
+                .collect()
+        };
+        for rid in gone {
+            self.reclaim(rid)?;
+        }
+        if self.mounted.is_empty() {
+            // Nothing is mounted, so every log tree was left by a mount
+            // that is gone: merge them all into fs_root. A merge that
+            // fails leaves the trees where every mount still reads them.
+            if let Err(e) = self.merge_departed() {
+                eprintln!("scoutfs: server: merging departed mounts' log trees: {e}");
+            }
+            Ok(())
+        } else {
+            self.locks = LockServer::recovering(self.mounted.keys().map(|&r| Rid(r)));
+            Ok(())
+        }
+    }
+
+    /// The mounts recorded in the super block.
+    fn read_mounted(&self) -> Result<BTreeMap<u64, Mounted>> {
+        let start = mounted_client_key(0);
+        let end = mounted_client_key(u64::MAX);
+        let mut found = BTreeMap::new();
+        btree::for_each_range(
+            self.store.cache.as_ref(),
+            &self.store.sb.mounted_clients,
+            &start,
+            &end,
+            |it| {
+                let val = MountedClientVal::read_from_prefix(&it.val)
+                    .map(|(v, _)| v)
+                    .unwrap_or_default();
+                found.insert(
+                    it.key.first,
+                    Mounted {
+                        quorum: val.flags & MOUNTED_CLIENT_QUORUM != 0,
+                        addr: val.addr.to_socket(),
+                    },
+                );
+                Ok(true)
+            },
+        )?;
+        Ok(found)
+    }
+
+    /// Merges every log tree into fs_root (newest versions win, deletions
+    /// delete), in batches of one commit each, then returns the trees'
+    /// space and drops them. Until mounts share a filesystem this runs at
+    /// server start, when every log tree belongs to a mount that is gone;
+    /// it keeps the forest to one log tree per running mount.
+    fn merge_departed(&mut self) -> Result<()> {
+        let lts = log_roots(self.store.cache.as_ref(), &self.store.sb.logs_root)?;
+        if lts.is_empty() {
+            return Ok(());
+        }
+        let hi = Key::new(zone::LOG_TREES, 0, 0, 0, 0, 0).dec();
+        let mut lo = Key::MIN;
+        loop {
+            let mut trees = vec![self.store.sb.fs_root];
+            trees.extend(lts.iter().map(|lt| lt.item_root));
+            let mut batch = Vec::new();
+            forest::merge_versions(self.store.cache.as_ref(), &trees, &lo, &hi, |k, v| {
+                batch.push((*k, v.clone()));
+                Ok(batch.len() < MERGE_BATCH_ITEMS)
+            })?;
+            let Some(last) = batch.last().map(|(k, _)| *k) else {
+                break;
+            };
+            let mut txn = self.store.begin();
+            let puts: Vec<btree::Item> = batch
+                .iter()
+                .filter(|(_, v)| !v.deleted)
+                .map(|(k, v)| btree::Item {
+                    key: *k,
+                    seq: v.seq,
+                    flags: 0,
+                    val: v.val.clone(),
+                })
+                .collect();
+            btree::insert_list(&mut txn.w, &mut txn.sb.fs_root, &puts)?;
+            for (k, _) in batch.iter().filter(|(_, v)| v.deleted) {
+                btree::delete(&mut txn.w, &mut txn.sb.fs_root, k)?;
+            }
+            self.commit(txn)?;
+            if batch.len() < MERGE_BATCH_ITEMS || last == hi {
+                break;
+            }
+            lo = last.inc();
+        }
+        // Everything is in fs_root: give the trees' space back, drop them
+        // and the records of the mounts that left them.
+        for lt in lts {
+            let mut txn = self.store.begin();
+            let mut lt = lt;
+            reclaim_freed(&mut txn, &mut lt)?;
+            return_avail(&mut txn, &mut lt)?;
+            btree::free_tree(&mut txn.w, &mut lt.item_root)?;
+            btree::delete(
+                &mut txn.w,
+                &mut txn.sb.logs_root,
+                &log_trees_key(lt.rid.get(), lt.nr.get()),
+            )?;
+            btree::delete(
+                &mut txn.w,
+                &mut txn.sb.mounted_clients,
+                &mounted_client_key(lt.rid.get()),
+            )?;
+            let count = txn.sb.inode_count.get() as i64 + lt.inode_count_delta();
+            txn.sb.inode_count = (count.max(0) as u64).into();
+            self.commit(txn)?;
+        }
+        Ok(())
+    }
+
+    /// Handles events until shutdown (Ok) or a failure that ends the
+    /// server (Err: why).
+    fn run(&mut self, rx: Receiver<Event>) -> std::result::Result<(), String> {
+        if let Some(why) = self.start_error.take() {
+            return Err(why);
+        }
+        let mut next_tick = Instant::now();
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let ev = match rx.recv_timeout(wait) {
+                Ok(ev) => Some(ev),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            match ev {
+                None => {}
+                Some(Event::Shutdown) => return Ok(()),
+                Some(Event::Dump) => eprintln!(
+                    "scoutfs: server of term {}: mounted {:?}, held farewells {:?}, \
+                     asked {:?}, fencing {:?}\n{:#?}",
+                    self.term,
+                    self.mounted,
+                    self.farewells,
+                    self.asked,
+                    self.fencing.keys().collect::<Vec<_>>(),
+                    self.locks
+                ),
+                Some(Event::Greeting {
+                    conn,
+                    rid,
+                    client_term,
+                    flags,
+                }) => {
+                    self.greeting(conn, rid, client_term, flags);
+                    if let Some(why) = self.fatal.take() {
+                        return Err(why);
+                    }
+                }
+                Some(Event::Request {
+                    rid,
+                    id,
+                    req: Request::Lock(m),
+                }) => self.lock_request(rid, id, m),
+                Some(Event::Request {
+                    rid,
+                    id,
+                    req: Request::Farewell,
+                }) => {
+                    if !self.mounted.contains_key(&rid) {
+                        // Already reclaimed (a resend to a new server).
+                        self.link.respond(rid, id, &Response::Done);
+                        self.link.forget_when_gone(rid);
+                    } else {
+                        self.farewells.insert(rid, id);
+                    }
+                    self.farewells_due().map_err(|e| format!("farewell: {e}"))?;
+                }
+                Some(Event::Request { rid, id, req }) => {
+                    let resp = self.request(rid, req).unwrap_or_else(|e| {
+                        eprintln!("scoutfs: server: request from {rid:#x} failed: {e}");
+                        Response::Error(e.errno())
+                    });
+                    self.link.respond(rid, id, &resp);
+                }
+                Some(Event::Response { rid, id, resp }) => self.response(rid, id, resp),
+            }
+            if Instant::now() >= next_tick {
+                self.tick()?;
+                next_tick = Instant::now() + Duration::from_millis(TICK_MS);
+            }
+        }
+    }
+
+    /// Timers: fence the mounts that missed recovery or stayed away, and
+    /// reclaim the ones whose fence finished.
+    fn tick(&mut self) -> std::result::Result<(), String> {
+        let now = Instant::now();
+        if now >= self.recovery_deadline {
+            for Rid(rid) in self.locks.recovery_pending() {
+                self.fence(rid, FenceReason::ClientRecovery)?;
+            }
+        }
+        let pending: BTreeSet<u64> = self
+            .locks
+            .recovery_pending()
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        let rids: Vec<u64> = self.mounted.keys().copied().collect();
+        for rid in rids {
+            if pending.contains(&rid) || self.fencing.contains_key(&rid) {
+                continue;
+            }
+            if self.link.is_ready(rid) {
+                self.absent.remove(&rid);
+                continue;
+            }
+            let since = *self.absent.entry(rid).or_insert(now);
+            if now.duration_since(since) >= self.reconnect_timeout {
+                self.fence(rid, FenceReason::ClientReconnect)?;
+            }
+        }
+        let mut done = Vec::new();
+        for (rid, h) in self.fencing.iter_mut() {
+            if let Some(r) = h.poll() {
+                done.push((*rid, r, h.pid()));
+            }
+        }
+        for (rid, r, pid) in done {
+            self.fencing.remove(&rid);
+            match r {
+                Ok(FenceOutcome::Fenced) => {
+                    eprintln!("scoutfs: server: mount {rid:#018x} is fenced; reclaiming it");
+                    self.reclaim(rid)
+                        .map_err(|e| format!("reclaiming fenced mount {rid:#018x}: {e}"))?;
+                    self.farewells_due().map_err(|e| format!("farewell: {e}"))?;
+                }
+                Ok(FenceOutcome::Failed {
+                    status,
+                    stderr_tail,
+                }) => {
+                    return Err(format!(
+                        "fencing mount {rid:#018x} failed (agent pid {pid}, {status}): {}",
+                        stderr_tail.trim()
+                    ))
+                }
+                Ok(FenceOutcome::TimedOut { stderr_tail }) => {
+                    return Err(format!(
+                        "fencing mount {rid:#018x} timed out (agent pid {pid}): {}",
+                        stderr_tail.trim()
+                    ))
+                }
+                Err(e) => return Err(format!("fencing mount {rid:#018x}: {e}")),
+            }
+        }
+        // Farewells held while their mount recovered, or for the others.
+        if !self.farewells.is_empty() {
+            self.farewells_due().map_err(|e| format!("farewell: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Starts fencing `rid` unless it is already being fenced.
+    fn fence(&mut self, rid: u64, reason: FenceReason) -> std::result::Result<(), String> {
+        if self.fencing.contains_key(&rid) || !self.mounted.contains_key(&rid) {
+            return Ok(());
+        }
+        let addr = self
+            .mounted
+            .get(&rid)
+            .and_then(|m| m.addr)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        eprintln!("scoutfs: server: fencing mount {rid:#018x} at {addr} ({reason})");
+        let h = self
+            .fencer
+            .start(FenceRequest {
+                rid: Rid(rid),
+                addr,
+                reason,
+            })
+            .map_err(|e| e.to_string())?;
+        self.fencing.insert(rid, h);
+        Ok(())
+    }
+
+    /// Forgets a mount that is gone (fenced or said farewell): its locks
+    /// are dropped (others waiting for them are granted), what its open
+    /// transaction was given is returned, its log tree stays for a later
+    /// merge, and its `mounted_clients` item is deleted last. Idempotent.
+    fn reclaim(&mut self, rid: u64) -> Result<()> {
+        let mut seq = self.seq;
+        let outs = self.locks.rid_gone(Rid(rid), &mut || {
+            seq += 1;
+            seq
+        });
+        self.seq = seq;
+        self.asked.retain(|&(r, _)| r != rid);
+        self.absent.remove(&rid);
+        let mut txn = self.store.begin();
+        if let Some(mut lt) = self.current_log_trees(&txn, rid)? {
+            reclaim_freed(&mut txn, &mut lt)?;
+            return_avail(&mut txn, &mut lt)?;
+            if !lt.is_finalized() {
+                // It takes no more commits; its items wait for a merge.
+                lt.flags = (lt.flags.get() | LOG_TREES_FINALIZED).into();
+                lt.finalize_seq = self.next_seq().into();
+            }
+            let key = log_trees_key(rid, lt.nr.get());
+            btree::insert(&mut txn.w, &mut txn.sb.logs_root, &key, 0, 0, lt.as_bytes())?;
+        }
+        let key = mounted_client_key(rid);
+        if btree::lookup(&txn.w, &txn.sb.mounted_clients, &key)?.is_some() {
+            btree::delete(&mut txn.w, &mut txn.sb.mounted_clients, &key)?;
+        }
+        self.commit(txn)?;
+        self.mounted.remove(&rid);
+        self.lock_outputs(outs);
+        Ok(())
+    }
+
+    /// Answers the held farewells that may be answered now (see the module
+    /// comment), each after its mount's reclaim.
+    fn farewells_due(&mut self) -> Result<()> {
+        loop {
+            let pending: BTreeSet<Rid> = self.locks.recovery_pending().into_iter().collect();
+            let quorum = self.mounted.values().filter(|m| m.quorum).count();
+            let all_leaving = self
+                .mounted
+                .iter()
+                .all(|(r, m)| m.quorum && self.farewells.contains_key(r));
+            let due = self
+                .farewells
+                .iter()
+                .map(|(&r, &id)| (r, id))
+                .find(|(rid, _)| {
+                    let member = self.mounted.get(rid).is_some_and(|m| m.quorum);
+                    !pending.contains(&Rid(*rid))
+                        && (!member || quorum > self.votes_needed || all_leaving)
+                });
+            let Some((rid, id)) = due else {
+                return Ok(());
+            };
+            self.farewells.remove(&rid);
+            self.reclaim(rid)?;
+            self.link.respond(rid, id, &Response::Done);
+            self.link.forget_when_gone(rid);
+        }
+    }
+
+    fn response(&mut self, rid: u64, id: u64, resp: ClientResponse) {
+        if !self.asked.remove(&(rid, id)) {
+            return;
+        }
+        match resp {
+            ClientResponse::InvalidateDone(m) => {
+                let mut seq = self.seq;
+                let outs = self.locks.invalidate_done(Rid(rid), m, &mut || {
+                    seq += 1;
+                    seq
+                });
+                self.seq = seq;
+                self.lock_outputs(outs);
+            }
+            ClientResponse::LockRecover { entries, more } => {
+                // Write seqs stay above every one a mount reports: a batch
+                // may end recovery and grant at once.
+                let reported = entries.iter().map(|e| e.write_seq).max().unwrap_or(0);
+                let mut seq = self.seq.max(reported);
+                let outs = self.locks.recover(Rid(rid), &entries, more, &mut || {
+                    seq += 1;
+                    seq
+                });
+                self.seq = seq;
+                self.lock_outputs(outs);
+            }
+            ClientResponse::Done => {}
+        }
+    }
+
+    /// A mount greeted: record it (a reconnect is already recorded and
+    /// nothing is written), accept it, and ask a mount of an earlier server
+    /// for its locks.
+    fn greeting(&mut self, conn: ConnId, rid: u64, client_term: u64, flags: u64) {
+        let known = self.mounted.contains_key(&rid);
+        if !known && flags & GREETING_FLAG_FAREWELL != 0 {
+            // Its farewell was processed (its record is gone); it only
+            // wants the answer, which its resent request gets.
+            self.link.accept(conn);
+            return;
+        }
+        if !known && client_term != 0 && client_term != self.term {
+            // Mounted under an earlier server, but its record is gone: it
+            // was fenced and reclaimed. It must not come back.
+            eprintln!("scoutfs: server: refusing mount {rid:#018x}: it was fenced and reclaimed");
+            self.link.forget(rid);
+            return;
+        }
+        if !known {
+            let m = Mounted {
+                quorum: flags & GREETING_FLAG_QUORUM != 0,
+                addr: self.link.peer_addr(conn),
+            };
+            if let Err(e) = self.record_mounted(rid, m) {
+                eprintln!("scoutfs: server: recording mount {rid:#018x}: {e}");
+                if matches!(e, Error::Corrupt(_)) {
+                    self.fatal = Some(format!("recording mount {rid:#018x}: {e}"));
+                }
+                return;
+            }
+        } else if let Some(addr) = self.link.peer_addr(conn) {
+            if let Some(m) = self.mounted.get_mut(&rid) {
+                m.addr = Some(addr);
+            }
+        }
+        self.link.accept(conn);
+        // A mount of an earlier server: ask for its locks.
+        if client_term != 0 && client_term != self.term {
+            let outs = self.locks.greeted(Rid(rid));
+            self.lock_outputs(outs);
+        }
+    }
+
+    fn record_mounted(&mut self, rid: u64, m: Mounted) -> Result<()> {
+        let mut txn = self.store.begin();
+        let val = MountedClientVal {
+            addr: m.addr.map(InetAddr::from_socket).unwrap_or_default(),
+            flags: if m.quorum { MOUNTED_CLIENT_QUORUM } else { 0 },
+            ..Default::default()
+        };
+        btree::insert(
+            &mut txn.w,
+            &mut txn.sb.mounted_clients,
+            &mounted_client_key(rid),
+            0,
+            0,
+            val.as_bytes(),
+        )?;
+        self.commit(txn)?;
+        self.mounted.insert(rid, m);
+        Ok(())
+    }
+
+    fn lock_request(&mut self, rid: u64, id: u64, m: LockMsg) {
+        let mut seq = self.seq;
+        let outs = self.locks.request(Rid(rid), id, m, &mut || {
+            seq += 1;
+            seq
+        });
+        self.seq = seq;
+        self.lock_outputs(outs);
+    }
+
+    fn lock_outputs(&mut self, outs: Vec<ServerOut>) {
+        for out in outs {
+            match out {
+                ServerOut::Grant { rid, net_id, msg } => {
+                    self.link.respond(rid.0, net_id, &Response::Lock(msg));
+                }
+                ServerOut::Invalidate { rid, msg } => {
+                    match self.link.request(rid.0, &ServerRequest::Invalidate(msg)) {
+                        Ok(id) => {
+                            self.asked.insert((rid.0, id));
+                        }
+                        Err(e) => eprintln!("scoutfs: server: {e}"),
+                    }
+                }
+                // A recovering lock server asks each mount for its locks.
+                ServerOut::Recover { rid, first } => {
+                    let req = ServerRequest::LockRecover { first };
+                    match self.link.request(rid.0, &req) {
+                        Ok(id) => {
+                            self.asked.insert((rid.0, id));
+                        }
+                        Err(e) => eprintln!("scoutfs: server: {e}"),
+                    }
+                }
+                ServerOut::ProtocolError { rid, reason } => {
+                    eprintln!(
+                        "scoutfs: server: lock protocol error from {:#x}: {reason}",
+                        rid.0
+                    );
+                }
+            }
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn commit(&mut self, mut txn: Txn) -> Result<()> {
+        txn.sb.seq = self.seq.into();
+        self.store.commit(txn)?;
+        Ok(())
+    }
+
+    fn request(&mut self, rid: u64, req: Request) -> Result<Response> {
+        match req {
+            Request::Greeting { .. } => Err(Error::Invalid(
+                "a greeting must come through the network layer".into(),
+            )),
+            Request::AllocInodes { count } => {
+                let mut txn = self.store.begin();
+                let ino = txn.sb.next_ino.get();
+                let nr = count.min(u64::MAX - ino);
+                txn.sb.next_ino = (ino + nr).into();
+                self.commit(txn)?;
+                Ok(Response::Inodes { ino, nr })
+            }
+            Request::GetLogTrees => Ok(Response::LogTrees(Box::new(self.get_log_trees(rid)?))),
+            Request::CommitLogTrees(lt) => Ok(Response::LogTrees(Box::new(
+                self.commit_log_trees(rid, &lt)?,
+            ))),
+            Request::GetRoots => {
+                let sb = &self.store.sb;
+                Ok(Response::Roots(Roots {
+                    fs_root: sb.fs_root,
+                    logs_root: sb.logs_root,
+                    srch_root: sb.srch_root,
+                }))
+            }
+            Request::Statfs => Ok(Response::Statfs(self.statfs()?)),
+            Request::Farewell => unreachable!("farewells are handled by the run loop"),
+            Request::Lock(_) => unreachable!("lock requests are handled by lock_request"),
+        }
+    }
+
+    /// The mount's current (last) log tree item, if any.
+    fn current_log_trees(&self, txn: &Txn, rid: u64) -> Result<Option<LogTrees>> {
+        let it = btree::prev(&txn.w, &txn.sb.logs_root, &log_trees_key(rid, u64::MAX))?;
+        let Some(it) = it.filter(|it| it.key.zone == zone::LOG_TREES && it.key.first == rid) else {
+            return Ok(None);
+        };
+        let lt = LogTrees::decode(&it.val)
+            .map_err(|e| Error::Invalid(format!("log trees item: {e}")))?;
+        Ok(Some(lt))
+    }
+
+    fn get_log_trees(&mut self, rid: u64) -> Result<LogTrees> {
+        let mut txn = self.store.begin();
+        let lt = match self.current_log_trees(&txn, rid)? {
+            Some(lt) if lt.trans_open() => return Ok(lt),
+            Some(lt) => lt,
+            None => LogTrees {
+                rid: rid.into(),
+                nr: 1.into(),
+                ..Default::default()
+            },
+        };
+        let lt = self.open_trans(&mut txn, lt)?;
+        self.commit(txn)?;
+        Ok(lt)
+    }
+
+    /// Opens the next transaction of a mount's log tree whose last one is
+    /// committed: what it freed goes back to the server's allocators
+    /// (durable now), its allocators are refilled, and it gets a fresh seq.
+    fn open_trans(&mut self, txn: &mut Txn, mut lt: LogTrees) -> Result<LogTrees> {
+        reclaim_freed(txn, &mut lt)?;
+        refill(txn, &mut lt)?;
+        lt.get_trans_seq = self.next_seq().into();
+        let key = log_trees_key(lt.rid.get(), lt.nr.get());
+        btree::insert(&mut txn.w, &mut txn.sb.logs_root, &key, 0, 0, lt.as_bytes())?;
+        Ok(lt)
+    }
+
+    /// Records a mount's committed transaction and opens its next one, in
+    /// one server commit; returns the open log tree.
+    fn commit_log_trees(&mut self, rid: u64, lt: &LogTrees) -> Result<LogTrees> {
+        let mut txn = self.store.begin();
+        let cur = self.current_log_trees(&txn, rid)?;
+        let Some(cur) = cur.filter(|c| c.nr == lt.nr && lt.rid.get() == rid) else {
+            return Err(Error::Invalid(format!(
+                "commit of unknown log tree {rid:#x}.{}",
+                lt.nr.get()
+            )));
+        };
+        if !cur.trans_open() || cur.get_trans_seq != lt.get_trans_seq {
+            // A resend of a commit that was already recorded: the answer
+            // is the transaction open now (opened if need be).
+            drop(txn);
+            return self.get_log_trees(rid);
+        }
+        let mut new = *lt;
+        new.commit_trans_seq = new.get_trans_seq;
+        // Seqs stay above every committed item, whichever server handed
+        // them out (a mount may commit through a new server before it has
+        // reported its locks).
+        self.seq = self.seq.max(lt.max_item_seq.get());
+        let next = self.open_trans(&mut txn, new)?;
+        self.commit(txn)?;
+        Ok(next)
+    }
+
+    fn statfs(&self) -> Result<StatfsInfo> {
+        let sb = &self.store.sb;
+        let mut free_meta = sb.meta_alloc[0].total_len.get() + sb.meta_alloc[1].total_len.get();
+        for h in sb.server_meta_avail.iter().chain(&sb.server_meta_freed) {
+            free_meta += h.total_nr.get();
+        }
+        let mut free_data = sb.data_alloc.total_len.get();
+        let mut inodes = sb.inode_count.get() as i64;
+        for lt in log_roots(self.store.cache.as_ref(), &sb.logs_root)? {
+            free_meta += lt.meta_avail.total_nr.get() + lt.meta_freed.total_nr.get();
+            free_data += lt.data_avail.total_len.get() + lt.data_freed.total_len.get();
+            inodes += lt.inode_count_delta();
+        }
+        Ok(StatfsInfo {
+            total_meta_blocks: sb.total_meta_blocks.get(),
+            free_meta_blocks: free_meta,
+            total_data_blocks: sb.total_data_blocks.get(),
+            free_data_blocks: free_data,
+            inode_count: inodes.max(0) as u64,
+            fsid: sb.hdr.fsid.get(),
+        })
+    }
+}
+
+/// Items merged per server commit when merging log trees.
+const MERGE_BATCH_ITEMS: usize = 20_000;
+
+/// Returns what the mount freed in its committed transaction (durable now)
+/// to the server's allocators.
+fn reclaim_freed(txn: &mut Txn, lt: &mut LogTrees) -> Result<()> {
+    give_back(txn, &mut lt.meta_freed, &mut lt.data_freed)
+}
+
+/// Returns the metadata blocks and data extents a mount was given for its
+/// transactions and did not use in a committed one to the server's
+/// allocators (the mount is gone).
+fn return_avail(txn: &mut Txn, lt: &mut LogTrees) -> Result<()> {
+    give_back(txn, &mut lt.meta_avail, &mut lt.data_avail)
+}
+
+/// Empties a mount's metadata block list and data extents into the
+/// server's allocators.
+fn give_back(txn: &mut Txn, meta: &mut AllocListHead, data: &mut AllocRoot) -> Result<()> {
+    let entries = txn.w.list_take_all(meta)?;
+    extent::free_blocks(&mut txn.w, &mut txn.sb.meta_alloc[1], entries)?;
+    for e in extent::extents(&txn.w, data)? {
+        extent::free_extent(&mut txn.w, &mut txn.sb.data_alloc, e.start, e.len)?;
+    }
+    btree::free_tree(&mut txn.w, &mut data.root)?;
+    data.total_len = 0.into();
+    Ok(())
+}
+
+/// Fills the mount's metadata list and data extents for its next transaction.
+fn refill(txn: &mut Txn, lt: &mut LogTrees) -> Result<()> {
+    let target = meta_fill_target(&txn.sb);
+    if lt.meta_avail.total_nr.get() < target / 2 {
+        let mut head = lt.meta_avail;
+        while head.total_nr.get() < target {
+            if txn.sb.meta_alloc[0].total_len.get() == 0 {
+                if txn.sb.meta_alloc[1].total_len.get() == 0 {
+                    break;
+                }
+                txn.sb.meta_alloc.swap(0, 1);
+            }
+            let want = target - head.total_nr.get();
+            let Some(e) = extent::alloc_extent(&mut txn.w, &mut txn.sb.meta_alloc[0], want)? else {
+                break;
+            };
+            for b in e.start..e.start + e.len {
+                txn.w.list_push(&mut head, b)?;
+            }
+        }
+        let low = head.total_nr.get() < target / 2;
+        head.flags = u32::from(low).into();
+        lt.meta_avail = head;
+    }
+    let target = data_fill_target(&txn.sb);
+    if lt.data_avail.total_len.get() < target / 4 {
+        while lt.data_avail.total_len.get() < target {
+            let want = target - lt.data_avail.total_len.get();
+            let Some(e) = extent::alloc_extent(&mut txn.w, &mut txn.sb.data_alloc, want)? else {
+                break;
+            };
+            extent::free_extent(&mut txn.w, &mut lt.data_avail, e.start, e.len)?;
+        }
+        let low = lt.data_avail.total_len.get() < target / 4;
+        lt.data_avail.flags = u32::from(low).into();
+    }
+    Ok(())
+}

@@ -1,0 +1,584 @@
+//! File data: extents, reads, writes, truncate and fallocate.
+//!
+//! File data lives in 4 KiB blocks on the data device. An inode's blocks
+//! are mapped by DATA_EXTENT items keyed (ino, last logical block, length)
+//! with the first physical block and flags as the value, so a "next"
+//! search from a logical block finds the extent that may contain it. Holes
+//! have no item and read as zeros; UNWRITTEN extents (fallocate) are
+//! allocated but read as zeros until written.
+//!
+//! Writes go straight to the data device; blocks that weren't mapped are
+//! allocated from the mount's `data_avail` extents and their mapping is an
+//! item change in the open transaction. A write that extends a file at its
+//! end preallocates up to as much again (at most 8 MiB) as UNWRITTEN blocks
+//! past it, so a streaming file stays contiguous among concurrent writers;
+//! truncate and unlink free what was never written. The transaction's commit flushes
+//! the data device before the metadata that maps the blocks. Partial blocks
+//! are completed with the block's old contents, or zeros when new.
+//!
+//! Freed blocks (truncate, punch, unlink) go to the mount's `data_freed`
+//! and return to service only after the server takes them back at the next
+//! transaction, once the freeing commit is durable. Large truncates free
+//! extents in batches, one transaction hold per batch.
+
+use super::dir::seqs_of;
+use super::inode::{now, Attr, Op};
+use super::*;
+use crate::cluster::lock::LockMode;
+use crate::store::alloc::extent;
+use scoutfs_format::data::{DataExtentVal, SEF_UNWRITTEN};
+use scoutfs_format::inode::{S_IFDIR, S_IFREG};
+use scoutfs_format::key::{ty, zone};
+use zerocopy::{FromBytes, IntoBytes};
+
+pub const BLOCK: u64 = 4096;
+/// The largest file: logical block numbers stay far from overflow.
+pub const MAX_FILE_BYTES: u64 = 1 << 60;
+/// The most blocks preallocated past a streaming write (8 MiB).
+const PREALLOC_MAX_BLOCKS: u64 = 2048;
+/// Extents changed per transaction hold in truncate and punch.
+const EXTENTS_PER_HOLD: usize = 64;
+
+pub const FALLOC_FL_KEEP_SIZE: u32 = 0x01;
+pub const FALLOC_FL_PUNCH_HOLE: u32 = 0x02;
+
+/// One mapped run of logical blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ext {
+    pub start: u64,
+    pub len: u64,
+    pub pblk: u64,
+    pub flags: u8,
+}
+
+impl Ext {
+    fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+fn ext_key(ino: u64, start: u64, len: u64) -> Key {
+    Key::new(zone::FS, ino, ty::DATA_EXTENT, start + len - 1, len, 0)
+}
+
+fn dev_err(e: std::io::Error) -> FsError {
+    FsError::from(Error::io("data device", e))
+}
+
+impl Fs {
+    /// Extents overlapping logical blocks `from..to`.
+    fn extents_in(&self, g: &LockGuard, ino: u64, from: u64, to: u64) -> FsResult<Vec<Ext>> {
+        let mut out = Vec::new();
+        let mut k = Key::new(zone::FS, ino, ty::DATA_EXTENT, from, 0, 0);
+        let last = Key::new(zone::FS, ino, ty::DATA_EXTENT, u64::MAX, u64::MAX, u8::MAX);
+        while let Some((key, v)) = self.next(g, &k, &last)? {
+            let (end, len) = (key.second, key.third);
+            let val = DataExtentVal::read_from_bytes(&v).map_err(|_| EIO)?;
+            if len == 0 || len > end + 1 {
+                return Err(EIO);
+            }
+            let e = Ext {
+                start: end + 1 - len,
+                len,
+                pblk: val.blkno.get(),
+                flags: val.flags,
+            };
+            if e.start >= to {
+                break;
+            }
+            out.push(e);
+            k = key.inc();
+        }
+        Ok(out)
+    }
+
+    /// Maps logical blocks `start..start+len` to `map` (or unmaps them);
+    /// returns the physical runs that were mapped there before.
+    fn set_mapping(
+        &self,
+        op: &Op,
+        g: &LockGuard,
+        ino: u64,
+        start: u64,
+        len: u64,
+        map: Option<(u64, u8)>,
+    ) -> FsResult<Vec<(u64, u64)>> {
+        let end = start + len;
+        let seq = op.seq();
+        let mut removed = Vec::new();
+        for e in self.extents_in(g, ino, start, end)? {
+            self.del(g, seq, &ext_key(ino, e.start, e.len))?;
+            if e.start < start {
+                let v = DataExtentVal::new(e.pblk, e.flags);
+                self.put(
+                    g,
+                    seq,
+                    &ext_key(ino, e.start, start - e.start),
+                    v.as_bytes(),
+                )?;
+            }
+            if e.end() > end {
+                let v = DataExtentVal::new(e.pblk + (end - e.start), e.flags);
+                self.put(g, seq, &ext_key(ino, end, e.end() - end), v.as_bytes())?;
+            }
+            let (s, t) = (e.start.max(start), e.end().min(end));
+            removed.push((e.pblk + (s - e.start), t - s));
+        }
+        if let Some((pblk, flags)) = map {
+            let v = DataExtentVal::new(pblk, flags);
+            self.put(g, seq, &ext_key(ino, start, len), v.as_bytes())?;
+        }
+        Ok(removed)
+    }
+
+    /// Allocates up to `len` data blocks; None when the mount has none left.
+    fn alloc_data(&self, len: u64) -> FsResult<Option<(u64, u64)>> {
+        let e = self
+            .trans
+            .with_alloc(|w, lt| extent::alloc_extent(w, &mut lt.data_avail, len))?;
+        let dev_blocks = self.data.size() / BLOCK;
+        match e {
+            Some(e)
+                if e.start < scoutfs_format::DATA_DEV_START_BLKNO
+                    || e.start + e.len > dev_blocks =>
+            {
+                let detail = format!(
+                    "data allocator handed out blocks {}+{} outside the device",
+                    e.start, e.len
+                );
+                Err(Error::corrupt(crate::error::CorruptKind::AllocOverlap, 0, 0, detail).into())
+            }
+            e => Ok(e.map(|e| (e.start, e.len))),
+        }
+    }
+
+    /// Frees physical data blocks into the mount's freed extents.
+    fn free_data(&self, runs: &[(u64, u64)]) -> FsResult<()> {
+        for &(p, n) in runs.iter().filter(|r| r.1 > 0) {
+            self.trans
+                .with_alloc(|w, lt| extent::free_extent(w, &mut lt.data_freed, p, n))?;
+        }
+        Ok(())
+    }
+
+    fn regular(&self, g: &LockGuard, ino: u64) -> FsResult<Attr> {
+        let a = self.read_inode(g, ino)?;
+        match a.file_type() {
+            S_IFREG => Ok(a),
+            S_IFDIR => Err(EISDIR),
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// Reads up to `len` bytes at `off`.
+    pub fn read(&self, ino: u64, off: u64, len: usize) -> FsResult<Vec<u8>> {
+        let g = self.locks.lock_inode(ino, LockMode::Read)?;
+        let a = self.regular(&g, ino)?;
+        let size = a.size();
+        if off >= size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let len = (len as u64).min(size - off);
+        let mut out = vec![0u8; len as usize];
+        let (b0, b1) = (off / BLOCK, (off + len).div_ceil(BLOCK));
+        for e in self.extents_in(&g, ino, b0, b1)? {
+            if e.flags & SEF_UNWRITTEN != 0 || e.pblk == 0 {
+                continue;
+            }
+            let from = (e.start * BLOCK).max(off);
+            let to = (e.end() * BLOCK).min(off + len);
+            if from >= to {
+                continue;
+            }
+            let phys = e.pblk * BLOCK + (from - e.start * BLOCK);
+            let buf = &mut out[(from - off) as usize..(to - off) as usize];
+            self.data.read_at(buf, phys).map_err(dev_err)?;
+        }
+        Ok(out)
+    }
+
+    /// Writes `buf` at `off`; returns the bytes written.
+    pub fn write(&self, ino: u64, off: u64, buf: &[u8]) -> FsResult<usize> {
+        self.write_at(ino, Some(off), buf).map(|(n, _)| n)
+    }
+
+    /// Writes `buf` at the end of the file, as it is under the inode's
+    /// lock (O_APPEND: another mount may have grown the file since this
+    /// mount's kernel last saw its size); returns the bytes written and
+    /// the offset they went to.
+    pub fn append(&self, ino: u64, buf: &[u8]) -> FsResult<(usize, u64)> {
+        self.write_at(ino, None, buf)
+    }
+
+    fn write_at(&self, ino: u64, off: Option<u64>, buf: &[u8]) -> FsResult<(usize, u64)> {
+        if buf.is_empty() {
+            return Ok((0, off.unwrap_or(0)));
+        }
+        let mut retried = false;
+        loop {
+            match self.write_once(ino, off, buf) {
+                Err(e) if e == ENOSPC && !retried => {
+                    // The mount's data extents ran out: a commit gets more.
+                    retried = true;
+                    self.trans.commit()?;
+                }
+                other => {
+                    let at = other?;
+                    self.maybe_commit()?;
+                    return Ok((buf.len(), at));
+                }
+            }
+        }
+    }
+
+    /// Writes `buf` at `off` (None: at the end of the file); returns the
+    /// offset it went to.
+    fn write_once(&self, ino: u64, off: Option<u64>, buf: &[u8]) -> FsResult<u64> {
+        let g = self.locks.lock_inode(ino, LockMode::Write)?;
+        let _local = self.lock_local(&[ino]);
+        let mut a = self.regular(&g, ino)?;
+        let off = off.unwrap_or_else(|| a.size());
+        let end = off
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= MAX_FILE_BYTES)
+            .ok_or(EFBIG)?;
+        // A write that starts past the block holding the end of the file
+        // leaves that block's tail as it is on the device: zero it first
+        // (a write that starts in it rewrites it whole, zeros past the
+        // old end included).
+        if off / BLOCK > a.size() / BLOCK {
+            self.zero_tail(&g, &a, a.size())?;
+        }
+        let op = self.begin(&[seqs_of(&a)])?;
+        let (b0, b1) = (off / BLOCK, end.div_ceil(BLOCK));
+        let mut b = b0;
+        let mut added = 0;
+        let exts = self.extents_in(&g, ino, b0, b1)?;
+        let mut it = exts.iter().peekable();
+        while b < b1 {
+            while it.peek().is_some_and(|e| e.end() <= b) {
+                it.next();
+            }
+            match it.peek() {
+                Some(e) if e.start <= b => {
+                    let run_end = e.end().min(b1);
+                    let unwritten = e.flags & SEF_UNWRITTEN != 0;
+                    let pblk = e.pblk + (b - e.start);
+                    self.write_run(pblk, b, run_end, off, end, buf, !unwritten, &a)?;
+                    if unwritten {
+                        self.set_mapping(&op, &g, ino, b, run_end - b, Some((pblk, 0)))?;
+                    }
+                    b = run_end;
+                }
+                next => {
+                    let hole_end = next.map_or(b1, |e| e.start.min(b1));
+                    let want = hole_end - b;
+                    let extra = if next.is_none() {
+                        self.prealloc_blocks(&g, &a, b1)?
+                    } else {
+                        0
+                    };
+                    let Some((pblk, got)) = self.alloc_data(want + extra)? else {
+                        return Err(ENOSPC);
+                    };
+                    let n = got.min(want);
+                    self.write_run(pblk, b, b + n, off, end, buf, false, &a)?;
+                    self.set_mapping(&op, &g, ino, b, n, Some((pblk, 0)))?;
+                    if got > n {
+                        // Preallocated past the write: read as zeros until written.
+                        self.set_mapping(
+                            &op,
+                            &g,
+                            ino,
+                            b + n,
+                            got - n,
+                            Some((pblk + n, SEF_UNWRITTEN)),
+                        )?;
+                    }
+                    added += got;
+                    b += n;
+                }
+            }
+        }
+        let t = now();
+        a.inode.size = a.size().max(end).into();
+        a.inode.online_blocks = (a.inode.online_blocks.get() + added).into();
+        a.inode.data_version = (a.inode.data_version.get() + 1).into();
+        a.inode.mtime = t;
+        a.inode.ctime = t;
+        self.write_inode(&op, &g, &mut a, true)?;
+        self.trans.add_data_bytes(end - off);
+        Ok(off)
+    }
+
+    /// Blocks to preallocate past a write that extends the file at its end,
+    /// so streaming writes stay contiguous: as many as the file already has,
+    /// up to `PREALLOC_MAX_BLOCKS`. None for a file's first blocks (a small
+    /// file written at once gets exactly its blocks), nor unless the write
+    /// reaches the end of the file and nothing is mapped beyond it.
+    fn prealloc_blocks(&self, g: &LockGuard, a: &Attr, b1: u64) -> FsResult<u64> {
+        let size_blocks = a.size().div_ceil(BLOCK);
+        if b1 < size_blocks || !self.extents_in(g, a.ino, b1, u64::MAX / BLOCK)?.is_empty() {
+            return Ok(0);
+        }
+        Ok(size_blocks.min(PREALLOC_MAX_BLOCKS))
+    }
+
+    /// Writes the part of `buf` (file bytes `off..end`) that falls in
+    /// logical blocks `b..b_end` at physical block `pblk`, completing
+    /// partial blocks with their old contents (`keep`) or zeros.
+    #[allow(clippy::too_many_arguments)]
+    fn write_run(
+        &self,
+        pblk: u64,
+        b: u64,
+        b_end: u64,
+        off: u64,
+        end: u64,
+        buf: &[u8],
+        keep: bool,
+        a: &Attr,
+    ) -> FsResult<()> {
+        let (from, to) = ((b * BLOCK).max(off), (b_end * BLOCK).min(end));
+        let (bs, be) = (from / BLOCK * BLOCK, to.div_ceil(BLOCK) * BLOCK);
+        let data = &buf[(from - off) as usize..(to - off) as usize];
+        let phys = pblk * BLOCK;
+        if from == bs && to == be {
+            return self.data.write_at(data, phys).map_err(dev_err);
+        }
+        let mut block = vec![0u8; (be - bs) as usize];
+        // Old contents matter only below the file's size; past it, zeros.
+        let old_end = a.size().min(be);
+        if keep && old_end > bs {
+            let n = (old_end - bs) as usize;
+            if from > bs {
+                let head = ((from - bs) as usize).min(n);
+                self.data
+                    .read_at(&mut block[..head], phys)
+                    .map_err(dev_err)?;
+            }
+            if to < be && to < old_end {
+                let (t, e) = ((to - bs) as usize, n);
+                self.data
+                    .read_at(&mut block[t..e], phys + t as u64)
+                    .map_err(dev_err)?;
+            }
+        }
+        block[(from - bs) as usize..(to - bs) as usize].copy_from_slice(data);
+        self.data.write_at(&block, phys).map_err(dev_err)
+    }
+
+    /// Sets a regular file's size, freeing blocks past a smaller one.
+    pub fn truncate(&self, ino: u64, size: u64) -> FsResult<Attr> {
+        if size > MAX_FILE_BYTES {
+            return Err(EFBIG);
+        }
+        let g = self.locks.lock_inode(ino, LockMode::Write)?;
+        let _local = self.lock_local(&[ino]);
+        let mut a = self.regular(&g, ino)?;
+        if size < a.size() {
+            self.zero_tail(&g, &a, size)?;
+            self.truncate_blocks(&g, &a, size.div_ceil(BLOCK))?;
+            a = self.read_inode(&g, ino)?;
+        } else if size > a.size() {
+            self.zero_tail(&g, &a, a.size())?;
+        }
+        let op = self.begin(&[seqs_of(&a)])?;
+        let t = now();
+        a.inode.size = size.into();
+        a.inode.data_version = (a.inode.data_version.get() + 1).into();
+        a.inode.mtime = t;
+        a.inode.ctime = t;
+        self.write_inode(&op, &g, &mut a, true)?;
+        drop(op);
+        drop(g);
+        self.maybe_commit()?;
+        Ok(a)
+    }
+
+    /// Zeros the bytes of the block holding `size` that lie past it: done
+    /// when the size shrinks and again whenever it grows, since the device
+    /// may hold anything there. A crash can leave bytes of writes that
+    /// never committed past the committed size, in a block that did.
+    fn zero_tail(&self, g: &LockGuard, a: &Attr, size: u64) -> FsResult<()> {
+        let within = size % BLOCK;
+        if within == 0 {
+            return Ok(());
+        }
+        let b = size / BLOCK;
+        if let Some(e) = self.extents_in(g, a.ino, b, b + 1)?.first() {
+            if e.start <= b && e.flags & SEF_UNWRITTEN == 0 {
+                let zeros = vec![0u8; (BLOCK - within) as usize];
+                let phys = (e.pblk + (b - e.start)) * BLOCK + within;
+                self.data.write_at(&zeros, phys).map_err(dev_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmaps and frees every block from logical block `from` on, in
+    /// batches of extents per transaction hold.
+    pub(crate) fn truncate_blocks(&self, g: &LockGuard, a: &Attr, from: u64) -> FsResult<()> {
+        self.unmap_range(g, a.ino, from, u64::MAX / BLOCK)
+    }
+
+    /// Unmaps and frees logical blocks `from..to`.
+    fn unmap_range(&self, g: &LockGuard, ino: u64, from: u64, to: u64) -> FsResult<()> {
+        loop {
+            let exts = self.extents_in(g, ino, from, to)?;
+            if exts.is_empty() {
+                return Ok(());
+            }
+            let mut a = self.read_inode(g, ino)?;
+            let op = self.begin(&[seqs_of(&a)])?;
+            let mut freed = 0;
+            for e in exts.iter().take(EXTENTS_PER_HOLD) {
+                let (s, t) = (e.start.max(from), e.end().min(to));
+                let removed = self.set_mapping(&op, g, ino, s, t - s, None)?;
+                self.free_data(&removed)?;
+                freed += removed.iter().map(|r| r.1).sum::<u64>();
+            }
+            a.inode.online_blocks = a.inode.online_blocks.get().saturating_sub(freed).into();
+            self.write_inode(&op, g, &mut a, true)?;
+            drop(op);
+            self.maybe_commit()?;
+        }
+    }
+
+    /// fallocate: allocate (mode 0 or KEEP_SIZE) or punch a hole
+    /// (PUNCH_HOLE | KEEP_SIZE).
+    pub fn fallocate(&self, ino: u64, mode: u32, off: u64, len: u64) -> FsResult<()> {
+        self.fallocate_as(ino, mode, off, len, true)
+    }
+
+    /// `fallocate` by a caller that may keep the file's setuid and setgid
+    /// bits (`keep_privs`, CAP_FSETID) or not: then, as a write would, it
+    /// clears setuid, and setgid where group execute is set.
+    pub fn fallocate_as(
+        &self,
+        ino: u64,
+        mode: u32,
+        off: u64,
+        len: u64,
+        keep_privs: bool,
+    ) -> FsResult<()> {
+        let end = off
+            .checked_add(len)
+            .filter(|&e| len > 0 && e <= MAX_FILE_BYTES)
+            .ok_or(if len == 0 { EINVAL } else { EFBIG })?;
+        if mode == FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE {
+            return self.punch(ino, off, end, keep_privs);
+        }
+        if mode & !FALLOC_FL_KEEP_SIZE != 0 {
+            return Err(EOPNOTSUPP);
+        }
+        let mut retried = false;
+        loop {
+            let keep_size = mode & FALLOC_FL_KEEP_SIZE != 0;
+            match self.preallocate(ino, off, end, keep_size, keep_privs) {
+                Err(e) if e == ENOSPC && !retried => {
+                    retried = true;
+                    self.trans.commit()?;
+                }
+                other => {
+                    other?;
+                    return self.maybe_commit();
+                }
+            }
+        }
+    }
+
+    fn preallocate(
+        &self,
+        ino: u64,
+        off: u64,
+        end: u64,
+        keep_size: bool,
+        keep_privs: bool,
+    ) -> FsResult<()> {
+        let g = self.locks.lock_inode(ino, LockMode::Write)?;
+        let _local = self.lock_local(&[ino]);
+        let mut a = self.regular(&g, ino)?;
+        if !keep_size && end > a.size() {
+            self.zero_tail(&g, &a, a.size())?;
+        }
+        let op = self.begin(&[seqs_of(&a)])?;
+        let (b0, b1) = (off / BLOCK, end.div_ceil(BLOCK));
+        let exts = self.extents_in(&g, ino, b0, b1)?;
+        let mut b = b0;
+        let mut added = 0;
+        for e in exts.iter().map(Some).chain(std::iter::once(None)) {
+            let hole_end = e.map_or(b1, |e| e.start.clamp(b, b1));
+            while b < hole_end {
+                let Some((pblk, n)) = self.alloc_data(hole_end - b)? else {
+                    return Err(ENOSPC);
+                };
+                self.set_mapping(&op, &g, ino, b, n, Some((pblk, SEF_UNWRITTEN)))?;
+                added += n;
+                b += n;
+            }
+            if let Some(e) = e {
+                b = b.max(e.end());
+            }
+        }
+        a.inode.online_blocks = (a.inode.online_blocks.get() + added).into();
+        if !keep_size && end > a.size() {
+            a.inode.size = end.into();
+            a.inode.data_version = (a.inode.data_version.get() + 1).into();
+        }
+        if !keep_privs {
+            a.drop_privs();
+        }
+        a.inode.ctime = now();
+        self.write_inode(&op, &g, &mut a, true)
+    }
+
+    fn punch(&self, ino: u64, off: u64, end: u64, keep_privs: bool) -> FsResult<()> {
+        let g = self.locks.lock_inode(ino, LockMode::Write)?;
+        let _local = self.lock_local(&[ino]);
+        self.regular(&g, ino)?;
+        // Whole blocks in the range are unmapped; the partial ones at its
+        // edges are zeroed in place.
+        let (full0, full1) = (off.div_ceil(BLOCK), end / BLOCK);
+        if full0 > full1 {
+            self.zero_bytes(&g, ino, off, end)?;
+        } else {
+            if off < full0 * BLOCK {
+                self.zero_bytes(&g, ino, off, full0 * BLOCK)?;
+            }
+            if end > full1 * BLOCK {
+                self.zero_bytes(&g, ino, full1 * BLOCK, end)?;
+            }
+            if full0 < full1 {
+                self.unmap_range(&g, ino, full0, full1)?;
+            }
+        }
+        let mut a = self.read_inode(&g, ino)?;
+        let op = self.begin(&[seqs_of(&a)])?;
+        a.inode.data_version = (a.inode.data_version.get() + 1).into();
+        if !keep_privs {
+            a.drop_privs();
+        }
+        let t = now();
+        a.inode.mtime = t;
+        a.inode.ctime = t;
+        self.write_inode(&op, &g, &mut a, true)?;
+        drop(op);
+        drop(g);
+        self.maybe_commit()
+    }
+
+    /// Writes zeros over mapped, written bytes `from..to` within one block.
+    fn zero_bytes(&self, g: &LockGuard, ino: u64, from: u64, to: u64) -> FsResult<()> {
+        let b = from / BLOCK;
+        for e in self.extents_in(g, ino, b, b + 1)? {
+            if e.start <= b && e.flags & SEF_UNWRITTEN == 0 {
+                let phys = (e.pblk + (b - e.start)) * BLOCK + from % BLOCK;
+                self.data
+                    .write_at(&vec![0u8; (to - from) as usize], phys)
+                    .map_err(dev_err)?;
+            }
+        }
+        Ok(())
+    }
+}

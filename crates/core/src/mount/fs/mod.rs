@@ -1,0 +1,372 @@
+//! The filesystem: POSIX namespace, attributes, xattrs and file data on
+//! top of items, cluster locks and the transaction.
+//!
+//! One API serves FUSE and in-process tests. Every
+//! operation follows the same order: take the cluster locks it needs (inode
+//! groups in ascending inode order, then index groups), hold the
+//! transaction, change items in the item cache, release the hold, drop the
+//! locks. No operation does disk I/O except misses in the item cache and
+//! file data.
+//!
+//! Items of an inode (all in its 1024-inode lock group):
+//! - the inode item (FS, ino, INODE);
+//! - per directory entry three items with the same value: DIRENT (dir,
+//!   name hash, pos) for lookup, READDIR (dir, pos) for readdir order,
+//!   LINK_BACKREF (target, dir, pos) for ino-to-path;
+//! - SYMLINK (ino, part) holding the target;
+//! - DATA_EXTENT (ino, last block, len) mapping file blocks;
+//! - XATTR (ino, name hash, id, part).
+//!
+//! Index items (INODE_INDEX, META_SEQ/DATA_SEQ, seq, ino) follow each
+//! inode's meta_seq and data_seq under WRITE_ONLY index locks.
+//!
+//! Errors are [`FsError`]: an errno, mapped in one place from lower errors.
+
+pub mod acl;
+pub mod data;
+pub mod dir;
+pub mod inode;
+pub mod xattr;
+
+use crate::cluster::client::Client;
+use crate::cluster::net::msg::{Request, Response};
+use crate::error::Error;
+use crate::mount::item::{ItemCache, Source};
+use crate::mount::locks::{LockGuard, Locks};
+use crate::mount::trans::Trans;
+use crate::store::block::BlockCache;
+use crate::store::dev::BlockDev;
+use crate::store::forest::{self, ReadResult};
+use crate::types::Roots;
+use scoutfs_format::Key;
+use std::sync::{Arc, Mutex};
+
+pub use inode::Attr;
+
+/// An errno from a filesystem operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsError(pub i32);
+
+impl std::fmt::Display for FsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", std::io::Error::from_raw_os_error(self.0))
+    }
+}
+
+impl std::error::Error for FsError {}
+
+impl From<Error> for FsError {
+    /// Corruption is logged once: the block cache logs bad blocks as it
+    /// reads them, this logs the rest (btree and item corruption).
+    fn from(e: Error) -> FsError {
+        use crate::error::CorruptKind::{BlockCrc, BlockInvalid};
+        if let Error::Corrupt(c) = &e {
+            if !matches!(c.kind, BlockCrc | BlockInvalid) {
+                crate::store::block::log_corruption(c);
+            }
+        }
+        FsError(e.errno())
+    }
+}
+
+pub type FsResult<T> = std::result::Result<T, FsError>;
+
+pub const ENOENT: FsError = FsError(libc::ENOENT);
+pub const EEXIST: FsError = FsError(libc::EEXIST);
+pub const ENOTDIR: FsError = FsError(libc::ENOTDIR);
+pub const EISDIR: FsError = FsError(libc::EISDIR);
+pub const ENOTEMPTY: FsError = FsError(libc::ENOTEMPTY);
+pub const EINVAL: FsError = FsError(libc::EINVAL);
+pub const ENAMETOOLONG: FsError = FsError(libc::ENAMETOOLONG);
+pub const EMLINK: FsError = FsError(libc::EMLINK);
+pub const EFBIG: FsError = FsError(libc::EFBIG);
+pub const ENODATA: FsError = FsError(libc::ENODATA);
+pub const ERANGE: FsError = FsError(libc::ERANGE);
+pub const EPERM: FsError = FsError(libc::EPERM);
+pub const EIO: FsError = FsError(libc::EIO);
+pub const ENOSPC: FsError = FsError(libc::ENOSPC);
+pub const EOPNOTSUPP: FsError = FsError(libc::EOPNOTSUPP);
+pub const ELOOP: FsError = FsError(libc::ELOOP);
+pub const EXDEV: FsError = FsError(libc::EXDEV);
+pub const E2BIG: FsError = FsError(libc::E2BIG);
+pub const EACCES: FsError = FsError(libc::EACCES);
+
+/// Reads the forest with roots from the server's last written super block,
+/// retrying with newer roots when a block was rewritten meanwhile.
+pub struct ForestSource {
+    client: Arc<Client>,
+    cache: Arc<BlockCache>,
+}
+
+impl Source for ForestSource {
+    fn read(&self, key: &Key, lo: &Key, hi: &Key) -> crate::error::Result<ReadResult> {
+        let mut last: Option<Error> = None;
+        for _ in 0..forest::STALE_RETRIES_MAX {
+            let roots = match self.client.call(Request::GetRoots)? {
+                Response::Roots(r) => r,
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "unexpected roots response {other:?}"
+                    )))
+                }
+            };
+            match forest::read_items(self.cache.as_ref(), &roots, key, lo, hi) {
+                Err(e @ Error::Stale { .. }) => {
+                    self.cache.note_error(&e);
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        let detail = format!(
+            "a block stayed stale after retries: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        );
+        Err(Error::corrupt(
+            crate::error::CorruptKind::BlockInvalid,
+            0,
+            0,
+            detail,
+        ))
+    }
+}
+
+impl Fs {
+    /// The roots of the last written super block.
+    pub fn roots(&self) -> crate::error::Result<Roots> {
+        self.src.roots()
+    }
+}
+
+impl ForestSource {
+    pub fn roots(&self) -> crate::error::Result<Roots> {
+        match self.client.call(Request::GetRoots)? {
+            Response::Roots(r) => Ok(r),
+            other => Err(Error::Invalid(format!(
+                "unexpected roots response {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Runs of inode numbers handed out by the server.
+#[derive(Default)]
+struct InoRun {
+    next: u64,
+    end: u64,
+}
+
+/// Stripes of the local inode mutexes.
+const INODE_MUTEX_STRIPES: usize = 256;
+
+/// Inode numbers asked of the server at a time.
+pub const INODE_ALLOC_NR: u64 = 10 * 1024;
+
+/// When reads update access times.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AtimeMode {
+    /// When the atime is not after the mtime or ctime, or is a day old:
+    /// "has it been read since it changed" stays answerable, and most
+    /// reads write nothing (Linux's default).
+    #[default]
+    Relatime,
+    /// At every read that reaches the filesystem.
+    Strict,
+    /// Never.
+    Off,
+}
+
+/// Options of the filesystem layer.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// Enforce POSIX ACLs stored in `system.posix_acl_*` xattrs.
+    pub acl: bool,
+    pub atime: AtimeMode,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            acl: true,
+            atime: AtimeMode::default(),
+        }
+    }
+}
+
+/// The mounted filesystem.
+pub struct Fs {
+    pub(crate) items: Arc<ItemCache>,
+    pub(crate) trans: Arc<Trans>,
+    pub(crate) locks: Arc<Locks>,
+    pub(crate) src: ForestSource,
+    pub(crate) data: Arc<dyn BlockDev>,
+    pub(crate) client: Arc<Client>,
+    inos: Mutex<InoRun>,
+    /// Local per-inode serialisation of read-modify-write changes (the
+    /// cluster lock only excludes other mounts): striped mutexes.
+    ilocks: Vec<Mutex<()>>,
+    pub opts: FsOptions,
+    pub fsid: u64,
+    /// Whether another mount may have an inode open (see [`Fs::evict`]).
+    others_mounted: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
+}
+
+impl Fs {
+    /// Sets what tells whether other mounts are mounted. Until it is set,
+    /// the mount is taken to be the only one.
+    pub fn set_others_mounted(&self, f: Box<dyn Fn() -> bool + Send + Sync>) {
+        let _ = self.others_mounted.set(f);
+    }
+
+    /// Whether another mount may have an inode open.
+    pub(crate) fn others_mounted(&self) -> bool {
+        self.others_mounted.get().is_some_and(|f| f())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        items: Arc<ItemCache>,
+        trans: Arc<Trans>,
+        locks: Arc<Locks>,
+        client: Arc<Client>,
+        cache: Arc<BlockCache>,
+        data: Arc<dyn BlockDev>,
+        opts: FsOptions,
+        fsid: u64,
+    ) -> Fs {
+        let src = ForestSource {
+            client: client.clone(),
+            cache,
+        };
+        Fs {
+            items,
+            trans,
+            locks,
+            src,
+            data,
+            client,
+            inos: Mutex::default(),
+            ilocks: (0..INODE_MUTEX_STRIPES).map(|_| Mutex::new(())).collect(),
+            opts,
+            fsid,
+            others_mounted: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Drops every clean item from the item cache.
+    pub fn drop_item_cache(&self) {
+        self.items.invalidate(&Key::MIN, &Key::MAX);
+    }
+
+    pub fn trans(&self) -> &Arc<Trans> {
+        &self.trans
+    }
+
+    /// Serialises local changes to these inodes. Taken after the cluster
+    /// locks and before the transaction hold, always in stripe order.
+    pub(crate) fn lock_local(&self, inos: &[u64]) -> Vec<std::sync::MutexGuard<'_, ()>> {
+        let mut idx: Vec<usize> = inos
+            .iter()
+            .map(|i| (*i as usize).wrapping_mul(0x9e37_79b9) % INODE_MUTEX_STRIPES)
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter()
+            .map(|i| self.ilocks[i].lock().unwrap_or_else(|p| p.into_inner()))
+            .collect()
+    }
+
+    /// A new inode number, from the mount's current run.
+    pub(crate) fn alloc_ino(&self) -> FsResult<u64> {
+        let mut run = self.inos.lock().unwrap_or_else(|p| p.into_inner());
+        if run.next >= run.end {
+            match self.client.call(Request::AllocInodes {
+                count: INODE_ALLOC_NR,
+            })? {
+                Response::Inodes { ino, nr } if nr > 0 => {
+                    *run = InoRun {
+                        next: ino,
+                        end: ino + nr,
+                    }
+                }
+                _ => return Err(ENOSPC),
+            }
+        }
+        run.next += 1;
+        Ok(run.next - 1)
+    }
+
+    /// Reads an item under a lock.
+    pub(crate) fn get(&self, g: &LockGuard, key: &Key) -> FsResult<Option<Vec<u8>>> {
+        Ok(self.items.lookup(&self.src, &g.cover(), key)?)
+    }
+
+    /// The first item in `key..=last` under a lock.
+    pub(crate) fn next(
+        &self,
+        g: &LockGuard,
+        key: &Key,
+        last: &Key,
+    ) -> FsResult<Option<(Key, Vec<u8>)>> {
+        Ok(self.items.next(&self.src, &g.cover(), key, last)?)
+    }
+
+    /// Up to `max` items in `key..=last` under a lock, in key order.
+    pub(crate) fn next_many(
+        &self,
+        g: &LockGuard,
+        key: &Key,
+        last: &Key,
+        max: usize,
+    ) -> FsResult<Vec<(Key, Vec<u8>)>> {
+        Ok(self
+            .items
+            .next_many(&self.src, &g.cover(), key, last, max)?)
+    }
+
+    /// Creates or replaces an item under a write lock.
+    pub(crate) fn put(&self, g: &LockGuard, seq: u64, key: &Key, val: &[u8]) -> FsResult<()> {
+        self.items.put(&self.src, &g.cover(), key, seq, val)?;
+        g.dirtied(seq);
+        Ok(())
+    }
+
+    /// Creates an item whose key can't exist yet (a new inode's items, an
+    /// entry at a never-used readdir position): no read is needed.
+    pub(crate) fn put_new(&self, g: &LockGuard, seq: u64, key: &Key, val: &[u8]) {
+        self.items.put_blind(&g.cover(), key, seq, val);
+        g.dirtied(seq);
+    }
+
+    /// Deletes an item under a write lock; false if it didn't exist.
+    pub(crate) fn del(&self, g: &LockGuard, seq: u64, key: &Key) -> FsResult<bool> {
+        let found = self.items.delete(&self.src, &g.cover(), key, seq)?;
+        g.dirtied(seq);
+        Ok(found)
+    }
+
+    /// Commits everything changed so far (fsync, sync, syncfs).
+    pub fn sync(&self) -> FsResult<()> {
+        if self.trans.is_dirty() {
+            self.trans.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Commits when the transaction has grown past its limits; called after
+    /// each changing operation, with no hold.
+    pub(crate) fn maybe_commit(&self) -> FsResult<()> {
+        if self.trans.needs_commit() {
+            self.trans.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Filesystem totals for statfs.
+    pub fn statfs(&self) -> FsResult<crate::cluster::net::msg::StatfsInfo> {
+        match self.client.call(Request::Statfs)? {
+            Response::Statfs(s) => Ok(s),
+            _ => Err(EIO),
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! Mounting: setup and teardown of everything a mount runs, in order.
+//!
+//! Setup: check the two devices belong together; make a random mount id
+//! (rid), or take the caller's (`scoutfs mount` chooses it to record itself
+//! for the local fence agent before any server can see the rid); start what
+//! serves the filesystem, by the mount's [`MountRole`]:
+//!
+//! - a quorum member starts its slot's quorum driver, whose elections start
+//!   and stop this mount's server ([`crate::cluster::elected`]);
+//! - a plain client serves nothing;
+//! - a mount that is `Alone` (tests and tools that own the devices) runs its
+//!   own server in the process, on a loopback port, with no election.
+//!
+//! Then connect the client over TCP to the server (found in the quorum
+//! blocks before every attempt, as elections move it), which greets and
+//! records the mount; create the item cache, lock driver and first
+//! transaction; free inodes an earlier mount left unlinked, when no other
+//! mount is recorded (another may still have them open); start the commit
+//! thread.
+//!
+//! Teardown reverses it: stop the commit thread, commit, say farewell (a
+//! quorum member's farewell may wait for the others, see
+//! [`crate::cluster::server`]), close the connection, stop the lock worker, then
+//! stop the server or leave the quorum (which stops a server it runs).
+
+use crate::cluster::client::Client;
+use crate::cluster::elected::{ElectedOptions, ElectedServer};
+use crate::cluster::fence::{Fencer, FENCE_TIMEOUT_MS_DEFAULT};
+use crate::cluster::net::tcp::{FindServer, ServerAddr};
+use crate::cluster::net::wire::GREETING_FLAG_QUORUM;
+use crate::cluster::quorum::{
+    find_server, QuorumDriver, QuorumHandle, QuorumOptions, SlotNr, HEARTBEAT_TIMEOUT_DEFAULT_MS,
+};
+use crate::cluster::server::{
+    mounted_client_key, Server, ServerOptions, RECONNECT_TIMEOUT_MS_DEFAULT,
+    RECOVERY_TIMEOUT_MS_DEFAULT,
+};
+use crate::error::{Error, Result};
+use crate::mount::fs::{Fs, FsOptions};
+use crate::mount::item::ItemCache;
+use crate::mount::locks::{Locks, LOCK_IDLE_MAX_DEFAULT};
+use crate::mount::trans::{Trans, TransLimits};
+use crate::store::block::BlockCache;
+use crate::store::btree;
+use crate::store::commit::{check_pair, read_super, Store};
+use crate::store::dev::BlockDev;
+use crate::types::Rid;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What a mount serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MountRole {
+    /// The only mount there can be: it serves the filesystem itself, in the
+    /// process, with no election (tests and tools that own the devices).
+    /// Every mount recorded on the device is taken for departed.
+    Alone,
+    /// A member of the quorum in this slot: it stands for election and
+    /// serves when elected.
+    Quorum { slot: u8 },
+    /// A client of whichever quorum member serves.
+    Client,
+}
+
+/// Options of a mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    pub role: MountRole,
+    /// How long a quorum member waits for the leader's heartbeat before it
+    /// stands for election.
+    pub heartbeat_timeout_ms: u64,
+    /// How long this mount's server waits for the mounts of an earlier
+    /// server to recover before it fences them.
+    pub recovery_timeout_ms: u64,
+    /// How long this mount's server lets a mount stay disconnected before
+    /// it fences it.
+    pub reconnect_timeout_ms: u64,
+    /// Commit the open transaction at least this often.
+    pub commit_interval_ms: u64,
+    /// Bytes of clean items the item cache keeps.
+    pub item_cache_bytes: usize,
+    /// Metadata blocks the block cache keeps.
+    pub block_cache_blocks: usize,
+    pub trans: TransLimits,
+    pub fs: FsOptions,
+    pub lock_idle_max: usize,
+    /// This mount's id; `None` makes a random one ([`new_rid`]).
+    pub rid: Option<u64>,
+    /// The fence command (program, then arguments) the server runs to
+    /// fence a mount; `None`: fencing is not configured, and the server
+    /// refuses to fence rather than guess (see [`crate::cluster::fence`]).
+    pub fence_command: Option<Vec<String>>,
+    /// How long a fence command may run before it is killed and the fence
+    /// counts as failed.
+    pub fence_timeout_ms: u64,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            role: MountRole::Alone,
+            heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_DEFAULT_MS,
+            recovery_timeout_ms: RECOVERY_TIMEOUT_MS_DEFAULT,
+            reconnect_timeout_ms: RECONNECT_TIMEOUT_MS_DEFAULT,
+            commit_interval_ms: 10_000,
+            item_cache_bytes: 256 << 20,
+            block_cache_blocks: 2048,
+            trans: TransLimits::default(),
+            fs: FsOptions::default(),
+            lock_idle_max: LOCK_IDLE_MAX_DEFAULT,
+            rid: None,
+            fence_command: None,
+            fence_timeout_ms: FENCE_TIMEOUT_MS_DEFAULT,
+        }
+    }
+}
+
+impl MountOptions {
+    /// The fencer of this mount's fence options, for its server.
+    pub fn fencer(&self, fsid: u64) -> Fencer {
+        Fencer::new(
+            self.fence_command.clone(),
+            Duration::from_millis(self.fence_timeout_ms),
+        )
+        .with_fsid(fsid)
+    }
+}
+
+/// A new random mount id: never 0, which no mount uses.
+pub fn new_rid() -> u64 {
+    crate::rng::os_random_u64() | 1
+}
+
+/// A mounted filesystem: its client and fs, and what it serves.
+pub struct Mount {
+    fs: Arc<Fs>,
+    meta: Arc<dyn BlockDev>,
+    cache: Arc<BlockCache>,
+    locks: Arc<Locks>,
+    client: Arc<Client>,
+    /// The in-process server of an `Alone` mount.
+    server: Option<Server>,
+    /// The quorum member of a `Quorum` mount.
+    quorum: Option<QuorumDriver>,
+    /// Asks the elected server this mount runs, if any, to print its state.
+    elected_dump: Option<Arc<dyn Fn() + Send + Sync>>,
+    committer: Option<JoinHandle<()>>,
+    unmounted: AtomicBool,
+}
+
+/// How often an unmount waiting for its farewell's answer looks at the
+/// device to see whether the farewell was processed already.
+const FAREWELL_POLL: Duration = Duration::from_secs(1);
+
+impl Mount {
+    /// Mounts the filesystem on `meta` and `data`.
+    pub fn open(
+        meta: Arc<dyn BlockDev>,
+        data: Arc<dyn BlockDev>,
+        opts: &MountOptions,
+    ) -> Result<Mount> {
+        let rid = match opts.rid {
+            Some(0) => return Err(Error::Invalid("mount id (rid) 0 is not valid".into())),
+            Some(rid) => rid,
+            None => new_rid(),
+        };
+        let msb = read_super(meta.as_ref(), true)?;
+        let dsb = read_super(data.as_ref(), false)?;
+        check_pair(&msb, &dsb, data.name())?;
+        let fsid = msb.hdr.fsid.get();
+        let cache = Arc::new(BlockCache::new(meta.clone(), fsid, opts.block_cache_blocks));
+        let mut server = None;
+        let mut quorum = None;
+        let mut elected_dump = None;
+        let mut start_failure = None;
+        let finder = Arc::new(Finder {
+            meta: meta.clone(),
+            quorum: OnceLock::new(),
+        });
+        let find = ServerAddr::Find(finder.clone());
+        let (addr, flags) = match opts.role {
+            MountRole::Alone => {
+                let store = Store::open(meta.clone(), opts.block_cache_blocks)?;
+                let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+                let s = Server::start(store, loopback, ServerOptions::alone(1))?;
+                let addr = ServerAddr::Fixed(s.addr());
+                server = Some(s);
+                (addr, 0)
+            }
+            MountRole::Quorum { slot } => {
+                let eopts = ElectedOptions {
+                    fencer: opts.fencer(fsid),
+                    cache_blocks: opts.block_cache_blocks,
+                    recovery_timeout: Duration::from_millis(opts.recovery_timeout_ms),
+                    reconnect_timeout: Duration::from_millis(opts.reconnect_timeout_ms),
+                };
+                let ctl = ElectedServer::new(meta.clone(), &msb, SlotNr(slot), eopts)?;
+                start_failure = Some(ctl.start_failure());
+                elected_dump = Some(Arc::from(ctl.dumper()));
+                let qopts = QuorumOptions {
+                    rid: Rid(rid),
+                    heartbeat_timeout_ms: opts.heartbeat_timeout_ms,
+                };
+                let driver = QuorumDriver::start(meta.clone(), SlotNr(slot), qopts, Box::new(ctl))?;
+                let _ = finder.quorum.set(driver.handle());
+                quorum = Some(driver);
+                (find, GREETING_FLAG_QUORUM)
+            }
+            MountRole::Client => (find, 0),
+        };
+        // A failure from here on leaves the quorum (stopping a server this
+        // mount runs) before it returns.
+        let quorum_on_err = QuorumOnErr(quorum);
+        let items = Arc::new(ItemCache::new(opts.item_cache_bytes));
+        let locks = Locks::new(rid, items.clone(), opts.lock_idle_max);
+        let key = crate::cluster::auth::ClusterKey::of(&msb);
+        if !key.is_secret() {
+            eprintln!(
+                "scoutfs: this filesystem (format version 1) has no cluster key: its cluster \
+                 traffic is not authenticated; a filesystem made by this version has one"
+            );
+        }
+        // A starting mount whose own server can't start or serve because
+        // of the filesystem itself (corruption, a failing device) says why
+        // at once instead of waiting for a server that won't answer: the
+        // other members read the same devices.
+        let abandon = || {
+            start_failure
+                .as_ref()
+                .and_then(|f: &crate::cluster::elected::StartFailure| {
+                    f.lock().unwrap_or_else(|p| p.into_inner()).clone()
+                })
+        };
+        let client = Client::connect(addr, fsid, key, rid, flags, locks.clone(), &abandon)?;
+        // The client and the lock driver refer to each other; until the
+        // mount is whole, a failure must close the client's connection or
+        // its thread would go on reconnecting to a server that is gone.
+        let close_on_err = CloseOnErr(Some(client.clone()));
+        let trans = Arc::new(Trans::open(
+            client.clone(),
+            items.clone(),
+            cache.clone(),
+            data.clone(),
+            opts.trans,
+        )?);
+        locks.start(client.clone(), &trans);
+        let l = Arc::downgrade(&locks);
+        trans.set_on_commit(Box::new(move |seq| {
+            if let Some(l) = l.upgrade() {
+                l.trans_committed(seq);
+            }
+        }));
+        let fs = Arc::new(Fs::new(
+            items,
+            trans,
+            locks.clone(),
+            client.clone(),
+            cache.clone(),
+            data,
+            opts.fs.clone(),
+            fsid,
+        ));
+        if opts.role != MountRole::Alone {
+            let (meta, cache) = (meta.clone(), cache.clone());
+            fs.set_others_mounted(Box::new(move || {
+                others_mounted(meta.as_ref(), &cache, rid).unwrap_or(true)
+            }));
+        }
+        // Unlinked inodes still open on another mount are not orphans:
+        // free them only when no other mount is recorded. (Asking the
+        // others which they hold open is a later issue's open-inode map.)
+        if !others_mounted(meta.as_ref(), &cache, rid)? {
+            let orphans = fs.reclaim_orphans().map_err(|e| {
+                let cause = crate::store::block::eio_cause(e.0);
+                Error::Invalid(format!("freeing orphaned inodes: {e}{cause}"))
+            })?;
+            if orphans > 0 {
+                eprintln!("scoutfs: freed {orphans} inodes left unlinked by an earlier mount");
+            }
+        }
+        let committer = spawn_committer(fs.clone(), opts.commit_interval_ms);
+        close_on_err.disarm();
+        Ok(Mount {
+            fs,
+            meta,
+            cache,
+            locks,
+            client,
+            server,
+            quorum: quorum_on_err.disarm(),
+            elected_dump,
+            committer,
+            unmounted: AtomicBool::new(false),
+        })
+    }
+
+    pub fn fs(&self) -> &Arc<Fs> {
+        &self.fs
+    }
+
+    /// This mount's id, as servers and fence agents know it.
+    pub fn rid(&self) -> u64 {
+        self.client.rid()
+    }
+
+    /// Something that prints this mount's locks, and the state of the
+    /// server it runs, to stderr (for diagnosis: `kill -USR1` of a
+    /// `scoutfs mount`).
+    pub fn state_dumper(&self) -> impl Fn() + Send + Sync + 'static {
+        let locks = self.locks.clone();
+        let rid = self.rid();
+        let elected = self.elected_dump.clone();
+        move || {
+            eprintln!("scoutfs: mount {rid:#018x} locks:\n{}", locks.dump());
+            if let Some(d) = &elected {
+                d();
+            }
+        }
+    }
+
+    /// The in-process server of an `Alone` mount.
+    pub fn server(&self) -> Option<&Server> {
+        self.server.as_ref()
+    }
+
+    /// Replaces an `Alone` mount's server with a new one of the next term
+    /// on the same address, as a failover does (without the election): the
+    /// mount reconnects, sees a new server, reports its locks, and its
+    /// unanswered requests are handled by the new server. For tests of
+    /// recovery.
+    pub fn restart_server(&mut self) -> Result<()> {
+        let old = self
+            .server
+            .take()
+            .ok_or_else(|| Error::Invalid("this mount runs no server".into()))?;
+        let (addr, term) = (old.addr(), old.term());
+        let store = old
+            .stop()
+            .ok_or_else(|| Error::Invalid("the server thread failed".into()))?;
+        let mut opts = ServerOptions::alone(term + 1);
+        opts.alone = false;
+        self.server = Some(Server::start(store, addr, opts)?);
+        Ok(())
+    }
+
+    pub fn locks(&self) -> &Arc<Locks> {
+        &self.locks
+    }
+
+    /// The metadata block cache (its counters report reads, corruption...).
+    pub fn block_cache(&self) -> &Arc<BlockCache> {
+        &self.cache
+    }
+
+    /// Drops every clean cached item and block: the next reads go to the
+    /// devices (as after `echo 3 > /proc/sys/vm/drop_caches`).
+    pub fn drop_caches(&self) {
+        self.fs.drop_item_cache();
+        self.cache.clear();
+    }
+
+    /// Unmounts: the last commit, farewell, and everything stopped.
+    pub fn unmount(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if self.unmounted.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.fs.trans.stop_committer();
+        if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+        let res = self
+            .fs
+            .sync()
+            .map_err(|e| Error::Invalid(format!("final commit: {e}")));
+        let (meta, rid) = (self.meta.clone(), self.client.rid());
+        let bye = self.client.farewell(FAREWELL_POLL, || {
+            !is_recorded(meta.as_ref(), &self.cache, rid).unwrap_or(true)
+        });
+        self.client.close();
+        self.locks.stop();
+        if let Some(s) = self.server.take() {
+            s.stop();
+        }
+        let left = match self.quorum.take() {
+            Some(q) => q.shutdown(),
+            None => Ok(()),
+        };
+        res?;
+        bye?;
+        left
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            eprintln!("scoutfs: unmount: {e}");
+        }
+    }
+}
+
+/// Finds the server in the quorum blocks, and tells this mount's quorum
+/// member when the server there can't be reached.
+struct Finder {
+    meta: Arc<dyn BlockDev>,
+    quorum: OnceLock<QuorumHandle>,
+}
+
+impl FindServer for Finder {
+    fn find(&self) -> Option<SocketAddr> {
+        find_server(self.meta.as_ref())
+            .ok()
+            .flatten()
+            .map(|l| l.addr)
+    }
+    fn unreachable(&self, _addr: SocketAddr) {
+        if let Some(q) = self.quorum.get() {
+            q.server_unreachable();
+        }
+    }
+}
+
+/// Whether mount `rid` is recorded in the super block on the device now.
+fn is_recorded(meta: &dyn BlockDev, cache: &BlockCache, rid: u64) -> Result<bool> {
+    let sb = read_super(meta, true)?;
+    Ok(btree::lookup(cache, &sb.mounted_clients, &mounted_client_key(rid))?.is_some())
+}
+
+/// Whether a mount other than `rid` is recorded in the super block now.
+fn others_mounted(meta: &dyn BlockDev, cache: &BlockCache, rid: u64) -> Result<bool> {
+    let sb = read_super(meta, true)?;
+    let (start, end) = (mounted_client_key(0), mounted_client_key(u64::MAX));
+    let mut other = false;
+    btree::for_each_range(cache, &sb.mounted_clients, &start, &end, |it| {
+        other = it.key.first != rid;
+        Ok(!other)
+    })?;
+    Ok(other)
+}
+
+/// Leaves the quorum if the mount fails before it is whole.
+struct QuorumOnErr(Option<QuorumDriver>);
+
+impl QuorumOnErr {
+    fn disarm(mut self) -> Option<QuorumDriver> {
+        self.0.take()
+    }
+}
+
+impl Drop for QuorumOnErr {
+    fn drop(&mut self) {
+        if let Some(q) = self.0.take() {
+            if let Err(e) = q.shutdown() {
+                eprintln!("scoutfs: leaving the quorum: {e}");
+            }
+        }
+    }
+}
+
+struct CloseOnErr(Option<Arc<Client>>);
+
+impl CloseOnErr {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CloseOnErr {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.close();
+        }
+    }
+}
+
+fn spawn_committer(fs: Arc<Fs>, interval_ms: u64) -> Option<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("scoutfs-commit".into())
+        .spawn(move || {
+            while fs.trans.wait_commit_due(Duration::from_millis(interval_ms)) {
+                if let Err(e) = fs.sync() {
+                    eprintln!("scoutfs: periodic commit failed: {e}");
+                }
+            }
+        })
+        .ok()
+}

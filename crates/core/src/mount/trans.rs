@@ -1,0 +1,368 @@
+//! The mount's transaction: one open at a time, committed as a whole.
+//!
+//! Changes to fs items are made while *holding* the transaction. A commit
+//! (timer, sync/fsync, a lock invalidation that needs it, dirty limits,
+//! unmount) stops new holders, waits for current ones to finish, and then,
+//! in this order:
+//! 1. flushes the data device, so file data is durable before the metadata
+//!    that references it;
+//! 2. inserts the item cache's dirty items into the mount's log btree;
+//! 3. writes every dirty metadata block and flushes the metadata device;
+//! 4. sends COMMIT_LOG_TREES with the new roots and allocator heads; the
+//!    server records them and opens the next transaction in one commit
+//!    before answering with it, so the transaction is now durable;
+//! 5. marks the items clean, tells the lock client which seq committed,
+//!    and takes up the next transaction.
+//!
+//! Holders must not hold twice on one thread (a commit waiting between the
+//! two holds would deadlock); fs operations take one hold each.
+//!
+//! Allocation: the transaction's [`Writer`] allocates metadata blocks from
+//! the mount's `meta_avail` list and frees into `meta_freed`; data extents
+//! come from `data_avail` and freed ones go to `data_freed`. The server
+//! refills and reclaims them as it opens each transaction.
+
+use crate::cluster::client::Client;
+use crate::cluster::net::msg::{Request, Response};
+use crate::error::{Error, Result};
+use crate::mount::item::ItemCache;
+use crate::rng::Rng;
+use crate::store::alloc::ListState;
+use crate::store::block::{BlockCache, Writer};
+use crate::store::btree;
+use crate::store::dev::BlockDev;
+use scoutfs_format::log_trees::LogTrees;
+use std::sync::{Arc, Condvar, Mutex};
+
+/// File data written in a transaction past which a commit writes it back
+/// before stopping writers.
+pub const PREFLUSH_DATA_BYTES: u64 = 8 << 20;
+
+/// When a transaction should be committed before it grows further, and
+/// how much of it may be held in memory.
+#[derive(Clone, Copy, Debug)]
+pub struct TransLimits {
+    pub dirty_items_max: usize,
+    pub dirty_bytes_max: usize,
+    /// Dirty metadata blocks kept in memory while the commit builds the log
+    /// btree; more are written early (see `block`, "Memory").
+    pub resident_blocks_max: usize,
+}
+
+impl Default for TransLimits {
+    fn default() -> Self {
+        TransLimits {
+            dirty_items_max: 200_000,
+            dirty_bytes_max: 64 << 20,
+            resident_blocks_max: crate::store::block::DIRTY_RESIDENT_DEFAULT,
+        }
+    }
+}
+
+struct TransState {
+    holders: usize,
+    committing: bool,
+    w: Option<Writer>,
+    lt: LogTrees,
+    /// Bytes of file data written since the last commit.
+    data_bytes: u64,
+    /// Inodes created less inodes deleted in the open transaction.
+    inode_delta: i64,
+    /// A commit failed: the mount can no longer make changes durable.
+    broken: Option<String>,
+    /// Data blocks the mount could allocate when the transaction opened.
+    data_avail_at_open: u64,
+    /// An early commit was asked for in this transaction.
+    asked_early: bool,
+}
+
+/// What the commit thread waits for.
+#[derive(Default)]
+struct CommitWake {
+    soon: bool,
+    stopped: bool,
+}
+
+/// Told the seq of each committed transaction.
+pub type OnCommit = Box<dyn Fn(u64) + Send>;
+
+pub struct Trans {
+    st: Mutex<TransState>,
+    cv: Condvar,
+    client: Arc<Client>,
+    items: Arc<ItemCache>,
+    cache: Arc<BlockCache>,
+    data: Arc<dyn BlockDev>,
+    limits: TransLimits,
+    on_commit: Mutex<Option<OnCommit>>,
+    wake: Mutex<CommitWake>,
+    wake_cv: Condvar,
+}
+
+/// A hold on the open transaction; released on drop.
+pub struct TransHold<'a> {
+    t: &'a Trans,
+    seq: u64,
+}
+
+impl TransHold<'_> {
+    /// The open transaction's seq: every item changed under this hold
+    /// carries at least this seq.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl Drop for TransHold<'_> {
+    fn drop(&mut self) {
+        let mut st = self.t.state();
+        st.holders -= 1;
+        if st.holders == 0 {
+            self.t.cv.notify_all();
+        }
+    }
+}
+
+fn writer_for(cache: &Arc<BlockCache>, lt: &LogTrees, limits: &TransLimits) -> Writer {
+    let mut w = Writer::new(
+        cache.clone(),
+        ListState::new(lt.meta_avail, lt.meta_freed),
+        Rng::from_os(),
+    );
+    w.set_resident_max(limits.resident_blocks_max);
+    w
+}
+
+impl Trans {
+    /// Opens the mount's first transaction.
+    pub fn open(
+        client: Arc<Client>,
+        items: Arc<ItemCache>,
+        cache: Arc<BlockCache>,
+        data: Arc<dyn BlockDev>,
+        limits: TransLimits,
+    ) -> Result<Trans> {
+        let lt = get_log_trees(&client)?;
+        let w = Some(writer_for(&cache, &lt, &limits));
+        let st = TransState {
+            holders: 0,
+            committing: false,
+            w,
+            data_avail_at_open: lt.data_avail.total_len.get(),
+            lt,
+            data_bytes: 0,
+            inode_delta: 0,
+            broken: None,
+            asked_early: false,
+        };
+        Ok(Trans {
+            st: Mutex::new(st),
+            cv: Condvar::new(),
+            client,
+            items,
+            cache,
+            data,
+            limits,
+            on_commit: Mutex::new(None),
+            wake: Mutex::default(),
+            wake_cv: Condvar::new(),
+        })
+    }
+
+    fn wake(&self) -> std::sync::MutexGuard<'_, CommitWake> {
+        self.wake.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the commit thread to commit now rather than at its interval.
+    pub fn commit_soon(&self) {
+        self.wake().soon = true;
+        self.wake_cv.notify_all();
+    }
+
+    /// For the commit thread: waits until a commit is due (`interval` has
+    /// passed or one was asked for). False once `stop_committer` was called.
+    pub fn wait_commit_due(&self, interval: std::time::Duration) -> bool {
+        let mut w = self.wake();
+        if !w.soon && !w.stopped {
+            w = self
+                .wake_cv
+                .wait_timeout(w, interval)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        w.soon = false;
+        !w.stopped
+    }
+
+    /// Ends the commit thread's waiting.
+    pub fn stop_committer(&self) {
+        self.wake().stopped = true;
+        self.wake_cv.notify_all();
+    }
+
+    /// Sets what to tell after each commit (the committed seq).
+    pub fn set_on_commit(&self, f: OnCommit) {
+        *self.on_commit.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, TransState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds the open transaction, waiting while a commit is under way.
+    pub fn hold(&self) -> Result<TransHold<'_>> {
+        let mut st = self.state();
+        while st.committing {
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        if let Some(why) = &st.broken {
+            return Err(Error::Invalid(format!("the mount can't commit: {why}")));
+        }
+        st.holders += 1;
+        let seq = st.lt.get_trans_seq.get();
+        Ok(TransHold { t: self, seq })
+    }
+
+    /// The seq of the open transaction (a hold may see a later one if a
+    /// commit comes in between).
+    pub fn current_seq(&self) -> u64 {
+        self.state().lt.get_trans_seq.get()
+    }
+
+    /// Runs `f` with the transaction's writer and log trees (data extent
+    /// allocation). The caller holds the transaction.
+    pub fn with_alloc<T>(
+        &self,
+        f: impl FnOnce(&mut Writer, &mut LogTrees) -> Result<T>,
+    ) -> Result<T> {
+        let mut st = self.state();
+        let st = &mut *st;
+        let w =
+            st.w.as_mut()
+                .ok_or_else(|| Error::Invalid("no open transaction".into()))?;
+        let r = f(w, &mut st.lt);
+        // Running low on data blocks: commit early (in the background) so
+        // the server refills them before a write runs out and has to wait
+        // for a commit.
+        if !st.asked_early && st.lt.data_avail.total_len.get() < st.data_avail_at_open / 4 {
+            st.asked_early = true;
+            self.commit_soon();
+        }
+        r
+    }
+
+    /// Counts inodes created (+) or deleted (-) in this transaction.
+    pub fn add_inodes(&self, n: i64) {
+        self.state().inode_delta += n;
+    }
+
+    /// Counts file data written in this transaction.
+    pub fn add_data_bytes(&self, n: u64) {
+        self.state().data_bytes += n;
+    }
+
+    /// Whether the transaction has grown enough that it should commit.
+    pub fn needs_commit(&self) -> bool {
+        let (items, bytes, _) = self.items.usage();
+        let st = self.state();
+        let meta_low =
+            st.w.as_ref()
+                .is_some_and(|w| w.avail_remaining() < 64 + items as u64 / 64);
+        items > self.limits.dirty_items_max || bytes > self.limits.dirty_bytes_max || meta_low
+    }
+
+    /// Whether anything was changed since the last commit.
+    pub fn is_dirty(&self) -> bool {
+        let st = self.state();
+        self.items.usage().0 > 0
+            || st.data_bytes > 0
+            || st.w.as_ref().is_some_and(|w| w.dirty_blocks() > 0)
+    }
+
+    /// Commits the open transaction and opens the next. Returns the
+    /// committed transaction's seq.
+    pub fn commit(&self) -> Result<u64> {
+        // After much file data, write it back while writers go on: the
+        // flush under the commit barrier then has only what came after, so
+        // a large streaming write isn't stopped for a long flush. (Small
+        // transactions skip it: one flush is cheaper than two.)
+        if self.state().data_bytes >= PREFLUSH_DATA_BYTES {
+            self.data
+                .flush()
+                .map_err(|e| Error::io(format!("{}: flush", self.data.name()), e))?;
+        }
+        let mut st = self.state();
+        while st.committing {
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.committing = true;
+        while st.holders > 0 {
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        let res = self.commit_locked(&mut st);
+        if let Err(e) = &res {
+            st.broken = Some(e.to_string());
+        }
+        st.committing = false;
+        self.cv.notify_all();
+        let seq = res?;
+        drop(st);
+        if let Some(f) = self
+            .on_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            f(seq);
+        }
+        Ok(seq)
+    }
+
+    fn commit_locked(&self, st: &mut TransState) -> Result<u64> {
+        if let Some(why) = &st.broken {
+            return Err(Error::Invalid(format!("an earlier commit failed: {why}")));
+        }
+        let seq = st.lt.get_trans_seq.get();
+        self.data
+            .flush()
+            .map_err(|e| Error::io(format!("{}: flush", self.data.name()), e))?;
+        let items = self.items.dirty_items();
+        let mut w =
+            st.w.take()
+                .ok_or_else(|| Error::Invalid("no open transaction".into()))?;
+        if !items.is_empty() {
+            btree::insert_list(&mut w, &mut st.lt.item_root, &items)?;
+            let max = items.iter().map(|it| it.seq).max().unwrap_or(0);
+            st.lt.max_item_seq = st.lt.max_item_seq.get().max(max).into();
+        }
+        w.write_out()?;
+        st.lt.inode_count_delta = ((st.lt.inode_count_delta() + st.inode_delta) as u64).into();
+        st.lt.meta_avail = w.lists().avail;
+        st.lt.meta_freed = w.lists().freed;
+        let next = match self.client.call(Request::CommitLogTrees(Box::new(st.lt)))? {
+            Response::LogTrees(lt) => *lt,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "unexpected commit response {other:?}"
+                )))
+            }
+        };
+        self.items.write_done();
+        st.data_bytes = 0;
+        st.inode_delta = 0;
+        st.lt = next;
+        st.w = Some(writer_for(&self.cache, &st.lt, &self.limits));
+        st.data_avail_at_open = st.lt.data_avail.total_len.get();
+        st.asked_early = false;
+        Ok(seq)
+    }
+}
+
+fn get_log_trees(client: &Client) -> Result<LogTrees> {
+    match client.call(Request::GetLogTrees)? {
+        Response::LogTrees(lt) => Ok(*lt),
+        other => Err(Error::Invalid(format!(
+            "unexpected get log trees response {other:?}"
+        ))),
+    }
+}
