@@ -189,7 +189,7 @@ impl ScoutFuse {
     /// The fault of [`Faults::rename_wedge`]: never returns while the
     /// process lives (the request stays unanswered).
     fn wedge(&self, parent: u64, name: &[u8]) {
-        eprintln!("scoutfs: fault {FAULT_RENAME_WEDGE}: wedging a rename");
+        tracing::warn!("fault {FAULT_RENAME_WEDGE}: wedging a rename");
         if let Some(k) = self.knotify.get() {
             let (k, name) = (k.clone(), name.to_vec());
             std::thread::spawn(move || k.inval_entry(parent, &name));
@@ -256,7 +256,7 @@ pub static REQUESTS_PANICKED: AtomicU64 = AtomicU64::new(0);
 fn guard(op: &'static str, f: impl FnOnce()) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
         let n = REQUESTS_PANICKED.fetch_add(1, Ordering::Relaxed) + 1;
-        eprintln!("scoutfs: BUG: a {op} request panicked ({n} so far); it was answered EIO");
+        tracing::error!("BUG: a {op} request panicked ({n} so far); it was answered EIO");
     }
 }
 
@@ -505,7 +505,7 @@ impl Filesystem for ScoutFuse {
             };
             if gone {
                 if let Err(e) = self.fs.evict(ino.0) {
-                    eprintln!("scoutfs: freeing inode {}: {e}", ino.0);
+                    tracing::warn!("freeing inode {}: {e}", ino.0);
                 }
             }
         })

@@ -76,8 +76,8 @@ impl Epoch {
         // (the connection is going away at unmount) say nothing of it.
         let unknown = matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS));
         if unknown && !self.unsupported.swap(true, Ordering::Relaxed) {
-            eprintln!(
-                "scoutfs: the kernel can't expire cached names at once ({e}; needs Linux 6.16): \
+            tracing::warn!(
+                "the kernel can't expire cached names at once ({e}; needs Linux 6.16): \
                  names cached in a directory whose lock goes while a request there waits for \
                  it are dropped when that request is answered"
             );
@@ -192,7 +192,7 @@ fn spawn<T: Send + 'static>(
             let _ = tx.send(());
         });
     if let Err(e) = spawned {
-        eprintln!("scoutfs: no thread to drop kernel caches: {e}");
+        tracing::error!("no thread to drop kernel caches: {e}");
     }
     Some(Part {
         rx,

@@ -198,8 +198,8 @@ fn read_answers(mut from: impl Read, waiters: &Mutex<Waiters>) {
     for (_, tx) in w.by_id.drain() {
         let _ = tx.try_send(libc::EPIPE);
     }
-    eprintln!(
-        "scoutfs: the kernel notification helper is gone; this mount drops cached names \
+    tracing::warn!(
+        "the kernel notification helper is gone; this mount drops cached names \
          and pages itself (a kill of it may then wait on the kernel)"
     );
 }
@@ -264,7 +264,7 @@ pub fn helper_main() -> std::process::ExitCode {
         let len = u32::from_ne_bytes(head[..4].try_into().unwrap_or_default()) as usize;
         let id = u64::from_ne_bytes(head[4..].try_into().unwrap_or_default());
         if len > NOTIFY_BYTES_MAX {
-            eprintln!("scoutfs kernel-notify: a notification of {len} bytes; stopping");
+            tracing::error!("a notification of {len} bytes; stopping");
             return std::process::ExitCode::FAILURE;
         }
         let mut msg = vec![0u8; len];
@@ -288,7 +288,7 @@ pub fn helper_main() -> std::process::ExitCode {
             .spawn(move || helper_worker(&out, &pool))
             .is_err()
         {
-            eprintln!("scoutfs kernel-notify: no thread for a notification; stopping");
+            tracing::error!("no thread for a notification; stopping");
             return std::process::ExitCode::FAILURE;
         }
     }

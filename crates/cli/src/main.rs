@@ -10,6 +10,7 @@ mod fence;
 mod fuse;
 mod kinval;
 mod knotify;
+mod log;
 mod mount;
 mod mountinfo;
 mod progress;
@@ -34,6 +35,12 @@ use std::sync::Arc;
     after_help = format!("Supported format versions: {FORMAT_VERSION_MIN}..={FORMAT_VERSION_MAX}")
 )]
 struct Cli {
+    /// What to log, in `tracing`'s filter syntax: a level (error, warn,
+    /// info, debug, trace) or targets with levels, e.g.
+    /// `info,scoutfs_core::cluster::lock=debug` (default: $SCOUTFS_LOG,
+    /// else info).
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -152,6 +159,10 @@ fn parse_slot(s: &str) -> Result<(usize, SocketAddr), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = log::init(cli.log_level.as_deref()) {
+        eprintln!("scoutfs: {e}");
+        return ExitCode::FAILURE;
+    }
     let res = match cli.cmd {
         Cmd::Mkfs(a) => cmd_mkfs(a),
         Cmd::Print { meta } => cmd_print(&meta),

@@ -454,7 +454,7 @@ impl RecordGuard {
 impl Drop for RecordGuard {
     fn drop(&mut self) {
         if let Err(e) = LocalRecord::remove(&self.dir, self.fsid, Rid(self.rid)) {
-            eprintln!("scoutfs: {e}");
+            tracing::warn!("{e}");
         }
     }
 }
@@ -559,7 +559,7 @@ fn serve(
     if let Err(e) = record.add_fuse(knotify.pid()) {
         // The agent can still kill this process; it then can't abort the
         // connection a thread of the helper may wait on.
-        eprintln!("scoutfs: {e}");
+        tracing::warn!("{e}");
     }
     let _ = knotify_slot.set(knotify.clone());
     let caches = KernelCaches {
@@ -579,13 +579,13 @@ fn serve(
             dump();
             sig = wait_signal(set);
         }
-        eprintln!("scoutfs: signal {sig}: unmounting");
+        tracing::info!("signal {sig}: unmounting");
         if let Err(e) = unmounter.unmount() {
-            eprintln!("scoutfs: unmount: {e}");
+            tracing::error!("unmount: {e}");
         }
     });
-    eprintln!(
-        "scoutfs: mounted {} on {} (mount id {rid:016x})",
+    tracing::info!(
+        "mounted {} on {} (mount id {rid:016x})",
         data.display(),
         mp.display()
     );
@@ -593,6 +593,6 @@ fn serve(
     let done = mnt.unmount();
     res.map_err(|e| format!("FUSE session: {e}"))?;
     done.map_err(|e| format!("unmount: {e}"))?;
-    eprintln!("scoutfs: unmounted {}", mp.display());
+    tracing::info!("unmounted {}", mp.display());
     Ok(ExitCode::SUCCESS)
 }

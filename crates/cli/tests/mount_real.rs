@@ -1092,3 +1092,82 @@ fn a_corrupt_allocator_block_is_named_when_the_mount_fails() {
         );
     }
 }
+
+/// A full data device: the writer sees ENOSPC ("No space left on device"),
+/// as the server or the mount's allocator said it, never EINVAL; and the
+/// unmount's final commit does not report "Invalid argument".
+#[test]
+fn a_full_data_device_reports_enospc_to_the_writer() {
+    if !can_mount("a_full_data_device_reports_enospc_to_the_writer") {
+        return;
+    }
+    let dir = Scratch::new("enospc");
+    let (meta, data) = (dir.path("meta.img"), dir.path("data.img"));
+    let q = format!("0,127.0.0.1,{}", free_port());
+    let o = common::scoutfs(&[
+        "mkfs",
+        meta.to_str().unwrap(),
+        data.to_str().unwrap(),
+        "-m",
+        "64M",
+        "-d",
+        "64M",
+        "-Q",
+        &q,
+    ]);
+    assert!(
+        o.status.success(),
+        "mkfs: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mp = dir.path("mnt");
+    let log = dir.path("mount.log");
+    let mut m = MountProc::spawn(&meta, &data, &mp, &["--quorum-slot", "0"], &[], Some(&log));
+    m.wait_mounted(Duration::from_secs(20));
+    let file = m.mp.join("fill");
+    let o = std::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", file.display()))
+        .args(["bs=1M", "count=128", "conv=fsync"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "dd wrote 128 MiB to a 64 MiB device: {err}"
+    );
+    assert!(err.contains("No space left on device"), "dd: {err}");
+    let len = std::fs::metadata(&file).unwrap().len();
+    assert!(len >= 32 << 20, "dd stopped at {len} bytes");
+    // A second writer on the full device sees ENOSPC too.
+    let e = std::fs::write(m.mp.join("more"), vec![1u8; 1 << 20])
+        .and_then(|_| std::fs::File::open(m.mp.join("more")).and_then(|f| f.sync_all()));
+    let e = e.expect_err("a write to a full device succeeded");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    // Deleting on a full device, and what follows it: each call either
+    // works or fails as the full device makes it fail (ENOSPC), never
+    // with another errno. (Freeing space on a full device is the space
+    // issue's; here the errno is what counts.)
+    std::fs::remove_file(&file).unwrap();
+    let _ = std::fs::remove_file(m.mp.join("more"));
+    let after = std::fs::write(m.mp.join("after"), b"x")
+        .and_then(|_| std::fs::File::open(m.mp.join("after")).and_then(|f| f.sync_all()));
+    if let Err(e) = &after {
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::ENOSPC),
+            "after the delete: {e}"
+        );
+    }
+    m.begin_unmount();
+    let mut child = m.child.take().unwrap();
+    let st = child.wait().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(!log.contains("Invalid argument"), "the mount's log: {log}");
+    if after.is_err() || !st.success() {
+        assert!(
+            log.contains("No space left on device") || log.contains("out of space"),
+            "the mount failed without saying the device is full: {log}"
+        );
+    }
+}

@@ -19,6 +19,7 @@ pub mod clock;
 pub mod cluster;
 pub mod counters;
 pub mod error;
+pub mod log;
 pub mod mount;
 pub mod progress;
 pub mod rng;

@@ -1,4 +1,5 @@
-//! A small deterministic generator (splitmix64) for block seqs and tests.
+//! A small deterministic generator (splitmix64: Steele, Lea and Flood, 2014)
+//! for block seqs, crash simulation and tests.
 //!
 //! Copy-on-write gives every new block version a random 64-bit seq, so a
 //! stale reference to a reused block number is caught by its header. The
@@ -32,6 +33,11 @@ impl Rng {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
     }
 
+    /// True with probability 1/2.
+    pub fn coin(&mut self) -> bool {
+        self.next_u64() >> 63 == 1
+    }
+
     /// A nonzero value: zero is never a valid block seq.
     pub fn nonzero(&mut self) -> u64 {
         loop {
@@ -56,4 +62,17 @@ pub fn os_random_u64() -> u64 {
         return t ^ ((std::process::id() as u64) << 32);
     }
     u64::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_the_reference_splitmix64() {
+        // First outputs of the reference splitmix64 from seed 0.
+        let mut rng = Rng::new(0);
+        assert_eq!(rng.next_u64(), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(rng.next_u64(), 0x6e78_9e6a_a1b9_65f4);
+    }
 }

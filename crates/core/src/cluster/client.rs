@@ -13,10 +13,12 @@
 //! reconnects.
 
 use crate::cluster::lock::LockMsg;
-use crate::cluster::net::msg::{ClientResponse, Request, Response, ServerRequest};
+use crate::cluster::net::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
 use crate::cluster::net::tcp::{ClientDeliver, ClientLink, ServerAddr};
 use crate::cluster::net::wire::GREETING_FLAG_FAREWELL;
 use crate::error::{Error, Result};
+use crate::types::Roots;
+use scoutfs_format::log_trees::LogTrees;
 use std::collections::HashMap;
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -62,7 +64,7 @@ impl ClientDeliver for Dispatch {
                 let _ = tx.send(resp);
             }
             (Some(Waiter::Lock), Response::Lock(m)) => self.handler.lock_granted(m),
-            (_, resp) => eprintln!("scoutfs: client: unexpected response {id}: {resp:?}"),
+            (_, resp) => tracing::warn!("unexpected response {id}: {resp:?}"),
         }
     }
 
@@ -71,7 +73,9 @@ impl ClientDeliver for Dispatch {
         self.handler.server_request(id, req);
     }
 
-    fn greeted(&self, _server_term: u64, new_server: bool) {
+    fn greeted(&self, server_term: u64, new_server: bool) {
+        crate::log::set_term(server_term);
+        tracing::debug!(term = server_term, new_server, "greeted by the server");
         if new_server {
             lock(&self.terms).clear();
             self.handler.server_changed();
@@ -138,20 +142,14 @@ impl Client {
         })?;
         loop {
             match rx.recv_timeout(poll) {
-                Ok(Response::Error(errno)) => {
-                    return Err(Error::Invalid(format!(
-                        "farewell: server error: errno {errno}"
-                    )))
-                }
+                Ok(Response::Error(errno)) => return Err(server_error("farewell", errno)),
                 Ok(_) => return Ok(()),
                 Err(RecvTimeoutError::Timeout) => {
                     if gone() {
                         return Ok(());
                     }
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Invalid("the connection to the server closed".into()))
-                }
+                Err(RecvTimeoutError::Disconnected) => return Err(closed("farewell")),
             }
         }
     }
@@ -160,21 +158,73 @@ impl Client {
         self.rid
     }
 
-    /// Sends a request and waits for its response.
-    pub fn call(&self, req: Request) -> Result<Response> {
+    /// Sends a request and waits for its response: `pick` takes what the
+    /// request expects from it. An errno the server answers with is
+    /// [`Error::Server`] (callers see that errno); any other response is a
+    /// protocol violation. The one place responses are checked.
+    fn call<T>(
+        &self,
+        req: Request,
+        what: &'static str,
+        pick: impl FnOnce(Response) -> std::result::Result<T, Response>,
+    ) -> Result<T> {
         let (tx, rx) = channel();
-        self.link.request(&req, |id| {
-            lock(&self.dispatch.waiters).insert(id, Waiter::Call(tx));
-        })?;
+        self.link
+            .request(&req, |id| {
+                lock(&self.dispatch.waiters).insert(id, Waiter::Call(tx));
+            })
+            .map_err(|e| e.context(what))?;
         match rx.recv() {
-            Ok(Response::Error(errno)) => Err(Error::Invalid(format!(
-                "the server failed {req:?}: {}{}",
-                std::io::Error::from_raw_os_error(errno),
-                crate::store::block::eio_cause(errno)
-            ))),
-            Ok(resp) => Ok(resp),
-            Err(_) => Err(Error::Invalid("the connection to the server closed".into())),
+            Ok(Response::Error(errno)) => Err(server_error(what, errno)),
+            Ok(resp) => pick(resp)
+                .map_err(|other| Error::Protocol(format!("{what}: unexpected response {other:?}"))),
+            Err(_) => Err(closed(what)),
         }
+    }
+
+    /// The roots of the server's last written super block.
+    pub fn get_roots(&self) -> Result<Roots> {
+        self.call(Request::GetRoots, "get roots", |r| match r {
+            Response::Roots(r) => Ok(r),
+            other => Err(other),
+        })
+    }
+
+    /// A run of inode numbers for new inodes: (first, count).
+    pub fn alloc_inodes(&self, count: u64) -> Result<(u64, u64)> {
+        self.call(
+            Request::AllocInodes { count },
+            "alloc inodes",
+            |r| match r {
+                Response::Inodes { ino, nr } => Ok((ino, nr)),
+                other => Err(other),
+            },
+        )
+    }
+
+    /// Opens the mount's next transaction on its log tree.
+    pub fn get_log_trees(&self) -> Result<LogTrees> {
+        self.call(Request::GetLogTrees, "get log trees", |r| match r {
+            Response::LogTrees(lt) => Ok(*lt),
+            other => Err(other),
+        })
+    }
+
+    /// Records the mount's committed log tree; returns the next open one.
+    pub fn commit_log_trees(&self, lt: LogTrees) -> Result<LogTrees> {
+        let req = Request::CommitLogTrees(Box::new(lt));
+        self.call(req, "commit log trees", |r| match r {
+            Response::LogTrees(lt) => Ok(*lt),
+            other => Err(other),
+        })
+    }
+
+    /// Space and inode counts.
+    pub fn statfs(&self) -> Result<StatfsInfo> {
+        self.call(Request::Statfs, "statfs", |r| match r {
+            Response::Statfs(s) => Ok(s),
+            other => Err(other),
+        })
     }
 
     /// Sends a lock request; its grant goes to the handler.
@@ -188,7 +238,7 @@ impl Client {
     /// Answers a request from the server.
     pub fn respond(&self, id: u64, resp: ClientResponse) -> Result<()> {
         let term = lock(&self.dispatch.terms).remove(&id).ok_or_else(|| {
-            Error::Invalid(format!("no server request {id} is waiting for an answer"))
+            Error::Internal(format!("no server request {id} is waiting for an answer"))
         })?;
         self.link.respond(term, id, &resp)
     }
@@ -199,4 +249,17 @@ impl Client {
         self.link.close();
         lock(&self.dispatch.waiters).clear();
     }
+}
+
+/// The server answered `what` with `errno`.
+fn server_error(what: &'static str, errno: i32) -> Error {
+    Error::Server {
+        what,
+        errno,
+        cause: crate::store::block::eio_cause(errno),
+    }
+}
+
+fn closed(what: &'static str) -> Error {
+    Error::Disconnected(format!("{what}: the connection to the server closed"))
 }

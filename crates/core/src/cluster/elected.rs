@@ -86,7 +86,7 @@ impl ElectedServer {
             .slots
             .get(slot.0 as usize)
             .and_then(|a| a.to_socket())
-            .ok_or_else(|| Error::Invalid(format!("quorum slot {slot} is not configured")))?;
+            .ok_or_else(|| Error::Config(format!("quorum slot {slot} is not configured")))?;
         let (tx, rx) = channel();
         let failure = StartFailure::default();
         let mut w = Worker {
@@ -143,8 +143,8 @@ impl ServerControl for ElectedServer {
         self.send(Cmd::Stop);
     }
     fn quorum_failed(&self, why: &str) {
-        eprintln!(
-            "scoutfs: this mount left the quorum ({why}); it keeps running as a client \
+        tracing::warn!(
+            "this mount left the quorum ({why}); it keeps running as a client \
              and should be unmounted"
         );
     }
@@ -184,8 +184,8 @@ impl Worker {
                     match self.start(term) {
                         Ok(server) => {
                             *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                            eprintln!(
-                                "scoutfs: serving the filesystem as the server of term {} on {}",
+                            tracing::info!(
+                                "serving the filesystem as the server of term {} on {}",
                                 term.0, self.addr
                             );
                             self.running = Some((term, server));
@@ -194,8 +194,8 @@ impl Worker {
                             }
                         }
                         Err(e) => {
-                            eprintln!("scoutfs: the server of term {} did not start: {e}", term.0);
-                            if matches!(e, Error::Corrupt(_) | Error::Io { .. }) {
+                            tracing::error!("the server of term {} did not start: {e}", term.0);
+                            if e.corruption().is_some() || matches!(e.root(), Error::Io { .. }) {
                                 let why =
                                     format!("the server of term {} could not start: {e}", term.0);
                                 *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
@@ -222,7 +222,7 @@ impl Worker {
                 }
                 Cmd::Dump => match &self.running {
                     Some((_, s)) => s.dump(),
-                    None => eprintln!("scoutfs: this mount runs no server"),
+                    None => tracing::info!("this mount runs no server"),
                 },
                 Cmd::Quit => {
                     self.stop_running();
@@ -238,7 +238,7 @@ impl Worker {
             return false;
         };
         server.stop();
-        eprintln!("scoutfs: the server of term {} stopped", term.0);
+        tracing::info!("the server of term {} stopped", term.0);
         if let Some(q) = &self.quorum {
             q.server_stopped(term);
         }
@@ -266,7 +266,7 @@ impl Worker {
         let q = self
             .quorum
             .clone()
-            .ok_or_else(|| Error::Invalid("the quorum driver is not attached".into()))?;
+            .ok_or_else(|| Error::Internal("the quorum driver is not attached".into()))?;
         let mut fenced = Vec::new();
         for old in self.old_leaders(&q, term)? {
             let addr = self
@@ -275,8 +275,8 @@ impl Worker {
                 .copied()
                 .flatten()
                 .unwrap_or(self.addr);
-            eprintln!(
-                "scoutfs: fencing the server of term {} (mount {:#018x}, slot {})",
+            tracing::warn!(
+                "fencing the server of term {} (mount {:#018x}, slot {})",
                 old.term.0, old.rid.0, old.slot
             );
             let req = FenceRequest {
@@ -287,7 +287,7 @@ impl Worker {
             match self.opts.fencer.fence(req)? {
                 FenceOutcome::Fenced => fenced.push(old.rid.0),
                 other => {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Fence(format!(
                         "fencing mount {:#018x}: {other:?}",
                         old.rid.0
                     )))
@@ -295,7 +295,7 @@ impl Worker {
             }
         }
         if let Some((slot, newer)) = q.newer_election(term)? {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Conflict(format!(
                 "slot {slot} was elected in the newer term {}",
                 newer.0
             )));
@@ -311,11 +311,10 @@ impl Worker {
             recovery_timeout: self.opts.recovery_timeout,
             reconnect_timeout: self.opts.reconnect_timeout,
             votes_needed: self.votes_needed,
-            on_exit: Some(Box::new(move |why: String| {
+            on_exit: Some(Box::new(move |why: Error| {
                 // A server that ended on corruption: the next won't do
-                // better (the server's reasons are text until its errors
-                // are typed; a corruption report names its kind).
-                if why.contains("corruption SC_") {
+                // better.
+                if why.corruption().is_some() {
                     let why = format!("the server of term {} stopped: {why}", term.0);
                     *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 }

@@ -60,7 +60,7 @@ use crate::cluster::net::msg::{ClientResponse, Request, Response, ServerRequest,
 use crate::cluster::net::stream::ConnId;
 use crate::cluster::net::tcp::{ServerDeliver, ServerLink};
 use crate::cluster::net::wire::{GREETING_FLAG_FAREWELL, GREETING_FLAG_QUORUM};
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 use crate::store::alloc::extent;
 use crate::store::btree;
 use crate::store::commit::{meta_fill_target, Store, Txn};
@@ -125,7 +125,7 @@ pub struct ServerOptions {
     pub votes_needed: usize,
     /// Called once, on the server thread, if the server ends on its own (a
     /// fence failed): the reason. Not called when it is stopped.
-    pub on_exit: Option<Box<dyn FnOnce(String) + Send>>,
+    pub on_exit: Option<Box<dyn FnOnce(Error) + Send>>,
 }
 
 impl ServerOptions {
@@ -221,7 +221,7 @@ impl Server {
                 match st.run(rx) {
                     Ok(()) => {}
                     Err(why) => {
-                        eprintln!("scoutfs: server of term {term} stops: {why}");
+                        tracing::error!("server of term {term} stops: {why}");
                         st.link.close();
                         if let Some(f) = on_exit {
                             f(why);
@@ -305,10 +305,10 @@ struct State {
     reconnect_timeout: Duration,
     votes_needed: usize,
     /// Why starting failed: the server ends at once.
-    start_error: Option<String>,
+    start_error: Option<Error>,
     /// A failure that ends the server: corruption found where it must
     /// write (it can commit nothing more).
-    fatal: Option<String>,
+    fatal: Option<Error>,
 }
 
 impl State {
@@ -339,7 +339,7 @@ impl State {
         };
         if let Err(e) = st.begin(opts.alone, &opts.fenced) {
             // Not knowing who is mounted, it must not serve at all.
-            st.start_error = Some(format!("starting: {e}"));
+            st.start_error = Some(e.context("starting"));
         }
         st
     }
@@ -365,7 +365,7 @@ impl State {
             // that is gone: merge them all into fs_root. A merge that
             // fails leaves the trees where every mount still reads them.
             if let Err(e) = self.merge_departed() {
-                eprintln!("scoutfs: server: merging departed mounts' log trees: {e}");
+                tracing::warn!("merging departed mounts' log trees: {e}");
             }
             Ok(())
         } else {
@@ -472,7 +472,7 @@ impl State {
 
     /// Handles events until shutdown (Ok) or a failure that ends the
     /// server (Err: why).
-    fn run(&mut self, rx: Receiver<Event>) -> std::result::Result<(), String> {
+    fn run(&mut self, rx: Receiver<Event>) -> Result<()> {
         if let Some(why) = self.start_error.take() {
             return Err(why);
         }
@@ -487,8 +487,8 @@ impl State {
             match ev {
                 None => {}
                 Some(Event::Shutdown) => return Ok(()),
-                Some(Event::Dump) => eprintln!(
-                    "scoutfs: server of term {}: mounted {:?}, held farewells {:?}, \
+                Some(Event::Dump) => tracing::info!(
+                    "server of term {}: mounted {:?}, held farewells {:?}, \
                      asked {:?}, fencing {:?}\n{:#?}",
                     self.term,
                     self.mounted,
@@ -525,11 +525,11 @@ impl State {
                     } else {
                         self.farewells.insert(rid, id);
                     }
-                    self.farewells_due().map_err(|e| format!("farewell: {e}"))?;
+                    self.farewells_due().map_err(|e| e.context("farewell"))?;
                 }
                 Some(Event::Request { rid, id, req }) => {
                     let resp = self.request(rid, req).unwrap_or_else(|e| {
-                        eprintln!("scoutfs: server: request from {rid:#x} failed: {e}");
+                        tracing::warn!("request from {rid:#x} failed: {e}");
                         Response::Error(e.errno())
                     });
                     self.link.respond(rid, id, &resp);
@@ -545,7 +545,7 @@ impl State {
 
     /// Timers: fence the mounts that missed recovery or stayed away, and
     /// reclaim the ones whose fence finished.
-    fn tick(&mut self) -> std::result::Result<(), String> {
+    fn tick(&mut self) -> Result<()> {
         let now = Instant::now();
         if now >= self.recovery_deadline {
             for Rid(rid) in self.locks.recovery_pending() {
@@ -582,38 +582,38 @@ impl State {
             self.fencing.remove(&rid);
             match r {
                 Ok(FenceOutcome::Fenced) => {
-                    eprintln!("scoutfs: server: mount {rid:#018x} is fenced; reclaiming it");
+                    tracing::info!("mount {rid:#018x} is fenced; reclaiming it");
                     self.reclaim(rid)
-                        .map_err(|e| format!("reclaiming fenced mount {rid:#018x}: {e}"))?;
-                    self.farewells_due().map_err(|e| format!("farewell: {e}"))?;
+                        .map_err(|e| e.context(format!("reclaiming fenced mount {rid:#018x}")))?;
+                    self.farewells_due().map_err(|e| e.context("farewell"))?;
                 }
                 Ok(FenceOutcome::Failed {
                     status,
                     stderr_tail,
                 }) => {
-                    return Err(format!(
+                    return Err(Error::Fence(format!(
                         "fencing mount {rid:#018x} failed (agent pid {pid}, {status}): {}",
                         stderr_tail.trim()
-                    ))
+                    )))
                 }
                 Ok(FenceOutcome::TimedOut { stderr_tail }) => {
-                    return Err(format!(
+                    return Err(Error::Fence(format!(
                         "fencing mount {rid:#018x} timed out (agent pid {pid}): {}",
                         stderr_tail.trim()
-                    ))
+                    )))
                 }
-                Err(e) => return Err(format!("fencing mount {rid:#018x}: {e}")),
+                Err(e) => return Err(Error::from(e).context(format!("fencing mount {rid:#018x}"))),
             }
         }
         // Farewells held while their mount recovered, or for the others.
         if !self.farewells.is_empty() {
-            self.farewells_due().map_err(|e| format!("farewell: {e}"))?;
+            self.farewells_due().map_err(|e| e.context("farewell"))?;
         }
         Ok(())
     }
 
     /// Starts fencing `rid` unless it is already being fenced.
-    fn fence(&mut self, rid: u64, reason: FenceReason) -> std::result::Result<(), String> {
+    fn fence(&mut self, rid: u64, reason: FenceReason) -> Result<()> {
         if self.fencing.contains_key(&rid) || !self.mounted.contains_key(&rid) {
             return Ok(());
         }
@@ -622,7 +622,7 @@ impl State {
             .get(&rid)
             .and_then(|m| m.addr)
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        eprintln!("scoutfs: server: fencing mount {rid:#018x} at {addr} ({reason})");
+        tracing::warn!("fencing mount {rid:#018x} at {addr} ({reason})");
         let h = self
             .fencer
             .start(FenceRequest {
@@ -630,7 +630,7 @@ impl State {
                 addr,
                 reason,
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(Error::from)?;
         self.fencing.insert(rid, h);
         Ok(())
     }
@@ -743,7 +743,7 @@ impl State {
         if !known && client_term != 0 && client_term != self.term {
             // Mounted under an earlier server, but its record is gone: it
             // was fenced and reclaimed. It must not come back.
-            eprintln!("scoutfs: server: refusing mount {rid:#018x}: it was fenced and reclaimed");
+            tracing::warn!("refusing mount {rid:#018x}: it was fenced and reclaimed");
             self.link.forget(rid);
             return;
         }
@@ -753,9 +753,9 @@ impl State {
                 addr: self.link.peer_addr(conn),
             };
             if let Err(e) = self.record_mounted(rid, m) {
-                eprintln!("scoutfs: server: recording mount {rid:#018x}: {e}");
-                if matches!(e, Error::Corrupt(_)) {
-                    self.fatal = Some(format!("recording mount {rid:#018x}: {e}"));
+                tracing::error!("recording mount {rid:#018x}: {e}");
+                if e.corruption().is_some() {
+                    self.fatal = Some(e.context(format!("recording mount {rid:#018x}")));
                 }
                 return;
             }
@@ -806,14 +806,16 @@ impl State {
         for out in outs {
             match out {
                 ServerOut::Grant { rid, net_id, msg } => {
+                    tracing::debug!(mount = %rid, key = %msg.key, mode = %msg.new_mode, "lock grant");
                     self.link.respond(rid.0, net_id, &Response::Lock(msg));
                 }
                 ServerOut::Invalidate { rid, msg } => {
+                    tracing::debug!(mount = %rid, key = %msg.key, mode = %msg.new_mode, "lock invalidate");
                     match self.link.request(rid.0, &ServerRequest::Invalidate(msg)) {
                         Ok(id) => {
                             self.asked.insert((rid.0, id));
                         }
-                        Err(e) => eprintln!("scoutfs: server: {e}"),
+                        Err(e) => tracing::warn!("{e}"),
                     }
                 }
                 // A recovering lock server asks each mount for its locks.
@@ -823,12 +825,12 @@ impl State {
                         Ok(id) => {
                             self.asked.insert((rid.0, id));
                         }
-                        Err(e) => eprintln!("scoutfs: server: {e}"),
+                        Err(e) => tracing::warn!("{e}"),
                     }
                 }
                 ServerOut::ProtocolError { rid, reason } => {
-                    eprintln!(
-                        "scoutfs: server: lock protocol error from {:#x}: {reason}",
+                    tracing::warn!(
+                        "lock protocol error from {:#x}: {reason}",
                         rid.0
                     );
                 }
@@ -849,7 +851,7 @@ impl State {
 
     fn request(&mut self, rid: u64, req: Request) -> Result<Response> {
         match req {
-            Request::Greeting { .. } => Err(Error::Invalid(
+            Request::Greeting { .. } => Err(Error::Protocol(
                 "a greeting must come through the network layer".into(),
             )),
             Request::AllocInodes { count } => {
@@ -884,8 +886,14 @@ impl State {
         let Some(it) = it.filter(|it| it.key.zone == zone::LOG_TREES && it.key.first == rid) else {
             return Ok(None);
         };
-        let lt = LogTrees::decode(&it.val)
-            .map_err(|e| Error::Invalid(format!("log trees item: {e}")))?;
+        let lt = LogTrees::decode(&it.val).map_err(|e| {
+            Error::corrupt(
+                CorruptKind::ItemInvalid,
+                0,
+                0,
+                format!("log trees item: {e}"),
+            )
+        })?;
         Ok(Some(lt))
     }
 
@@ -923,7 +931,7 @@ impl State {
         let mut txn = self.store.begin();
         let cur = self.current_log_trees(&txn, rid)?;
         let Some(cur) = cur.filter(|c| c.nr == lt.nr && lt.rid.get() == rid) else {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Protocol(format!(
                 "commit of unknown log tree {rid:#x}.{}",
                 lt.nr.get()
             )));

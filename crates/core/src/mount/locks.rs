@@ -267,8 +267,9 @@ impl Locks {
 
     fn send(&self, m: LockMsg) {
         if let Some(c) = self.client.get() {
+            tracing::debug!(key = %m.key, old = %m.old_mode, new = %m.new_mode, "lock request");
             if let Err(e) = c.send_lock(m) {
-                eprintln!("scoutfs: lock request {m:?} not sent: {e}");
+                tracing::warn!("lock request {m:?} not sent: {e}");
             }
         }
     }
@@ -279,7 +280,7 @@ impl Locks {
             .me
             .get()
             .and_then(Weak::upgrade)
-            .ok_or_else(|| Error::Invalid("locks are gone".into()))?;
+            .ok_or_else(|| Error::Disconnected("the lock driver stopped".into()))?;
         let mut st = self.state();
         loop {
             match st.machine.acquire(start, end, mode) {
@@ -377,7 +378,7 @@ impl Locks {
                     }
                 }
                 ClientAction::ProtocolError { key, reason } => {
-                    eprintln!("scoutfs: lock protocol error on {key}: {reason}");
+                    tracing::warn!("lock protocol error on {key}: {reason}");
                 }
             }
         }
@@ -394,7 +395,7 @@ impl Locks {
             return;
         };
         if let Err(e) = c.respond(id, ClientResponse::InvalidateDone(m)) {
-            eprintln!("scoutfs: lock response {m:?} not sent: {e}");
+            tracing::warn!("lock response {m:?} not sent: {e}");
         }
     }
 
@@ -426,7 +427,7 @@ impl Locks {
                 None
             }
             Err(e) => {
-                eprintln!("scoutfs: no thread for a lock admission: {e}");
+                tracing::error!("no thread for a lock admission: {e}");
                 Some(inv)
             }
         }
@@ -485,7 +486,7 @@ impl Locks {
             };
             if began.elapsed() >= limit {
                 if !waiters {
-                    eprintln!("scoutfs: dropping kernel caches waits for a request in flight");
+                    tracing::debug!("dropping kernel caches waits for a request in flight");
                 }
                 p.give_up();
                 return Waited::Done { admitted };
@@ -596,7 +597,7 @@ impl Locks {
     fn commit(&self) {
         if let Some(t) = self.trans.get().and_then(Weak::upgrade) {
             if let Err(e) = t.commit() {
-                eprintln!("scoutfs: commit for a lock invalidation failed: {e}");
+                tracing::error!("commit for a lock invalidation failed: {e}");
             }
         }
     }
@@ -609,6 +610,7 @@ impl Locks {
 
 impl Handler for Locks {
     fn lock_granted(&self, msg: LockMsg) {
+        tracing::debug!(key = %msg.key, mode = %msg.new_mode, write_seq = msg.write_seq, "lock granted");
         let mut st = self.state();
         let acts = st.machine.on_grant(msg);
         self.apply(&mut st, acts);
@@ -617,6 +619,7 @@ impl Handler for Locks {
     fn server_request(&self, id: u64, req: ServerRequest) {
         match req {
             ServerRequest::Invalidate(m) => {
+                tracing::debug!(key = %m.key, old = %m.old_mode, new = %m.new_mode, "lock invalidation");
                 let mut st = self.state();
                 st.inval_ids.entry(m.key).or_default().push_back(id);
                 let acts = st.machine.on_invalidate(m);
@@ -631,7 +634,7 @@ impl Handler for Locks {
                 if let Some(c) = self.client.get() {
                     let resp = ClientResponse::LockRecover { entries, more };
                     if let Err(e) = c.respond(id, resp) {
-                        eprintln!("scoutfs: lock recovery answer not sent: {e}");
+                        tracing::warn!("lock recovery answer not sent: {e}");
                     }
                 }
             }

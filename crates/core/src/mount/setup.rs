@@ -163,10 +163,11 @@ impl Mount {
         opts: &MountOptions,
     ) -> Result<Mount> {
         let rid = match opts.rid {
-            Some(0) => return Err(Error::Invalid("mount id (rid) 0 is not valid".into())),
+            Some(0) => return Err(Error::Config("mount id (rid) 0 is not valid".into())),
             Some(rid) => rid,
             None => new_rid(),
         };
+        crate::log::set_rid(rid);
         let msb = read_super(meta.as_ref(), true)?;
         let dsb = read_super(data.as_ref(), false)?;
         check_pair(&msb, &dsb, data.name())?;
@@ -218,8 +219,8 @@ impl Mount {
         let locks = Locks::new(rid, items.clone(), opts.lock_idle_max);
         let key = crate::cluster::auth::ClusterKey::of(&msb);
         if !key.is_secret() {
-            eprintln!(
-                "scoutfs: this filesystem (format version 1) has no cluster key: its cluster \
+            tracing::warn!(
+                "this filesystem (format version 1) has no cluster key: its cluster \
                  traffic is not authenticated; a filesystem made by this version has one"
             );
         }
@@ -275,10 +276,13 @@ impl Mount {
         if !others_mounted(meta.as_ref(), &cache, rid)? {
             let orphans = fs.reclaim_orphans().map_err(|e| {
                 let cause = crate::store::block::eio_cause(e.0);
-                Error::Invalid(format!("freeing orphaned inodes: {e}{cause}"))
+                Error::Errno {
+                    what: format!("freeing orphaned inodes{cause}"),
+                    errno: e.0,
+                }
             })?;
             if orphans > 0 {
-                eprintln!("scoutfs: freed {orphans} inodes left unlinked by an earlier mount");
+                tracing::info!("freed {orphans} inodes left unlinked by an earlier mount");
             }
         }
         let committer = spawn_committer(fs.clone(), opts.commit_interval_ms);
@@ -314,7 +318,7 @@ impl Mount {
         let rid = self.rid();
         let elected = self.elected_dump.clone();
         move || {
-            eprintln!("scoutfs: mount {rid:#018x} locks:\n{}", locks.dump());
+            tracing::info!("mount {rid:#018x} locks:\n{}", locks.dump());
             if let Some(d) = &elected {
                 d();
             }
@@ -335,11 +339,11 @@ impl Mount {
         let old = self
             .server
             .take()
-            .ok_or_else(|| Error::Invalid("this mount runs no server".into()))?;
+            .ok_or_else(|| Error::Config("this mount runs no server".into()))?;
         let (addr, term) = (old.addr(), old.term());
         let store = old
             .stop()
-            .ok_or_else(|| Error::Invalid("the server thread failed".into()))?;
+            .ok_or_else(|| Error::Internal("the server thread failed".into()))?;
         let mut opts = ServerOptions::alone(term + 1);
         opts.alone = false;
         self.server = Some(Server::start(store, addr, opts)?);
@@ -375,10 +379,16 @@ impl Mount {
         if let Some(t) = self.committer.take() {
             let _ = t.join();
         }
-        let res = self
-            .fs
-            .sync()
-            .map_err(|e| Error::Invalid(format!("final commit: {e}")));
+        // The transaction's own error, not the errno a filesystem call
+        // would return: the caller reports what the server said.
+        let trans = &self.fs.trans;
+        let res = match trans.is_dirty() {
+            true => trans
+                .commit()
+                .map(drop)
+                .map_err(|e| e.context("final commit")),
+            false => Ok(()),
+        };
         let (meta, rid) = (self.meta.clone(), self.client.rid());
         let bye = self.client.farewell(FAREWELL_POLL, || {
             !is_recorded(meta.as_ref(), &self.cache, rid).unwrap_or(true)
@@ -401,7 +411,7 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
-            eprintln!("scoutfs: unmount: {e}");
+            tracing::error!("unmount: {e}");
         }
     }
 }
@@ -458,7 +468,7 @@ impl Drop for QuorumOnErr {
     fn drop(&mut self) {
         if let Some(q) = self.0.take() {
             if let Err(e) = q.shutdown() {
-                eprintln!("scoutfs: leaving the quorum: {e}");
+                tracing::warn!("leaving the quorum: {e}");
             }
         }
     }
@@ -486,7 +496,7 @@ fn spawn_committer(fs: Arc<Fs>, interval_ms: u64) -> Option<JoinHandle<()>> {
         .spawn(move || {
             while fs.trans.wait_commit_due(Duration::from_millis(interval_ms)) {
                 if let Err(e) = fs.sync() {
-                    eprintln!("scoutfs: periodic commit failed: {e}");
+                    tracing::error!("periodic commit failed: {e}");
                 }
             }
         })

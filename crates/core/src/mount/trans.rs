@@ -23,11 +23,11 @@
 //! refills and reclaims them as it opens each transaction.
 
 use crate::cluster::client::Client;
-use crate::cluster::net::msg::{Request, Response};
+
 use crate::error::{Error, Result};
 use crate::mount::item::ItemCache;
 use crate::rng::Rng;
-use crate::store::alloc::ListState;
+use crate::store::block::ListState;
 use crate::store::block::{BlockCache, Writer};
 use crate::store::btree;
 use crate::store::dev::BlockDev;
@@ -69,7 +69,8 @@ struct TransState {
     /// Inodes created less inodes deleted in the open transaction.
     inode_delta: i64,
     /// A commit failed: the mount can no longer make changes durable.
-    broken: Option<String>,
+    /// Its errno and message.
+    broken: Option<(i32, String)>,
     /// Data blocks the mount could allocate when the transaction opened.
     data_avail_at_open: u64,
     /// An early commit was asked for in this transaction.
@@ -215,8 +216,11 @@ impl Trans {
         while st.committing {
             st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        if let Some(why) = &st.broken {
-            return Err(Error::Invalid(format!("the mount can't commit: {why}")));
+        if let Some((errno, why)) = &st.broken {
+            return Err(Error::Shutdown {
+                errno: *errno,
+                why: why.clone(),
+            });
         }
         st.holders += 1;
         let seq = st.lt.get_trans_seq.get();
@@ -239,7 +243,7 @@ impl Trans {
         let st = &mut *st;
         let w =
             st.w.as_mut()
-                .ok_or_else(|| Error::Invalid("no open transaction".into()))?;
+                .ok_or_else(|| Error::Internal("no open transaction".into()))?;
         let r = f(w, &mut st.lt);
         // Running low on data blocks: commit early (in the background) so
         // the server refills them before a write runs out and has to wait
@@ -301,7 +305,7 @@ impl Trans {
         }
         let res = self.commit_locked(&mut st);
         if let Err(e) = &res {
-            st.broken = Some(e.to_string());
+            st.broken = Some((e.errno(), e.to_string()));
         }
         st.committing = false;
         self.cv.notify_all();
@@ -319,8 +323,11 @@ impl Trans {
     }
 
     fn commit_locked(&self, st: &mut TransState) -> Result<u64> {
-        if let Some(why) = &st.broken {
-            return Err(Error::Invalid(format!("an earlier commit failed: {why}")));
+        if let Some((errno, why)) = &st.broken {
+            return Err(Error::Shutdown {
+                errno: *errno,
+                why: format!("an earlier commit failed: {why}"),
+            });
         }
         let seq = st.lt.get_trans_seq.get();
         self.data
@@ -329,7 +336,7 @@ impl Trans {
         let items = self.items.dirty_items();
         let mut w =
             st.w.take()
-                .ok_or_else(|| Error::Invalid("no open transaction".into()))?;
+                .ok_or_else(|| Error::Internal("no open transaction".into()))?;
         if !items.is_empty() {
             btree::insert_list(&mut w, &mut st.lt.item_root, &items)?;
             let max = items.iter().map(|it| it.seq).max().unwrap_or(0);
@@ -339,14 +346,7 @@ impl Trans {
         st.lt.inode_count_delta = ((st.lt.inode_count_delta() + st.inode_delta) as u64).into();
         st.lt.meta_avail = w.lists().avail;
         st.lt.meta_freed = w.lists().freed;
-        let next = match self.client.call(Request::CommitLogTrees(Box::new(st.lt)))? {
-            Response::LogTrees(lt) => *lt,
-            other => {
-                return Err(Error::Invalid(format!(
-                    "unexpected commit response {other:?}"
-                )))
-            }
-        };
+        let next = self.client.commit_log_trees(st.lt)?;
         self.items.write_done();
         st.data_bytes = 0;
         st.inode_delta = 0;
@@ -359,10 +359,5 @@ impl Trans {
 }
 
 fn get_log_trees(client: &Client) -> Result<LogTrees> {
-    match client.call(Request::GetLogTrees)? {
-        Response::LogTrees(lt) => Ok(*lt),
-        other => Err(Error::Invalid(format!(
-            "unexpected get log trees response {other:?}"
-        ))),
-    }
+    client.get_log_trees()
 }

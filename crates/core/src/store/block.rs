@@ -43,13 +43,12 @@ pub use buf::BlockBuf;
 use crate::counters::{self, Counters};
 use crate::error::{CorruptKind, Error, Result};
 use crate::rng::Rng;
-use crate::store::alloc::ListState;
 use crate::store::dev::BlockDev;
 use scoutfs_format::alloc::validate_alloc_list_block;
 use scoutfs_format::block::{block_crc, set_block_crc, stored_crc, BlockHeader};
 use scoutfs_format::btree::validate_btree_block;
 use scoutfs_format::consts::*;
-use scoutfs_format::BlockRef;
+use scoutfs_format::{AllocListHead, BlockRef};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use zerocopy::IntoBytes;
@@ -322,7 +321,7 @@ static LAST_CORRUPTION: std::sync::Mutex<Option<String>> = std::sync::Mutex::new
 
 /// Writes a corruption report to the log (standard error).
 pub fn log_corruption(c: &crate::error::Corruption) {
-    eprintln!("scoutfs: {c}");
+    tracing::error!("{c}");
     *LAST_CORRUPTION.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.to_string());
 }
 
@@ -374,6 +373,33 @@ struct Dirty {
 struct Spilled {
     seq: u64,
     magic: u32,
+}
+
+/// The two lists a writer allocates from and frees into.
+#[derive(Clone, Debug, Default)]
+pub struct ListState {
+    pub avail: AllocListHead,
+    pub freed: AllocListHead,
+    /// Blocks freed while a list operation was under way (see `alloc::list`).
+    pub(crate) pending: Vec<u64>,
+    /// A list operation is under way.
+    pub(crate) draining: bool,
+}
+
+impl ListState {
+    pub fn new(avail: AllocListHead, freed: AllocListHead) -> ListState {
+        ListState {
+            avail,
+            freed,
+            pending: Vec::new(),
+            draining: false,
+        }
+    }
+
+    /// No list operation is under way and nothing waits to be freed.
+    pub fn quiescent(&self) -> bool {
+        self.pending.is_empty() && !self.draining
+    }
 }
 
 /// The dirty blocks and allocator of one transaction.
@@ -635,7 +661,7 @@ impl Writer {
     /// written.
     pub fn write_out(&mut self) -> Result<u64> {
         if let Some(why) = &self.failed {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Internal(format!(
                 "the transaction failed earlier: {why}"
             )));
         }

@@ -24,7 +24,8 @@
 
 use crate::error::{CorruptKind, Error, Result};
 use crate::rng::Rng;
-use crate::store::alloc::{extent, ListState};
+use crate::store::alloc::extent;
+use crate::store::block::ListState;
 use crate::store::block::{header_of, read_sm, set_header, write_sm, BlockCache, Writer};
 use crate::store::dev::BlockDev;
 use scoutfs_format::consts::*;
@@ -65,14 +66,14 @@ pub fn read_super(dev: &dyn BlockDev, meta: bool) -> Result<SuperBlock> {
     let which = if meta { "metadata" } else { "data" };
     let min = SUPER_OFFSET + BLOCK_SM_SIZE as u64;
     if dev.size() < min {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Config(format!(
             "{}: {} bytes is too small to hold a scoutfs {which} device",
             dev.name(),
             dev.size()
         )));
     }
     let buf = read_sm(dev, SUPER_BLKNO, magic::SUPER, None).map_err(|e| match e {
-        Error::Corrupt(c) if c.kind == CorruptKind::BlockInvalid => Error::Invalid(format!(
+        Error::Corrupt(c) if c.kind == CorruptKind::BlockInvalid => Error::Config(format!(
             "{}: no scoutfs super block at byte {SUPER_OFFSET}: {}",
             dev.name(),
             c.detail
@@ -85,7 +86,7 @@ pub fn read_super(dev: &dyn BlockDev, meta: bool) -> Result<SuperBlock> {
     let is_meta = sb.flags.get() & FLAG_IS_META_BDEV != 0;
     if is_meta != meta {
         let holds = if is_meta { "metadata" } else { "data" };
-        return Err(Error::Invalid(format!(
+        return Err(Error::Config(format!(
             "{}: holds a scoutfs {holds} device's super block, expected the {which} device",
             dev.name()
         )));
@@ -97,7 +98,7 @@ pub fn read_super(dev: &dyn BlockDev, meta: bool) -> Result<SuperBlock> {
     };
     let need = blocks.saturating_mul(1 << shift);
     if dev.size() < need {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Config(format!(
             "{}: device is {} bytes but the filesystem needs {need} (truncated?)",
             dev.name(),
             dev.size()
@@ -109,14 +110,14 @@ pub fn read_super(dev: &dyn BlockDev, meta: bool) -> Result<SuperBlock> {
 /// Checks that a data device's super block belongs with a metadata one.
 pub fn check_pair(meta: &SuperBlock, data: &SuperBlock, data_name: &str) -> Result<()> {
     if meta.uuid != data.uuid || meta.hdr.fsid != data.hdr.fsid {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Config(format!(
             "{data_name}: data device belongs to another filesystem (fsid {:#018x}, expected {:#018x})",
             data.hdr.fsid.get(),
             meta.hdr.fsid.get()
         )));
     }
     if meta.fmt_vers != data.fmt_vers || meta.total_data_blocks != data.total_data_blocks {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Config(format!(
             "{data_name}: data device's super block disagrees with the metadata device's"
         )));
     }
@@ -204,9 +205,10 @@ impl Store {
     /// block may or may not be durable: the store refuses further commits.
     pub fn commit(&mut self, txn: Txn) -> Result<CommitStats> {
         if self.failed {
-            return Err(Error::Invalid(
-                "an earlier super block write failed; open the device again".into(),
-            ));
+            return Err(Error::Shutdown {
+                errno: libc::EIO,
+                why: "an earlier super block write failed; open the device again".into(),
+            });
         }
         let Txn { mut w, mut sb } = txn;
         let res = rotate_meta_alloc(&mut w, &mut sb);

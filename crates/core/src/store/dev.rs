@@ -90,6 +90,7 @@
 //!   It models sector-atomic media with a volatile write cache; it does not
 //!   model misdirected writes or silent corruption other than `corrupt_byte`.
 
+use crate::rng::Rng;
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{File, Metadata, OpenOptions};
@@ -478,25 +479,6 @@ fn injected_error(name: &str, what: &str) -> io::Error {
     io::Error::other(format!("{name}: injected I/O error: {what}"))
 }
 
-/// splitmix64 (Steele, Lea and Flood, 2014): a small generator that is
-/// good enough for choosing which writes survive a crash, and replays.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// True with probability 1/2.
-    fn coin(&mut self) -> bool {
-        self.next_u64() >> 63 == 1
-    }
-}
-
 impl MemState {
     fn new(nr_chunks: usize) -> MemState {
         MemState {
@@ -574,7 +556,7 @@ impl MemState {
             CrashMode::LoseAll => 0,
             CrashMode::LoseSome { seed } | CrashMode::Tear { seed } => seed,
         };
-        let mut rng = SplitMix64(seed);
+        let mut rng = Rng::new(seed);
         let mut report = CrashReport::default();
         for w in std::mem::take(&mut self.unflushed) {
             let survives = mode != CrashMode::LoseAll && rng.coin();
@@ -595,7 +577,7 @@ impl MemState {
         report
     }
 
-    fn apply_torn(&mut self, w: &PendingWrite, rng: &mut SplitMix64, report: &mut CrashReport) {
+    fn apply_torn(&mut self, w: &PendingWrite, rng: &mut Rng, report: &mut CrashReport) {
         let (mut kept, mut lost) = (0u64, 0u64);
         for r in sector_pieces(w.off, w.data.len()) {
             if rng.coin() {
@@ -868,14 +850,6 @@ mod tests {
         let mut buf = vec![0; len];
         dev.read_at(&mut buf, off).unwrap();
         buf
-    }
-
-    #[test]
-    fn splitmix64_matches_reference_sequence() {
-        // First outputs of the reference splitmix64 from seed 0.
-        let mut rng = SplitMix64(0);
-        assert_eq!(rng.next_u64(), 0xe220_a839_7b1d_cdaf);
-        assert_eq!(rng.next_u64(), 0x6e78_9e6a_a1b9_65f4);
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! for data one entry per extent (data devices are far larger and are
 //! accounted in extents, never block by block).
 
-use crate::error::{Error, Result};
+use crate::error::{CorruptKind, Error, Result};
 pub use crate::progress::{NoProgress, Progress};
 use crate::store::alloc::extent::Extent;
 use crate::store::alloc::list;
@@ -303,8 +303,10 @@ impl Checker<'_> {
     fn quorum_blocks(&mut self, meta: &dyn BlockDev, fsid: u64) {
         for slot in 0..QUORUM_MAX_SLOTS as u64 {
             let blkno = QUORUM_BLKNO + slot;
-            let res = read_sm(meta, blkno, magic::QUORUM, Some(fsid))
-                .and_then(|b| QuorumBlock::decode(&b).map_err(|e| Error::Invalid(e.to_string())));
+            let res = read_sm(meta, blkno, magic::QUORUM, Some(fsid)).and_then(|b| {
+                QuorumBlock::decode(&b)
+                    .map_err(|e| Error::corrupt(CorruptKind::BlockInvalid, blkno, 0, e.to_string()))
+            });
             if let Err(e) = res {
                 self.problem(Some(blkno), format!("quorum block of slot {slot}: {e}"));
             }

@@ -18,7 +18,8 @@
 use crate::clock::now_timespec;
 use crate::error::{Error, Result};
 use crate::rng::{os_random_u64, Rng};
-use crate::store::alloc::{extent, ListState};
+use crate::store::alloc::extent;
+use crate::store::block::ListState;
 use crate::store::block::{set_header, write_sm, BlockCache, Writer};
 use crate::store::btree;
 use crate::store::commit::{meta_fill_target, write_super, Store, Txn};
@@ -87,7 +88,7 @@ pub fn mkfs(
     )?;
     if let Some(z) = opts.data_alloc_zone_blocks {
         if z == 0 || z > total_data_blocks || total_data_blocks.div_ceil(z) > 1024 {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Config(format!(
                 "data alloc zone of {z} blocks must be nonzero, fit the data device, and make at most 1024 zones"
             )));
         }
@@ -154,26 +155,26 @@ fn quorum_config(
         ..Default::default()
     };
     if slots.is_empty() {
-        return Err(Error::Invalid(
+        return Err(Error::Config(
             "at least one quorum slot is needed (-Q NR,ADDR,PORT)".into(),
         ));
     }
     for (i, &(nr, addr)) in slots.iter().enumerate() {
         if nr >= QUORUM_MAX_SLOTS {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Config(format!(
                 "quorum slot {nr} is out of range 0..{QUORUM_MAX_SLOTS}"
             )));
         }
         if q.slots[nr].to_socket().is_some() {
-            return Err(Error::Invalid(format!("quorum slot {nr} is given twice")));
+            return Err(Error::Config(format!("quorum slot {nr} is given twice")));
         }
         if addr.port() == 0 || addr.ip().is_unspecified() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Config(format!(
                 "quorum slot {nr}: {addr} needs a real address and port"
             )));
         }
         if slots[..i].iter().any(|&(_, a)| a == addr) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Config(format!(
                 "quorum slot {nr}: address {addr} is used by another slot"
             )));
         }
@@ -191,7 +192,7 @@ fn device_blocks(dev: &dyn BlockDev, max: Option<u64>, min: u64, shift: u32) -> 
         } else {
             ""
         };
-        return Err(Error::Invalid(format!(
+        return Err(Error::Config(format!(
             "{}: {} bytes{why} is too small; at least {} MiB is needed",
             dev.name(),
             bytes,
@@ -216,7 +217,7 @@ fn refuse_existing(dev: &dyn BlockDev) -> Result<()> {
     if let Ok(sb) = crate::store::commit::read_super(dev, true)
         .or_else(|_| crate::store::commit::read_super(dev, false))
     {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Config(format!(
             "{}: already holds a scoutfs filesystem (fsid {:#018x}); use --force to overwrite it",
             dev.name(),
             sb.hdr.fsid.get()
@@ -229,7 +230,7 @@ fn refuse_existing(dev: &dyn BlockDev) -> Result<()> {
     let mut magic = [0u8; 4];
     magic.copy_from_slice(&head[SUPER_OFFSET as usize + 4..SUPER_OFFSET as usize + 8]);
     if u32::from_le_bytes(magic) == magic::SUPER {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Config(format!(
             "{}: holds a damaged scoutfs super block; use --force to overwrite it",
             dev.name()
         )));
@@ -237,7 +238,7 @@ fn refuse_existing(dev: &dyn BlockDev) -> Result<()> {
     for &(off, sig, name) in SIGNATURES {
         let off = off as usize;
         if head.get(off..off + sig.len()) == Some(sig) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Config(format!(
                 "{}: appears to hold {name}; use --force to overwrite it",
                 dev.name()
             )));

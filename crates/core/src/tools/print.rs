@@ -218,7 +218,14 @@ impl Printer<'_> {
         for slot in 0..QUORUM_MAX_SLOTS as u64 {
             let blkno = QUORUM_BLKNO + slot;
             let qb = read_sm(meta, blkno, magic::QUORUM, Some(fsid)).and_then(|b| {
-                QuorumBlock::decode(&b).map_err(|e| crate::error::Error::Invalid(e.to_string()))
+                QuorumBlock::decode(&b).map_err(|e| {
+                    crate::error::Error::corrupt(
+                        crate::error::CorruptKind::BlockInvalid,
+                        blkno,
+                        0,
+                        e.to_string(),
+                    )
+                })
             });
             match qb {
                 Err(e) => writeln!(self.out, "  slot {slot}: {e}")?,

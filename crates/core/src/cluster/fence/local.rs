@@ -186,7 +186,7 @@ impl LocalRecord {
         let pid = std::process::id();
         let id = proc_identity(pid)
             .map_err(|e| Error::io("reading this process's start time", e))?
-            .ok_or_else(|| Error::Invalid("/proc does not show this process".into()))?;
+            .ok_or_else(|| Error::Fence("/proc does not show this process".into()))?;
         Ok(LocalRecord {
             fsid,
             rid,
@@ -378,12 +378,12 @@ impl LocalRecord {
         // SAFETY: geteuid has no preconditions.
         let euid = unsafe { libc::geteuid() };
         if !md.file_type().is_file() || (md.uid() != 0 && md.uid() != euid) {
-            return Err(Error::Invalid(what(&format!(
+            return Err(Error::Fence(what(&format!(
                 "not trusted: not a regular file owned by root or uid {euid}"
             ))));
         }
         if md.mode() & 0o022 != 0 {
-            return Err(Error::Invalid(what(&format!(
+            return Err(Error::Fence(what(&format!(
                 "not trusted: writable by others (mode {:o})",
                 md.mode() & 0o7777
             ))));
@@ -393,9 +393,9 @@ impl LocalRecord {
             .read_to_end(&mut b)
             .map_err(|e| Error::io(what("reading"), e))?;
         if b.len() as u64 > RECORD_BYTES_MAX {
-            return Err(Error::Invalid(what("longer than a record can be")));
+            return Err(Error::Fence(what("longer than a record can be")));
         }
-        LocalRecord::decode(&b).map_err(|e| Error::Invalid(what(&e)))
+        LocalRecord::decode(&b).map_err(|e| Error::Fence(what(&e)))
     }
 
     /// The record of `rid` in `dir` (of `fsid`, when given), if there is
@@ -418,7 +418,7 @@ impl LocalRecord {
                 .collect(),
         };
         if paths.len() > 1 {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Fence(format!(
                 "{} records for rid {rid} in {} (several filesystems); \
                  give the fsid (SCOUTFS_FENCE_FSID) to choose",
                 paths.len(),
@@ -430,7 +430,7 @@ impl LocalRecord {
         };
         let rec = LocalRecord::read(&p)?;
         if rec.rid != rid || fsid.is_some_and(|f| f != rec.fsid) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Fence(format!(
                 "fence record {}: holds fsid {:016x} rid {}, not what its name says",
                 p.display(),
                 rec.fsid,
@@ -562,7 +562,7 @@ pub fn fence_local(
     // SAFETY: getppid has no preconditions.
     let parent = unsafe { libc::getppid() } as u32;
     if record.pid == std::process::id() || record.pid == parent {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Fence(format!(
             "{}: pid {} is this agent or the process that ran it; a mount does not fence itself",
             path.display(),
             record.pid
@@ -627,7 +627,7 @@ impl Victim {
         let hidden = pidfd.as_ref().is_some_and(|fd| !readable(fd, 0))
             && proc_identity(rec.pid).ok().flatten().is_none();
         if hidden {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Fence(format!(
                 "pid {} runs but /proc does not show it (hidepid, or another pid namespace): \
                  its start time cannot be checked",
                 rec.pid
@@ -673,7 +673,7 @@ impl Victim {
                 return Ok(());
             }
             if left.is_zero() {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Fence(format!(
                     "pid {} did not exit within {} ms of SIGKILL (stuck in the kernel?); \
                      its mount on {} is left as it is",
                     self.pid,
@@ -746,7 +746,7 @@ fn abort_connection(rec: &LocalRecord) -> Result<bool> {
         _ => return Ok(false),
     }
     let c = CString::new(rec.mountpoint.as_os_str().as_bytes())
-        .map_err(|_| Error::Invalid(format!("{}: a NUL in the path", rec.mountpoint.display())))?;
+        .map_err(|_| Error::Fence(format!("{}: a NUL in the path", rec.mountpoint.display())))?;
     // SAFETY: umount2 on a valid C string.
     let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE | libc::UMOUNT_NOFOLLOW) };
     if r == 0 {
@@ -829,7 +829,7 @@ fn detach(mp: &Path) -> Result<bool> {
         return Ok(false);
     };
     if !m.is_scoutfs() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Fence(format!(
             "{}: a {} mount of {} is there, not a scoutfs FUSE mount; not unmounting it",
             mp.display(),
             m.fstype,
@@ -837,7 +837,7 @@ fn detach(mp: &Path) -> Result<bool> {
         )));
     }
     let c = CString::new(mp.as_os_str().as_bytes())
-        .map_err(|_| Error::Invalid(format!("{}: a NUL in the path", mp.display())))?;
+        .map_err(|_| Error::Fence(format!("{}: a NUL in the path", mp.display())))?;
     // SAFETY: umount2 on a valid C string.
     let r = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
     if r == 0 {

@@ -158,7 +158,7 @@ pub enum FenceError {
 
 impl From<FenceError> for crate::Error {
     fn from(e: FenceError) -> crate::Error {
-        crate::Error::Invalid(e.to_string())
+        crate::Error::Fence(e.to_string())
     }
 }
 

@@ -232,6 +232,26 @@ pub enum NetError {
     Config(&'static str),
 }
 
+impl From<NetError> for crate::error::Error {
+    fn from(e: NetError) -> crate::error::Error {
+        use crate::error::Error;
+        let why = e.to_string();
+        match e {
+            NetError::Wire(_)
+            | NetError::Encode(_)
+            | NetError::Protocol { .. }
+            | NetError::PeerOverrun { .. }
+            | NetError::UnknownRequest { .. } => Error::Protocol(why),
+            NetError::Refused(_) => Error::Refused(why),
+            NetError::UnknownPeer { .. }
+            | NetError::UnknownConn { .. }
+            | NetError::NotConnected => Error::Disconnected(why),
+            NetError::QueueFull { .. } | NetError::TooManyConns { .. } => Error::Internal(why),
+            NetError::Config(_) => Error::Config(why),
+        }
+    }
+}
+
 fn protocol(what: &'static str, value: u64) -> NetError {
     NetError::Protocol { what, value }
 }

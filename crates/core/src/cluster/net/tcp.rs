@@ -73,7 +73,7 @@ fn read_frames(mut stream: &TcpStream, mut frame: impl FnMut(Frame) -> bool) -> 
                     }
                 }
                 Err(e) => {
-                    eprintln!("scoutfs: net: bad frame, closing the connection: {e}");
+                    tracing::warn!("bad frame, closing the connection: {e}");
                     return false;
                 }
             }
@@ -202,7 +202,7 @@ impl ClientLink {
         let mut cfg = ClientConfig::new(fsid, Rid(rid));
         cfg.flags = flags;
         cfg.key = key;
-        let net = ClientNet::new(cfg).map_err(|e| Error::Invalid(format!("net: {e}")))?;
+        let net = ClientNet::new(cfg).map_err(Error::from)?;
         let sh = Arc::new(ClientShared {
             net: Mutex::new(net),
             writer: Mutex::new(None),
@@ -229,7 +229,7 @@ impl ClientLink {
                 break;
             }
             if let Some(why) = abandon() {
-                return Err(Error::Invalid(why));
+                return Err(Error::Disconnected(why));
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
@@ -244,10 +244,10 @@ impl ClientLink {
                 .0;
         }
         if let Some(why) = &st.failed {
-            return Err(Error::Invalid(format!("{addr}: {why}")));
+            return Err(Error::Refused(format!("{addr}: {why}")));
         }
         if !st.greeted {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Timeout(format!(
                 "{addr} didn't answer within {} ms",
                 timeout.as_millis()
             )));
@@ -258,23 +258,19 @@ impl ClientLink {
 
     /// The greeting flags of later connections (FAREWELL once unmounting).
     pub fn set_flags(&self, flags: u64) -> Result<()> {
-        lock(&self.sh.net)
-            .set_flags(flags)
-            .map_err(|e| Error::Invalid(format!("net: {e}")))
+        lock(&self.sh.net).set_flags(flags).map_err(Error::from)
     }
 
     /// Sends a request; `sent(id)` runs before it can be answered (to
     /// record who waits for its response). Returns its id.
     pub fn request(&self, req: &Request, sent: impl FnOnce(u64)) -> Result<u64> {
         if let Some(why) = &lock(&self.sh.state).failed {
-            return Err(Error::Invalid(format!(
-                "no connection to the server: {why}"
-            )));
+            return Err(Error::Refused(why.clone()));
         }
         let mut net = lock(&self.sh.net);
         let id = net
             .send_request(req)
-            .map_err(|e| Error::Invalid(format!("sending {req:?}: {e}")))?;
+            .map_err(|e| Error::from(e).context(format!("sending {req:?}")))?;
         sent(id);
         let out = self.sh.drain(&mut net);
         drop(net);
@@ -286,7 +282,7 @@ impl ClientLink {
     pub fn respond(&self, server_term: u64, id: u64, resp: &ClientResponse) -> Result<()> {
         let mut net = lock(&self.sh.net);
         net.send_response(server_term, id, resp)
-            .map_err(|e| Error::Invalid(format!("answering server request {id}: {e}")))?;
+            .map_err(|e| Error::from(e).context(format!("answering server request {id}")))?;
         let out = self.sh.drain(&mut net);
         drop(net);
         self.sh.hand_over(out);
@@ -421,12 +417,12 @@ impl ClientShared {
                 match r {
                     Ok(()) => true,
                     Err(NetError::Refused(why)) if why.is_permanent() => {
-                        self.fail(format!("refused: {why}"));
+                        self.fail(why.to_string());
                         self.stop.store(true, Ordering::SeqCst);
                         false
                     }
                     Err(e) => {
-                        eprintln!("scoutfs: net: closing the connection to the server: {e}");
+                        tracing::warn!("closing the connection to the server: {e}");
                         false
                     }
                 }
@@ -510,7 +506,7 @@ impl ServerLink {
             .map_err(|e| Error::io("server: its address", e))?;
         let mut cfg = ServerConfig::new(fsid, term);
         cfg.key = key;
-        let net = ServerNet::new(cfg).map_err(|e| Error::Invalid(format!("net: {e}")))?;
+        let net = ServerNet::new(cfg).map_err(Error::from)?;
         let sh = Arc::new(ServerShared {
             net: Mutex::new(net),
             delivery: Mutex::new(()),
@@ -549,18 +545,18 @@ impl ServerLink {
     pub fn respond(&self, rid: u64, id: u64, resp: &Response) {
         self.sh.with_net(|net| {
             if let Err(e) = net.send_response(Rid(rid), id, resp) {
-                eprintln!("scoutfs: server: answering {rid:#x} request {id}: {e}");
+                tracing::warn!("answering {rid:#x} request {id}: {e}");
             }
         });
     }
 
     /// Sends a request to mount `rid`; returns its id.
     pub fn request(&self, rid: u64, req: &ServerRequest) -> Result<u64> {
-        let mut id = Err(Error::Invalid("unsent".into()));
+        let mut id = Err(Error::Internal("the server's request was not sent".into()));
         self.sh.with_net(|net| {
             id = net
                 .send_request(Rid(rid), req)
-                .map_err(|e| Error::Invalid(format!("server request to {rid:#x}: {e}")));
+                .map_err(|e| Error::from(e).context(format!("server request to {rid:#x}")));
         });
         id
     }
@@ -712,7 +708,7 @@ impl ServerShared {
                         );
                     }
                     Err(e) => {
-                        eprintln!("scoutfs: server: refusing a connection: {e}");
+                        tracing::warn!("refusing a connection: {e}");
                         refused = true;
                     }
                 }
@@ -742,7 +738,7 @@ impl ServerShared {
             self.hand_over(out);
             drop(order);
             if let Err(e) = &r {
-                eprintln!("scoutfs: server: closing a connection: {e}");
+                tracing::warn!("closing a connection: {e}");
                 refused = true;
             }
             r.is_ok()

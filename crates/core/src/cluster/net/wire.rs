@@ -45,7 +45,7 @@
 //! its command and payload bytes and back. A response's payload depends on
 //! the command it answers, which the response frame echoes. An error
 //! response ([`Response::Error`]) has an [`ErrCode`] and no payload; errnos
-//! other than the six the protocol names travel as [`ErrCode::Other`] and
+//! other than the seven the protocol names travel as [`ErrCode::Other`] and
 //! decode as EIO, the original's "something failed over there".
 //!
 //! The GREETING payload is [`Greeting`] (fsid, format version, server term,
@@ -307,10 +307,12 @@ pub enum ErrCode {
     NoLink = 6,
     /// Any other errno; decodes as EIO.
     Other = 7,
+    /// A quota is exceeded (EDQUOT).
+    DQuot = 8,
 }
 
 impl ErrCode {
-    pub const ALL: [ErrCode; 7] = [
+    pub const ALL: [ErrCode; 8] = [
         ErrCode::NoEnt,
         ErrCode::NoMem,
         ErrCode::Io,
@@ -318,6 +320,7 @@ impl ErrCode {
         ErrCode::Inval,
         ErrCode::NoLink,
         ErrCode::Other,
+        ErrCode::DQuot,
     ];
 
     /// The code of a (positive) errno. This is the one place errnos become
@@ -330,6 +333,7 @@ impl ErrCode {
             libc::ENOSPC => ErrCode::NoSpc,
             libc::EINVAL => ErrCode::Inval,
             libc::ENOLINK => ErrCode::NoLink,
+            libc::EDQUOT => ErrCode::DQuot,
             _ => ErrCode::Other,
         }
     }
@@ -343,6 +347,7 @@ impl ErrCode {
             ErrCode::NoSpc => libc::ENOSPC,
             ErrCode::Inval => libc::EINVAL,
             ErrCode::NoLink => libc::ENOLINK,
+            ErrCode::DQuot => libc::EDQUOT,
         }
     }
 
@@ -1242,6 +1247,7 @@ mod tests {
             libc::ENOSPC,
             libc::EINVAL,
             libc::ENOLINK,
+            libc::EDQUOT,
         ] {
             assert_ne!(ErrCode::from_errno(e), ErrCode::Other);
             assert_eq!(ErrCode::from_errno(e).errno(), e);

@@ -410,7 +410,7 @@ impl QuorumDriver {
             rid: opts.rid,
             heartbeat_timeout_ms: opts.heartbeat_timeout_ms,
         };
-        let agent = Agent::new(cfg, Rng::from_os()).map_err(|e| Error::Invalid(e.to_string()))?;
+        let agent = Agent::new(cfg, Rng::from_os()).map_err(|e| Error::Config(e.to_string()))?;
         let socket = Arc::new(bind(slot, addr)?);
         let reader = BlockReader {
             meta,
@@ -486,7 +486,7 @@ impl QuorumDriver {
         self.handle.command(how);
         match thread.join() {
             Ok(res) => res,
-            Err(_) => Err(Error::Invalid("the quorum thread panicked".into())),
+            Err(_) => Err(Error::Internal("the quorum thread panicked".into())),
         }
     }
 }
@@ -494,7 +494,7 @@ impl QuorumDriver {
 impl Drop for QuorumDriver {
     fn drop(&mut self) {
         if let Err(e) = self.end(Command::Shutdown) {
-            eprintln!("scoutfs: quorum slot {}: {e}", self.handle.status().slot);
+            tracing::error!("quorum slot {}: {e}", self.handle.status().slot);
         }
     }
 }
@@ -511,7 +511,7 @@ fn slot_address(sb: &SuperBlock, slot: SlotNr) -> Result<(SlotSet, SocketAddr)> 
         Some(addr) if slots.contains(slot) => Ok((slots, addr)),
         _ => {
             let list: Vec<String> = slots.iter().map(|s| s.to_string()).collect();
-            Err(Error::Invalid(format!(
+            Err(Error::Config(format!(
                 "quorum slot {slot} is not configured in the super block \
                  (configured slots: {})",
                 list.join(", ")
@@ -764,7 +764,7 @@ impl Driver {
         let me = self.me();
         let mut qb = self.reader.read(me)?;
         if qb.write_nr.get() != self.own_write_nr {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Conflict(format!(
                 "quorum slot {me}'s block has write_nr {}, but our last write left {}: \
                  another mount is using slot {me}",
                 qb.write_nr.get(),
@@ -812,7 +812,7 @@ impl Driver {
             "quorum slot {me} stopped as if crashed, term {}: {e}",
             self.agent.term()
         );
-        eprintln!("scoutfs: {why}");
+        tracing::warn!("{why}");
         if self.running.is_some() {
             self.server.stop();
         }

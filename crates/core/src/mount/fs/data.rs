@@ -21,7 +21,7 @@
 //! transaction, once the freeing commit is durable. Large truncates free
 //! extents in batches, one transaction hold per batch.
 
-use super::dir::seqs_of;
+use super::inode::seqs_of;
 use super::inode::{now, Attr, Op};
 use super::*;
 use crate::cluster::lock::LockMode;

@@ -20,7 +20,7 @@
 //! item, until `evict` (the kernel forgot it, or the last open closed); then
 //! its items and data are freed.
 
-use super::inode::{inode_key, now, Attr, Op};
+use super::inode::{inode_key, now, seqs_of, Attr, Op};
 use super::*;
 use crate::cluster::lock::{orphan_lock_range, rename_lock_range, LockMode};
 use scoutfs_format::consts::{DIRENT_FIRST_POS, MAX_VAL_SIZE, NAME_LEN, SYMLINK_MAX_SIZE};
@@ -775,11 +775,6 @@ impl Fs {
         }
         Err(ELOOP)
     }
-}
-
-/// The (meta_seq, data_seq) of an inode, for `Fs::begin`.
-pub fn seqs_of(a: &Attr) -> (u64, u64) {
-    (a.inode.meta_seq.get(), a.inode.data_seq.get())
 }
 
 /// The guards of two inodes from `lock_inodes` (which sorts and dedups).

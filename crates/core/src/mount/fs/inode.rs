@@ -260,7 +260,7 @@ impl Fs {
             return Ok(a);
         }
         {
-            let op = self.begin(&[super::dir::seqs_of(&a)])?;
+            let op = self.begin(&[seqs_of(&a)])?;
             if let Some(m) = s.mode {
                 let t = a.mode() & S_IFMT;
                 a.inode.mode = (t | (m & 0o7777)).into();
@@ -329,7 +329,7 @@ impl Fs {
             return Ok(false);
         }
         {
-            let op = self.begin(&[super::dir::seqs_of(&a)])?;
+            let op = self.begin(&[seqs_of(&a)])?;
             a.inode.atime = now();
             self.write_inode(&op, &g, &mut a, false)?;
         }
@@ -341,3 +341,8 @@ impl Fs {
 
 /// Relatime updates an atime at least this often when it is read.
 pub const RELATIME_MAX_AGE_SECS: u64 = 24 * 60 * 60;
+
+/// The (meta_seq, data_seq) of an inode, for `Fs::begin`.
+pub fn seqs_of(a: &Attr) -> (u64, u64) {
+    (a.inode.meta_seq.get(), a.inode.data_seq.get())
+}

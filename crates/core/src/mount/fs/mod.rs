@@ -29,7 +29,7 @@ pub mod inode;
 pub mod xattr;
 
 use crate::cluster::client::Client;
-use crate::cluster::net::msg::{Request, Response};
+
 use crate::error::Error;
 use crate::mount::item::{ItemCache, Source};
 use crate::mount::locks::{LockGuard, Locks};
@@ -102,14 +102,7 @@ impl Source for ForestSource {
     fn read(&self, key: &Key, lo: &Key, hi: &Key) -> crate::error::Result<ReadResult> {
         let mut last: Option<Error> = None;
         for _ in 0..forest::STALE_RETRIES_MAX {
-            let roots = match self.client.call(Request::GetRoots)? {
-                Response::Roots(r) => r,
-                other => {
-                    return Err(Error::Invalid(format!(
-                        "unexpected roots response {other:?}"
-                    )))
-                }
-            };
+            let roots = self.client.get_roots()?;
             match forest::read_items(self.cache.as_ref(), &roots, key, lo, hi) {
                 Err(e @ Error::Stale { .. }) => {
                     self.cache.note_error(&e);
@@ -140,12 +133,7 @@ impl Fs {
 
 impl ForestSource {
     pub fn roots(&self) -> crate::error::Result<Roots> {
-        match self.client.call(Request::GetRoots)? {
-            Response::Roots(r) => Ok(r),
-            other => Err(Error::Invalid(format!(
-                "unexpected roots response {other:?}"
-            ))),
-        }
+        self.client.get_roots()
     }
 }
 
@@ -280,17 +268,14 @@ impl Fs {
     pub(crate) fn alloc_ino(&self) -> FsResult<u64> {
         let mut run = self.inos.lock().unwrap_or_else(|p| p.into_inner());
         if run.next >= run.end {
-            match self.client.call(Request::AllocInodes {
-                count: INODE_ALLOC_NR,
-            })? {
-                Response::Inodes { ino, nr } if nr > 0 => {
-                    *run = InoRun {
-                        next: ino,
-                        end: ino + nr,
-                    }
-                }
-                _ => return Err(ENOSPC),
+            let (ino, nr) = self.client.alloc_inodes(INODE_ALLOC_NR)?;
+            if nr == 0 {
+                return Err(ENOSPC);
             }
+            *run = InoRun {
+                next: ino,
+                end: ino + nr,
+            };
         }
         run.next += 1;
         Ok(run.next - 1)
@@ -364,9 +349,6 @@ impl Fs {
 
     /// Filesystem totals for statfs.
     pub fn statfs(&self) -> FsResult<crate::cluster::net::msg::StatfsInfo> {
-        match self.client.call(Request::Statfs)? {
-            Response::Statfs(s) => Ok(s),
-            _ => Err(EIO),
-        }
+        Ok(self.client.statfs()?)
     }
 }

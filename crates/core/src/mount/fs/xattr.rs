@@ -12,8 +12,8 @@
 //! enforces ACLs from them). Anything else is EOPNOTSUPP.
 
 use super::acl;
-use super::dir::seqs_of;
 use super::inode::now;
+use super::inode::seqs_of;
 use super::*;
 use crate::cluster::lock::LockMode;
 use scoutfs_format::consts::{XATTR_MAX_PART_SIZE, XATTR_NAME_MAX, XATTR_VALUE_MAX};

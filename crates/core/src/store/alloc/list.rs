@@ -5,7 +5,8 @@
 //! to the next block. Entries are free blocks; the list blocks themselves
 //! are referenced blocks.
 //!
-//! A [`Writer`] owns two lists ([`ListState`]): it pops from *avail* and
+//! A [`Writer`] owns two lists ([`ListState`], defined beside it so that the
+//! block layer imports nothing of the allocators): it pops from *avail* and
 //! pushes onto *freed*. Popping from a clean avail block copies the block
 //! into one of its own entries (so allocating never needs another
 //! allocation); pushing onto a clean freed block copies it into a block
@@ -16,38 +17,13 @@
 //! is freed, since the durable super still references it.
 
 use crate::error::{CorruptKind, Error, Result};
-use crate::store::block::Writer;
+use crate::store::block::{ListState, Writer};
 use scoutfs_format::alloc::{
     alloc_list_blkno, set_alloc_list_blkno, validate_alloc_list_block, AllocListBlockHeader,
 };
 use scoutfs_format::consts::{magic, ALLOC_LIST_MAX_BLOCKS};
 use scoutfs_format::{AllocListHead, BlockRef};
 use zerocopy::FromBytes;
-
-/// The two lists a writer allocates from and frees into.
-#[derive(Clone, Debug, Default)]
-pub struct ListState {
-    pub avail: AllocListHead,
-    pub freed: AllocListHead,
-    pending: Vec<u64>,
-    draining: bool,
-}
-
-impl ListState {
-    pub fn new(avail: AllocListHead, freed: AllocListHead) -> ListState {
-        ListState {
-            avail,
-            freed,
-            pending: Vec::new(),
-            draining: false,
-        }
-    }
-
-    /// No list operation is under way and nothing waits to be freed.
-    pub fn quiescent(&self) -> bool {
-        self.pending.is_empty() && !self.draining
-    }
-}
 
 fn hdr_mut(buf: &mut [u8]) -> &mut AllocListBlockHeader {
     // Every list buffer is a full 64 KiB block, longer than the header.

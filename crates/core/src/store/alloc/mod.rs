@@ -24,5 +24,3 @@
 
 pub mod extent;
 pub mod list;
-
-pub use list::ListState;

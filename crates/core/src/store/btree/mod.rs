@@ -240,7 +240,7 @@ pub fn insert_list(w: &mut Writer, root: &mut BtreeRoot, items: &[Item]) -> Resu
         "insert_list items must be sorted"
     );
     if let Some(it) = items.iter().find(|it| it.val.len() > MAX_VAL_SIZE) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Internal(format!(
             "item value of {} bytes",
             it.val.len()
         )));
@@ -295,7 +295,7 @@ fn insert_walk(w: &mut Writer, root: &mut BtreeRoot, items: &[Item]) -> Result<u
     if block::free_bytes(&buf) < BTREE_MAX_ITEM_BYTES {
         if root.height >= BTREE_MAX_HEIGHT {
             w.put(buf);
-            return Err(Error::Invalid("btree reached its maximum height".into()));
+            return Err(Error::Internal("btree reached its maximum height".into()));
         }
         let (pr, mut pbuf) = w.new_block(magic::BTREE)?;
         block::init(&mut pbuf, root.height);
