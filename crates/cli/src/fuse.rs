@@ -5,7 +5,8 @@
 
 use crate::knotify::KernelNotify;
 use fuser::*;
-use scoutfs_core::mount::fs::inode::{Attr, SetAttr};
+use scoutfs_core::mount::fs::types::NewNode;
+use scoutfs_core::mount::fs::types::{Attr, SetAttr};
 use scoutfs_core::mount::fs::{Fs, FsError};
 use scoutfs_core::mount::locks::show_waits;
 use scoutfs_format::inode::*;
@@ -401,27 +402,16 @@ impl ScoutFuse {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Creates a node for the caller of `req`.
     fn make(
         &self,
         req: &Request,
         parent: u64,
         name: &OsStr,
-        mode: u32,
-        umask: u32,
-        rdev: u32,
-        link: Option<&[u8]>,
+        node: NewNode,
     ) -> Result<Attr, FsError> {
-        self.fs.mknod_as(
-            parent,
-            name.as_bytes(),
-            mode,
-            umask,
-            rdev,
-            req.uid(),
-            req.gid(),
-            link,
-        )
+        let node = node.owner(req.uid(), req.gid());
+        self.fs.mknod(parent, name.as_bytes(), &node)
     }
 }
 
@@ -572,7 +562,12 @@ impl Filesystem for ScoutFuse {
     ) {
         guard("mknod", || {
             self.may_cache(parent.0, name.as_bytes());
-            let r = self.make(req, parent.0, name, mode, umask, rdev, None);
+            let r = self.make(
+                req,
+                parent.0,
+                name,
+                NewNode::new(mode).umask(umask).rdev(rdev),
+            );
             self.entry(reply, parent.0, name, r);
         })
     }
@@ -588,7 +583,12 @@ impl Filesystem for ScoutFuse {
     ) {
         guard("mkdir", || {
             self.may_cache(parent.0, name.as_bytes());
-            let r = self.make(req, parent.0, name, S_IFDIR | mode, umask, 0, None);
+            let r = self.make(
+                req,
+                parent.0,
+                name,
+                NewNode::new(S_IFDIR | mode).umask(umask),
+            );
             self.entry(reply, parent.0, name, r);
         })
     }
@@ -616,7 +616,7 @@ impl Filesystem for ScoutFuse {
         guard("symlink", || {
             let t = target.as_os_str().as_bytes();
             self.may_cache(parent.0, link_name.as_bytes());
-            let r = self.make(req, parent.0, link_name, S_IFLNK | 0o777, 0, 0, Some(t));
+            let r = self.make(req, parent.0, link_name, NewNode::symlink(t));
             self.entry(reply, parent.0, link_name, r);
         })
     }
@@ -984,7 +984,7 @@ impl Filesystem for ScoutFuse {
     ) {
         guard("create", || {
             self.may_cache(parent.0, name.as_bytes());
-            match self.make(req, parent.0, name, mode, umask, 0, None) {
+            match self.make(req, parent.0, name, NewNode::new(mode).umask(umask)) {
                 Ok(a) => {
                     self.cached(parent.0, name.as_bytes(), Some(a.ino), true);
                     let noatime = flags & libc::O_NOATIME != 0;

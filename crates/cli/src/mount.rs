@@ -26,7 +26,7 @@ use crate::size;
 use fuser::{Config, MountOption, Session, SessionACL};
 use scoutfs_core::cluster::fence::local::{run_dir, sweep_stale, LocalRecord, RUN_DIR_ENV};
 use scoutfs_core::cluster::fence::FENCE_TIMEOUT_MS_DEFAULT;
-use scoutfs_core::cluster::quorum::{HEARTBEAT_TIMEOUT_MAX_MS, HEARTBEAT_TIMEOUT_MIN_MS};
+use scoutfs_core::cluster::quorum::agent::{HEARTBEAT_TIMEOUT_MAX_MS, HEARTBEAT_TIMEOUT_MIN_MS};
 use scoutfs_core::mount::fs::AtimeMode;
 use scoutfs_core::mount::{new_rid, Mount, MountOptions, MountRole};
 use scoutfs_core::types::Rid;
@@ -56,7 +56,7 @@ pub struct MountArgs {
     /// less).
     #[arg(
         long = "quorum-heartbeat-timeout-ms",
-        default_value_t = scoutfs_core::cluster::quorum::HEARTBEAT_TIMEOUT_DEFAULT_MS,
+        default_value_t = scoutfs_core::cluster::quorum::agent::HEARTBEAT_TIMEOUT_DEFAULT_MS,
         value_parser = clap::value_parser!(u64).range(HEARTBEAT_TIMEOUT_MIN_MS..=HEARTBEAT_TIMEOUT_MAX_MS)
     )]
     heartbeat_timeout_ms: u64,

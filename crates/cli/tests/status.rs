@@ -6,7 +6,8 @@
 mod common;
 
 use common::{scoutfs, Scratch};
-use scoutfs_core::cluster::quorum::{record_events, EventKind, Term};
+use scoutfs_core::cluster::quorum::blocks::{record_events, EventKind};
+use scoutfs_core::cluster::quorum::Term;
 use scoutfs_core::store::block::{read_sm, write_sm};
 use scoutfs_core::store::dev::{BlockDev, FileDev};
 use scoutfs_core::types::Rid;

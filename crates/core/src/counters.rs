@@ -5,10 +5,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
-    ($($name:ident),* $(,)?) => {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         /// Every counter of one block cache (one mount or one tool run).
         #[derive(Debug, Default)]
-        pub struct Counters { $(pub $name: AtomicU64,)* }
+        pub struct Counters { $($(#[$doc])* pub $name: AtomicU64,)* }
 
         impl Counters {
             /// (name, value) of every counter, in declaration order.
@@ -30,6 +30,9 @@ counters! {
     block_stale,
     block_corrupt,
     block_io_error,
+    /// Blocks a writer refused to write because they failed the checks of
+    /// a read (a bug; the commit fails).
+    block_write_refused,
     btree_split,
     btree_join,
     btree_balance,

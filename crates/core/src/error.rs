@@ -225,6 +225,20 @@ impl<T> ResultExt<T> for Result<T> {
     }
 }
 
+/// Checks an invariant of a write path; a violation is a bug. Debug builds
+/// (the tests) panic at once; release builds return [`Error::Internal`] so
+/// the commit fails and nothing is written from a state that is wrong.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            let msg = format!($($arg)+);
+            debug_assert!(false, "invariant: {msg}");
+            return Err($crate::error::Error::Internal(format!("invariant: {msg}")));
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

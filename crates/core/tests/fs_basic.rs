@@ -5,6 +5,7 @@
 mod common;
 
 use scoutfs_core::mount::fs::dir::{RENAME_EXCHANGE, RENAME_NOREPLACE};
+use scoutfs_core::mount::fs::types::NewNode;
 use scoutfs_core::mount::fs::*;
 use scoutfs_core::mount::MountOptions;
 use scoutfs_core::store::dev::BlockDev;
@@ -39,11 +40,13 @@ fn create_write_read_remount() {
     {
         let mnt = mount(&meta, &data);
         let fs = mnt.fs();
-        let d = fs.mknod(ROOT_INO, b"dir", DIR, 0, 0, 0, None).unwrap();
-        let f = fs.mknod(d.ino, b"file", REG, 0, 1000, 1000, None).unwrap();
+        let d = fs.mknod(ROOT_INO, b"dir", &NewNode::new(DIR)).unwrap();
+        let f = fs
+            .mknod(d.ino, b"file", &NewNode::new(REG).owner(1000, 1000))
+            .unwrap();
         assert_eq!(fs.lookup(d.ino, b"file").unwrap().ino, f.ino);
         assert_eq!(
-            fs.mknod(d.ino, b"file", REG, 0, 0, 0, None).unwrap_err(),
+            fs.mknod(d.ino, b"file", &NewNode::new(REG)).unwrap_err(),
             EEXIST
         );
         let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
@@ -52,16 +55,8 @@ fn create_write_read_remount() {
         assert_eq!(back.len(), 100_010);
         assert_eq!(&back[..10], &[0u8; 10]);
         assert_eq!(&back[10..], &payload[..]);
-        fs.mknod(
-            d.ino,
-            b"link",
-            libc::S_IFLNK | 0o777,
-            0,
-            0,
-            0,
-            Some(b"file"),
-        )
-        .unwrap();
+        fs.mknod(d.ino, b"link", &NewNode::symlink(b"file"))
+            .unwrap();
         assert_eq!(names(fs, d.ino), vec![".", "..", "file", "link"]);
         assert_eq!(fs.getattr(d.ino).unwrap().inode.nlink.get(), 2);
         assert_eq!(fs.getattr(ROOT_INO).unwrap().inode.nlink.get(), 3);
@@ -97,13 +92,13 @@ fn namespace_errors_and_renames() {
     let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xf6);
     let mnt = mount(&meta, &data);
     let fs = mnt.fs();
-    let a = fs.mknod(ROOT_INO, b"a", DIR, 0, 0, 0, None).unwrap();
-    let b = fs.mknod(ROOT_INO, b"b", DIR, 0, 0, 0, None).unwrap();
-    let f = fs.mknod(a.ino, b"f", REG, 0, 0, 0, None).unwrap();
+    let a = fs.mknod(ROOT_INO, b"a", &NewNode::new(DIR)).unwrap();
+    let b = fs.mknod(ROOT_INO, b"b", &NewNode::new(DIR)).unwrap();
+    let f = fs.mknod(a.ino, b"f", &NewNode::new(REG)).unwrap();
     assert_eq!(fs.lookup(ROOT_INO, b"nope").unwrap_err(), ENOENT);
     assert_eq!(fs.lookup(f.ino, b"x").unwrap_err(), ENOTDIR);
     assert_eq!(
-        fs.mknod(ROOT_INO, &[b'x'; 256], REG, 0, 0, 0, None)
+        fs.mknod(ROOT_INO, &[b'x'; 256], &NewNode::new(REG))
             .unwrap_err(),
         ENAMETOOLONG
     );
@@ -117,7 +112,7 @@ fn namespace_errors_and_renames() {
     fs.rename(a.ino, b"f", b.ino, b"g", 0).unwrap();
     assert_eq!(fs.lookup(b.ino, b"g").unwrap().ino, f.ino);
     assert_eq!(fs.lookup(a.ino, b"f").unwrap_err(), ENOENT);
-    let h = fs.mknod(b.ino, b"h", REG, 0, 0, 0, None).unwrap();
+    let h = fs.mknod(b.ino, b"h", &NewNode::new(REG)).unwrap();
     assert_eq!(
         fs.rename(b.ino, b"g", b.ino, b"h", RENAME_NOREPLACE)
             .unwrap_err(),
@@ -148,7 +143,7 @@ fn truncate_fallocate_xattrs() {
     let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xf7);
     let mnt = mount(&meta, &data);
     let fs = mnt.fs();
-    let f = fs.mknod(ROOT_INO, b"f", REG, 0, 0, 0, None).unwrap();
+    let f = fs.mknod(ROOT_INO, b"f", &NewNode::new(REG)).unwrap();
     fs.write(f.ino, 0, &[7u8; 20_000]).unwrap();
     fs.truncate(f.ino, 5000).unwrap();
     fs.truncate(f.ino, 9000).unwrap();
@@ -228,16 +223,16 @@ fn corrupt_block_under_a_mount_gives_eio_and_the_rest_is_served() {
     let (a, b) = {
         let mnt = mount(&meta, &data);
         let fs = mnt.fs();
-        let a = fs.mknod(ROOT_INO, b"a", DIR, 0, 0, 0, None).unwrap();
+        let a = fs.mknod(ROOT_INO, b"a", &NewNode::new(DIR)).unwrap();
         for i in 0..600u32 {
             let f = fs
-                .mknod(a.ino, format!("a{i}").as_bytes(), REG, 0, 0, 0, None)
+                .mknod(a.ino, format!("a{i}").as_bytes(), &NewNode::new(REG))
                 .unwrap();
             fs.setxattr(f.ino, b"user.pad", &[1u8; 400], 0).unwrap();
         }
-        let b = fs.mknod(ROOT_INO, b"b", DIR, 0, 0, 0, None).unwrap();
+        let b = fs.mknod(ROOT_INO, b"b", &NewNode::new(DIR)).unwrap();
         for i in 0..20u32 {
-            fs.mknod(b.ino, format!("b{i}").as_bytes(), REG, 0, 0, 0, None)
+            fs.mknod(b.ino, format!("b{i}").as_bytes(), &NewNode::new(REG))
                 .unwrap();
         }
         mnt.unmount().unwrap();
@@ -274,7 +269,7 @@ fn corrupt_block_under_a_mount_gives_eio_and_the_rest_is_served() {
     );
     // Everything else is still served, and changes elsewhere still commit.
     assert_eq!(fs.lookup(b, b"b7").unwrap().file_type(), libc::S_IFREG);
-    fs.mknod(b, b"new", REG, 0, 0, 0, None).unwrap();
+    fs.mknod(b, b"new", &NewNode::new(REG)).unwrap();
     fs.sync().unwrap();
     mnt.drop_caches();
     assert!(fs.lookup(b, b"new").is_ok());
@@ -294,7 +289,7 @@ fn orphans_left_by_a_mount_are_freed_by_the_next() {
     let ino = {
         let mnt = mount(&meta, &data);
         let fs = mnt.fs();
-        let f = fs.mknod(ROOT_INO, b"open", REG, 0, 0, 0, None).unwrap();
+        let f = fs.mknod(ROOT_INO, b"open", &NewNode::new(REG)).unwrap();
         fs.write(f.ino, 0, &[3u8; 300_000]).unwrap();
         // Unlinked while (as far as the fs knows) still open: never evicted.
         fs.unlink(ROOT_INO, b"open").unwrap();
@@ -335,9 +330,9 @@ fn readdir_batches_skip_deleted_entries_and_survive_remount() {
     {
         let mnt = mount(&meta, &data);
         let fs = mnt.fs();
-        let d = fs.mknod(ROOT_INO, b"big", DIR, 0, 0, 0, None).unwrap();
+        let d = fs.mknod(ROOT_INO, b"big", &NewNode::new(DIR)).unwrap();
         for i in 0..1000 {
-            fs.mknod(d.ino, format!("f{i:04}").as_bytes(), REG, 0, 0, 0, None)
+            fs.mknod(d.ino, format!("f{i:04}").as_bytes(), &NewNode::new(REG))
                 .unwrap();
         }
         fs.sync().unwrap();
@@ -353,7 +348,7 @@ fn readdir_batches_skip_deleted_entries_and_survive_remount() {
         assert_eq!(first[2].name, b"f0001");
         let pos = first.last().unwrap().next_pos;
         fs.unlink(d.ino, b"f0004").unwrap();
-        fs.mknod(d.ino, b"late", REG, 0, 0, 0, None).unwrap();
+        fs.mknod(d.ino, b"late", &NewNode::new(REG)).unwrap();
         let mut rest = Vec::new();
         let mut p = pos;
         loop {
@@ -398,9 +393,9 @@ fn a_listing_that_renames_what_it_reads_lists_each_entry_once() {
     let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xf6);
     let mnt = mount(&meta, &data);
     let fs = mnt.fs();
-    let d = fs.mknod(ROOT_INO, b"d", DIR, 0, 0, 0, None).unwrap();
+    let d = fs.mknod(ROOT_INO, b"d", &NewNode::new(DIR)).unwrap();
     for i in 0..500 {
-        fs.mknod(d.ino, format!("f{i}").as_bytes(), REG, 0, 0, 0, None)
+        fs.mknod(d.ino, format!("f{i}").as_bytes(), &NewNode::new(REG))
             .unwrap();
     }
     let end = fs.readdir_end(d.ino).unwrap();
@@ -432,7 +427,7 @@ fn an_xattr_replace_is_atomic_to_concurrent_readers() {
     let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xf7);
     let mnt = mount(&meta, &data);
     let fs = mnt.fs();
-    let f = fs.mknod(ROOT_INO, b"f", REG, 0, 0, 0, None).unwrap();
+    let f = fs.mknod(ROOT_INO, b"f", &NewNode::new(REG)).unwrap();
     fs.setxattr(f.ino, b"user.v", b"0", 0).unwrap();
     let done = std::sync::atomic::AtomicBool::new(false);
     let reads = std::thread::scope(|s| {
@@ -472,8 +467,8 @@ fn posix_acls_set_modes_and_are_inherited() {
     let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xfb);
     let mnt = mount(&meta, &data);
     let fs = mnt.fs();
-    let d = fs.mknod(ROOT_INO, b"d", DIR, 0, 0, 0, None).unwrap();
-    let f = fs.mknod(ROOT_INO, b"f", REG, 0, 0, 0, None).unwrap();
+    let d = fs.mknod(ROOT_INO, b"d", &NewNode::new(DIR)).unwrap();
+    let f = fs.mknod(ROOT_INO, b"f", &NewNode::new(REG)).unwrap();
 
     let ext = Acl(vec![
         e(USER_OBJ, 6, X),
@@ -512,47 +507,41 @@ fn posix_acls_set_modes_and_are_inherited() {
     fs.setxattr(d.ino, acl::DEFAULT, &def.encode(), 0).unwrap();
     // Created 0666 with umask 022: the ACL decides, not the umask.
     let c = fs
-        .mknod_as(d.ino, b"c", libc::S_IFREG | 0o666, 0o022, 0, 0, 0, None)
+        .mknod(
+            d.ino,
+            b"c",
+            &NewNode::new(libc::S_IFREG | 0o666).umask(0o022),
+        )
         .unwrap();
     assert_eq!(c.mode() & 0o7777, 0o660);
     let got = Acl::parse(&fs.getxattr(c.ino, acl::ACCESS).unwrap()).unwrap();
     assert_eq!(got.mode_bits(), (0o660, false));
     assert_eq!(fs.getxattr(c.ino, acl::DEFAULT).unwrap_err(), ENODATA);
     let sub = fs
-        .mknod_as(d.ino, b"sub", libc::S_IFDIR | 0o777, 0o022, 0, 0, 0, None)
+        .mknod(
+            d.ino,
+            b"sub",
+            &NewNode::new(libc::S_IFDIR | 0o777).umask(0o022),
+        )
         .unwrap();
     assert_eq!(sub.mode() & 0o7777, 0o770);
     assert_eq!(fs.getxattr(sub.ino, acl::DEFAULT).unwrap(), def.encode());
     // Symlinks inherit nothing; outside the directory the umask applies.
     let l = fs
-        .mknod_as(
-            d.ino,
-            b"l",
-            libc::S_IFLNK | 0o777,
-            0o022,
-            0,
-            0,
-            0,
-            Some(b"c"),
-        )
+        .mknod(d.ino, b"l", &NewNode::symlink(b"c").umask(0o022))
         .unwrap();
     assert_eq!(fs.getxattr(l.ino, acl::ACCESS).unwrap_err(), ENODATA);
     let plain = fs
-        .mknod_as(
+        .mknod(
             ROOT_INO,
             b"plain",
-            libc::S_IFREG | 0o666,
-            0o027,
-            0,
-            0,
-            0,
-            None,
+            &NewNode::new(libc::S_IFREG | 0o666).umask(0o027),
         )
         .unwrap();
     assert_eq!(plain.mode() & 0o7777, 0o640);
 
     // chmod rewrites the owner, mask and other entries.
-    let s = scoutfs_core::mount::fs::inode::SetAttr {
+    let s = scoutfs_core::mount::fs::types::SetAttr {
         mode: Some(0o604),
         ..Default::default()
     };
@@ -574,7 +563,7 @@ fn atime(fs: &Fs, ino: u64) -> (u64, u32) {
 /// strictatime updates at every access; noatime never.
 #[test]
 fn atime_modes() {
-    use scoutfs_core::mount::fs::inode::SetAttr;
+    use scoutfs_core::mount::fs::types::SetAttr;
     use scoutfs_format::Timespec;
     let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xfc);
     let open = |mode| {
@@ -584,7 +573,7 @@ fn atime_modes() {
     };
     let mnt = open(AtimeMode::Relatime);
     let fs = mnt.fs();
-    let f = fs.mknod(ROOT_INO, b"f", REG, 0, 0, 0, None).unwrap();
+    let f = fs.mknod(ROOT_INO, b"f", &NewNode::new(REG)).unwrap();
     fs.write(f.ino, 0, b"hello").unwrap();
     assert!(fs.atime_wanted(f.ino).unwrap(), "changed since last read");
     let before = atime(fs, f.ino);
@@ -636,10 +625,10 @@ fn small_files_are_not_preallocated_and_streams_are() {
     let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xfd);
     let mnt = mount(&meta, &data);
     let fs = mnt.fs();
-    let s = fs.mknod(ROOT_INO, b"small", REG, 0, 0, 0, None).unwrap();
+    let s = fs.mknod(ROOT_INO, b"small", &NewNode::new(REG)).unwrap();
     fs.write(s.ino, 0, &[1u8; 4096]).unwrap();
     assert_eq!(fs.getattr(s.ino).unwrap().inode.online_blocks.get(), 1);
-    let t = fs.mknod(ROOT_INO, b"stream", REG, 0, 0, 0, None).unwrap();
+    let t = fs.mknod(ROOT_INO, b"stream", &NewNode::new(REG)).unwrap();
     fs.write(t.ino, 0, &[2u8; 65536]).unwrap();
     assert_eq!(fs.getattr(t.ino).unwrap().inode.online_blocks.get(), 16);
     fs.write(t.ino, 65536, &[3u8; 65536]).unwrap();

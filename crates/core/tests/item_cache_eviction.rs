@@ -2,6 +2,7 @@
 //! and creates failed with ENOENT for directories that existed.
 
 mod common;
+use scoutfs_core::mount::fs::types::NewNode;
 use scoutfs_core::mount::trans::TransLimits;
 use scoutfs_core::mount::{Mount, MountOptions};
 use scoutfs_core::store::dev::BlockDev;
@@ -28,11 +29,7 @@ fn item_cache_eviction_never_drops_the_range_in_use() {
             fs.mknod(
                 1,
                 format!("d{i}").as_bytes(),
-                libc::S_IFDIR | 0o755,
-                0,
-                0,
-                0,
-                None,
+                &NewNode::new(libc::S_IFDIR | 0o755),
             )
             .unwrap()
             .ino
@@ -42,11 +39,7 @@ fn item_cache_eviction_never_drops_the_range_in_use() {
         if let Err(e) = fs.mknod(
             dirs[(i % 10) as usize],
             format!("f{i}").as_bytes(),
-            libc::S_IFREG | 0o644,
-            0,
-            0,
-            0,
-            None,
+            &NewNode::new(libc::S_IFREG | 0o644),
         ) {
             panic!("mknod {i} in dir {}: {e:?}", dirs[(i % 10) as usize]);
         }

@@ -63,10 +63,11 @@
 
 mod common;
 
+use scoutfs_core::cluster::lock::client::{Acquire, ClientAction, LockClient};
 use scoutfs_core::cluster::lock::server::{LockServer, ServerOut};
 use scoutfs_core::cluster::lock::{
     index_lock_range, inode_lock_range, modes_compatible, orphan_lock_range, rename_lock_range,
-    Acquire, ClientAction, LockClient, LockMode, LockMsg, RecoverEntry, RECOVER_ENTRIES_MAX,
+    LockMode, LockMsg, RecoverEntry, RECOVER_ENTRIES_MAX,
 };
 use scoutfs_core::rng::Rng;
 use scoutfs_core::types::Rid;

@@ -6,6 +6,7 @@
 
 mod common;
 
+use scoutfs_core::mount::fs::types::NewNode;
 use scoutfs_core::mount::trans::TransLimits;
 use scoutfs_core::mount::{Mount, MountOptions};
 use scoutfs_core::store::dev::{BlockDev, FileDev};
@@ -50,11 +51,7 @@ fn a_million_files_stay_within_the_memory_bound() {
             fs.mknod(
                 ROOT_INO,
                 format!("d{i}").as_bytes(),
-                libc::S_IFDIR | 0o755,
-                0,
-                0,
-                0,
-                None,
+                &NewNode::new(libc::S_IFDIR | 0o755),
             )
             .unwrap()
             .ino
@@ -66,11 +63,7 @@ fn a_million_files_stay_within_the_memory_bound() {
         fs.mknod(
             dirs[(i % 100) as usize],
             name.as_bytes(),
-            libc::S_IFREG | 0o644,
-            0,
-            0,
-            0,
-            None,
+            &NewNode::new(libc::S_IFREG | 0o644),
         )
         .unwrap();
     }

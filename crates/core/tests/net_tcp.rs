@@ -6,6 +6,7 @@
 mod common;
 
 use common::assert_clean;
+use scoutfs_core::mount::fs::types::NewNode;
 
 use scoutfs_core::mount::fs::Fs;
 use scoutfs_core::mount::{Mount, MountOptions};
@@ -59,7 +60,7 @@ fn assert_work(fs: &Fs, rounds: usize) {
 fn work(fs: &Fs, dir: u64, round: usize) {
     for i in 0..40 {
         let name = format!("r{round}-f{i}");
-        let f = fs.mknod(dir, name.as_bytes(), REG, 0, 0, 0, None).unwrap();
+        let f = fs.mknod(dir, name.as_bytes(), &NewNode::new(REG)).unwrap();
         fs.write(f.ino, 0, name.as_bytes()).unwrap();
     }
     fs.sync().unwrap();
@@ -77,7 +78,7 @@ fn broken_connections_are_made_again_and_nothing_is_lost() {
     {
         let mnt = mount(&meta, &data);
         let fs = mnt.fs().clone();
-        let d = fs.mknod(ROOT_INO, b"d", DIR, 0, 0, 0, None).unwrap();
+        let d = fs.mknod(ROOT_INO, b"d", &NewNode::new(DIR)).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let server = mnt.server().expect("the mount runs its server");
         std::thread::scope(|s| {
@@ -135,7 +136,7 @@ fn bad_bytes_close_only_their_connection() {
     let fs = mnt.fs();
     let server = mnt.server().unwrap();
     let addr = server.link().addr();
-    let d = fs.mknod(ROOT_INO, b"d", DIR, 0, 0, 0, None).unwrap();
+    let d = fs.mknod(ROOT_INO, b"d", &NewNode::new(DIR)).unwrap();
     let mut huge = Vec::new();
     huge.extend_from_slice(b"SCNF");
     huge.extend_from_slice(&[0xff; 60]);
@@ -147,7 +148,7 @@ fn bad_bytes_close_only_their_connection() {
     for (n, bytes) in inputs.iter().enumerate() {
         send_and_expect_close(addr, bytes, &format!("input {n}"));
         let f = fs
-            .mknod(d.ino, format!("after-{n}").as_bytes(), REG, 0, 0, 0, None)
+            .mknod(d.ino, format!("after-{n}").as_bytes(), &NewNode::new(REG))
             .unwrap();
         fs.write(f.ino, 0, b"still here").unwrap();
         fs.sync().unwrap();
@@ -218,7 +219,7 @@ fn forged_greetings_are_dropped_unanswered_and_counted() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(counted, 3, "each forged greeting counted once");
-    let f = fs.mknod(ROOT_INO, b"after", REG, 0, 0, 0, None).unwrap();
+    let f = fs.mknod(ROOT_INO, b"after", &NewNode::new(REG)).unwrap();
     fs.write(f.ino, 0, b"still here").unwrap();
     fs.sync().unwrap();
     mnt.unmount().unwrap();
@@ -239,7 +240,7 @@ fn a_new_server_recovers_the_mounts_locks_and_work_goes_on() {
     {
         let mut mnt = mount(&meta, &data);
         let fs = mnt.fs().clone();
-        let d = fs.mknod(ROOT_INO, b"d", DIR, 0, 0, 0, None).unwrap();
+        let d = fs.mknod(ROOT_INO, b"d", &NewNode::new(DIR)).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let worker = {
             let (fs, stop) = (fs.clone(), stop.clone());
@@ -261,8 +262,8 @@ fn a_new_server_recovers_the_mounts_locks_and_work_goes_on() {
         assert_eq!(mnt.server().unwrap().term(), 1 + restarts);
         // Locks still work under the last server: a fresh directory and
         // a sync need new grants and a commit.
-        let e = fs.mknod(ROOT_INO, b"after", DIR, 0, 0, 0, None).unwrap();
-        fs.mknod(e.ino, b"f", REG, 0, 0, 0, None).unwrap();
+        let e = fs.mknod(ROOT_INO, b"after", &NewNode::new(DIR)).unwrap();
+        fs.mknod(e.ino, b"f", &NewNode::new(REG)).unwrap();
         fs.sync().unwrap();
         mnt.unmount().unwrap();
     }

@@ -16,11 +16,16 @@
 //! followers' heartbeat timeout, and within that plus an election), not
 //! against a speed target.
 
-use scoutfs_core::cluster::quorum::{
-    event_term, find_server, read_quorum_block, record_events, EventKind, Message, MessageCodec,
-    MsgType, OldLeader, QuorumDriver, QuorumHandle, QuorumOptions, QuorumStatus, Role,
-    ServerControl, ServerState, SlotNr, Term, ELECT_MIN_MS, ELECT_VAR_MS, HEARTBEAT_INTERVAL_MS,
+use scoutfs_core::cluster::quorum::agent::{
+    Role, ServerState, ELECT_MIN_MS, ELECT_VAR_MS, HEARTBEAT_INTERVAL_MS,
 };
+use scoutfs_core::cluster::quorum::blocks::{event_term, record_events, EventKind, OldLeader};
+use scoutfs_core::cluster::quorum::driver::{
+    find_server, read_quorum_block, QuorumDriver, QuorumHandle, QuorumOptions, QuorumStatus,
+    ServerControl,
+};
+use scoutfs_core::cluster::quorum::msg::{Message, MessageCodec, MsgType};
+use scoutfs_core::cluster::quorum::{SlotNr, Term};
 use scoutfs_core::store::commit::read_super;
 use scoutfs_core::store::dev::{BlockDev, CrashMode, MemDev};
 use scoutfs_core::tools::mkfs::{mkfs, MkfsOptions};

@@ -56,10 +56,12 @@
 
 mod common;
 
-use scoutfs_core::cluster::quorum::{
-    event_term, leaders_to_fence, newer_election, record_events, Action, Agent, AgentConfig, Dest,
-    EventKind, Message, MessageCodec, MessageError, MsgType, Phase, Role, SlotNr, SlotSet, Term,
+use scoutfs_core::cluster::quorum::agent::{Action, Agent, AgentConfig, Dest, Phase, Role};
+use scoutfs_core::cluster::quorum::blocks::{
+    event_term, leaders_to_fence, newer_election, record_events, EventKind,
 };
+use scoutfs_core::cluster::quorum::msg::{Message, MessageCodec, MessageError, MsgType};
+use scoutfs_core::cluster::quorum::{SlotNr, SlotSet, Term};
 use scoutfs_core::rng::Rng;
 use scoutfs_core::types::Rid;
 use scoutfs_format::block::Timespec;

@@ -7,6 +7,7 @@
 mod common;
 
 use common::mount;
+use scoutfs_core::mount::fs::types::NewNode;
 
 use scoutfs_core::mount::Mount;
 use scoutfs_core::store::commit::{read_super, write_super};
@@ -30,7 +31,7 @@ fn status(meta: &MemDev) -> Status {
 fn write_and_sync(mnt: &Mount, name: &[u8]) {
     let fs = mnt.fs();
     let f = fs
-        .mknod(ROOT_INO, name, libc::S_IFREG | 0o644, 0, 0, 0, None)
+        .mknod(ROOT_INO, name, &NewNode::new(libc::S_IFREG | 0o644))
         .unwrap();
     fs.write(f.ino, 0, b"status").unwrap();
     fs.sync().unwrap();

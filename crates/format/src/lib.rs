@@ -23,6 +23,7 @@ pub mod quorum;
 pub mod sizes;
 pub mod srch;
 pub mod super_block;
+pub mod wire;
 pub mod xattr;
 
 pub use alloc::{AllocListHead, AllocRoot};

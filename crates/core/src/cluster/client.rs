@@ -17,6 +17,7 @@ use crate::cluster::net::msg::{ClientResponse, Request, Response, ServerRequest,
 use crate::cluster::net::tcp::{ClientDeliver, ClientLink, ServerAddr};
 use crate::cluster::net::wire::GREETING_FLAG_FAREWELL;
 use crate::error::{Error, Result};
+use crate::store::forest::RootsSource;
 use crate::types::Roots;
 use scoutfs_format::log_trees::LogTrees;
 use std::collections::HashMap;
@@ -262,4 +263,10 @@ fn server_error(what: &'static str, errno: i32) -> Error {
 
 fn closed(what: &'static str) -> Error {
     Error::Disconnected(format!("{what}: the connection to the server closed"))
+}
+
+impl RootsSource for Client {
+    fn roots(&self) -> Result<Roots> {
+        self.get_roots()
+    }
 }

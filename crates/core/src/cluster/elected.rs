@@ -23,7 +23,9 @@
 //! late report of an earlier server.
 
 use crate::cluster::fence::{FenceOutcome, FenceReason, FenceRequest, Fencer};
-use crate::cluster::quorum::{OldLeader, QuorumHandle, ServerControl, SlotNr, SlotSet, Term};
+use crate::cluster::quorum::blocks::OldLeader;
+use crate::cluster::quorum::driver::{QuorumHandle, ServerControl};
+use crate::cluster::quorum::{SlotNr, SlotSet, Term};
 use crate::cluster::server::{Server, ServerOptions};
 use crate::error::{Error, Result};
 use crate::store::commit::Store;
@@ -186,7 +188,8 @@ impl Worker {
                             *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
                             tracing::info!(
                                 "serving the filesystem as the server of term {} on {}",
-                                term.0, self.addr
+                                term.0,
+                                self.addr
                             );
                             self.running = Some((term, server));
                             if let Some(q) = &self.quorum {
@@ -277,7 +280,9 @@ impl Worker {
                 .unwrap_or(self.addr);
             tracing::warn!(
                 "fencing the server of term {} (mount {:#018x}, slot {})",
-                old.term.0, old.rid.0, old.slot
+                old.term.0,
+                old.rid.0,
+                old.slot
             );
             let req = FenceRequest {
                 rid: old.rid,

@@ -829,10 +829,7 @@ impl State {
                     }
                 }
                 ServerOut::ProtocolError { rid, reason } => {
-                    tracing::warn!(
-                        "lock protocol error from {:#x}: {reason}",
-                        rid.0
-                    );
+                    tracing::warn!("lock protocol error from {:#x}: {reason}", rid.0);
                 }
             }
         }
@@ -844,6 +841,12 @@ impl State {
     }
 
     fn commit(&mut self, mut txn: Txn) -> Result<()> {
+        crate::ensure!(
+            self.seq >= self.store.sb.seq.get(),
+            "the server's seq {} is behind the super block's {}",
+            self.seq,
+            self.store.sb.seq.get()
+        );
         txn.sb.seq = self.seq.into();
         self.store.commit(txn)?;
         Ok(())

@@ -40,7 +40,7 @@
 
 use crate::error::Result;
 use crate::store::btree::Item;
-use crate::store::forest::{ReadResult, Version};
+use crate::store::forest::{ForestSource, ReadResult, RootsSource, Version};
 use scoutfs_format::consts::ITEM_FLAG_DELETION;
 use scoutfs_format::Key;
 use std::collections::BTreeMap;
@@ -66,6 +66,12 @@ impl Cover {
 /// Where items come from on a miss: the forest, through roots from the server.
 pub trait Source {
     fn read(&self, key: &Key, lo: &Key, hi: &Key) -> Result<ReadResult>;
+}
+
+impl<R: RootsSource> Source for ForestSource<R> {
+    fn read(&self, key: &Key, lo: &Key, hi: &Key) -> Result<ReadResult> {
+        ForestSource::read(self, key, lo, hi)
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -27,9 +27,8 @@
 //! transaction.
 
 use crate::cluster::client::{Client, Handler};
-use crate::cluster::lock::{
-    inode_lock_range, Acquire, ClientAction, LockClient, LockMode, LockMsg, RECOVER_ENTRIES_MAX,
-};
+use crate::cluster::lock::client::{Acquire, ClientAction, LockClient};
+use crate::cluster::lock::{inode_lock_range, LockMode, LockMsg, RECOVER_ENTRIES_MAX};
 use crate::cluster::net::msg::{ClientResponse, ServerRequest};
 use crate::error::{Error, Result};
 use crate::mount::item::{Cover, ItemCache};

@@ -28,9 +28,9 @@ use crate::cluster::elected::{ElectedOptions, ElectedServer};
 use crate::cluster::fence::{Fencer, FENCE_TIMEOUT_MS_DEFAULT};
 use crate::cluster::net::tcp::{FindServer, ServerAddr};
 use crate::cluster::net::wire::GREETING_FLAG_QUORUM;
-use crate::cluster::quorum::{
-    find_server, QuorumDriver, QuorumHandle, QuorumOptions, SlotNr, HEARTBEAT_TIMEOUT_DEFAULT_MS,
-};
+use crate::cluster::quorum::agent::HEARTBEAT_TIMEOUT_DEFAULT_MS;
+use crate::cluster::quorum::driver::{find_server, QuorumDriver, QuorumHandle, QuorumOptions};
+use crate::cluster::quorum::SlotNr;
 use crate::cluster::server::{
     mounted_client_key, Server, ServerOptions, RECONNECT_TIMEOUT_MS_DEFAULT,
     RECOVERY_TIMEOUT_MS_DEFAULT,

@@ -342,11 +342,29 @@ impl Trans {
             let max = items.iter().map(|it| it.seq).max().unwrap_or(0);
             st.lt.max_item_seq = st.lt.max_item_seq.get().max(max).into();
         }
+        crate::ensure!(
+            st.lt.data_avail.total_len.get() <= st.data_avail_at_open,
+            "data avail grew from {} to {} within a transaction",
+            st.data_avail_at_open,
+            st.lt.data_avail.total_len.get()
+        );
         w.write_out()?;
+        crate::ensure!(
+            w.dirty_blocks() == 0,
+            "{} dirty blocks after writing",
+            w.dirty_blocks()
+        );
         st.lt.inode_count_delta = ((st.lt.inode_count_delta() + st.inode_delta) as u64).into();
         st.lt.meta_avail = w.lists().avail;
         st.lt.meta_freed = w.lists().freed;
         let next = self.client.commit_log_trees(st.lt)?;
+        crate::ensure!(
+            next.rid == st.lt.rid && next.get_trans_seq.get() > seq,
+            "the server opened log tree {:#x} seq {} after {:#x} seq {seq}",
+            next.rid.get(),
+            next.get_trans_seq.get(),
+            st.lt.rid.get()
+        );
         self.items.write_done();
         st.data_bytes = 0;
         st.inode_delta = 0;

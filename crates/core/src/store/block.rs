@@ -600,6 +600,25 @@ impl Writer {
         set_block_crc(buf);
         let dev = &self.cache.dev;
         let ctr = &self.cache.counters;
+        // A block is checked before it is written as it is after it is
+        // read: a bug that built a bad block stops the commit here instead
+        // of leaving a corrupt filesystem for the next reader.
+        let h = header_of(buf);
+        let (magic, seq) = (h.magic.get(), h.seq.get());
+        let r = BlockRef {
+            blkno: blkno.into(),
+            seq: seq.into(),
+        };
+        if let Err(e) = verify_block(buf, &r, self.cache.fsid, magic) {
+            counters::inc(&ctr.block_write_refused);
+            let detail = format!("refusing to write an invalid block: {e}");
+            return Err(Error::corrupt(
+                CorruptKind::BlockInvalid,
+                blkno,
+                seq,
+                detail,
+            ));
+        }
         dev.write_at(buf, blkno * BLOCK_LG_SIZE as u64)
             .map_err(|e| {
                 counters::inc(&ctr.block_io_error);

@@ -61,6 +61,63 @@ pub fn super_roots(sb: &SuperBlock) -> [(&'static str, &BtreeRoot); 5] {
     ]
 }
 
+/// What every commit keeps true of the super block, checked against the
+/// last durable one before anything is written: the same filesystem and
+/// device sizes, seqs and inode numbers that never go back, and no more
+/// free space recorded than the devices have.
+fn check_commit(old: &SuperBlock, new: &SuperBlock) -> Result<()> {
+    crate::ensure!(
+        new.hdr.fsid == old.hdr.fsid,
+        "commit of fsid {:#x} over {:#x}",
+        new.hdr.fsid.get(),
+        old.hdr.fsid.get()
+    );
+    crate::ensure!(
+        new.total_meta_blocks == old.total_meta_blocks
+            && new.total_data_blocks == old.total_data_blocks,
+        "device sizes changed in a commit"
+    );
+    crate::ensure!(
+        new.seq.get() >= old.seq.get(),
+        "seq went back from {} to {}",
+        old.seq.get(),
+        new.seq.get()
+    );
+    crate::ensure!(
+        new.next_ino.get() >= old.next_ino.get(),
+        "next inode went back from {} to {}",
+        old.next_ino.get(),
+        new.next_ino.get()
+    );
+    let meta_free: u64 = new
+        .meta_alloc
+        .iter()
+        .map(|a| a.total_len.get())
+        .sum::<u64>()
+        + new
+            .server_meta_avail
+            .iter()
+            .map(|h| h.total_nr.get())
+            .sum::<u64>()
+        + new
+            .server_meta_freed
+            .iter()
+            .map(|h| h.total_nr.get())
+            .sum::<u64>();
+    crate::ensure!(
+        meta_free <= new.total_meta_blocks.get(),
+        "{meta_free} free metadata blocks of {}",
+        new.total_meta_blocks.get()
+    );
+    crate::ensure!(
+        new.data_alloc.total_len.get() <= new.total_data_blocks.get(),
+        "{} free data blocks of {}",
+        new.data_alloc.total_len.get(),
+        new.total_data_blocks.get()
+    );
+    Ok(())
+}
+
 /// Reads and checks a super block: `meta` says which device's copy it must be.
 pub fn read_super(dev: &dyn BlockDev, meta: bool) -> Result<SuperBlock> {
     let which = if meta { "metadata" } else { "data" };
@@ -211,6 +268,7 @@ impl Store {
             });
         }
         let Txn { mut w, mut sb } = txn;
+        check_commit(&self.sb, &sb)?;
         let res = rotate_meta_alloc(&mut w, &mut sb);
         w.fail_on(res)?;
         let blocks = w.dirty_blocks() as u64;

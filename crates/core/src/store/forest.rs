@@ -16,6 +16,7 @@
 //! caller re-reads roots and retries, a bounded number of times.
 
 use crate::error::{CorruptKind, Error, Result};
+use crate::store::block::BlockCache;
 use crate::store::btree::{self, block as bblock, Reader};
 use crate::types::Roots;
 use scoutfs_format::consts::ITEM_FLAG_DELETION;
@@ -129,6 +130,58 @@ pub fn read_items<R: Reader + ?Sized>(
 /// A reader that fails with `Stale` is retried this many times with newer
 /// roots before the error is returned (as corruption).
 pub const STALE_RETRIES_MAX: usize = 10;
+
+/// Where a reader gets the roots of the last written super block (for a
+/// mount, the server).
+pub trait RootsSource: Send + Sync {
+    fn roots(&self) -> Result<Roots>;
+}
+
+impl<T: RootsSource + ?Sized> RootsSource for std::sync::Arc<T> {
+    fn roots(&self) -> Result<Roots> {
+        (**self).roots()
+    }
+}
+
+/// Reads fs items with roots from the last written super block, and
+/// again with newer roots when a block was rewritten meanwhile (at most
+/// [`STALE_RETRIES_MAX`] times; a block still stale after that is
+/// reported as corruption).
+pub struct ForestSource<R> {
+    roots: R,
+    cache: std::sync::Arc<BlockCache>,
+}
+
+impl<R: RootsSource> ForestSource<R> {
+    pub fn new(roots: R, cache: std::sync::Arc<BlockCache>) -> ForestSource<R> {
+        ForestSource { roots, cache }
+    }
+
+    /// The roots of the last written super block.
+    pub fn roots(&self) -> Result<Roots> {
+        self.roots.roots()
+    }
+
+    /// [`read_items`] around `key` within `lo..=hi`, retried on stale blocks.
+    pub fn read(&self, key: &Key, lo: &Key, hi: &Key) -> Result<ReadResult> {
+        let mut last: Option<Error> = None;
+        for _ in 0..STALE_RETRIES_MAX {
+            let roots = self.roots.roots()?;
+            match read_items(self.cache.as_ref(), &roots, key, lo, hi) {
+                Err(e @ Error::Stale { .. }) => {
+                    self.cache.note_error(&e);
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        let detail = format!(
+            "a block stayed stale after retries: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        );
+        Err(Error::corrupt(CorruptKind::BlockInvalid, 0, 0, detail))
+    }
+}
 
 /// A cursor over one tree's items, a leaf at a time.
 struct Cursor {

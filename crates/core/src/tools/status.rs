@@ -57,10 +57,11 @@
 //! Only configured slots are read. Terms compare as the quorum code
 //! compares them; write numbers order events within one block.
 
-use crate::cluster::quorum::{
+use crate::cluster::quorum::blocks::{
     current_server, event_term, greatest_term, leaders_to_fence, EventKind, OldLeader,
-    ServerLocation, SlotNr, SlotSet, Term,
+    ServerLocation,
 };
+use crate::cluster::quorum::{SlotNr, SlotSet, Term};
 use crate::error::{CorruptKind, Error, Result};
 use crate::store::block::{read_sm, BlockCache};
 use crate::store::btree;
@@ -795,7 +796,7 @@ fn slot_json(s: &SlotStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::quorum::record_events;
+    use crate::cluster::quorum::blocks::record_events;
     use EventKind as E;
 
     fn block(events: &[(EventKind, u64, u64)]) -> QuorumBlock {

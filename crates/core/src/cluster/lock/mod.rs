@@ -29,8 +29,6 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-pub use client::{Acquire, ClientAction, LockClient, LockView};
-
 use scoutfs_format::key::{ty, zone};
 use scoutfs_format::Key;
 use std::fmt;
@@ -43,11 +41,8 @@ const LOCK_GROUP_MASK: u64 = LOCK_GROUP_NR - 1;
 /// per lock and mount, so more than this is a protocol error.
 pub const INVALIDATIONS_QUEUED_MAX: usize = 4;
 
-/// Entries in one LOCK_RECOVER answer. 1024 entries of 48 bytes keep a
-/// payload well under `wire::MAX_FRAME_DATA` (checked there at compile
-/// time) while a mount with the default 10,000 idle locks reports in ten
-/// round trips.
-pub const RECOVER_ENTRIES_MAX: usize = 1024;
+/// Entries in one LOCK_RECOVER answer (a limit of the wire format).
+pub use scoutfs_format::wire::RECOVER_ENTRIES_MAX;
 
 /// The mode of a cluster lock, as on the wire.
 #[repr(u8)]

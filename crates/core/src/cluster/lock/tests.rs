@@ -1,6 +1,9 @@
 //! Tests of the lock client state machine and the lock ranges.
 
 use super::*;
+use crate::cluster::lock::client::Acquire;
+use crate::cluster::lock::client::ClientAction;
+use crate::cluster::lock::client::LockClient;
 use crate::types::Rid;
 use LockMode::{Null, Read, Write, WriteOnly};
 

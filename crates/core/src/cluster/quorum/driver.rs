@@ -17,7 +17,7 @@
 //!   [`Agent::on_timer`] when the deadline passes;
 //! - it carries out each [`Output`]'s actions in order: a
 //!   [`Action::Persist`] reads our slot's block, applies
-//!   [`record_events`](super::record_events), writes it and flushes the
+//!   [`record_events`](super::blocks::record_events), writes it and flushes the
 //!   device before any later action; a [`Action::Send`] goes to one slot's
 //!   address or every other slot's; [`Action::StartServer`] and
 //!   [`Action::StopServer`] call the mount's [`ServerControl`].
@@ -79,11 +79,16 @@
 //!   counted as bad by their truncated length.
 //! - Sends are not retried: the election tolerates lost messages.
 
-use super::{
-    current_server, leader_came_up, leaders_to_fence, newer_election, record_events, Action, Agent,
-    AgentConfig, AgentStats, Dest, Message, MessageCodec, MessageError, OldLeader, Output, Phase,
-    Role, ServerLocation, ServerState, SlotNr, SlotSet, Term, HEARTBEAT_TIMEOUT_DEFAULT_MS,
+use super::agent::{
+    Action, Agent, AgentConfig, AgentStats, Dest, Output, Phase, Role, ServerState,
+    HEARTBEAT_TIMEOUT_DEFAULT_MS,
 };
+use super::blocks::{
+    current_server, leader_came_up, leaders_to_fence, newer_election, record_events, OldLeader,
+    ServerLocation,
+};
+use super::msg::{Message, MessageCodec, MessageError};
+use super::{SlotNr, SlotSet, Term};
 use crate::clock::now_timespec;
 use crate::error::{CorruptKind, Error, Result};
 use crate::rng::Rng;
@@ -760,7 +765,7 @@ impl Driver {
     }
 
     /// Records `events` in our block: read, modify, write, flush.
-    fn persist(&mut self, events: &[(super::EventKind, Term)]) -> Result<()> {
+    fn persist(&mut self, events: &[(super::blocks::EventKind, Term)]) -> Result<()> {
         let me = self.me();
         let mut qb = self.reader.read(me)?;
         if qb.write_nr.get() != self.own_write_nr {

@@ -119,28 +119,13 @@
 //! - There is no pre-vote: a member that was cut off and counted its term up
 //!   deposes a working leader when it returns, as in the original.
 //! - Membership is fixed at mkfs; the configuration version is not checked.
-//! - Messages are checked (fsid, version, crc, slot) but not authenticated.
+//! - Messages are checked (fsid, version, crc, slot) and authenticated with
+//!   the cluster key (`cluster::auth`).
 
-mod agent;
-mod blocks;
-mod driver;
-mod msg;
-
-pub use agent::{
-    Action, Agent, AgentConfig, AgentStats, ConfigError, Dest, Output, Phase, Role, ServerState,
-    Vote, ELECT_MIN_MS, ELECT_VAR_MS, HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_DEFAULT_MS,
-    HEARTBEAT_TIMEOUT_MAX_MS, HEARTBEAT_TIMEOUT_MIN_MS, SUSPECT_SILENCE_MS,
-};
-pub use blocks::{
-    current_server, event_term, greatest_term, leader_came_up, leaders_to_fence, newer_election,
-    record_events, EventKind, OldLeader, ServerLocation,
-};
-pub use driver::{
-    find_server, read_quorum_block, read_quorum_blocks, BadMessageCounts, MessageCounts,
-    QuorumDriver, QuorumHandle, QuorumOptions, QuorumStatus, ServerControl, RECV_BUF_BYTES,
-    WAKE_POLL_MAX_MS,
-};
-pub use msg::{Message, MessageCodec, MessageError, MsgType};
+pub mod agent;
+pub mod blocks;
+pub mod driver;
+pub mod msg;
 
 use scoutfs_format::consts::QUORUM_MAX_SLOTS;
 use scoutfs_format::super_block::QuorumConfig;
@@ -236,6 +221,8 @@ impl FromIterator<SlotNr> for SlotSet {
 #[cfg(test)]
 mod testing {
     use super::*;
+    use crate::cluster::quorum::blocks::{record_events, EventKind};
+    use crate::cluster::quorum::msg::{Message, MsgType};
     use crate::types::Rid;
     use scoutfs_format::block::Timespec;
     use scoutfs_format::quorum::QuorumBlock;

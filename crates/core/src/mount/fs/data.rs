@@ -21,14 +21,18 @@
 //! transaction, once the freeing commit is durable. Large truncates free
 //! extents in batches, one transaction hold per batch.
 
+use super::inode::now;
 use super::inode::seqs_of;
-use super::inode::{now, Attr, Op};
-use super::*;
+use super::types::{Attr, Op};
+use super::{Fs, FsError, FsResult, EFBIG, EINVAL, EIO, EISDIR, ENOSPC, EOPNOTSUPP};
 use crate::cluster::lock::LockMode;
+use crate::error::Error;
+use crate::mount::locks::LockGuard;
 use crate::store::alloc::extent;
 use scoutfs_format::data::{DataExtentVal, SEF_UNWRITTEN};
 use scoutfs_format::inode::{S_IFDIR, S_IFREG};
 use scoutfs_format::key::{ty, zone};
+use scoutfs_format::Key;
 use zerocopy::{FromBytes, IntoBytes};
 
 pub const BLOCK: u64 = 4096;

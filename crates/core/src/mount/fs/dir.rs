@@ -20,13 +20,20 @@
 //! item, until `evict` (the kernel forgot it, or the last open closed); then
 //! its items and data are freed.
 
-use super::inode::{inode_key, now, seqs_of, Attr, Op};
-use super::*;
+use super::inode::{inode_key, now, seqs_of};
+use super::types::{Attr, FoundEntry, NewNode, Op};
+use super::{
+    Fs, FsError, FsResult, EEXIST, EINVAL, EIO, EISDIR, ELOOP, EMLINK, ENAMETOOLONG, ENOENT,
+    ENOTDIR, ENOTEMPTY, EPERM,
+};
 use crate::cluster::lock::{orphan_lock_range, rename_lock_range, LockMode};
+use crate::error::Error;
+use crate::mount::locks::LockGuard;
 use scoutfs_format::consts::{DIRENT_FIRST_POS, MAX_VAL_SIZE, NAME_LEN, SYMLINK_MAX_SIZE};
 use scoutfs_format::dir::*;
 use scoutfs_format::inode::*;
 use scoutfs_format::key::{ty, zone};
+use scoutfs_format::Key;
 
 /// rename flags (as Linux's renameat2).
 pub const RENAME_NOREPLACE: u32 = 1;
@@ -84,18 +91,9 @@ fn check_name(name: &[u8]) -> FsResult<()> {
     Ok(())
 }
 
-/// A found entry: its header (ino, hash, pos, type).
-#[derive(Clone, Copy, Debug)]
-struct Found {
-    ino: u64,
-    hash: u64,
-    pos: u64,
-    dt: u8,
-}
-
 impl Fs {
     /// Finds `name` in `dir` (the caller holds dir's lock).
-    fn find(&self, g: &LockGuard, dir: u64, name: &[u8]) -> FsResult<Option<Found>> {
+    fn find(&self, g: &LockGuard, dir: u64, name: &[u8]) -> FsResult<Option<FoundEntry>> {
         let hash = dirent_name_hash(name);
         let mut k = dirent_key(dir, hash, 0);
         let last = dirent_key(dir, hash, u64::MAX);
@@ -109,7 +107,7 @@ impl Fs {
                 ))
             })?;
             if n == name {
-                return Ok(Some(Found {
+                return Ok(Some(FoundEntry {
                     ino: h.ino.get(),
                     hash,
                     pos: h.pos.get(),
@@ -206,7 +204,7 @@ impl Fs {
         gd: &LockGuard,
         gt: &LockGuard,
         d: &mut Attr,
-        f: &Found,
+        f: &FoundEntry,
         name_len: usize,
     ) -> FsResult<()> {
         let seq = op.seq();
@@ -220,35 +218,21 @@ impl Fs {
         Ok(())
     }
 
-    /// Creates a file, device, fifo, socket, directory or symlink.
-    #[allow(clippy::too_many_arguments)]
-    pub fn mknod(
-        &self,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        rdev: u32,
-        uid: u32,
-        gid: u32,
-        link: Option<&[u8]>,
-    ) -> FsResult<Attr> {
-        self.make_node(parent, name, mode, 0, rdev, uid, gid, link)
-    }
-
-    /// Makes a node; `umask` applies unless the parent has a default ACL,
-    /// which the node inherits instead (see `acl`).
-    #[allow(clippy::too_many_arguments)]
-    fn make_node(
-        &self,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        umask: u32,
-        rdev: u32,
-        uid: u32,
-        gid: u32,
-        link: Option<&[u8]>,
-    ) -> FsResult<Attr> {
+    /// Creates a file, device, fifo, socket, directory or symlink, as a
+    /// user would: `umask` applies unless the parent has a default ACL,
+    /// which the node inherits instead (see `acl`); in a set-group-id
+    /// directory the node takes the directory's group, and a new directory
+    /// keeps the bit. The parent is locked once, for writing, and its group
+    /// read under that lock.
+    pub fn mknod(&self, parent: u64, name: &[u8], node: &NewNode<'_>) -> FsResult<Attr> {
+        let NewNode {
+            mode,
+            umask,
+            rdev,
+            uid,
+            link,
+            ..
+        } = *node;
         check_name(name)?;
         if let Some(t) = link {
             if t.is_empty() || t.len() >= SYMLINK_MAX_SIZE {
@@ -265,6 +249,13 @@ impl Fs {
         let mut d = self.dir_attr(gd, parent)?;
         if self.find(gd, parent, name)?.is_some() {
             return Err(EEXIST);
+        }
+        let (mut mode, mut gid) = (mode, node.gid);
+        if d.mode() & libc::S_ISGID != 0 {
+            gid = d.inode.gid.get();
+            if mode & S_IFMT == S_IFDIR {
+                mode |= libc::S_ISGID;
+            }
         }
         let is_dir = mode & S_IFMT == S_IFDIR;
         if is_dir && d.inode.nlink.get() >= LINK_MAX {
@@ -380,7 +371,7 @@ impl Fs {
     }
 
     /// Finds the inode `name` names in `parent`, under a read lock.
-    fn peek(&self, parent: u64, name: &[u8]) -> FsResult<Found> {
+    fn peek(&self, parent: u64, name: &[u8]) -> FsResult<FoundEntry> {
         if name.len() > NAME_LEN {
             return Err(ENAMETOOLONG);
         }
@@ -628,7 +619,7 @@ impl Fs {
             let gs = self.locks.lock_inodes(&inos, LockMode::Write)?;
             let _local = self.lock_local(&inos);
             let g = |ino: u64| gs.iter().find(|g| g.covers_inode(ino)).unwrap_or(&gs[0]);
-            let same = |a: Option<Found>, b: Option<Found>| match (a, b) {
+            let same = |a: Option<FoundEntry>, b: Option<FoundEntry>| match (a, b) {
                 (Some(a), Some(b)) => a.ino == b.ino && a.pos == b.pos,
                 (None, None) => true,
                 _ => false,
@@ -789,33 +780,6 @@ pub fn ikey(ino: u64) -> Key {
 }
 
 const _: () = assert!(S_IFDIR == libc::S_IFDIR);
-
-impl Fs {
-    /// Creates an inode as a user would: in a set-group-id directory the new
-    /// inode takes the directory's group, and a new directory keeps the bit.
-    #[allow(clippy::too_many_arguments)]
-    pub fn mknod_as(
-        &self,
-        parent: u64,
-        name: &[u8],
-        mode: u32,
-        umask: u32,
-        rdev: u32,
-        uid: u32,
-        gid: u32,
-        link: Option<&[u8]>,
-    ) -> FsResult<Attr> {
-        let p = self.getattr(parent)?;
-        let (mut mode, mut gid) = (mode, gid);
-        if p.mode() & libc::S_ISGID != 0 {
-            gid = p.inode.gid.get();
-            if mode & S_IFMT == S_IFDIR {
-                mode |= libc::S_ISGID;
-            }
-        }
-        self.make_node(parent, name, mode, umask, rdev, uid, gid, link)
-    }
-}
 
 /// Orphans reclaimed per pass of `reclaim_orphans`.
 const ORPHANS_PER_PASS: usize = 256;

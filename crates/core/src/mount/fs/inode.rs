@@ -16,49 +16,16 @@
 //! groups of the predicted and old seqs, holds, and retries if a commit
 //! changed the seq in between.
 
-use super::*;
+use super::types::{Attr, Op, SetAttr};
+use super::{AtimeMode, Fs, FsError, FsResult, EISDIR, ENOENT};
 use crate::cluster::lock::{index_lock_range, LockMode};
-use crate::mount::trans::TransHold;
+use crate::error::Error;
+use crate::mount::locks::LockGuard;
 use scoutfs_format::inode::{Inode, S_IFDIR, S_IFMT};
 use scoutfs_format::key::{ty, zone};
+use scoutfs_format::Key;
 use scoutfs_format::Timespec;
 use zerocopy::{FromBytes, IntoBytes};
-
-/// An inode's number and item.
-#[derive(Clone, Copy, Debug)]
-pub struct Attr {
-    pub ino: u64,
-    pub inode: Inode,
-}
-
-impl Attr {
-    pub fn mode(&self) -> u32 {
-        self.inode.mode.get()
-    }
-    pub fn is_dir(&self) -> bool {
-        self.mode() & S_IFMT == S_IFDIR
-    }
-    pub fn file_type(&self) -> u32 {
-        self.mode() & S_IFMT
-    }
-    pub fn size(&self) -> u64 {
-        self.inode.size.get()
-    }
-    /// 512-byte sectors, for st_blocks.
-    pub fn blocks_512(&self) -> u64 {
-        self.inode.online_blocks.get() * 8
-    }
-    /// What a change of a file's data by an unprivileged caller does to its
-    /// mode, as on a local filesystem: setuid goes, and setgid where group
-    /// execute is set (setgid without it marks mandatory locking).
-    pub fn drop_privs(&mut self) {
-        let mut m = self.mode() & !libc::S_ISUID;
-        if m & libc::S_IXGRP != 0 {
-            m &= !libc::S_ISGID;
-        }
-        self.inode.mode = m.into();
-    }
-}
 
 pub fn now() -> Timespec {
     crate::clock::now_timespec()
@@ -70,28 +37,6 @@ pub fn inode_key(ino: u64) -> Key {
 
 pub fn index_key(ity: u8, seq: u64, ino: u64) -> Key {
     Key::new(zone::INODE_INDEX, 0, ity, seq, ino, 0)
-}
-
-/// A changing operation in progress: its transaction hold and the index
-/// locks its inode updates need.
-pub struct Op<'a> {
-    pub hold: TransHold<'a>,
-    idx: Vec<LockGuard>,
-}
-
-impl Op<'_> {
-    pub fn seq(&self) -> u64 {
-        self.hold.seq()
-    }
-
-    fn idx_guard(&self, ity: u8, seq: u64) -> &LockGuard {
-        let (start, _) = index_lock_range(ity, seq);
-        // begin() locked the groups of every seq this op may touch.
-        self.idx
-            .iter()
-            .find(|g| g.start() == start)
-            .unwrap_or_else(|| panic!("index lock for seq {seq} not taken"))
-    }
 }
 
 impl Fs {
@@ -221,18 +166,6 @@ impl Fs {
         self.trans.add_inodes(-1);
         Ok(())
     }
-}
-
-/// Attribute changes (chmod, chown, truncate, utimes).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SetAttr {
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub size: Option<u64>,
-    pub atime: Option<Timespec>,
-    pub mtime: Option<Timespec>,
-    pub ctime: Option<Timespec>,
 }
 
 impl Fs {

@@ -26,22 +26,21 @@ pub mod acl;
 pub mod data;
 pub mod dir;
 pub mod inode;
+pub mod types;
 pub mod xattr;
 
 use crate::cluster::client::Client;
 
 use crate::error::Error;
-use crate::mount::item::{ItemCache, Source};
+use crate::mount::item::ItemCache;
 use crate::mount::locks::{LockGuard, Locks};
 use crate::mount::trans::Trans;
 use crate::store::block::BlockCache;
 use crate::store::dev::BlockDev;
-use crate::store::forest::{self, ReadResult};
+use crate::store::forest::ForestSource;
 use crate::types::Roots;
 use scoutfs_format::Key;
 use std::sync::{Arc, Mutex};
-
-pub use inode::Attr;
 
 /// An errno from a filesystem operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,49 +90,10 @@ pub const EXDEV: FsError = FsError(libc::EXDEV);
 pub const E2BIG: FsError = FsError(libc::E2BIG);
 pub const EACCES: FsError = FsError(libc::EACCES);
 
-/// Reads the forest with roots from the server's last written super block,
-/// retrying with newer roots when a block was rewritten meanwhile.
-pub struct ForestSource {
-    client: Arc<Client>,
-    cache: Arc<BlockCache>,
-}
-
-impl Source for ForestSource {
-    fn read(&self, key: &Key, lo: &Key, hi: &Key) -> crate::error::Result<ReadResult> {
-        let mut last: Option<Error> = None;
-        for _ in 0..forest::STALE_RETRIES_MAX {
-            let roots = self.client.get_roots()?;
-            match forest::read_items(self.cache.as_ref(), &roots, key, lo, hi) {
-                Err(e @ Error::Stale { .. }) => {
-                    self.cache.note_error(&e);
-                    last = Some(e);
-                }
-                other => return other,
-            }
-        }
-        let detail = format!(
-            "a block stayed stale after retries: {}",
-            last.map(|e| e.to_string()).unwrap_or_default()
-        );
-        Err(Error::corrupt(
-            crate::error::CorruptKind::BlockInvalid,
-            0,
-            0,
-            detail,
-        ))
-    }
-}
-
 impl Fs {
     /// The roots of the last written super block.
     pub fn roots(&self) -> crate::error::Result<Roots> {
         self.src.roots()
-    }
-}
-
-impl ForestSource {
-    pub fn roots(&self) -> crate::error::Result<Roots> {
-        self.client.get_roots()
     }
 }
 
@@ -186,7 +146,7 @@ pub struct Fs {
     pub(crate) items: Arc<ItemCache>,
     pub(crate) trans: Arc<Trans>,
     pub(crate) locks: Arc<Locks>,
-    pub(crate) src: ForestSource,
+    pub(crate) src: ForestSource<Arc<Client>>,
     pub(crate) data: Arc<dyn BlockDev>,
     pub(crate) client: Arc<Client>,
     inos: Mutex<InoRun>,
@@ -195,7 +155,7 @@ pub struct Fs {
     ilocks: Vec<Mutex<()>>,
     pub opts: FsOptions,
     pub fsid: u64,
-    /// Whether another mount may have an inode open (see [`Fs::evict`]).
+    /// Whether another mount may have an inode open (see `Fs::evict`).
     others_mounted: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
 }
 
@@ -222,10 +182,7 @@ impl Fs {
         opts: FsOptions,
         fsid: u64,
     ) -> Fs {
-        let src = ForestSource {
-            client: client.clone(),
-            cache,
-        };
+        let src = ForestSource::new(client.clone(), cache);
         Fs {
             items,
             trans,

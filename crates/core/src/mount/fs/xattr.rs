@@ -14,11 +14,14 @@
 use super::acl;
 use super::inode::now;
 use super::inode::seqs_of;
-use super::*;
+use super::types::{Attr, FoundXattr, Op};
+use super::{Fs, FsResult, E2BIG, EACCES, EEXIST, EINVAL, EIO, ENODATA, EOPNOTSUPP, ERANGE};
 use crate::cluster::lock::LockMode;
+use crate::mount::locks::LockGuard;
 use scoutfs_format::consts::{XATTR_MAX_PART_SIZE, XATTR_NAME_MAX, XATTR_VALUE_MAX};
 use scoutfs_format::key::{ty, zone};
 use scoutfs_format::xattr::{xattr_name_hash, XattrHeader, XATTR_HEADER_SIZE};
+use scoutfs_format::Key;
 use zerocopy::IntoBytes;
 
 pub const XATTR_CREATE: u32 = 1;
@@ -42,14 +45,6 @@ fn check_xattr_name(name: &[u8]) -> FsResult<()> {
     } else {
         Err(EOPNOTSUPP)
     }
-}
-
-/// A found xattr: its id and its whole value.
-struct Found {
-    hash: u64,
-    id: u64,
-    parts: usize,
-    value: Vec<u8>,
 }
 
 impl Fs {
@@ -81,7 +76,7 @@ impl Fs {
         Ok((bytes, value, parts))
     }
 
-    fn find_xattr(&self, g: &LockGuard, ino: u64, name: &[u8]) -> FsResult<Option<Found>> {
+    fn find_xattr(&self, g: &LockGuard, ino: u64, name: &[u8]) -> FsResult<Option<FoundXattr>> {
         let hash = xattr_name_hash(name);
         let mut k = part_key(ino, hash, 0, 0);
         let last = part_key(ino, hash, u64::MAX, u8::MAX);
@@ -89,7 +84,7 @@ impl Fs {
             if key.fourth == 0 {
                 let (n, value, parts) = self.read_parts(g, ino, hash, key.third, &v)?;
                 if n == name {
-                    return Ok(Some(Found {
+                    return Ok(Some(FoundXattr {
                         hash,
                         id: key.third,
                         parts,
@@ -206,7 +201,7 @@ impl Fs {
     /// inode). `fresh`: the inode is new, so its items can't exist yet.
     pub(super) fn store_xattr(
         &self,
-        op: &super::inode::Op,
+        op: &Op,
         g: &LockGuard,
         a: &mut Attr,
         name: &[u8],
@@ -235,12 +230,7 @@ impl Fs {
 
     /// Rewrites an inode's access ACL from its new mode (chmod), if it has
     /// one and ACLs are enforced.
-    pub(super) fn chmod_acl(
-        &self,
-        op: &super::inode::Op,
-        g: &LockGuard,
-        a: &mut Attr,
-    ) -> FsResult<()> {
+    pub(super) fn chmod_acl(&self, op: &Op, g: &LockGuard, a: &mut Attr) -> FsResult<()> {
         if !self.opts.acl {
             return Ok(());
         }
@@ -261,13 +251,7 @@ impl Fs {
         Ok(self.find_xattr(g, dir, acl::DEFAULT)?.map(|f| f.value))
     }
 
-    fn delete_parts(
-        &self,
-        op: &super::inode::Op,
-        g: &LockGuard,
-        ino: u64,
-        f: &Found,
-    ) -> FsResult<()> {
+    fn delete_parts(&self, op: &Op, g: &LockGuard, ino: u64, f: &FoundXattr) -> FsResult<()> {
         for part in 0..f.parts {
             self.del(g, op.seq(), &part_key(ino, f.hash, f.id, part as u8))?;
         }
