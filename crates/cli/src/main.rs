@@ -163,6 +163,12 @@ fn main() -> ExitCode {
         eprintln!("scoutfs: {e}");
         return ExitCode::FAILURE;
     }
+    if let Some(l) = &cli.log_level {
+        // The processes this one starts (the mounts of `up`, the kernel
+        // notification helper, fence agents) log the same way. Set before
+        // any thread starts.
+        std::env::set_var("SCOUTFS_LOG", l);
+    }
     let res = match cli.cmd {
         Cmd::Mkfs(a) => cmd_mkfs(a),
         Cmd::Print { meta } => cmd_print(&meta),
