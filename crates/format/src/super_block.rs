@@ -139,10 +139,10 @@ pub struct SuperBlock {
     /// Size of the data device in SM blocks.
     pub total_data_blocks: U64,
     pub qconf: QuorumConfig,
-    /// Free metadata extents: [0] "avail" and [1] "freed", swapped when low.
+    /// Free metadata extents: `[0]` "avail" and `[1]` "freed", swapped when low.
     pub meta_alloc: [AllocRoot; 2],
     pub data_alloc: AllocRoot,
-    /// The server commit's metadata lists: [0] in use, [1] being refilled.
+    /// The server commit's metadata lists: `[0]` in use, `[1]` being refilled.
     pub server_meta_avail: [AllocListHead; 2],
     pub server_meta_freed: [AllocListHead; 2],
     pub fs_root: BtreeRoot,

@@ -1,13 +1,17 @@
 //! The mount's client: its connection to the server.
 //!
-//! `call` sends a request and blocks until its response arrives. Lock
+//! Each request has a typed call (`get_roots`, `alloc_inodes`,
+//! `get_log_trees`, `commit_log_trees`, `statfs`, `farewell`) that sends it
+//! and blocks until its response arrives; one private `call` checks every
+//! response, turning the server's errno into [`Error::Server`]. Lock
 //! requests are sent with `send_lock`; their grants are delivered to the
 //! lock handler instead of a waiting caller. Requests from the server (lock
 //! invalidations, sync) are queued to a worker thread, never handled on the
 //! receive thread, because handling them may need to call the server (a
 //! commit) and wait for the receive thread to deliver that response.
 //!
-//! The connection is TCP (`tcp`, with the delivery rules of `net`): the
+//! The connection is TCP (`net::tcp`, with the delivery rules of
+//! `net::stream`): the
 //! network thread reads every message from the server and hands responses
 //! to their waiters here. Every request gets exactly one response, across
 //! reconnects.

@@ -21,8 +21,8 @@
 //! Seqs: one counter (`super.seq`) supplies transaction seqs and lock write
 //! seqs. At start it is raised above every seq recorded in the log trees.
 //!
-//! Transport: mounts connect over TCP (`tcp`, with the delivery rules of
-//! `net`); a greeting records the mount in `mounted_clients` before it is
+//! Transport: mounts connect over TCP (`net::tcp`, with the delivery rules of
+//! `net::stream`); a greeting records the mount in `mounted_clients` before it is
 //! answered.
 //!
 //! Starting ([`ServerOptions`]): the mounts recorded in `mounted_clients`

@@ -11,7 +11,7 @@
 //! response. Then the item cache drops the range (unless WRITE→READ), the
 //! kernel's caches are told to drop it, and the answer goes to the server.
 //! When the kernel's drop waits on requests that wait for this lock, they
-//! are admitted under the mode still held (`lock`'s "Admission"), on a
+//! are admitted under the mode still held (`cluster::lock::client`, "Admission"), on a
 //! thread of the invalidation's own (an admitted user may wait for a lock
 //! whose invalidation is queued behind it on the worker), and the commit
 //! and drops are done again once they have left.
@@ -454,7 +454,7 @@ impl Locks {
     /// (if `admit`, and only on a thread of the invalidation's own, else
     /// it asks for one) to run under the mode still held and let go of the
     /// pages. Gives the drop up when that can't help (module comment of
-    /// `lock`, "Admission").
+    /// `cluster::lock::client`, "Admission").
     fn wait_drop(&self, start: Key, p: &dyn PendingDrop, admit: bool, own: bool) -> Waited {
         let began = Instant::now();
         let mut admitted = false;

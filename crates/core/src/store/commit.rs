@@ -12,7 +12,7 @@
 //! - At commit, `server_meta_freed[1]` — what the *previous* commit freed,
 //!   durable now — is moved into the `meta_alloc[1]` ("freed") extent tree,
 //!   and `server_meta_avail[1]` is refilled from `meta_alloc[0]` ("avail"),
-//!   swapping the two trees when avail runs dry. Then the [0] and [1] lists
+//!   swapping the two trees when avail runs dry. Then the `[0]` and `[1]` lists
 //!   swap, so the next commit allocates from the refilled list.
 //! - Dirty blocks are written to blknos no durable structure references,
 //!   the device is flushed, then the super block (seq + 1) is written and

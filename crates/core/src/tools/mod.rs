@@ -3,7 +3,7 @@
 //!
 //! - [`mkfs`]: make a filesystem;
 //! - [`check`]: verify everything reachable from the super block;
-//! - [`print`]: print blocks and items for a person to read;
+//! - [`print`](mod@print): print blocks and items for a person to read;
 //! - [`status`]: quorum slots, the server, fencing and recorded mounts.
 
 pub mod check;

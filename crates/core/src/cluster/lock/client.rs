@@ -103,7 +103,7 @@
 //! # Recovery after a server change
 //!
 //! A new server starts with no lock state and rebuilds it from what every
-//! mount reports (`lock_server`'s recovery). Our locks stay valid across
+//! mount reports (`lock::server`'s recovery). Our locks stay valid across
 //! the change: users keep using them while the server recovers, because
 //! the new server grants nothing until every mount it expects has reported
 //! or been fenced. What the old server had in flight is handled so that the

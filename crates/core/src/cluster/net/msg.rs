@@ -1,7 +1,7 @@
 //! Messages between a mount's client and the server.
 //!
 //! These are the in-memory requests and responses; `wire` encodes them as
-//! frames, `net` carries them reliably (sequence numbers,
+//! frames, `stream` carries them reliably (sequence numbers,
 //! acknowledgements, resends) and `tcp` over sockets. Every request gets
 //! exactly one response with the same id. Requests go both ways: the client asks for log trees, roots,
 //! inode numbers, locks and statistics; the server asks a client to give up

@@ -202,7 +202,7 @@ impl fmt::Display for ConnId {
     }
 }
 
-/// The errors of `net`. Those from `on_frame` mean the connection must be
+/// The errors of the streams. Those from `on_frame` mean the connection must be
 /// closed; the others go back to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetError {

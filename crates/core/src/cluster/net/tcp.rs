@@ -1,4 +1,4 @@
-//! The TCP drivers of the messaging machines in `net`: sockets, threads and
+//! The TCP drivers of the messaging machines in `stream`: sockets, threads and
 //! nothing else. They decide nothing; every rule of delivery (numbering,
 //! acknowledgement, resends, greetings) is the machines'.
 //!

@@ -37,7 +37,7 @@
 //! `decode_*` functions, which also know which commands may travel in which
 //! direction (the server never receives SYNC_LOG_TREES, the client never
 //! receives ALLOC_INODES). What the header fields mean across frames (seq
-//! order, acknowledgements, greetings first) is `net`'s business.
+//! order, acknowledgements, greetings first) is `stream`'s business.
 //!
 //! # Payloads
 //!
@@ -49,7 +49,7 @@
 //! decode as EIO, the original's "something failed over there".
 //!
 //! The GREETING payload is [`Greeting`] (fsid, format version, server term,
-//! rid, flags) in both directions. It is `net`'s handshake, not an ordinary
+//! rid, flags) in both directions. It is `stream`'s handshake, not an ordinary
 //! message: `msg`'s `Request::Greeting` and `Response::Greeting` hold only a
 //! part of it, so the message codecs refuse them and [`Greeting::request`]
 //! and [`Greeting::response`] give the `msg` view of a decoded greeting.

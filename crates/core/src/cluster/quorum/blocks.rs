@@ -39,7 +39,7 @@ impl EventKind {
 
 /// Applies one write of events to a slot's block: the block's `write_nr`
 /// grows by one and stamps every event written. The driver calls this for
-/// each [`Action::Persist`](super::Action::Persist) and writes the block.
+/// each [`Action::Persist`](super::agent::Action::Persist) and writes the block.
 pub fn record_events(
     block: &mut QuorumBlock,
     rid: Rid,

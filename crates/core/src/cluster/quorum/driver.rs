@@ -17,7 +17,7 @@
 //!   [`Agent::on_timer`] when the deadline passes;
 //! - it carries out each [`Output`]'s actions in order: a
 //!   [`Action::Persist`] reads our slot's block, applies
-//!   [`record_events`](super::blocks::record_events), writes it and flushes the
+//!   [`record_events`], writes it and flushes the
 //!   device before any later action; a [`Action::Send`] goes to one slot's
 //!   address or every other slot's; [`Action::StartServer`] and
 //!   [`Action::StopServer`] call the mount's [`ServerControl`].

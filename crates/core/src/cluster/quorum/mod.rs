@@ -4,29 +4,29 @@
 //! # What it is
 //!
 //! mkfs configures up to 15 quorum slots (the super block's `qconf`). A mount
-//! that uses a slot runs one election [`Agent`]: a simplified Raft leader
-//! election without a log. Agents exchange 32-byte UDP [`Message`]s and record
+//! that uses a slot runs one election [`Agent`](agent::Agent): a simplified Raft leader
+//! election without a log. Agents exchange 32-byte UDP [`Message`](msg::Message)s and record
 //! what they did as events in their own slot's quorum block (the format
 //! crate's `quorum` module). The agent that wins an election starts the
 //! server; clients find that server through the quorum blocks
-//! ([`current_server`]); the new server first fences every older leader that
-//! may still be running ([`leaders_to_fence`]).
+//! ([`current_server`](blocks::current_server)); the new server first fences every older leader that
+//! may still be running ([`leaders_to_fence`](blocks::leaders_to_fence)).
 //!
-//! The agent is a state machine without I/O. Its inputs are [`Agent::start`]
-//! (with every configured slot's quorum block), [`Agent::on_message`],
-//! [`Agent::on_timer`], [`Agent::server_up`], [`Agent::server_stopped`] and
-//! [`Agent::shutdown`], each with the current time in milliseconds of a
-//! monotonic clock. Each returns an [`Output`]: [`Action`]s (events to
+//! The agent is a state machine without I/O. Its inputs are [`Agent::start`](agent::Agent::start)
+//! (with every configured slot's quorum block), [`Agent::on_message`](agent::Agent::on_message),
+//! [`Agent::on_timer`](agent::Agent::on_timer), [`Agent::server_up`](agent::Agent::server_up), [`Agent::server_stopped`](agent::Agent::server_stopped) and
+//! [`Agent::shutdown`](agent::Agent::shutdown), each with the current time in milliseconds of a
+//! monotonic clock. Each returns an [`Output`](agent::Output): [`Action`](agent::Action)s (events to
 //! persist, messages to send, the server to start or stop) and the deadline
 //! at which the driver calls `on_timer` next. Randomness (the election
 //! timeout's jitter) comes from an [`Rng`](crate::rng::Rng) the caller seeds, so a seeded
 //! simulation replays exactly. The driver owns the UDP socket, the device,
 //! the clock and the server thread, and decides nothing.
 //!
-//! [`QuorumDriver`] (in `driver.rs`) is that driver for a real mount: one
+//! [`QuorumDriver`](driver::QuorumDriver) (in `driver.rs`) is that driver for a real mount: one
 //! thread, a UDP socket on the slot's address, quorum block writes on the
-//! metadata device, and a [`ServerControl`] the mount implements to start
-//! and stop its server. [`find_server`] is the client's reader of the
+//! metadata device, and a [`ServerControl`](driver::ServerControl) the mount implements to start
+//! and stop its server. [`find_server`](driver::find_server) is the client's reader of the
 //! blocks.
 //!
 //! # The election
@@ -52,15 +52,15 @@
 //! - A candidate with the votes needed (a majority of the configured slots;
 //!   1 with 1 or 2 slots) becomes leader: an ELECT event, a heartbeat to the
 //!   others, and the server is started for that term.
-//! - A leader sends heartbeats every [`HEARTBEAT_INTERVAL_MS`]. When its
+//! - A leader sends heartbeats every [`HEARTBEAT_INTERVAL_MS`](agent::HEARTBEAT_INTERVAL_MS). When its
 //!   server reports up (it has fenced the old leaders) a FENCE event records
 //!   it. When its server stops (an error, a lost term) the agent writes a
 //!   STOP event, sends RESIGNATION and is a follower.
 //! - At shutdown the server is stopped, then STOP, RESIGNATION and END.
 //!
-//! Timers: the election timeout is [`ELECT_MIN_MS`] plus a random
+//! Timers: the election timeout is [`ELECT_MIN_MS`](agent::ELECT_MIN_MS) plus a random
 //! `0..ELECT_VAR_MS`; the follower heartbeat timeout is configured
-//! ([`HEARTBEAT_TIMEOUT_DEFAULT_MS`], within
+//! ([`HEARTBEAT_TIMEOUT_DEFAULT_MS`](agent::HEARTBEAT_TIMEOUT_DEFAULT_MS), within
 //! `HEARTBEAT_TIMEOUT_MIN_MS..=HEARTBEAT_TIMEOUT_MAX_MS`). The agent keeps one
 //! deadline: a follower's or candidate's timeout, or a leader's next
 //! heartbeat. Granting a vote restarts the election timeout, as in Raft, so
@@ -73,7 +73,7 @@
 //! # Persistence before acting
 //!
 //! The actions of one output are ordered, and the driver must carry them out
-//! in order: a [`Action::Persist`] must be written and flushed before any
+//! in order: a [`Action::Persist`](agent::Action::Persist) must be written and flushed before any
 //! later action of the list is carried out. If the write fails, the driver
 //! carries out nothing more and stops the agent (and its server) as if the
 //! mount had crashed. The agent always puts the write that records a term
@@ -84,7 +84,7 @@
 //!
 //! The block has no field for the vote itself, so a restarted agent cannot
 //! know whether it voted in the term it starts with. It withholds its vote in
-//! that term ([`Vote::Withheld`]) and votes again only in greater terms.
+//! that term ([`Vote::Withheld`](agent::Vote::Withheld)) and votes again only in greater terms.
 //! Every term it ever voted in was persisted before the vote, so its start
 //! term is at least that term: no slot votes twice in one term, across any
 //! number of restarts, and two candidates cannot both gather a majority.
@@ -94,13 +94,13 @@
 //! Elections alone can leave an old leader's server running: a leader cut
 //! off from the others keeps its server until it hears a greater term. So a
 //! new server first fences the old leaders the quorum blocks show
-//! ([`leaders_to_fence`]), and then refuses to serve if the blocks show a
-//! newer election than its own ([`newer_election`]), which catches a leader
+//! ([`leaders_to_fence`](blocks::leaders_to_fence)), and then refuses to serve if the blocks show a
+//! newer election than its own ([`newer_election`](blocks::newer_election)), which catches a leader
 //! of an old term elected late by a delayed vote. Both read the blocks after
 //! our ELECT was written. The simulation checks that, with both, no two
 //! servers are ever up at once.
 //!
-//! # Invariants ([`Agent::check_invariants`])
+//! # Invariants ([`Agent::check_invariants`](agent::Agent::check_invariants))
 //!
 //! A leader's server was started for its term and runs (or stops during
 //! shutdown); a candidate's server is down; a follower's server is down or

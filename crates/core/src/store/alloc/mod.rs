@@ -5,7 +5,7 @@
 //!   numbers. A transaction allocates only from its *avail* list and frees
 //!   only into its *freed* list, so the allocator itself dirties only list
 //!   head blocks and never recurses into a btree.
-//! - **free-extent btrees** (`extent`): an [`AllocRoot`] btree with two items
+//! - **free-extent btrees** (`extent`): an [`AllocRoot`](scoutfs_format::alloc::AllocRoot) btree with two items
 //!   per free extent, one by position (to merge neighbours) and one by size
 //!   order (to allocate from the largest extents). They hold the bulk of free
 //!   metadata space (`meta_alloc`) and all free data space (`data_alloc`).
