@@ -467,25 +467,10 @@ pub fn utc(ts: &Timespec) -> String {
     if sec >= YEAR_10000 {
         return format!("{sec}.{nsec:09} s after 1970");
     }
-    let (y, m, d) = civil_from_days((sec / 86_400) as i64);
+    let (y, m, d) = crate::clock::civil_from_days((sec / 86_400) as i64);
     let s = sec % 86_400;
     let (hh, mm, ss, ms) = (s / 3600, s / 60 % 60, s % 60, nsec / 1_000_000);
     format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}.{ms:03} UTC")
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
-/// Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 impl fmt::Display for Status {

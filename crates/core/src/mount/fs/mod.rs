@@ -59,7 +59,7 @@ impl From<Error> for FsError {
     /// reads them, this logs the rest (btree and item corruption).
     fn from(e: Error) -> FsError {
         use crate::error::CorruptKind::{BlockCrc, BlockInvalid};
-        if let Error::Corrupt(c) = &e {
+        if let Some(c) = e.corruption() {
             if !matches!(c.kind, BlockCrc | BlockInvalid) {
                 crate::store::block::log_corruption(c);
             }
