@@ -24,6 +24,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const TTL: Duration = Duration::from_secs(60);
 /// A file handle opened with O_NOATIME: its reads leave the atime alone.
 const FH_NOATIME: u64 = 1;
+/// Empty files a 64 KiB metadata block holds, for statfs's inode counts
+/// (an empty file takes about 1 KiB of items).
+const INODES_PER_META_BLOCK: u64 = 64;
 /// The largest write the kernel sends us.
 pub const MAX_WRITE: u32 = 1 << 20;
 
@@ -887,14 +890,17 @@ impl Filesystem for ScoutFuse {
         guard("statfs", || {
             match self.fs.statfs() {
                 Ok(s) => {
-                    // Inodes are limited only by metadata space: one per 64 bytes.
-                    let files = s.total_meta_blocks * 1024;
-                    let ffree = s.free_meta_blocks * 1024;
+                    // Blocks are the data device's (what file data can
+                    // use). Inodes are limited only by metadata space: an
+                    // estimate of what the free metadata, less the reserve
+                    // kept for freeing, can still hold.
+                    let allocatable = s.free_meta_blocks.saturating_sub(s.reserved_meta_blocks);
+                    let ffree = allocatable * INODES_PER_META_BLOCK;
                     reply.statfs(
                         s.total_data_blocks,
                         s.free_data_blocks,
                         s.free_data_blocks,
-                        files,
+                        s.inode_count + ffree,
                         ffree,
                         4096,
                         255,

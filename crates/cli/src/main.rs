@@ -80,6 +80,14 @@ enum Cmd {
     /// (started, neither: mounted as a follower, or crashed). Exits non-zero
     /// when any quorum block or tree could not be read.
     Status(StatusArgs),
+    /// Show metadata and data space: total, used, reserved and free blocks
+    /// of each device (64 KiB metadata blocks, 4 KiB data blocks).
+    ///
+    /// Free is what operations that allocate can still have. The metadata
+    /// reserve is kept for operations that free space (unlink, truncate,
+    /// the deletion of inodes), so that a full filesystem can always be
+    /// emptied; it grows with the number of mounts.
+    Df(DfArgs),
     /// The local fence agent: fence a mount on this host by killing its
     /// process and detaching its FUSE mount.
     ///
@@ -110,6 +118,27 @@ struct StatusArgs {
     /// Print one line of JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+#[command(disable_help_flag = true)]
+struct DfArgs {
+    /// A path in a running `scoutfs mount` on this host [default:
+    /// $SCOUTFS_MOUNT_PATH, else the working directory].
+    #[arg(short = 'p', long = "path", conflicts_with = "meta")]
+    path: Option<PathBuf>,
+    /// Read the metadata device or image file offline instead.
+    #[arg(long, value_name = "META")]
+    meta: Option<PathBuf>,
+    /// Sizes in bytes with units (KiB, MiB, ...) instead of block counts.
+    #[arg(short = 'h', long = "human-readable")]
+    human: bool,
+    /// Print one line of JSON instead of the table.
+    #[arg(long, conflicts_with = "human")]
+    json: bool,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
 }
 
 #[derive(clap::Args)]
@@ -176,6 +205,7 @@ fn main() -> ExitCode {
         Cmd::Up(a) => mount::cmd_up(a),
         Cmd::Check { meta, data } => cmd_check(&meta, &data),
         Cmd::Status(a) => cmd_status(a),
+        Cmd::Df(a) => cmd_df(a),
         Cmd::FenceLocal(a) => fence::cmd_fence_local(a),
         Cmd::KernelNotify => return knotify::helper_main(),
     };
@@ -366,6 +396,43 @@ fn cmd_check(meta: &Path, data: &Path) -> Result<ExitCode, String> {
     } else {
         println!("check: {} problems found", report.problems.len());
         Ok(ExitCode::FAILURE)
+    }
+}
+
+fn cmd_df(a: DfArgs) -> Result<ExitCode, String> {
+    let meta = match a.meta {
+        Some(meta) => meta,
+        None => {
+            let path = match a.path {
+                Some(p) => p,
+                None => match std::env::var_os("SCOUTFS_MOUNT_PATH") {
+                    Some(p) => PathBuf::from(p),
+                    None => std::env::current_dir().map_err(|e| format!("df: {e}"))?,
+                },
+            };
+            let full =
+                std::fs::canonicalize(&path).map_err(|e| format!("df {}: {e}", path.display()))?;
+            let dir = scoutfs_core::cluster::fence::local::run_dir();
+            mountinfo::MountInfo::containing(&dir, &full)
+                .map_err(|e| format!("df {e}"))?
+                .meta
+        }
+    };
+    let dev = open_dev(&meta, false)?;
+    let df = scoutfs_core::tools::df::read_df(&dev).map_err(|e| format!("df: {e}"))?;
+    let text = if a.json {
+        df.to_json() + "\n"
+    } else if a.human {
+        df.table(Some(&size::human))
+    } else {
+        df.table(None)
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // A reader that stopped early (df | head) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(format!("df: writing output: {e}")),
     }
 }
 

@@ -73,6 +73,7 @@ pub struct MountArgs {
     /// Commit the open transaction at least this often.
     #[arg(long = "commit-interval-ms", default_value_t = 10_000)]
     commit_interval_ms: u64,
+
     /// Don't enforce POSIX ACLs.
     #[arg(long)]
     noacl: bool,

@@ -119,6 +119,27 @@ impl MountInfo {
     }
 }
 
+impl MountInfo {
+    /// The running mount that `path` (canonical) is in: the one whose
+    /// mountpoint is its longest ancestor.
+    pub fn containing(dir: &Path, path: &Path) -> Result<MountInfo, String> {
+        all(dir)
+            .into_iter()
+            .map(|(_, info)| info)
+            .filter(|i| path.starts_with(&i.mountpoint) && alive(i.pid))
+            .max_by_key(|i| i.mountpoint.components().count())
+            .ok_or_else(|| {
+                format!(
+                    "{}: not in a running scoutfs mount recorded in {} (mounts record \
+                     themselves in the run directory, /run/scoutfs or $SCOUTFS_RUN_DIR); use \
+                     --meta META to read the metadata device offline",
+                    path.display(),
+                    dir.display()
+                )
+            })
+    }
+}
+
 /// Every mount's file in `dir` that reads as one (none if `dir` is missing
 /// or unreadable), with its path.
 fn all(dir: &Path) -> Vec<(PathBuf, MountInfo)> {

@@ -1124,6 +1124,7 @@ fn a_full_data_device_reports_enospc_to_the_writer() {
     let log = dir.path("mount.log");
     let mut m = MountProc::spawn(&meta, &data, &mp, &["--quorum-slot", "0"], &[], Some(&log));
     m.wait_mounted(Duration::from_secs(20));
+    let start = df_data(&m.mp);
     let file = m.mp.join("fill");
     let o = std::process::Command::new("dd")
         .arg("if=/dev/zero")
@@ -1144,30 +1145,88 @@ fn a_full_data_device_reports_enospc_to_the_writer() {
         .and_then(|_| std::fs::File::open(m.mp.join("more")).and_then(|f| f.sync_all()));
     let e = e.expect_err("a write to a full device succeeded");
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
-    // Deleting on a full device, and what follows it: each call either
-    // works or fails as the full device makes it fail (ENOSPC), never
-    // with another errno. (Freeing space on a full device is the space
-    // issue's; here the errno is what counts.)
+    // Deleting on a full device works, and the space comes back: on
+    // `scoutfs df` and on statfs of the mountpoint.
     std::fs::remove_file(&file).unwrap();
     let _ = std::fs::remove_file(m.mp.join("more"));
-    let after = std::fs::write(m.mp.join("after"), b"x")
-        .and_then(|_| std::fs::File::open(m.mp.join("after")).and_then(|f| f.sync_all()));
-    if let Err(e) = &after {
-        assert_eq!(
-            e.raw_os_error(),
-            Some(libc::ENOSPC),
-            "after the delete: {e}"
-        );
-    }
-    m.begin_unmount();
-    let mut child = m.child.take().unwrap();
-    let st = child.wait().unwrap();
+    let empty = wait_data_free(&m.mp, start.1 - 16);
+    // Filled again, to the same size.
+    let o = std::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", file.display()))
+        .args(["bs=1M", "count=128", "conv=fsync"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "dd wrote 128 MiB to a 64 MiB device");
+    let len2 = std::fs::metadata(&file).unwrap().len();
+    assert!(
+        len2.abs_diff(len) <= 2 << 20,
+        "the second fill wrote {len2} bytes, the first {len}"
+    );
+    // Full, it unmounts cleanly and mounts again, and is emptied.
+    m.unmount();
+    common::assert_check_clean(&meta, &data);
+    let mut m = MountProc::spawn(&meta, &data, &mp, &["--quorum-slot", "0"], &[], Some(&log));
+    m.wait_mounted(Duration::from_secs(20));
+    std::fs::remove_file(m.mp.join("fill")).unwrap();
+    let after = wait_data_free(&m.mp, start.1 - 16);
+    assert_eq!(after.0, empty.0);
+    m.unmount();
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(!log.contains("Invalid argument"), "the mount's log: {log}");
-    if after.is_err() || !st.success() {
+    assert!(!log.contains("commit failed"), "the mount's log: {log}");
+    common::assert_check_clean(&meta, &data);
+}
+
+/// `scoutfs df --json` of a mount: (data total, data free) in blocks.
+fn df_data(mp: &Path) -> (u64, u64) {
+    let o = common::scoutfs(&["df", "--json", "-p", mp.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "df: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let data = &out[out.find("\"data\":{").expect("a data row")..];
+    let n = |k: &str| -> u64 {
+        let at = data.find(&format!("\"{k}\":")).expect(k) + k.len() + 3;
+        let digits: String = data[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().unwrap()
+    };
+    (n("total"), n("free"))
+}
+
+/// Waits until `scoutfs df` shows at least `want` data blocks free (the
+/// space of deleted files returns within a commit or two), and statfs
+/// of the mountpoint agrees; returns (total, free).
+fn wait_data_free(mp: &Path, want: u64) -> (u64, u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (total, free) = df_data(mp);
+        if free >= want {
+            let st = nix_statvfs(mp);
+            assert_eq!(st.0, total, "statfs blocks");
+            assert!(st.1 >= want, "statfs free blocks {} of {total}", st.1);
+            return (total, free);
+        }
         assert!(
-            log.contains("No space left on device") || log.contains("out of space"),
-            "the mount failed without saying the device is full: {log}"
+            std::time::Instant::now() < deadline,
+            "deleted space did not come back: {free} of {total} data blocks free"
         );
+        std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// statvfs of a path: (blocks, free blocks).
+fn nix_statvfs(p: &Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a struct statvfs to fill.
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    assert_eq!(r, 0, "statvfs {}", p.display());
+    (st.f_blocks, st.f_bfree)
 }

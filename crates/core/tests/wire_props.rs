@@ -102,9 +102,10 @@ fn arb_log_trees() -> impl Strategy<Value = Box<LogTrees>> {
 }
 
 fn arb_statfs() -> impl Strategy<Value = StatfsInfo> {
-    any::<[u64; 6]>().prop_map(|v| StatfsInfo {
+    any::<[u64; 7]>().prop_map(|v| StatfsInfo {
         total_meta_blocks: v[0],
         free_meta_blocks: v[1],
+        reserved_meta_blocks: v[6],
         total_data_blocks: v[2],
         free_data_blocks: v[3],
         inode_count: v[4],

@@ -106,6 +106,7 @@ pub struct WireRoots {
 pub struct WireStatfs {
     pub total_meta_blocks: U64,
     pub free_meta_blocks: U64,
+    pub reserved_meta_blocks: U64,
     pub total_data_blocks: U64,
     pub free_data_blocks: U64,
     pub inode_count: U64,
@@ -133,7 +134,7 @@ pub const GREETING_SIGNED_LEN: usize = 40;
 pub const LOCK_LEN: usize = 48;
 pub const INODES_LEN: usize = 16;
 pub const ROOTS_LEN: usize = 72;
-pub const STATFS_LEN: usize = 48;
+pub const STATFS_LEN: usize = 56;
 pub const GREETING_LEN: usize = 56;
 pub const COUNT_LEN: usize = 8;
 pub const LOG_TREES_LEN: usize = 472;

@@ -45,6 +45,7 @@ pub struct ElectedOptions {
     pub cache_blocks: usize,
     pub recovery_timeout: Duration,
     pub reconnect_timeout: Duration,
+    pub merge_interval: Duration,
 }
 
 enum Cmd {
@@ -316,6 +317,8 @@ impl Worker {
             recovery_timeout: self.opts.recovery_timeout,
             reconnect_timeout: self.opts.reconnect_timeout,
             votes_needed: self.votes_needed,
+            merge_interval: self.opts.merge_interval,
+            merge_while_mounted: false,
             on_exit: Some(Box::new(move |why: Error| {
                 // A server that ended on corruption: the next won't do
                 // better.

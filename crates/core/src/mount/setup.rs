@@ -32,8 +32,8 @@ use crate::cluster::quorum::agent::HEARTBEAT_TIMEOUT_DEFAULT_MS;
 use crate::cluster::quorum::driver::{find_server, QuorumDriver, QuorumHandle, QuorumOptions};
 use crate::cluster::quorum::SlotNr;
 use crate::cluster::server::{
-    mounted_client_key, Server, ServerOptions, RECONNECT_TIMEOUT_MS_DEFAULT,
-    RECOVERY_TIMEOUT_MS_DEFAULT,
+    mounted_client_key, Server, ServerOptions, MERGE_INTERVAL_MS_DEFAULT,
+    RECONNECT_TIMEOUT_MS_DEFAULT, RECOVERY_TIMEOUT_MS_DEFAULT,
 };
 use crate::error::{Error, Result};
 use crate::mount::fs::{Fs, FsOptions};
@@ -80,6 +80,9 @@ pub struct MountOptions {
     pub reconnect_timeout_ms: u64,
     /// Commit the open transaction at least this often.
     pub commit_interval_ms: u64,
+    /// How long this mount's server lets log trees that hold items go
+    /// unmerged ([`ServerOptions::merge_interval`]).
+    pub merge_interval_ms: u64,
     /// Bytes of clean items the item cache keeps.
     pub item_cache_bytes: usize,
     /// Metadata blocks the block cache keeps.
@@ -106,6 +109,7 @@ impl Default for MountOptions {
             recovery_timeout_ms: RECOVERY_TIMEOUT_MS_DEFAULT,
             reconnect_timeout_ms: RECONNECT_TIMEOUT_MS_DEFAULT,
             commit_interval_ms: 10_000,
+            merge_interval_ms: MERGE_INTERVAL_MS_DEFAULT,
             item_cache_bytes: 256 << 20,
             block_cache_blocks: 2048,
             trans: TransLimits::default(),
@@ -186,7 +190,11 @@ impl Mount {
             MountRole::Alone => {
                 let store = Store::open(meta.clone(), opts.block_cache_blocks)?;
                 let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-                let s = Server::start(store, loopback, ServerOptions::alone(1))?;
+                let sopts = ServerOptions {
+                    merge_interval: Duration::from_millis(opts.merge_interval_ms),
+                    ..ServerOptions::alone(1)
+                };
+                let s = Server::start(store, loopback, sopts)?;
                 let addr = ServerAddr::Fixed(s.addr());
                 server = Some(s);
                 (addr, 0)
@@ -197,6 +205,7 @@ impl Mount {
                     cache_blocks: opts.block_cache_blocks,
                     recovery_timeout: Duration::from_millis(opts.recovery_timeout_ms),
                     reconnect_timeout: Duration::from_millis(opts.reconnect_timeout_ms),
+                    merge_interval: Duration::from_millis(opts.merge_interval_ms),
                 };
                 let ctl = ElectedServer::new(meta.clone(), &msb, SlotNr(slot), eopts)?;
                 start_failure = Some(ctl.start_failure());

@@ -21,6 +21,18 @@
 //! the mount's `meta_avail` list and frees into `meta_freed`; data extents
 //! come from `data_avail` and freed ones go to `data_freed`. The server
 //! refills and reclaims them as it opens each transaction.
+//!
+//! Space: a hold says whether its operation allocates ([`Trans::hold`]) or
+//! only frees ([`Trans::hold_freeing`]: unlink, rmdir, truncate, punch,
+//! the deletion of inodes). When the server's free metadata is down to
+//! the reserve it keeps for freeing, it flags the mount's `meta_avail`
+//! LOW: allocating holds then fail with ENOSPC, and freeing ones go on.
+//! Before any hold, the open transaction must leave room in `meta_avail`
+//! for its own commit: the commit writes every dirty item into the log
+//! btree, which copies at most every leaf those items fall in (no more
+//! than the items, nor than the tree's leaves plus those its new bytes
+//! can fill) and their parents. When that bound nears what the list
+//! holds, the transaction is committed first, and the server refills it.
 
 use crate::cluster::client::Client;
 
@@ -31,8 +43,10 @@ use crate::store::block::ListState;
 use crate::store::block::{BlockCache, Writer};
 use crate::store::btree;
 use crate::store::dev::BlockDev;
+use scoutfs_format::consts::{ALLOC_FLAG_LOW, BLOCK_LG_SIZE};
 use scoutfs_format::log_trees::LogTrees;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// File data written in a transaction past which a commit writes it back
 /// before stopping writers.
@@ -75,7 +89,19 @@ struct TransState {
     data_avail_at_open: u64,
     /// An early commit was asked for in this transaction.
     asked_early: bool,
+    /// The committed log btree's (leaves, parent blocks).
+    tree_shape: (u64, u64),
+    /// When the transaction opened (and the server last said whether
+    /// space is low).
+    opened: Instant,
 }
+
+/// Metadata blocks an operation may allocate while it holds the
+/// transaction (data allocator extents and the list blocks of freeing).
+const OP_META_BLOCKS: u64 = 16;
+/// How long an allocating hold refused for low space trusts the server's
+/// word before it commits to ask again (the space may have come back).
+const LOW_RECHECK: Duration = Duration::from_secs(1);
 
 /// What the commit thread waits for.
 #[derive(Default)]
@@ -150,11 +176,13 @@ impl Trans {
             committing: false,
             w,
             data_avail_at_open: lt.data_avail.total_len.get(),
+            tree_shape: btree::shape(cache.as_ref(), &lt.item_root)?,
             lt,
             data_bytes: 0,
             inode_delta: 0,
             broken: None,
             asked_early: false,
+            opened: Instant::now(),
         };
         Ok(Trans {
             st: Mutex::new(st),
@@ -210,21 +238,74 @@ impl Trans {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Holds the open transaction, waiting while a commit is under way.
+    /// Holds the open transaction for an operation that may allocate
+    /// space, waiting while a commit is under way. ENOSPC
+    /// ([`Error::NoSpace`]) when metadata space is down to the reserve.
     pub fn hold(&self) -> Result<TransHold<'_>> {
-        let mut st = self.state();
-        while st.committing {
-            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        self.hold_as(true)
+    }
+
+    /// Holds the open transaction for an operation that only frees space
+    /// (it may dirty items and blocks, but never fails for want of space).
+    pub fn hold_freeing(&self) -> Result<TransHold<'_>> {
+        self.hold_as(false)
+    }
+
+    fn hold_as(&self, allocating: bool) -> Result<TransHold<'_>> {
+        let mut committed = false;
+        loop {
+            let mut st = self.state();
+            while st.committing {
+                st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if let Some((errno, why)) = &st.broken {
+                return Err(Error::Shutdown {
+                    errno: *errno,
+                    why: why.clone(),
+                });
+            }
+            let low = st.lt.meta_avail.flags.get() & ALLOC_FLAG_LOW != 0;
+            let stale_low = low && allocating && st.opened.elapsed() >= LOW_RECHECK;
+            let tight = self.avail(&st) < self.commit_need(&st) + OP_META_BLOCKS;
+            if !committed && (tight || stale_low) {
+                // Commit first: the server refills the list, and says
+                // again whether space is low.
+                drop(st);
+                committed = true;
+                self.commit()?;
+                continue;
+            }
+            if allocating && low {
+                return Err(Error::NoSpace(
+                    "metadata space is down to the reserve kept for freeing".into(),
+                ));
+            }
+            st.holders += 1;
+            let seq = st.lt.get_trans_seq.get();
+            return Ok(TransHold { t: self, seq });
         }
-        if let Some((errno, why)) = &st.broken {
-            return Err(Error::Shutdown {
-                errno: *errno,
-                why: why.clone(),
-            });
+    }
+
+    /// Blocks left in the transaction's metadata avail list.
+    fn avail(&self, st: &TransState) -> u64 {
+        st.w.as_ref().map_or(0, |w| w.avail_remaining())
+    }
+
+    /// At most how many metadata blocks committing the open transaction
+    /// allocates (see the module comment, "Space").
+    fn commit_need(&self, st: &TransState) -> u64 {
+        let (items, bytes, _) = self.items.usage();
+        if items == 0 {
+            return 0;
         }
-        st.holders += 1;
-        let seq = st.lt.get_trans_seq.get();
-        Ok(TransHold { t: self, seq })
+        let (leaves, parents) = st.tree_shape;
+        let h = u64::from(st.lt.item_root.height);
+        // Leaves split by the new bytes: at most one per half block.
+        let new_leaves = bytes as u64 / (BLOCK_LG_SIZE as u64 / 2) + 1;
+        let dirty_leaves = (items as u64).min(leaves + new_leaves);
+        let dirty_parents = (dirty_leaves * h.max(1)).min(parents + new_leaves + 1);
+        // And a new root, when the tree grows a level.
+        dirty_leaves + dirty_parents + 2
     }
 
     /// The seq of the open transaction (a hold may see a later one if a
@@ -269,9 +350,7 @@ impl Trans {
     pub fn needs_commit(&self) -> bool {
         let (items, bytes, _) = self.items.usage();
         let st = self.state();
-        let meta_low =
-            st.w.as_ref()
-                .is_some_and(|w| w.avail_remaining() < 64 + items as u64 / 64);
+        let meta_low = self.avail(&st) < self.commit_need(&st) + 2 * OP_META_BLOCKS;
         items > self.limits.dirty_items_max || bytes > self.limits.dirty_bytes_max || meta_low
     }
 
@@ -339,6 +418,7 @@ impl Trans {
                 .ok_or_else(|| Error::Internal("no open transaction".into()))?;
         if !items.is_empty() {
             btree::insert_list(&mut w, &mut st.lt.item_root, &items)?;
+            st.tree_shape = btree::shape(&w, &st.lt.item_root)?;
             let max = items.iter().map(|it| it.seq).max().unwrap_or(0);
             st.lt.max_item_seq = st.lt.max_item_seq.get().max(max).into();
         }
@@ -348,6 +428,7 @@ impl Trans {
             st.data_avail_at_open,
             st.lt.data_avail.total_len.get()
         );
+        w.settle()?;
         w.write_out()?;
         st.lt.inode_count_delta = ((st.lt.inode_count_delta() + st.inode_delta) as u64).into();
         st.lt.meta_avail = w.lists().avail;
@@ -363,6 +444,11 @@ impl Trans {
         self.items.write_done();
         st.data_bytes = 0;
         st.inode_delta = 0;
+        if next.nr != st.lt.nr {
+            // The server finalized the tree for a merge; this one is new.
+            st.tree_shape = btree::shape(self.cache.as_ref(), &next.item_root)?;
+        }
+        st.opened = Instant::now();
         st.lt = next;
         st.w = Some(writer_for(&self.cache, &st.lt, &self.limits));
         st.data_avail_at_open = st.lt.data_avail.total_len.get();

@@ -421,6 +421,9 @@ pub struct Writer {
     failed: Option<String>,
     /// Metadata blocks on the device: allocations must fall below it.
     dev_blocks: u64,
+    /// Blocks this transaction allocated and freed again: never durable,
+    /// so handed out again before the avail list (see [`Writer::settle`]).
+    reuse: Vec<u64>,
 }
 
 impl Writer {
@@ -438,6 +441,7 @@ impl Writer {
             lists,
             failed: None,
             dev_blocks,
+            reuse: Vec::new(),
         }
     }
 
@@ -663,7 +667,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Frees a block that a structure no longer references.
+    /// Frees a block that a structure no longer references. A block this
+    /// transaction allocated was never durable: it is allocated again
+    /// before anything from the avail list.
     pub fn free_block(&mut self, r: &BlockRef) -> Result<()> {
         if self.is_dirty(r) {
             let blkno = r.blkno.get();
@@ -671,8 +677,24 @@ impl Writer {
             if self.spilled.remove(&blkno).is_some() {
                 self.cache.forget(blkno);
             }
+            self.reuse.push(blkno);
+            return Ok(());
         }
         self.free_meta(r.blkno.get())
+    }
+
+    /// Allocates a block freed earlier in this transaction, if any.
+    pub(crate) fn take_reused(&mut self) -> Option<u64> {
+        self.reuse.pop()
+    }
+
+    /// Frees into the freed list the blocks freed in this transaction and
+    /// not allocated again. Called before the lists are recorded.
+    pub fn settle(&mut self) -> Result<()> {
+        while let Some(b) = self.reuse.pop() {
+            self.free_meta(b)?;
+        }
+        Ok(())
     }
 
     /// Checksums and writes every dirty block in blkno order, flushes the
@@ -688,6 +710,7 @@ impl Writer {
             self.lists.quiescent(),
             "write_out during an allocator operation"
         );
+        assert!(self.reuse.is_empty(), "write_out before settle");
         let dev = self.cache.dev.clone();
         let mut bytes = 0u64;
         let dirty = std::mem::take(&mut self.dirty);

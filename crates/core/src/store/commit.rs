@@ -269,7 +269,7 @@ impl Store {
         }
         let Txn { mut w, mut sb } = txn;
         check_commit(&self.sb, &sb)?;
-        let res = rotate_meta_alloc(&mut w, &mut sb);
+        let res = w.settle().and_then(|_| rotate_meta_alloc(&mut w, &mut sb));
         w.fail_on(res)?;
         let blocks = w.dirty_blocks() as u64;
         let bytes = w.write_out()?;
@@ -320,6 +320,7 @@ pub fn rotate_meta_alloc(w: &mut Writer, sb: &mut SuperBlock) -> Result<()> {
     next_avail.flags = if low { ALLOC_FLAG_LOW.into() } else { 0.into() };
     sb.server_meta_avail[1] = next_avail;
 
+    w.settle()?;
     assert!(w.lists().quiescent());
     sb.server_meta_avail[0] = w.lists().avail;
     sb.server_meta_freed[0] = w.lists().freed;

@@ -3,10 +3,12 @@
 //!
 //! - [`mkfs`]: make a filesystem;
 //! - [`check`]: verify everything reachable from the super block;
+//! - [`df`]: space by device, with the metadata reserve;
 //! - [`print`](mod@print): print blocks and items for a person to read;
 //! - [`status`]: quorum slots, the server, fencing and recorded mounts.
 
 pub mod check;
+pub mod df;
 pub mod mkfs;
 pub mod print;
 pub mod status;

@@ -39,7 +39,11 @@ pub enum Request {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatfsInfo {
     pub total_meta_blocks: u64,
+    /// Free metadata blocks, the reserve included.
     pub free_meta_blocks: u64,
+    /// Of the free metadata blocks, those kept for operations that free
+    /// space: no allocating operation can have them.
+    pub reserved_meta_blocks: u64,
     pub total_data_blocks: u64,
     pub free_data_blocks: u64,
     pub inode_count: u64,

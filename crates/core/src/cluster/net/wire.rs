@@ -829,6 +829,7 @@ pub fn encode_response(
         (Cmd::Statfs, Response::Statfs(s)) => WireStatfs {
             total_meta_blocks: s.total_meta_blocks.into(),
             free_meta_blocks: s.free_meta_blocks.into(),
+            reserved_meta_blocks: s.reserved_meta_blocks.into(),
             total_data_blocks: s.total_data_blocks.into(),
             free_data_blocks: s.free_data_blocks.into(),
             inode_count: s.inode_count.into(),
@@ -880,6 +881,7 @@ pub fn decode_response(
             Response::Statfs(StatfsInfo {
                 total_meta_blocks: w.total_meta_blocks.get(),
                 free_meta_blocks: w.free_meta_blocks.get(),
+                reserved_meta_blocks: w.reserved_meta_blocks.get(),
                 total_data_blocks: w.total_data_blocks.get(),
                 free_data_blocks: w.free_data_blocks.get(),
                 inode_count: w.inode_count.get(),

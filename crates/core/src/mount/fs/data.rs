@@ -387,7 +387,7 @@ impl Fs {
         } else if size > a.size() {
             self.zero_tail(&g, &a, a.size())?;
         }
-        let op = self.begin(&[seqs_of(&a)])?;
+        let op = self.begin_freeing(&[seqs_of(&a)])?;
         let t = now();
         a.inode.size = size.into();
         a.inode.data_version = (a.inode.data_version.get() + 1).into();
@@ -434,7 +434,7 @@ impl Fs {
                 return Ok(());
             }
             let mut a = self.read_inode(g, ino)?;
-            let op = self.begin(&[seqs_of(&a)])?;
+            let op = self.begin_freeing(&[seqs_of(&a)])?;
             let mut freed = 0;
             for e in exts.iter().take(EXTENTS_PER_HOLD) {
                 let (s, t) = (e.start.max(from), e.end().min(to));
@@ -558,7 +558,7 @@ impl Fs {
             }
         }
         let mut a = self.read_inode(&g, ino)?;
-        let op = self.begin(&[seqs_of(&a)])?;
+        let op = self.begin_freeing(&[seqs_of(&a)])?;
         a.inode.data_version = (a.inode.data_version.get() + 1).into();
         if !keep_privs {
             a.drop_privs();

@@ -407,7 +407,7 @@ impl Fs {
                 return Err(ENOTEMPTY);
             }
             {
-                let op = self.begin(&[seqs_of(&d), seqs_of(&a)])?;
+                let op = self.begin_freeing(&[seqs_of(&d), seqs_of(&a)])?;
                 self.remove_entry(&op, gd, gt, &mut d, &f, name.len())?;
                 if dir {
                     d.inode.nlink = d.inode.nlink.get().saturating_sub(1).into();
@@ -535,7 +535,7 @@ impl Fs {
             return Ok(());
         }
         self.truncate_blocks(&g, &a, 0)?;
-        let op = self.begin(&[seqs_of(&a)])?;
+        let op = self.begin_freeing(&[seqs_of(&a)])?;
         self.delete_inode_items(&op, &g, ino)?;
         self.delete_inode(&op, &g, &a)?;
         self.items
@@ -824,7 +824,7 @@ impl Fs {
             orphan_lock_range().1,
             LockMode::WriteOnly,
         )?;
-        let hold = self.trans.hold()?;
+        let hold = self.trans.hold_freeing()?;
         self.items
             .delete_blind(&og.cover(), &orphan_key(ino), hold.seq());
         og.dirtied(hold.seq());

@@ -56,8 +56,19 @@ impl Fs {
     }
 
     /// Locks the index groups an operation on inodes with these current
-    /// (meta_seq, data_seq) pairs needs, and holds the transaction.
+    /// (meta_seq, data_seq) pairs needs, and holds the transaction for an
+    /// operation that may allocate (ENOSPC when space is low).
     pub fn begin(&self, seqs: &[(u64, u64)]) -> FsResult<Op<'_>> {
+        self.begin_as(seqs, true)
+    }
+
+    /// [`Fs::begin`] for an operation that only frees space: it never
+    /// fails for want of it.
+    pub fn begin_freeing(&self, seqs: &[(u64, u64)]) -> FsResult<Op<'_>> {
+        self.begin_as(seqs, false)
+    }
+
+    fn begin_as(&self, seqs: &[(u64, u64)], allocating: bool) -> FsResult<Op<'_>> {
         loop {
             let next = self.trans.current_seq();
             let mut ranges = Vec::new();
@@ -73,7 +84,11 @@ impl Fs {
             for (s, e) in ranges {
                 idx.push(self.locks.lock(s, e, LockMode::WriteOnly)?);
             }
-            let hold = self.trans.hold()?;
+            let hold = if allocating {
+                self.trans.hold()?
+            } else {
+                self.trans.hold_freeing()?
+            };
             if hold.seq() == next {
                 return Ok(Op { hold, idx });
             }
@@ -193,7 +208,7 @@ impl Fs {
             return Ok(a);
         }
         {
-            let op = self.begin(&[seqs_of(&a)])?;
+            let op = self.begin_freeing(&[seqs_of(&a)])?;
             if let Some(m) = s.mode {
                 let t = a.mode() & S_IFMT;
                 a.inode.mode = (t | (m & 0o7777)).into();
@@ -262,7 +277,7 @@ impl Fs {
             return Ok(false);
         }
         {
-            let op = self.begin(&[seqs_of(&a)])?;
+            let op = self.begin_freeing(&[seqs_of(&a)])?;
             a.inode.atime = now();
             self.write_inode(&op, &g, &mut a, false)?;
         }

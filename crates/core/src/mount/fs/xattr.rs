@@ -266,7 +266,7 @@ impl Fs {
         let mut a = self.read_inode(&g, ino)?;
         let f = self.find_xattr(&g, ino, name)?.ok_or(ENODATA)?;
         {
-            let op = self.begin(&[seqs_of(&a)])?;
+            let op = self.begin_freeing(&[seqs_of(&a)])?;
             self.delete_parts(&op, &g, ino, &f)?;
             a.inode.ctime = now();
             self.write_inode(&op, &g, &mut a, false)?;

@@ -63,6 +63,9 @@ pub fn block_entries(buf: &[u8]) -> Vec<u64> {
 impl Writer {
     /// Allocates one metadata block from this writer's avail list.
     pub fn alloc_meta(&mut self) -> Result<u64> {
+        if let Some(b) = self.take_reused() {
+            return Ok(b);
+        }
         let mut avail = self.lists.avail;
         let got = self.list_pop(&mut avail);
         self.lists.avail = avail;

@@ -495,6 +495,28 @@ pub fn free_tree(w: &mut Writer, root: &mut BtreeRoot) -> Result<()> {
     Ok(())
 }
 
+/// How many leaves and parent blocks a tree has, reading only its parents.
+pub fn shape<R: Reader + ?Sized>(rd: &R, root: &BtreeRoot) -> Result<(u64, u64)> {
+    if root.height <= 1 {
+        return Ok((u64::from(root.height), 0));
+    }
+    let (mut leaves, mut parents) = (0, 0);
+    let mut stack = vec![(root.blk, root.height - 1)];
+    while let Some((r, lvl)) = stack.pop() {
+        let b = rd.read_block(&r, magic::BTREE)?;
+        if block::level(&b) != lvl {
+            return Err(level_err(&r, lvl, block::level(&b)));
+        }
+        parents += 1;
+        if lvl == 1 {
+            leaves += block::nr(&b) as u64;
+        } else {
+            stack.extend((0..block::nr(&b)).map(|i| (block::child_ref(&b, i), lvl - 1)));
+        }
+    }
+    Ok((leaves, parents))
+}
+
 /// Calls `f` with the reference and bytes of every block of the tree,
 /// parents before their children.
 pub fn walk_blocks<R: Reader + ?Sized>(
