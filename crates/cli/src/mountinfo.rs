@@ -103,41 +103,37 @@ impl MountInfo {
 
     /// The running mount on `mountpoint` among the files in `dir`.
     pub fn find(dir: &Path, mountpoint: &Path) -> Result<MountInfo, String> {
-        all(dir)
-            .into_iter()
-            .map(|(_, info)| info)
-            .find(|i| i.mountpoint == mountpoint && alive(i.pid))
-            .ok_or_else(|| {
-                format!(
-                    "{}: no running scoutfs mount there is recorded in {} (mounts record \
-                     themselves in the run directory, /run/scoutfs or $SCOUTFS_RUN_DIR); use \
-                     --meta META to read the metadata device offline",
-                    mountpoint.display(),
-                    dir.display()
-                )
-            })
+        running(dir)
+            .find(|i| i.mountpoint == mountpoint)
+            .ok_or_else(|| not_found(dir, mountpoint, "no running scoutfs mount there is"))
     }
-}
 
-impl MountInfo {
     /// The running mount that `path` (canonical) is in: the one whose
     /// mountpoint is its longest ancestor.
     pub fn containing(dir: &Path, path: &Path) -> Result<MountInfo, String> {
-        all(dir)
-            .into_iter()
-            .map(|(_, info)| info)
-            .filter(|i| path.starts_with(&i.mountpoint) && alive(i.pid))
+        running(dir)
+            .filter(|i| path.starts_with(&i.mountpoint))
             .max_by_key(|i| i.mountpoint.components().count())
-            .ok_or_else(|| {
-                format!(
-                    "{}: not in a running scoutfs mount recorded in {} (mounts record \
-                     themselves in the run directory, /run/scoutfs or $SCOUTFS_RUN_DIR); use \
-                     --meta META to read the metadata device offline",
-                    path.display(),
-                    dir.display()
-                )
-            })
+            .ok_or_else(|| not_found(dir, path, "not in a running scoutfs mount"))
     }
+}
+
+/// The mounts recorded in `dir` whose process still runs.
+fn running(dir: &Path) -> impl Iterator<Item = MountInfo> {
+    all(dir)
+        .into_iter()
+        .map(|(_, info)| info)
+        .filter(|i| alive(i.pid))
+}
+
+/// Why no running mount was found for `path`.
+fn not_found(dir: &Path, path: &Path, what: &str) -> String {
+    format!(
+        "{}: {what} recorded in {} (mounts record themselves in the run directory, \
+         /run/scoutfs or $SCOUTFS_RUN_DIR); use --meta META to read the metadata device offline",
+        path.display(),
+        dir.display()
+    )
 }
 
 /// Every mount's file in `dir` that reads as one (none if `dir` is missing

@@ -1126,12 +1126,7 @@ fn a_full_data_device_reports_enospc_to_the_writer() {
     m.wait_mounted(Duration::from_secs(20));
     let start = df_data(&m.mp);
     let file = m.mp.join("fill");
-    let o = std::process::Command::new("dd")
-        .arg("if=/dev/zero")
-        .arg(format!("of={}", file.display()))
-        .args(["bs=1M", "count=128", "conv=fsync"])
-        .output()
-        .unwrap();
+    let o = dd_128m(&file);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success(),
@@ -1151,12 +1146,7 @@ fn a_full_data_device_reports_enospc_to_the_writer() {
     let _ = std::fs::remove_file(m.mp.join("more"));
     let empty = wait_data_free(&m.mp, start.1 - 16);
     // Filled again, to the same size.
-    let o = std::process::Command::new("dd")
-        .arg("if=/dev/zero")
-        .arg(format!("of={}", file.display()))
-        .args(["bs=1M", "count=128", "conv=fsync"])
-        .output()
-        .unwrap();
+    let o = dd_128m(&file);
     assert!(!o.status.success(), "dd wrote 128 MiB to a 64 MiB device");
     let len2 = std::fs::metadata(&file).unwrap().len();
     assert!(
@@ -1176,6 +1166,16 @@ fn a_full_data_device_reports_enospc_to_the_writer() {
     assert!(!log.contains("Invalid argument"), "the mount's log: {log}");
     assert!(!log.contains("commit failed"), "the mount's log: {log}");
     common::assert_check_clean(&meta, &data);
+}
+
+/// Writes 128 MiB of zeros to `file` with dd (conv=fsync).
+fn dd_128m(file: &Path) -> std::process::Output {
+    std::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", file.display()))
+        .args(["bs=1M", "count=128", "conv=fsync"])
+        .output()
+        .unwrap()
 }
 
 /// `scoutfs df --json` of a mount: (data total, data free) in blocks.
