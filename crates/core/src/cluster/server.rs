@@ -1113,6 +1113,15 @@ impl State {
                 self.commit(txn)?;
                 Ok(Response::Inodes { ino, nr })
             }
+            // A mount that left or was reclaimed must not open a tree
+            // again: nobody would give its space back.
+            Request::GetLogTrees | Request::CommitLogTrees(_)
+                if !self.mounted.contains_key(&rid) =>
+            {
+                Err(Error::Protocol(format!(
+                    "mount {rid:#x} asked for its log tree after it left or was reclaimed"
+                )))
+            }
             Request::GetLogTrees => Ok(Response::LogTrees(Box::new(self.get_log_trees(rid)?))),
             Request::CommitLogTrees(lt) => Ok(Response::LogTrees(Box::new(
                 self.commit_log_trees(rid, &lt)?,
