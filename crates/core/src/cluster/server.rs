@@ -51,7 +51,9 @@
 //! strand each other or the non-quorum mounts.
 //!
 //! Merging (see [`ServerOptions::merge_interval`]): log trees that hold
-//! items are merged into `fs_root` while mounts run. A *round* first
+//! items are merged into `fs_root` while mounts run (when
+//! [`ServerOptions::merge_while_mounted`]; elected servers leave it off
+//! for now and merge only when they start with nothing mounted). A *round* first
 //! finalizes every open tree that holds items: each such mount is asked
 //! to commit (SYNC_LOG_TREES), and as its commit is recorded its tree is
 //! finalized and its next transaction opens in a new tree that takes over
