@@ -675,12 +675,17 @@ impl Filesystem for ScoutFuse {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guard("open", || {
+            // Counted open until its release: no mount deletes it meanwhile.
+            let a = match self.fs.open(ino.0) {
+                Ok(a) => a,
+                Err(e) => return reply.error(err(e)),
+            };
             let noatime = flags.0 & libc::O_NOATIME != 0;
             let reads = flags.0 & libc::O_ACCMODE != libc::O_WRONLY;
             // Pages stay cached across opens (losing the inode's lock drops
             // them), except when a read is due to update the atime: then the
             // kernel drops them so that the next read reaches us.
-            let atime = reads && !noatime && self.fs.atime_wanted(ino.0).unwrap_or(false);
+            let atime = reads && !noatime && self.fs.atime_due(&a);
             let mut keep = if atime {
                 FopenFlags::empty()
             } else {
@@ -690,6 +695,26 @@ impl Filesystem for ScoutFuse {
                 keep |= FopenFlags::FOPEN_DIRECT_IO;
             }
             reply.opened(FileHandle(if noatime { FH_NOATIME } else { 0 }), keep);
+        })
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        guard("release", || {
+            // The last close of an unlinked file frees it (if no other
+            // mount has it open); the close itself has succeeded.
+            if let Err(e) = self.fs.release(ino.0) {
+                tracing::warn!("freeing inode {}: {e}", ino.0);
+            }
+            reply.ok();
         })
     }
 
@@ -846,8 +871,11 @@ impl Filesystem for ScoutFuse {
         })
     }
 
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         guard("opendir", || {
+            if let Err(e) = self.fs.open(ino.0) {
+                return reply.error(err(e));
+            }
             let mut d = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
             d.next_fh += 1;
             let fh = d.next_fh;
@@ -860,7 +888,7 @@ impl Filesystem for ScoutFuse {
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
@@ -869,6 +897,9 @@ impl Filesystem for ScoutFuse {
             let mut d = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
             d.end.remove(&fh.0);
             drop(d);
+            if let Err(e) = self.fs.release(ino.0) {
+                tracing::warn!("freeing directory {}: {e}", ino.0);
+            }
             reply.ok();
         })
     }
@@ -990,7 +1021,8 @@ impl Filesystem for ScoutFuse {
     ) {
         guard("create", || {
             self.may_cache(parent.0, name.as_bytes());
-            match self.make(req, parent.0, name, NewNode::new(mode).umask(umask)) {
+            let node = NewNode::new(mode).umask(umask).opened();
+            match self.make(req, parent.0, name, node) {
                 Ok(a) => {
                     self.cached(parent.0, name.as_bytes(), Some(a.ino), true);
                     let noatime = flags & libc::O_NOATIME != 0;

@@ -73,6 +73,11 @@ pub struct MountArgs {
     /// Commit the open transaction at least this often.
     #[arg(long = "commit-interval-ms", default_value_t = 10_000)]
     commit_interval_ms: u64,
+    /// How often, on average (±20%), to look for unlinked inodes that no
+    /// mount has open any more, and free them.
+    #[arg(long = "orphan-scan-ms", default_value_t = scoutfs_core::mount::setup::ORPHAN_SCAN_MS_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    orphan_scan_ms: u64,
 
     /// Don't enforce POSIX ACLs.
     #[arg(long)]
@@ -148,6 +153,7 @@ pub fn cmd_mount(a: MountArgs) -> Result<ExitCode, String> {
         recovery_timeout_ms: a.recovery_timeout_ms,
         reconnect_timeout_ms: a.reconnect_timeout_ms,
         commit_interval_ms: a.commit_interval_ms,
+        orphan_scan_ms: a.orphan_scan_ms,
         ..Default::default()
     };
     opts.fs.acl = !a.noacl;

@@ -14,7 +14,12 @@
 //!   workload goes on without an error, nothing acknowledged by fsync is
 //!   lost, and `scoutfs check` is clean afterwards;
 //! - a non-server mount killed and restarted;
-//! - unmounting in every order.
+//! - unmounting in every order;
+//! - space across mounts: files written on one mount and deleted on
+//!   another free their space with every mount up; a file open on one
+//!   mount and unlinked on another keeps working for its opener, and its
+//!   space returns once it is closed there, or once its mount is killed
+//!   and fenced.
 
 mod common;
 
@@ -80,6 +85,8 @@ impl Cluster {
             "fence-local",
             "--reconnect-timeout-ms",
             "3000",
+            "--orphan-scan-ms",
+            "1000",
         ];
         let mut env = vec![("SCOUTFS_RUN_DIR", self.run.as_path())];
         if self.wedge_fault {
@@ -121,6 +128,11 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// `scoutfs df` of the mount of `slot`: (data total, data free).
+    fn df_data(&self, slot: usize) -> (u64, u64) {
+        df_data_env(self.mp(slot), &[("SCOUTFS_RUN_DIR", &self.run)])
     }
 
     /// The last `n` lines of each mount's log.
@@ -1096,5 +1108,151 @@ fn failover_soak() {
         "failover p99 {:?}",
         at(0.99)
     );
+    c.finish();
+}
+
+/// Waits (bounded) until `scoutfs df` of `mp` shows at least `want` free
+/// data blocks; returns the free blocks.
+fn wait_df_free(c: &Cluster, slot: usize, want: u64, limit: Duration, what: &str) -> u64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (_, free) = c.df_data(slot);
+        if free >= want {
+            return free;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {free} data blocks free on mount {slot} after {limit:?}, \
+             want {want}; logs:\n{}",
+            c.log_tails(40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+const MIB: usize = 1 << 20;
+
+/// Blocks of 4 KiB in `mib` MiB.
+fn blocks(mib: u64) -> u64 {
+    mib * 256
+}
+
+#[test]
+fn files_written_on_one_mount_and_deleted_on_another_free_their_space() {
+    if !can_mount("files_written_on_one_mount_and_deleted_on_another_free_their_space") {
+        return;
+    }
+    let c = Cluster::start("cluster-cross-free");
+    let (_, start) = c.df_data(2);
+    std::fs::create_dir(c.p(0, "d")).unwrap();
+    let buf = vec![0x5au8; MIB];
+    for i in 0..32 {
+        let mut f = std::fs::File::create(c.p(0, &format!("d/f{i}"))).unwrap();
+        f.write_all(&buf).unwrap();
+        f.sync_all().unwrap();
+    }
+    let (_, full) = c.df_data(2);
+    assert!(
+        full + blocks(32) <= start,
+        "32 MiB written: {full} of {start} blocks free"
+    );
+    for i in 0..32 {
+        std::fs::remove_file(c.p(1, &format!("d/f{i}"))).unwrap();
+    }
+    // Nothing has them open: mount 1 frees each as its kernel forgets it,
+    // and the space shows on mount 2 after mount 1's next commits.
+    let t = Instant::now();
+    let back = wait_df_free(
+        &c,
+        2,
+        start - blocks(1),
+        Duration::from_secs(40),
+        "deleted on another mount",
+    );
+    eprintln!(
+        "space of 32 MiB deleted on mount 1 back on mount 2 after {:?} ({back} of {start} blocks free)",
+        t.elapsed()
+    );
+    c.finish();
+}
+
+#[test]
+fn a_file_open_on_one_mount_and_unlinked_on_another_lives_until_closed_or_killed() {
+    if !can_mount("a_file_open_on_one_mount_and_unlinked_on_another_lives_until_closed_or_killed") {
+        return;
+    }
+    let mut c = Cluster::start("cluster-open-unlink");
+    let server = c.server_slot().expect("a server is elected");
+    // The opener is not the server: killing it is not a failover.
+    let (a, b, other) = ((server + 1) % 3, (server + 2) % 3, server);
+    let (_, start) = c.df_data(other);
+    let buf = vec![0xa7u8; MIB];
+
+    // Closed on A.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(c.p(a, "held"))
+        .unwrap();
+    for _ in 0..16 {
+        f.write_all(&buf).unwrap();
+    }
+    f.sync_all().unwrap();
+    std::fs::remove_file(c.p(b, "held")).unwrap();
+    assert!(!exists(&c.p(a, "held")), "the name is gone on A too");
+    // A keeps writing and reading through several orphan scans.
+    for _ in 0..8 {
+        f.write_all(&buf).unwrap();
+        f.sync_all().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut back = vec![0u8; MIB];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut back, 20 * MIB as u64).unwrap();
+    assert_eq!(back, buf, "A reads what it wrote after the unlink");
+    assert_eq!(f.metadata().unwrap().len(), 24 * MIB as u64);
+    let (_, held) = c.df_data(other);
+    assert!(
+        held + blocks(24) <= start,
+        "24 MiB still open on A: {held} of {start} blocks free"
+    );
+    let t = Instant::now();
+    drop(f);
+    wait_df_free(
+        &c,
+        other,
+        start - blocks(1),
+        Duration::from_secs(40),
+        "closed on A",
+    );
+    eprintln!("space back after the close in {:?}", t.elapsed());
+
+    // Killed on A: once A is fenced, an orphan scan on another mount
+    // frees it.
+    let (_, start) = c.df_data(other);
+    let mut f = std::fs::File::create(c.p(a, "held2")).unwrap();
+    for _ in 0..16 {
+        f.write_all(&buf).unwrap();
+    }
+    f.sync_all().unwrap();
+    std::fs::remove_file(c.p(b, "held2")).unwrap();
+    let (_, held) = c.df_data(other);
+    assert!(
+        held + blocks(16) <= start,
+        "16 MiB still open on A: {held} of {start} blocks free"
+    );
+    let t = Instant::now();
+    let killed = c.mounts[a].take().unwrap();
+    killed.kill9_keep_mount();
+    drop(f);
+    wait_df_free(
+        &c,
+        other,
+        start - blocks(1),
+        Duration::from_secs(60),
+        "A killed",
+    );
+    eprintln!("space back after A was killed in {:?}", t.elapsed());
     c.finish();
 }

@@ -1124,7 +1124,7 @@ fn a_full_data_device_reports_enospc_to_the_writer() {
     let log = dir.path("mount.log");
     let mut m = MountProc::spawn(&meta, &data, &mp, &["--quorum-slot", "0"], &[], Some(&log));
     m.wait_mounted(Duration::from_secs(20));
-    let start = df_data(&m.mp);
+    let start = common::df_data(&m.mp);
     let file = m.mp.join("fill");
     let o = dd_128m(&file);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -1178,34 +1178,13 @@ fn dd_128m(file: &Path) -> std::process::Output {
         .unwrap()
 }
 
-/// `scoutfs df --json` of a mount: (data total, data free) in blocks.
-fn df_data(mp: &Path) -> (u64, u64) {
-    let o = common::scoutfs(&["df", "--json", "-p", mp.to_str().unwrap()]);
-    assert!(
-        o.status.success(),
-        "df: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let data = &out[out.find("\"data\":{").expect("a data row")..];
-    let n = |k: &str| -> u64 {
-        let at = data.find(&format!("\"{k}\":")).expect(k) + k.len() + 3;
-        let digits: String = data[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_digit())
-            .collect();
-        digits.parse().unwrap()
-    };
-    (n("total"), n("free"))
-}
-
 /// Waits until `scoutfs df` shows at least `want` data blocks free (the
 /// space of deleted files returns within a commit or two), and statfs
 /// of the mountpoint agrees; returns (total, free).
 fn wait_data_free(mp: &Path, want: u64) -> (u64, u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (total, free) = df_data(mp);
+        let (total, free) = common::df_data(mp);
         if free >= want {
             let st = nix_statvfs(mp);
             assert_eq!(st.0, total, "statfs blocks");

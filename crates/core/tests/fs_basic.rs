@@ -282,7 +282,8 @@ fn corrupt_block_under_a_mount_gives_eio_and_the_rest_is_served() {
 }
 
 /// An inode unlinked while still in use, whose mount stopped before
-/// freeing it, is freed by the next mount: no space is lost.
+/// freeing it, is freed by the next mount's first orphan scan: no space is
+/// lost.
 #[test]
 fn orphans_left_by_a_mount_are_freed_by_the_next() {
     let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xf9);
@@ -309,6 +310,10 @@ fn orphans_left_by_a_mount_are_freed_by_the_next() {
         "the orphan still holds its blocks"
     );
     let mnt = mount(&meta, &data);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while mnt.fs().getattr(ino).is_ok() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(
         mnt.fs().getattr(ino).unwrap_err(),
         ENOENT,

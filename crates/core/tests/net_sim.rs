@@ -40,7 +40,7 @@ mod common;
 
 use scoutfs_core::cluster::lock::{LockMode, LockMsg, RecoverEntry};
 use scoutfs_core::cluster::net::msg::{
-    ClientResponse, Request, Response, ServerRequest, StatfsInfo,
+    ClientResponse, OpenInoMap, Request, Response, ServerRequest, StatfsInfo,
 };
 use scoutfs_core::cluster::net::stream::{
     ClientConfig, ClientNet, ClientOutput, ConnId, Limits, NetCounters, NetError, Refusal,
@@ -60,6 +60,10 @@ fn answer(req: &ServerRequest) -> ClientResponse {
     match req {
         ServerRequest::Invalidate(m) => ClientResponse::InvalidateDone(*m),
         ServerRequest::SyncLogTrees => ClientResponse::Done,
+        ServerRequest::OpenInoMap { group } => ClientResponse::OpenInoMap(Box::new(OpenInoMap {
+            group: *group,
+            bits: [*group; 16],
+        })),
         ServerRequest::LockRecover { first } => ClientResponse::LockRecover {
             entries: vec![RecoverEntry {
                 key: *first,
@@ -452,7 +456,7 @@ impl Sim {
 
     fn random_request(&mut self) -> Request {
         let n = self.rng.next_u64();
-        match self.below(7) {
+        match self.below(8) {
             0 => Request::AllocInodes { count: 1 + n % 100 },
             1 => Request::GetLogTrees,
             2 => Request::CommitLogTrees(Box::new(LogTrees {
@@ -469,6 +473,7 @@ impl Sim {
                 new_mode: LockMode::Write,
             }),
             5 => Request::Statfs,
+            6 => Request::OpenInoMap { group: n % 100 },
             _ => Request::Farewell,
         }
     }
@@ -612,6 +617,10 @@ impl Sim {
                 fsid: FSID,
                 ..Default::default()
             }),
+            Request::OpenInoMap { group } => Response::OpenInoMap(Box::new(OpenInoMap {
+                group: *group,
+                bits: [id; 16],
+            })),
             Request::Greeting { .. } => panic!("a greeting as a request"),
         };
         self.durable.insert(id, resp.clone());
@@ -633,6 +642,10 @@ impl Sim {
     fn server_send(&mut self) {
         let req = if self.rng.below(3) == 0 {
             ServerRequest::SyncLogTrees
+        } else if self.rng.below(5) == 0 {
+            ServerRequest::OpenInoMap {
+                group: self.rng.below(100),
+            }
         } else if self.rng.below(4) == 0 {
             ServerRequest::LockRecover {
                 first: Key::inode(self.rng.below(4096)),

@@ -19,7 +19,7 @@
 use proptest::prelude::*;
 use scoutfs_core::cluster::lock::{LockMode, LockMsg, RecoverEntry, RECOVER_ENTRIES_MAX};
 use scoutfs_core::cluster::net::msg::{
-    ClientResponse, Request, Response, ServerRequest, StatfsInfo,
+    ClientResponse, OpenInoMap, Request, Response, ServerRequest, StatfsInfo,
 };
 use scoutfs_core::cluster::net::wire::*;
 use scoutfs_core::types::Roots;
@@ -122,11 +122,16 @@ fn arb_request() -> impl Strategy<Value = Request> {
         arb_lock().prop_map(Request::Lock),
         Just(Request::Statfs),
         Just(Request::Farewell),
+        any::<u64>().prop_map(|group| Request::OpenInoMap { group }),
     ]
 }
 
+fn arb_omap() -> impl Strategy<Value = OpenInoMap> {
+    (any::<u64>(), any::<[u64; 16]>()).prop_map(|(group, bits)| OpenInoMap { group, bits })
+}
+
 /// Commands a client may send, each of which may fail.
-const CLIENT_CMDS: [Cmd; 7] = [
+const CLIENT_CMDS: [Cmd; 8] = [
     Cmd::AllocInodes,
     Cmd::GetLogTrees,
     Cmd::CommitLogTrees,
@@ -134,6 +139,7 @@ const CLIENT_CMDS: [Cmd; 7] = [
     Cmd::Lock,
     Cmd::Statfs,
     Cmd::Farewell,
+    Cmd::OpenInoMap,
 ];
 
 /// A server response and the command it answers.
@@ -153,6 +159,7 @@ fn arb_response() -> impl Strategy<Value = (Cmd, Response)> {
         )),
         arb_lock().prop_map(|m| (Cmd::Lock, Response::Lock(m))),
         arb_statfs().prop_map(|s| (Cmd::Statfs, Response::Statfs(s))),
+        arb_omap().prop_map(|m| (Cmd::OpenInoMap, Response::OpenInoMap(Box::new(m)))),
         (0..CLIENT_CMDS.len(), 1i32..4096)
             .prop_map(|(c, errno)| (CLIENT_CMDS[c], Response::Error(errno))),
     ]
@@ -163,6 +170,7 @@ fn arb_server_request() -> impl Strategy<Value = ServerRequest> {
         arb_lock().prop_map(ServerRequest::Invalidate),
         Just(ServerRequest::SyncLogTrees),
         arb_key().prop_map(|first| ServerRequest::LockRecover { first }),
+        any::<u64>().prop_map(|group| ServerRequest::OpenInoMap { group }),
     ]
 }
 
@@ -174,6 +182,7 @@ fn arb_client_response() -> impl Strategy<Value = (Cmd, ClientResponse)> {
             Cmd::LockRecover,
             ClientResponse::LockRecover { entries, more }
         )),
+        arb_omap().prop_map(|m| (Cmd::OpenInoMap, ClientResponse::OpenInoMap(Box::new(m)))),
     ]
 }
 

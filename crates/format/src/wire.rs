@@ -113,6 +113,19 @@ pub struct WireStatfs {
     pub fsid: U64,
 }
 
+/// Inodes per open-inode map group: a group's map is one bit per inode
+/// (the inode lock groups' size).
+pub const OPEN_INO_MAP_GROUP_NR: u64 = crate::consts::LOCK_INODE_GROUP_NR;
+
+/// The OPEN_INO_MAP answer (both ways), 136 bytes: which inodes of a group
+/// are open, bit `ino % 1024` of `bits[(ino % 1024) / 64]`.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct WireOpenInoMap {
+    pub group_nr: U64,
+    pub bits: [U64; 16],
+}
+
 /// The GREETING payload, 56 bytes.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
 #[repr(C)]
@@ -136,6 +149,7 @@ pub const INODES_LEN: usize = 16;
 pub const ROOTS_LEN: usize = 72;
 pub const STATFS_LEN: usize = 56;
 pub const GREETING_LEN: usize = 56;
+pub const OPEN_INO_MAP_LEN: usize = 136;
 pub const COUNT_LEN: usize = 8;
 pub const LOG_TREES_LEN: usize = 472;
 pub const KEY_LEN: usize = 32;
@@ -152,6 +166,8 @@ const _: () = {
     assert!(size_of::<WireRoots>() == ROOTS_LEN);
     assert!(size_of::<WireStatfs>() == STATFS_LEN);
     assert!(size_of::<WireGreeting>() == GREETING_LEN);
+    assert!(size_of::<WireOpenInoMap>() == OPEN_INO_MAP_LEN);
+    assert!(OPEN_INO_MAP_GROUP_NR == 16 * 64);
     assert!(size_of::<LogTrees>() == LOG_TREES_LEN);
     assert!(size_of::<DiskKey>() == KEY_LEN);
     assert!(size_of::<WireRecoverHead>() == RECOVER_HEAD_LEN);

@@ -438,8 +438,14 @@ pub fn holders(mp: &Path) -> Vec<(u32, String, PathBuf)> {
 /// Runs the `scoutfs` binary with `args`; fails the test if it panicked
 /// (a panic is never an acceptable answer to any input).
 pub fn scoutfs(args: &[&str]) -> std::process::Output {
+    scoutfs_env(args, &[])
+}
+
+/// [`scoutfs`] with environment variables set.
+pub fn scoutfs_env(args: &[&str], env: &[(&str, &Path)]) -> std::process::Output {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_scoutfs"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run scoutfs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -449,4 +455,30 @@ pub fn scoutfs(args: &[&str]) -> std::process::Output {
     );
     assert_ne!(out.status.code(), Some(101), "scoutfs {args:?} panicked");
     out
+}
+
+/// `scoutfs df --json` of a mount: (data total, data free) in blocks.
+pub fn df_data(mp: &Path) -> (u64, u64) {
+    df_data_env(mp, &[])
+}
+
+/// [`df_data`] with environment variables set (a mount's run directory).
+pub fn df_data_env(mp: &Path, env: &[(&str, &Path)]) -> (u64, u64) {
+    let o = scoutfs_env(&["df", "--json", "-p", mp.to_str().unwrap()], env);
+    assert!(
+        o.status.success(),
+        "df: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let data = &out[out.find("\"data\":{").expect("a data row")..];
+    let n = |k: &str| -> u64 {
+        let at = data.find(&format!("\"{k}\":")).expect(k) + k.len() + 3;
+        let digits: String = data[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().unwrap()
+    };
+    (n("total"), n("free"))
 }

@@ -17,7 +17,9 @@
 //! reconnects.
 
 use crate::cluster::lock::LockMsg;
-use crate::cluster::net::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
+use crate::cluster::net::msg::{
+    ClientResponse, OpenInoMap, Request, Response, ServerRequest, StatfsInfo,
+};
 use crate::cluster::net::tcp::{ClientDeliver, ClientLink, ServerAddr};
 use crate::cluster::net::wire::GREETING_FLAG_FAREWELL;
 use crate::error::{Error, Result};
@@ -220,6 +222,15 @@ impl Client {
         let req = Request::CommitLogTrees(Box::new(lt));
         self.call(req, "commit log trees", |r| match r {
             Response::LogTrees(lt) => Ok(*lt),
+            other => Err(other),
+        })
+    }
+
+    /// Which inodes of `group` any mount has open.
+    pub fn open_ino_map(&self, group: u64) -> Result<OpenInoMap> {
+        let req = Request::OpenInoMap { group };
+        self.call(req, "open inode map", |r| match r {
+            Response::OpenInoMap(m) if m.group == group => Ok(*m),
             other => Err(other),
         })
     }

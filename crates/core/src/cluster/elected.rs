@@ -318,7 +318,6 @@ impl Worker {
             reconnect_timeout: self.opts.reconnect_timeout,
             votes_needed: self.votes_needed,
             merge_interval: self.opts.merge_interval,
-            merge_while_mounted: false,
             on_exit: Some(Box::new(move |why: Error| {
                 // A server that ended on corruption: the next won't do
                 // better.

@@ -51,9 +51,7 @@
 //! strand each other or the non-quorum mounts.
 //!
 //! Merging (see [`ServerOptions::merge_interval`]): log trees that hold
-//! items are merged into `fs_root` while mounts run (when
-//! [`ServerOptions::merge_while_mounted`]; elected servers leave it off
-//! for now and merge only when they start with nothing mounted). A *round* first
+//! items are merged into `fs_root` while mounts run. A *round* first
 //! finalizes every open tree that holds items: each such mount is asked
 //! to commit (SYNC_LOG_TREES), and as its commit is recorded its tree is
 //! finalized and its next transaction opens in a new tree that takes over
@@ -83,7 +81,9 @@
 use crate::cluster::fence::{FenceHandle, FenceOutcome, FenceReason, FenceRequest, Fencer};
 use crate::cluster::lock::server::{LockServer, ServerOut};
 use crate::cluster::lock::LockMsg;
-use crate::cluster::net::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
+use crate::cluster::net::msg::{
+    ClientResponse, OpenInoMap, Request, Response, ServerRequest, StatfsInfo,
+};
 use crate::cluster::net::stream::ConnId;
 use crate::cluster::net::tcp::{ServerDeliver, ServerLink};
 use crate::cluster::net::wire::{GREETING_FLAG_FAREWELL, GREETING_FLAG_QUORUM};
@@ -179,10 +179,6 @@ pub struct ServerOptions {
     /// items (a tree of height 3 or more, or metadata space in the
     /// reserve, starts a merge at once).
     pub merge_interval: Duration,
-    /// Merge while other mounts run. Off for elected servers until a
-    /// defect seen under failover is found (see the issue notes): their
-    /// log trees are merged when a server starts with nothing mounted.
-    pub merge_while_mounted: bool,
 }
 
 impl ServerOptions {
@@ -198,7 +194,6 @@ impl ServerOptions {
             votes_needed: 0,
             on_exit: None,
             merge_interval: Duration::from_millis(MERGE_INTERVAL_MS_DEFAULT),
-            merge_while_mounted: true,
         }
     }
 }
@@ -376,7 +371,20 @@ struct State {
     /// When the last merge ended (or the server started).
     last_merge: Instant,
     merge_interval: Duration,
-    merge_while_mounted: bool,
+    /// Open-inode map rounds under way, by number.
+    omap_rounds: BTreeMap<u64, OmapRound>,
+    /// The round each of our OPEN_INO_MAP requests (rid, id) answers.
+    omap_asked: HashMap<(u64, u64), u64>,
+    next_omap_round: u64,
+}
+
+/// One mount's question whether any mount has inodes of a group open: the
+/// union of the answers so far, and the mounts still to answer.
+struct OmapRound {
+    /// Who asked: (rid, request id).
+    requester: (u64, u64),
+    map: OpenInoMap,
+    waiting: BTreeSet<u64>,
 }
 
 /// A merge of finalized log trees into fs_root, a step at a time.
@@ -416,7 +424,9 @@ impl State {
             merge: None,
             last_merge: Instant::now(),
             merge_interval: opts.merge_interval,
-            merge_while_mounted: opts.merge_while_mounted,
+            omap_rounds: BTreeMap::new(),
+            omap_asked: HashMap::new(),
+            next_omap_round: 0,
         };
         if let Err(e) = st.begin(opts.alone, &opts.fenced) {
             // Not knowing who is mounted, it must not serve at all.
@@ -739,6 +749,11 @@ impl State {
                     }
                     self.farewells_due().map_err(|e| e.context("farewell"))?;
                 }
+                Some(Event::Request {
+                    rid,
+                    id,
+                    req: Request::OpenInoMap { group },
+                }) => self.omap_request(rid, id, group),
                 Some(Event::Request { rid, id, req }) => {
                     let resp = self.request(rid, req).unwrap_or_else(|e| {
                         tracing::warn!("request from {rid:#x} failed: {e}");
@@ -825,10 +840,7 @@ impl State {
         // new round when one is due.
         if self.merge.is_some() {
             self.merge_step_or_abandon()?;
-        } else if self.round.is_none()
-            && self.locks.recovery_pending().is_empty()
-            && self.merge_while_mounted
-        {
+        } else if self.round.is_none() && self.locks.recovery_pending().is_empty() {
             match self.merge_due() {
                 Ok(true) => {
                     if let Err(e) = self.start_round() {
@@ -899,6 +911,7 @@ impl State {
         }
         self.commit(txn)?;
         self.mounted.remove(&rid);
+        self.omap_gone(rid);
         // Its tree is finalized: a round no longer waits for it, and what
         // was held for it goes nowhere.
         if let Some(round) = self.round.as_mut() {
@@ -963,7 +976,95 @@ impl State {
                 self.seq = seq;
                 self.lock_outputs(outs);
             }
+            ClientResponse::OpenInoMap(m) => self.omap_answer(rid, id, *m),
             ClientResponse::Done => {}
+        }
+    }
+
+    /// A mount asks which inodes of `group` any mount has open: ask every
+    /// mounted client, the asker too, and answer the union once all have
+    /// answered (or left). A mount this server can't ask yet (it has not
+    /// greeted since a failover) can't say: every inode counts as open.
+    fn omap_request(&mut self, rid: u64, id: u64, group: u64) {
+        if !self.mounted.contains_key(&rid) {
+            self.link.respond(rid, id, &Response::Error(libc::EINVAL));
+            return;
+        }
+        let nr = self.next_omap_round;
+        self.next_omap_round += 1;
+        let mut round = OmapRound {
+            requester: (rid, id),
+            map: OpenInoMap {
+                group,
+                ..Default::default()
+            },
+            waiting: BTreeSet::new(),
+        };
+        let rids: Vec<u64> = self.mounted.keys().copied().collect();
+        for m in rids {
+            match self.link.request(m, &ServerRequest::OpenInoMap { group }) {
+                Ok(aid) => {
+                    self.asked.insert((m, aid));
+                    self.omap_asked.insert((m, aid), nr);
+                    round.waiting.insert(m);
+                }
+                Err(e) => {
+                    tracing::debug!("open inode map: can't ask {m:#x}: {e}");
+                    round.map = OpenInoMap::all(group);
+                }
+            }
+        }
+        self.omap_rounds.insert(nr, round);
+        self.omap_progress(nr);
+    }
+
+    fn omap_answer(&mut self, rid: u64, id: u64, m: OpenInoMap) {
+        let Some(nr) = self.omap_asked.remove(&(rid, id)) else {
+            return;
+        };
+        let Some(r) = self.omap_rounds.get_mut(&nr) else {
+            return;
+        };
+        if m.group == r.map.group {
+            r.map.union(&m);
+        } else {
+            tracing::warn!(
+                "mount {rid:#x} answered open inode map group {} for group {}",
+                m.group,
+                r.map.group
+            );
+            r.map = OpenInoMap::all(r.map.group);
+        }
+        r.waiting.remove(&rid);
+        self.omap_progress(nr);
+    }
+
+    /// Answers round `nr` once no mount is left to answer it.
+    fn omap_progress(&mut self, nr: u64) {
+        if self
+            .omap_rounds
+            .get(&nr)
+            .is_some_and(|r| r.waiting.is_empty())
+        {
+            if let Some(r) = self.omap_rounds.remove(&nr) {
+                let (rid, id) = r.requester;
+                self.link
+                    .respond(rid, id, &Response::OpenInoMap(Box::new(r.map)));
+            }
+        }
+    }
+
+    /// A mount is gone: what it has open no longer matters, and nobody
+    /// waits for the answers to its own questions.
+    fn omap_gone(&mut self, rid: u64) {
+        self.omap_asked.retain(|&(r, _), _| r != rid);
+        self.omap_rounds.retain(|_, r| r.requester.0 != rid);
+        let nrs: Vec<u64> = self.omap_rounds.keys().copied().collect();
+        for nr in nrs {
+            if let Some(r) = self.omap_rounds.get_mut(&nr) {
+                r.waiting.remove(&rid);
+            }
+            self.omap_progress(nr);
         }
     }
 
@@ -1139,6 +1240,7 @@ impl State {
             Request::Statfs => Ok(Response::Statfs(self.statfs()?)),
             Request::Farewell => unreachable!("farewells are handled by the run loop"),
             Request::Lock(_) => unreachable!("lock requests are handled by lock_request"),
+            Request::OpenInoMap { .. } => unreachable!("handled by omap_request"),
         }
     }
 
@@ -1211,6 +1313,14 @@ impl State {
                 lt.nr.get()
             )));
         };
+        if cur.is_finalized() {
+            // Its allocators went back to the server when it was
+            // finalized: recording this commit would hand them out twice.
+            return Err(Error::Protocol(format!(
+                "commit of finalized log tree {rid:#x}.{}",
+                lt.nr.get()
+            )));
+        }
         if !cur.trans_open() || cur.get_trans_seq != lt.get_trans_seq {
             // A resend of a commit that was already recorded: the answer
             // is the transaction open now (opened if need be).

@@ -32,6 +32,7 @@ use crate::cluster::lock::{inode_lock_range, LockMode, LockMsg, RECOVER_ENTRIES_
 use crate::cluster::net::msg::{ClientResponse, ServerRequest};
 use crate::error::{Error, Result};
 use crate::mount::item::{Cover, ItemCache};
+use crate::mount::omap::OpenInodes;
 use crate::mount::trans::Trans;
 use crate::types::Rid;
 use scoutfs_format::key::zone;
@@ -153,6 +154,14 @@ pub struct Locks {
     work: Mutex<Option<Sender<Work>>>,
     kernel: OnceLock<KernelInvalidate>,
     me: OnceLock<Weak<Locks>>,
+    /// The inodes this mount has open: the server asks for them through
+    /// this handler (see `omap`).
+    open: Arc<OpenInodes>,
+    /// Server requests that came before `start` gave us the client and
+    /// the worker (a new server may ask for our locks, or for our open
+    /// inodes, while the mount is still starting); handled there. None
+    /// once started.
+    early: Mutex<Option<Vec<(u64, ServerRequest)>>>,
 }
 
 /// A held lock; released on drop.
@@ -227,9 +236,16 @@ impl Locks {
             work: Mutex::new(None),
             kernel: OnceLock::new(),
             me: OnceLock::new(),
+            open: Arc::default(),
+            early: Mutex::new(Some(Vec::new())),
         });
         let _ = locks.me.set(Arc::downgrade(&locks));
         locks
+    }
+
+    /// The inodes this mount has open.
+    pub fn open_inodes(&self) -> &Arc<OpenInodes> {
+        &self.open
     }
 
     /// Connects the driver to the client and transaction and starts its
@@ -248,6 +264,15 @@ impl Locks {
                     locks.do_work(w);
                 }
             });
+        let early = self
+            .early
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
+        for (id, req) in early {
+            self.handle_server_request(id, req);
+        }
     }
 
     /// Stops the worker thread (at unmount).
@@ -378,6 +403,40 @@ impl Locks {
                 }
                 ClientAction::ProtocolError { key, reason } => {
                     tracing::warn!("lock protocol error on {key}: {reason}");
+                }
+            }
+        }
+    }
+
+    /// Handles a request of the server (see [`Handler::server_request`]).
+    fn handle_server_request(&self, id: u64, req: ServerRequest) {
+        match req {
+            ServerRequest::Invalidate(m) => {
+                tracing::debug!(key = %m.key, old = %m.old_mode, new = %m.new_mode, "lock invalidation");
+                let mut st = self.state();
+                st.inval_ids.entry(m.key).or_default().push_back(id);
+                let acts = st.machine.on_invalidate(m);
+                self.apply(&mut st, acts);
+            }
+            ServerRequest::SyncLogTrees => self.queue(Work::Sync { id }),
+            ServerRequest::OpenInoMap { group } => {
+                if let Some(c) = self.client.get() {
+                    let resp = ClientResponse::OpenInoMap(Box::new(self.open.map(group)));
+                    if let Err(e) = c.respond(id, resp) {
+                        tracing::warn!("open inode map answer not sent: {e}");
+                    }
+                }
+            }
+            ServerRequest::LockRecover { first } => {
+                let (entries, more) = self
+                    .state()
+                    .machine
+                    .recovery_batch(first, RECOVER_ENTRIES_MAX);
+                if let Some(c) = self.client.get() {
+                    let resp = ClientResponse::LockRecover { entries, more };
+                    if let Err(e) = c.respond(id, resp) {
+                        tracing::warn!("lock recovery answer not sent: {e}");
+                    }
                 }
             }
         }
@@ -616,31 +675,25 @@ impl Handler for Locks {
     }
 
     fn server_request(&self, id: u64, req: ServerRequest) {
-        match req {
-            ServerRequest::Invalidate(m) => {
-                tracing::debug!(key = %m.key, old = %m.old_mode, new = %m.new_mode, "lock invalidation");
-                let mut st = self.state();
-                st.inval_ids.entry(m.key).or_default().push_back(id);
-                let acts = st.machine.on_invalidate(m);
-                self.apply(&mut st, acts);
-            }
-            ServerRequest::SyncLogTrees => self.queue(Work::Sync { id }),
-            ServerRequest::LockRecover { first } => {
-                let (entries, more) = self
-                    .state()
-                    .machine
-                    .recovery_batch(first, RECOVER_ENTRIES_MAX);
-                if let Some(c) = self.client.get() {
-                    let resp = ClientResponse::LockRecover { entries, more };
-                    if let Err(e) = c.respond(id, resp) {
-                        tracing::warn!("lock recovery answer not sent: {e}");
-                    }
-                }
-            }
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(reqs) = early.as_mut() {
+            reqs.push((id, req));
+            return;
         }
+        drop(early);
+        self.handle_server_request(id, req);
     }
 
     fn server_changed(&self) {
+        // Requests of the old server held for `start` mean nothing now.
+        if let Some(reqs) = self
+            .early
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            reqs.clear();
+        }
         let mut st = self.state();
         // The old server's request ids mean nothing to the new one.
         st.inval_ids.clear();

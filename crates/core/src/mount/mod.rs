@@ -8,11 +8,13 @@
 //!   and the invalidations that commit and drop cached items;
 //! - [`fs`]: the filesystem operations (inodes, directories, data,
 //!   xattrs, ACLs) that the FUSE adapter calls;
+//! - [`omap`]: the inodes the mount has open, which no mount may delete;
 //! - [`setup`]: mounting and unmounting, in order.
 
 pub mod fs;
 pub mod item;
 pub mod locks;
+pub mod omap;
 pub mod setup;
 pub mod trans;
 

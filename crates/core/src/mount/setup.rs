@@ -47,9 +47,13 @@ use crate::store::dev::BlockDev;
 use crate::types::Rid;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// How often, on average, a mount scans for orphans by default.
+pub const ORPHAN_SCAN_MS_DEFAULT: u64 = 10_000;
 
 /// What a mount serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +87,9 @@ pub struct MountOptions {
     /// How long this mount's server lets log trees that hold items go
     /// unmerged ([`ServerOptions::merge_interval`]).
     pub merge_interval_ms: u64,
+    /// How often, on average, the mount looks for orphans no mount has
+    /// open ([`Fs::scan_orphans`]).
+    pub orphan_scan_ms: u64,
     /// Bytes of clean items the item cache keeps.
     pub item_cache_bytes: usize,
     /// Metadata blocks the block cache keeps.
@@ -110,6 +117,7 @@ impl Default for MountOptions {
             reconnect_timeout_ms: RECONNECT_TIMEOUT_MS_DEFAULT,
             commit_interval_ms: 10_000,
             merge_interval_ms: MERGE_INTERVAL_MS_DEFAULT,
+            orphan_scan_ms: ORPHAN_SCAN_MS_DEFAULT,
             item_cache_bytes: 256 << 20,
             block_cache_blocks: 2048,
             trans: TransLimits::default(),
@@ -152,6 +160,7 @@ pub struct Mount {
     /// Asks the elected server this mount runs, if any, to print its state.
     elected_dump: Option<Arc<dyn Fn() + Send + Sync>>,
     committer: Option<JoinHandle<()>>,
+    scanner: Option<OrphanScanner>,
     unmounted: AtomicBool,
 }
 
@@ -273,28 +282,8 @@ impl Mount {
             opts.fs.clone(),
             fsid,
         ));
-        if opts.role != MountRole::Alone {
-            let (meta, cache) = (meta.clone(), cache.clone());
-            fs.set_others_mounted(Box::new(move || {
-                others_mounted(meta.as_ref(), &cache, rid).unwrap_or(true)
-            }));
-        }
-        // Unlinked inodes still open on another mount are not orphans:
-        // free them only when no other mount is recorded. (Asking the
-        // others which they hold open is a later issue's open-inode map.)
-        if !others_mounted(meta.as_ref(), &cache, rid)? {
-            let orphans = fs.reclaim_orphans().map_err(|e| {
-                let cause = crate::store::block::eio_cause(e.0);
-                Error::Errno {
-                    what: format!("freeing orphaned inodes{cause}"),
-                    errno: e.0,
-                }
-            })?;
-            if orphans > 0 {
-                tracing::info!("freed {orphans} inodes left unlinked by an earlier mount");
-            }
-        }
         let committer = spawn_committer(fs.clone(), opts.commit_interval_ms);
+        let scanner = OrphanScanner::start(fs.clone(), opts.orphan_scan_ms);
         close_on_err.disarm();
         Ok(Mount {
             fs,
@@ -306,6 +295,7 @@ impl Mount {
             quorum: quorum_on_err.disarm(),
             elected_dump,
             committer,
+            scanner,
             unmounted: AtomicBool::new(false),
         })
     }
@@ -384,6 +374,9 @@ impl Mount {
         if self.unmounted.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        if let Some(s) = self.scanner.take() {
+            s.stop();
+        }
         self.fs.trans.stop_committer();
         if let Some(t) = self.committer.take() {
             let _ = t.join();
@@ -452,16 +445,43 @@ fn is_recorded(meta: &dyn BlockDev, cache: &BlockCache, rid: u64) -> Result<bool
     Ok(btree::lookup(cache, &sb.mounted_clients, &mounted_client_key(rid))?.is_some())
 }
 
-/// Whether a mount other than `rid` is recorded in the super block now.
-fn others_mounted(meta: &dyn BlockDev, cache: &BlockCache, rid: u64) -> Result<bool> {
-    let sb = read_super(meta, true)?;
-    let (start, end) = (mounted_client_key(0), mounted_client_key(u64::MAX));
-    let mut other = false;
-    btree::for_each_range(cache, &sb.mounted_clients, &start, &end, |it| {
-        other = it.key.first != rid;
-        Ok(!other)
-    })?;
-    Ok(other)
+/// The thread that frees orphans no mount has open ([`Fs::scan_orphans`]):
+/// once at mount, then every `interval` ±20% (so that the mounts of a
+/// cluster don't scan in step).
+struct OrphanScanner {
+    stop: Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl OrphanScanner {
+    fn start(fs: Arc<Fs>, interval_ms: u64) -> Option<OrphanScanner> {
+        let (stop, rx) = channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("scoutfs-orphans".into())
+            .spawn(move || {
+                let mut rng = crate::rng::Rng::from_os();
+                let mut delay = Duration::ZERO;
+                let go_on = || matches!(rx.try_recv(), Err(TryRecvError::Empty));
+                while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(delay) {
+                    match fs.scan_orphans(&go_on) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!("freed {n} orphaned inodes"),
+                        Err(e) => tracing::warn!("orphan scan: {e}"),
+                    }
+                    let spread = interval_ms / 5;
+                    let ms = interval_ms - spread + rng.below(2 * spread + 1);
+                    delay = Duration::from_millis(ms);
+                }
+            })
+            .ok()?;
+        Some(OrphanScanner { stop, thread })
+    }
+
+    /// Ends the thread (a scan under way stops after the orphan at hand).
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
 }
 
 /// Leaves the quorum if the mount fails before it is whole.

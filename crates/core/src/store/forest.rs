@@ -164,10 +164,29 @@ impl<R: RootsSource> ForestSource<R> {
 
     /// [`read_items`] around `key` within `lo..=hi`, retried on stale blocks.
     pub fn read(&self, key: &Key, lo: &Key, hi: &Key) -> Result<ReadResult> {
+        self.retry_stale(|roots| read_items(self.cache.as_ref(), roots, key, lo, hi))
+    }
+
+    /// Up to `max` keys in `lo..=hi` of the merged fs tree alone (not the
+    /// log trees), in order, retried on stale blocks.
+    pub fn merged_keys(&self, lo: &Key, hi: &Key, max: usize) -> Result<Vec<Key>> {
+        self.retry_stale(|roots| {
+            let mut keys = Vec::new();
+            btree::for_each_range(self.cache.as_ref(), &roots.fs_root, lo, hi, |it| {
+                keys.push(it.key);
+                Ok(keys.len() < max)
+            })?;
+            Ok(keys)
+        })
+    }
+
+    /// Runs `f` with the roots of the last written super block, and again
+    /// with newer roots when it met a block rewritten meanwhile.
+    fn retry_stale<T>(&self, f: impl Fn(&Roots) -> Result<T>) -> Result<T> {
         let mut last: Option<Error> = None;
         for _ in 0..STALE_RETRIES_MAX {
             let roots = self.roots.roots()?;
-            match read_items(self.cache.as_ref(), &roots, key, lo, hi) {
+            match f(&roots) {
                 Err(e @ Error::Stale { .. }) => {
                     self.cache.note_error(&e);
                     last = Some(e);

@@ -4,9 +4,10 @@
 //! frames, `stream` carries them reliably (sequence numbers,
 //! acknowledgements, resends) and `tcp` over sockets. Every request gets
 //! exactly one response with the same id. Requests go both ways: the client asks for log trees, roots,
-//! inode numbers, locks and statistics; the server asks a client to give up
-//! (invalidate) a lock, to commit its transaction, or (a new server) to
-//! report the locks it holds.
+//! inode numbers, locks, statistics and which inodes the mounts have open;
+//! the server asks a client to give up (invalidate) a lock, to commit its
+//! transaction, to say which inodes of a group it has open, or (a new
+//! server) to report the locks it holds.
 
 use crate::cluster::lock::{LockMsg, RecoverEntry};
 use crate::types::Roots;
@@ -33,6 +34,57 @@ pub enum Request {
     Statfs,
     /// The mount is unmounting: forget it.
     Farewell,
+    /// Which inodes of a group any mount has open (the server asks every
+    /// mount and answers their union).
+    OpenInoMap { group: u64 },
+}
+
+/// One group's open-inode map: bit `ino % 1024` is set when the inode is
+/// open (see [`scoutfs_format::wire::OPEN_INO_MAP_GROUP_NR`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenInoMap {
+    pub group: u64,
+    pub bits: [u64; 16],
+}
+
+impl OpenInoMap {
+    /// The group an inode belongs to.
+    pub fn group_of(ino: u64) -> u64 {
+        ino / scoutfs_format::wire::OPEN_INO_MAP_GROUP_NR
+    }
+
+    /// A map of `group` with every inode open: the answer for a mount
+    /// that can't say (not connected), so that nothing of it is deleted.
+    pub fn all(group: u64) -> OpenInoMap {
+        OpenInoMap {
+            group,
+            bits: [u64::MAX; 16],
+        }
+    }
+
+    fn bit(ino: u64) -> (usize, u64) {
+        let i = ino % scoutfs_format::wire::OPEN_INO_MAP_GROUP_NR;
+        ((i / 64) as usize, 1 << (i % 64))
+    }
+
+    /// Marks `ino` (of this map's group) open.
+    pub fn set(&mut self, ino: u64) {
+        let (w, b) = OpenInoMap::bit(ino);
+        self.bits[w] |= b;
+    }
+
+    /// Whether `ino` (of this map's group) is open.
+    pub fn test(&self, ino: u64) -> bool {
+        let (w, b) = OpenInoMap::bit(ino);
+        self.bits[w] & b != 0
+    }
+
+    /// Adds the open inodes of `other` (of the same group).
+    pub fn union(&mut self, other: &OpenInoMap) {
+        for (a, b) in self.bits.iter_mut().zip(other.bits) {
+            *a |= b;
+        }
+    }
 }
 
 /// Filesystem totals for statfs.
@@ -67,6 +119,7 @@ pub enum Response {
     /// A lock grant {key, write seq, old mode, new mode}.
     Lock(LockMsg),
     Statfs(StatfsInfo),
+    OpenInoMap(Box<OpenInoMap>),
     /// The request failed; an errno.
     Error(i32),
 }
@@ -81,6 +134,8 @@ pub enum ServerRequest {
     /// A new server recovering locks: report the locks you hold from
     /// `first` on (`lock::LockClient::recovery_batch`).
     LockRecover { first: Key },
+    /// Which inodes of a group this mount has open.
+    OpenInoMap { group: u64 },
 }
 
 /// A client's answers to the server's requests.
@@ -95,6 +150,7 @@ pub enum ClientResponse {
         entries: Vec<RecoverEntry>,
         more: bool,
     },
+    OpenInoMap(Box<OpenInoMap>),
 }
 
 /// Everything that travels from a client to the server.

@@ -64,7 +64,9 @@
 
 use crate::cluster::auth::ClusterKey;
 use crate::cluster::lock::{LockMode, LockMsg, RecoverEntry};
-use crate::cluster::net::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
+use crate::cluster::net::msg::{
+    ClientResponse, OpenInoMap, Request, Response, ServerRequest, StatfsInfo,
+};
 use crate::types::Roots;
 use scoutfs_format::consts::MAC_LEN;
 use scoutfs_format::error::check_zero;
@@ -106,13 +108,14 @@ pub enum Cmd {
     GetRoots = 5,
     Lock = 7,
     LockRecover = 8,
+    OpenInoMap = 13,
     Statfs = 18,
     Farewell = 19,
 }
 
 impl Cmd {
     /// Every defined command.
-    pub const ALL: [Cmd; 10] = [
+    pub const ALL: [Cmd; 11] = [
         Cmd::Greeting,
         Cmd::AllocInodes,
         Cmd::GetLogTrees,
@@ -121,6 +124,7 @@ impl Cmd {
         Cmd::GetRoots,
         Cmd::Lock,
         Cmd::LockRecover,
+        Cmd::OpenInoMap,
         Cmd::Statfs,
         Cmd::Farewell,
     ];
@@ -139,6 +143,7 @@ impl Cmd {
             Cmd::GetRoots => "GET_ROOTS",
             Cmd::Lock => "LOCK",
             Cmd::LockRecover => "LOCK_RECOVER",
+            Cmd::OpenInoMap => "OPEN_INO_MAP",
             Cmd::Statfs => "STATFS",
             Cmd::Farewell => "FAREWELL",
         }
@@ -750,6 +755,23 @@ fn decode_roots(data: &[u8]) -> Result<Roots, WireError> {
     })
 }
 
+fn encode_omap(m: &OpenInoMap) -> Vec<u8> {
+    WireOpenInoMap {
+        group_nr: m.group.into(),
+        bits: m.bits.map(U64::new),
+    }
+    .as_bytes()
+    .to_vec()
+}
+
+fn decode_omap(cmd: Cmd, data: &[u8]) -> Result<OpenInoMap, WireError> {
+    let w: WireOpenInoMap = exact(cmd, data)?;
+    Ok(OpenInoMap {
+        group: w.group_nr.get(),
+        bits: w.bits.map(|b| b.get()),
+    })
+}
+
 /// The command and payload of a client's request.
 pub fn encode_request(req: &Request) -> Result<(Cmd, Vec<u8>), EncodeError> {
     Ok(match req {
@@ -761,6 +783,7 @@ pub fn encode_request(req: &Request) -> Result<(Cmd, Vec<u8>), EncodeError> {
         Request::Lock(m) => (Cmd::Lock, encode_lock(m)),
         Request::Statfs => (Cmd::Statfs, Vec::new()),
         Request::Farewell => (Cmd::Farewell, Vec::new()),
+        Request::OpenInoMap { group } => (Cmd::OpenInoMap, group.to_le_bytes().to_vec()),
     })
 }
 
@@ -777,6 +800,10 @@ pub fn decode_request(cmd: Cmd, data: &[u8]) -> Result<Request, WireError> {
         Cmd::Lock => Request::Lock(decode_lock(data)?),
         Cmd::Statfs => empty(cmd, data).map(|_| Request::Statfs)?,
         Cmd::Farewell => empty(cmd, data).map(|_| Request::Farewell)?,
+        Cmd::OpenInoMap => {
+            let group: U64 = exact(cmd, data)?;
+            Request::OpenInoMap { group: group.get() }
+        }
         Cmd::Greeting | Cmd::SyncLogTrees | Cmd::LockRecover => {
             return Err(WireError::Unexpected {
                 cmd,
@@ -795,6 +822,7 @@ fn response_name(resp: &Response) -> &'static str {
         Response::Roots(_) => "roots",
         Response::Lock(_) => "lock",
         Response::Statfs(_) => "statfs",
+        Response::OpenInoMap(_) => "open inode map",
         Response::Error(_) => "error",
     }
 }
@@ -826,6 +854,7 @@ pub fn encode_response(
         .as_bytes()
         .to_vec(),
         (Cmd::Lock, Response::Lock(m)) => encode_lock(m),
+        (Cmd::OpenInoMap, Response::OpenInoMap(m)) => encode_omap(m),
         (Cmd::Statfs, Response::Statfs(s)) => WireStatfs {
             total_meta_blocks: s.total_meta_blocks.into(),
             free_meta_blocks: s.free_meta_blocks.into(),
@@ -876,6 +905,7 @@ pub fn decode_response(
         Cmd::Farewell => empty(cmd, data).map(|_| Response::Done)?,
         Cmd::GetRoots => Response::Roots(decode_roots(data)?),
         Cmd::Lock => Response::Lock(decode_lock(data)?),
+        Cmd::OpenInoMap => Response::OpenInoMap(Box::new(decode_omap(cmd, data)?)),
         Cmd::Statfs => {
             let w: WireStatfs = exact(cmd, data)?;
             Response::Statfs(StatfsInfo {
@@ -900,6 +930,7 @@ pub fn encode_server_request(req: &ServerRequest) -> (Cmd, Vec<u8>) {
         ServerRequest::LockRecover { first } => {
             (Cmd::LockRecover, first.to_disk().as_bytes().to_vec())
         }
+        ServerRequest::OpenInoMap { group } => (Cmd::OpenInoMap, group.to_le_bytes().to_vec()),
     }
 }
 
@@ -911,6 +942,10 @@ pub fn decode_server_request(cmd: Cmd, data: &[u8]) -> Result<ServerRequest, Wir
         Cmd::LockRecover => Ok(ServerRequest::LockRecover {
             first: decode_key(cmd, data)?,
         }),
+        Cmd::OpenInoMap => {
+            let group: U64 = exact(cmd, data)?;
+            Ok(ServerRequest::OpenInoMap { group: group.get() })
+        }
         _ => Err(WireError::Unexpected {
             cmd,
             what: "request to a client",
@@ -926,6 +961,11 @@ pub fn encode_client_response(cmd: Cmd, resp: &ClientResponse) -> Result<Vec<u8>
         (Cmd::LockRecover, ClientResponse::LockRecover { entries, more }) => {
             encode_recover(entries, *more)
         }
+        (Cmd::OpenInoMap, ClientResponse::OpenInoMap(m)) => Ok(encode_omap(m)),
+        (_, ClientResponse::OpenInoMap(_)) => Err(EncodeError::Mismatch {
+            cmd,
+            resp: "open inode map",
+        }),
         (_, ClientResponse::InvalidateDone(_)) => Err(EncodeError::Mismatch {
             cmd,
             resp: "invalidate done",
@@ -955,6 +995,9 @@ pub fn decode_client_response(
         Cmd::Lock => Ok(ClientResponse::InvalidateDone(decode_lock(data)?)),
         Cmd::SyncLogTrees => empty(cmd, data).map(|_| ClientResponse::Done),
         Cmd::LockRecover => decode_recover(data),
+        Cmd::OpenInoMap => Ok(ClientResponse::OpenInoMap(Box::new(decode_omap(
+            cmd, data,
+        )?))),
         _ => Err(WireError::Unexpected {
             cmd,
             what: "response from a client",

@@ -27,6 +27,7 @@ use super::{
     ENOTDIR, ENOTEMPTY, EPERM,
 };
 use crate::cluster::lock::{orphan_lock_range, rename_lock_range, LockMode};
+use crate::cluster::net::msg::OpenInoMap;
 use crate::error::Error;
 use crate::mount::locks::LockGuard;
 use scoutfs_format::consts::{DIRENT_FIRST_POS, MAX_VAL_SIZE, NAME_LEN, SYMLINK_MAX_SIZE};
@@ -290,6 +291,9 @@ impl Fs {
             self.write_inode(&op, gd, &mut d, false)?;
             a
         };
+        if node.open {
+            self.locks.open_inodes().pin(ino);
+        }
         drop(gs);
         self.maybe_commit()?;
         Ok(a)
@@ -496,26 +500,48 @@ impl Fs {
         Ok(out)
     }
 
-    /// Frees an inode whose last name is gone once nothing uses it: its
-    /// items, its data and its orphan item. Does nothing while it has names,
-    /// or while other mounts run (see below).
+    /// The kernel forgot `ino`: frees it if its last name is gone and no
+    /// mount has it open (see [`Fs::delete_if_unused`]).
     pub fn evict(&self, ino: u64) -> FsResult<()> {
-        // Unlinked here, it may still be open on another mount, which
-        // reads it until it closes. Until mounts tell each other what they
-        // hold open, its orphan item stays while other mounts run; the
-        // first mount that starts alone frees it. (No lock is taken for an
-        // inode the kernel forgets while others run: most are still
-        // linked, and a lock would pull it from the mount that uses it.)
-        if self.others_mounted() {
-            return Ok(());
+        self.delete_if_unused(ino).map(|_| ())
+    }
+
+    /// Opens `ino` (a file or directory handle): it counts as open on
+    /// this mount, so no mount deletes it, until [`Fs::release`]. Taken
+    /// under the inode's lock, so an inode being deleted can't be opened.
+    pub fn open(&self, ino: u64) -> FsResult<Attr> {
+        let g = self.locks.lock_inode(ino, LockMode::Read)?;
+        let a = self.read_inode(&g, ino)?;
+        self.locks.open_inodes().pin(ino);
+        Ok(a)
+    }
+
+    /// Closes one handle of `ino`; the last close here frees it if its
+    /// last name is gone and no other mount has it open.
+    pub fn release(&self, ino: u64) -> FsResult<()> {
+        if self.locks.open_inodes().unpin(ino) {
+            self.delete_if_unused(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Frees an inode whose last name is gone and that no mount has open:
+    /// its items, its data and its orphan item. Under the inode's write
+    /// lock (nobody can open it meanwhile), the server asks every mount
+    /// whether it has the inode open (`omap`); if one does, the inode
+    /// stays an orphan, and the last close there, or a later orphan scan,
+    /// frees it.
+    pub fn delete_if_unused(&self, ino: u64) -> FsResult<Deletion> {
+        if self.locks.open_inodes().is_open(ino) {
+            return Ok(Deletion::Open);
         }
         // Most inodes the kernel forgets are still linked.
         {
             let g = self.locks.lock_inode(ino, LockMode::Read)?;
             match self.read_inode(&g, ino) {
-                Ok(a) if a.inode.nlink.get() > 0 => return Ok(()),
+                Ok(a) if a.inode.nlink.get() > 0 => return Ok(Deletion::Linked),
                 Ok(_) => {}
-                Err(e) if e == ENOENT => return Ok(()),
+                Err(e) if e == ENOENT => return Ok(Deletion::Gone),
                 Err(e) => return Err(e),
             }
         }
@@ -525,15 +551,22 @@ impl Fs {
             LockMode::WriteOnly,
         )?;
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
-        let _local = self.lock_local(&[ino]);
         let a = match self.read_inode(&g, ino) {
             Ok(a) => a,
-            Err(e) if e == ENOENT => return Ok(()),
+            Err(e) if e == ENOENT => return Ok(Deletion::Gone),
             Err(e) => return Err(e),
         };
         if a.inode.nlink.get() > 0 {
-            return Ok(());
+            return Ok(Deletion::Linked);
         }
+        let map = self
+            .client
+            .open_ino_map(OpenInoMap::group_of(ino))
+            .map_err(FsError::from)?;
+        if map.test(ino) {
+            return Ok(Deletion::Open);
+        }
+        let _local = self.lock_local(&[ino]);
         self.truncate_blocks(&g, &a, 0)?;
         let op = self.begin_freeing(&[seqs_of(&a)])?;
         self.delete_inode_items(&op, &g, ino)?;
@@ -542,7 +575,8 @@ impl Fs {
             .delete_blind(&og.cover(), &orphan_key(ino), op.seq());
         drop(op);
         drop(g);
-        self.maybe_commit()
+        self.maybe_commit()?;
+        Ok(Deletion::Deleted)
     }
 
     /// Deletes every item of an inode but the inode item and its extents.
@@ -781,39 +815,59 @@ pub fn ikey(ino: u64) -> Key {
 
 const _: () = assert!(S_IFDIR == libc::S_IFDIR);
 
-/// Orphans reclaimed per pass of `reclaim_orphans`.
+/// Orphans looked at per pass of a scan.
 const ORPHANS_PER_PASS: usize = 256;
 
+/// What [`Fs::delete_if_unused`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// It was freed.
+    Deleted,
+    /// It has a name.
+    Linked,
+    /// A mount has it open.
+    Open,
+    /// It was freed before.
+    Gone,
+}
+
 impl Fs {
-    /// Frees every inode left unlinked but not yet freed: its last name went
-    /// while it was open, and the mount stopped (crashed, or was killed)
-    /// before the kernel let it go. Run at mount, before serving: until
-    /// several mounts share a filesystem, no other mount can have it open.
-    /// Returns how many were freed.
-    pub fn reclaim_orphans(&self) -> FsResult<u64> {
+    /// Frees the orphans (inodes whose last name is gone) that no mount
+    /// has open: those left by a mount that crashed or was fenced while it
+    /// had them open, and those another mount closed after they were
+    /// unlinked here. Reads the orphan items of the merged fs tree alone,
+    /// without locks (the other mounts' orphan locks stay where they are);
+    /// an orphan newer than the last merge waits for the next scan. Each
+    /// candidate is then checked and freed under its locks, while
+    /// `go_on()` says so. Returns how many were freed.
+    pub fn scan_orphans(&self, go_on: &dyn Fn() -> bool) -> FsResult<u64> {
         let (start, end) = orphan_lock_range();
         let mut freed = 0;
+        let mut k = start;
         loop {
-            let mut inos = Vec::new();
-            {
-                let g = self.locks.lock(start, end, LockMode::Read)?;
-                let mut k = start;
-                while let Some((key, _)) = self.next(&g, &k, &end)? {
-                    inos.push(key.second);
-                    if inos.len() >= ORPHANS_PER_PASS || key == end {
-                        break;
-                    }
-                    k = key.inc();
+            let keys = self
+                .src
+                .merged_keys(&k, &end, ORPHANS_PER_PASS)
+                .map_err(FsError::from)?;
+            let Some(last) = keys.last().copied() else {
+                return Ok(freed);
+            };
+            for key in &keys {
+                if !go_on() {
+                    return Ok(freed);
+                }
+                let ino = key.second;
+                match self.delete_if_unused(ino)? {
+                    Deletion::Deleted => freed += 1,
+                    // Linked again (an O_TMPFILE given a name).
+                    Deletion::Linked => self.forget_orphan(ino)?,
+                    Deletion::Open | Deletion::Gone => {}
                 }
             }
-            if inos.is_empty() {
+            if keys.len() < ORPHANS_PER_PASS || last == end {
                 return Ok(freed);
             }
-            for ino in inos {
-                self.evict(ino)?;
-                self.forget_orphan(ino)?;
-                freed += 1;
-            }
+            k = last.inc();
         }
     }
 

@@ -155,22 +155,9 @@ pub struct Fs {
     ilocks: Vec<Mutex<()>>,
     pub opts: FsOptions,
     pub fsid: u64,
-    /// Whether another mount may have an inode open (see `Fs::evict`).
-    others_mounted: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl Fs {
-    /// Sets what tells whether other mounts are mounted. Until it is set,
-    /// the mount is taken to be the only one.
-    pub fn set_others_mounted(&self, f: Box<dyn Fn() -> bool + Send + Sync>) {
-        let _ = self.others_mounted.set(f);
-    }
-
-    /// Whether another mount may have an inode open.
-    pub(crate) fn others_mounted(&self) -> bool {
-        self.others_mounted.get().is_some_and(|f| f())
-    }
-
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         items: Arc<ItemCache>,
@@ -194,7 +181,6 @@ impl Fs {
             ilocks: (0..INODE_MUTEX_STRIPES).map(|_| Mutex::new(())).collect(),
             opts,
             fsid,
-            others_mounted: std::sync::OnceLock::new(),
         }
     }
 

@@ -74,6 +74,9 @@ pub struct NewNode<'a> {
     pub gid: u32,
     /// A symlink's target.
     pub link: Option<&'a [u8]>,
+    /// The creator opens it (a create that returns a file handle): it is
+    /// counted open ([`super::Fs::open`]) before anyone else can see it.
+    pub open: bool,
 }
 
 impl<'a> NewNode<'a> {
@@ -95,6 +98,11 @@ impl<'a> NewNode<'a> {
 
     pub fn rdev(self, rdev: u32) -> NewNode<'a> {
         NewNode { rdev, ..self }
+    }
+
+    /// Opened by its creator: released with [`super::Fs::release`].
+    pub fn opened(self) -> NewNode<'a> {
+        NewNode { open: true, ..self }
     }
 
     /// A symlink to `target`.
