@@ -50,8 +50,17 @@ impl Cluster {
     }
 
     fn start_with(name: &str, wedge_fault: bool) -> Cluster {
+        Cluster::start_on_devices(name, wedge_fault, "512M", "2G")
+    }
+
+    /// A cluster on devices of the given sizes.
+    fn start_sized(name: &str, meta: &str, data: &str) -> Cluster {
+        Cluster::start_on_devices(name, false, meta, data)
+    }
+
+    fn start_on_devices(name: &str, wedge_fault: bool, meta: &str, data: &str) -> Cluster {
         let dir = Scratch::new(name);
-        let (meta, data) = mkfs_slots(&dir, 3);
+        let (meta, data) = mkfs_slots_sized(&dir, 3, meta, data);
         let run = dir.path("run");
         std::fs::create_dir_all(&run).unwrap();
         let mut c = Cluster {
@@ -133,6 +142,11 @@ impl Cluster {
     /// `scoutfs df` of the mount of `slot`: (data total, data free).
     fn df_data(&self, slot: usize) -> (u64, u64) {
         df_data_env(self.mp(slot), &[("SCOUTFS_RUN_DIR", &self.run)])
+    }
+
+    /// The metadata row of `scoutfs df` of the mount of `slot`.
+    fn df_meta(&self, slot: usize) -> DfRow {
+        df_row(self.mp(slot), &[("SCOUTFS_RUN_DIR", &self.run)], "meta")
     }
 
     /// The last `n` lines of each mount's log.
@@ -1254,5 +1268,218 @@ fn a_file_open_on_one_mount_and_unlinked_on_another_lives_until_closed_or_killed
         "A killed",
     );
     eprintln!("space back after A was killed in {:?}", t.elapsed());
+    c.finish();
+}
+
+/// Writes files of 1 MiB pieces in `dir` until the device is full; returns
+/// the bytes written. Only ENOSPC may end it.
+fn fill_dir(dir: &Path) -> u64 {
+    let buf = vec![0x42u8; MIB];
+    let mut total = 0u64;
+    for i in 0.. {
+        let p = dir.join(format!("fill{i}"));
+        let mut f = match std::fs::File::create(&p) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return total,
+            Err(e) => panic!("create {}: {e}", p.display()),
+        };
+        for _ in 0..8 {
+            match f.write_all(&buf) {
+                Ok(()) => total += MIB as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return total,
+                Err(e) => panic!("write {}: {e}", p.display()),
+            }
+        }
+    }
+    total
+}
+
+/// Fills the data device from the three mounts at once; returns what each
+/// wrote.
+fn fill_from_all(c: &Cluster, round: usize) -> Vec<u64> {
+    let dirs: Vec<PathBuf> = (0..3)
+        .map(|s| {
+            let d = c.p(s, &format!("fill{round}-{s}"));
+            std::fs::create_dir(&d).unwrap();
+            d
+        })
+        .collect();
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = dirs.iter().map(|d| sc.spawn(move || fill_dir(d))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Deletes the fill of each mount from the next one.
+fn delete_fills(c: &Cluster, round: usize) {
+    for s in 0..3 {
+        let d = c.p((s + 1) % 3, &format!("fill{round}-{s}"));
+        std::fs::remove_dir_all(&d).unwrap_or_else(|e| panic!("rm -r {}: {e}", d.display()));
+    }
+}
+
+#[test]
+fn three_mounts_fill_the_data_device_at_once_and_get_it_all_back() {
+    if !can_mount("three_mounts_fill_the_data_device_at_once_and_get_it_all_back") {
+        return;
+    }
+    let c = Cluster::start_sized("cluster-fill", "256M", "256M");
+    let (total, start) = c.df_data(0);
+    let mut sums = Vec::new();
+    for round in 0..2 {
+        let wrote = fill_from_all(&c, round);
+        let sum: u64 = wrote.iter().sum();
+        eprintln!(
+            "round {round}: the mounts wrote {wrote:?} bytes, {sum} in all, of {start} free blocks"
+        );
+        // Every mount got space, and together nearly all of it.
+        assert!(wrote.iter().all(|&w| w > 0), "{wrote:?}");
+        assert!(
+            sum >= start * 4096 * 95 / 100,
+            "round {round}: {sum} bytes written of {} free",
+            start * 4096
+        );
+        delete_fills(&c, round);
+        let back = wait_df_free(
+            &c,
+            2,
+            start - blocks(1),
+            Duration::from_secs(60),
+            "deleted fills",
+        );
+        eprintln!("round {round}: {back} of {total} blocks free again ({start} at the start)");
+        sums.push(sum);
+    }
+    let diff = sums[0].abs_diff(sums[1]);
+    assert!(
+        diff <= sums[0] / 50,
+        "the second fill wrote {} bytes, the first {}",
+        sums[1],
+        sums[0]
+    );
+    c.finish();
+}
+
+/// Creates and deletes files in `dir` until `stop`: each file is fsynced
+/// before it counts as made, and every other one made is deleted again.
+/// Returns (files made and kept with their bodies, files deleted).
+fn churn(dir: PathBuf, stop: Arc<AtomicBool>) -> (Vec<(PathBuf, Vec<u8>)>, Vec<PathBuf>) {
+    let (mut kept, mut gone) = (Vec::new(), Vec::new());
+    let mut i = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        let p = dir.join(format!("c{i}"));
+        let body = format!("{} {i} ", dir.display())
+            .repeat(1 + (i * 37) % 2000)
+            .into_bytes();
+        let mut f = std::fs::File::create(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        f.write_all(&body).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        if i % 2 == 1 {
+            std::fs::remove_file(&p).unwrap();
+            gone.push(p);
+        } else {
+            kept.push((p, body));
+        }
+        i += 1;
+    }
+    (kept, gone)
+}
+
+#[test]
+fn churn_across_three_mounts_with_a_failover_loses_nothing_and_returns_the_space() {
+    if !can_mount("churn_across_three_mounts_with_a_failover_loses_nothing_and_returns_the_space") {
+        return;
+    }
+    let mut c = Cluster::start("cluster-churn");
+    let old = c.server_slot().expect("a server is elected");
+    let others: Vec<usize> = (0..3).filter(|&s| s != old).collect();
+    let watch = others[0];
+    let (_, data_start) = c.df_data(watch);
+    let meta_start = c.df_meta(watch).used;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = others
+        .iter()
+        .map(|&s| {
+            let dir = c.p(s, &format!("churn{s}"));
+            std::fs::create_dir(&dir).unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || churn(dir, stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let killed = c.mounts[old].take().unwrap();
+    killed.kill9_keep_mount();
+    c.wait_new_server(old, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    c.spawn(old);
+    c.mounts[old]
+        .as_mut()
+        .unwrap()
+        .wait_mounted(Duration::from_secs(30));
+    // Nothing acknowledged is lost, and nothing deleted comes back, on any
+    // mount.
+    let rel = |p: &Path| -> String {
+        let s = others
+            .iter()
+            .find_map(|&s| p.strip_prefix(c.mp(s)).ok())
+            .expect("a path of a mount");
+        s.to_str().unwrap().to_string()
+    };
+    let (mut made, mut deleted) = (0, 0);
+    for (kept, gone) in &results {
+        made += kept.len() + gone.len();
+        deleted += gone.len();
+        for view in 0..3 {
+            for (p, body) in kept {
+                assert_eq!(
+                    &read(&c.p(view, &rel(p))),
+                    body,
+                    "{} on mount {view}",
+                    p.display()
+                );
+            }
+            for p in gone {
+                assert!(
+                    !exists(&c.p(view, &rel(p))),
+                    "{} came back on mount {view}",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(made > 20, "the churn made {made} files");
+    // Delete the rest: the space returns to where it started.
+    for (kept, _) in &results {
+        for (p, _) in kept {
+            std::fs::remove_file(c.p(old, &rel(p))).unwrap();
+        }
+    }
+    let t = Instant::now();
+    let back = wait_df_free(
+        &c,
+        watch,
+        data_start - blocks(1),
+        Duration::from_secs(60),
+        "churned files deleted",
+    );
+    let meta_deadline = Instant::now() + Duration::from_secs(60);
+    let mut meta = c.df_meta(watch).used;
+    while meta > meta_start + 64 && Instant::now() < meta_deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        meta = c.df_meta(watch).used;
+    }
+    eprintln!(
+        "churn: {made} files made, {deleted} deleted during it; after deleting the rest: \
+         data free {back} blocks (start {data_start}), metadata used {meta} blocks \
+         (start {meta_start}), after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        meta <= meta_start + 64,
+        "metadata used {meta} blocks, {meta_start} at the start"
+    );
     c.finish();
 }

@@ -652,3 +652,56 @@ fn small_files_are_not_preallocated_and_streams_are() {
     mnt.unmount().unwrap();
     assert_clean(&meta, &data);
 }
+
+/// A file written in pieces gets blocks preallocated past its end; its
+/// last close gives back those it did not grow into, and blocks reserved
+/// with fallocate past the end stay.
+#[test]
+fn the_last_close_gives_back_blocks_preallocated_past_the_end() {
+    let (meta, data) = common::mem_fs(256 << 20, 256 << 20, 0xfc);
+    let mnt = mount(&meta, &data);
+    let fs = mnt.fs();
+    let used = |fs: &Fs| {
+        fs.sync().unwrap();
+        let s = fs.statfs().unwrap();
+        s.total_data_blocks - s.free_data_blocks
+    };
+    let before = used(fs);
+    let f = fs
+        .mknod(ROOT_INO, b"grown", &NewNode::new(REG).opened())
+        .unwrap();
+    let piece = vec![7u8; 256 << 10];
+    for i in 0..13u64 {
+        fs.write(f.ino, i * piece.len() as u64, &piece).unwrap();
+    }
+    let size_blocks = 13 * 64;
+    let open = used(fs) - before;
+    assert!(
+        open > size_blocks,
+        "{open} blocks used by a file of {size_blocks}: nothing preallocated"
+    );
+    fs.release(f.ino).unwrap();
+    assert_eq!(used(fs) - before, size_blocks, "the tail was given back");
+    assert_eq!(
+        fs.read(f.ino, 12 * piece.len() as u64, piece.len())
+            .unwrap(),
+        piece
+    );
+    // A reservation past the end is the caller's.
+    fs.open(f.ino).unwrap();
+    fs.fallocate(
+        f.ino,
+        scoutfs_core::mount::fs::data::FALLOC_FL_KEEP_SIZE,
+        13 * piece.len() as u64,
+        1 << 20,
+    )
+    .unwrap();
+    fs.release(f.ino).unwrap();
+    assert_eq!(
+        used(fs) - before,
+        size_blocks + 256,
+        "the reservation stays"
+    );
+    mnt.unmount().unwrap();
+    assert_clean(&meta, &data);
+}

@@ -88,15 +88,20 @@ pub fn free_port() -> u16 {
 /// Makes a filesystem on two new image files in `dir`, with `slots`
 /// quorum slots (0..slots) on free loopback ports.
 pub fn mkfs_slots(dir: &Scratch, slots: usize) -> (PathBuf, PathBuf) {
+    mkfs_slots_sized(dir, slots, "512M", "2G")
+}
+
+/// [`mkfs_slots`] with devices of the given sizes (`mkfs -m`, `-d`).
+pub fn mkfs_slots_sized(dir: &Scratch, slots: usize, meta: &str, data: &str) -> (PathBuf, PathBuf) {
     let (m, d) = (dir.path("meta.img"), dir.path("data.img"));
     let mut args: Vec<String> = vec![
         "mkfs".into(),
         m.to_str().unwrap().into(),
         d.to_str().unwrap().into(),
         "-m".into(),
-        "512M".into(),
+        meta.into(),
         "-d".into(),
-        "2G".into(),
+        data.into(),
     ];
     for slot in 0..slots {
         args.push("-Q".into());
@@ -464,6 +469,20 @@ pub fn df_data(mp: &Path) -> (u64, u64) {
 
 /// [`df_data`] with environment variables set (a mount's run directory).
 pub fn df_data_env(mp: &Path, env: &[(&str, &Path)]) -> (u64, u64) {
+    let r = df_row(mp, env, "data");
+    (r.total, r.free)
+}
+
+/// One row of `scoutfs df --json`, in blocks of its size.
+#[derive(Clone, Copy, Debug)]
+pub struct DfRow {
+    pub total: u64,
+    pub used: u64,
+    pub free: u64,
+}
+
+/// The `row` ("meta" or "data") of `scoutfs df --json` of a mount.
+pub fn df_row(mp: &Path, env: &[(&str, &Path)], row: &str) -> DfRow {
     let o = scoutfs_env(&["df", "--json", "-p", mp.to_str().unwrap()], env);
     assert!(
         o.status.success(),
@@ -471,14 +490,25 @@ pub fn df_data_env(mp: &Path, env: &[(&str, &Path)]) -> (u64, u64) {
         String::from_utf8_lossy(&o.stderr)
     );
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    let data = &out[out.find("\"data\":{").expect("a data row")..];
+    let at = out
+        .find(&format!("\"{row}\":{{"))
+        .unwrap_or_else(|| panic!("no {row} row in {out}"));
+    let fields = &out[at..at + out[at..].find('}').expect("a closed row")];
     let n = |k: &str| -> u64 {
-        let at = data.find(&format!("\"{k}\":")).expect(k) + k.len() + 3;
-        let digits: String = data[at..]
+        let key = format!("\"{k}\":");
+        let from = fields
+            .find(&key)
+            .unwrap_or_else(|| panic!("df {row}.{k}: {out}"))
+            + key.len();
+        let digits: String = fields[from..]
             .chars()
             .take_while(|c| c.is_ascii_digit())
             .collect();
         digits.parse().unwrap()
     };
-    (n("total"), n("free"))
+    DfRow {
+        total: n("total"),
+        used: n("used"),
+        free: n("free"),
+    }
 }

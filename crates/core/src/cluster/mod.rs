@@ -8,13 +8,16 @@
 //!   quorum blocks that name it;
 //! - [`server`]: the server: it records mounts and their log trees, hands
 //!   out space and grants locks;
+//! - [`omap`]: the server's rounds of the open-inode map (which inodes
+//!   any mount has open, asked before an unlinked inode is deleted);
 //! - [`client`]: a mount's calls to the server;
 //! - [`elected`]: a quorum member's server, started and stopped by
 //!   elections;
 //! - [`fence`]: fencing the mounts the server gave up on;
 //! - [`auth`]: the cluster key that authenticates datagrams and greetings.
 //!
-//! State machines (lock client and server, streams, the election agent)
+//! State machines (lock client and server, streams, the election agent,
+//! the open-inode map rounds)
 //! own no threads, sockets or clocks; their drivers do, so a seeded
 //! simulation can run them in one thread.
 
@@ -24,5 +27,6 @@ pub mod elected;
 pub mod fence;
 pub mod lock;
 pub mod net;
+pub mod omap;
 pub mod quorum;
 pub mod server;

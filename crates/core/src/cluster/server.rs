@@ -81,12 +81,11 @@
 use crate::cluster::fence::{FenceHandle, FenceOutcome, FenceReason, FenceRequest, Fencer};
 use crate::cluster::lock::server::{LockServer, ServerOut};
 use crate::cluster::lock::LockMsg;
-use crate::cluster::net::msg::{
-    ClientResponse, OpenInoMap, Request, Response, ServerRequest, StatfsInfo,
-};
+use crate::cluster::net::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
 use crate::cluster::net::stream::ConnId;
 use crate::cluster::net::tcp::{ServerDeliver, ServerLink};
 use crate::cluster::net::wire::{GREETING_FLAG_FAREWELL, GREETING_FLAG_QUORUM};
+use crate::cluster::omap::{OmapAnswer, OmapServer};
 use crate::error::{CorruptKind, Error, Result};
 use crate::store::alloc::extent;
 use crate::store::btree;
@@ -110,10 +109,14 @@ use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Data blocks a mount's data_avail is filled to: an eighth of the device,
-/// at most 4 GiB; refilled when below a quarter of that.
+/// at most 4 GiB, or less when the pool runs low (see `refill`); refilled
+/// when below a quarter of that.
 pub fn data_fill_target(sb: &SuperBlock) -> u64 {
     (sb.total_data_blocks.get() / 8).clamp(256, 1 << 20)
 }
+
+/// The smallest share of a draining data pool a fill asks for (1 MiB).
+const DATA_SHARE_MIN: u64 = 256;
 
 /// How long a server waits for the mounts of an earlier server to greet
 /// and report their locks before it fences them (the original's 30 s).
@@ -371,20 +374,8 @@ struct State {
     /// When the last merge ended (or the server started).
     last_merge: Instant,
     merge_interval: Duration,
-    /// Open-inode map rounds under way, by number.
-    omap_rounds: BTreeMap<u64, OmapRound>,
-    /// The round each of our OPEN_INO_MAP requests (rid, id) answers.
-    omap_asked: HashMap<(u64, u64), u64>,
-    next_omap_round: u64,
-}
-
-/// One mount's question whether any mount has inodes of a group open: the
-/// union of the answers so far, and the mounts still to answer.
-struct OmapRound {
-    /// Who asked: (rid, request id).
-    requester: (u64, u64),
-    map: OpenInoMap,
-    waiting: BTreeSet<u64>,
+    /// Open-inode map rounds under way.
+    omap: OmapServer,
 }
 
 /// A merge of finalized log trees into fs_root, a step at a time.
@@ -424,9 +415,7 @@ impl State {
             merge: None,
             last_merge: Instant::now(),
             merge_interval: opts.merge_interval,
-            omap_rounds: BTreeMap::new(),
-            omap_asked: HashMap::new(),
-            next_omap_round: 0,
+            omap: OmapServer::new(),
         };
         if let Err(e) = st.begin(opts.alone, &opts.fenced) {
             // Not knowing who is mounted, it must not serve at all.
@@ -911,7 +900,8 @@ impl State {
         }
         self.commit(txn)?;
         self.mounted.remove(&rid);
-        self.omap_gone(rid);
+        let done = self.omap.gone(rid);
+        self.omap_answers(done);
         // Its tree is finalized: a round no longer waits for it, and what
         // was held for it goes nowhere.
         if let Some(round) = self.round.as_mut() {
@@ -976,95 +966,42 @@ impl State {
                 self.seq = seq;
                 self.lock_outputs(outs);
             }
-            ClientResponse::OpenInoMap(m) => self.omap_answer(rid, id, *m),
+            ClientResponse::OpenInoMap(m) => {
+                let done = self.omap.answer(rid, id, &m);
+                self.omap_answers(done);
+            }
             ClientResponse::Done => {}
         }
     }
 
-    /// A mount asks which inodes of `group` any mount has open: ask every
-    /// mounted client, the asker too, and answer the union once all have
-    /// answered (or left). A mount this server can't ask yet (it has not
-    /// greeted since a failover) can't say: every inode counts as open.
+    /// A mount asks which inodes of `group` any mount has open (see
+    /// [`OmapServer`]).
     fn omap_request(&mut self, rid: u64, id: u64, group: u64) {
         if !self.mounted.contains_key(&rid) {
             self.link.respond(rid, id, &Response::Error(libc::EINVAL));
             return;
         }
-        let nr = self.next_omap_round;
-        self.next_omap_round += 1;
-        let mut round = OmapRound {
-            requester: (rid, id),
-            map: OpenInoMap {
-                group,
-                ..Default::default()
-            },
-            waiting: BTreeSet::new(),
-        };
         let rids: Vec<u64> = self.mounted.keys().copied().collect();
-        for m in rids {
-            match self.link.request(m, &ServerRequest::OpenInoMap { group }) {
-                Ok(aid) => {
-                    self.asked.insert((m, aid));
-                    self.omap_asked.insert((m, aid), nr);
-                    round.waiting.insert(m);
-                }
-                Err(e) => {
-                    tracing::debug!("open inode map: can't ask {m:#x}: {e}");
-                    round.map = OpenInoMap::all(group);
-                }
+        let (link, asked) = (&self.link, &mut self.asked);
+        let mut ask = |m: u64| match link.request(m, &ServerRequest::OpenInoMap { group }) {
+            Ok(aid) => {
+                asked.insert((m, aid));
+                Some(aid)
             }
-        }
-        self.omap_rounds.insert(nr, round);
-        self.omap_progress(nr);
-    }
-
-    fn omap_answer(&mut self, rid: u64, id: u64, m: OpenInoMap) {
-        let Some(nr) = self.omap_asked.remove(&(rid, id)) else {
-            return;
+            Err(e) => {
+                tracing::debug!("open inode map: can't ask {m:#x}: {e}");
+                None
+            }
         };
-        let Some(r) = self.omap_rounds.get_mut(&nr) else {
-            return;
-        };
-        if m.group == r.map.group {
-            r.map.union(&m);
-        } else {
-            tracing::warn!(
-                "mount {rid:#x} answered open inode map group {} for group {}",
-                m.group,
-                r.map.group
-            );
-            r.map = OpenInoMap::all(r.map.group);
-        }
-        r.waiting.remove(&rid);
-        self.omap_progress(nr);
+        let done = self.omap.request(rid, id, group, &rids, &mut ask);
+        self.omap_answers(done);
     }
 
-    /// Answers round `nr` once no mount is left to answer it.
-    fn omap_progress(&mut self, nr: u64) {
-        if self
-            .omap_rounds
-            .get(&nr)
-            .is_some_and(|r| r.waiting.is_empty())
-        {
-            if let Some(r) = self.omap_rounds.remove(&nr) {
-                let (rid, id) = r.requester;
-                self.link
-                    .respond(rid, id, &Response::OpenInoMap(Box::new(r.map)));
-            }
-        }
-    }
-
-    /// A mount is gone: what it has open no longer matters, and nobody
-    /// waits for the answers to its own questions.
-    fn omap_gone(&mut self, rid: u64) {
-        self.omap_asked.retain(|&(r, _), _| r != rid);
-        self.omap_rounds.retain(|_, r| r.requester.0 != rid);
-        let nrs: Vec<u64> = self.omap_rounds.keys().copied().collect();
-        for nr in nrs {
-            if let Some(r) = self.omap_rounds.get_mut(&nr) {
-                r.waiting.remove(&rid);
-            }
-            self.omap_progress(nr);
+    /// Sends the answers of finished open-inode map rounds.
+    fn omap_answers(&self, done: impl IntoIterator<Item = OmapAnswer>) {
+        for (rid, id, map) in done {
+            self.link
+                .respond(rid, id, &Response::OpenInoMap(Box::new(map)));
         }
     }
 
@@ -1444,8 +1381,9 @@ fn give_back(txn: &mut Txn, meta: &mut AllocListHead, data: &mut AllocRoot) -> R
 /// transaction, and flags each LOW when the server's pool can't keep it
 /// up: metadata when the pool is down to the reserve (the mount's
 /// allocating operations then fail with ENOSPC, and those that free go
-/// on), data when the pool could not fill it to a quarter of its target
-/// (the mount's writes fail with ENOSPC once its extents are used up).
+/// on), data when the pool could not fill it to a quarter of its full
+/// target (the mount's writes fail with ENOSPC once its extents are used
+/// up and a commit brings no more).
 fn refill(txn: &mut Txn, lt: &mut LogTrees, mounts: usize) -> Result<()> {
     let target = meta_fill_target(&txn.sb);
     let mut head = lt.meta_avail;
@@ -1470,7 +1408,13 @@ fn refill(txn: &mut Txn, lt: &mut LogTrees, mounts: usize) -> Result<()> {
     head.flags = if low { ALLOC_FLAG_LOW } else { 0 }.into();
     lt.meta_avail = head;
 
-    let target = data_fill_target(&txn.sb);
+    // As the pool drains, a fill shrinks to this mount's share of what is
+    // left, so that little sits unused in other mounts' extents when the
+    // device fills: a mount that runs out commits and gets its share of
+    // the rest, until none is left.
+    let full = data_fill_target(&txn.sb);
+    let left = txn.sb.data_alloc.total_len.get() + lt.data_avail.total_len.get();
+    let target = full.min((left / (mounts as u64 + 1)).max(DATA_SHARE_MIN));
     if lt.data_avail.total_len.get() < target / 4 {
         while lt.data_avail.total_len.get() < target {
             let want = target - lt.data_avail.total_len.get();
@@ -1480,7 +1424,7 @@ fn refill(txn: &mut Txn, lt: &mut LogTrees, mounts: usize) -> Result<()> {
             extent::free_extent(&mut txn.w, &mut lt.data_avail, e.start, e.len)?;
         }
     }
-    let low = lt.data_avail.total_len.get() < target / 4;
+    let low = lt.data_avail.total_len.get() < full / 4;
     lt.data_avail.flags = if low { ALLOC_FLAG_LOW } else { 0 }.into();
     Ok(())
 }

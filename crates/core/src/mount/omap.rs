@@ -6,7 +6,7 @@
 //! create that returns an open file); the mount that would delete asks the
 //! server for the inode's group (`OPEN_INO_MAP`), and the server asks every
 //! mounted client, this one included, for its map of that group and answers
-//! their union. The deleter asks while it holds the inode's write lock, and
+//! their union ([`crate::cluster::omap`]). The deleter asks while it holds the inode's write lock, and
 //! an open takes the inode's read lock: an inode is either open somewhere
 //! when the question is answered, or can no longer be opened.
 

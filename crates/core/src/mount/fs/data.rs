@@ -24,7 +24,7 @@
 use super::inode::now;
 use super::inode::seqs_of;
 use super::types::{Attr, Op};
-use super::{Fs, FsError, FsResult, EFBIG, EINVAL, EIO, EISDIR, ENOSPC, EOPNOTSUPP};
+use super::{Fs, FsError, FsResult, EFBIG, EINVAL, EIO, EISDIR, ENOENT, ENOSPC, EOPNOTSUPP};
 use crate::cluster::lock::LockMode;
 use crate::error::Error;
 use crate::mount::locks::LockGuard;
@@ -289,6 +289,12 @@ impl Fs {
                     self.write_run(pblk, b, b + n, off, end, buf, false, &a)?;
                     self.set_mapping(&op, &g, ino, b, n, Some((pblk, 0)))?;
                     if got > n {
+                        // Speculative: the last close here gives back what
+                        // the file did not grow into (`trim_prealloc`).
+                        self.preallocated
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(ino);
                         // Preallocated past the write: read as zeros until written.
                         self.set_mapping(
                             &op,
@@ -422,6 +428,29 @@ impl Fs {
 
     /// Unmaps and frees every block from logical block `from` on, in
     /// batches of extents per transaction hold.
+    /// Frees the blocks a write preallocated past the end of `ino` that the
+    /// file did not grow into, at the last close of the file on this mount
+    /// (a file written in pieces would otherwise keep up to
+    /// `PREALLOC_MAX_BLOCKS` it never uses). Blocks a caller reserved with
+    /// fallocate stay.
+    pub(crate) fn trim_prealloc(&self, ino: u64) -> FsResult<()> {
+        let mut set = self.preallocated.lock().unwrap_or_else(|p| p.into_inner());
+        if !set.remove(&ino) {
+            return Ok(());
+        }
+        drop(set);
+        let g = self.locks.lock_inode(ino, LockMode::Write)?;
+        let _local = self.lock_local(&[ino]);
+        let a = match self.read_inode(&g, ino) {
+            Ok(a) => a,
+            Err(e) if e == ENOENT => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.unmap_range(&g, ino, a.size().div_ceil(BLOCK), u64::MAX / BLOCK)?;
+        drop(g);
+        self.maybe_commit()
+    }
+
     pub(crate) fn truncate_blocks(&self, g: &LockGuard, a: &Attr, from: u64) -> FsResult<()> {
         self.unmap_range(g, a.ino, from, u64::MAX / BLOCK)
     }
@@ -466,6 +495,11 @@ impl Fs {
         len: u64,
         keep_privs: bool,
     ) -> FsResult<()> {
+        // What the caller reserves past the end is theirs to keep.
+        self.preallocated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ino);
         let end = off
             .checked_add(len)
             .filter(|&e| len > 0 && e <= MAX_FILE_BYTES)

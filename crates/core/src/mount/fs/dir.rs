@@ -516,10 +516,12 @@ impl Fs {
         Ok(a)
     }
 
-    /// Closes one handle of `ino`; the last close here frees it if its
-    /// last name is gone and no other mount has it open.
+    /// Closes one handle of `ino`; the last close here gives back what
+    /// writes preallocated past its end, and frees it if its last name is
+    /// gone and no other mount has it open.
     pub fn release(&self, ino: u64) -> FsResult<()> {
         if self.locks.open_inodes().unpin(ino) {
+            self.trim_prealloc(ino)?;
             self.delete_if_unused(ino)?;
         }
         Ok(())

@@ -153,6 +153,9 @@ pub struct Fs {
     /// Local per-inode serialisation of read-modify-write changes (the
     /// cluster lock only excludes other mounts): striped mutexes.
     ilocks: Vec<Mutex<()>>,
+    /// Files this mount's writes preallocated past their end, to trim at
+    /// their last close here.
+    preallocated: Mutex<std::collections::HashSet<u64>>,
     pub opts: FsOptions,
     pub fsid: u64,
 }
@@ -179,6 +182,7 @@ impl Fs {
             client,
             inos: Mutex::default(),
             ilocks: (0..INODE_MUTEX_STRIPES).map(|_| Mutex::new(())).collect(),
+            preallocated: Mutex::default(),
             opts,
             fsid,
         }
