@@ -1128,19 +1128,14 @@ fn failover_soak() {
 /// Waits (bounded) until `scoutfs df` of `mp` shows at least `want` free
 /// data blocks; returns the free blocks.
 fn wait_df_free(c: &Cluster, slot: usize, want: u64, limit: Duration, what: &str) -> u64 {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (_, free) = c.df_data(slot);
-        if free >= want {
-            return free;
-        }
-        assert!(
-            Instant::now() < deadline,
+    let env = [("SCOUTFS_RUN_DIR", c.run.as_path())];
+    match poll_data_free(c.mp(slot), &env, want, limit) {
+        Ok((_, free)) => free,
+        Err((_, free)) => panic!(
             "{what}: {free} data blocks free on mount {slot} after {limit:?}, \
              want {want}; logs:\n{}",
             c.log_tails(40)
-        );
-        std::thread::sleep(Duration::from_millis(200));
+        ),
     }
 }
 

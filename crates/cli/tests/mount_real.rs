@@ -1182,21 +1182,14 @@ fn dd_128m(file: &Path) -> std::process::Output {
 /// space of deleted files returns within a commit or two), and statfs
 /// of the mountpoint agrees; returns (total, free).
 fn wait_data_free(mp: &Path, want: u64) -> (u64, u64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (total, free) = common::df_data(mp);
-        if free >= want {
-            let st = nix_statvfs(mp);
-            assert_eq!(st.0, total, "statfs blocks");
-            assert!(st.1 >= want, "statfs free blocks {} of {total}", st.1);
-            return (total, free);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "deleted space did not come back: {free} of {total} data blocks free"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (total, free) = common::poll_data_free(mp, &[], want, Duration::from_secs(30))
+        .unwrap_or_else(|(total, free)| {
+            panic!("deleted space did not come back: {free} of {total} data blocks free")
+        });
+    let st = nix_statvfs(mp);
+    assert_eq!(st.0, total, "statfs blocks");
+    assert!(st.1 >= want, "statfs free blocks {} of {total}", st.1);
+    (total, free)
 }
 
 /// statvfs of a path: (blocks, free blocks).

@@ -116,6 +116,26 @@ fn within(a: u64, b: u64, margin: u64, what: &str) {
     );
 }
 
+/// Removes a file of the root directory whose inode the kernel then
+/// forgets.
+fn remove(fs: &Fs, name: &[u8]) {
+    let f = fs.lookup(ROOT_INO, name).unwrap();
+    fs.unlink(ROOT_INO, name).unwrap();
+    fs.evict(f.ino).unwrap();
+}
+
+/// Settles, and checks that free data is back to `empty`'s (free
+/// metadata, free data) within 16 blocks.
+fn assert_data_back(fs: &Fs, empty: (u64, u64), what: &str) {
+    let after = settle(fs);
+    within(
+        after.1,
+        empty.1,
+        16,
+        &format!("free data blocks after {what}"),
+    );
+}
+
 #[test]
 fn data_filled_emptied_and_filled_again() {
     let (meta, data) = common::mem_fs(64 * MB, 64 * MB, 0xe1);
@@ -129,20 +149,11 @@ fn data_filled_emptied_and_filled_again() {
     // Deleting on a full device works, and so does everything that frees.
     let big = fs.lookup(ROOT_INO, b"big").unwrap();
     fs.truncate(big.ino, first / 2).unwrap();
-    fs.unlink(ROOT_INO, b"big").unwrap();
-    fs.evict(big.ino).unwrap();
-    let after = settle(fs);
-    within(
-        after.1,
-        empty.1,
-        16,
-        "free data blocks after deleting the file",
-    );
+    remove(fs, b"big");
+    assert_data_back(fs, empty, "deleting the file");
     let second = fill_file(fs, b"big2");
     within(second, first, 16 * MB, "bytes of the second fill");
-    let b2 = fs.lookup(ROOT_INO, b"big2").unwrap();
-    fs.unlink(ROOT_INO, b"big2").unwrap();
-    fs.evict(b2.ino).unwrap();
+    remove(fs, b"big2");
     settle(fs);
 
     // Many files.
@@ -150,13 +161,7 @@ fn data_filled_emptied_and_filled_again() {
     let n1 = fill_files(fs, d.ino);
     assert!(n1 > 100, "only {n1} files fit");
     empty_dir(fs, d.ino);
-    let after = settle(fs);
-    within(
-        after.1,
-        empty.1,
-        16,
-        "free data blocks after deleting the files",
-    );
+    assert_data_back(fs, empty, "deleting the files");
     let n2 = fill_files(fs, d.ino);
     eprintln!("data: empty {empty:?}, one file {first} then {second} bytes, files {n1} then {n2}");
     within(n2, n1, n1 / 10 + 8, "files of the second fill");
@@ -167,13 +172,7 @@ fn data_filled_emptied_and_filled_again() {
     let mnt = mount(&meta, &data);
     let fs = mnt.fs();
     empty_dir(fs, d.ino);
-    let after = settle(fs);
-    within(
-        after.1,
-        empty.1,
-        16,
-        "free data blocks after a remount at full",
-    );
+    assert_data_back(fs, empty, "a remount at full");
     mnt.unmount().unwrap();
     common::assert_clean(&meta, &data);
 }
@@ -258,15 +257,8 @@ fn a_fragmented_file_is_freed_on_a_full_device() {
         off += buf.len() as u64;
     }
     assert!(off > 40 * MB, "only {off} bytes fit");
-    fs.unlink(ROOT_INO, b"x").unwrap();
-    fs.evict(f.ino).unwrap();
-    let after = settle(fs);
-    within(
-        after.1,
-        empty.1,
-        16,
-        "free data blocks after deleting the file",
-    );
+    remove(fs, b"x");
+    assert_data_back(fs, empty, "deleting the file");
     mnt.unmount().unwrap();
     common::assert_clean(&meta, &data);
 }

@@ -473,6 +473,29 @@ pub fn df_data_env(mp: &Path, env: &[(&str, &Path)]) -> (u64, u64) {
     (r.total, r.free)
 }
 
+/// Polls `scoutfs df` of `mp` until at least `want` data blocks are free
+/// (the space of deleted files returns within a commit or two), for up to
+/// `limit`: (total, free) once they are, or as last seen when time ran
+/// out.
+pub fn poll_data_free(
+    mp: &Path,
+    env: &[(&str, &Path)],
+    want: u64,
+    limit: std::time::Duration,
+) -> Result<(u64, u64), (u64, u64)> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let (total, free) = df_data_env(mp, env);
+        if free >= want {
+            return Ok((total, free));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err((total, free));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// One row of `scoutfs df --json`, in blocks of its size.
 #[derive(Clone, Copy, Debug)]
 pub struct DfRow {

@@ -131,6 +131,19 @@ pub fn read_items<R: Reader + ?Sized>(
 /// roots before the error is returned (as corruption).
 pub const STALE_RETRIES_MAX: usize = 10;
 
+/// Runs `read` again while it fails with `Stale` (it met a block rewritten
+/// since it read its roots; it reads newer ones each time), at most
+/// [`STALE_RETRIES_MAX`] times; returns its last result.
+pub fn retry_while_stale<T>(mut read: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut retries = 0;
+    loop {
+        match read() {
+            Err(Error::Stale { .. }) if retries < STALE_RETRIES_MAX => retries += 1,
+            res => return res,
+        }
+    }
+}
+
 /// Where a reader gets the roots of the last written super block (for a
 /// mount, the server).
 pub trait RootsSource: Send + Sync {
@@ -182,23 +195,22 @@ impl<R: RootsSource> ForestSource<R> {
 
     /// Runs `f` with the roots of the last written super block, and again
     /// with newer roots when it met a block rewritten meanwhile.
+    /// A block still stale after the retries is corruption.
     fn retry_stale<T>(&self, f: impl Fn(&Roots) -> Result<T>) -> Result<T> {
-        let mut last: Option<Error> = None;
-        for _ in 0..STALE_RETRIES_MAX {
-            let roots = self.roots.roots()?;
-            match f(&roots) {
-                Err(e @ Error::Stale { .. }) => {
-                    self.cache.note_error(&e);
-                    last = Some(e);
-                }
-                other => return other,
+        let res = retry_while_stale(|| {
+            let res = f(&self.roots.roots()?);
+            if let Err(e @ Error::Stale { .. }) = &res {
+                self.cache.note_error(e);
             }
+            res
+        });
+        match res {
+            Err(e @ Error::Stale { .. }) => {
+                let detail = format!("a block stayed stale after retries: {e}");
+                Err(Error::corrupt(CorruptKind::BlockInvalid, 0, 0, detail))
+            }
+            other => other,
         }
-        let detail = format!(
-            "a block stayed stale after retries: {}",
-            last.map(|e| e.to_string()).unwrap_or_default()
-        );
-        Err(Error::corrupt(CorruptKind::BlockInvalid, 0, 0, detail))
     }
 }
 

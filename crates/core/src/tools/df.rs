@@ -14,11 +14,11 @@
 
 use crate::cluster::net::msg::StatfsInfo;
 use crate::cluster::server::{mounted_client_key, space};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::btree;
 use crate::store::commit::read_super;
 use crate::store::dev::BlockDev;
-use crate::store::forest::STALE_RETRIES_MAX;
+use crate::store::forest::retry_while_stale;
 use scoutfs_format::consts::{BLOCK_LG_SIZE, BLOCK_SM_SIZE};
 use std::sync::Arc;
 
@@ -160,13 +160,7 @@ impl Df {
 
 /// Reads the space of the filesystem on a metadata device.
 pub fn read_df(meta: &Arc<dyn BlockDev>) -> Result<Df> {
-    let mut retries = 0;
-    loop {
-        match read_once(meta) {
-            Err(Error::Stale { .. }) if retries < STALE_RETRIES_MAX => retries += 1,
-            res => return res,
-        }
-    }
+    retry_while_stale(|| read_once(meta))
 }
 
 fn read_once(meta: &Arc<dyn BlockDev>) -> Result<Df> {

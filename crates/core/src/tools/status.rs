@@ -24,7 +24,8 @@
 //! Status is meant for filesystems that other nodes have mounted: their
 //! server may commit while we read, and a tree block read after the super
 //! may have been freed and reused (a stale block). Then the whole status is
-//! read again from a newer super, at most [`STALE_RETRIES_MAX`] times.
+//! read again from a newer super, at most
+//! [`STALE_RETRIES_MAX`](crate::store::forest::STALE_RETRIES_MAX) times.
 //!
 //! # The server and fencing
 //!
@@ -67,7 +68,7 @@ use crate::store::block::{read_sm, BlockCache};
 use crate::store::btree;
 use crate::store::commit::read_super;
 use crate::store::dev::BlockDev;
-use crate::store::forest::{log_roots, STALE_RETRIES_MAX};
+use crate::store::forest::{log_roots, retry_while_stale};
 use crate::types::Rid;
 use scoutfs_format::block::Timespec;
 use scoutfs_format::consts::{magic, QUORUM_BLKNO};
@@ -299,13 +300,7 @@ pub fn last_rid(qb: &QuorumBlock) -> Option<Rid> {
 /// Fails only if the super block cannot be read, or if the trees changed
 /// under every retry; see the module comment.
 pub fn read_status(meta: &Arc<dyn BlockDev>) -> Result<Status> {
-    let mut retries = 0;
-    loop {
-        match read_once(meta) {
-            Err(Error::Stale { .. }) if retries < STALE_RETRIES_MAX => retries += 1,
-            res => return res,
-        }
-    }
+    retry_while_stale(|| read_once(meta))
 }
 
 /// A tree's contents, or why they could not be read; a stale block is

@@ -861,7 +861,8 @@ impl Fs {
                 let ino = key.second;
                 match self.delete_if_unused(ino)? {
                     Deletion::Deleted => freed += 1,
-                    // Linked again (an O_TMPFILE given a name).
+                    // A name again (an orphan given one by linkat): its
+                    // orphan item is stale.
                     Deletion::Linked => self.forget_orphan(ino)?,
                     Deletion::Open | Deletion::Gone => {}
                 }
