@@ -6,6 +6,7 @@
 //! and a non-zero exit status; none panics on bad input. Long work shows a
 //! progress bar when the output is a terminal.
 
+mod control;
 mod fence;
 mod fuse;
 mod kinval;
@@ -88,6 +89,14 @@ enum Cmd {
     /// the deletion of inodes), so that a full filesystem can always be
     /// emptied; it grows with the number of mounts.
     Df(DfArgs),
+    /// The filesystem's ids and totals, from a running mount (fsid, this
+    /// mount's rid, metadata and data blocks, inodes).
+    Statfs(control::StatfsArgs),
+    /// Grow the metadata or data device of a mounted filesystem, after the
+    /// device itself has grown (an image file extended with `truncate -s`,
+    /// a volume grown): the new space is free on every mount at once.
+    /// Devices only grow; a smaller size is refused. Needs root.
+    ResizeDevices(control::ResizeArgs),
     /// The local fence agent: fence a mount on this host by killing its
     /// process and detaching its FUSE mount.
     ///
@@ -206,6 +215,8 @@ fn main() -> ExitCode {
         Cmd::Check { meta, data } => cmd_check(&meta, &data),
         Cmd::Status(a) => cmd_status(a),
         Cmd::Df(a) => cmd_df(a),
+        Cmd::Statfs(a) => control::cmd_statfs(a),
+        Cmd::ResizeDevices(a) => control::cmd_resize_devices(a),
         Cmd::FenceLocal(a) => fence::cmd_fence_local(a),
         Cmd::KernelNotify => return knotify::helper_main(),
     };
@@ -403,13 +414,7 @@ fn cmd_df(a: DfArgs) -> Result<ExitCode, String> {
     let meta = match a.meta {
         Some(meta) => meta,
         None => {
-            let path = match a.path {
-                Some(p) => p,
-                None => match std::env::var_os("SCOUTFS_MOUNT_PATH") {
-                    Some(p) => PathBuf::from(p),
-                    None => std::env::current_dir().map_err(|e| format!("df: {e}"))?,
-                },
-            };
+            let path = control::mount_path(a.path, "df")?;
             let full =
                 std::fs::canonicalize(&path).map_err(|e| format!("df {}: {e}", path.display()))?;
             let dir = scoutfs_core::cluster::fence::local::run_dir();

@@ -27,6 +27,7 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use scoutfs_core::cluster::fence::local::{run_dir, sweep_stale, LocalRecord, RUN_DIR_ENV};
 use scoutfs_core::cluster::fence::FENCE_TIMEOUT_MS_DEFAULT;
 use scoutfs_core::cluster::quorum::agent::{HEARTBEAT_TIMEOUT_MAX_MS, HEARTBEAT_TIMEOUT_MIN_MS};
+use scoutfs_core::mount::control::{socket_path, ControlServer};
 use scoutfs_core::mount::fs::AtimeMode;
 use scoutfs_core::mount::{new_rid, Mount, MountOptions, MountRole};
 use scoutfs_core::types::Rid;
@@ -466,6 +467,22 @@ impl Drop for RecordGuard {
     }
 }
 
+/// Serves the mount's control socket, named by its FUSE mount's device
+/// number in the run directory.
+fn start_control(mp: &Path, mnt: &Mount) -> Result<ControlServer, String> {
+    use scoutfs_core::cluster::fence::local::fuse_dev_at;
+    let e = |e: String| format!("mount: the control socket: {e}");
+    let dev = fuse_dev_at(mp)
+        .map_err(|x| e(x.to_string()))?
+        .ok_or_else(|| e(format!("{} is not a scoutfs FUSE mount", mp.display())))?;
+    let (major, minor) = dev
+        .split_once(':')
+        .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+        .ok_or_else(|| e(format!("the device number {dev:?} of {}", mp.display())))?;
+    let path = socket_path(&run_dir(), libc::makedev(major, minor));
+    ControlServer::start(&path, mnt.fs().clone(), mnt.rid()).map_err(|x| e(x.to_string()))
+}
+
 fn serve(
     meta: &Path,
     data: &Path,
@@ -569,6 +586,14 @@ fn serve(
         tracing::warn!("{e}");
     }
     let _ = knotify_slot.set(knotify.clone());
+    let control = match start_control(&mp, &mnt) {
+        Ok(c) => c,
+        Err(e) => {
+            drop(session);
+            let _ = mnt.unmount();
+            return Err(e);
+        }
+    };
     let caches = KernelCaches {
         known,
         notifier,
@@ -597,6 +622,7 @@ fn serve(
         mp.display()
     );
     let res = session.run();
+    control.stop();
     let done = mnt.unmount();
     res.map_err(|e| format!("FUSE session: {e}"))?;
     done.map_err(|e| format!("unmount: {e}"))?;

@@ -1355,6 +1355,44 @@ fn three_mounts_fill_the_data_device_at_once_and_get_it_all_back() {
     c.finish();
 }
 
+/// The data device grown through one mount is filled from all three at
+/// once: the new space is every mount's without a remount.
+#[test]
+fn the_data_device_grows_on_one_mount_and_all_three_fill_it() {
+    if !can_mount("the_data_device_grows_on_one_mount_and_all_three_fill_it") {
+        return;
+    }
+    let c = Cluster::start_sized("cluster-grow", "64M", "64M");
+    let env = [("SCOUTFS_RUN_DIR", c.run.as_path())];
+    let (total, _) = c.df_data(1);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&c.data)
+        .unwrap()
+        .set_len(192 << 20)
+        .unwrap();
+    let mp = c.mp(2).to_str().unwrap().to_string();
+    let o = scoutfs_env(&["resize-devices", "-p", &mp, "-d", "192M"], &env);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for s in 0..3 {
+        assert_eq!(c.df_data(s).0, 192 << 8, "slot {s} sees the old size");
+    }
+    let (_, free) = c.df_data(0);
+    let wrote = fill_from_all(&c, 0);
+    let sum: u64 = wrote.iter().sum();
+    eprintln!(
+        "grew from {total} to {} blocks; the mounts wrote {wrote:?}, {sum} bytes",
+        192 << 8
+    );
+    assert!(wrote.iter().all(|&w| w > 0), "{wrote:?}");
+    assert!(
+        sum >= free * 4096 * 95 / 100,
+        "{sum} bytes written of {} free after growing",
+        free * 4096
+    );
+    c.finish();
+}
+
 /// Creates and deletes files in `dir` until `stop`: each file is fsynced
 /// before it counts as made, and every other one made is deleted again.
 /// Returns (files made and kept with their bodies, files deleted).

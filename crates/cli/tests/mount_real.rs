@@ -1102,24 +1102,7 @@ fn a_full_data_device_reports_enospc_to_the_writer() {
         return;
     }
     let dir = Scratch::new("enospc");
-    let (meta, data) = (dir.path("meta.img"), dir.path("data.img"));
-    let q = format!("0,127.0.0.1,{}", free_port());
-    let o = common::scoutfs(&[
-        "mkfs",
-        meta.to_str().unwrap(),
-        data.to_str().unwrap(),
-        "-m",
-        "64M",
-        "-d",
-        "64M",
-        "-Q",
-        &q,
-    ]);
-    assert!(
-        o.status.success(),
-        "mkfs: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let (meta, data) = common::mkfs_slots_sized(&dir, 1, "64M", "64M");
     let mp = dir.path("mnt");
     let log = dir.path("mount.log");
     let mut m = MountProc::spawn(&meta, &data, &mp, &["--quorum-slot", "0"], &[], Some(&log));
@@ -1201,4 +1184,125 @@ fn nix_statvfs(p: &Path) -> (u64, u64) {
     let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     assert_eq!(r, 0, "statvfs {}", p.display());
     (st.f_blocks, st.f_bfree)
+}
+
+/// `scoutfs resize-devices` grows both devices of a mounted filesystem
+/// while a workload writes and deletes files on it: shrinking and growing
+/// past a device's end are refused with their reason, the new space shows
+/// at once in `df`, `statfs` and statfs(2), it fills, and the grown
+/// filesystem checks clean and mounts again.
+#[test]
+fn the_devices_grow_while_mounted_and_the_new_space_fills() {
+    if !can_mount("the_devices_grow_while_mounted_and_the_new_space_fills") {
+        return;
+    }
+    let dir = Scratch::new("grow");
+    let (meta, data) = common::mkfs_slots_sized(&dir, 1, "64M", "64M");
+    let mp = dir.path("mnt");
+    let log = dir.path("mount.log");
+    let mut m = MountProc::spawn(&meta, &data, &mp, &["--quorum-slot", "0"], &[], Some(&log));
+    m.wait_mounted(Duration::from_secs(20));
+    let p = m.mp.to_str().unwrap().to_string();
+    let resize = |args: &[&str]| {
+        let mut all = vec!["resize-devices", "-p", &p];
+        all.extend_from_slice(args);
+        common::scoutfs(&all)
+    };
+
+    // A workload of 1 MiB files written, synced and deleted, throughout.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wdir = m.mp.join("w");
+    std::fs::create_dir(&wdir).unwrap();
+    let worker = {
+        let stop = stop.clone();
+        let wdir = wdir.clone();
+        std::thread::spawn(move || {
+            let buf = vec![0x3cu8; 1 << 20];
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let f = wdir.join(format!("f{}", n % 16));
+                let mut file = std::fs::File::create(&f).unwrap();
+                file.write_all(&buf).unwrap();
+                file.sync_all().unwrap();
+                assert_eq!(
+                    std::fs::read(&f).unwrap(),
+                    buf,
+                    "{} read back wrong",
+                    f.display()
+                );
+                if n.is_multiple_of(3) {
+                    std::fs::remove_file(&f).unwrap();
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+
+    let o = resize(&["-d", "32M"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("shrinking"), "{err}");
+    let o = resize(&["-d", "128M"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("grow the device first"),
+        "{err}"
+    );
+    let o = resize(&["-d", "64M", "-m", "0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("unchanged"));
+
+    for (img, size) in [(&meta, 96u64 << 20), (&data, 128 << 20)] {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(img)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+    }
+    let o = resize(&["-m", "96M", "-d", "128M"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("data: grew from 16384 to 32768 blocks"),
+        "{out}"
+    );
+    assert!(
+        out.contains("metadata: grew from 1024 to 1536 blocks"),
+        "{out}"
+    );
+    let o = common::scoutfs(&["statfs", "-p", &p, "-s", "total_data_blocks"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "32768");
+    assert_eq!(common::df_row(&m.mp, &[], "meta").total, 1536);
+    assert_eq!(
+        nix_statvfs(&m.mp).0,
+        32768,
+        "statfs(2) blocks after growing"
+    );
+
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let rounds = worker
+        .join()
+        .expect("the workload failed while the devices grew");
+    assert!(rounds > 4, "the workload ran only {rounds} rounds");
+
+    // The new space fills: more than the old device held.
+    std::fs::remove_dir_all(&wdir).unwrap();
+    let file = m.mp.join("fill");
+    let o = dd_128m(&file);
+    assert!(
+        !o.status.success(),
+        "dd wrote 128 MiB to a 128 MiB device with metadata"
+    );
+    let len = std::fs::metadata(&file).unwrap().len();
+    eprintln!("grow: {rounds} workload rounds; filled {len} bytes after growing to 128 MiB");
+    assert!(len > 96 << 20, "only {len} bytes filled the grown device");
+    m.unmount();
+    common::assert_check_clean(&meta, &data);
+    let mut m = MountProc::spawn(&meta, &data, &mp, &["--quorum-slot", "0"], &[], Some(&log));
+    m.wait_mounted(Duration::from_secs(20));
+    assert_eq!(std::fs::metadata(m.mp.join("fill")).unwrap().len(), len);
+    m.unmount();
+    common::assert_check_clean(&meta, &data);
 }

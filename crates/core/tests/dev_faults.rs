@@ -458,6 +458,55 @@ fn file_dev_eof_errors() {
     );
 }
 
+/// A device grown under an open `FileDev` serves its new blocks (the size
+/// is looked at again when a request reaches past it); one that shrinks
+/// keeps the size it had, and its missing bytes fail.
+#[test]
+fn file_dev_sees_a_device_grow_and_never_shrink() {
+    let path = TempPath::new("grow");
+    let dev = FileDev::create(&path.0, MIB).unwrap();
+    assert_eq!(
+        dev.write_at(&[9; 4], 2 * MIB - 4).unwrap_err().kind(),
+        ErrorKind::UnexpectedEof
+    );
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path.0)
+        .unwrap();
+    f.set_len(2 * MIB).unwrap();
+    assert_eq!(dev.size(), MIB, "the size is not looked at on every call");
+    dev.write_at(&[9; 4], 2 * MIB - 4).unwrap();
+    assert_eq!(dev.size(), 2 * MIB);
+    assert_eq!(read(&dev, 2 * MIB - 4, 4), vec![9; 4]);
+    assert_eq!(
+        dev.write_at(&[1], 2 * MIB).unwrap_err().kind(),
+        ErrorKind::UnexpectedEof
+    );
+    f.set_len(MIB).unwrap();
+    assert_eq!(
+        dev.refresh_size().unwrap(),
+        2 * MIB,
+        "a device never shrinks under a mount"
+    );
+    assert!(dev.read_at(&mut [0; 4], 2 * MIB - 4).is_err());
+}
+
+/// A `MemDev` grows to zeros, keeping what it holds.
+#[test]
+fn mem_dev_grows_to_zeros() {
+    let dev = MemDev::new(MIB);
+    dev.write_at(&[5; 8], MIB - 8).unwrap();
+    dev.grow(3 * MIB + 100);
+    assert_eq!(dev.size(), 3 * MIB + 100);
+    assert_eq!(read(&dev, MIB - 8, 8), vec![5; 8]);
+    assert_eq!(read(&dev, 3 * MIB, 100), vec![0; 100]);
+    dev.write_at(&[6; 100], 3 * MIB).unwrap();
+    dev.flush().unwrap();
+    dev.grow(MIB);
+    assert_eq!(dev.size(), 3 * MIB + 100, "a smaller size changes nothing");
+    dev.check_invariants();
+}
+
 #[test]
 fn file_dev_refuses_to_create_over_an_existing_file() {
     let path = TempPath::new("exists");

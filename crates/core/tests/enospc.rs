@@ -262,3 +262,64 @@ fn a_fragmented_file_is_freed_on_a_full_device() {
     mnt.unmount().unwrap();
     common::assert_clean(&meta, &data);
 }
+
+/// A full filesystem grows while mounted: the devices grow first (as an
+/// image file is extended), then the filesystem, and the new space is
+/// written at once. Shrinking, growing past a device's end and asking for
+/// the sizes it has are refused or change nothing.
+#[test]
+fn a_full_filesystem_grows_while_mounted_and_its_new_space_fills() {
+    let (meta, data) = common::mem_fs(64 * MB, 64 * MB, 0xe4);
+    let mnt = mount(&meta, &data);
+    let fs = mnt.fs();
+    let before = fs.statfs().unwrap();
+    let (m0, d0) = (before.total_meta_blocks, before.total_data_blocks);
+
+    let e = fs.resize_devices(0, d0 - 1).unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL);
+    assert!(e.to_string().contains("shrinking"), "{e}");
+    let e = fs.resize_devices(m0 + 16, 0).unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL);
+    assert!(e.to_string().contains("grow the device first"), "{e}");
+    fs.resize_devices(0, 0).unwrap();
+    fs.resize_devices(m0, d0).unwrap();
+    let same = fs.statfs().unwrap();
+    assert_eq!((same.total_meta_blocks, same.total_data_blocks), (m0, d0));
+
+    let first = fill_file(fs, b"first");
+    let full = settle(fs);
+    meta.grow(96 * MB);
+    data.grow(128 * MB);
+    fs.resize_devices((96 * MB) >> 16, (128 * MB) >> 12)
+        .unwrap();
+    let grown = fs.statfs().unwrap();
+    assert_eq!(grown.total_meta_blocks, (96 * MB) >> 16);
+    assert_eq!(grown.total_data_blocks, (128 * MB) >> 12);
+    assert_eq!(grown.free_data_blocks, full.1 + ((64 * MB) >> 12));
+    // Less the blocks the growth's own commit wrote.
+    within(
+        grown.free_meta_blocks,
+        full.0 + ((32 * MB) >> 16),
+        8,
+        "free metadata blocks after growing",
+    );
+
+    let second = fill_file(fs, b"second");
+    eprintln!("grow: {first} bytes before, {second} after growing by 64 MiB");
+    within(second, 64 * MB, 4 * MB, "bytes written into the new space");
+    mnt.unmount().unwrap();
+    common::assert_clean(&meta, &data);
+
+    // The grown filesystem mounts, and the file in the new space reads back.
+    let mnt = mount(&meta, &data);
+    let fs = mnt.fs();
+    let f = fs.lookup(ROOT_INO, b"second").unwrap();
+    let buf = fs.read(f.ino, second - MB, MB as usize).unwrap();
+    assert_eq!(buf.len(), MB as usize);
+    assert!(
+        buf.iter().all(|&b| b == 0x5a),
+        "the new space read back wrong"
+    );
+    mnt.unmount().unwrap();
+    common::assert_clean(&meta, &data);
+}

@@ -605,7 +605,7 @@ impl Sim {
                     ..Default::default()
                 }))
             }
-            Request::Farewell => Response::Done,
+            Request::Farewell | Request::ResizeDevices { .. } => Response::Done,
             Request::GetRoots => Response::Roots(Default::default()),
             Request::Lock(m) => Response::Lock(LockMsg {
                 write_seq: id,

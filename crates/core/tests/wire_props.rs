@@ -121,6 +121,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
         Just(Request::GetRoots),
         arb_lock().prop_map(Request::Lock),
         Just(Request::Statfs),
+        any::<(u64, u64)>().prop_map(|(meta, data)| Request::ResizeDevices { meta, data }),
         Just(Request::Farewell),
         any::<u64>().prop_map(|group| Request::OpenInoMap { group }),
     ]
@@ -131,7 +132,7 @@ fn arb_omap() -> impl Strategy<Value = OpenInoMap> {
 }
 
 /// Commands a client may send, each of which may fail.
-const CLIENT_CMDS: [Cmd; 8] = [
+const CLIENT_CMDS: [Cmd; 9] = [
     Cmd::AllocInodes,
     Cmd::GetLogTrees,
     Cmd::CommitLogTrees,
@@ -140,6 +141,7 @@ const CLIENT_CMDS: [Cmd; 8] = [
     Cmd::Statfs,
     Cmd::Farewell,
     Cmd::OpenInoMap,
+    Cmd::ResizeDevices,
 ];
 
 /// A server response and the command it answers.
@@ -149,6 +151,7 @@ fn arb_response() -> impl Strategy<Value = (Cmd, Response)> {
         arb_log_trees().prop_map(|lt| (Cmd::GetLogTrees, Response::LogTrees(lt))),
         arb_log_trees().prop_map(|lt| (Cmd::CommitLogTrees, Response::LogTrees(lt))),
         Just((Cmd::Farewell, Response::Done)),
+        Just((Cmd::ResizeDevices, Response::Done)),
         (arb_root(), arb_root(), arb_root()).prop_map(|(a, b, c)| (
             Cmd::GetRoots,
             Response::Roots(Roots {

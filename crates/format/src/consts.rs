@@ -67,6 +67,10 @@ pub const ITEM_FLAG_DELETION: u8 = 1;
 
 /// The root directory's inode number.
 pub const ROOT_INO: u64 = 1;
+/// The most data allocation zones (`data_alloc_zone_blocks`) a data device
+/// may be divided into.
+pub const DATA_ALLOC_ZONES_MAX: u64 = 1024;
+
 /// mkfs's first unallocated inode number (the root's 1024-inode group is used).
 pub const FIRST_ALLOC_INO: u64 = 1024;
 /// Inode numbers per inode lock group.

@@ -12,6 +12,7 @@ pub mod block;
 pub mod bloom;
 pub mod btree;
 pub mod consts;
+pub mod control;
 pub mod data;
 pub mod dir;
 pub mod error;

@@ -113,6 +113,15 @@ pub struct WireStatfs {
     pub fsid: U64,
 }
 
+/// The RESIZE_DEVICES request, 16 bytes: the devices' new sizes in their
+/// blocks (64 KiB metadata, 4 KiB data); 0 leaves a device as it is.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct WireResizeDevices {
+    pub new_total_meta_blocks: U64,
+    pub new_total_data_blocks: U64,
+}
+
 /// Inodes per open-inode map group: a group's map is one bit per inode
 /// (the inode lock groups' size).
 pub const OPEN_INO_MAP_GROUP_NR: u64 = crate::consts::LOCK_INODE_GROUP_NR;
@@ -148,6 +157,7 @@ pub const LOCK_LEN: usize = 48;
 pub const INODES_LEN: usize = 16;
 pub const ROOTS_LEN: usize = 72;
 pub const STATFS_LEN: usize = 56;
+pub const RESIZE_DEVICES_LEN: usize = 16;
 pub const GREETING_LEN: usize = 56;
 pub const OPEN_INO_MAP_LEN: usize = 136;
 pub const COUNT_LEN: usize = 8;
@@ -165,6 +175,7 @@ const _: () = {
     assert!(size_of::<WireInodes>() == INODES_LEN);
     assert!(size_of::<WireRoots>() == ROOTS_LEN);
     assert!(size_of::<WireStatfs>() == STATFS_LEN);
+    assert!(size_of::<WireResizeDevices>() == RESIZE_DEVICES_LEN);
     assert!(size_of::<WireGreeting>() == GREETING_LEN);
     assert!(size_of::<WireOpenInoMap>() == OPEN_INO_MAP_LEN);
     assert!(OPEN_INO_MAP_GROUP_NR == 16 * 64);

@@ -243,6 +243,19 @@ impl Client {
         })
     }
 
+    /// Asks the server to grow the devices to these totals, in their blocks
+    /// (0: unchanged).
+    pub fn resize_devices(&self, meta_blocks: u64, data_blocks: u64) -> Result<()> {
+        let req = Request::ResizeDevices {
+            meta: meta_blocks,
+            data: data_blocks,
+        };
+        self.call(req, "resize devices", |r| match r {
+            Response::Done => Ok(()),
+            other => Err(other),
+        })
+    }
+
     /// Sends a lock request; its grant goes to the handler.
     pub fn send_lock(&self, msg: LockMsg) -> Result<()> {
         self.link.request(&Request::Lock(msg), |id| {

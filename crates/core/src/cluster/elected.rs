@@ -38,7 +38,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// What an elected server is started with (from the mount's options).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ElectedOptions {
     pub fencer: Fencer,
     /// Metadata blocks the server's block cache keeps.
@@ -46,6 +46,8 @@ pub struct ElectedOptions {
     pub recovery_timeout: Duration,
     pub reconnect_timeout: Duration,
     pub merge_interval: Duration,
+    /// The data device (the server grows it, RESIZE_DEVICES).
+    pub data_dev: Option<Arc<dyn BlockDev>>,
 }
 
 enum Cmd {
@@ -318,6 +320,7 @@ impl Worker {
             reconnect_timeout: self.opts.reconnect_timeout,
             votes_needed: self.votes_needed,
             merge_interval: self.opts.merge_interval,
+            data_dev: self.opts.data_dev.clone(),
             on_exit: Some(Box::new(move |why: Error| {
                 // A server that ended on corruption: the next won't do
                 // better.

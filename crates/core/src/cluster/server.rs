@@ -89,7 +89,8 @@ use crate::cluster::omap::{OmapAnswer, OmapServer};
 use crate::error::{CorruptKind, Error, Result};
 use crate::store::alloc::extent;
 use crate::store::btree;
-use crate::store::commit::{meta_fill_target, Store, Txn};
+use crate::store::commit::{grow_devices, meta_fill_target, Store, Txn};
+use crate::store::dev::BlockDev;
 use crate::store::forest::{self, log_roots};
 use crate::types::Rid;
 use crate::types::Roots;
@@ -182,6 +183,10 @@ pub struct ServerOptions {
     /// items (a tree of height 3 or more, or metadata space in the
     /// reserve, starts a merge at once).
     pub merge_interval: Duration,
+    /// The data device, which a growth of the filesystem
+    /// (RESIZE_DEVICES) writes the new size to; without it growth is
+    /// refused.
+    pub data_dev: Option<Arc<dyn BlockDev>>,
 }
 
 impl ServerOptions {
@@ -197,6 +202,7 @@ impl ServerOptions {
             votes_needed: 0,
             on_exit: None,
             merge_interval: Duration::from_millis(MERGE_INTERVAL_MS_DEFAULT),
+            data_dev: None,
         }
     }
 }
@@ -376,6 +382,7 @@ struct State {
     merge_interval: Duration,
     /// Open-inode map rounds under way.
     omap: OmapServer,
+    data_dev: Option<Arc<dyn BlockDev>>,
 }
 
 /// A merge of finalized log trees into fs_root, a step at a time.
@@ -416,6 +423,7 @@ impl State {
             last_merge: Instant::now(),
             merge_interval: opts.merge_interval,
             omap: OmapServer::new(),
+            data_dev: opts.data_dev,
         };
         if let Err(e) = st.begin(opts.alone, &opts.fenced) {
             // Not knowing who is mounted, it must not serve at all.
@@ -1175,6 +1183,10 @@ impl State {
                 }))
             }
             Request::Statfs => Ok(Response::Statfs(self.statfs()?)),
+            Request::ResizeDevices { meta, data } => {
+                self.resize_devices(meta, data)?;
+                Ok(Response::Done)
+            }
             Request::Farewell => unreachable!("farewells are handled by the run loop"),
             Request::Lock(_) => unreachable!("lock requests are handled by lock_request"),
             Request::OpenInoMap { .. } => unreachable!("handled by omap_request"),
@@ -1309,6 +1321,28 @@ impl State {
         self.lock_outputs(held);
         self.round_progress()?;
         Ok(next)
+    }
+
+    /// Grows the devices (see [`grow_devices`]) in a commit of its own:
+    /// the new space is in the pool for the next refill of every mount.
+    fn resize_devices(&mut self, meta: u64, data: u64) -> Result<()> {
+        let Some(data_dev) = self.data_dev.clone() else {
+            return Err(Error::Errno {
+                what: "this server was started without the data device".into(),
+                errno: libc::EOPNOTSUPP,
+            });
+        };
+        let mut txn = self.store.begin();
+        if grow_devices(&mut txn, data_dev.as_ref(), meta, data)? {
+            self.commit(txn)?;
+            let sb = &self.store.sb;
+            tracing::info!(
+                "grew the devices to {} metadata and {} data blocks",
+                sb.total_meta_blocks.get(),
+                sb.total_data_blocks.get()
+            );
+        }
+        Ok(())
     }
 
     fn statfs(&self) -> Result<StatfsInfo> {

@@ -9,8 +9,11 @@
 //! - [`fs`]: the filesystem operations (inodes, directories, data,
 //!   xattrs, ACLs) that the FUSE adapter calls;
 //! - [`omap`]: the inodes the mount has open, which no mount may delete;
+//! - [`control`]: the socket through which commands and archive agents
+//!   reach a running mount;
 //! - [`setup`]: mounting and unmounting, in order.
 
+pub mod control;
 pub mod fs;
 pub mod item;
 pub mod locks;

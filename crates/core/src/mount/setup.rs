@@ -201,6 +201,7 @@ impl Mount {
                 let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
                 let sopts = ServerOptions {
                     merge_interval: Duration::from_millis(opts.merge_interval_ms),
+                    data_dev: Some(data.clone()),
                     ..ServerOptions::alone(1)
                 };
                 let s = Server::start(store, loopback, sopts)?;
@@ -215,6 +216,7 @@ impl Mount {
                     recovery_timeout: Duration::from_millis(opts.recovery_timeout_ms),
                     reconnect_timeout: Duration::from_millis(opts.reconnect_timeout_ms),
                     merge_interval: Duration::from_millis(opts.merge_interval_ms),
+                    data_dev: Some(data.clone()),
                 };
                 let ctl = ElectedServer::new(meta.clone(), &msb, SlotNr(slot), eopts)?;
                 start_failure = Some(ctl.start_failure());
@@ -345,6 +347,7 @@ impl Mount {
             .ok_or_else(|| Error::Internal("the server thread failed".into()))?;
         let mut opts = ServerOptions::alone(term + 1);
         opts.alone = false;
+        opts.data_dev = Some(self.fs.data.clone());
         self.server = Some(Server::start(store, addr, opts)?);
         Ok(())
     }

@@ -466,6 +466,12 @@ impl Writer {
         r
     }
 
+    /// Metadata blocks on the device as far as this writer knows.
+    fn blocks_on_dev(&self) -> u64 {
+        self.dev_blocks
+            .max(self.cache.dev.size() / BLOCK_LG_SIZE as u64)
+    }
+
     /// Why the writer can't be written out, if it can't.
     pub fn failed(&self) -> Option<&str> {
         self.failed.as_deref()
@@ -473,11 +479,17 @@ impl Writer {
 
     /// Checks that an allocated metadata block number is one a writer may
     /// write: never the super or quorum blocks, never past the device.
+    /// The device may have grown since the writer began (`scoutfs
+    /// resize-devices`): a block past its size then is looked at again.
     pub(crate) fn check_alloc(&self, blkno: u64) -> Result<u64> {
-        if blkno < META_DEV_START_BLKNO || blkno >= self.dev_blocks {
+        let mut blocks = self.blocks_on_dev();
+        if blkno >= blocks {
+            let size = self.cache.dev.refresh_size().unwrap_or(0);
+            blocks = blocks.max(size / BLOCK_LG_SIZE as u64);
+        }
+        if blkno < META_DEV_START_BLKNO || blkno >= blocks {
             let detail = format!(
-                "allocator handed out metadata block {blkno} outside {META_DEV_START_BLKNO}..{}",
-                self.dev_blocks
+                "allocator handed out metadata block {blkno} outside {META_DEV_START_BLKNO}..{blocks}"
             );
             return Err(Error::corrupt(CorruptKind::AllocOverlap, blkno, 0, detail));
         }
@@ -598,7 +610,7 @@ impl Writer {
     /// Checksums and writes one dirty block in place, counting it.
     fn write_block(&self, blkno: u64, buf: &mut [u8]) -> Result<()> {
         assert!(
-            blkno >= META_DEV_START_BLKNO && blkno < self.dev_blocks,
+            blkno >= META_DEV_START_BLKNO && blkno < self.blocks_on_dev(),
             "writing metadata block {blkno}"
         );
         set_block_crc(buf);

@@ -63,8 +63,8 @@ pub fn super_roots(sb: &SuperBlock) -> [(&'static str, &BtreeRoot); 5] {
 
 /// What every commit keeps true of the super block, checked against the
 /// last durable one before anything is written: the same filesystem and
-/// device sizes, seqs and inode numbers that never go back, and no more
-/// free space recorded than the devices have.
+/// device sizes (or larger: [`grow_devices`]), seqs and inode numbers that
+/// never go back, and no more free space recorded than the devices have.
 fn check_commit(old: &SuperBlock, new: &SuperBlock) -> Result<()> {
     crate::ensure!(
         new.hdr.fsid == old.hdr.fsid,
@@ -73,9 +73,13 @@ fn check_commit(old: &SuperBlock, new: &SuperBlock) -> Result<()> {
         old.hdr.fsid.get()
     );
     crate::ensure!(
-        new.total_meta_blocks == old.total_meta_blocks
-            && new.total_data_blocks == old.total_data_blocks,
-        "device sizes changed in a commit"
+        new.total_meta_blocks.get() >= old.total_meta_blocks.get()
+            && new.total_data_blocks.get() >= old.total_data_blocks.get(),
+        "a commit shrank the devices from {}/{} to {}/{} blocks",
+        old.total_meta_blocks.get(),
+        old.total_data_blocks.get(),
+        new.total_meta_blocks.get(),
+        new.total_data_blocks.get()
     );
     crate::ensure!(
         new.seq.get() >= old.seq.get(),
@@ -165,6 +169,11 @@ pub fn read_super(dev: &dyn BlockDev, meta: bool) -> Result<SuperBlock> {
 }
 
 /// Checks that a data device's super block belongs with a metadata one.
+///
+/// The data device's copy of the data size may be larger than the
+/// metadata device's: a growth writes it first, and a crash before the
+/// growth's commit leaves it ahead (the data device is large enough for
+/// either; the metadata device's is the filesystem's size).
 pub fn check_pair(meta: &SuperBlock, data: &SuperBlock, data_name: &str) -> Result<()> {
     if meta.uuid != data.uuid || meta.hdr.fsid != data.hdr.fsid {
         return Err(Error::Config(format!(
@@ -173,12 +182,132 @@ pub fn check_pair(meta: &SuperBlock, data: &SuperBlock, data_name: &str) -> Resu
             meta.hdr.fsid.get()
         )));
     }
-    if meta.fmt_vers != data.fmt_vers || meta.total_data_blocks != data.total_data_blocks {
+    if meta.fmt_vers != data.fmt_vers || data.total_data_blocks.get() < meta.total_data_blocks.get()
+    {
         return Err(Error::Config(format!(
             "{data_name}: data device's super block disagrees with the metadata device's"
         )));
     }
     Ok(())
+}
+
+/// What [`grow_devices`] refuses: the message says why.
+fn refuse(why: String) -> Error {
+    Error::Errno {
+        what: why,
+        errno: libc::EINVAL,
+    }
+}
+
+/// The sizes a growth asks for, checked: `(meta, data)` blocks from the
+/// current totals `now` and the asked ones (0: unchanged), or `None` when
+/// nothing would change. A smaller size than now is refused, and so is one
+/// the device does not hold (asked again: it may have grown since it was
+/// opened) or one that makes more than [`DATA_ALLOC_ZONES_MAX`] data
+/// allocation zones of `zone` blocks (0: no zones).
+pub fn check_growth(
+    now: (u64, u64),
+    ask: (u64, u64),
+    meta_dev: &dyn BlockDev,
+    data_dev: &dyn BlockDev,
+    zone: u64,
+) -> Result<Option<(u64, u64)>> {
+    let new = |now: u64, ask: u64| if ask == 0 { now } else { ask };
+    let (meta, data) = (new(now.0, ask.0), new(now.1, ask.1));
+    let devs = [
+        ("metadata", meta_dev, now.0, meta, BLOCK_LG_SHIFT),
+        ("data", data_dev, now.1, data, BLOCK_SM_SHIFT),
+    ];
+    for (what, _, old, new, _) in devs {
+        if new < old {
+            return Err(refuse(format!(
+                "the {what} device holds {old} blocks: shrinking it to {new} is not supported"
+            )));
+        }
+    }
+    if (meta, data) == now {
+        return Ok(None);
+    }
+    for (what, dev, old, new, shift) in devs {
+        if new == old {
+            continue;
+        }
+        let size = dev
+            .refresh_size()
+            .map_err(|e| Error::io(format!("{}: size", dev.name()), e))?;
+        let need = new.saturating_mul(1 << shift);
+        if size < need {
+            return Err(refuse(format!(
+                "{}: growing the {what} device to {new} blocks needs {need} bytes, \
+                 it has {size} (grow the device first)",
+                dev.name()
+            )));
+        }
+    }
+    if zone != 0 && data.div_ceil(zone) > DATA_ALLOC_ZONES_MAX {
+        return Err(refuse(format!(
+            "{data} data blocks would make more than {DATA_ALLOC_ZONES_MAX} \
+             allocation zones of {zone} blocks"
+        )));
+    }
+    Ok(Some((meta, data)))
+}
+
+/// Grows the filesystem in `txn` to `meta_blocks` 64 KiB metadata blocks
+/// and `data_blocks` 4 KiB data blocks, as [`check_growth`] allows: the new
+/// blocks become free extents and the super block's totals grow. Returns
+/// whether anything grew.
+///
+/// The data device's own super block is written with its new size and
+/// flushed first, so the devices agree whenever the caller commits
+/// `txn`; if it never does, the data device's copy is ahead, which
+/// [`check_pair`] accepts.
+pub fn grow_devices(
+    txn: &mut Txn,
+    data_dev: &dyn BlockDev,
+    meta_blocks: u64,
+    data_blocks: u64,
+) -> Result<bool> {
+    let old_meta = txn.sb.total_meta_blocks.get();
+    let old_data = txn.sb.total_data_blocks.get();
+    let meta_dev = txn.w.cache().dev().clone();
+    let Some((meta, data)) = check_growth(
+        (old_meta, old_data),
+        (meta_blocks, data_blocks),
+        meta_dev.as_ref(),
+        data_dev,
+        txn.sb.volopt.data_alloc_zone_blocks.get(),
+    )?
+    else {
+        return Ok(false);
+    };
+    if data > old_data {
+        let mut dsb = read_super(data_dev, false)?;
+        check_pair(&txn.sb, &dsb, data_dev.name())?;
+        dsb.total_data_blocks = data.into();
+        let seq = dsb.hdr.seq.get() + 1;
+        write_super(data_dev, &mut dsb, seq)?;
+        data_dev
+            .flush()
+            .map_err(|e| Error::io(format!("{}: flush", data_dev.name()), e))?;
+        extent::free_extent(
+            &mut txn.w,
+            &mut txn.sb.data_alloc,
+            old_data,
+            data - old_data,
+        )?;
+    }
+    if meta > old_meta {
+        extent::free_extent(
+            &mut txn.w,
+            &mut txn.sb.meta_alloc[0],
+            old_meta,
+            meta - old_meta,
+        )?;
+    }
+    txn.sb.total_meta_blocks = meta.into();
+    txn.sb.total_data_blocks = data.into();
+    Ok(true)
 }
 
 /// Writes a super block at SM blkno 16 of `dev` with the given seq (no flush).

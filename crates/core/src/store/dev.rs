@@ -2,16 +2,17 @@
 //!
 //! Everything above this module reads and writes the metadata and data
 //! devices through [`BlockDev`]: positional reads and writes of whole
-//! buffers, a flush that makes every completed write durable, a fixed size
-//! and a name for messages. A read or write that would extend past `size()`
+//! buffers, a flush that makes every completed write durable, a size that
+//! may only grow, and a name for messages. A read or write that would extend past `size()`
 //! fails with [`io::ErrorKind::UnexpectedEof`] and a message naming the
 //! device, the offset, the length and the size; no request panics.
 //!
 //! Two implementations:
 //! - [`FileDev`] opens an image file or a block device and uses `pread` /
 //!   `pwrite` (`FileExt::read_exact_at` / `write_all_at`); `flush` is
-//!   `fdatasync`. The size is taken once at open: the file's length, or for a
-//!   block device the offset of its end. Directories, character devices,
+//!   `fdatasync`. The size is the file's length, or for a block device the
+//!   offset of its end: taken at open, and again when a request reaches past
+//!   it (a device grown while mounted, `scoutfs resize-devices`). Directories, character devices,
 //!   FIFOs and sockets are refused with [`io::ErrorKind::InvalidInput`]
 //!   before they are opened (opening a FIFO would block).
 //! - [`MemDev`] is an in-memory device for tests and simulation that models
@@ -83,7 +84,8 @@
 //! # Limits
 //!
 //! - `FileDev` does buffered I/O through the page cache (no `O_DIRECT`) and
-//!   does not open block devices exclusively. The size is fixed at open.
+//!   does not open block devices exclusively. A device that shrinks under
+//!   a mount is not noticed until its missing blocks fail.
 //!   `create` does not sync the parent directory.
 //! - `MemDev` is at most [`MEM_DEV_BYTES_MAX`]; memory is the chunks written
 //!   plus the bytes of unflushed writes (bounded by the write cache limit).
@@ -98,6 +100,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// The unit of atomic writes the media guarantees; `CrashMode::Tear` never
@@ -128,6 +131,13 @@ pub trait BlockDev: Send + Sync {
     fn size(&self) -> u64;
     /// The name for messages (a path for a `FileDev`).
     fn name(&self) -> &str;
+    /// Looks at the device's size again, keeps it, and returns it: a
+    /// device grown under a mount (`scoutfs resize-devices`) serves its new
+    /// blocks once this has seen them. Devices that cannot grow keep the
+    /// size they opened with.
+    fn refresh_size(&self) -> io::Result<u64> {
+        Ok(self.size())
+    }
 }
 
 impl<T: BlockDev + ?Sized> BlockDev for Arc<T> {
@@ -145,6 +155,9 @@ impl<T: BlockDev + ?Sized> BlockDev for Arc<T> {
     }
     fn name(&self) -> &str {
         (**self).name()
+    }
+    fn refresh_size(&self) -> io::Result<u64> {
+        (**self).refresh_size()
     }
 }
 
@@ -172,7 +185,8 @@ fn annotate(name: &str, what: &str, e: io::Error) -> io::Error {
 pub struct FileDev {
     file: File,
     name: String,
-    size: u64,
+    /// The size last seen; it only grows ([`BlockDev::refresh_size`]).
+    size: AtomicU64,
     writable: bool,
 }
 
@@ -193,17 +207,11 @@ impl FileDev {
         // The path may name something else by now; judge what was opened.
         let meta = file.metadata().map_err(|e| annotate(&name, "fstat", e))?;
         check_file_type(&name, &meta)?;
-        let size = if meta.file_type().is_block_device() {
-            (&file)
-                .seek(SeekFrom::End(0))
-                .map_err(|e| annotate(&name, "seek to end", e))?
-        } else {
-            meta.len()
-        };
+        let size = current_size(&file, &name)?;
         Ok(FileDev {
             file,
             name,
-            size,
+            size: AtomicU64::new(size),
             writable,
         })
     }
@@ -229,14 +237,37 @@ impl FileDev {
         Ok(FileDev {
             file,
             name,
-            size: size_bytes,
+            size: AtomicU64::new(size_bytes),
             writable: true,
         })
+    }
+
+    /// Checks a request against the size, looking at the device again
+    /// before refusing one past the end: the device may have grown.
+    fn check(&self, op: &str, off: u64, len: usize) -> io::Result<()> {
+        let size = self.size.load(Ordering::Acquire);
+        if check_range(&self.name, op, off, len, size).is_ok() {
+            return Ok(());
+        }
+        let size = self.refresh_size()?;
+        check_range(&self.name, op, off, len, size)
     }
 
     /// Whether the device was opened for writing.
     pub fn is_writable(&self) -> bool {
         self.writable
+    }
+}
+
+/// The size of an open image file or block device.
+fn current_size(file: &File, name: &str) -> io::Result<u64> {
+    let meta = file.metadata().map_err(|e| annotate(name, "fstat", e))?;
+    if meta.file_type().is_block_device() {
+        let mut f = file;
+        f.seek(SeekFrom::End(0))
+            .map_err(|e| annotate(name, "seek to end", e))
+    } else {
+        Ok(meta.len())
     }
 }
 
@@ -264,7 +295,7 @@ fn check_file_type(name: &str, meta: &Metadata) -> io::Result<()> {
 
 impl BlockDev for FileDev {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        check_range(&self.name, "read", off, buf.len(), self.size)?;
+        self.check("read", off, buf.len())?;
         self.file.read_exact_at(buf, off).map_err(|e| {
             let what = format!("read of {} bytes at offset {off}", buf.len());
             annotate(&self.name, &what, e)
@@ -272,7 +303,7 @@ impl BlockDev for FileDev {
     }
 
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
-        check_range(&self.name, "write", off, buf.len(), self.size)?;
+        self.check("write", off, buf.len())?;
         if !self.writable {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -295,7 +326,15 @@ impl BlockDev for FileDev {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// A device never shrinks under a mount: a smaller size than before
+    /// (a truncated image) is kept out, and its blocks fail as the file's
+    /// reads and writes fail.
+    fn refresh_size(&self) -> io::Result<u64> {
+        let now = current_size(&self.file, &self.name)?;
+        Ok(self.size.fetch_max(now, Ordering::AcqRel).max(now))
     }
 
     fn name(&self) -> &str {
@@ -354,7 +393,8 @@ pub struct MemDev {
 
 struct MemShared {
     name: String,
-    size: u64,
+    /// Grows under the state's lock, after the chunk tables ([`MemDev::grow`]).
+    size: AtomicU64,
     state: Mutex<MemState>,
 }
 
@@ -620,7 +660,7 @@ impl MemDev {
         MemDev {
             shared: Arc::new(MemShared {
                 name: name.to_string(),
-                size: size_bytes,
+                size: AtomicU64::new(size_bytes),
                 state: Mutex::new(MemState::new(nr_chunks)),
             }),
         }
@@ -677,6 +717,25 @@ impl MemDev {
         self.state().faults.bad_read_ranges.push(bytes);
     }
 
+    /// Grows the device to `size_bytes` of zeros (as an image file
+    /// extended with `truncate` is); a smaller size changes nothing.
+    pub fn grow(&self, size_bytes: u64) {
+        assert!(
+            size_bytes <= MEM_DEV_BYTES_MAX,
+            "{}: MemDev of {size_bytes} bytes is over the limit of {MEM_DEV_BYTES_MAX}",
+            self.name()
+        );
+        let mut st = self.state();
+        if size_bytes <= self.size() {
+            return;
+        }
+        let nr_chunks = size_bytes.div_ceil(MEM_CHUNK_BYTES as u64) as usize;
+        st.current.resize(nr_chunks, None);
+        st.durable.resize(nr_chunks, None);
+        st.dirty_bits.resize(nr_chunks.div_ceil(64), 0);
+        self.shared.size.store(size_bytes, Ordering::Release);
+    }
+
     /// Removes every injected fault.
     pub fn clear_faults(&self) {
         self.state().faults = Faults::default();
@@ -685,7 +744,7 @@ impl MemDev {
     /// Flips every bit of the byte at `off` on the media (both images). An
     /// unflushed write over it that survives a crash rewrites it.
     pub fn corrupt_byte(&self, off: u64) {
-        let size = self.shared.size;
+        let size = self.size();
         assert!(
             off < size,
             "{}: corrupt_byte({off}) past size {size}",
@@ -714,7 +773,7 @@ impl MemDev {
 
     /// The bytes that would be read after a `CrashMode::LoseAll` crash.
     pub fn snapshot_durable(&self) -> Vec<u8> {
-        let mut image = vec![0; self.shared.size as usize];
+        let mut image = vec![0; self.size() as usize];
         read_chunks(&self.state().durable, 0, &mut image);
         image
     }
@@ -738,7 +797,7 @@ impl MemDev {
     /// Asserts the invariants of the model (cost: chunks plus unflushed writes).
     pub fn check_invariants(&self) {
         let st = self.state();
-        let nr_chunks = self.shared.size.div_ceil(MEM_CHUNK_BYTES as u64) as usize;
+        let nr_chunks = self.size().div_ceil(MEM_CHUNK_BYTES as u64) as usize;
         assert_eq!(st.current.len(), nr_chunks);
         assert_eq!(st.durable.len(), nr_chunks);
         for c in st.current.iter().chain(st.durable.iter()).flatten() {
@@ -785,7 +844,7 @@ impl fmt::Debug for MemDev {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemDev")
             .field("name", &self.shared.name)
-            .field("size", &self.shared.size)
+            .field("size", &self.size())
             .field("stats", &self.stats())
             .finish()
     }
@@ -832,7 +891,7 @@ impl BlockDev for MemDev {
     }
 
     fn size(&self) -> u64 {
-        self.shared.size
+        self.shared.size.load(Ordering::Acquire)
     }
 
     fn name(&self) -> &str {

@@ -170,6 +170,11 @@ impl<R: RootsSource> ForestSource<R> {
         ForestSource { roots, cache }
     }
 
+    /// The metadata block cache the forest reads through.
+    pub fn cache(&self) -> &std::sync::Arc<BlockCache> {
+        &self.cache
+    }
+
     /// The roots of the last written super block.
     pub fn roots(&self) -> Result<Roots> {
         self.roots.roots()

@@ -87,9 +87,9 @@ pub fn mkfs(
         BLOCK_SM_SHIFT,
     )?;
     if let Some(z) = opts.data_alloc_zone_blocks {
-        if z == 0 || z > total_data_blocks || total_data_blocks.div_ceil(z) > 1024 {
+        if z == 0 || z > total_data_blocks || total_data_blocks.div_ceil(z) > DATA_ALLOC_ZONES_MAX {
             return Err(Error::Config(format!(
-                "data alloc zone of {z} blocks must be nonzero, fit the data device, and make at most 1024 zones"
+                "data alloc zone of {z} blocks must be nonzero, fit the data device, and make at most {DATA_ALLOC_ZONES_MAX} zones"
             )));
         }
     }

@@ -32,6 +32,8 @@ pub enum Request {
     Lock(LockMsg),
     /// Space and inode counts.
     Statfs,
+    /// Grow the devices to these totals, in their blocks (0: unchanged).
+    ResizeDevices { meta: u64, data: u64 },
     /// The mount is unmounting: forget it.
     Farewell,
     /// Which inodes of a group any mount has open (the server asks every

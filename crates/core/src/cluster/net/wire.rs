@@ -109,13 +109,14 @@ pub enum Cmd {
     Lock = 7,
     LockRecover = 8,
     OpenInoMap = 13,
+    ResizeDevices = 17,
     Statfs = 18,
     Farewell = 19,
 }
 
 impl Cmd {
     /// Every defined command.
-    pub const ALL: [Cmd; 11] = [
+    pub const ALL: [Cmd; 12] = [
         Cmd::Greeting,
         Cmd::AllocInodes,
         Cmd::GetLogTrees,
@@ -125,6 +126,7 @@ impl Cmd {
         Cmd::Lock,
         Cmd::LockRecover,
         Cmd::OpenInoMap,
+        Cmd::ResizeDevices,
         Cmd::Statfs,
         Cmd::Farewell,
     ];
@@ -144,6 +146,7 @@ impl Cmd {
             Cmd::Lock => "LOCK",
             Cmd::LockRecover => "LOCK_RECOVER",
             Cmd::OpenInoMap => "OPEN_INO_MAP",
+            Cmd::ResizeDevices => "RESIZE_DEVICES",
             Cmd::Statfs => "STATFS",
             Cmd::Farewell => "FAREWELL",
         }
@@ -782,6 +785,15 @@ pub fn encode_request(req: &Request) -> Result<(Cmd, Vec<u8>), EncodeError> {
         Request::GetRoots => (Cmd::GetRoots, Vec::new()),
         Request::Lock(m) => (Cmd::Lock, encode_lock(m)),
         Request::Statfs => (Cmd::Statfs, Vec::new()),
+        Request::ResizeDevices { meta, data } => (
+            Cmd::ResizeDevices,
+            WireResizeDevices {
+                new_total_meta_blocks: (*meta).into(),
+                new_total_data_blocks: (*data).into(),
+            }
+            .as_bytes()
+            .to_vec(),
+        ),
         Request::Farewell => (Cmd::Farewell, Vec::new()),
         Request::OpenInoMap { group } => (Cmd::OpenInoMap, group.to_le_bytes().to_vec()),
     })
@@ -799,6 +811,13 @@ pub fn decode_request(cmd: Cmd, data: &[u8]) -> Result<Request, WireError> {
         Cmd::GetRoots => empty(cmd, data).map(|_| Request::GetRoots)?,
         Cmd::Lock => Request::Lock(decode_lock(data)?),
         Cmd::Statfs => empty(cmd, data).map(|_| Request::Statfs)?,
+        Cmd::ResizeDevices => {
+            let w: WireResizeDevices = exact(cmd, data)?;
+            Request::ResizeDevices {
+                meta: w.new_total_meta_blocks.get(),
+                data: w.new_total_data_blocks.get(),
+            }
+        }
         Cmd::Farewell => empty(cmd, data).map(|_| Request::Farewell)?,
         Cmd::OpenInoMap => {
             let group: U64 = exact(cmd, data)?;
@@ -845,7 +864,7 @@ pub fn encode_response(
         .as_bytes()
         .to_vec(),
         (Cmd::GetLogTrees | Cmd::CommitLogTrees, Response::LogTrees(lt)) => lt.as_bytes().to_vec(),
-        (Cmd::Farewell, Response::Done) => Vec::new(),
+        (Cmd::Farewell | Cmd::ResizeDevices, Response::Done) => Vec::new(),
         (Cmd::GetRoots, Response::Roots(r)) => WireRoots {
             fs_root: r.fs_root,
             logs_root: r.logs_root,
@@ -902,7 +921,7 @@ pub fn decode_response(
             }
         }
         Cmd::GetLogTrees | Cmd::CommitLogTrees => Response::LogTrees(decode_log_trees(cmd, data)?),
-        Cmd::Farewell => empty(cmd, data).map(|_| Response::Done)?,
+        Cmd::Farewell | Cmd::ResizeDevices => empty(cmd, data).map(|_| Response::Done)?,
         Cmd::GetRoots => Response::Roots(decode_roots(data)?),
         Cmd::Lock => Response::Lock(decode_lock(data)?),
         Cmd::OpenInoMap => Response::OpenInoMap(Box::new(decode_omap(cmd, data)?)),

@@ -140,7 +140,11 @@ impl Fs {
         let e = self
             .trans
             .with_alloc(|w, lt| extent::alloc_extent(w, &mut lt.data_avail, len))?;
-        let dev_blocks = self.data.size() / BLOCK;
+        // The device may have grown since it was last looked at.
+        let mut dev_blocks = self.data.size() / BLOCK;
+        if e.is_some_and(|e| e.start + e.len > dev_blocks) {
+            dev_blocks = self.data.refresh_size().unwrap_or(0) / BLOCK;
+        }
         match e {
             Some(e)
                 if e.start < scoutfs_format::DATA_DEV_START_BLKNO

@@ -36,6 +36,7 @@ use crate::mount::item::ItemCache;
 use crate::mount::locks::{LockGuard, Locks};
 use crate::mount::trans::Trans;
 use crate::store::block::BlockCache;
+use crate::store::commit::check_growth;
 use crate::store::dev::BlockDev;
 use crate::store::forest::ForestSource;
 use crate::types::Roots;
@@ -297,5 +298,21 @@ impl Fs {
     /// Filesystem totals for statfs.
     pub fn statfs(&self) -> FsResult<crate::cluster::net::msg::StatfsInfo> {
         Ok(self.client.statfs()?)
+    }
+
+    /// Grows the devices to `meta_blocks` 64 KiB and `data_blocks` 4 KiB
+    /// blocks (0: unchanged), once the devices themselves have grown. What
+    /// this mount can check it checks first, so that a refusal says why;
+    /// the server checks again, adds the new blocks to the free space in a
+    /// commit, and every mount allocates from them at its next refill.
+    pub fn resize_devices(&self, meta_blocks: u64, data_blocks: u64) -> crate::error::Result<()> {
+        let st = self.client.statfs()?;
+        let now = (st.total_meta_blocks, st.total_data_blocks);
+        let meta_dev = self.src.cache().dev().clone();
+        let ask = (meta_blocks, data_blocks);
+        if check_growth(now, ask, meta_dev.as_ref(), self.data.as_ref(), 0)?.is_none() {
+            return Ok(());
+        }
+        self.client.resize_devices(meta_blocks, data_blocks)
     }
 }

@@ -1,0 +1,155 @@
+//! The client of a mount's control socket, for the `scoutfs` commands and
+//! for archive agents that link this library.
+
+use super::proto::{header, payload_prefix, recv_frame, send_frame, socket_path, FrameError};
+use crate::cluster::net::msg::StatfsInfo;
+use crate::error::{Error, Result};
+use scoutfs_format::control::*;
+use std::os::fd::BorrowedFd;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use zerocopy::IntoBytes;
+
+/// A connection to one mount's control socket. Requests go one at a time.
+pub struct ControlClient {
+    sock: UnixStream,
+    path: PathBuf,
+    next_id: u64,
+}
+
+/// What STATFS_MORE answers: the mount's id, and the filesystem's ids and
+/// totals as its server counts them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MountStatfs {
+    pub rid: u64,
+    pub fs: StatfsInfo,
+}
+
+impl ControlClient {
+    /// Connects to the socket at `path`.
+    pub fn connect(path: &Path) -> Result<ControlClient> {
+        let sock = UnixStream::connect(path)
+            .map_err(|e| Error::io(format!("connecting to {}", path.display()), e))?;
+        Ok(ControlClient {
+            sock,
+            path: path.to_path_buf(),
+            next_id: 1,
+        })
+    }
+
+    /// Connects to the mount that holds `path` (any file or directory in
+    /// it), through the socket in `run_dir` named by the device number
+    /// `stat(2)` gives.
+    pub fn for_path(path: &Path, run_dir: &Path) -> Result<ControlClient> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path.display().to_string(), e))?;
+        let sock = socket_path(run_dir, meta.dev());
+        if !sock.exists() {
+            return Err(Error::Config(format!(
+                "{}: not in a scoutfs mount of this host (no control socket {})",
+                path.display(),
+                sock.display()
+            )));
+        }
+        ControlClient::connect(&sock).map_err(|e| {
+            Error::Config(format!(
+                "{}: the mount's control socket does not answer (is the mount still running?): {e}",
+                path.display()
+            ))
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sends a request and returns its answer's payload (the frames of a
+    /// long answer joined). A failure the mount reports is an
+    /// [`Error::Errno`] with its errno and message.
+    pub fn call(&mut self, op: u16, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.call_each(op, payload, fds, |p| {
+            out.extend_from_slice(p);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Sends a request and hands each frame of its answer to `each` as it
+    /// arrives (a long listing, or a stream that ends when the mount says).
+    pub fn call_each(
+        &mut self,
+        op: u16,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+        mut each: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut hdr = header(op, id, payload.len());
+        hdr.nfds = fds.len() as u8;
+        let what = |what: &str| format!("{}: {what}", self.path.display());
+        send_frame(&self.sock, &hdr, payload, fds).map_err(|e| Error::io(what("sending"), e))?;
+        loop {
+            let frame = match recv_frame(&self.sock, CONTROL_RESPONSE_MAX, false) {
+                Ok(Some(f)) => f,
+                Ok(None) => unreachable!("only an idle read returns no frame"),
+                Err(FrameError::Closed) => {
+                    return Err(Error::Disconnected(what("the mount closed the socket")))
+                }
+                Err(FrameError::Io(e)) => return Err(Error::io(what("receiving"), e)),
+                Err(FrameError::Bad(_, why)) => return Err(Error::Protocol(what(&why))),
+            };
+            let h = frame.hdr;
+            if h.id.get() != id || h.op.get() != op {
+                return Err(Error::Protocol(what(&format!(
+                    "an answer to request {} (operation {}) came for request {id} (operation {op})",
+                    h.id.get(),
+                    h.op.get()
+                ))));
+            }
+            let status = h.status.get() as i32;
+            if status != 0 {
+                return Err(Error::Errno {
+                    what: String::from_utf8_lossy(&frame.payload).into_owned(),
+                    errno: status,
+                });
+            }
+            each(&frame.payload)?;
+            if h.flags.get() & CONTROL_FLAG_MORE == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The filesystem's ids and space (STATFS_MORE).
+    pub fn statfs(&mut self) -> Result<MountStatfs> {
+        let p = self.call(op::STATFS_MORE, &[], &[])?;
+        let s: ControlStatfs =
+            payload_prefix(op::STATFS_MORE, &p).map_err(|(_, why)| Error::Protocol(why))?;
+        Ok(MountStatfs {
+            rid: s.rid.get(),
+            fs: StatfsInfo {
+                fsid: s.fsid.get(),
+                total_meta_blocks: s.total_meta_blocks.get(),
+                free_meta_blocks: s.free_meta_blocks.get(),
+                reserved_meta_blocks: s.reserved_meta_blocks.get(),
+                total_data_blocks: s.total_data_blocks.get(),
+                free_data_blocks: s.free_data_blocks.get(),
+                inode_count: s.inode_count.get(),
+            },
+        })
+    }
+
+    /// Grows the devices to these sizes in 64 KiB metadata and 4 KiB data
+    /// blocks (0: unchanged), once the devices themselves have grown.
+    pub fn resize_devices(&mut self, meta_blocks: u64, data_blocks: u64) -> Result<()> {
+        let req = ControlResize {
+            meta_blocks: meta_blocks.into(),
+            data_blocks: data_blocks.into(),
+        };
+        self.call(op::RESIZE_DEVICES, req.as_bytes(), &[])?;
+        Ok(())
+    }
+}

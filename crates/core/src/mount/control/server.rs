@@ -1,0 +1,389 @@
+//! The mount's side of the control socket: a listener thread and a thread
+//! per connection (at most [`CONNECTIONS_MAX`]), each answering its
+//! requests in order.
+//!
+//! Nothing a peer sends can disturb the mount: a frame that is not one
+//! (bad magic, another version, an oversized payload, too many
+//! descriptors, a frame that stops arriving) is answered with an error
+//! when an answer can still be framed, counted, and its connection
+//! closed; an unknown operation or a malformed payload is answered with
+//! an error and counted, and the connection goes on. Operations the
+//! original reserved for `CAP_SYS_ADMIN` check the peer's credentials as
+//! the socket gave them at connect (`SO_PEERCRED`).
+
+use super::proto::{header, payload_prefix, recv_frame, send_frame, Frame, FrameError};
+use crate::error::{Error, Result};
+use crate::mount::fs::Fs;
+use scoutfs_format::control::*;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use zerocopy::IntoBytes;
+
+/// Connections served at once; more are closed as they arrive.
+pub const CONNECTIONS_MAX: usize = 64;
+
+/// The capability's number (`linux/capability.h`).
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// How often an idle connection and the listener look for a stop.
+const POLL: Duration = Duration::from_millis(200);
+
+/// What the control socket has seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ControlStats {
+    pub connections: u64,
+    /// Connections closed at once: [`CONNECTIONS_MAX`] were open.
+    pub connections_refused: u64,
+    pub requests: u64,
+    /// Requests answered with an error.
+    pub failed: u64,
+    /// Frames that were not frames, unknown operations and malformed
+    /// payloads.
+    pub malformed: u64,
+    /// Requests refused for the caller's credentials.
+    pub denied: u64,
+}
+
+#[derive(Default)]
+struct Counts {
+    connections: AtomicU64,
+    connections_refused: AtomicU64,
+    requests: AtomicU64,
+    failed: AtomicU64,
+    malformed: AtomicU64,
+    denied: AtomicU64,
+}
+
+struct Shared {
+    fs: Arc<Fs>,
+    rid: u64,
+    stop: AtomicBool,
+    open: AtomicUsize,
+    counts: Counts,
+    conns: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A mount's control socket being served.
+pub struct ControlServer {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    listener: Option<JoinHandle<()>>,
+}
+
+/// The peer's credentials at connect.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    pid: i32,
+    uid: u32,
+}
+
+impl ControlServer {
+    /// Serves `fs` (of the mount `rid`) on a new socket at `path`. A
+    /// socket left there by a mount that is gone is replaced; one that
+    /// answers is refused.
+    pub fn start(path: &Path, fs: Arc<Fs>, rid: u64) -> Result<ControlServer> {
+        let ctx = |what: &str| format!("{what} {}", path.display());
+        if UnixStream::connect(path).is_ok() {
+            return Err(Error::Conflict(format!(
+                "{}: another mount serves this control socket",
+                path.display()
+            )));
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(ctx("removing the stale socket"), e)),
+        }
+        let listener = UnixListener::bind(path)
+            .map_err(|e| Error::io(ctx("binding the control socket"), e))?;
+        // Anyone may connect: each operation checks its caller (descriptors
+        // the caller opened, or its credentials).
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+            .map_err(|e| Error::io(ctx("setting the mode of"), e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io(ctx("setting up"), e))?;
+        let shared = Arc::new(Shared {
+            fs,
+            rid,
+            stop: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            counts: Counts::default(),
+            conns: Mutex::new(Vec::new()),
+        });
+        let s = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || listen(listener, s))
+            .map_err(|e| Error::io("starting the control thread", e))?;
+        Ok(ControlServer {
+            shared,
+            path: path.to_path_buf(),
+            listener: Some(handle),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn stats(&self) -> ControlStats {
+        let c = &self.shared.counts;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ControlStats {
+            connections: l(&c.connections),
+            connections_refused: l(&c.connections_refused),
+            requests: l(&c.requests),
+            failed: l(&c.failed),
+            malformed: l(&c.malformed),
+            denied: l(&c.denied),
+        }
+    }
+
+    /// Stops serving: no new connection is taken, each open one ends
+    /// after the request it is answering, and the socket is removed.
+    pub fn stop(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(h) = self.listener.take() {
+            let _ = h.join();
+        }
+        let conns = std::mem::take(&mut *lock(&self.shared.conns));
+        for h in conns {
+            let _ = h.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        if self.listener.is_some() {
+            self.stop_now();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn listen(listener: UnixListener, shared: Arc<Shared>) {
+    while !shared.stop.load(Ordering::Acquire) {
+        let sock = match listener.accept() {
+            Ok((sock, _)) => sock,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(POLL / 4);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("control socket: accept: {e}");
+                std::thread::sleep(POLL);
+                continue;
+            }
+        };
+        crate::counters::inc(&shared.counts.connections);
+        if shared.open.load(Ordering::Acquire) >= CONNECTIONS_MAX {
+            crate::counters::inc(&shared.counts.connections_refused);
+            continue;
+        }
+        shared.open.fetch_add(1, Ordering::AcqRel);
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("control-conn".into())
+            .spawn(move || {
+                serve(&sock, &s);
+                s.open.fetch_sub(1, Ordering::AcqRel);
+            });
+        let mut conns = lock(&shared.conns);
+        conns.retain(|h| !h.is_finished());
+        match spawned {
+            Ok(h) => conns.push(h),
+            Err(e) => {
+                shared.open.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!("control socket: starting a connection thread: {e}");
+            }
+        }
+    }
+}
+
+fn peer_of(sock: &UnixStream) -> io::Result<Peer> {
+    // SAFETY: a zeroed ucred is valid; getsockopt writes at most `len`
+    // bytes into it.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Peer {
+        pid: cred.pid,
+        uid: cred.uid,
+    })
+}
+
+/// Whether the peer may do what the original reserved for CAP_SYS_ADMIN:
+/// root, or a process that holds the capability.
+fn is_admin(peer: &Peer) -> bool {
+    if peer.uid == 0 {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", peer.pid)) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+fn serve(sock: &UnixStream, shared: &Shared) {
+    let peer = match peer_of(sock) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("control socket: the peer's credentials: {e}");
+            return;
+        }
+    };
+    if sock.set_read_timeout(Some(POLL)).is_err()
+        || sock
+            .set_write_timeout(Some(super::proto::FRAME_TIMEOUT))
+            .is_err()
+    {
+        return;
+    }
+    while !shared.stop.load(Ordering::Acquire) {
+        let frame = match recv_frame(sock, CONTROL_REQUEST_MAX, true) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(FrameError::Closed) => return,
+            Err(FrameError::Io(e)) => {
+                crate::counters::inc(&shared.counts.malformed);
+                tracing::debug!("control socket: pid {}: {e}", peer.pid);
+                return;
+            }
+            Err(FrameError::Bad(errno, why)) => {
+                // The stream is out of step: answer if we can, and close.
+                crate::counters::inc(&shared.counts.malformed);
+                tracing::debug!("control socket: pid {}: {why}", peer.pid);
+                let _ = answer(sock, 0, 0, Err((errno, why)));
+                return;
+            }
+        };
+        crate::counters::inc(&shared.counts.requests);
+        let (op, id) = (frame.hdr.op.get(), frame.hdr.id.get());
+        let res = handle(shared, &peer, frame);
+        if let Err((errno, _)) = &res {
+            crate::counters::inc(&shared.counts.failed);
+            if *errno == libc::EPERM {
+                crate::counters::inc(&shared.counts.denied);
+            }
+        }
+        if answer(sock, op, id, res).is_err() {
+            return;
+        }
+    }
+}
+
+fn answer(
+    sock: &UnixStream,
+    op: u16,
+    id: u64,
+    res: std::result::Result<Vec<u8>, (i32, String)>,
+) -> io::Result<()> {
+    let (status, payload) = match res {
+        Ok(p) => (0, p),
+        Err((errno, why)) => (errno, why.into_bytes()),
+    };
+    let mut hdr = header(op, id, payload.len());
+    hdr.status = (status as u32).into();
+    send_frame(sock, &hdr, &payload, &[])
+}
+
+/// An error's message for the peer, without the errno's text (the peer
+/// adds it).
+fn message(e: &Error) -> String {
+    match e {
+        Error::Errno { what, .. } => what.clone(),
+        e => e.to_string(),
+    }
+}
+
+fn failed(e: Error) -> (i32, String) {
+    (e.errno(), message(&e))
+}
+
+fn handle(
+    shared: &Shared,
+    peer: &Peer,
+    frame: Frame,
+) -> std::result::Result<Vec<u8>, (i32, String)> {
+    let Frame { hdr, payload, fds } = frame;
+    let op = hdr.op.get();
+    if fds.len() != hdr.nfds as usize {
+        crate::counters::inc(&shared.counts.malformed);
+        return Err((
+            libc::EINVAL,
+            format!(
+                "the header says {} descriptors, {} came",
+                hdr.nfds,
+                fds.len()
+            ),
+        ));
+    }
+    let fs = &shared.fs;
+    match op {
+        op::STATFS_MORE => {
+            let s = fs.statfs().map_err(|e| (e.0, "statfs".to_string()))?;
+            Ok(ControlStatfs {
+                fsid: fs.fsid.into(),
+                rid: shared.rid.into(),
+                total_meta_blocks: s.total_meta_blocks.into(),
+                free_meta_blocks: s.free_meta_blocks.into(),
+                reserved_meta_blocks: s.reserved_meta_blocks.into(),
+                total_data_blocks: s.total_data_blocks.into(),
+                free_data_blocks: s.free_data_blocks.into(),
+                inode_count: s.inode_count.into(),
+            }
+            .as_bytes()
+            .to_vec())
+        }
+        op::RESIZE_DEVICES => {
+            let r: ControlResize = payload_prefix(op, &payload).inspect_err(|_| {
+                crate::counters::inc(&shared.counts.malformed);
+            })?;
+            if !is_admin(peer) {
+                return Err((
+                    libc::EPERM,
+                    "resizing the devices needs root (CAP_SYS_ADMIN)".into(),
+                ));
+            }
+            fs.resize_devices(r.meta_blocks.get(), r.data_blocks.get())
+                .map_err(failed)?;
+            Ok(Vec::new())
+        }
+        _ => {
+            crate::counters::inc(&shared.counts.malformed);
+            Err((libc::EOPNOTSUPP, format!("unknown operation {op}")))
+        }
+    }
+}
