@@ -15,7 +15,7 @@ mod common;
 
 use scoutfs_core::cluster::quorum::driver::find_server;
 use scoutfs_core::mount::fs::types::NewNode;
-use scoutfs_core::mount::fs::{Fs, ENOENT};
+use scoutfs_core::mount::fs::{Fs, ENOENT, ENOSPC};
 use scoutfs_core::mount::{Mount, MountOptions, MountRole};
 use scoutfs_core::store::block::BlockCache;
 use scoutfs_core::store::commit::read_super;
@@ -363,6 +363,48 @@ fn a_file_open_on_one_mount_and_unlinked_on_another_lives_until_it_is_closed() {
         "free data {back} blocks after the close, {start} before"
     );
     assert_eq!(a.getattr(f.ino).unwrap_err(), ENOENT);
+    drop(fss);
+    unmount_all(mounts);
+    common::assert_clean(&meta, &data);
+}
+
+/// Two mounts sit idle, each holding the data extents it was given when
+/// the pool was full (an eighth of the device each); the third fills the
+/// device. As the pool drains, the idle mounts are asked to give back what
+/// is past their share, so the writer gets nearly all of the space, and
+/// it all comes back when the file is deleted.
+#[test]
+fn idle_mounts_give_back_their_data_as_another_fills_the_device() {
+    let (meta, data) = make_fs(1);
+    let mounts = three_mounts(&meta, &data);
+    let fss: Vec<&Fs> = mounts.iter().map(|m| m.fs().as_ref()).collect();
+    let start = free_now(&fss);
+    let w = fss[1];
+    let f = w.mknod(ROOT_INO, b"fill", &NewNode::new(REG)).unwrap();
+    let buf = vec![0x5au8; MB];
+    let mut off = 0u64;
+    loop {
+        match w.write(f.ino, off, &buf) {
+            Ok(n) => off += n as u64,
+            Err(e) => {
+                assert_eq!(e, ENOSPC, "filling the device");
+                break;
+            }
+        }
+    }
+    let wrote = off / 4096;
+    eprintln!("one of three mounts wrote {wrote} blocks of {start} free");
+    assert!(
+        wrote >= start * 95 / 100,
+        "the writer got {wrote} blocks of {start} free: the idle mounts kept the rest"
+    );
+    w.unlink(ROOT_INO, b"fill").unwrap();
+    w.evict(f.ino).unwrap();
+    let back = wait_free_data(&fss, start - 64);
+    assert!(
+        back + 64 >= start,
+        "free data {back} blocks after deleting, {start} before"
+    );
     drop(fss);
     unmount_all(mounts);
     common::assert_clean(&meta, &data);

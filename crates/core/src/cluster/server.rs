@@ -47,8 +47,9 @@
 //! reclaim. A quorum member's is held while answering it would leave too
 //! few quorum members mounted to elect a server (no more than the votes
 //! needed), unless every remaining mount is a quorum member that has said
-//! farewell too: then they leave together. So the last quorum members never
-//! strand each other or the non-quorum mounts.
+//! farewell too and has recovered its locks from this server: then they
+//! leave together. So the last quorum members never strand each other or
+//! the non-quorum mounts.
 //!
 //! Merging (see [`ServerOptions::merge_interval`]): log trees that hold
 //! items are merged into `fs_root` while mounts run. A *round* first
@@ -118,6 +119,19 @@ pub fn data_fill_target(sb: &SuperBlock) -> u64 {
 
 /// The smallest share of a draining data pool a fill asks for (1 MiB).
 const DATA_SHARE_MIN: u64 = 256;
+
+/// The longest a mount's transaction waits for data that other mounts were
+/// asked to give back.
+const DATA_WAIT: Duration = Duration::from_secs(2);
+
+/// A mount's opened transaction, not yet answered, waiting for the data
+/// other mounts give back (see `answer_trans`).
+struct DataWaiter {
+    rid: u64,
+    id: u64,
+    waiting_on: BTreeSet<u64>,
+    deadline: Instant,
+}
 
 /// How long a server waits for the mounts of an earlier server to greet
 /// and report their locks before it fences them (the original's 30 s).
@@ -383,6 +397,8 @@ struct State {
     /// Open-inode map rounds under way.
     omap: OmapServer,
     data_dev: Option<Arc<dyn BlockDev>>,
+    /// Mounts whose transaction waits for data other mounts give back.
+    data_waiters: Vec<DataWaiter>,
 }
 
 /// A merge of finalized log trees into fs_root, a step at a time.
@@ -424,6 +440,7 @@ impl State {
             merge_interval: opts.merge_interval,
             omap: OmapServer::new(),
             data_dev: opts.data_dev,
+            data_waiters: Vec::new(),
         };
         if let Err(e) = st.begin(opts.alone, &opts.fenced) {
             // Not knowing who is mounted, it must not serve at all.
@@ -752,11 +769,20 @@ impl State {
                     req: Request::OpenInoMap { group },
                 }) => self.omap_request(rid, id, group),
                 Some(Event::Request { rid, id, req }) => {
+                    let opens = matches!(req, Request::GetLogTrees | Request::CommitLogTrees(_));
+                    let commits = matches!(req, Request::CommitLogTrees(_));
                     let resp = self.request(rid, req).unwrap_or_else(|e| {
                         tracing::warn!("request from {rid:#x} failed: {e}");
                         Response::Error(e.errno())
                     });
-                    self.link.respond(rid, id, &resp);
+                    if opens {
+                        self.answer_trans(rid, id, resp)?;
+                    } else {
+                        self.link.respond(rid, id, &resp);
+                    }
+                    if commits {
+                        self.data_waiters_progress(Some(rid))?;
+                    }
                 }
                 Some(Event::Response { rid, id, resp }) => self.response(rid, id, resp),
             }
@@ -770,6 +796,9 @@ impl State {
     /// Timers: fence the mounts that missed recovery or stayed away, and
     /// reclaim the ones whose fence finished.
     fn tick(&mut self) -> Result<()> {
+        if !self.data_waiters.is_empty() {
+            self.data_waiters_progress(None)?;
+        }
         let now = Instant::now();
         if now >= self.recovery_deadline {
             for Rid(rid) in self.locks.recovery_pending() {
@@ -890,6 +919,10 @@ impl State {
         self.seq = seq;
         self.asked.retain(|&(r, _)| r != rid);
         self.absent.remove(&rid);
+        self.data_waiters.retain(|w| w.rid != rid);
+        for w in self.data_waiters.iter_mut() {
+            w.waiting_on.remove(&rid);
+        }
         let mut txn = self.store.begin();
         if let Some(mut lt) = self.current_log_trees(&txn, rid)? {
             reclaim_freed(&mut txn, &mut lt)?;
@@ -925,10 +958,14 @@ impl State {
         loop {
             let pending: BTreeSet<Rid> = self.locks.recovery_pending().into_iter().collect();
             let quorum = self.mounted.values().filter(|m| m.quorum).count();
-            let all_leaving = self
-                .mounted
-                .iter()
-                .all(|(r, m)| m.quorum && self.farewells.contains_key(r));
+            // The last quorum members leave together: only once every one
+            // of them has said farewell and none is still recovering its
+            // locks. Answering one of them earlier (the server's own mount,
+            // say) could leave the others too few to elect the server that
+            // would answer them.
+            let all_leaving = self.mounted.iter().all(|(r, m)| {
+                m.quorum && self.farewells.contains_key(r) && !pending.contains(&Rid(*r))
+            });
             let due = self
                 .farewells
                 .iter()
@@ -939,10 +976,17 @@ impl State {
                         && (!member || quorum > self.votes_needed || all_leaving)
                 });
             let Some((rid, id)) = due else {
+                if !self.farewells.is_empty() {
+                    tracing::info!(
+                        "farewells held: {:x?} (quorum members mounted: {quorum})",
+                        self.farewells.keys().collect::<Vec<_>>()
+                    );
+                }
                 return Ok(());
             };
             self.farewells.remove(&rid);
             self.reclaim(rid)?;
+            tracing::info!("farewell of mount {rid:#018x}: reclaimed and answered");
             self.link.respond(rid, id, &Response::Done);
             self.link.forget_when_gone(rid);
         }
@@ -1243,6 +1287,120 @@ impl State {
         Ok(lt)
     }
 
+    /// Asks the other mounts that hold more than twice their share of the
+    /// data pool's `pool` blocks to commit, which gives the rest back (see
+    /// [`refill`]); returns those asked. A mount that has been idle since
+    /// the pool was full keeps what it was given then; without this the
+    /// others would run out while space is free.
+    fn ask_for_excess_data(&mut self, short: u64, pool: u64) -> Result<BTreeSet<u64>> {
+        let full = data_fill_target(&self.store.sb);
+        let mounts = self.mounted.len();
+        let txn = self.store.begin();
+        let mut asked = BTreeSet::new();
+        let others: Vec<u64> = self
+            .mounted
+            .keys()
+            .copied()
+            .filter(|&r| r != short)
+            .collect();
+        for rid in others {
+            let Some(lt) = self.current_log_trees(&txn, rid)? else {
+                continue;
+            };
+            let held = lt.data_avail.total_len.get();
+            if lt.is_finalized() || !holds_excess(held, pool, mounts, full) {
+                continue;
+            }
+            match self.link.request(rid, &ServerRequest::SyncLogTrees) {
+                Ok(id) => {
+                    tracing::debug!("asking {rid:#x} to give back data: it holds {held} blocks");
+                    self.asked.insert((rid, id));
+                    asked.insert(rid);
+                }
+                Err(e) => tracing::debug!("asking {rid:#x} to give back data: {e}"),
+            }
+        }
+        Ok(asked)
+    }
+
+    /// Answers a request that opened a mount's transaction, unless the
+    /// transaction's data extents came short of a quarter of a fill while
+    /// other mounts hold more than their share: then those are asked to
+    /// give it back, and the answer waits (at most [`DATA_WAIT`]) until
+    /// they have, when the transaction is filled again. So a mount sees
+    /// ENOSPC only when no other mount holds space it could have.
+    fn answer_trans(&mut self, rid: u64, id: u64, resp: Response) -> Result<()> {
+        let short = match &resp {
+            Response::LogTrees(lt) => lt.data_avail.flags.get() & ALLOC_FLAG_LOW != 0,
+            _ => false,
+        };
+        self.data_waiters.retain(|w| w.rid != rid);
+        if short {
+            let pool = self.store.sb.data_alloc.total_len.get();
+            let asked = self.ask_for_excess_data(rid, pool)?;
+            if !asked.is_empty() {
+                self.data_waiters.push(DataWaiter {
+                    rid,
+                    id,
+                    waiting_on: asked,
+                    deadline: Instant::now() + DATA_WAIT,
+                });
+                return Ok(());
+            }
+        }
+        self.link.respond(rid, id, &resp);
+        Ok(())
+    }
+
+    /// A mount committed, left or was reclaimed: the waiters for data it
+    /// held stop waiting for it, and those that wait for nothing more (or
+    /// waited long enough) get their transaction, filled again.
+    fn data_waiters_progress(&mut self, gone: Option<u64>) -> Result<()> {
+        let now = Instant::now();
+        for w in self.data_waiters.iter_mut() {
+            if let Some(g) = gone {
+                w.waiting_on.remove(&g);
+            }
+        }
+        let (ready, wait): (Vec<DataWaiter>, Vec<DataWaiter>) =
+            std::mem::take(&mut self.data_waiters)
+                .into_iter()
+                .partition(|w| w.waiting_on.is_empty() || now >= w.deadline);
+        self.data_waiters = wait;
+        for w in ready {
+            if !self.mounted.contains_key(&w.rid) {
+                continue;
+            }
+            let resp = match self.refill_open(w.rid) {
+                Ok(lt) => Response::LogTrees(Box::new(lt)),
+                Err(e) => {
+                    tracing::warn!("filling the transaction of {:#x} again: {e}", w.rid);
+                    Response::Error(e.errno())
+                }
+            };
+            self.link.respond(w.rid, w.id, &resp);
+        }
+        Ok(())
+    }
+
+    /// Fills the open transaction of a mount that has not seen it yet
+    /// again (space came back since it was opened).
+    fn refill_open(&mut self, rid: u64) -> Result<LogTrees> {
+        let mut txn = self.store.begin();
+        let Some(mut lt) = self
+            .current_log_trees(&txn, rid)?
+            .filter(|lt| lt.trans_open())
+        else {
+            drop(txn);
+            return self.get_log_trees(rid);
+        };
+        refill(&mut txn, &mut lt, self.mounted.len())?;
+        let key = log_trees_key(rid, lt.nr.get());
+        btree::insert(&mut txn.w, &mut txn.sb.logs_root, &key, 0, 0, lt.as_bytes())?;
+        self.commit(txn)?;
+        Ok(lt)
+    }
+
     /// Records a mount's committed transaction and opens its next one, in
     /// one server commit; returns the open log tree.
     fn commit_log_trees(&mut self, rid: u64, lt: &LogTrees) -> Result<LogTrees> {
@@ -1458,7 +1616,29 @@ fn refill(txn: &mut Txn, lt: &mut LogTrees, mounts: usize) -> Result<()> {
             extent::free_extent(&mut txn.w, &mut lt.data_avail, e.start, e.len)?;
         }
     }
+    // A mount that holds more than twice its share of a draining pool
+    // (it was filled when the pool was full, and has been idle since)
+    // gives back what is past its share.
+    let held = lt.data_avail.total_len.get();
+    if held > target * 2 {
+        let mut excess = held - target;
+        while excess > 0 {
+            let Some(e) = extent::alloc_extent(&mut txn.w, &mut lt.data_avail, excess)? else {
+                break;
+            };
+            extent::free_extent(&mut txn.w, &mut txn.sb.data_alloc, e.start, e.len)?;
+            excess -= e.len;
+        }
+    }
     let low = lt.data_avail.total_len.get() < full / 4;
     lt.data_avail.flags = if low { ALLOC_FLAG_LOW } else { 0 }.into();
     Ok(())
+}
+
+/// Whether a mount holding `held` data blocks should give some back to a
+/// pool of `pool` blocks shared by `mounts` mounts (as its next refill
+/// would: see [`refill`]).
+fn holds_excess(held: u64, pool: u64, mounts: usize, full: u64) -> bool {
+    let share = full.min(((pool + held) / (mounts as u64 + 1)).max(DATA_SHARE_MIN));
+    held > share * 2
 }
