@@ -570,6 +570,9 @@ impl Fs {
         }
         let _local = self.lock_local(&[ino]);
         self.truncate_blocks(&g, &a, 0)?;
+        // Freeing the blocks wrote the inode, and moved its index items to
+        // that transaction's seq: delete those, not the ones read before.
+        let a = self.read_inode(&g, ino)?;
         let op = self.begin_freeing(&[seqs_of(&a)])?;
         self.delete_inode_items(&op, &g, ino)?;
         self.delete_inode(&op, &g, &a)?;
