@@ -374,6 +374,8 @@ struct State {
     mounted: BTreeMap<u64, Mounted>,
     /// Held farewells of quorum members: rid to request id.
     farewells: BTreeMap<u64, u64>,
+    /// The held farewells last logged.
+    farewells_logged: Vec<u64>,
     /// When each mounted rid was first seen without a connection.
     absent: HashMap<u64, Instant>,
     fencing: HashMap<u64, FenceHandle>,
@@ -426,6 +428,7 @@ impl State {
             term: opts.term,
             mounted: BTreeMap::new(),
             farewells: BTreeMap::new(),
+            farewells_logged: Vec::new(),
             absent: HashMap::new(),
             fencing: HashMap::new(),
             fencer: opts.fencer,
@@ -976,12 +979,14 @@ impl State {
                         && (!member || quorum > self.votes_needed || all_leaving)
                 });
             let Some((rid, id)) = due else {
-                if !self.farewells.is_empty() {
-                    tracing::info!(
-                        "farewells held: {:x?} (quorum members mounted: {quorum})",
-                        self.farewells.keys().collect::<Vec<_>>()
-                    );
+                // Said once per change: this runs at every tick while a
+                // farewell is held, which may be for as long as the other
+                // members stay.
+                let held: Vec<u64> = self.farewells.keys().copied().collect();
+                if !held.is_empty() && held != self.farewells_logged {
+                    tracing::info!("farewells held: {held:x?} (quorum members mounted: {quorum})");
                 }
+                self.farewells_logged = held;
                 return Ok(());
             };
             self.farewells.remove(&rid);
