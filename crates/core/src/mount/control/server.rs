@@ -17,7 +17,7 @@ use crate::mount::fs::Fs;
 use scoutfs_format::control::*;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -74,6 +74,8 @@ struct Shared {
 pub struct ControlServer {
     shared: Arc<Shared>,
     path: PathBuf,
+    /// The inode of the socket file this server bound.
+    ino: Option<u64>,
     listener: Option<JoinHandle<()>>,
 }
 
@@ -85,17 +87,13 @@ struct Peer {
 }
 
 impl ControlServer {
-    /// Serves `fs` (of the mount `rid`) on a new socket at `path`. A
-    /// socket left there by a mount that is gone is replaced; one that
-    /// answers is refused.
+    /// Serves `fs` (of the mount `rid`) on a new socket at `path`,
+    /// replacing any socket there (see below).
     pub fn start(path: &Path, fs: Arc<Fs>, rid: u64) -> Result<ControlServer> {
         let ctx = |what: &str| format!("{what} {}", path.display());
-        if UnixStream::connect(path).is_ok() {
-            return Err(Error::Conflict(format!(
-                "{}: another mount serves this control socket",
-                path.display()
-            )));
-        }
+        // The path is named by this mount's FUSE device number: a socket
+        // there is a mount's whose FUSE mount is gone (one still ending
+        // may answer for a moment), and is replaced.
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -123,9 +121,11 @@ impl ControlServer {
             .name("control".into())
             .spawn(move || listen(listener, s))
             .map_err(|e| Error::io("starting the control thread", e))?;
+        let ino = std::fs::symlink_metadata(path).ok().map(|m| m.ino());
         Ok(ControlServer {
             shared,
             path: path.to_path_buf(),
+            ino,
             listener: Some(handle),
         })
     }
@@ -162,7 +162,12 @@ impl ControlServer {
         for h in conns {
             let _ = h.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        // Only our own socket: a new mount with the same FUSE device
+        // number may have replaced it already.
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| Some(m.ino()) == self.ino);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
