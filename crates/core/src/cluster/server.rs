@@ -1611,7 +1611,7 @@ fn refill(txn: &mut Txn, lt: &mut LogTrees, mounts: usize) -> Result<()> {
     // the rest, until none is left.
     let full = data_fill_target(&txn.sb);
     let left = txn.sb.data_alloc.total_len.get() + lt.data_avail.total_len.get();
-    let target = full.min((left / (mounts as u64 + 1)).max(DATA_SHARE_MIN));
+    let target = data_share(left, mounts, full);
     if lt.data_avail.total_len.get() < target / 4 {
         while lt.data_avail.total_len.get() < target {
             let want = target - lt.data_avail.total_len.get();
@@ -1640,10 +1640,15 @@ fn refill(txn: &mut Txn, lt: &mut LogTrees, mounts: usize) -> Result<()> {
     Ok(())
 }
 
+/// A mount's share of `left` data blocks among `mounts` mounts and the
+/// server: at most a full fill, at least [`DATA_SHARE_MIN`].
+fn data_share(left: u64, mounts: usize, full: u64) -> u64 {
+    full.min((left / (mounts as u64 + 1)).max(DATA_SHARE_MIN))
+}
+
 /// Whether a mount holding `held` data blocks should give some back to a
 /// pool of `pool` blocks shared by `mounts` mounts (as its next refill
 /// would: see [`refill`]).
 fn holds_excess(held: u64, pool: u64, mounts: usize, full: u64) -> bool {
-    let share = full.min(((pool + held) / (mounts as u64 + 1)).max(DATA_SHARE_MIN));
-    held > share * 2
+    held > data_share(pool + held, mounts, full) * 2
 }
