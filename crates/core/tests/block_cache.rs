@@ -193,3 +193,69 @@ fn a_commit_that_takes_the_next_inode_back_is_refused() {
     let durable = common::open(&meta).sb;
     assert_eq!(durable.hdr.seq, before.hdr.seq, "a super block was written");
 }
+
+/// A device that runs `during` inside each read, between the cache's
+/// lookup and its insert.
+struct DuringRead {
+    dev: MemDev,
+    during: std::sync::Mutex<Option<Box<dyn FnMut() + Send>>>,
+}
+
+impl BlockDev for DuringRead {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        self.dev.read_at(buf, off)?;
+        if let Some(f) = self.during.lock().unwrap().as_mut() {
+            f();
+        }
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
+        self.dev.write_at(buf, off)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.dev.flush()
+    }
+    fn size(&self) -> u64 {
+        self.dev.size()
+    }
+    fn name(&self) -> &str {
+        "during-read"
+    }
+}
+
+/// A read that began before `clear` does not put back what it read: after
+/// the clear every block comes from the device again, so a block changed
+/// under the cache (here, corrupted) is seen.
+#[test]
+fn a_read_racing_a_clear_leaves_nothing_cached() {
+    let (meta, store) = fs_with_items(10);
+    let fsid = store.sb.hdr.fsid.get();
+    let r = store.sb.srch_root.blk;
+    let dev = Arc::new(DuringRead {
+        dev: meta.clone(),
+        during: std::sync::Mutex::new(None),
+    });
+    let c = Arc::new(BlockCache::new(dev.clone(), fsid, 16));
+    // The clear lands while the device read is under way; the block is
+    // corrupted on the device after that read.
+    let weak = Arc::downgrade(&c);
+    let off = r.blkno.get() * BLOCK_LG_SIZE as u64 + 5000;
+    let m = meta.clone();
+    *dev.during.lock().unwrap() = Some(Box::new(move || {
+        m.corrupt_byte(off);
+        if let Some(c) = weak.upgrade() {
+            c.clear();
+        }
+    }));
+    assert!(
+        c.read(&r, magic::BTREE).is_ok(),
+        "the read saw the old bytes"
+    );
+    assert_eq!(c.cached_blocks(), 0, "and did not cache them");
+    *dev.during.lock().unwrap() = None;
+    assert!(matches!(c.read(&r, magic::BTREE), Err(Error::Corrupt(_))));
+    // The byte flipped back: without a clear, a read caches what it read.
+    meta.corrupt_byte(off);
+    c.read(&r, magic::BTREE).unwrap();
+    assert_eq!(c.cached_blocks(), 1);
+}

@@ -146,6 +146,9 @@ struct Clock {
     slots: Vec<Option<(Arc<Block>, bool)>>,
     free: Vec<usize>,
     hand: usize,
+    /// How many times the cache was cleared: a read that began before a
+    /// clear does not insert what it read.
+    clears: u64,
 }
 
 impl Clock {
@@ -203,6 +206,7 @@ impl BlockCache {
                 slots: Vec::new(),
                 free: Vec::new(),
                 hand: 0,
+                clears: 0,
             }),
             counters: Arc::new(Counters::default()),
         }
@@ -232,6 +236,7 @@ impl BlockCache {
             self.forget(blkno);
         }
         counters::inc(&self.counters.block_cache_miss);
+        let clears = self.lock().clears;
         let mut data = BlockBuf::for_overwrite();
         self.read_raw(blkno, &mut data)?;
         if let Err(e) = verify_block(&data, r, self.fsid, magic) {
@@ -239,7 +244,12 @@ impl BlockCache {
             return Err(e);
         }
         let b = Arc::new(Block { data });
-        self.insert(b.clone());
+        // A copy read before a clear is not put back: after `clear` every
+        // block comes from the device again.
+        let mut c = self.lock();
+        if c.clears == clears {
+            self.insert_locked(&mut c, b.clone());
+        }
         Ok(b)
     }
 
@@ -285,8 +295,12 @@ impl BlockCache {
 
     /// Adds a verified block, evicting clean blocks beyond the bound.
     pub fn insert(&self, b: Arc<Block>) {
-        let blkno = b.header().blkno.get();
         let mut c = self.lock();
+        self.insert_locked(&mut c, b);
+    }
+
+    fn insert_locked(&self, c: &mut Clock, b: Arc<Block>) {
+        let blkno = b.header().blkno.get();
         c.remove(blkno);
         let (i, evicted) = c.slot(self.max_blocks);
         if evicted {
@@ -308,6 +322,7 @@ impl BlockCache {
         c.slots.clear();
         c.free.clear();
         c.hand = 0;
+        c.clears += 1;
     }
 
     pub fn cached_blocks(&self) -> usize {
