@@ -153,3 +153,84 @@ fn garbage_with_valid_checksums_never_panics() {
         "check reported only {reported} of {rounds} garbled blocks"
     );
 }
+
+/// The inode index: a filesystem used through a mount checks clean (every
+/// inode has its meta_seq item and, unless a directory, its data_seq item,
+/// and nothing else is indexed); an index item no inode has and an inode
+/// without its item are each named; past the named ones the rest are
+/// counted.
+#[test]
+fn inode_index_items_left_over_or_missing() {
+    use scoutfs_core::mount::fs::types::NewNode;
+    use scoutfs_format::ROOT_INO;
+    let (meta, data) = common::mem_fs(128 << 20, 64 << 20, 0x1dec);
+    let file = {
+        let mnt = common::mount(&meta, &data);
+        let fs = mnt.fs();
+        let dir = fs
+            .mknod(ROOT_INO, b"d", &NewNode::new(libc::S_IFDIR | 0o755))
+            .unwrap();
+        let reg = NewNode::new(libc::S_IFREG | 0o644);
+        let file = fs.mknod(dir.ino, b"f", &reg).unwrap();
+        fs.mknod(dir.ino, b"g", &reg).unwrap();
+        fs.sync().unwrap();
+        // Later transactions move the index items of all three.
+        fs.write(file.ino, 0, &[5u8; 10000]).unwrap();
+        fs.rename(dir.ino, b"f", ROOT_INO, b"f2", 0).unwrap();
+        fs.unlink(dir.ino, b"g").unwrap();
+        mnt.unmount().unwrap();
+        file.ino
+    };
+    // The next mount's server merges the log trees into fs_root.
+    common::mount(&meta, &data).unmount().unwrap();
+    let r = run_check(&meta, &data);
+    assert!(r.is_clean(), "{:?}", r.problems);
+
+    let mut store = common::open(&meta);
+    let fs_items = |store: &Store, ity: u8, ino: u64| -> Vec<Key> {
+        let lo = Key::new(zone::INODE_INDEX, 0, ity, 0, ino, 0);
+        let hi = Key::new(zone::INODE_INDEX, 0, ity, u64::MAX, u64::MAX, 0);
+        let mut keys = Vec::new();
+        btree::for_each_range(store.cache.as_ref(), &store.sb.fs_root, &lo, &hi, |it| {
+            if it.key.third == ino {
+                keys.push(it.key);
+            }
+            Ok(true)
+        })
+        .unwrap();
+        keys
+    };
+    let meta_item = fs_items(&store, ty::INODE_INDEX_META_SEQ, file);
+    assert_eq!(meta_item.len(), 1, "one meta_seq item for the file");
+    let gone = 999_999;
+    assert!(fs_items(&store, ty::INODE_INDEX_DATA_SEQ, gone).is_empty());
+    let mut txn = store.begin_with(Rng::new(9));
+    btree::delete(&mut txn.w, &mut txn.sb.fs_root, &meta_item[0]).unwrap();
+    let stale = Key::new(zone::INODE_INDEX, 0, ty::INODE_INDEX_DATA_SEQ, 3, gone, 0);
+    btree::insert(&mut txn.w, &mut txn.sb.fs_root, &stale, 1, 0, &[]).unwrap();
+    store.commit(txn).unwrap();
+    let r = run_check(&meta, &data);
+    assert_found(
+        &r,
+        &format!(
+            "no index item for the inode: meta_seq {} of inode {file}",
+            meta_item[0].second
+        ),
+    );
+    assert_found(
+        &r,
+        &format!("an index item no inode has: data_seq 3 of inode {gone}"),
+    );
+    assert_eq!(r.problems.len(), 2, "{:?}", r.problems);
+
+    // Many more: 32 are named, the rest counted.
+    let mut txn = store.begin_with(Rng::new(10));
+    for ino in 100_000..100_050u64 {
+        let k = Key::new(zone::INODE_INDEX, 0, ty::INODE_INDEX_META_SEQ, 7, ino, 0);
+        btree::insert(&mut txn.w, &mut txn.sb.fs_root, &k, 1, 0, &[]).unwrap();
+    }
+    store.commit(txn).unwrap();
+    let r = run_check(&meta, &data);
+    assert_eq!(r.problems.len(), 33, "{:?}", r.problems);
+    assert_found(&r, "inode index: 20 more differences");
+}

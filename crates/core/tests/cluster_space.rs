@@ -409,3 +409,96 @@ fn idle_mounts_give_back_their_data_as_another_fills_the_device() {
     unmount_all(mounts);
     common::assert_clean(&meta, &data);
 }
+
+/// The trees of a merge leave together. Two mounts each change the files
+/// the other created, so each one's log tree holds deletions of index
+/// items the other's tree holds; both die (the devices as they were). The
+/// next server merges both trees; stopped at any write of that merge (and
+/// the device then losing what was not flushed), the server after it
+/// finds no old version uncovered: `check`, which compares the inode
+/// index with the inodes, is clean. Dropped one tree a commit, a stop
+/// between the two drops left the older tree's items visible without the
+/// deletions that covered them.
+#[test]
+fn a_merge_stopped_at_any_write_uncovers_no_old_version() {
+    use scoutfs_core::store::dev::CrashMode;
+    let (meta, data) = make_fs(1);
+    let opts = |role| MountOptions {
+        role,
+        // No round while both run: their trees stay unmerged.
+        merge_interval_ms: 600_000,
+        heartbeat_timeout_ms: 2_000,
+        ..Default::default()
+    };
+    let a = common::mount_with(&meta, &data, &opts(MountRole::Quorum { slot: 0 }));
+    let b = common::mount_with(&meta, &data, &opts(MountRole::Client));
+    let (fa, fb) = (a.fs(), b.fs());
+    let mine = |fs: &Fs, name: &str| {
+        let d = fs
+            .mknod(ROOT_INO, name.as_bytes(), &NewNode::new(DIR))
+            .unwrap();
+        let inos: Vec<u64> = (0..20)
+            .map(|i| {
+                let f = fs
+                    .mknod(d.ino, format!("f{i}").as_bytes(), &NewNode::new(REG))
+                    .unwrap();
+                f.ino
+            })
+            .collect();
+        fs.sync().unwrap();
+        inos
+    };
+    let (from_a, from_b) = (mine(fa, "a"), mine(fb, "b"));
+    // Each changes the other's files in a later transaction: the index
+    // items move, and the deletions of the old ones are in its own tree.
+    for (fs, inos) in [(fb, &from_a), (fa, &from_b)] {
+        for &ino in inos {
+            fs.write(ino, 0, b"changed").unwrap();
+        }
+        fs.sync().unwrap();
+    }
+    let image = meta.snapshot_durable();
+    unmount_all(vec![a, b]);
+    let listed = |dev: &MemDev| {
+        let sb = read_super(dev, true).unwrap();
+        let cache = BlockCache::new(Arc::new(dev.clone()), sb.hdr.fsid.get(), 64);
+        log_roots(&cache, &sb.logs_root).unwrap().len()
+    };
+    let alone = MountOptions {
+        role: MountRole::Alone,
+        ..Default::default()
+    };
+    let mut stopped = 0;
+    for k in 0.. {
+        let dev = MemDev::from_image("meta", &image);
+        if k == 0 {
+            assert_eq!(listed(&dev), 2, "two unmerged log trees to start from");
+            common::assert_clean(&dev, &data);
+        }
+        dev.fail_writes_after(k);
+        let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
+            (Arc::new(dev.clone()), Arc::new(data.clone()));
+        match Mount::open(m, d, &alone) {
+            Ok(mnt) => {
+                // The whole merge fit in `k` writes.
+                dev.clear_faults();
+                mnt.unmount().unwrap();
+                common::assert_clean(&dev, &data);
+                // Only this mount's own tree, finalized as it left.
+                assert_eq!(listed(&dev), 1, "every earlier log tree merged and freed");
+                break;
+            }
+            Err(_) => {
+                stopped += 1;
+                dev.clear_faults();
+                dev.crash(CrashMode::LoseAll);
+                common::mount_with(&dev, &data, &alone).unmount().unwrap();
+                common::assert_clean(&dev, &data);
+            }
+        }
+    }
+    assert!(
+        stopped > 10,
+        "the merge was stopped at only {stopped} writes"
+    );
+}

@@ -66,9 +66,12 @@
 //! tree's versions win over the merged ones. When every tree is
 //! finalized, the finalized trees are merged a batch at a time (newest
 //! version of each key; a deletion deletes), between the server's other
-//! work; then each is freed and dropped. A merge interrupted by failover
-//! is done again by the next server after its own round (merging is
-//! idempotent: the trees stay listed until dropped).
+//! work; then they leave logs_root together, in one commit, for the
+//! freeing list (`log_merge`), and each one's blocks are freed in a commit
+//! of its own. A merge interrupted by failover is done again by the next
+//! server after its own round (merging is idempotent: the trees stay
+//! listed until all their items are in); a freeing interrupted goes on
+//! under the next server.
 //!
 //! Space: the server keeps a reserve of its free metadata ([`meta_reserve`])
 //! for transactions that free space. A mount's `meta_avail` is flagged
@@ -165,6 +168,34 @@ fn meta_pool(sb: &SuperBlock) -> u64 {
 
 fn log_trees_key(rid: u64, nr: u64) -> Key {
     Key::new(zone::LOG_TREES, rid, 0, nr, 0, 0)
+}
+
+/// The key, in `log_merge`, of a merged log tree whose blocks are still to
+/// be freed.
+fn freeing_key(rid: u64, nr: u64) -> Key {
+    Key::new(zone::LOG_MERGE_FREEING, rid, 0, nr, 0, 0)
+}
+
+/// The first merged log tree still to be freed, if any.
+fn first_freeing(store: &Store) -> Result<Option<LogTrees>> {
+    let (lo, hi) = (freeing_key(0, 0), freeing_key(u64::MAX, u64::MAX));
+    let mut found = None;
+    btree::for_each_range(store.cache.as_ref(), &store.sb.log_merge, &lo, &hi, |it| {
+        found = Some(it.val.clone());
+        Ok(false)
+    })?;
+    found
+        .map(|v| {
+            LogTrees::decode(&v).map_err(|e| {
+                Error::corrupt(
+                    CorruptKind::ItemInvalid,
+                    0,
+                    0,
+                    format!("freeing log trees item: {e}"),
+                )
+            })
+        })
+        .transpose()
 }
 
 /// The key of mount `rid`'s item in `mounted_clients`.
@@ -337,6 +368,11 @@ impl Server {
     }
 
     /// Stops the server and returns its store.
+    /// Whether the server thread has ended (stopped, or failed).
+    pub fn has_ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
     pub fn stop(mut self) -> Option<Store> {
         self.link.close();
         let _ = self.tx.send(Event::Shutdown);
@@ -480,6 +516,14 @@ impl State {
             Ok(())
         } else {
             self.locks = LockServer::recovering(self.mounted.keys().map(|&r| Rid(r)));
+            // Trees an earlier server merged but did not free are freed
+            // while the mounts recover (their items are all in fs_root).
+            if first_freeing(&self.store)?.is_some() {
+                self.merge = Some(Merge {
+                    inputs: Vec::new(),
+                    next: None,
+                });
+            }
             Ok(())
         }
     }
@@ -610,7 +654,12 @@ impl State {
             .filter(|lt| lt.is_finalized())
             .collect();
         if inputs.is_empty() {
-            self.last_merge = Instant::now();
+            // Trees merged by an earlier server may still be freed.
+            if first_freeing(&self.store)?.is_some() {
+                self.merge = Some(Merge { inputs, next: None });
+            } else {
+                self.last_merge = Instant::now();
+            }
             return Ok(());
         }
         tracing::debug!(trees = inputs.len(), "merging finalized log trees");
@@ -623,10 +672,12 @@ impl State {
 
     /// One step of the merge: the next batch of items into fs_root (the
     /// newest version of each key across the finalized trees; a deletion
-    /// deletes), in as many commits as its space needs; or, once every item
-    /// is in, one finalized tree freed and dropped. Readers see the same
-    /// items throughout: a merged tree stays listed until it is dropped,
-    /// and every version in fs_root is one a listed tree also holds.
+    /// deletes), in as many commits as its space needs; once every item is
+    /// in, all the merged trees moved from logs_root to the freeing list in
+    /// one commit; then one merged tree's blocks freed. Readers see the
+    /// same items throughout: the merged trees stay listed until the items
+    /// are all in, and every version in fs_root is one a listed tree also
+    /// holds.
     fn merge_step(&mut self) -> Result<()> {
         let Some(m) = self.merge.as_mut() else {
             return Ok(());
@@ -670,7 +721,41 @@ impl State {
             }
             return Ok(());
         }
-        let Some(mut lt) = m.inputs.pop() else {
+        if !m.inputs.is_empty() {
+            // Every item is in: the merged trees leave logs_root together,
+            // in one commit, onto the freeing list. Dropped one at a time,
+            // a tree holding an old version could stay listed after the
+            // tree holding its deletion was gone, and readers (and the next
+            // merge) would see the old version again.
+            let inputs = std::mem::take(&mut m.inputs);
+            let mut txn = self.store.begin();
+            let mut delta = 0i64;
+            for input in &inputs {
+                let key = log_trees_key(input.rid.get(), input.nr.get());
+                let Some(val) = btree::lookup(&txn.w, &txn.sb.logs_root, &key)? else {
+                    continue;
+                };
+                // The record as it stands (a reclaim may have changed its
+                // allocators since the merge began).
+                let lt = LogTrees::decode(&val.val).map_err(|e| {
+                    Error::corrupt(
+                        CorruptKind::ItemInvalid,
+                        0,
+                        0,
+                        format!("log trees item: {e}"),
+                    )
+                })?;
+                btree::delete(&mut txn.w, &mut txn.sb.logs_root, &key)?;
+                let fk = freeing_key(lt.rid.get(), lt.nr.get());
+                btree::insert(&mut txn.w, &mut txn.sb.log_merge, &fk, 0, 0, lt.as_bytes())?;
+                delta += lt.inode_count_delta();
+            }
+            let count = txn.sb.inode_count.get() as i64 + delta;
+            txn.sb.inode_count = (count.max(0) as u64).into();
+            return self.commit(txn);
+        }
+        // Then each merged tree's blocks are freed, one tree a commit.
+        let Some(mut lt) = first_freeing(&self.store)? else {
             self.merge = None;
             self.last_merge = Instant::now();
             return Ok(());
@@ -681,11 +766,9 @@ impl State {
         btree::free_tree(&mut txn.w, &mut lt.item_root)?;
         btree::delete(
             &mut txn.w,
-            &mut txn.sb.logs_root,
-            &log_trees_key(lt.rid.get(), lt.nr.get()),
+            &mut txn.sb.log_merge,
+            &freeing_key(lt.rid.get(), lt.nr.get()),
         )?;
-        let count = txn.sb.inode_count.get() as i64 + lt.inode_count_delta();
-        txn.sb.inode_count = (count.max(0) as u64).into();
         self.commit(txn)
     }
 
@@ -711,6 +794,9 @@ impl State {
         }
         let mut next_tick = Instant::now();
         loop {
+            if let Some(why) = self.fatal.take() {
+                return Err(why);
+            }
             // A merge goes on whenever no message waits (and at each tick).
             let wait = if self.merge.is_some() {
                 Duration::ZERO
@@ -1193,7 +1279,19 @@ impl State {
             self.store.sb.seq.get()
         );
         txn.sb.seq = self.seq.into();
-        self.store.commit(txn)?;
+        if let Err(e) = self.store.commit(txn) {
+            // A device that fails the server's writes ends the server:
+            // another member (or a later mount) serves with its own path
+            // to the devices, and no mount waits on commits that can't be
+            // made.
+            if matches!(e, Error::Io { .. } | Error::Shutdown { .. }) && self.fatal.is_none() {
+                self.fatal = Some(Error::Shutdown {
+                    errno: libc::EIO,
+                    why: format!("committing: {e}"),
+                });
+            }
+            return Err(e);
+        }
         Ok(())
     }
 

@@ -190,6 +190,13 @@ impl LockGuard {
         }
     }
 
+    /// The seq the server granted this lock at (0 unless it can write):
+    /// greater than the version of every item written under this lock's
+    /// range before the grant, on any mount.
+    pub fn write_seq(&self) -> u64 {
+        self.write_seq
+    }
+
     /// Whether this is the inode group lock of `ino`.
     pub fn covers_inode(&self, ino: u64) -> bool {
         self.start.zone == zone::FS && self.start.first <= ino && ino <= self.end.first

@@ -190,6 +190,9 @@ impl Mount {
         let mut quorum = None;
         let mut elected_dump = None;
         let mut start_failure = None;
+        // The Alone role's client, closed when its server ends: no other
+        // server will answer what it waits for.
+        let own_client: Arc<OnceLock<Arc<Client>>> = Arc::default();
         let finder = Arc::new(Finder {
             meta: meta.clone(),
             quorum: OnceLock::new(),
@@ -199,9 +202,22 @@ impl Mount {
             MountRole::Alone => {
                 let store = Store::open(meta.clone(), opts.block_cache_blocks)?;
                 let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+                // A server that cannot start (a failing device) fails the
+                // mount at once rather than leaving it waiting.
+                let failure = crate::cluster::elected::StartFailure::default();
+                let report = failure.clone();
+                start_failure = Some(failure);
+                let own = own_client.clone();
                 let sopts = ServerOptions {
                     merge_interval: Duration::from_millis(opts.merge_interval_ms),
                     data_dev: Some(data.clone()),
+                    on_exit: Some(Box::new(move |why: Error| {
+                        *report.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(format!("the server stopped: {why}"));
+                        if let Some(c) = own.get() {
+                            c.close();
+                        }
+                    })),
                     ..ServerOptions::alone(1)
                 };
                 let s = Server::start(store, loopback, sopts)?;
@@ -256,6 +272,14 @@ impl Mount {
                 })
         };
         let client = Client::connect(addr, fsid, key, rid, flags, locks.clone(), &abandon)?;
+        if matches!(opts.role, MountRole::Alone) {
+            let _ = own_client.set(client.clone());
+            // Ended before the client was set: close it here.
+            if let Some(why) = abandon() {
+                client.close();
+                return Err(Error::Disconnected(why));
+            }
+        }
         // The client and the lock driver refer to each other; until the
         // mount is whole, a failure must close the client's connection or
         // its thread would go on reconnecting to a server that is gone.
@@ -395,9 +419,21 @@ impl Mount {
             false => Ok(()),
         };
         let (meta, rid) = (self.meta.clone(), self.client.rid());
-        let bye = self.client.farewell(FAREWELL_POLL, || {
-            !is_recorded(meta.as_ref(), &self.cache, rid).unwrap_or(true)
-        });
+        // This mount's own server (the Alone role) that ended will never
+        // answer: nothing else serves this filesystem.
+        let own_ended = || self.server.as_ref().is_some_and(|s| s.has_ended());
+        let bye = self
+            .client
+            .farewell(FAREWELL_POLL, || {
+                own_ended() || !is_recorded(meta.as_ref(), &self.cache, rid).unwrap_or(true)
+            })
+            .and_then(|()| match own_ended() {
+                true => Err(Error::Shutdown {
+                    errno: libc::EIO,
+                    why: "this mount's server stopped before it answered the farewell".into(),
+                }),
+                false => Ok(()),
+            });
         self.client.close();
         self.locks.stop();
         if let Some(s) = self.server.take() {

@@ -14,7 +14,9 @@
 //! - each free-extent tree's two indexes agree and match its total;
 //! - **the allocator invariant**: every metadata block from the first
 //!   allocatable one is referenced exactly once or free exactly once, and
-//!   every data block is free or referenced by a file extent exactly once.
+//!   every data block is free or referenced by a file extent exactly once;
+//! - the inode index holds exactly the meta_seq and data_seq items the
+//!   inodes call for (directories have no data_seq item).
 //!
 //! A block that can't be read is reported with its blkno and seq and its
 //! subtree is skipped; blocks it would have accounted for then show up as
@@ -37,6 +39,86 @@ use scoutfs_format::quorum::QuorumBlock;
 use scoutfs_format::{AllocListHead, AllocRoot, BlockRef, BtreeRoot, Key, SuperBlock};
 use std::fmt;
 use std::sync::Arc;
+
+/// The fs tree's item zone, where inodes and file extents are.
+const FS_LO: Key = Key::new(zone::FS, 0, 0, 0, 0, 0);
+const FS_HI: Key = Key::new(zone::FS, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
+
+/// How many inode index entries one pass that names differences holds.
+const INDEX_SHARE: u64 = 4 << 20;
+
+/// How many inode index differences a report names one by one.
+const INDEX_PROBLEMS_NAMED: u64 = 32;
+
+/// An inode index entry: (index type, seq, ino).
+type IndexEntry = (u8, u64, u64);
+
+/// An order-free sum of index entries: equal sums mean equal sets, short
+/// of a 128-bit hash collision.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct EntrySum {
+    count: u64,
+    sum: u128,
+}
+
+impl EntrySum {
+    fn add(&mut self, e: IndexEntry) {
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(entry_hash(e));
+    }
+}
+
+/// The splitmix64 finalizer.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn entry_hash((ity, seq, ino): IndexEntry) -> u128 {
+    let a = mix(seq ^ mix(ino ^ ((ity as u64) << 56)));
+    let b = mix(ino.rotate_left(29) ^ mix(seq.wrapping_add(0x9e37_79b9_7f4a_7c15) ^ ity as u64));
+    ((a as u128) << 64) | b as u128
+}
+
+/// The index entries the item at `k` (in the FS zone) calls for: an
+/// inode's meta_seq, and its data_seq unless it is a directory.
+fn inode_entries(k: &Key, v: &crate::store::forest::Version) -> impl Iterator<Item = IndexEntry> {
+    let inode = match (k.ty == ty::INODE && !v.deleted)
+        .then(|| scoutfs_format::inode::Inode::decode(&v.val))
+    {
+        Some(Ok(i)) => Some(i),
+        _ => None,
+    };
+    let meta = inode.map(|i| (ty::INODE_INDEX_META_SEQ, i.meta_seq.get(), k.first));
+    let data = inode
+        .filter(|i| i.mode.get() & scoutfs_format::inode::S_IFMT != scoutfs_format::inode::S_IFDIR)
+        .map(|i| (ty::INODE_INDEX_DATA_SEQ, i.data_seq.get(), k.first));
+    meta.into_iter().chain(data)
+}
+
+/// Calls `f` with every inode index entry in the forest.
+fn index_entries(
+    cache: &BlockCache,
+    trees: &[BtreeRoot],
+    mut f: impl FnMut(IndexEntry),
+) -> Result<()> {
+    let lo = Key::new(zone::INODE_INDEX, 0, 0, 0, 0, 0);
+    let hi = Key::new(
+        zone::INODE_INDEX,
+        u64::MAX,
+        u8::MAX,
+        u64::MAX,
+        u64::MAX,
+        u8::MAX,
+    );
+    crate::store::forest::merge_versions(cache, trees, &lo, &hi, |k, v| {
+        if !v.deleted {
+            f((k.ty, k.second, k.third));
+        }
+        Ok(true)
+    })
+}
 
 /// One thing found wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -417,24 +499,30 @@ impl Checker<'_> {
     }
 
     /// Accounts the data blocks mapped by the newest version of every file
-    /// extent in the forest.
+    /// extent in the forest, and checks the inode index against the inodes
+    /// (see [`Checker::inode_index`]).
     fn data_extents(&mut self) {
-        let (lo, hi) = (
-            Key::new(zone::FS, 0, 0, 0, 0, 0),
-            Key::new(zone::FS, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX),
-        );
         let trees = std::mem::take(&mut self.fs_trees);
         let mut found = Vec::new();
-        let res = crate::store::forest::merge_versions(&self.cache, &trees, &lo, &hi, |k, v| {
-            if k.ty == ty::DATA_EXTENT && !v.deleted {
-                if let Ok(x) = scoutfs_format::data::DataExtentVal::decode(&v.val) {
-                    if x.maps_blocks() {
-                        found.push((x.blkno.get(), k.third, k.first));
+        let mut want = EntrySum::default();
+        let res =
+            crate::store::forest::merge_versions(&self.cache, &trees, &FS_LO, &FS_HI, |k, v| {
+                if v.deleted {
+                    return Ok(true);
+                }
+                if k.ty == ty::DATA_EXTENT {
+                    if let Ok(x) = scoutfs_format::data::DataExtentVal::decode(&v.val) {
+                        if x.maps_blocks() {
+                            found.push((x.blkno.get(), k.third, k.first));
+                        }
                     }
                 }
-            }
-            Ok(true)
-        });
+                for e in inode_entries(k, v) {
+                    want.add(e);
+                }
+                Ok(true)
+            });
+        let read_all = res.is_ok();
         if let Err(e) = res {
             self.problem(
                 None,
@@ -445,6 +533,91 @@ impl Checker<'_> {
             let by = format!("file extent of inode {ino}");
             self.data
                 .add(blkno, len, Use::Referenced, by, &mut self.report.problems);
+        }
+        if read_all {
+            self.inode_index(&trees, want);
+        }
+    }
+
+    /// The inode index (INODE_INDEX META_SEQ and DATA_SEQ items) must hold
+    /// exactly one item per inode and kind at the inode's meta_seq and
+    /// data_seq (directories have no data_seq item). The two sides are
+    /// compared as order-free sums in one pass each; only when they differ
+    /// are the differences named, a share of the entries at a time, so
+    /// memory stays bounded however many inodes there are.
+    fn inode_index(&mut self, trees: &[BtreeRoot], want: EntrySum) {
+        let mut have = EntrySum::default();
+        let res = index_entries(&self.cache, trees, |e| have.add(e));
+        if let Err(e) = res {
+            self.problem(None, format!("the inode index could not all be read: {e}"));
+            return;
+        }
+        if want == have {
+            return;
+        }
+        let parts = want.count.max(have.count) / INDEX_SHARE + 1;
+        let mut named = 0u64;
+        let mut more = 0u64;
+        for part in 0..parts {
+            let mine = |e: &IndexEntry| (entry_hash(*e) as u64) % parts == part;
+            let mut wanted = std::collections::HashSet::new();
+            let mut extra = Vec::new();
+            let res =
+                crate::store::forest::merge_versions(&self.cache, trees, &FS_LO, &FS_HI, |k, v| {
+                    wanted.extend(inode_entries(k, v).filter(|e| mine(e)));
+                    Ok(true)
+                })
+                .and_then(|()| {
+                    index_entries(&self.cache, trees, |e| {
+                        if mine(&e) && !wanted.remove(&e) {
+                            extra.push(e);
+                        }
+                    })
+                });
+            if let Err(e) = res {
+                self.problem(None, format!("the inode index could not all be read: {e}"));
+                return;
+            }
+            let mut missing: Vec<IndexEntry> = wanted.into_iter().collect();
+            missing.sort_unstable();
+            let found = extra
+                .into_iter()
+                .map(|e| (e, "an index item no inode has"))
+                .chain(
+                    missing
+                        .into_iter()
+                        .map(|e| (e, "no index item for the inode")),
+                );
+            for ((ity, seq, ino), what) in found {
+                if named == INDEX_PROBLEMS_NAMED {
+                    more += 1;
+                    continue;
+                }
+                named += 1;
+                let kind = if ity == ty::INODE_INDEX_META_SEQ {
+                    "meta_seq"
+                } else {
+                    "data_seq"
+                };
+                self.problem(
+                    None,
+                    format!("inode index: {what}: {kind} {seq} of inode {ino}"),
+                );
+            }
+        }
+        if more > 0 {
+            self.problem(None, format!("inode index: {more} more differences"));
+        }
+        if named == 0 {
+            // Sums that differ over equal sets: a hash collision, reported
+            // rather than passed over.
+            self.problem(
+                None,
+                format!(
+                    "inode index: {} items for {} expected, but no difference found",
+                    have.count, want.count
+                ),
+            );
         }
     }
 
@@ -469,7 +642,15 @@ impl Checker<'_> {
             }
             (zone::LOG_TREES, _) if tree == "logs_root" => {
                 let lt = LogTrees::decode(&it.val).map_err(|e| e.to_string())?;
-                self.log_trees(&lt);
+                self.fs_trees.push(lt.item_root);
+                self.log_trees(&lt, "log tree");
+                Ok(())
+            }
+            (zone::LOG_MERGE_FREEING, _) if tree == "log_merge" => {
+                // Merged (its items are in fs_root), its blocks not yet
+                // freed: they are still referenced, but not read.
+                let lt = LogTrees::decode(&it.val).map_err(|e| e.to_string())?;
+                self.log_trees(&lt, "merged log tree");
                 Ok(())
             }
             (zone::FREE_EXTENT_BLKNO | zone::FREE_EXTENT_ORDER, _) if !it.val.is_empty() => {
@@ -479,9 +660,8 @@ impl Checker<'_> {
         }
     }
 
-    fn log_trees(&mut self, lt: &LogTrees) {
-        self.fs_trees.push(lt.item_root);
-        let who = format!("log tree {}.{}", lt.rid.get(), lt.nr.get());
+    fn log_trees(&mut self, lt: &LogTrees, what: &str) {
+        let who = format!("{what} {}.{}", lt.rid.get(), lt.nr.get());
         self.alloc_list(&format!("{who} meta_avail"), &lt.meta_avail);
         self.alloc_list(&format!("{who} meta_freed"), &lt.meta_freed);
         self.tree(&format!("{who} items"), &lt.item_root, false);

@@ -103,7 +103,7 @@ pub fn value_str(k: &Key, v: &[u8]) -> String {
             Ok(x) => format!("extent blkno {} flags {:#x}", x.blkno.get(), x.flags),
             Err(e) => bad(e),
         },
-        (zone::LOG_TREES, _) => match LogTrees::decode(v) {
+        (zone::LOG_TREES | zone::LOG_MERGE_FREEING, _) => match LogTrees::decode(v) {
             Ok(lt) => format!(
                 "log_trees rid {:#x} nr {} flags {:#x} item_root {} bloom {} meta_avail {} meta_freed {} \
                  data_avail {} data_freed {} get_trans_seq {} commit_trans_seq {} max_item_seq {} finalize_seq {}",
@@ -129,6 +129,17 @@ impl Printer<'_> {
         self.progress.begin("printing metadata", 0);
         for (name, r) in crate::store::commit::super_roots(sb) {
             self.tree(name, r)?;
+        }
+        // Each mount's log tree items, which are not yet in fs_root.
+        let logs = crate::store::forest::log_roots(&self.cache, &sb.logs_root);
+        match logs {
+            Ok(lts) => {
+                for lt in lts {
+                    let name = format!("log tree {:#x}.{} items", lt.rid.get(), lt.nr.get());
+                    self.tree(&name, &lt.item_root)?;
+                }
+            }
+            Err(e) => writeln!(self.out, "log trees: {e}")?,
         }
         for (i, a) in sb.meta_alloc.iter().enumerate() {
             self.tree(&format!("meta_alloc[{i}] {}", alloc_str(a)), &a.root)?;

@@ -4,7 +4,9 @@
 //! `meta_seq` is the seq of the last transaction that changed the inode and
 //! `data_seq` of the last that changed its contents or size. Each is also an
 //! index item (INODE_INDEX, type, seq, ino) so archive agents can walk what
-//! changed since a seq without walking the namespace. Changing an inode in a
+//! changed since a seq without walking the namespace. Directories have no
+//! data_seq item (their contents are entries, found through meta_seq), as
+//! `scoutfs check` verifies. Changing an inode in a
 //! new transaction moves its index items: a deletion at the old seq and a
 //! new item at the transaction's seq, written blindly under WRITE_ONLY locks
 //! on the two index groups.
@@ -102,25 +104,38 @@ impl Fs {
         let ino = a.ino;
         let old_meta = a.inode.meta_seq.get();
         if old_meta != seq {
-            self.move_index(op, ty::INODE_INDEX_META_SEQ, old_meta, seq, ino);
+            self.move_index(op, g, ty::INODE_INDEX_META_SEQ, old_meta, seq, ino);
             a.inode.meta_seq = seq.into();
         }
         let old_data = a.inode.data_seq.get();
-        if data && old_data != seq {
-            self.move_index(op, ty::INODE_INDEX_DATA_SEQ, old_data, seq, ino);
+        if data && old_data != seq && !a.is_dir() {
+            self.move_index(op, g, ty::INODE_INDEX_DATA_SEQ, old_data, seq, ino);
             a.inode.data_seq = seq.into();
         }
         a.inode.version = (a.inode.version.get() + 1).into();
         self.put(g, seq, &inode_key(ino), a.inode.as_bytes())
     }
 
-    fn move_index(&self, op: &Op, ity: u8, old: u64, new: u64, ino: u64) {
+    /// Moves an inode's index item from seq `old` to `new`.
+    ///
+    /// The items are versioned by the inode's lock as well as by the
+    /// index lock and the transaction. Every mount holds the index groups
+    /// WRITE_ONLY at once, each from its own grant, and a mount's
+    /// transaction may have opened before another mount's later one: by
+    /// those two alone, a mount deleting the item another mount created
+    /// (having taken the inode from it) could give the deletion the lower
+    /// version, and the stale item would win. The inode lock was granted
+    /// to this mount after the last mount to change the inode let it go,
+    /// so its write_seq is greater than every version that mount gave the
+    /// inode's index items.
+    fn move_index(&self, op: &Op, g: &LockGuard, ity: u8, old: u64, new: u64, ino: u64) {
+        let version = new.max(g.write_seq());
         let og = op.idx_guard(ity, old);
         self.items
-            .delete_blind(&og.cover(), &index_key(ity, old, ino), new);
+            .delete_blind(&og.cover(), &index_key(ity, old, ino), version);
         let ng = op.idx_guard(ity, new);
         self.items
-            .put_blind(&ng.cover(), &index_key(ity, new, ino), new, &[]);
+            .put_blind(&ng.cover(), &index_key(ity, new, ino), version, &[]);
     }
 
     /// Creates a new inode item (and its index items) in this transaction.
@@ -154,10 +169,16 @@ impl Fs {
             crtime: t,
             ..Default::default()
         };
-        for ity in [ty::INODE_INDEX_META_SEQ, ty::INODE_INDEX_DATA_SEQ] {
+        let itys: &[u8] = match mode & S_IFMT == S_IFDIR {
+            true => &[ty::INODE_INDEX_META_SEQ],
+            false => &[ty::INODE_INDEX_META_SEQ, ty::INODE_INDEX_DATA_SEQ],
+        };
+        // Versioned by the inode lock too, as in `move_index`.
+        let version = seq.max(g.write_seq());
+        for &ity in itys {
             let ig = op.idx_guard(ity, seq);
             self.items
-                .put_blind(&ig.cover(), &index_key(ity, seq, ino), seq, &[]);
+                .put_blind(&ig.cover(), &index_key(ity, seq, ino), version, &[]);
         }
         // Inode numbers are never reused: a new inode's key is new.
         self.put_new(g, seq, &inode_key(ino), inode.as_bytes());
@@ -169,13 +190,16 @@ impl Fs {
     /// everything else the inode had).
     pub fn delete_inode(&self, op: &Op, g: &LockGuard, a: &Attr) -> FsResult<()> {
         let seq = op.seq();
-        for (ity, s) in [
-            (ty::INODE_INDEX_META_SEQ, a.inode.meta_seq.get()),
-            (ty::INODE_INDEX_DATA_SEQ, a.inode.data_seq.get()),
-        ] {
+        let mut items = vec![(ty::INODE_INDEX_META_SEQ, a.inode.meta_seq.get())];
+        if !a.is_dir() {
+            items.push((ty::INODE_INDEX_DATA_SEQ, a.inode.data_seq.get()));
+        }
+        // Versioned by the inode lock too, as in `move_index`.
+        let version = seq.max(g.write_seq());
+        for (ity, s) in items {
             let ig = op.idx_guard(ity, s);
             self.items
-                .delete_blind(&ig.cover(), &index_key(ity, s, a.ino), seq);
+                .delete_blind(&ig.cover(), &index_key(ity, s, a.ino), version);
         }
         self.del(g, seq, &inode_key(a.ino))?;
         self.trans.add_inodes(-1);
