@@ -593,7 +593,9 @@ impl State {
     /// of the merged trees).
     fn merge_due(&self) -> Result<bool> {
         let lts = log_roots(self.store.cache.as_ref(), &self.store.sb.logs_root)?;
-        if lts.iter().any(|lt| lt.is_finalized()) {
+        // A finalized tree waits, or merged trees are left to free (a
+        // merge abandoned after its trees left logs_root).
+        if lts.iter().any(|lt| lt.is_finalized()) || first_freeing(&self.store)?.is_some() {
             return Ok(true);
         }
         let holding: Vec<&LogTrees> = lts.iter().filter(|lt| !lt.item_root.is_empty()).collect();
