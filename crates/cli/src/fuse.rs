@@ -676,7 +676,9 @@ impl Filesystem for ScoutFuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guard("open", || {
             // Counted open until its release: no mount deletes it meanwhile.
-            let a = match self.fs.open(ino.0) {
+            let writes =
+                flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+            let a = match self.fs.open_for(ino.0, writes) {
                 Ok(a) => a,
                 Err(e) => return reply.error(err(e)),
             };

@@ -97,6 +97,24 @@ enum Cmd {
     /// a volume grown): the new space is free on every mount at once.
     /// Devices only grow; a smaller size is refused. Needs root.
     ResizeDevices(control::ResizeArgs),
+    /// A file's archive attributes: meta_seq, data_seq, data_version,
+    /// online and offline blocks, crtime.
+    Stat(control::StatArgs),
+    /// Every extended attribute of a file: the seqs, data_version, block
+    /// counts, ctime, crtime, size, retention and project id.
+    GetAttrX(control::GetAttrXArgs),
+    /// Change extended attributes of a file: restore a new empty file
+    /// (data version, size, offline), set times, retention or project id.
+    SetAttrX(control::SetAttrXArgs),
+    /// Restore the attributes of a new, empty file from an archive: its
+    /// data version, size (all of it offline with -o), ctime and crtime.
+    Setattr(control::SetattrArgs),
+    /// List inodes by the seq of their last change (meta_seq) or of their
+    /// last change of contents (data_seq), from FIRST to LAST, without
+    /// walking the namespace. Stops at the last seq whose changes are
+    /// complete on every mount, so a walk resumed from where the last one
+    /// stopped misses nothing.
+    WalkInodes(control::WalkArgs),
     /// The local fence agent: fence a mount on this host by killing its
     /// process and detaching its FUSE mount.
     ///
@@ -217,6 +235,11 @@ fn main() -> ExitCode {
         Cmd::Df(a) => cmd_df(a),
         Cmd::Statfs(a) => control::cmd_statfs(a),
         Cmd::ResizeDevices(a) => control::cmd_resize_devices(a),
+        Cmd::Stat(a) => control::cmd_stat(a),
+        Cmd::GetAttrX(a) => control::cmd_get_attr_x(a),
+        Cmd::SetAttrX(a) => control::cmd_set_attr_x(a),
+        Cmd::Setattr(a) => control::cmd_setattr(a),
+        Cmd::WalkInodes(a) => control::cmd_walk_inodes(a),
         Cmd::FenceLocal(a) => fence::cmd_fence_local(a),
         Cmd::KernelNotify => return knotify::helper_main(),
     };

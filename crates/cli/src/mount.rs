@@ -479,8 +479,10 @@ fn start_control(mp: &Path, mnt: &Mount) -> Result<ControlServer, String> {
         .split_once(':')
         .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
         .ok_or_else(|| e(format!("the device number {dev:?} of {}", mp.display())))?;
-    let path = socket_path(&run_dir(), libc::makedev(major, minor));
-    ControlServer::start(&path, mnt.fs().clone(), mnt.rid()).map_err(|x| e(x.to_string()))
+    let dev = libc::makedev(major, minor);
+    let path = socket_path(&run_dir(), dev);
+    ControlServer::start(&path, mnt.fs().clone(), mnt.rid(), Some(dev))
+        .map_err(|x| e(x.to_string()))
 }
 
 fn serve(
@@ -594,6 +596,10 @@ fn serve(
             return Err(e);
         }
     };
+    let attrs = session.notifier();
+    control.set_inode_changed(Box::new(move |ino| {
+        let _ = attrs.inval_inode(fuser::INodeNo(ino), -1, 0);
+    }));
     let caches = KernelCaches {
         known,
         notifier,

@@ -21,9 +21,7 @@ use scoutfs_core::store::block::BlockCache;
 use scoutfs_core::store::commit::read_super;
 use scoutfs_core::store::dev::{BlockDev, MemDev};
 use scoutfs_core::store::forest::log_roots;
-use scoutfs_core::tools::mkfs::{mkfs, MkfsOptions};
-use scoutfs_format::{Timespec, ROOT_INO};
-use std::net::UdpSocket;
+use scoutfs_format::ROOT_INO;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,30 +29,8 @@ use std::time::{Duration, Instant};
 const REG: u32 = libc::S_IFREG | 0o644;
 const DIR: u32 = libc::S_IFDIR | 0o755;
 
-/// A filesystem whose `slots` quorum slots listen on loopback ports free
-/// now.
 fn make_fs(slots: u8) -> (MemDev, MemDev) {
-    let socks: Vec<UdpSocket> = (0..slots)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let quorum = socks
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (i, s.local_addr().unwrap()))
-        .collect();
-    drop(socks);
-    let meta = MemDev::new_named("meta", 256 << 20);
-    let data = MemDev::new_named("data", 256 << 20);
-    let opts = MkfsOptions {
-        quorum,
-        fsid: Some(0x4d45_5247),
-        now: Some(Timespec::new(1_700_000_000, 0)),
-        ..Default::default()
-    };
-    let (m, d): (Arc<dyn BlockDev>, Arc<dyn BlockDev>) =
-        (Arc::new(meta.clone()), Arc::new(data.clone()));
-    mkfs(m, d, &opts).expect("mkfs");
-    (meta, data)
+    common::quorum_fs(slots, 0x4d45_5247)
 }
 
 fn mount(meta: &MemDev, data: &MemDev, role: MountRole) -> Mount {

@@ -119,8 +119,8 @@ fn the_control_socket_answers_and_survives_hostile_peers() {
     let path = dir.0.join("ctl.0.1");
     // A mount that gets the same FUSE device number replaces a socket left
     // there; the old server, stopping late, leaves the new one's alone.
-    let old = ControlServer::start(&path, mnt.fs().clone(), mnt.rid()).unwrap();
-    let server = ControlServer::start(&path, mnt.fs().clone(), mnt.rid()).unwrap();
+    let old = ControlServer::start(&path, mnt.fs().clone(), mnt.rid(), None).unwrap();
+    let server = ControlServer::start(&path, mnt.fs().clone(), mnt.rid(), None).unwrap();
     old.stop();
     assert!(
         path.exists(),
@@ -152,6 +152,71 @@ fn the_control_socket_answers_and_survives_hostile_peers() {
     let e = c.call(op::RESIZE_DEVICES, &[1, 2, 3], &[]).unwrap_err();
     assert_eq!(e.errno(), libc::EINVAL);
     assert!(e.to_string().contains("too short"), "{e}");
+    // The archive operations: short payloads, an unknown index, a missing
+    // descriptor, a descriptor of a file this mount does not serve.
+    for o in [op::WALK_INODES, op::SET_ATTR_X] {
+        let e = c.call(o, &[0; 8], &[]).unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL, "operation {o}: {e}");
+    }
+    let bad_index = ControlWalk {
+        index: 7,
+        ..ControlWalk::default()
+    };
+    let e = c
+        .call(op::WALK_INODES, bad_index.as_bytes(), &[])
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL, "{e}");
+    let e = c.call(op::STAT_MORE, &[], &[]).unwrap_err();
+    assert_eq!(e.errno(), libc::EBADF, "{e}");
+    let outside = std::fs::File::open(&dir.0).unwrap();
+    let e = c.call(op::GET_ATTR_X, &[], &[outside.as_fd()]).unwrap_err();
+    assert_eq!(e.errno(), libc::EBADF, "{e}");
+    // A walk answers in frames, clamped to the last complete seq.
+    let fs = mnt.fs();
+    for i in 0..10 {
+        let ino = fs
+            .mknod(
+                scoutfs_format::ROOT_INO,
+                format!("w{i}").as_bytes(),
+                &scoutfs_core::mount::fs::types::NewNode::new(libc::S_IFREG | 0o644),
+            )
+            .unwrap()
+            .ino;
+        fs.write(ino, 0, b"w").unwrap();
+    }
+    let mut got = Vec::new();
+    use scoutfs_core::mount::fs::archive::{SeqIndex, WalkEntry};
+    let all = WalkEntry {
+        seq: u64::MAX,
+        ino: u64::MAX,
+    };
+    c.walk_inodes(
+        SeqIndex::DataSeq,
+        WalkEntry { seq: 0, ino: 0 },
+        all,
+        0,
+        |last, es| {
+            assert!(es.iter().all(|e| e.seq <= last));
+            got.extend_from_slice(es);
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(got.len(), 10, "{got:?}");
+    let mut two = Vec::new();
+    c.walk_inodes(
+        SeqIndex::DataSeq,
+        WalkEntry { seq: 0, ino: 0 },
+        all,
+        2,
+        |_, es| {
+            two.extend_from_slice(es);
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(two[..], got[..2], "max_entries");
+
     // A descriptor the header does not announce.
     let f = std::fs::File::open(&dir.0).unwrap();
     let sock = UnixStream::connect(&path).unwrap();

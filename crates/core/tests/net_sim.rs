@@ -621,6 +621,7 @@ impl Sim {
                 group: *group,
                 bits: [id; 16],
             })),
+            Request::GetLastSeq => Response::LastSeq(id),
             Request::Greeting { .. } => panic!("a greeting as a request"),
         };
         self.durable.insert(id, resp.clone());

@@ -43,14 +43,26 @@ pub struct ControlHeader {
 
 /// Operations, numbered as the original's ioctls were.
 pub mod op {
+    /// Entries of an inode index: [`super::ControlWalk`] → frames of a
+    /// [`super::ControlWalkHead`] and its [`super::ControlWalkEntry`]s.
+    pub const WALK_INODES: u16 = 1;
+    /// A file's seqs, data version, block counts and crtime: one
+    /// descriptor → [`super::ControlStatMore`].
+    pub const STAT_MORE: u16 = 5;
     /// Filesystem ids and totals; no payload → [`super::ControlStatfs`].
     pub const STATFS_MORE: u16 = 10;
+    /// Every extended attribute of a file: one descriptor →
+    /// [`super::ControlAttrX`].
+    pub const GET_ATTR_X: u16 = 18;
+    /// Changes extended attributes of a file: one descriptor and a
+    /// [`super::ControlAttrX`] → nothing.
+    pub const SET_ATTR_X: u16 = 19;
     /// Grow the devices (administrators only): [`super::ControlResize`] →
     /// nothing.
     pub const RESIZE_DEVICES: u16 = 14;
 }
 
-/// The STATFS_MORE answer, 64 bytes. Answers may grow at the end in
+/// The STATFS_MORE answer, 72 bytes. Answers may grow at the end in
 /// later versions; a reader ignores bytes past the fields it knows.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
 #[repr(C)]
@@ -63,6 +75,9 @@ pub struct ControlStatfs {
     pub total_data_blocks: U64,
     pub free_data_blocks: U64,
     pub inode_count: U64,
+    /// Every transaction at or below this seq is complete on every mount
+    /// (the walk clamp): a meta_seq or data_seq at or below it is durable.
+    pub committed_seq: U64,
 }
 
 /// The RESIZE_DEVICES request, 16 bytes: new sizes in 64 KiB metadata and
@@ -74,14 +89,116 @@ pub struct ControlResize {
     pub data_blocks: U64,
 }
 
-pub const CONTROL_STATFS_LEN: usize = 64;
+/// Which inode index a walk reads.
+pub const WALK_INDEX_META_SEQ: u8 = 0;
+pub const WALK_INDEX_DATA_SEQ: u8 = 1;
+
+/// The WALK_INODES request, 40 bytes: entries from `first` to `last`
+/// (both included, in (seq, ino) order) of `index`, at most `max_entries`
+/// of them (0: no limit).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct ControlWalk {
+    pub first_seq: U64,
+    pub first_ino: U64,
+    pub last_seq: U64,
+    pub last_ino: U64,
+    pub max_entries: U32,
+    pub index: u8,
+    pub pad: [u8; 3],
+}
+
+/// The start of every WALK_INODES answer frame, 16 bytes, followed by
+/// `nr` entries.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct ControlWalkHead {
+    /// The seq the walk was clamped to.
+    pub last_seq: U64,
+    pub nr: U32,
+    pub pad: U32,
+}
+
+/// One index entry, 16 bytes.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct ControlWalkEntry {
+    pub seq: U64,
+    pub ino: U64,
+}
+
+/// The STAT_MORE answer, 64 bytes.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct ControlStatMore {
+    pub meta_seq: U64,
+    pub data_seq: U64,
+    pub data_version: U64,
+    pub online_blocks: U64,
+    pub offline_blocks: U64,
+    pub crtime_sec: U64,
+    pub crtime_nsec: U32,
+    pub pad: U32,
+    pub size: U64,
+}
+
+/// `ControlAttrX::mask` bits, the original's.
+pub mod ax {
+    pub const META_SEQ: u64 = 1 << 0;
+    pub const DATA_SEQ: u64 = 1 << 1;
+    pub const DATA_VERSION: u64 = 1 << 2;
+    pub const ONLINE_BLOCKS: u64 = 1 << 3;
+    pub const OFFLINE_BLOCKS: u64 = 1 << 4;
+    pub const CTIME: u64 = 1 << 5;
+    pub const CRTIME: u64 = 1 << 6;
+    pub const SIZE: u64 = 1 << 7;
+    pub const RETENTION: u64 = 1 << 8;
+    pub const PROJECT_ID: u64 = 1 << 9;
+    /// `flags`: with SIZE, the whole size is one offline extent.
+    pub const F_SIZE_OFFLINE: u64 = 1;
+    /// `bits`: retention is set.
+    pub const B_RETENTION: u64 = 1;
+}
+
+/// GET_ATTR_X's answer and SET_ATTR_X's request, 104 bytes. Times are
+/// seconds (two's complement) and nanoseconds.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct ControlAttrX {
+    pub mask: U64,
+    pub flags: U64,
+    pub meta_seq: U64,
+    pub data_seq: U64,
+    pub data_version: U64,
+    pub online_blocks: U64,
+    pub offline_blocks: U64,
+    pub ctime_sec: U64,
+    pub crtime_sec: U64,
+    pub ctime_nsec: U32,
+    pub crtime_nsec: U32,
+    pub size: U64,
+    pub bits: U64,
+    pub project_id: U64,
+}
+
+pub const CONTROL_STATFS_LEN: usize = 72;
 pub const CONTROL_RESIZE_LEN: usize = 16;
+pub const CONTROL_WALK_LEN: usize = 40;
+pub const CONTROL_WALK_HEAD_LEN: usize = 16;
+pub const CONTROL_WALK_ENTRY_LEN: usize = 16;
+pub const CONTROL_STAT_MORE_LEN: usize = 64;
+pub const CONTROL_ATTR_X_LEN: usize = 104;
 
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<ControlHeader>() == CONTROL_HEADER_LEN);
     assert!(size_of::<ControlStatfs>() == CONTROL_STATFS_LEN);
     assert!(size_of::<ControlResize>() == CONTROL_RESIZE_LEN);
+    assert!(size_of::<ControlWalk>() == CONTROL_WALK_LEN);
+    assert!(size_of::<ControlWalkHead>() == CONTROL_WALK_HEAD_LEN);
+    assert!(size_of::<ControlWalkEntry>() == CONTROL_WALK_ENTRY_LEN);
+    assert!(size_of::<ControlStatMore>() == CONTROL_STAT_MORE_LEN);
+    assert!(size_of::<ControlAttrX>() == CONTROL_ATTR_X_LEN);
     // len is a le32; nfds a u8.
     assert!(CONTROL_RESPONSE_MAX <= u32::MAX as usize);
     assert!(CONTROL_FDS_MAX <= u8::MAX as usize);

@@ -235,6 +235,17 @@ impl Client {
         })
     }
 
+    /// The last seq whose transactions are all complete on every mount,
+    /// once the transactions open now have committed (or the server
+    /// stopped waiting for them): no index item will be written at a seq
+    /// at or below it again.
+    pub fn get_last_seq(&self) -> Result<u64> {
+        self.call(Request::GetLastSeq, "get last seq", |r| match r {
+            Response::LastSeq(s) => Ok(s),
+            other => Err(other),
+        })
+    }
+
     /// Space and inode counts.
     pub fn statfs(&self) -> Result<StatfsInfo> {
         self.call(Request::Statfs, "statfs", |r| match r {

@@ -136,6 +136,21 @@ struct DataWaiter {
     deadline: Instant,
 }
 
+/// A GET_LAST_SEQ request waiting for the transactions that were open
+/// when it came to commit (see `last_seq_request`).
+struct LastSeqWaiter {
+    rid: u64,
+    id: u64,
+    /// The greatest open transaction seq when it came.
+    target: u64,
+    deadline: Instant,
+}
+
+/// How long a GET_LAST_SEQ waits for the open transactions to commit
+/// before it is answered with the seq they allow (a mount that does not
+/// commit, being cut off, only holds the answer back, never wrong).
+const LAST_SEQ_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a server waits for the mounts of an earlier server to greet
 /// and report their locks before it fences them (the original's 30 s).
 pub const RECOVERY_TIMEOUT_MS_DEFAULT: u64 = 30_000;
@@ -437,6 +452,8 @@ struct State {
     data_dev: Option<Arc<dyn BlockDev>>,
     /// Mounts whose transaction waits for data other mounts give back.
     data_waiters: Vec<DataWaiter>,
+    /// GET_LAST_SEQ requests waiting for open transactions to commit.
+    last_seq_waiters: Vec<LastSeqWaiter>,
 }
 
 /// A merge of finalized log trees into fs_root, a step at a time.
@@ -480,6 +497,7 @@ impl State {
             omap: OmapServer::new(),
             data_dev: opts.data_dev,
             data_waiters: Vec::new(),
+            last_seq_waiters: Vec::new(),
         };
         if let Err(e) = st.begin(opts.alone, &opts.fenced) {
             // Not knowing who is mounted, it must not serve at all.
@@ -859,6 +877,11 @@ impl State {
                     id,
                     req: Request::OpenInoMap { group },
                 }) => self.omap_request(rid, id, group),
+                Some(Event::Request {
+                    rid,
+                    id,
+                    req: Request::GetLastSeq,
+                }) => self.last_seq_request(rid, id)?,
                 Some(Event::Request { rid, id, req }) => {
                     let opens = matches!(req, Request::GetLogTrees | Request::CommitLogTrees(_));
                     let commits = matches!(req, Request::CommitLogTrees(_));
@@ -873,6 +896,7 @@ impl State {
                     }
                     if commits {
                         self.data_waiters_progress(Some(rid))?;
+                        self.last_seq_progress()?;
                     }
                 }
                 Some(Event::Response { rid, id, resp }) => self.response(rid, id, resp),
@@ -889,6 +913,9 @@ impl State {
     fn tick(&mut self) -> Result<()> {
         if !self.data_waiters.is_empty() {
             self.data_waiters_progress(None)?;
+        }
+        if !self.last_seq_waiters.is_empty() {
+            self.last_seq_progress()?;
         }
         let now = Instant::now();
         if now >= self.recovery_deadline {
@@ -1014,6 +1041,7 @@ impl State {
         for w in self.data_waiters.iter_mut() {
             w.waiting_on.remove(&rid);
         }
+        self.last_seq_waiters.retain(|w| w.rid != rid);
         let mut txn = self.store.begin();
         if let Some(mut lt) = self.current_log_trees(&txn, rid)? {
             reclaim_freed(&mut txn, &mut lt)?;
@@ -1040,6 +1068,7 @@ impl State {
             round.remove(&rid);
         }
         self.lock_outputs(outs);
+        self.last_seq_progress()?;
         self.round_progress()
     }
 
@@ -1339,7 +1368,96 @@ impl State {
             Request::Farewell => unreachable!("farewells are handled by the run loop"),
             Request::Lock(_) => unreachable!("lock requests are handled by lock_request"),
             Request::OpenInoMap { .. } => unreachable!("handled by omap_request"),
+            Request::GetLastSeq => unreachable!("handled by last_seq_request"),
         }
+    }
+
+    /// The open transactions of the mounts: (rid, seq).
+    fn open_transactions(&self) -> Result<Vec<(u64, u64)>> {
+        let lts = log_roots(self.store.cache.as_ref(), &self.store.sb.logs_root)?;
+        Ok(lts
+            .iter()
+            .filter(|lt| {
+                !lt.is_finalized() && lt.trans_open() && self.mounted.contains_key(&lt.rid.get())
+            })
+            .map(|lt| (lt.rid.get(), lt.get_trans_seq.get()))
+            .collect())
+    }
+
+    /// The last seq whose transactions are all complete: below every open
+    /// transaction's seq, and no more than the last committed super
+    /// block's seq (every later transaction, under this server or the
+    /// next, gets a greater one). Index items of a seq at or below it are
+    /// all written, and no item will be written at such a seq again.
+    fn last_seq(&self) -> Result<u64> {
+        let open = self.open_transactions()?;
+        let below_open = open.iter().map(|&(_, s)| s - 1).min().unwrap_or(u64::MAX);
+        Ok(self.store.sb.seq.get().min(below_open))
+    }
+
+    /// GET_LAST_SEQ: the mounts whose transactions are open are asked to
+    /// commit, so that the answer covers every change made before the
+    /// request; it is answered once they have (or after
+    /// [`LAST_SEQ_WAIT`]).
+    fn last_seq_request(&mut self, rid: u64, id: u64) -> Result<()> {
+        let open = self.open_transactions()?;
+        let Some(target) = open.iter().map(|&(_, s)| s).max() else {
+            let last = self.last_seq()?;
+            self.link.respond(rid, id, &Response::LastSeq(last));
+            return Ok(());
+        };
+        let waiting: BTreeSet<u64> = self
+            .last_seq_waiters
+            .iter()
+            .map(|w| w.target)
+            .filter(|&t| t >= target)
+            .collect();
+        if waiting.is_empty() {
+            // Not asked already by a waiter before this one.
+            let rids: BTreeSet<u64> = open.iter().map(|&(r, _)| r).collect();
+            for r in rids {
+                match self.link.request(r, &ServerRequest::SyncLogTrees) {
+                    Ok(req_id) => {
+                        self.asked.insert((r, req_id));
+                    }
+                    Err(e) => tracing::debug!("asking {r:#x} to commit: {e}"),
+                }
+            }
+        }
+        self.last_seq_waiters.push(LastSeqWaiter {
+            rid,
+            id,
+            target,
+            deadline: Instant::now() + LAST_SEQ_WAIT,
+        });
+        Ok(())
+    }
+
+    /// Answers the GET_LAST_SEQ requests whose transactions have all
+    /// committed, or that waited long enough.
+    fn last_seq_progress(&mut self) -> Result<()> {
+        if self.last_seq_waiters.is_empty() {
+            return Ok(());
+        }
+        let min_open = self
+            .open_transactions()?
+            .iter()
+            .map(|&(_, s)| s)
+            .min()
+            .unwrap_or(u64::MAX);
+        let now = Instant::now();
+        let (ready, wait): (Vec<LastSeqWaiter>, Vec<LastSeqWaiter>) =
+            std::mem::take(&mut self.last_seq_waiters)
+                .into_iter()
+                .partition(|w| min_open > w.target || now >= w.deadline);
+        self.last_seq_waiters = wait;
+        if !ready.is_empty() {
+            let last = self.last_seq()?;
+            for w in ready {
+                self.link.respond(w.rid, w.id, &Response::LastSeq(last));
+            }
+        }
+        Ok(())
     }
 
     /// The mount's current (last) log tree item, if any.

@@ -198,6 +198,31 @@ impl<R: RootsSource> ForestSource<R> {
         })
     }
 
+    /// The first key in `lo..=hi` of any tree, the merged one or a log
+    /// tree, deletions included: a hint, read without locks from the last
+    /// written super block, of where items may be (a walk of a sparse key
+    /// space skips the lock ranges before it). Keys of transactions not yet
+    /// committed are not in it.
+    pub fn next_key_hint(&self, lo: &Key, hi: &Key) -> Result<Option<Key>> {
+        self.retry_stale(|roots| {
+            let mut trees = vec![roots.fs_root];
+            trees.extend(
+                log_roots(self.cache.as_ref(), &roots.logs_root)?
+                    .into_iter()
+                    .map(|lt| lt.item_root),
+            );
+            let mut best: Option<Key> = None;
+            for root in trees.iter().filter(|r| !r.is_empty()) {
+                let upto = best.map_or(*hi, |b| b.min(*hi));
+                btree::for_each_range(self.cache.as_ref(), root, lo, &upto, |it| {
+                    best = Some(best.map_or(it.key, |b| b.min(it.key)));
+                    Ok(false)
+                })?;
+            }
+            Ok(best)
+        })
+    }
+
     /// Runs `f` with the roots of the last written super block, and again
     /// with newer roots when it met a block rewritten meanwhile.
     /// A block still stale after the retries is corruption.

@@ -42,6 +42,30 @@ pub fn mem_fs(meta_bytes: u64, data_bytes: u64, fsid: u64) -> (MemDev, MemDev) {
     (meta, data)
 }
 
+/// A 256 MiB filesystem (both devices) whose `slots` quorum slots listen
+/// on loopback ports free now.
+pub fn quorum_fs(slots: u8, fsid: u64) -> (MemDev, MemDev) {
+    let socks: Vec<std::net::UdpSocket> = (0..slots)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let quorum = socks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i, s.local_addr().unwrap()))
+        .collect();
+    drop(socks);
+    let meta = MemDev::new_named("meta", 256 << 20);
+    let data = MemDev::new_named("data", 256 << 20);
+    let opts = MkfsOptions {
+        quorum,
+        fsid: Some(fsid),
+        now: Some(Timespec::new(1_700_000_000, 0)),
+        ..Default::default()
+    };
+    mkfs(Arc::new(meta.clone()), Arc::new(data.clone()), &opts).expect("mkfs");
+    (meta, data)
+}
+
 pub fn open(meta: &MemDev) -> Store {
     let dev: Arc<dyn BlockDev> = Arc::new(meta.clone());
     Store::open(dev, 512).expect("open store")

@@ -39,6 +39,9 @@ pub enum Request {
     /// Which inodes of a group any mount has open (the server asks every
     /// mount and answers their union).
     OpenInoMap { group: u64 },
+    /// The last seq whose transactions are all complete, after the
+    /// transactions open now have committed.
+    GetLastSeq,
 }
 
 /// One group's open-inode map: bit `ino % 1024` is set when the inode is
@@ -122,6 +125,7 @@ pub enum Response {
     Lock(LockMsg),
     Statfs(StatfsInfo),
     OpenInoMap(Box<OpenInoMap>),
+    LastSeq(u64),
     /// The request failed; an errno.
     Error(i32),
 }

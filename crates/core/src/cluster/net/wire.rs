@@ -106,6 +106,7 @@ pub enum Cmd {
     CommitLogTrees = 3,
     SyncLogTrees = 4,
     GetRoots = 5,
+    GetLastSeq = 6,
     Lock = 7,
     LockRecover = 8,
     OpenInoMap = 13,
@@ -116,13 +117,14 @@ pub enum Cmd {
 
 impl Cmd {
     /// Every defined command.
-    pub const ALL: [Cmd; 12] = [
+    pub const ALL: [Cmd; 13] = [
         Cmd::Greeting,
         Cmd::AllocInodes,
         Cmd::GetLogTrees,
         Cmd::CommitLogTrees,
         Cmd::SyncLogTrees,
         Cmd::GetRoots,
+        Cmd::GetLastSeq,
         Cmd::Lock,
         Cmd::LockRecover,
         Cmd::OpenInoMap,
@@ -143,6 +145,7 @@ impl Cmd {
             Cmd::CommitLogTrees => "COMMIT_LOG_TREES",
             Cmd::SyncLogTrees => "SYNC_LOG_TREES",
             Cmd::GetRoots => "GET_ROOTS",
+            Cmd::GetLastSeq => "GET_LAST_SEQ",
             Cmd::Lock => "LOCK",
             Cmd::LockRecover => "LOCK_RECOVER",
             Cmd::OpenInoMap => "OPEN_INO_MAP",
@@ -796,6 +799,7 @@ pub fn encode_request(req: &Request) -> Result<(Cmd, Vec<u8>), EncodeError> {
         ),
         Request::Farewell => (Cmd::Farewell, Vec::new()),
         Request::OpenInoMap { group } => (Cmd::OpenInoMap, group.to_le_bytes().to_vec()),
+        Request::GetLastSeq => (Cmd::GetLastSeq, Vec::new()),
     })
 }
 
@@ -809,6 +813,7 @@ pub fn decode_request(cmd: Cmd, data: &[u8]) -> Result<Request, WireError> {
         Cmd::GetLogTrees => empty(cmd, data).map(|_| Request::GetLogTrees)?,
         Cmd::CommitLogTrees => Request::CommitLogTrees(decode_log_trees(cmd, data)?),
         Cmd::GetRoots => empty(cmd, data).map(|_| Request::GetRoots)?,
+        Cmd::GetLastSeq => empty(cmd, data).map(|_| Request::GetLastSeq)?,
         Cmd::Lock => Request::Lock(decode_lock(data)?),
         Cmd::Statfs => empty(cmd, data).map(|_| Request::Statfs)?,
         Cmd::ResizeDevices => {
@@ -842,6 +847,7 @@ fn response_name(resp: &Response) -> &'static str {
         Response::Lock(_) => "lock",
         Response::Statfs(_) => "statfs",
         Response::OpenInoMap(_) => "open inode map",
+        Response::LastSeq(_) => "last seq",
         Response::Error(_) => "error",
     }
 }
@@ -874,6 +880,7 @@ pub fn encode_response(
         .to_vec(),
         (Cmd::Lock, Response::Lock(m)) => encode_lock(m),
         (Cmd::OpenInoMap, Response::OpenInoMap(m)) => encode_omap(m),
+        (Cmd::GetLastSeq, Response::LastSeq(seq)) => seq.to_le_bytes().to_vec(),
         (Cmd::Statfs, Response::Statfs(s)) => WireStatfs {
             total_meta_blocks: s.total_meta_blocks.into(),
             free_meta_blocks: s.free_meta_blocks.into(),
@@ -925,6 +932,10 @@ pub fn decode_response(
         Cmd::GetRoots => Response::Roots(decode_roots(data)?),
         Cmd::Lock => Response::Lock(decode_lock(data)?),
         Cmd::OpenInoMap => Response::OpenInoMap(Box::new(decode_omap(cmd, data)?)),
+        Cmd::GetLastSeq => {
+            let seq: U64 = exact(cmd, data)?;
+            Response::LastSeq(seq.get())
+        }
         Cmd::Statfs => {
             let w: WireStatfs = exact(cmd, data)?;
             Response::Statfs(StatfsInfo {

@@ -1,14 +1,20 @@
 //! The client of a mount's control socket, for the `scoutfs` commands and
 //! for archive agents that link this library.
 
-use super::proto::{header, payload_prefix, recv_frame, send_frame, socket_path, FrameError};
+use super::proto::{
+    attr_x_from_wire, attr_x_to_wire, header, payload_prefix, recv_frame, send_frame, socket_path,
+    FrameError,
+};
 use crate::cluster::net::msg::StatfsInfo;
 use crate::error::{Error, Result};
+use crate::mount::fs::archive::{AttrX, SeqIndex, WalkEntry};
 use scoutfs_format::control::*;
+use scoutfs_format::Timespec;
 use std::os::fd::BorrowedFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use zerocopy::FromBytes;
 use zerocopy::IntoBytes;
 
 /// A connection to one mount's control socket. Requests go one at a time.
@@ -24,6 +30,24 @@ pub struct ControlClient {
 pub struct MountStatfs {
     pub rid: u64,
     pub fs: StatfsInfo,
+    /// Every transaction at or below this seq is complete on every mount.
+    pub committed_seq: u64,
+}
+
+/// What STAT_MORE answers about a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatMore {
+    pub meta_seq: u64,
+    pub data_seq: u64,
+    pub data_version: u64,
+    pub online_blocks: u64,
+    pub offline_blocks: u64,
+    pub crtime: Timespec,
+    pub size: u64,
+}
+
+fn protocol(why: String) -> Error {
+    Error::Protocol(why)
 }
 
 impl ControlClient {
@@ -139,6 +163,85 @@ impl ControlClient {
                 free_data_blocks: s.free_data_blocks.get(),
                 inode_count: s.inode_count.get(),
             },
+            committed_seq: s.committed_seq.get(),
+        })
+    }
+
+    /// A file's seqs, data version, block counts and crtime; `file` is a
+    /// descriptor of it, opened in any mode.
+    pub fn stat_more(&mut self, file: BorrowedFd<'_>) -> Result<StatMore> {
+        let p = self.call(op::STAT_MORE, &[], &[file])?;
+        let s: ControlStatMore =
+            payload_prefix(op::STAT_MORE, &p).map_err(|(_, why)| protocol(why))?;
+        Ok(StatMore {
+            meta_seq: s.meta_seq.get(),
+            data_seq: s.data_seq.get(),
+            data_version: s.data_version.get(),
+            online_blocks: s.online_blocks.get(),
+            offline_blocks: s.offline_blocks.get(),
+            crtime: Timespec::new(s.crtime_sec.get(), s.crtime_nsec.get()),
+            size: s.size.get(),
+        })
+    }
+
+    /// Every extended attribute of a file.
+    pub fn get_attr_x(&mut self, file: BorrowedFd<'_>) -> Result<AttrX> {
+        let p = self.call(op::GET_ATTR_X, &[], &[file])?;
+        let w: ControlAttrX =
+            payload_prefix(op::GET_ATTR_X, &p).map_err(|(_, why)| protocol(why))?;
+        Ok(attr_x_from_wire(&w))
+    }
+
+    /// Changes the extended attributes of `x.mask` of a file (see
+    /// `Fs::set_attr_x` for the rules).
+    pub fn set_attr_x(&mut self, file: BorrowedFd<'_>, x: &AttrX) -> Result<()> {
+        let w = attr_x_to_wire(x);
+        self.call(op::SET_ATTR_X, w.as_bytes(), &[file])?;
+        Ok(())
+    }
+
+    /// Walks an inode index from `first` to `last` (both included), at
+    /// most `max` entries (0: no limit), clamped to the last complete seq.
+    /// `each` gets the clamp and each batch of entries as they arrive.
+    pub fn walk_inodes(
+        &mut self,
+        index: SeqIndex,
+        first: WalkEntry,
+        last: WalkEntry,
+        max: u32,
+        mut each: impl FnMut(u64, &[WalkEntry]) -> Result<()>,
+    ) -> Result<()> {
+        let req = ControlWalk {
+            first_seq: first.seq.into(),
+            first_ino: first.ino.into(),
+            last_seq: last.seq.into(),
+            last_ino: last.ino.into(),
+            max_entries: max.into(),
+            index: match index {
+                SeqIndex::MetaSeq => WALK_INDEX_META_SEQ,
+                SeqIndex::DataSeq => WALK_INDEX_DATA_SEQ,
+            },
+            pad: [0; 3],
+        };
+        self.call_each(op::WALK_INODES, req.as_bytes(), &[], |p| {
+            let (head, rest) = ControlWalkHead::read_from_prefix(p)
+                .map_err(|_| protocol("a walk frame shorter than its head".into()))?;
+            let nr = head.nr.get() as usize;
+            let Ok((entries, _)) = <[ControlWalkEntry]>::ref_from_prefix_with_elems(rest, nr)
+            else {
+                return Err(protocol(format!(
+                    "a walk frame says {nr} entries, holds {} bytes",
+                    rest.len()
+                )));
+            };
+            let got: Vec<WalkEntry> = entries
+                .iter()
+                .map(|e| WalkEntry {
+                    seq: e.seq.get(),
+                    ino: e.ino.get(),
+                })
+                .collect();
+            each(head.last_seq.get(), &got)
         })
     }
 

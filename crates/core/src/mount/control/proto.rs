@@ -1,7 +1,9 @@
 //! The control protocol's frames on a socket, with the descriptors they
 //! carry, and where a mount's socket is (see the module above).
 
+use crate::mount::fs::archive::AttrX;
 use scoutfs_format::control::*;
+use scoutfs_format::Timespec;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -279,4 +281,46 @@ pub fn payload_prefix<T: FromBytes>(op: u16, payload: &[u8]) -> Result<T, (i32, 
             ),
         )
     })
+}
+
+fn ts(sec: u64, nsec: u32) -> Timespec {
+    Timespec::new(sec, nsec)
+}
+
+/// An inode's extended attributes as GET_ATTR_X and SET_ATTR_X carry them.
+pub fn attr_x_to_wire(x: &AttrX) -> ControlAttrX {
+    ControlAttrX {
+        mask: x.mask.into(),
+        flags: x.flags.into(),
+        meta_seq: x.meta_seq.into(),
+        data_seq: x.data_seq.into(),
+        data_version: x.data_version.into(),
+        online_blocks: x.online_blocks.into(),
+        offline_blocks: x.offline_blocks.into(),
+        ctime_sec: x.ctime.sec.get().into(),
+        crtime_sec: x.crtime.sec.get().into(),
+        ctime_nsec: x.ctime.nsec.get().into(),
+        crtime_nsec: x.crtime.nsec.get().into(),
+        size: x.size.into(),
+        bits: x.bits.into(),
+        project_id: x.project_id.into(),
+    }
+}
+
+/// [`attr_x_to_wire`] read back.
+pub fn attr_x_from_wire(w: &ControlAttrX) -> AttrX {
+    AttrX {
+        mask: w.mask.get(),
+        flags: w.flags.get(),
+        meta_seq: w.meta_seq.get(),
+        data_seq: w.data_seq.get(),
+        data_version: w.data_version.get(),
+        online_blocks: w.online_blocks.get(),
+        offline_blocks: w.offline_blocks.get(),
+        ctime: ts(w.ctime_sec.get(), w.ctime_nsec.get()),
+        crtime: ts(w.crtime_sec.get(), w.crtime_nsec.get()),
+        size: w.size.get(),
+        bits: w.bits.get(),
+        project_id: w.project_id.get(),
+    }
 }

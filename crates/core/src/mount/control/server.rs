@@ -11,8 +11,12 @@
 //! original reserved for `CAP_SYS_ADMIN` check the peer's credentials as
 //! the socket gave them at connect (`SO_PEERCRED`).
 
-use super::proto::{header, payload_prefix, recv_frame, send_frame, Frame, FrameError};
+use super::proto::{
+    attr_x_from_wire, attr_x_to_wire, header, payload_prefix, recv_frame, send_frame, Frame,
+    FrameError,
+};
 use crate::error::{Error, Result};
+use crate::mount::fs::archive::{Caller, SeqIndex, WalkEntry, AX_PROJECT_ID, AX_RETENTION};
 use crate::mount::fs::Fs;
 use scoutfs_format::control::*;
 use std::io;
@@ -64,9 +68,15 @@ struct Counts {
 struct Shared {
     fs: Arc<Fs>,
     rid: u64,
+    /// The device number of the mount's FUSE mount: a descriptor passed
+    /// with a request must be of a file there.
+    dev: Option<u64>,
     stop: AtomicBool,
     open: AtomicUsize,
     counts: Counts,
+    /// Told of each inode an operation changed, so that the kernel forgets
+    /// what it cached of it.
+    changed: std::sync::OnceLock<InodeChanged>,
     conns: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -79,6 +89,9 @@ pub struct ControlServer {
     listener: Option<JoinHandle<()>>,
 }
 
+/// Called with the inode an operation changed.
+pub type InodeChanged = Box<dyn Fn(u64) + Send + Sync>;
+
 /// The peer's credentials at connect.
 #[derive(Clone, Copy, Debug)]
 struct Peer {
@@ -87,9 +100,10 @@ struct Peer {
 }
 
 impl ControlServer {
-    /// Serves `fs` (of the mount `rid`) on a new socket at `path`,
-    /// replacing any socket there (see below).
-    pub fn start(path: &Path, fs: Arc<Fs>, rid: u64) -> Result<ControlServer> {
+    /// Serves `fs` (of the mount `rid`, whose FUSE mount has device number
+    /// `dev`; None: operations on files are refused) on a new socket at
+    /// `path`, replacing any socket there (see below).
+    pub fn start(path: &Path, fs: Arc<Fs>, rid: u64, dev: Option<u64>) -> Result<ControlServer> {
         let ctx = |what: &str| format!("{what} {}", path.display());
         // The path is named by this mount's FUSE device number: a socket
         // there is a mount's whose FUSE mount is gone (one still ending
@@ -111,9 +125,11 @@ impl ControlServer {
         let shared = Arc::new(Shared {
             fs,
             rid,
+            dev,
             stop: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             counts: Counts::default(),
+            changed: std::sync::OnceLock::new(),
             conns: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
@@ -132,6 +148,12 @@ impl ControlServer {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Sets what is told of each inode an operation changes (the FUSE
+    /// mount drops the kernel's cached attributes of it).
+    pub fn set_inode_changed(&self, f: InodeChanged) {
+        let _ = self.shared.changed.set(f);
     }
 
     pub fn stats(&self) -> ControlStats {
@@ -296,7 +318,13 @@ fn serve(sock: &UnixStream, shared: &Shared) {
         };
         crate::counters::inc(&shared.counts.requests);
         let (op, id) = (frame.hdr.op.get(), frame.hdr.id.get());
-        let res = handle(shared, &peer, frame);
+        let mut more = |payload: Vec<u8>| {
+            let mut hdr = header(op, id, payload.len());
+            hdr.flags = CONTROL_FLAG_MORE.into();
+            send_frame(sock, &hdr, &payload, &[])
+                .map_err(|e| (libc::EPIPE, format!("sending an answer: {e}")))
+        };
+        let res = handle(shared, &peer, frame, &mut more);
         if let Err((errno, _)) = &res {
             crate::counters::inc(&shared.counts.failed);
             if *errno == libc::EPERM {
@@ -337,11 +365,55 @@ fn failed(e: Error) -> (i32, String) {
     (e.errno(), message(&e))
 }
 
-fn handle(
+type Answer = std::result::Result<Vec<u8>, (i32, String)>;
+
+/// What a request's answer frames but the last go to.
+type More<'a> = dyn FnMut(Vec<u8>) -> std::result::Result<(), (i32, String)> + 'a;
+
+fn fs_failed(what: &str, e: crate::mount::fs::FsError) -> (i32, String) {
+    (e.0, what.to_string())
+}
+
+/// The inode of the file a request's descriptor opened, which must be in
+/// this mount, and its access mode (`O_RDONLY`, `O_WRONLY` or `O_RDWR`).
+fn file_of(
     shared: &Shared,
-    peer: &Peer,
-    frame: Frame,
-) -> std::result::Result<Vec<u8>, (i32, String)> {
+    fds: &[std::os::fd::OwnedFd],
+    op: u16,
+) -> std::result::Result<(u64, i32), (i32, String)> {
+    let Some(fd) = fds.first() else {
+        return Err((
+            libc::EBADF,
+            format!("operation {op} needs a descriptor of the file"),
+        ));
+    };
+    let Some(dev) = shared.dev else {
+        return Err((libc::EBADF, "this mount serves no files".into()));
+    };
+    // SAFETY: a zeroed stat is valid; fstat writes it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err((
+            e.raw_os_error().unwrap_or(libc::EBADF),
+            format!("fstat: {e}"),
+        ));
+    }
+    if st.st_dev != dev {
+        return Err((
+            libc::EXDEV,
+            "the descriptor is of a file in another filesystem".into(),
+        ));
+    }
+    // SAFETY: F_GETFL only reads the descriptor's flags.
+    let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if fl < 0 {
+        return Err((libc::EBADF, "fcntl: the descriptor's flags".into()));
+    }
+    Ok((st.st_ino, fl & libc::O_ACCMODE))
+}
+
+fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> Answer {
     let Frame { hdr, payload, fds } = frame;
     let op = hdr.op.get();
     if fds.len() != hdr.nfds as usize {
@@ -359,6 +431,7 @@ fn handle(
     match op {
         op::STATFS_MORE => {
             let s = fs.statfs().map_err(|e| (e.0, "statfs".to_string()))?;
+            let committed_seq = fs.last_seq().map_err(|e| fs_failed("the last seq", e))?;
             Ok(ControlStatfs {
                 fsid: fs.fsid.into(),
                 rid: shared.rid.into(),
@@ -368,9 +441,70 @@ fn handle(
                 total_data_blocks: s.total_data_blocks.into(),
                 free_data_blocks: s.free_data_blocks.into(),
                 inode_count: s.inode_count.into(),
+                committed_seq: committed_seq.into(),
             }
             .as_bytes()
             .to_vec())
+        }
+        op::WALK_INODES => {
+            let w: ControlWalk = payload_prefix(op, &payload).inspect_err(|_| {
+                crate::counters::inc(&shared.counts.malformed);
+            })?;
+            let index = match w.index {
+                WALK_INDEX_META_SEQ => SeqIndex::MetaSeq,
+                WALK_INDEX_DATA_SEQ => SeqIndex::DataSeq,
+                i => return Err((libc::EINVAL, format!("no inode index {i}"))),
+            };
+            walk(fs, index, &w, more)
+        }
+        op::STAT_MORE => {
+            let (ino, _) = file_of(shared, &fds, op)?;
+            let x = fs.get_attr_x(ino).map_err(|e| fs_failed("stat", e))?;
+            Ok(ControlStatMore {
+                meta_seq: x.meta_seq.into(),
+                data_seq: x.data_seq.into(),
+                data_version: x.data_version.into(),
+                online_blocks: x.online_blocks.into(),
+                offline_blocks: x.offline_blocks.into(),
+                crtime_sec: x.crtime.sec.get().into(),
+                crtime_nsec: x.crtime.nsec.get().into(),
+                pad: 0.into(),
+                size: x.size.into(),
+            }
+            .as_bytes()
+            .to_vec())
+        }
+        op::GET_ATTR_X => {
+            let (ino, _) = file_of(shared, &fds, op)?;
+            let x = fs.get_attr_x(ino).map_err(|e| fs_failed("get attr x", e))?;
+            Ok(attr_x_to_wire(&x).as_bytes().to_vec())
+        }
+        op::SET_ATTR_X => {
+            let w: ControlAttrX = payload_prefix(op, &payload).inspect_err(|_| {
+                crate::counters::inc(&shared.counts.malformed);
+            })?;
+            let (ino, _) = file_of(shared, &fds, op)?;
+            let who = Caller {
+                uid: peer.uid,
+                admin: is_admin(peer),
+            };
+            let x = attr_x_from_wire(&w);
+            let res = fs.set_attr_x(ino, &x, who);
+            if let Some(f) = shared.changed.get() {
+                f(ino);
+            }
+            res.map_err(|e| {
+                let why = match e.0 {
+                    libc::EPERM if x.mask & (AX_RETENTION | AX_PROJECT_ID) != 0 && !who.admin => {
+                        "retention and project ids are for administrators (CAP_SYS_ADMIN)"
+                    }
+                    libc::EPERM => "the file is under retention, or not the caller's",
+                    libc::EINVAL => "fields or values not allowed (see docs/control.md)",
+                    _ => "set attr x",
+                };
+                fs_failed(why, e)
+            })?;
+            Ok(Vec::new())
         }
         op::RESIZE_DEVICES => {
             let r: ControlResize = payload_prefix(op, &payload).inspect_err(|_| {
@@ -389,6 +523,52 @@ fn handle(
         _ => {
             crate::counters::inc(&shared.counts.malformed);
             Err((libc::EOPNOTSUPP, format!("unknown operation {op}")))
+        }
+    }
+}
+
+/// Entries per WALK_INODES answer frame.
+const WALK_FRAME_ENTRIES: usize = 4096;
+
+/// Walks in batches, each sent as a frame as it is found.
+fn walk(fs: &Fs, index: SeqIndex, w: &ControlWalk, more: &mut More<'_>) -> Answer {
+    let mut pos = WalkEntry {
+        seq: w.first_seq.get(),
+        ino: w.first_ino.get(),
+    };
+    let last = WalkEntry {
+        seq: w.last_seq.get(),
+        ino: w.last_ino.get(),
+    };
+    let mut left = match w.max_entries.get() {
+        0 => usize::MAX,
+        n => n as usize,
+    };
+    loop {
+        let batch = fs
+            .walk_inodes(index, pos, last, left.min(WALK_FRAME_ENTRIES))
+            .map_err(|e| fs_failed("walking the inode index", e))?;
+        left -= batch.entries.len();
+        let mut frame = ControlWalkHead {
+            last_seq: batch.last_seq.into(),
+            nr: (batch.entries.len() as u32).into(),
+            pad: 0.into(),
+        }
+        .as_bytes()
+        .to_vec();
+        for e in &batch.entries {
+            let we = ControlWalkEntry {
+                seq: e.seq.into(),
+                ino: e.ino.into(),
+            };
+            frame.extend_from_slice(we.as_bytes());
+        }
+        match batch.next {
+            Some(next) if left > 0 => {
+                more(frame)?;
+                pos = next;
+            }
+            _ => return Ok(frame),
         }
     }
 }

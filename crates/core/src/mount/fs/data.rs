@@ -71,7 +71,13 @@ fn dev_err(e: std::io::Error) -> FsError {
 
 impl Fs {
     /// Extents overlapping logical blocks `from..to`.
-    fn extents_in(&self, g: &LockGuard, ino: u64, from: u64, to: u64) -> FsResult<Vec<Ext>> {
+    pub(super) fn extents_in(
+        &self,
+        g: &LockGuard,
+        ino: u64,
+        from: u64,
+        to: u64,
+    ) -> FsResult<Vec<Ext>> {
         let mut out = Vec::new();
         let mut k = Key::new(zone::FS, ino, ty::DATA_EXTENT, from, 0, 0);
         let last = Key::new(zone::FS, ino, ty::DATA_EXTENT, u64::MAX, u64::MAX, u8::MAX);
@@ -98,7 +104,7 @@ impl Fs {
 
     /// Maps logical blocks `start..start+len` to `map` (or unmaps them);
     /// returns the physical runs that were mapped there before.
-    fn set_mapping(
+    pub(super) fn set_mapping(
         &self,
         op: &Op,
         g: &LockGuard,
@@ -245,6 +251,7 @@ impl Fs {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
         let _local = self.lock_local(&[ino]);
         let mut a = self.regular(&g, ino)?;
+        super::check_retention(&a)?;
         let off = off.unwrap_or_else(|| a.size());
         let end = off
             .checked_add(buf.len() as u64)
@@ -390,6 +397,7 @@ impl Fs {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
         let _local = self.lock_local(&[ino]);
         let mut a = self.regular(&g, ino)?;
+        super::check_retention(&a)?;
         if size < a.size() {
             self.zero_tail(&g, &a, size)?;
             self.truncate_blocks(&g, &a, size.div_ceil(BLOCK))?;
@@ -541,6 +549,7 @@ impl Fs {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
         let _local = self.lock_local(&[ino]);
         let mut a = self.regular(&g, ino)?;
+        super::check_retention(&a)?;
         if !keep_size && end > a.size() {
             self.zero_tail(&g, &a, a.size())?;
         }
@@ -578,7 +587,7 @@ impl Fs {
     fn punch(&self, ino: u64, off: u64, end: u64, keep_privs: bool) -> FsResult<()> {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
         let _local = self.lock_local(&[ino]);
-        self.regular(&g, ino)?;
+        super::check_retention(&self.regular(&g, ino)?)?;
         // Whole blocks in the range are unmapped; the partial ones at its
         // edges are zeroed in place.
         let (full0, full1) = (off.div_ceil(BLOCK), end / BLOCK);

@@ -270,7 +270,8 @@ impl Fs {
         };
         let a = {
             let op = self.begin(&[(d.inode.meta_seq.get(), d.inode.data_seq.get())])?;
-            let mut a = self.create_inode(&op, gi, ino, mode, rdev, uid, gid)?;
+            let mut a =
+                self.create_inode(&op, gi, ino, mode, rdev, uid, gid, d.inode.proj.get())?;
             for (xname, value) in &acls {
                 self.store_xattr(&op, gi, &mut a, xname, value, true)?;
             }
@@ -336,6 +337,7 @@ impl Fs {
         if a.is_dir() {
             return Err(EPERM);
         }
+        super::check_retention(&a)?;
         if a.inode.nlink.get() >= LINK_MAX {
             return Err(EMLINK);
         }
@@ -401,6 +403,7 @@ impl Fs {
                 _ => continue,
             }
             let mut a = self.read_inode(gt, f.ino)?;
+            super::check_retention(&a)?;
             if dir && !a.is_dir() {
                 return Err(ENOTDIR);
             }
@@ -510,8 +513,17 @@ impl Fs {
     /// this mount, so no mount deletes it, until [`Fs::release`]. Taken
     /// under the inode's lock, so an inode being deleted can't be opened.
     pub fn open(&self, ino: u64) -> FsResult<Attr> {
+        self.open_for(ino, false)
+    }
+
+    /// [`Fs::open`] for writing (`write`: the open may change the file, by
+    /// its access mode or O_TRUNC): refused with EPERM under retention.
+    pub fn open_for(&self, ino: u64, write: bool) -> FsResult<Attr> {
         let g = self.locks.lock_inode(ino, LockMode::Read)?;
         let a = self.read_inode(&g, ino)?;
+        if write {
+            super::check_retention(&a)?;
+        }
         self.locks.open_inodes().pin(ino);
         Ok(a)
     }
@@ -680,6 +692,10 @@ impl Fs {
                 None => None,
             };
             let gd = dst.map(|d| g(d.ino));
+            super::check_retention(&sa)?;
+            if let Some(da) = &da {
+                super::check_retention(da)?;
+            }
             self.rename_checks(gd, &sa, da.as_ref(), flags)?;
             if sa.is_dir() && under_itself {
                 return Err(EINVAL);

@@ -149,6 +149,7 @@ impl Fs {
         rdev: u32,
         uid: u32,
         gid: u32,
+        proj: u64,
     ) -> FsResult<Attr> {
         let t = now();
         let seq = op.seq();
@@ -167,6 +168,7 @@ impl Fs {
             ctime: t,
             mtime: t,
             crtime: t,
+            proj: proj.into(),
             ..Default::default()
         };
         let itys: &[u8] = match mode & S_IFMT == S_IFDIR {
@@ -215,6 +217,7 @@ impl Fs {
             if a.is_dir() {
                 return Err(EISDIR);
             }
+            super::check_retention(&a)?;
             if a.size() != size || a.file_type() == scoutfs_format::inode::S_IFREG {
                 self.truncate(ino, size)?;
             }
@@ -222,6 +225,7 @@ impl Fs {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
         let _local = self.lock_local(&[ino]);
         let mut a = self.read_inode(&g, ino)?;
+        super::check_retention(&a)?;
         let changes = s.mode.is_some()
             || s.uid.is_some()
             || s.gid.is_some()
@@ -283,7 +287,9 @@ impl Fs {
         }
         let g = self.locks.lock_inode(ino, LockMode::Read)?;
         let a = self.read_inode(&g, ino)?;
-        Ok(self.atime_due(&a))
+        // Nothing of a file under retention changes, its atime included.
+        let retained = super::check_retention(&a).is_err();
+        Ok(!retained && self.atime_due(&a))
     }
 
     /// Records an access of `ino` (a read or a readdir): updates its atime
@@ -297,7 +303,7 @@ impl Fs {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
         let _local = self.lock_local(&[ino]);
         let mut a = self.read_inode(&g, ino)?;
-        if !self.atime_due(&a) {
+        if !self.atime_due(&a) || super::check_retention(&a).is_err() {
             return Ok(false);
         }
         {

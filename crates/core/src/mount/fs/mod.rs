@@ -23,6 +23,7 @@
 //! Errors are [`FsError`]: an errno, mapped in one place from lower errors.
 
 pub mod acl;
+pub mod archive;
 pub mod data;
 pub mod dir;
 pub mod inode;
@@ -90,6 +91,14 @@ pub const ELOOP: FsError = FsError(libc::ELOOP);
 pub const EXDEV: FsError = FsError(libc::EXDEV);
 pub const E2BIG: FsError = FsError(libc::E2BIG);
 pub const EACCES: FsError = FsError(libc::EACCES);
+
+/// EPERM if `a` is under retention (see `archive`).
+pub(crate) fn check_retention(a: &types::Attr) -> FsResult<()> {
+    if a.inode.flags.get() & scoutfs_format::inode::INO_FLAG_RETENTION != 0 {
+        return Err(EPERM);
+    }
+    Ok(())
+}
 
 impl Fs {
     /// The roots of the last written super block.

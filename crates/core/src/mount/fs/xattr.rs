@@ -160,6 +160,9 @@ impl Fs {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
         let _local = self.lock_local(&[ino]);
         let mut a = self.read_inode(&g, ino)?;
+        if name.starts_with(b"user.") {
+            super::check_retention(&a)?;
+        }
         let old = self.find_xattr(&g, ino, name)?;
         match (&old, flags & (XATTR_CREATE | XATTR_REPLACE)) {
             (Some(_), XATTR_CREATE) => return Err(EEXIST),
@@ -264,6 +267,9 @@ impl Fs {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
         let _local = self.lock_local(&[ino]);
         let mut a = self.read_inode(&g, ino)?;
+        if name.starts_with(b"user.") {
+            super::check_retention(&a)?;
+        }
         let f = self.find_xattr(&g, ino, name)?.ok_or(ENODATA)?;
         {
             let op = self.begin_freeing(&[seqs_of(&a)])?;

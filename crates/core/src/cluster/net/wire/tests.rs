@@ -88,7 +88,7 @@ fn decode_refuses_bad_fields_with_good_crcs() {
     };
     field_err(&with_byte(&f, 36, 0), "kind");
     field_err(&with_byte(&f, 36, 3), "kind");
-    field_err(&with_byte(&f, 37, 6), "cmd");
+    field_err(&with_byte(&f, 37, 9), "cmd");
     field_err(&with_byte(&f, 37, 20), "cmd");
     field_err(&with_byte(&f, 38, 8), "error");
     field_err(&with_byte(&f, 38, 3), "error");
@@ -306,4 +306,18 @@ fn lock_recover_refuses_bad_fields() {
     assert!(decode_server_request(Cmd::LockRecover, &[0; KEY_LEN - 1]).is_err());
     assert!(encode_client_response(Cmd::Lock, &resp).is_err());
     assert!(encode_client_response(Cmd::LockRecover, &ClientResponse::Done).is_err());
+}
+
+#[test]
+fn last_seq_round_trips_and_refuses_bad_lengths() {
+    let (cmd, data) = encode_request(&Request::GetLastSeq).unwrap();
+    assert_eq!((cmd, data.len()), (Cmd::GetLastSeq, 0));
+    assert_eq!(decode_request(cmd, &data), Ok(Request::GetLastSeq));
+    assert!(decode_request(Cmd::GetLastSeq, &[0]).is_err());
+    let resp = Response::LastSeq(0x1234_5678_9abc);
+    let (err, data) = encode_response(Cmd::GetLastSeq, &resp).unwrap();
+    assert_eq!((err, data.len()), (None, 8));
+    assert_eq!(decode_response(Cmd::GetLastSeq, None, &data), Ok(resp));
+    assert!(decode_response(Cmd::GetLastSeq, None, &data[..7]).is_err());
+    assert_eq!(Cmd::from_u8(6), Some(Cmd::GetLastSeq));
 }
