@@ -1,6 +1,8 @@
 //! The commands that reach a running mount through its control socket:
 //! `statfs`, `resize-devices`, and the archive commands (`stat`,
-//! `get-attr-x`, `set-attr-x`, `setattr`, `walk-inodes`).
+//! `get-attr-x`, `set-attr-x`, `setattr`, `walk-inodes`, `release`,
+//! `stage`, `punch-offline`, `move-blocks`, `data-waiting`,
+//! `data-wait-err`).
 
 use crate::size;
 use scoutfs_core::cluster::fence::local::run_dir;
@@ -457,5 +459,284 @@ pub(crate) fn cmd_walk_inodes(a: WalkArgs) -> Result<ExitCode, String> {
     .map_err(|e| format!("walk-inodes: {e}"))?;
     out.flush()
         .map_err(|e| format!("walk-inodes: stdout: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens a file of a mount for writing (and not truncating) and connects to
+/// its mount's control socket.
+fn open_for_writing(path: &Path, cmd: &str) -> Result<(std::fs::File, ControlClient), String> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("{cmd}: {}: {e}", path.display()))?;
+    let c = ControlClient::for_path(path, &run_dir()).map_err(|e| format!("{cmd}: {e}"))?;
+    Ok((f, c))
+}
+
+fn file_size(f: &std::fs::File, path: &Path, cmd: &str) -> Result<u64, String> {
+    f.metadata()
+        .map(|m| m.len())
+        .map_err(|e| format!("{cmd}: {}: {e}", path.display()))
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ReleaseArgs {
+    /// A regular file in a running mount (opened for writing).
+    file: PathBuf,
+    /// The data_version the file had when it was archived; refused
+    /// (ESTALE) if it changed since.
+    #[arg(short = 'V', long = "data-version")]
+    data_version: u64,
+    /// Where the range starts (4 KiB aligned) [default: 0].
+    #[arg(short = 'o', long, value_parser = size::parse_size, default_value = "0")]
+    offset: u64,
+    /// Its length (4 KiB aligned) [default: to the end of the file].
+    #[arg(short = 'l', long, value_parser = size::parse_size)]
+    length: Option<u64>,
+}
+
+pub(crate) fn cmd_release(a: ReleaseArgs) -> Result<ExitCode, String> {
+    let (f, mut c) = open_for_writing(&a.file, "release")?;
+    let len = match a.length {
+        Some(l) => l,
+        None => file_size(&f, &a.file, "release")?
+            .div_ceil(4096)
+            .saturating_mul(4096)
+            .saturating_sub(a.offset),
+    };
+    c.release(f.as_fd(), a.offset, len, a.data_version)
+        .map_err(|e| format!("release: {}: {e}", a.file.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub(crate) struct StageArgs {
+    /// The archived copy of the file's data (any filesystem), read at the
+    /// same offsets.
+    archive: PathBuf,
+    /// The file in a running mount whose offline range is staged (opened
+    /// for writing).
+    file: PathBuf,
+    /// The data_version the file had when it was archived.
+    #[arg(short = 'V', long = "data-version")]
+    data_version: u64,
+    /// Where the range starts (4 KiB aligned) [default: 0].
+    #[arg(short = 'o', long, value_parser = size::parse_size, default_value = "0")]
+    offset: u64,
+    /// Its length; it ends on a 4 KiB block or at the end of the file
+    /// [default: to the end of the file].
+    #[arg(short = 'l', long, value_parser = size::parse_size)]
+    length: Option<u64>,
+}
+
+pub(crate) fn cmd_stage(a: StageArgs) -> Result<ExitCode, String> {
+    let archive = std::fs::File::open(&a.archive)
+        .map_err(|e| format!("stage: {}: {e}", a.archive.display()))?;
+    let (f, mut c) = open_for_writing(&a.file, "stage")?;
+    let len = match a.length {
+        Some(l) => l,
+        None => file_size(&f, &a.file, "stage")?.saturating_sub(a.offset),
+    };
+    c.stage(f.as_fd(), archive.as_fd(), a.offset, len, a.data_version)
+        .map_err(|e| format!("stage: {}: {e}", a.file.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub(crate) struct PunchOfflineArgs {
+    /// A regular file in a running mount (opened for writing).
+    file: PathBuf,
+    /// The file's data_version.
+    #[arg(short = 'V', long = "data-version")]
+    data_version: u64,
+    /// Where the range starts (4 KiB aligned).
+    #[arg(short = 'o', long, value_parser = size::parse_size)]
+    offset: u64,
+    /// Its length (4 KiB aligned).
+    #[arg(short = 'l', long, value_parser = size::parse_size)]
+    length: u64,
+}
+
+pub(crate) fn cmd_punch_offline(a: PunchOfflineArgs) -> Result<ExitCode, String> {
+    let (f, mut c) = open_for_writing(&a.file, "punch-offline")?;
+    c.punch_offline(f.as_fd(), a.offset, a.length, a.data_version)
+        .map_err(|e| format!("punch-offline: {}: {e}", a.file.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub(crate) struct MoveBlocksArgs {
+    /// The file the blocks move from (opened for writing).
+    from: PathBuf,
+    /// Where they start in it (4 KiB aligned).
+    #[arg(short = 'f', long = "from-offset", value_parser = size::parse_size)]
+    from_offset: u64,
+    /// How many bytes (4 KiB aligned unless the range ends the file).
+    #[arg(short = 'l', long, value_parser = size::parse_size)]
+    length: u64,
+    /// The file they move to (opened for writing).
+    to: PathBuf,
+    /// Where they go in it (4 KiB aligned).
+    #[arg(short = 't', long = "to-offset", value_parser = size::parse_size)]
+    to_offset: u64,
+    /// Stage the destination's offline range with them (needs
+    /// --data-version, the destination's).
+    #[arg(short = 's', long, requires = "data_version")]
+    stage: bool,
+    /// The destination's data_version, with --stage.
+    #[arg(short = 'V', long = "data-version")]
+    data_version: Option<u64>,
+}
+
+pub(crate) fn cmd_move_blocks(a: MoveBlocksArgs) -> Result<ExitCode, String> {
+    let (from, mut c) = open_for_writing(&a.from, "move-blocks")?;
+    let (to, _) = open_for_writing(&a.to, "move-blocks")?;
+    c.move_blocks(
+        from.as_fd(),
+        a.from_offset,
+        a.length,
+        to.as_fd(),
+        a.to_offset,
+        a.data_version.unwrap_or(0),
+        a.stage,
+    )
+    .map_err(|e| format!("move-blocks: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ops_text(ops: u8) -> String {
+    let names: Vec<&str> = [
+        (scoutfs_core::mount::fs::wait::DWO_READ, "read"),
+        (scoutfs_core::mount::fs::wait::DWO_WRITE, "write"),
+        (
+            scoutfs_core::mount::fs::wait::DWO_CHANGE_SIZE,
+            "change_size",
+        ),
+    ]
+    .iter()
+    .filter(|(b, _)| ops & b != 0)
+    .map(|(_, n)| *n)
+    .collect();
+    names.join(",")
+}
+
+#[derive(clap::Args)]
+pub(crate) struct DataWaitingArgs {
+    /// List the waiters after this inode ...
+    #[arg(short = 'I', long = "inode", default_value = "0")]
+    ino: u64,
+    /// ... and this block of it.
+    #[arg(short = 'B', long = "block", default_value = "0")]
+    iblock: u64,
+    /// A path in a running mount [default: $SCOUTFS_MOUNT_PATH, else the
+    /// working directory].
+    #[arg(short = 'p', long = "path")]
+    path: Option<PathBuf>,
+    /// One JSON object a line, each with the position to resume after it.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn cmd_data_waiting(a: DataWaitingArgs) -> Result<ExitCode, String> {
+    let mut c = connect(a.path, "data-waiting")?;
+    // From the very start, or after the block given.
+    let (ino, iblock) = if a.ino == 0 && a.iblock == 0 {
+        (0, u64::MAX)
+    } else {
+        (a.ino, a.iblock)
+    };
+    let ws = c
+        .data_waiting(ino, iblock, 0, 0)
+        .map_err(|e| format!("data-waiting: {e}"))?;
+    for (ino, iblock, ops) in ws {
+        if a.json {
+            let names: Vec<String> = ops_text(ops)
+                .split(',')
+                .map(|n| format!("\"{n}\""))
+                .collect();
+            println!(
+                "{{\"ino\":{ino},\"iblock\":{iblock},\"ops\":[{}],\"next\":\"{ino}.{iblock}\"}}",
+                names.join(",")
+            );
+        } else {
+            println!("ino {ino} iblock {iblock} ops {}", ops_text(ops));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An errno by number (either sign) or name (EIO).
+fn parse_errno(s: &str) -> Result<i32, String> {
+    let bad = || format!("{s:?}: not an errno (a number such as -5, or a name such as EIO)");
+    let n = match s.trim_start_matches('-').parse::<i32>() {
+        Ok(n) => n,
+        Err(_) => match s.to_ascii_uppercase().as_str() {
+            "EIO" => libc::EIO,
+            "ENOENT" => libc::ENOENT,
+            "ENODATA" => libc::ENODATA,
+            "ENOSPC" => libc::ENOSPC,
+            "EAGAIN" => libc::EAGAIN,
+            "EINVAL" => libc::EINVAL,
+            "ESTALE" => libc::ESTALE,
+            "ENOLINK" => libc::ENOLINK,
+            "ETIMEDOUT" => libc::ETIMEDOUT,
+            "EHOSTDOWN" => libc::EHOSTDOWN,
+            _ => return Err(bad()),
+        },
+    };
+    if !(1..4096).contains(&n) {
+        return Err(bad());
+    }
+    Ok(n)
+}
+
+/// Ops as read, write, change_size (comma separated).
+fn parse_ops(s: &str) -> Result<u8, String> {
+    use scoutfs_core::mount::fs::wait::*;
+    let mut ops = 0;
+    for o in s.split(',') {
+        ops |= match o {
+            "read" => DWO_READ,
+            "write" => DWO_WRITE,
+            "change_size" => DWO_CHANGE_SIZE,
+            _ => return Err(format!("{o:?}: ops are read, write and change_size")),
+        };
+    }
+    Ok(ops)
+}
+
+#[derive(clap::Args)]
+pub(crate) struct DataWaitErrArgs {
+    /// The inode whose waiters fail.
+    #[arg(short = 'I', long = "inode")]
+    ino: u64,
+    /// Its data_version (not used, as in the original since v1.26).
+    #[arg(short = 'V', long = "data-version", default_value = "0")]
+    data_version: u64,
+    /// The first byte of the range whose waiters fail.
+    #[arg(short = 'F', long, value_parser = size::parse_size)]
+    offset: u64,
+    /// How many bytes.
+    #[arg(short = 'C', long, value_parser = size::parse_size)]
+    count: u64,
+    /// Which waiters: read, write, change_size (comma separated).
+    #[arg(short = 'O', long = "op", value_parser = parse_ops)]
+    ops: u8,
+    /// The error they fail with: a number (either sign) or a name (EIO).
+    #[arg(short = 'E', long = "err", value_parser = parse_errno, allow_hyphen_values = true)]
+    errno: i32,
+    /// A path in a running mount [default: $SCOUTFS_MOUNT_PATH, else the
+    /// working directory].
+    #[arg(short = 'p', long = "path")]
+    path: Option<PathBuf>,
+}
+
+pub(crate) fn cmd_data_wait_err(a: DataWaitErrArgs) -> Result<ExitCode, String> {
+    let _ = a.data_version;
+    let mut c = connect(a.path, "data-wait-err")?;
+    let n = c
+        .data_wait_err(a.ino, a.offset, a.count, a.ops.into(), a.errno)
+        .map_err(|e| format!("data-wait-err: {e}"))?;
+    println!("{n} waiting operations failed");
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ use crate::knotify::KernelNotify;
 use fuser::*;
 use scoutfs_core::mount::fs::types::NewNode;
 use scoutfs_core::mount::fs::types::{Attr, SetAttr};
+use scoutfs_core::mount::fs::wait::WaitEnd;
 use scoutfs_core::mount::fs::{Fs, FsError};
 use scoutfs_core::mount::locks::show_waits;
 use scoutfs_format::inode::*;
@@ -27,6 +28,8 @@ const FH_NOATIME: u64 = 1;
 /// Empty files a 64 KiB metadata block holds, for statfs's inode counts
 /// (an empty file takes about 1 KiB of items).
 const INODES_PER_META_BLOCK: u64 = 64;
+/// Background requests (readahead) the kernel may have outstanding.
+pub const MAX_BACKGROUND: u16 = 16384;
 /// The largest write the kernel sends us.
 pub const MAX_WRITE: u32 = 1 << 20;
 
@@ -60,14 +63,33 @@ pub struct InFlightIo {
     pub waiting: Arc<AtomicBool>,
 }
 
-/// A read or write in flight, recorded in [`Known::io`] until dropped.
-struct InFlight<'a> {
-    known: &'a Mutex<Known>,
+/// A read or write in flight, recorded in [`Known::io`] until dropped
+/// (across a wait for offline data too: the kernel holds its pages locked
+/// until it is answered).
+struct InFlight {
+    known: Arc<Mutex<Known>>,
     ino: u64,
     id: u64,
+    waiting: Arc<AtomicBool>,
 }
 
-impl Drop for InFlight<'_> {
+impl InFlight {
+    /// This thread runs the request now: its lock waits show in the
+    /// record.
+    fn on_this_thread(&self) {
+        self.waiting.store(false, Ordering::SeqCst);
+        show_waits(Some(self.waiting.clone()));
+    }
+
+    /// The request waits for offline data: its pages are not up to date
+    /// and stay locked in the kernel.
+    fn parked(&self) {
+        show_waits(None);
+        self.waiting.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for InFlight {
     fn drop(&mut self) {
         show_waits(None);
         let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
@@ -180,13 +202,13 @@ impl ScoutFuse {
         self.knotify.clone()
     }
 
-    /// Records an access of `ino`; when that changed its atime, the
-    /// attributes the kernel caches are dropped so stat sees it.
-    fn accessed(&self, ino: u64) {
-        // As on a local filesystem, a failed atime update doesn't fail
-        // the read.
-        if let (Ok(true), Some(n)) = (self.fs.accessed(ino), self.notifier.get()) {
-            let _ = n.inval_inode(INodeNo(ino), -1, 0);
+    /// What reads, writes and size changes need, owned.
+    fn io(&self) -> IoCtx {
+        IoCtx {
+            fs: self.fs.clone(),
+            known: self.known.clone(),
+            notifier: self.notifier.clone(),
+            knotify: self.knotify.clone(),
         }
     }
 
@@ -200,24 +222,6 @@ impl ScoutFuse {
         }
         loop {
             std::thread::sleep(Duration::from_secs(60));
-        }
-    }
-
-    /// Records a read or write of `len` bytes at `off` of `ino`, and
-    /// whether it waits for a lock, until the result is dropped (see
-    /// `kinval`).
-    fn in_flight(&self, ino: u64, off: u64, len: u64) -> InFlight<'_> {
-        let waiting = Arc::new(AtomicBool::new(false));
-        show_waits(Some(waiting.clone()));
-        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        k.next_io += 1;
-        let id = k.next_io;
-        let io = InFlightIo { off, len, waiting };
-        k.io.entry(ino).or_default().insert(id, io);
-        InFlight {
-            known: &self.known,
-            ino,
-            id,
         }
     }
 
@@ -244,6 +248,172 @@ impl ScoutFuse {
             *k.inodes.entry(ino).or_insert(0) += 1;
         }
         k.end(parent, name, cached);
+    }
+}
+
+/// What reads, writes and size changes need, owned, so that one that
+/// waits for offline data can run again later, on a resume thread, with
+/// its reply: waiting holds none of the kernel's request threads.
+#[derive(Clone)]
+struct IoCtx {
+    fs: Arc<Fs>,
+    known: Arc<Mutex<Known>>,
+    notifier: Arc<OnceLock<Notifier>>,
+    knotify: Arc<OnceLock<Arc<KernelNotify>>>,
+}
+
+impl IoCtx {
+    /// Records a read or write of `len` bytes at `off` of `ino`, and
+    /// whether it waits for a lock or for offline data, until the result
+    /// is dropped (see `kinval`).
+    fn in_flight(&self, ino: u64, off: u64, len: u64) -> InFlight {
+        let waiting = Arc::new(AtomicBool::new(false));
+        let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        k.next_io += 1;
+        let id = k.next_io;
+        let io = InFlightIo {
+            off,
+            len,
+            waiting: waiting.clone(),
+        };
+        k.io.entry(ino).or_default().insert(id, io);
+        InFlight {
+            known: self.known.clone(),
+            ino,
+            id,
+            waiting,
+        }
+    }
+
+    /// Records an access of `ino`; when that changed its atime, the
+    /// attributes the kernel caches are dropped so stat sees it.
+    fn accessed(&self, ino: u64) {
+        // As on a local filesystem, a failed atime update doesn't fail
+        // the read.
+        if let (Ok(true), Some(n)) = (self.fs.accessed(ino), self.notifier.get()) {
+            let _ = n.inval_inode(INodeNo(ino), -1, 0);
+        }
+    }
+
+    /// A read; when it meets offline data it is parked with its reply and
+    /// runs again once the data may have been staged.
+    fn read(self, ino: u64, off: u64, size: u32, noatime: bool, reply: ReplyData, io: InFlight) {
+        io.on_this_thread();
+        let mut parked = Some((reply, io));
+        let me = &self;
+        let r = self.fs.read_or_wait(ino, off, size as usize, &mut || {
+            let (reply, io) = parked.take().expect("a resume is made once");
+            io.parked();
+            let me = me.clone();
+            Box::new(move |end| {
+                guard("read", || match end {
+                    WaitEnd::Woken => me.read(ino, off, size, noatime, reply, io),
+                    WaitEnd::Failed(e) => {
+                        drop(io);
+                        reply.error(Errno::from_i32(e));
+                    }
+                })
+            })
+        });
+        let Some(r) = r else {
+            return;
+        };
+        let (reply, io) = parked.take().expect("the reply stays when not waiting");
+        drop(io);
+        match r {
+            Ok(d) => {
+                // The atime before the data: once the read returns, stat
+                // shows the access.
+                if !noatime {
+                    self.accessed(ino);
+                }
+                reply.data(&d);
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    /// A write at `off` (None: O_APPEND, at the end of the file as it is
+    /// under the inode's lock); parked like a read when it meets offline
+    /// data (its bytes copied then).
+    fn write(
+        self,
+        ino: u64,
+        off: Option<u64>,
+        kernel_off: u64,
+        data: &[u8],
+        reply: ReplyWrite,
+        io: InFlight,
+    ) {
+        io.on_this_thread();
+        let mut parked = Some((reply, io));
+        let me = &self;
+        let r = self.fs.write_or_wait(ino, off, data, &mut || {
+            let (reply, io) = parked.take().expect("a resume is made once");
+            io.parked();
+            let (me, data) = (me.clone(), data.to_vec());
+            Box::new(move |end| {
+                guard("write", || match end {
+                    WaitEnd::Woken => me.write(ino, off, kernel_off, &data, reply, io),
+                    WaitEnd::Failed(e) => {
+                        drop(io);
+                        reply.error(Errno::from_i32(e));
+                    }
+                })
+            })
+        });
+        let Some(r) = r else {
+            return;
+        };
+        let (reply, io) = parked.take().expect("the reply stays when not waiting");
+        drop(io);
+        match r {
+            Ok((n, at)) => {
+                reply.written(n as u32);
+                if off.is_none() && at != kernel_off {
+                    // O_APPEND: the kernel chose the offset from the size
+                    // it caches, which another mount may have changed.
+                    // (Such files are opened for direct I/O, so no page
+                    // holds the kernel's guess.) The attributes at once (no
+                    // kernel lock); pages may be locked by a request that
+                    // waits for us, so they go through the helper, on a
+                    // thread.
+                    if let Some(nt) = self.notifier.get() {
+                        let _ = nt.inval_inode(INodeNo(ino), -1, 0);
+                    }
+                    if let Some(k) = self.knotify.get() {
+                        let k = k.clone();
+                        std::thread::spawn(move || k.inval_pages(ino, 0, 0));
+                    }
+                }
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    /// A change of attributes; one that changes the size over offline
+    /// data is parked like a read.
+    fn setattr(self, ino: u64, s: SetAttr, reply: ReplyAttr) {
+        let mut parked = Some(reply);
+        let me = &self;
+        let r = self.fs.setattr_or_wait(ino, &s, &mut || {
+            let reply = parked.take().expect("a resume is made once");
+            let me = me.clone();
+            Box::new(move |end| {
+                guard("setattr", || match end {
+                    WaitEnd::Woken => me.setattr(ino, s, reply),
+                    WaitEnd::Failed(e) => reply.error(Errno::from_i32(e)),
+                })
+            })
+        });
+        let Some(r) = r else {
+            return;
+        };
+        let reply = parked.take().expect("the reply stays when not waiting");
+        match r {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(err(e)),
+        }
     }
 }
 
@@ -456,6 +626,12 @@ impl Filesystem for ScoutFuse {
         if self.fs.opts.acl {
             let _ = config.add_capabilities(InitFlags::FUSE_POSIX_ACL);
         }
+        // Reads the kernel sends in the background (readahead) count
+        // against this limit while they wait for offline data to be staged;
+        // at the kernel's default of 12, a dozen such waits would hold up
+        // every other file's readahead. Waiting requests cost the mount no
+        // thread, so the limit is set far above any number expected.
+        let _ = config.set_max_background(MAX_BACKGROUND);
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
         Ok(())
@@ -539,10 +715,7 @@ impl Filesystem for ScoutFuse {
                 mtime: time_or_now(mtime),
                 ctime: ctime.map(timespec),
             };
-            match self.fs.setattr(ino.0, &s) {
-                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-                Err(e) => reply.error(err(e)),
-            }
+            self.io().setattr(ino.0, s, reply);
         })
     }
 
@@ -732,20 +905,10 @@ impl Filesystem for ScoutFuse {
         reply: ReplyData,
     ) {
         guard("read", || {
-            let io = self.in_flight(ino.0, offset, size.into());
-            let r = self.fs.read(ino.0, offset, size as usize);
-            drop(io);
-            match r {
-                Ok(d) => {
-                    // The atime before the data: once the read returns, stat
-                    // shows the access.
-                    if fh.0 & FH_NOATIME == 0 {
-                        self.accessed(ino.0);
-                    }
-                    reply.data(&d);
-                }
-                Err(e) => reply.error(err(e)),
-            }
+            let io = self.io();
+            let flight = io.in_flight(ino.0, offset, size.into());
+            let noatime = fh.0 & FH_NOATIME != 0;
+            io.read(ino.0, offset, size, noatime, reply, flight);
         })
     }
 
@@ -762,39 +925,10 @@ impl Filesystem for ScoutFuse {
         reply: ReplyWrite,
     ) {
         guard("write", || {
-            if flags.0 & libc::O_APPEND == 0 {
-                let io = self.in_flight(ino.0, offset, data.len() as u64);
-                let r = self.fs.write(ino.0, offset, data);
-                drop(io);
-                match r {
-                    Ok(n) => reply.written(n as u32),
-                    Err(e) => reply.error(err(e)),
-                }
-                return;
-            }
-            // O_APPEND: the kernel chose the offset from the size it caches,
-            // which another mount may have changed; the end of the file is
-            // found under the inode's lock instead. (Such files are opened for
-            // direct I/O, so no page holds the kernel's guess.) If the guess
-            // was wrong, the kernel's size and pages are dropped.
-            match self.fs.append(ino.0, data) {
-                Ok((n, at)) => {
-                    reply.written(n as u32);
-                    if at != offset {
-                        // The attributes at once (no kernel lock); pages may
-                        // be locked by a request that waits for us, so they
-                        // go through the helper, on a thread.
-                        if let Some(nt) = self.notifier.get() {
-                            let _ = nt.inval_inode(ino, -1, 0);
-                        }
-                        if let Some(k) = self.knotify.get() {
-                            let k = k.clone();
-                            std::thread::spawn(move || k.inval_pages(ino.0, 0, 0));
-                        }
-                    }
-                }
-                Err(e) => reply.error(err(e)),
-            }
+            let io = self.io();
+            let flight = io.in_flight(ino.0, offset, data.len() as u64);
+            let at = (flags.0 & libc::O_APPEND == 0).then_some(offset);
+            io.write(ino.0, at, offset, data, reply, flight);
         })
     }
 
@@ -834,7 +968,7 @@ impl Filesystem for ScoutFuse {
         guard("readdir", || {
             let end = if offset == 0 {
                 // A listing from the start is an access of the directory.
-                self.accessed(ino.0);
+                self.io().accessed(ino.0);
                 let end = match self.fs.readdir_end(ino.0) {
                     Ok(e) => e,
                     Err(e) => return reply.error(err(e)),

@@ -115,6 +115,26 @@ enum Cmd {
     /// complete on every mount, so a walk resumed from where the last one
     /// stopped misses nothing.
     WalkInodes(control::WalkArgs),
+    /// Free the blocks of an archived file (or a range of it), leaving
+    /// them offline: reads wait until they are staged. Refused if the
+    /// file's data_version is not the archived one. Times and
+    /// data_version stay.
+    Release(control::ReleaseArgs),
+    /// Write archived bytes back into a file's offline blocks (the mount
+    /// reads the archive file itself), waking the operations that wait for
+    /// them. Times, data_version and data_seq stay.
+    Stage(control::StageArgs),
+    /// Turn offline blocks into holes (restoring a sparse file).
+    PunchOffline(control::PunchOfflineArgs),
+    /// Move blocks from one file to another without copying them
+    /// (--stage: into the destination's offline range).
+    MoveBlocks(control::MoveBlocksArgs),
+    /// List the operations of this mount waiting for offline data: inode,
+    /// block, and whether they read, write or change the size.
+    DataWaiting(control::DataWaitingArgs),
+    /// Make operations waiting for offline data fail with an error (the
+    /// archive cannot bring the data back). Needs root.
+    DataWaitErr(control::DataWaitErrArgs),
     /// The local fence agent: fence a mount on this host by killing its
     /// process and detaching its FUSE mount.
     ///
@@ -240,6 +260,12 @@ fn main() -> ExitCode {
         Cmd::SetAttrX(a) => control::cmd_set_attr_x(a),
         Cmd::Setattr(a) => control::cmd_setattr(a),
         Cmd::WalkInodes(a) => control::cmd_walk_inodes(a),
+        Cmd::Release(a) => control::cmd_release(a),
+        Cmd::Stage(a) => control::cmd_stage(a),
+        Cmd::PunchOffline(a) => control::cmd_punch_offline(a),
+        Cmd::MoveBlocks(a) => control::cmd_move_blocks(a),
+        Cmd::DataWaiting(a) => control::cmd_data_waiting(a),
+        Cmd::DataWaitErr(a) => control::cmd_data_wait_err(a),
         Cmd::FenceLocal(a) => fence::cmd_fence_local(a),
         Cmd::KernelNotify => return knotify::helper_main(),
     };

@@ -597,8 +597,15 @@ fn serve(
         }
     };
     let attrs = session.notifier();
-    control.set_inode_changed(Box::new(move |ino| {
+    let pages = knotify.clone();
+    control.set_inode_changed(Box::new(move |ino, data| {
         let _ = attrs.inval_inode(fuser::INodeNo(ino), -1, 0);
+        if data {
+            // Pages may be locked by a read that waits for this mount (for
+            // offline data): dropped through the helper, on a thread.
+            let k = pages.clone();
+            std::thread::spawn(move || k.inval_pages(ino, 0, 0));
+        }
     }));
     let caches = KernelCaches {
         known,
@@ -610,16 +617,19 @@ fn serve(
         .set_kernel_invalidate(Box::new(move |start, end| caches.drop_range(start, end)));
     let mut unmounter = session.unmount_callable();
     let dump = mnt.state_dumper();
-    std::thread::spawn(move || {
-        let mut sig = wait_signal(set);
+    std::thread::spawn(move || loop {
+        let sig = wait_signal(set);
         // SIGUSR1: print the lock state, for diagnosis.
-        while sig == libc::SIGUSR1 {
+        if sig == libc::SIGUSR1 {
             dump();
-            sig = wait_signal(set);
+            continue;
         }
         tracing::info!("signal {sig}: unmounting");
-        if let Err(e) = unmounter.unmount() {
-            tracing::error!("unmount: {e}");
+        match unmounter.unmount() {
+            Ok(()) => return,
+            // Busy (a process has a file open in it): the next signal
+            // tries again.
+            Err(e) => tracing::error!("unmount: {e}; signal again to retry"),
         }
     });
     tracing::info!(

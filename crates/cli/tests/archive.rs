@@ -267,3 +267,210 @@ fn archive_commands_on_a_real_mount() {
     drop(m);
     common::assert_check_clean(&meta, &data);
 }
+
+fn num(args: &[&str]) -> u64 {
+    ok(args).trim().parse().unwrap()
+}
+
+#[test]
+fn release_stage_and_waiters_on_a_real_mount() {
+    if !can_mount("release_stage_and_waiters_on_a_real_mount") {
+        return;
+    }
+    let dir = Scratch::new("offline");
+    let (meta, data) = common::mkfs(&dir);
+    let m = MountProc::start(&meta, &data, &dir.path("mnt"), &[]);
+    let mp = m.mp.to_str().unwrap().to_string();
+    let f = m.mp.join("f");
+    let bytes: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&f, &bytes).unwrap();
+    let arch = dir.path("archive-copy");
+    std::fs::write(&arch, &bytes).unwrap();
+    let fs_ = f.to_str().unwrap();
+    let arch_s = arch.to_str().unwrap();
+    let dv = num(&["stat", fs_, "-s", "data_version"]).to_string();
+    // An fsync commits (sync(2) does not reach a FUSE mount).
+    let commit = || std::fs::File::open(&f).unwrap().sync_all().unwrap();
+    commit();
+    let free0 = num(&["statfs", "-p", &mp, "-s", "free_data_blocks"]);
+
+    // Release: offline, st_blocks 0, the blocks free within a commit.
+    fails(&["release", fs_, "-V", "999"], "data_version");
+    fails(&["release", fs_, "-V", &dv, "-o", "100"], "aligned");
+    let o = as_nobody(&["release", fs_, "-V", &dv]);
+    assert!(!o.status.success(), "nobody released a file of root's");
+    ok(&["release", fs_, "-V", &dv]);
+    assert_eq!(num(&["stat", fs_, "-s", "offline_blocks"]), 256);
+    assert_eq!(std::fs::metadata(&f).unwrap().blocks(), 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while num(&["statfs", "-p", &mp, "-s", "free_data_blocks"]) < free0 + 256 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "released blocks not free"
+        );
+        Command::new("sync").status().unwrap();
+    }
+
+    // Readers wait without holding the mount's request threads: 40 of them
+    // (the mount serves with 4), and other files are served meanwhile.
+    let readers: Vec<_> = (0..40)
+        .map(|_| {
+            let f = f.clone();
+            std::thread::spawn(move || std::fs::read(f))
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let ino_s = format!("ino {} iblock", ino(&f));
+    loop {
+        let w = ok(&["data-waiting", "-p", &mp]);
+        if w.contains(&ino_s) && w.contains("ops read") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no waiter listed: {w}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let other = m.mp.join("other");
+    std::fs::create_dir(&other).unwrap();
+    for i in 0..100 {
+        let p = other.join(format!("o{i}"));
+        std::fs::write(&p, format!("file {i}")).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), format!("file {i}"));
+    }
+    let js = ok(&["data-waiting", "-p", &mp, "--json"]);
+    assert!(js.lines().all(|l| l.contains("\"ops\":[\"read\"]")), "{js}");
+    // Stage wakes them all with the archived bytes.
+    fails(&["stage", arch_s, fs_, "-V", "999"], "data_version");
+    ok(&["stage", arch_s, fs_, "-V", &dv]);
+    for r in readers {
+        assert!(
+            r.join().unwrap().unwrap() == bytes,
+            "a reader got other bytes"
+        );
+    }
+    assert_eq!(num(&["stat", fs_, "-s", "offline_blocks"]), 0);
+    assert_eq!(num(&["stat", fs_, "-s", "data_version"]).to_string(), dv);
+
+    // data-wait-err fails a waiting read with the errno given (root only).
+    ok(&["release", fs_, "-V", &dv]);
+    let reader = {
+        let f = f.clone();
+        std::thread::spawn(move || std::fs::read(f))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ok(&["data-waiting", "-p", &mp]).contains(&ino_s) {
+        assert!(std::time::Instant::now() < deadline, "no waiter");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let ino_arg = ino(&f).to_string();
+    let werr = [
+        "data-wait-err",
+        "-I",
+        &ino_arg,
+        "-F",
+        "0",
+        "-C",
+        "1M",
+        "-O",
+        "read",
+        "-E",
+        "EIO",
+        "-p",
+        &mp,
+    ];
+    let o = as_nobody(&werr);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("root"), "{err}");
+    fails(
+        &[
+            "data-wait-err",
+            "-I",
+            &ino_arg,
+            "-F",
+            "0",
+            "-C",
+            "1",
+            "-O",
+            "sideways",
+            "-E",
+            "5",
+            "-p",
+            &mp,
+        ],
+        "ops are",
+    );
+    fails(
+        &[
+            "data-wait-err",
+            "-I",
+            &ino_arg,
+            "-F",
+            "0",
+            "-C",
+            "1",
+            "-O",
+            "read",
+            "-E",
+            "nope",
+            "-p",
+            &mp,
+        ],
+        "not an errno",
+    );
+    assert!(ok(&werr).starts_with("1 "));
+    let e = reader.join().unwrap().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    ok(&["stage", arch_s, fs_, "-V", &dv]);
+    assert!(std::fs::read(&f).unwrap() == bytes);
+
+    // A sparse restore: all offline, holes punched, a range staged by
+    // moving the blocks of a temporary file.
+    let r = m.mp.join("restored");
+    std::fs::write(&r, b"").unwrap();
+    let rs = r.to_str().unwrap();
+    ok(&["setattr", rs, "-V", "3", "-s", "40960", "-o"]);
+    ok(&["punch-offline", rs, "-V", "3", "-o", "8K", "-l", "16K"]);
+    fails(
+        &["punch-offline", rs, "-V", "4", "-o", "0", "-l", "4K"],
+        "data_version",
+    );
+    assert_eq!(num(&["stat", rs, "-s", "offline_blocks"]), 6);
+    let tmp = m.mp.join("tmp");
+    std::fs::write(&tmp, &bytes[..8192]).unwrap();
+    let ts = tmp.to_str().unwrap();
+    ok(&[
+        "move-blocks",
+        ts,
+        "-f",
+        "0",
+        "-l",
+        "8K",
+        rs,
+        "-t",
+        "0",
+        "--stage",
+        "-V",
+        "3",
+    ]);
+    fails(
+        &["move-blocks", ts, "-f", "0", "-l", "8K", rs, "-t", "24K"],
+        "offline",
+    );
+    // The rest is still offline (a read of it would wait): the staged and
+    // punched part only, without readahead (which would reach the offline
+    // blocks and wait for them).
+    let mut head = vec![0u8; 8192 + 16384];
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut rf = std::fs::File::open(&r).unwrap();
+    // SAFETY: advice on a descriptor we hold.
+    let adv = unsafe { libc::posix_fadvise(rf.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    assert_eq!(adv, 0);
+    rf.read_exact(&mut head).unwrap();
+    assert!(head[..8192] == bytes[..8192] && head[8192..].iter().all(|&b| b == 0));
+    assert_eq!(num(&["stat", rs, "-s", "offline_blocks"]), 4);
+    drop(m);
+    common::assert_check_clean(&meta, &data);
+}

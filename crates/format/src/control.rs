@@ -46,17 +46,37 @@ pub mod op {
     /// Entries of an inode index: [`super::ControlWalk`] → frames of a
     /// [`super::ControlWalkHead`] and its [`super::ControlWalkEntry`]s.
     pub const WALK_INODES: u16 = 1;
+    /// Frees a range of a file's blocks, leaving it offline: one
+    /// descriptor (opened for writing) and a [`super::ControlRange`] →
+    /// nothing.
+    pub const RELEASE: u16 = 3;
+    /// Writes archived bytes into a file's offline range: two descriptors
+    /// (the file, opened for writing; the archive copy, for reading) and a
+    /// [`super::ControlRange`] → le64 bytes staged.
+    pub const STAGE: u16 = 4;
     /// A file's seqs, data version, block counts and crtime: one
     /// descriptor → [`super::ControlStatMore`].
     pub const STAT_MORE: u16 = 5;
+    /// The operations waiting for offline data: [`super::ControlWaitingReq`]
+    /// → frames of [`super::ControlWaiting`].
+    pub const DATA_WAITING: u16 = 6;
     /// Filesystem ids and totals; no payload → [`super::ControlStatfs`].
     pub const STATFS_MORE: u16 = 10;
+    /// Fails waiting operations with an errno (administrators only):
+    /// [`super::ControlWaitErr`] → le64 how many.
+    pub const DATA_WAIT_ERR: u16 = 11;
+    /// Moves extents between two files: two descriptors (from, to; both
+    /// opened for writing) and a [`super::ControlMoveBlocks`] → nothing.
+    pub const MOVE_BLOCKS: u16 = 13;
     /// Every extended attribute of a file: one descriptor →
     /// [`super::ControlAttrX`].
     pub const GET_ATTR_X: u16 = 18;
     /// Changes extended attributes of a file: one descriptor and a
     /// [`super::ControlAttrX`] → nothing.
     pub const SET_ATTR_X: u16 = 19;
+    /// Turns a file's offline range into holes: one descriptor (opened for
+    /// writing) and a [`super::ControlRange`] → nothing.
+    pub const PUNCH_OFFLINE: u16 = 24;
     /// Grow the devices (administrators only): [`super::ControlResize`] →
     /// nothing.
     pub const RESIZE_DEVICES: u16 = 14;
@@ -181,7 +201,78 @@ pub struct ControlAttrX {
     pub project_id: U64,
 }
 
+/// A range of a file and the data_version it must have (RELEASE, STAGE,
+/// PUNCH_OFFLINE), 32 bytes.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct ControlRange {
+    pub offset: U64,
+    pub length: U64,
+    pub data_version: U64,
+    pub flags: U64,
+}
+
+/// MOVE_BLOCKS flag: the moved blocks stage the destination's offline
+/// range.
+pub const MOVE_BLOCKS_STAGE: u64 = 1;
+
+/// The MOVE_BLOCKS request, 40 bytes.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct ControlMoveBlocks {
+    pub from_off: U64,
+    pub length: U64,
+    pub to_off: U64,
+    pub data_version: U64,
+    pub flags: U64,
+}
+
+/// DATA_WAITING flag: every mount's waiters, not only this mount's.
+pub const DATA_WAITING_ALL_MOUNTS: u32 = 1;
+
+/// The DATA_WAITING request, 24 bytes: waiters after (`after_ino`,
+/// `after_iblock`), at most `max` (0: no limit).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct ControlWaitingReq {
+    pub after_ino: U64,
+    pub after_iblock: U64,
+    pub max: U32,
+    pub flags: U32,
+}
+
+/// One waited-on block, 24 bytes: the `DWO_*` ops (read 1, write 2,
+/// change size 4) of the operations waiting for it.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct ControlWaiting {
+    pub ino: U64,
+    pub iblock: U64,
+    pub ops: u8,
+    pub pad: [u8; 7],
+}
+
+/// The DATA_WAIT_ERR request, 48 bytes: the waiters of `ino` on bytes
+/// `offset..offset+count` whose op is in `ops` fail with `errno`.
+/// `data_version` is not used (as in the original since v1.26).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct ControlWaitErr {
+    pub ino: U64,
+    pub data_version: U64,
+    pub offset: U64,
+    pub count: U64,
+    pub ops: U32,
+    pub errno: U32,
+    pub flags: U64,
+}
+
 pub const CONTROL_STATFS_LEN: usize = 72;
+pub const CONTROL_RANGE_LEN: usize = 32;
+pub const CONTROL_MOVE_BLOCKS_LEN: usize = 40;
+pub const CONTROL_WAITING_REQ_LEN: usize = 24;
+pub const CONTROL_WAITING_LEN: usize = 24;
+pub const CONTROL_WAIT_ERR_LEN: usize = 48;
 pub const CONTROL_RESIZE_LEN: usize = 16;
 pub const CONTROL_WALK_LEN: usize = 40;
 pub const CONTROL_WALK_HEAD_LEN: usize = 16;
@@ -195,6 +286,11 @@ const _: () = {
     assert!(size_of::<ControlStatfs>() == CONTROL_STATFS_LEN);
     assert!(size_of::<ControlResize>() == CONTROL_RESIZE_LEN);
     assert!(size_of::<ControlWalk>() == CONTROL_WALK_LEN);
+    assert!(size_of::<ControlRange>() == CONTROL_RANGE_LEN);
+    assert!(size_of::<ControlMoveBlocks>() == CONTROL_MOVE_BLOCKS_LEN);
+    assert!(size_of::<ControlWaitingReq>() == CONTROL_WAITING_REQ_LEN);
+    assert!(size_of::<ControlWaiting>() == CONTROL_WAITING_LEN);
+    assert!(size_of::<ControlWaitErr>() == CONTROL_WAIT_ERR_LEN);
     assert!(size_of::<ControlWalkHead>() == CONTROL_WALK_HEAD_LEN);
     assert!(size_of::<ControlWalkEntry>() == CONTROL_WALK_ENTRY_LEN);
     assert!(size_of::<ControlStatMore>() == CONTROL_STAT_MORE_LEN);

@@ -66,6 +66,10 @@ pub trait PendingDrop: Send {
 /// Called with a key range whose kernel caches must be dropped before the
 /// lock goes. Drops what it can at once and returns what is left, if
 /// anything (see `scoutfs mount`).
+/// Told of the range of each lock being invalidated (not a WRITE to READ
+/// downgrade): another mount may change what it covers.
+pub type LockLost = Box<dyn Fn(&Key, &Key) + Send + Sync>;
+
 pub type KernelInvalidate = Box<dyn Fn(&Key, &Key) -> Option<Box<dyn PendingDrop>> + Send + Sync>;
 
 thread_local! {
@@ -137,6 +141,9 @@ enum Work {
 
 struct State {
     machine: LockClient,
+    /// Locks kept cached while idle (by how many pins): inodes with data
+    /// waiters, which must hear of any change another mount makes.
+    pinned: BTreeMap<Key, usize>,
     /// Wake generations per lock: waiters sleep until theirs changes.
     wakes: BTreeMap<Key, u64>,
     /// Server request ids of the invalidations queued per lock, in order.
@@ -153,6 +160,9 @@ pub struct Locks {
     items: Arc<ItemCache>,
     work: Mutex<Option<Sender<Work>>>,
     kernel: OnceLock<KernelInvalidate>,
+    /// Told of each range whose lock is being taken away (data waiters
+    /// look again).
+    lost: OnceLock<LockLost>,
     me: OnceLock<Weak<Locks>>,
     /// The inodes this mount has open: the server asks for them through
     /// this handler (see `omap`).
@@ -218,7 +228,7 @@ impl Drop for LockGuard {
         if st.machine.invalidation_ready(&self.start) {
             self.locks.drained.notify_all();
         }
-        let idle = st.machine.trim_idle();
+        let idle = st.trim_idle();
         drop(st);
         for m in idle {
             self.locks.send(m);
@@ -226,10 +236,18 @@ impl Drop for LockGuard {
     }
 }
 
+impl State {
+    fn trim_idle(&mut self) -> Vec<LockMsg> {
+        let pinned = &self.pinned;
+        self.machine.trim_idle_except(|k| pinned.contains_key(k))
+    }
+}
+
 impl Locks {
     pub fn new(rid: u64, items: Arc<ItemCache>, idle_max: usize) -> Arc<Locks> {
         let st = State {
             machine: LockClient::new(Rid(rid), idle_max),
+            pinned: BTreeMap::new(),
             wakes: BTreeMap::new(),
             inval_ids: BTreeMap::new(),
         };
@@ -242,6 +260,7 @@ impl Locks {
             items,
             work: Mutex::new(None),
             kernel: OnceLock::new(),
+            lost: OnceLock::new(),
             me: OnceLock::new(),
             open: Arc::default(),
             early: Mutex::new(Some(Vec::new())),
@@ -290,6 +309,28 @@ impl Locks {
     /// Sets what drops the kernel's caches of a key range.
     pub fn set_kernel_invalidate(&self, f: KernelInvalidate) {
         let _ = self.kernel.set(f);
+    }
+
+    /// Sets what is told of each lock range being taken away.
+    pub fn set_lock_lost(&self, f: LockLost) {
+        let _ = self.lost.set(f);
+    }
+
+    /// Keeps the lock starting at `start` cached while idle, until as many
+    /// `unpin`s.
+    pub fn pin(&self, start: Key) {
+        *self.state().pinned.entry(start).or_insert(0) += 1;
+    }
+
+    /// Ends one `pin`.
+    pub fn unpin(&self, start: Key) {
+        let mut st = self.state();
+        if let Some(n) = st.pinned.get_mut(&start) {
+            *n -= 1;
+            if *n == 0 {
+                st.pinned.remove(&start);
+            }
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -621,6 +662,11 @@ impl Locks {
                     }
                     if inv.keep {
                         break;
+                    }
+                    if inv.round == 0 {
+                        if let Some(f) = self.lost.get() {
+                            f(&inv.start, &inv.end);
+                        }
                     }
                     self.items.invalidate(&inv.start, &inv.end);
                     match self.kernel_drop(&inv.start, &inv.end) {

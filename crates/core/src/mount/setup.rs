@@ -404,6 +404,9 @@ impl Mount {
         if let Some(s) = self.scanner.take() {
             s.stop();
         }
+        // Operations waiting for offline data end: nothing will stage it
+        // here any more.
+        self.fs.waits.close(libc::ESHUTDOWN);
         self.fs.trans.stop_committer();
         if let Some(t) = self.committer.take() {
             let _ = t.join();

@@ -709,13 +709,19 @@ impl LockClient {
 
     /// `Null` requests for the oldest clean idle locks beyond `idle_max`.
     pub fn trim_idle(&mut self) -> Vec<LockMsg> {
+        self.trim_idle_except(|_| false)
+    }
+
+    /// [`LockClient::trim_idle`], keeping the locks for which `keep` says
+    /// so (they count against `idle_max` all the same).
+    pub fn trim_idle_except(&mut self, keep: impl Fn(&Key) -> bool) -> Vec<LockMsg> {
         let mut excess = self.lru.len().saturating_sub(self.idle_max);
         let mut chosen = Vec::new();
         for key in self.lru.values() {
             if excess == 0 {
                 break;
             }
-            if self.locks.get(key).is_some_and(|l| l.dirty_trans_seq == 0) {
+            if !keep(key) && self.locks.get(key).is_some_and(|l| l.dirty_trans_seq == 0) {
                 chosen.push(*key);
                 excess -= 1;
             }

@@ -255,4 +255,137 @@ impl ControlClient {
         self.call(op::RESIZE_DEVICES, req.as_bytes(), &[])?;
         Ok(())
     }
+
+    /// Frees the blocks of `offset..offset+length` (4 KiB aligned) of a
+    /// file whose data_version is `data_version`, leaving them offline;
+    /// `file` is opened for writing.
+    pub fn release(
+        &mut self,
+        file: BorrowedFd<'_>,
+        offset: u64,
+        length: u64,
+        data_version: u64,
+    ) -> Result<()> {
+        let r = range(offset, length, data_version);
+        self.call(op::RELEASE, r.as_bytes(), &[file])?;
+        Ok(())
+    }
+
+    /// Stages `offset..offset+length` of `file` (opened for writing) from
+    /// the same bytes of `archive` (opened for reading); the mount reads
+    /// the archive itself. Returns the bytes staged (offline blocks only).
+    pub fn stage(
+        &mut self,
+        file: BorrowedFd<'_>,
+        archive: BorrowedFd<'_>,
+        offset: u64,
+        length: u64,
+        data_version: u64,
+    ) -> Result<u64> {
+        let r = range(offset, length, data_version);
+        let p = self.call(op::STAGE, r.as_bytes(), &[file, archive])?;
+        let n: zerocopy::little_endian::U64 =
+            payload_prefix(op::STAGE, &p).map_err(|(_, why)| protocol(why))?;
+        Ok(n.get())
+    }
+
+    /// Turns the offline blocks of a range into holes (every block of it
+    /// must be offline or a hole).
+    pub fn punch_offline(
+        &mut self,
+        file: BorrowedFd<'_>,
+        offset: u64,
+        length: u64,
+        data_version: u64,
+    ) -> Result<()> {
+        let r = range(offset, length, data_version);
+        self.call(op::PUNCH_OFFLINE, r.as_bytes(), &[file])?;
+        Ok(())
+    }
+
+    /// Moves the extents of `from`'s range to `to` (see
+    /// `Fs::move_blocks`); `stage` stages `to`'s offline range with them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn move_blocks(
+        &mut self,
+        from: BorrowedFd<'_>,
+        from_off: u64,
+        length: u64,
+        to: BorrowedFd<'_>,
+        to_off: u64,
+        data_version: u64,
+        stage: bool,
+    ) -> Result<()> {
+        let m = ControlMoveBlocks {
+            from_off: from_off.into(),
+            length: length.into(),
+            to_off: to_off.into(),
+            data_version: data_version.into(),
+            flags: if stage { MOVE_BLOCKS_STAGE } else { 0 }.into(),
+        };
+        self.call(op::MOVE_BLOCKS, m.as_bytes(), &[from, to])?;
+        Ok(())
+    }
+
+    /// The blocks operations wait for, after (`after_ino`,
+    /// `after_iblock`), at most `max` (0: no limit): (ino, iblock, ops).
+    pub fn data_waiting(
+        &mut self,
+        after_ino: u64,
+        after_iblock: u64,
+        max: u32,
+        flags: u32,
+    ) -> Result<Vec<(u64, u64, u8)>> {
+        let r = ControlWaitingReq {
+            after_ino: after_ino.into(),
+            after_iblock: after_iblock.into(),
+            max: max.into(),
+            flags: flags.into(),
+        };
+        let mut out = Vec::new();
+        self.call_each(op::DATA_WAITING, r.as_bytes(), &[], |p| {
+            let Ok(ws) = <[ControlWaiting]>::ref_from_bytes(p) else {
+                return Err(protocol(format!(
+                    "a waiting frame of {} bytes, not whole entries",
+                    p.len()
+                )));
+            };
+            out.extend(ws.iter().map(|w| (w.ino.get(), w.iblock.get(), w.ops)));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Fails the operations waiting on bytes `offset..offset+count` of
+    /// `ino` whose op is in `ops` with `errno`; returns how many.
+    pub fn data_wait_err(
+        &mut self,
+        ino: u64,
+        offset: u64,
+        count: u64,
+        ops: u32,
+        errno: i32,
+    ) -> Result<u64> {
+        let r = ControlWaitErr {
+            ino: ino.into(),
+            offset: offset.into(),
+            count: count.into(),
+            ops: ops.into(),
+            errno: (errno as u32).into(),
+            ..ControlWaitErr::default()
+        };
+        let p = self.call(op::DATA_WAIT_ERR, r.as_bytes(), &[])?;
+        let n: zerocopy::little_endian::U64 =
+            payload_prefix(op::DATA_WAIT_ERR, &p).map_err(|(_, why)| protocol(why))?;
+        Ok(n.get())
+    }
+}
+
+fn range(offset: u64, length: u64, data_version: u64) -> ControlRange {
+    ControlRange {
+        offset: offset.into(),
+        length: length.into(),
+        data_version: data_version.into(),
+        flags: 0.into(),
+    }
 }

@@ -89,8 +89,10 @@ pub struct ControlServer {
     listener: Option<JoinHandle<()>>,
 }
 
-/// Called with the inode an operation changed.
-pub type InodeChanged = Box<dyn Fn(u64) + Send + Sync>;
+/// Called with the inode an operation changed, and whether where its data
+/// is changed (then the kernel's cached pages go too, not only its
+/// attributes).
+pub type InodeChanged = Box<dyn Fn(u64, bool) + Send + Sync>;
 
 /// The peer's credentials at connect.
 #[derive(Clone, Copy, Debug)]
@@ -374,17 +376,19 @@ fn fs_failed(what: &str, e: crate::mount::fs::FsError) -> (i32, String) {
     (e.0, what.to_string())
 }
 
-/// The inode of the file a request's descriptor opened, which must be in
-/// this mount, and its access mode (`O_RDONLY`, `O_WRONLY` or `O_RDWR`).
+/// The inode of the file the request's descriptor `i` opened, which must
+/// be in this mount, and the descriptor's status flags (`O_ACCMODE` bits,
+/// `O_APPEND`, ...).
 fn file_of(
     shared: &Shared,
     fds: &[std::os::fd::OwnedFd],
+    i: usize,
     op: u16,
 ) -> std::result::Result<(u64, i32), (i32, String)> {
-    let Some(fd) = fds.first() else {
+    let Some(fd) = fds.get(i) else {
         return Err((
             libc::EBADF,
-            format!("operation {op} needs a descriptor of the file"),
+            format!("operation {op} needs {} descriptors", i + 1),
         ));
     };
     let Some(dev) = shared.dev else {
@@ -405,12 +409,27 @@ fn file_of(
             "the descriptor is of a file in another filesystem".into(),
         ));
     }
+    Ok((st.st_ino, status_flags(fd)?))
+}
+
+fn status_flags(fd: &std::os::fd::OwnedFd) -> std::result::Result<i32, (i32, String)> {
     // SAFETY: F_GETFL only reads the descriptor's flags.
     let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
     if fl < 0 {
         return Err((libc::EBADF, "fcntl: the descriptor's flags".into()));
     }
-    Ok((st.st_ino, fl & libc::O_ACCMODE))
+    Ok(fl)
+}
+
+/// EBADF unless the flags are of a descriptor opened for writing.
+fn for_writing(fl: i32, what: &str) -> std::result::Result<(), (i32, String)> {
+    match fl & libc::O_ACCMODE {
+        libc::O_WRONLY | libc::O_RDWR => Ok(()),
+        _ => Err((
+            libc::EBADF,
+            format!("{what} needs the file opened for writing"),
+        )),
+    }
 }
 
 fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> Answer {
@@ -458,7 +477,7 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             walk(fs, index, &w, more)
         }
         op::STAT_MORE => {
-            let (ino, _) = file_of(shared, &fds, op)?;
+            let (ino, _) = file_of(shared, &fds, 0, op)?;
             let x = fs.get_attr_x(ino).map_err(|e| fs_failed("stat", e))?;
             Ok(ControlStatMore {
                 meta_seq: x.meta_seq.into(),
@@ -475,7 +494,7 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             .to_vec())
         }
         op::GET_ATTR_X => {
-            let (ino, _) = file_of(shared, &fds, op)?;
+            let (ino, _) = file_of(shared, &fds, 0, op)?;
             let x = fs.get_attr_x(ino).map_err(|e| fs_failed("get attr x", e))?;
             Ok(attr_x_to_wire(&x).as_bytes().to_vec())
         }
@@ -483,16 +502,14 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             let w: ControlAttrX = payload_prefix(op, &payload).inspect_err(|_| {
                 crate::counters::inc(&shared.counts.malformed);
             })?;
-            let (ino, _) = file_of(shared, &fds, op)?;
+            let (ino, _) = file_of(shared, &fds, 0, op)?;
             let who = Caller {
                 uid: peer.uid,
                 admin: is_admin(peer),
             };
             let x = attr_x_from_wire(&w);
             let res = fs.set_attr_x(ino, &x, who);
-            if let Some(f) = shared.changed.get() {
-                f(ino);
-            }
+            changed(shared, ino, false);
             res.map_err(|e| {
                 let why = match e.0 {
                     libc::EPERM if x.mask & (AX_RETENTION | AX_PROJECT_ID) != 0 && !who.admin => {
@@ -520,11 +537,194 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
                 .map_err(failed)?;
             Ok(Vec::new())
         }
+        op::RELEASE | op::PUNCH_OFFLINE => {
+            let r: ControlRange = payload_prefix(op, &payload).inspect_err(|_| {
+                crate::counters::inc(&shared.counts.malformed);
+            })?;
+            let (ino, fl) = file_of(shared, &fds, 0, op)?;
+            let (off, len, dv) = (r.offset.get(), r.length.get(), r.data_version.get());
+            let res = if op == op::RELEASE {
+                for_writing(fl, "release")?;
+                fs.release_data(ino, off, len, dv)
+            } else {
+                for_writing(fl, "punch-offline")?;
+                fs.punch_offline(ino, dv, off, len)
+            };
+            changed(shared, ino, true);
+            res.map_err(|e| range_failed(op, e))?;
+            Ok(Vec::new())
+        }
+        op::STAGE => {
+            let r: ControlRange = payload_prefix(op, &payload).inspect_err(|_| {
+                crate::counters::inc(&shared.counts.malformed);
+            })?;
+            let (ino, fl) = file_of(shared, &fds, 0, op)?;
+            for_writing(fl, "stage")?;
+            if fl & (libc::O_APPEND | libc::O_DIRECT | libc::O_DSYNC) != 0 {
+                return Err((
+                    libc::EINVAL,
+                    "stage: the file must not be opened with O_APPEND, O_DIRECT or O_DSYNC".into(),
+                ));
+            }
+            let Some(archive) = fds.get(1) else {
+                return Err((
+                    libc::EBADF,
+                    "stage needs the archive file's descriptor".into(),
+                ));
+            };
+            if status_flags(archive)? & libc::O_ACCMODE == libc::O_WRONLY {
+                return Err((
+                    libc::EBADF,
+                    "the archive file is not open for reading".into(),
+                ));
+            }
+            let raw = archive.as_raw_fd();
+            let pread = |buf: &mut [u8], at: u64| -> io::Result<usize> {
+                // SAFETY: buf is valid for writes of its length.
+                let n = unsafe {
+                    libc::pread(
+                        raw,
+                        buf.as_mut_ptr() as *mut libc::c_void,
+                        buf.len(),
+                        at as i64,
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            };
+            let res = fs.stage(
+                ino,
+                r.data_version.get(),
+                r.offset.get(),
+                r.length.get(),
+                &pread,
+            );
+            changed(shared, ino, false);
+            let n = res.map_err(|e| range_failed(op, e))?;
+            Ok(n.to_le_bytes().to_vec())
+        }
+        op::MOVE_BLOCKS => {
+            let m: ControlMoveBlocks = payload_prefix(op, &payload).inspect_err(|_| {
+                crate::counters::inc(&shared.counts.malformed);
+            })?;
+            let (from, ffl) = file_of(shared, &fds, 0, op)?;
+            let (to, tfl) = file_of(shared, &fds, 1, op)?;
+            for_writing(ffl, "move-blocks (the source)")?;
+            for_writing(tfl, "move-blocks (the destination)")?;
+            if m.flags.get() & !MOVE_BLOCKS_STAGE != 0 {
+                return Err((libc::EINVAL, "move-blocks: unknown flags".into()));
+            }
+            let res = fs.move_blocks(
+                from,
+                m.from_off.get(),
+                m.length.get(),
+                to,
+                m.to_off.get(),
+                m.data_version.get(),
+                m.flags.get() & MOVE_BLOCKS_STAGE != 0,
+            );
+            changed(shared, from, true);
+            changed(shared, to, true);
+            res.map_err(|e| range_failed(op, e))?;
+            Ok(Vec::new())
+        }
+        op::DATA_WAITING => {
+            let r: ControlWaitingReq = payload_prefix(op, &payload).inspect_err(|_| {
+                crate::counters::inc(&shared.counts.malformed);
+            })?;
+            let max = match r.max.get() {
+                0 => usize::MAX,
+                n => n as usize,
+            };
+            let per_frame = CONTROL_RESPONSE_MAX / CONTROL_WAITING_LEN;
+            let mut left = max;
+            let (mut ino, mut iblock) = (r.after_ino.get(), r.after_iblock.get());
+            loop {
+                let got = fs.data_waiting(ino, iblock, left.min(per_frame));
+                left -= got.len();
+                let mut frame = Vec::with_capacity(got.len() * CONTROL_WAITING_LEN);
+                for w in &got {
+                    let e = ControlWaiting {
+                        ino: w.ino.into(),
+                        iblock: w.iblock.into(),
+                        ops: w.ops,
+                        pad: [0; 7],
+                    };
+                    frame.extend_from_slice(e.as_bytes());
+                }
+                match got.last() {
+                    Some(l) if got.len() == per_frame && left > 0 => {
+                        (ino, iblock) = (l.ino, l.iblock);
+                        more(frame)?;
+                    }
+                    _ => return Ok(frame),
+                }
+            }
+        }
+        op::DATA_WAIT_ERR => {
+            let r: ControlWaitErr = payload_prefix(op, &payload).inspect_err(|_| {
+                crate::counters::inc(&shared.counts.malformed);
+            })?;
+            if !is_admin(peer) {
+                return Err((
+                    libc::EPERM,
+                    "failing waiters needs root (CAP_SYS_ADMIN)".into(),
+                ));
+            }
+            let ops = u8::try_from(r.ops.get()).unwrap_or(0);
+            let n = fs
+                .data_wait_err(
+                    r.ino.get(),
+                    r.offset.get(),
+                    r.count.get(),
+                    ops,
+                    r.errno.get() as i32,
+                )
+                .map_err(|e| {
+                    fs_failed(
+                        "ops must be read, write or change_size bits; errno 1..4095",
+                        e,
+                    )
+                })?;
+            Ok((n as u64).to_le_bytes().to_vec())
+        }
         _ => {
             crate::counters::inc(&shared.counts.malformed);
             Err((libc::EOPNOTSUPP, format!("unknown operation {op}")))
         }
     }
+}
+
+/// Drops what the kernel caches of `ino`'s attributes.
+fn changed(shared: &Shared, ino: u64, pages: bool) {
+    if let Some(f) = shared.changed.get() {
+        f(ino, pages);
+    }
+}
+
+/// The reason for a failed release, stage, punch or move, by its errno.
+fn range_failed(op: u16, e: crate::mount::fs::FsError) -> (i32, String) {
+    let why = match (op, e.0) {
+        (_, libc::ESTALE) => "the file's data_version is not the one given: it changed since it was archived",
+        (op::PUNCH_OFFLINE, libc::EINVAL) => {
+            "offsets must be 4 KiB aligned, the data_version the file's, and no block of the range online"
+        }
+        (op::STAGE, libc::EINVAL) => {
+            "the range must start on a 4 KiB block, end on one or at the end of the file, and lie within the file"
+        }
+        (op::STAGE, libc::ENODATA) => "the archive file ends before the range does",
+        (op::MOVE_BLOCKS, libc::ENODATA) => "offline blocks in a range (stage them first)",
+        (op::MOVE_BLOCKS, libc::EINVAL) => {
+            "offsets must be 4 KiB aligned (the length too unless it ends the source), two different files, and with --stage the destination range offline within its size"
+        }
+        (_, libc::EINVAL) => "offset and length must be 4 KiB aligned",
+        (_, libc::EPERM) => "the file is under retention",
+        _ => "",
+    };
+    (e.0, why.to_string())
 }
 
 /// Entries per WALK_INODES answer frame.

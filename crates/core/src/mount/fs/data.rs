@@ -21,15 +21,17 @@
 //! transaction, once the freeing commit is durable. Large truncates free
 //! extents in batches, one transaction hold per batch.
 
+use super::blocking;
 use super::inode::now;
 use super::inode::seqs_of;
 use super::types::{Attr, Op};
+use super::wait::{MakeResume, Offline, DWO_CHANGE_SIZE, DWO_READ, DWO_WRITE};
 use super::{Fs, FsError, FsResult, EFBIG, EINVAL, EIO, EISDIR, ENOENT, ENOSPC, EOPNOTSUPP};
 use crate::cluster::lock::LockMode;
 use crate::error::Error;
 use crate::mount::locks::LockGuard;
 use crate::store::alloc::extent;
-use scoutfs_format::data::{DataExtentVal, SEF_UNWRITTEN};
+use scoutfs_format::data::{DataExtentVal, SEF_OFFLINE, SEF_UNWRITTEN};
 use scoutfs_format::inode::{S_IFDIR, S_IFREG};
 use scoutfs_format::key::{ty, zone};
 use scoutfs_format::Key;
@@ -56,8 +58,19 @@ pub struct Ext {
 }
 
 impl Ext {
-    fn end(&self) -> u64 {
+    pub(super) fn end(&self) -> u64 {
         self.start + self.len
+    }
+
+    /// Released: its data must be staged before it can be read.
+    pub(super) fn offline(&self) -> bool {
+        self.flags & SEF_OFFLINE != 0
+    }
+
+    /// It maps data device blocks (written, unwritten, or allocated ahead
+    /// of staging).
+    pub(super) fn maps_blocks(&self) -> bool {
+        !self.offline() || self.flags & SEF_UNWRITTEN != 0
     }
 }
 
@@ -103,7 +116,8 @@ impl Fs {
     }
 
     /// Maps logical blocks `start..start+len` to `map` (or unmaps them);
-    /// returns the physical runs that were mapped there before.
+    /// returns the physical runs that were mapped there before (offline
+    /// extents map none), and how many offline blocks were there.
     pub(super) fn set_mapping(
         &self,
         op: &Op,
@@ -112,10 +126,11 @@ impl Fs {
         start: u64,
         len: u64,
         map: Option<(u64, u8)>,
-    ) -> FsResult<Vec<(u64, u64)>> {
+    ) -> FsResult<(Vec<(u64, u64)>, u64)> {
         let end = start + len;
         let seq = op.seq();
         let mut removed = Vec::new();
+        let mut offline = 0;
         for e in self.extents_in(g, ino, start, end)? {
             self.del(g, seq, &ext_key(ino, e.start, e.len))?;
             if e.start < start {
@@ -132,17 +147,22 @@ impl Fs {
                 self.put(g, seq, &ext_key(ino, end, e.end() - end), v.as_bytes())?;
             }
             let (s, t) = (e.start.max(start), e.end().min(end));
-            removed.push((e.pblk + (s - e.start), t - s));
+            if e.maps_blocks() {
+                removed.push((e.pblk + (s - e.start), t - s));
+            }
+            if e.offline() {
+                offline += t - s;
+            }
         }
         if let Some((pblk, flags)) = map {
             let v = DataExtentVal::new(pblk, flags);
             self.put(g, seq, &ext_key(ino, start, len), v.as_bytes())?;
         }
-        Ok(removed)
+        Ok((removed, offline))
     }
 
     /// Allocates up to `len` data blocks; None when the mount has none left.
-    fn alloc_data(&self, len: u64) -> FsResult<Option<(u64, u64)>> {
+    pub(super) fn alloc_data(&self, len: u64) -> FsResult<Option<(u64, u64)>> {
         let e = self
             .trans
             .with_alloc(|w, lt| extent::alloc_extent(w, &mut lt.data_avail, len))?;
@@ -167,7 +187,7 @@ impl Fs {
     }
 
     /// Frees physical data blocks into the mount's freed extents.
-    fn free_data(&self, runs: &[(u64, u64)]) -> FsResult<()> {
+    pub(super) fn free_data(&self, runs: &[(u64, u64)]) -> FsResult<()> {
         for &(p, n) in runs.iter().filter(|r| r.1 > 0) {
             self.trans
                 .with_alloc(|w, lt| extent::free_extent(w, &mut lt.data_freed, p, n))?;
@@ -184,19 +204,48 @@ impl Fs {
         }
     }
 
-    /// Reads up to `len` bytes at `off`.
+    /// Reads up to `len` bytes at `off`, waiting (this thread blocked)
+    /// while any of them is offline.
     pub fn read(&self, ino: u64, off: u64, len: usize) -> FsResult<Vec<u8>> {
+        blocking(&self.waits, |r| self.read_or_wait(ino, off, len, r))
+    }
+
+    /// Reads up to `len` bytes at `off`; None when some of them are
+    /// offline: `resume` then runs (on a resume thread) once they may have
+    /// been staged, or the wait failed.
+    pub fn read_or_wait(
+        &self,
+        ino: u64,
+        off: u64,
+        len: usize,
+        resume: MakeResume<'_>,
+    ) -> Option<FsResult<Vec<u8>>> {
+        self.read_once(ino, off, len, resume).transpose()
+    }
+
+    fn read_once(
+        &self,
+        ino: u64,
+        off: u64,
+        len: usize,
+        resume: MakeResume<'_>,
+    ) -> FsResult<Option<Vec<u8>>> {
         let g = self.locks.lock_inode(ino, LockMode::Read)?;
         let a = self.regular(&g, ino)?;
         let size = a.size();
         if off >= size || len == 0 {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let len = (len as u64).min(size - off);
         let mut out = vec![0u8; len as usize];
         let (b0, b1) = (off / BLOCK, (off + len).div_ceil(BLOCK));
-        for e in self.extents_in(&g, ino, b0, b1)? {
-            if e.flags & SEF_UNWRITTEN != 0 || e.pblk == 0 {
+        let exts = self.extents_in(&g, ino, b0, b1)?;
+        if let Some(iblock) = first_offline(&exts, b0, b1) {
+            self.wait_offline(ino, iblock, DWO_READ, resume)?;
+            return Ok(None);
+        }
+        for e in exts {
+            if e.flags & SEF_UNWRITTEN != 0 {
                 continue;
             }
             let from = (e.start * BLOCK).max(off);
@@ -208,12 +257,26 @@ impl Fs {
             let buf = &mut out[(from - off) as usize..(to - off) as usize];
             self.data.read_at(buf, phys).map_err(dev_err)?;
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
-    /// Writes `buf` at `off`; returns the bytes written.
+    /// Registers `resume` to wait for block `iblock` of `ino`; the caller
+    /// holds the inode's lock.
+    pub(super) fn wait_offline(
+        &self,
+        ino: u64,
+        iblock: u64,
+        op: u8,
+        resume: MakeResume<'_>,
+    ) -> FsResult<()> {
+        self.waits.add(ino, Offline { iblock, op }, resume());
+        Ok(())
+    }
+
+    /// Writes `buf` at `off`; returns the bytes written. Waits (this
+    /// thread blocked) while the blocks it writes are offline.
     pub fn write(&self, ino: u64, off: u64, buf: &[u8]) -> FsResult<usize> {
-        self.write_at(ino, Some(off), buf).map(|(n, _)| n)
+        blocking(&self.waits, |r| self.write_or_wait(ino, Some(off), buf, r)).map(|(n, _)| n)
     }
 
     /// Writes `buf` at the end of the file, as it is under the inode's
@@ -221,33 +284,52 @@ impl Fs {
     /// mount's kernel last saw its size); returns the bytes written and
     /// the offset they went to.
     pub fn append(&self, ino: u64, buf: &[u8]) -> FsResult<(usize, u64)> {
-        self.write_at(ino, None, buf)
+        blocking(&self.waits, |r| self.write_or_wait(ino, None, buf, r))
     }
 
-    fn write_at(&self, ino: u64, off: Option<u64>, buf: &[u8]) -> FsResult<(usize, u64)> {
+    /// Writes `buf` at `off` (None: at the end of the file); returns the
+    /// bytes written and where. None when blocks it would write are
+    /// offline: `resume` runs once they may have been staged.
+    pub fn write_or_wait(
+        &self,
+        ino: u64,
+        off: Option<u64>,
+        buf: &[u8],
+        resume: MakeResume<'_>,
+    ) -> Option<FsResult<(usize, u64)>> {
         if buf.is_empty() {
-            return Ok((0, off.unwrap_or(0)));
+            return Some(Ok((0, off.unwrap_or(0))));
         }
         let mut retried = false;
         loop {
-            match self.write_once(ino, off, buf) {
+            match self.write_once(ino, off, buf, resume) {
                 Err(e) if e == ENOSPC && !retried => {
                     // The mount's data extents ran out: a commit gets more.
                     retried = true;
-                    self.trans.commit()?;
+                    if let Err(e) = self.trans.commit() {
+                        return Some(Err(e.into()));
+                    }
                 }
+                Ok(None) => return None,
                 other => {
-                    let at = other?;
-                    self.maybe_commit()?;
-                    return Ok((buf.len(), at));
+                    return Some(other.and_then(|at| {
+                        self.maybe_commit()?;
+                        Ok((buf.len(), at.unwrap_or(0)))
+                    }))
                 }
             }
         }
     }
 
     /// Writes `buf` at `off` (None: at the end of the file); returns the
-    /// offset it went to.
-    fn write_once(&self, ino: u64, off: Option<u64>, buf: &[u8]) -> FsResult<u64> {
+    /// offset it went to, or None when it waits for offline blocks.
+    fn write_once(
+        &self,
+        ino: u64,
+        off: Option<u64>,
+        buf: &[u8],
+        resume: MakeResume<'_>,
+    ) -> FsResult<Option<u64>> {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
         let _local = self.lock_local(&[ino]);
         let mut a = self.regular(&g, ino)?;
@@ -257,6 +339,13 @@ impl Fs {
             .checked_add(buf.len() as u64)
             .filter(|&e| e <= MAX_FILE_BYTES)
             .ok_or(EFBIG)?;
+        // Offline blocks it writes must be staged first (a partial block
+        // keeps the rest of its bytes).
+        let (b0, b1) = (off / BLOCK, end.div_ceil(BLOCK));
+        if let Some(iblock) = first_offline(&self.extents_in(&g, ino, b0, b1)?, b0, b1) {
+            self.wait_offline(ino, iblock, DWO_WRITE, resume)?;
+            return Ok(None);
+        }
         // A write that starts past the block holding the end of the file
         // leaves that block's tail as it is on the device: zero it first
         // (a write that starts in it rewrites it whole, zeros past the
@@ -265,7 +354,6 @@ impl Fs {
             self.zero_tail(&g, &a, a.size())?;
         }
         let op = self.begin(&[seqs_of(&a)])?;
-        let (b0, b1) = (off / BLOCK, end.div_ceil(BLOCK));
         let mut b = b0;
         let mut added = 0;
         let exts = self.extents_in(&g, ino, b0, b1)?;
@@ -329,7 +417,7 @@ impl Fs {
         a.inode.ctime = t;
         self.write_inode(&op, &g, &mut a, true)?;
         self.trans.add_data_bytes(end - off);
-        Ok(off)
+        Ok(Some(off))
     }
 
     /// Blocks to preallocate past a write that extends the file at its end,
@@ -390,7 +478,28 @@ impl Fs {
     }
 
     /// Sets a regular file's size, freeing blocks past a smaller one.
+    /// Waits (this thread blocked) while blocks it changes are offline.
     pub fn truncate(&self, ino: u64, size: u64) -> FsResult<Attr> {
+        blocking(&self.waits, |r| self.truncate_or_wait(ino, size, r))
+    }
+
+    /// [`Fs::truncate`]; None when blocks between the old and the new size
+    /// are offline: `resume` runs once they may have been staged.
+    pub fn truncate_or_wait(
+        &self,
+        ino: u64,
+        size: u64,
+        resume: MakeResume<'_>,
+    ) -> Option<FsResult<Attr>> {
+        self.truncate_once(ino, size, resume).transpose()
+    }
+
+    pub(super) fn truncate_once(
+        &self,
+        ino: u64,
+        size: u64,
+        resume: MakeResume<'_>,
+    ) -> FsResult<Option<Attr>> {
         if size > MAX_FILE_BYTES {
             return Err(EFBIG);
         }
@@ -398,6 +507,14 @@ impl Fs {
         let _local = self.lock_local(&[ino]);
         let mut a = self.regular(&g, ino)?;
         super::check_retention(&a)?;
+        // A size change over offline blocks waits for them (the original's
+        // rule): from the block of the smaller size to the larger's end.
+        let (lo, hi) = (a.size().min(size), a.size().max(size));
+        let (c0, c1) = (lo / BLOCK, hi.div_ceil(BLOCK).max(lo / BLOCK + 1));
+        if let Some(iblock) = first_offline(&self.extents_in(&g, ino, c0, c1)?, c0, c1) {
+            self.wait_offline(ino, iblock, DWO_CHANGE_SIZE, resume)?;
+            return Ok(None);
+        }
         if size < a.size() {
             self.zero_tail(&g, &a, size)?;
             self.truncate_blocks(&g, &a, size.div_ceil(BLOCK))?;
@@ -414,8 +531,9 @@ impl Fs {
         self.write_inode(&op, &g, &mut a, true)?;
         drop(op);
         drop(g);
+        self.waits.wake_inode(ino);
         self.maybe_commit()?;
-        Ok(a)
+        Ok(Some(a))
     }
 
     /// Zeros the bytes of the block holding `size` that lie past it: done
@@ -429,7 +547,7 @@ impl Fs {
         }
         let b = size / BLOCK;
         if let Some(e) = self.extents_in(g, a.ino, b, b + 1)?.first() {
-            if e.start <= b && e.flags & SEF_UNWRITTEN == 0 {
+            if e.start <= b && e.flags & (SEF_UNWRITTEN | SEF_OFFLINE) == 0 {
                 let zeros = vec![0u8; (BLOCK - within) as usize];
                 let phys = (e.pblk + (b - e.start)) * BLOCK + within;
                 self.data.write_at(&zeros, phys).map_err(dev_err)?;
@@ -476,14 +594,17 @@ impl Fs {
             }
             let mut a = self.read_inode(g, ino)?;
             let op = self.begin_freeing(&[seqs_of(&a)])?;
-            let mut freed = 0;
+            let (mut freed, mut offline) = (0, 0);
             for e in exts.iter().take(EXTENTS_PER_HOLD) {
                 let (s, t) = (e.start.max(from), e.end().min(to));
-                let removed = self.set_mapping(&op, g, ino, s, t - s, None)?;
+                let (removed, off) = self.set_mapping(&op, g, ino, s, t - s, None)?;
                 self.free_data(&removed)?;
                 freed += removed.iter().map(|r| r.1).sum::<u64>();
+                offline += off;
             }
-            a.inode.online_blocks = a.inode.online_blocks.get().saturating_sub(freed).into();
+            let i = &mut a.inode;
+            i.online_blocks = i.online_blocks.get().saturating_sub(freed).into();
+            i.offline_blocks = i.offline_blocks.get().saturating_sub(offline).into();
             self.write_inode(&op, g, &mut a, true)?;
             drop(op);
             self.maybe_commit()?;
@@ -623,7 +744,7 @@ impl Fs {
     fn zero_bytes(&self, g: &LockGuard, ino: u64, from: u64, to: u64) -> FsResult<()> {
         let b = from / BLOCK;
         for e in self.extents_in(g, ino, b, b + 1)? {
-            if e.start <= b && e.flags & SEF_UNWRITTEN == 0 {
+            if e.start <= b && e.flags & (SEF_UNWRITTEN | SEF_OFFLINE) == 0 {
                 let phys = (e.pblk + (b - e.start)) * BLOCK + from % BLOCK;
                 self.data
                     .write_at(&vec![0u8; (to - from) as usize], phys)
@@ -632,4 +753,12 @@ impl Fs {
         }
         Ok(())
     }
+}
+
+/// The first offline block of `exts` within `b0..b1`.
+pub(super) fn first_offline(exts: &[Ext], b0: u64, b1: u64) -> Option<u64> {
+    exts.iter()
+        .filter(|e| e.offline() && e.start < b1 && e.end() > b0)
+        .map(|e| e.start.max(b0))
+        .min()
 }

@@ -19,6 +19,7 @@
 //! changed the seq in between.
 
 use super::types::{Attr, Op, SetAttr};
+use super::wait::MakeResume;
 use super::{AtimeMode, Fs, FsError, FsResult, EISDIR, ENOENT};
 use crate::cluster::lock::{index_lock_range, LockMode};
 use crate::error::Error;
@@ -210,16 +211,40 @@ impl Fs {
 }
 
 impl Fs {
-    /// Changes attributes; a size change truncates or extends the file.
+    /// Changes attributes; a size change truncates or extends the file
+    /// (waiting, this thread blocked, while blocks it changes are
+    /// offline).
     pub fn setattr(&self, ino: u64, s: &SetAttr) -> FsResult<Attr> {
+        super::blocking(&self.waits, |r| self.setattr_or_wait(ino, s, r))
+    }
+
+    /// [`Fs::setattr`]; None when a size change waits for offline blocks:
+    /// `resume` runs once they may have been staged.
+    pub fn setattr_or_wait(
+        &self,
+        ino: u64,
+        s: &SetAttr,
+        resume: MakeResume<'_>,
+    ) -> Option<FsResult<Attr>> {
+        self.setattr_once(ino, s, resume).transpose()
+    }
+
+    fn setattr_once(
+        &self,
+        ino: u64,
+        s: &SetAttr,
+        resume: MakeResume<'_>,
+    ) -> FsResult<Option<Attr>> {
         if let Some(size) = s.size {
             let a = self.getattr(ino)?;
             if a.is_dir() {
                 return Err(EISDIR);
             }
             super::check_retention(&a)?;
-            if a.size() != size || a.file_type() == scoutfs_format::inode::S_IFREG {
-                self.truncate(ino, size)?;
+            if (a.size() != size || a.file_type() == scoutfs_format::inode::S_IFREG)
+                && self.truncate_once(ino, size, resume)?.is_none()
+            {
+                return Ok(None);
             }
         }
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
@@ -233,7 +258,7 @@ impl Fs {
             || s.mtime.is_some()
             || s.ctime.is_some();
         if !changes {
-            return Ok(a);
+            return Ok(Some(a));
         }
         {
             let op = self.begin_freeing(&[seqs_of(&a)])?;
@@ -259,7 +284,7 @@ impl Fs {
         }
         drop(g);
         self.maybe_commit()?;
-        Ok(a)
+        Ok(Some(a))
     }
 
     /// Whether a read now should update `a`'s atime, by the mount's mode.

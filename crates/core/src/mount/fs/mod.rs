@@ -27,7 +27,9 @@ pub mod archive;
 pub mod data;
 pub mod dir;
 pub mod inode;
+pub mod offline;
 pub mod types;
+pub mod wait;
 pub mod xattr;
 
 use crate::cluster::client::Client;
@@ -91,6 +93,17 @@ pub const ELOOP: FsError = FsError(libc::ELOOP);
 pub const EXDEV: FsError = FsError(libc::EXDEV);
 pub const E2BIG: FsError = FsError(libc::E2BIG);
 pub const EACCES: FsError = FsError(libc::EACCES);
+
+/// Runs `attempt` (an `_or_wait` operation) until it does not wait,
+/// blocking this thread meanwhile.
+pub(crate) fn blocking<T>(
+    waits: &wait::DataWaits,
+    attempt: impl Fn(wait::MakeResume<'_>) -> Option<FsResult<T>>,
+) -> FsResult<T> {
+    waits
+        .block(|r| attempt(r).map(|x| x.map_err(|e| e.0)))
+        .map_err(FsError)
+}
 
 /// EPERM if `a` is under retention (see `archive`).
 pub(crate) fn check_retention(a: &types::Attr) -> FsResult<()> {
@@ -168,6 +181,8 @@ pub struct Fs {
     preallocated: Mutex<std::collections::HashSet<u64>>,
     pub opts: FsOptions,
     pub fsid: u64,
+    /// Operations waiting for offline data to be staged.
+    pub waits: Arc<wait::DataWaits>,
 }
 
 impl Fs {
@@ -183,6 +198,17 @@ impl Fs {
         fsid: u64,
     ) -> Fs {
         let src = ForestSource::new(client.clone(), cache);
+        let waits = wait::DataWaits::new(locks.clone());
+        let w = Arc::downgrade(&waits);
+        // Another mount is about to change inodes this mount has waiters
+        // on: they look again once it has.
+        locks.set_lock_lost(Box::new(move |start, end| {
+            if start.zone == scoutfs_format::key::zone::FS {
+                if let Some(w) = w.upgrade() {
+                    w.wake_range(start.first, end.first);
+                }
+            }
+        }));
         Fs {
             items,
             trans,
@@ -195,6 +221,7 @@ impl Fs {
             preallocated: Mutex::default(),
             opts,
             fsid,
+            waits,
         }
     }
 
