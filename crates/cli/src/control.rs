@@ -635,6 +635,9 @@ pub(crate) struct DataWaitingArgs {
     /// One JSON object a line, each with the position to resume after it.
     #[arg(long)]
     json: bool,
+    /// Only the waiters of the mount of the path [default: every mount's].
+    #[arg(long)]
+    local: bool,
 }
 
 pub(crate) fn cmd_data_waiting(a: DataWaitingArgs) -> Result<ExitCode, String> {
@@ -646,7 +649,16 @@ pub(crate) fn cmd_data_waiting(a: DataWaitingArgs) -> Result<ExitCode, String> {
         (a.ino, a.iblock)
     };
     let ws = c
-        .data_waiting(ino, iblock, 0, 0)
+        .data_waiting(
+            ino,
+            iblock,
+            0,
+            if a.local {
+                0
+            } else {
+                scoutfs_format::control::DATA_WAITING_ALL_MOUNTS
+            },
+        )
         .map_err(|e| format!("data-waiting: {e}"))?;
     for (ino, iblock, ops) in ws {
         if a.json {
@@ -729,13 +741,16 @@ pub(crate) struct DataWaitErrArgs {
     /// working directory].
     #[arg(short = 'p', long = "path")]
     path: Option<PathBuf>,
+    /// Only the waiters of the mount of the path [default: every mount's].
+    #[arg(long)]
+    local: bool,
 }
 
 pub(crate) fn cmd_data_wait_err(a: DataWaitErrArgs) -> Result<ExitCode, String> {
     let _ = a.data_version;
     let mut c = connect(a.path, "data-wait-err")?;
     let n = c
-        .data_wait_err(a.ino, a.offset, a.count, a.ops.into(), a.errno)
+        .data_wait_err(a.ino, a.offset, a.count, a.ops.into(), a.errno, !a.local)
         .map_err(|e| format!("data-wait-err: {e}"))?;
     println!("{n} waiting operations failed");
     Ok(ExitCode::SUCCESS)

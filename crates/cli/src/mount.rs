@@ -602,9 +602,16 @@ fn serve(
         let _ = attrs.inval_inode(fuser::INodeNo(ino), -1, 0);
         if data {
             // Pages may be locked by a read that waits for this mount (for
-            // offline data): dropped through the helper, on a thread.
+            // offline data): dropped through the helper, on a thread,
+            // waited for (so that a read after the answer reaches the
+            // mount) but not for long.
             let k = pages.clone();
-            std::thread::spawn(move || k.inval_pages(ino, 0, 0));
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            std::thread::spawn(move || {
+                k.inval_pages(ino, 0, 0);
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(std::time::Duration::from_secs(2));
         }
     }));
     let caches = KernelCaches {

@@ -1516,3 +1516,101 @@ fn churn_across_three_mounts_with_a_failover_loses_nothing_and_returns_the_space
     );
     c.finish();
 }
+
+#[test]
+fn released_on_one_mount_read_on_another_listed_and_staged_from_a_third() {
+    if !can_mount("released_on_one_mount_read_on_another_listed_and_staged_from_a_third") {
+        return;
+    }
+    let c = Cluster::start("cluster-offline");
+    let env = [("SCOUTFS_RUN_DIR", c.run.as_path())];
+    let run = |args: &[&str]| {
+        let o = common::scoutfs_env(args, &env);
+        assert!(
+            o.status.success(),
+            "scoutfs {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let bytes: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 253) as u8).collect();
+    std::fs::write(c.p(0, "f"), &bytes).unwrap();
+    let arch = c.dir.path("archive-copy");
+    std::fs::write(&arch, &bytes).unwrap();
+    let f1 = c.p(1, "f");
+    let dv = run(&["stat", f1.to_str().unwrap(), "-s", "data_version"]);
+    run(&["release", f1.to_str().unwrap(), "-V", dv.trim()]);
+    // A read on mount 2 waits; mount 0 lists it; mount 1's stage wakes it.
+    let reader = {
+        let f = c.p(2, "f");
+        std::thread::spawn(move || std::fs::read(f))
+    };
+    let m0 = c.mp(0).to_str().unwrap().to_string();
+    let ino = std::fs::metadata(c.p(0, "f")).unwrap().ino();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let w = run(&["data-waiting", "-p", &m0]);
+        if w.contains(&format!("ino {ino} iblock")) {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "mount 0 lists no waiter: {w:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(listed.contains("ops read"), "{listed}");
+    assert!(
+        !run(&["data-waiting", "--local", "-p", &m0]).contains(&format!("ino {ino}")),
+        "mount 0 itself has no waiter"
+    );
+    run(&[
+        "stage",
+        arch.to_str().unwrap(),
+        f1.to_str().unwrap(),
+        "-V",
+        dv.trim(),
+    ]);
+    assert!(
+        reader.join().unwrap().unwrap() == bytes,
+        "mount 2 read other bytes"
+    );
+    // Again; now mount 0 fails mount 2's waiting read.
+    run(&["release", f1.to_str().unwrap(), "-V", dv.trim()]);
+    let reader = {
+        let f = c.p(2, "f");
+        std::thread::spawn(move || std::fs::read(f))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run(&["data-waiting", "-p", &m0]).contains(&format!("ino {ino}")) {
+        assert!(Instant::now() < deadline, "no waiter listed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ino_s = ino.to_string();
+    let failed = run(&[
+        "data-wait-err",
+        "-I",
+        &ino_s,
+        "-F",
+        "0",
+        "-C",
+        "3M",
+        "-O",
+        "read",
+        "-E",
+        "ENOLINK",
+        "-p",
+        &m0,
+    ]);
+    assert!(failed.starts_with("1 "), "{failed}");
+    let e = reader.join().unwrap().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOLINK), "{e}");
+    run(&[
+        "stage",
+        arch.to_str().unwrap(),
+        c.p(0, "f").to_str().unwrap(),
+        "-V",
+        dv.trim(),
+    ]);
+    for s in 0..3 {
+        assert!(read(&c.p(s, "f")) == bytes, "mount {s} reads other bytes");
+    }
+    c.finish();
+}

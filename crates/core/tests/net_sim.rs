@@ -40,7 +40,7 @@ mod common;
 
 use scoutfs_core::cluster::lock::{LockMode, LockMsg, RecoverEntry};
 use scoutfs_core::cluster::net::msg::{
-    ClientResponse, OpenInoMap, Request, Response, ServerRequest, StatfsInfo,
+    ClientResponse, OpenInoMap, Request, Response, ServerRequest, StatfsInfo, WaitingBlock,
 };
 use scoutfs_core::cluster::net::stream::{
     ClientConfig, ClientNet, ClientOutput, ConnId, Limits, NetCounters, NetError, Refusal,
@@ -72,6 +72,12 @@ fn answer(req: &ServerRequest) -> ClientResponse {
             }],
             more: first.first % 2 == 0,
         },
+        ServerRequest::DataWaiting(q) => ClientResponse::DataWaiting(vec![WaitingBlock {
+            ino: q.after_ino,
+            iblock: q.after_iblock,
+            ops: 1,
+        }]),
+        ServerRequest::DataWaitErr(f) => ClientResponse::Count(f.ino),
     }
 }
 
@@ -622,6 +628,8 @@ impl Sim {
                 bits: [id; 16],
             })),
             Request::GetLastSeq => Response::LastSeq(id),
+            Request::DataWaiting(_) => Response::DataWaiting(Vec::new()),
+            Request::DataWaitErr(_) => Response::Count(id),
             Request::Greeting { .. } => panic!("a greeting as a request"),
         };
         self.durable.insert(id, resp.clone());

@@ -468,6 +468,33 @@ fn released_on_one_mount_waited_on_another_staged_from_a_third() {
         })
         .collect();
     until_waiting(&fss[2], 4);
+    // Any mount lists every mount's waiters.
+    let listed = fss[0].data_waiting_all(0, u64::MAX, 100).unwrap();
+    let want: Vec<Waiting> = (0..4u64)
+        .map(|i| Waiting {
+            ino: f,
+            iblock: i * 70_000 / 4096,
+            ops: DWO_READ,
+        })
+        .collect();
+    assert_eq!(listed, want);
+    assert_eq!(
+        fss[0].data_waiting_all(f, 17, 100).unwrap(),
+        want[2..],
+        "listing resumes after a position"
+    );
+    assert_eq!(fss[1].data_waiting_all(0, u64::MAX, 1).unwrap(), want[..1]);
+    // Any mount fails another mount's waiters.
+    let extra = {
+        let fs = fss[2].clone();
+        std::thread::spawn(move || fs.read(f, 200_000, 10))
+    };
+    until_waiting(&fss[2], 5);
+    let n = fss[1]
+        .data_wait_err_all(f, 200_000, 10, DWO_READ, libc::ENOLINK)
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(extra.join().unwrap(), Err(FsError(libc::ENOLINK)));
     let g = fss[0]
         .mknod(ROOT_INO, b"g", &NewNode::new(REG))
         .unwrap()

@@ -252,6 +252,9 @@ pub struct ControlWaiting {
     pub pad: [u8; 7],
 }
 
+/// DATA_WAIT_ERR flag: the waiters of every mount, not only this mount's.
+pub const DATA_WAIT_ERR_ALL_MOUNTS: u64 = 1;
+
 /// The DATA_WAIT_ERR request, 48 bytes: the waiters of `ino` on bytes
 /// `offset..offset+count` whose op is in `ops` fail with `errno`.
 /// `data_version` is not used (as in the original since v1.26).

@@ -135,6 +135,53 @@ pub struct WireOpenInoMap {
     pub bits: [U64; 16],
 }
 
+/// The most waiting blocks one DATA_WAITING answer carries.
+pub const DATA_WAITING_MAX: usize = 2048;
+
+/// The DATA_WAITING request (both ways), 24 bytes: the blocks waited for
+/// after (`after_ino`, `after_iblock`), at most `max`
+/// ([`DATA_WAITING_MAX`] at most).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct WireWaitingReq {
+    pub after_ino: U64,
+    pub after_iblock: U64,
+    pub max: U32,
+    pub pad: U32,
+}
+
+/// The head of a DATA_WAITING answer, 8 bytes, followed by `nr` entries.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct WireWaitingHead {
+    pub nr: U32,
+    pub pad: U32,
+}
+
+/// A block operations wait for, 24 bytes: `ops` has READ 1, WRITE 2,
+/// CHANGE_SIZE 4.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct WireWaiting {
+    pub ino: U64,
+    pub iblock: U64,
+    pub ops: u8,
+    pub pad: [u8; 7],
+}
+
+/// The DATA_WAIT_ERR request (both ways), 32 bytes: the operations
+/// waiting on blocks `from..to` of `ino` with an op in `ops` fail with
+/// `errno`. The answer is a le64 count.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct WireWaitErr {
+    pub ino: U64,
+    pub from: U64,
+    pub to: U64,
+    pub ops: U32,
+    pub errno: U32,
+}
+
 /// The GREETING payload, 56 bytes.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
 #[repr(C)]
@@ -160,6 +207,10 @@ pub const STATFS_LEN: usize = 56;
 pub const RESIZE_DEVICES_LEN: usize = 16;
 pub const GREETING_LEN: usize = 56;
 pub const OPEN_INO_MAP_LEN: usize = 136;
+pub const WAITING_REQ_LEN: usize = 24;
+pub const WAITING_HEAD_LEN: usize = 8;
+pub const WAITING_LEN: usize = 24;
+pub const WAIT_ERR_LEN: usize = 32;
 pub const COUNT_LEN: usize = 8;
 pub const LOG_TREES_LEN: usize = 472;
 pub const KEY_LEN: usize = 32;
@@ -172,6 +223,11 @@ const _: () = {
     use core::mem::size_of;
     assert!(size_of::<RawHeader>() == HEADER_LEN);
     assert!(size_of::<WireLock>() == LOCK_LEN);
+    assert!(size_of::<WireWaitingReq>() == WAITING_REQ_LEN);
+    assert!(size_of::<WireWaitingHead>() == WAITING_HEAD_LEN);
+    assert!(size_of::<WireWaiting>() == WAITING_LEN);
+    assert!(size_of::<WireWaitErr>() == WAIT_ERR_LEN);
+    assert!(WAITING_HEAD_LEN + DATA_WAITING_MAX * WAITING_LEN <= MAX_FRAME_DATA);
     assert!(size_of::<WireInodes>() == INODES_LEN);
     assert!(size_of::<WireRoots>() == ROOTS_LEN);
     assert!(size_of::<WireStatfs>() == STATFS_LEN);

@@ -18,7 +18,8 @@
 
 use crate::cluster::lock::LockMsg;
 use crate::cluster::net::msg::{
-    ClientResponse, OpenInoMap, Request, Response, ServerRequest, StatfsInfo,
+    ClientResponse, OpenInoMap, Request, Response, ServerRequest, StatfsInfo, WaitFail,
+    WaitingBlock, WaitingQuery,
 };
 use crate::cluster::net::tcp::{ClientDeliver, ClientLink, ServerAddr};
 use crate::cluster::net::wire::GREETING_FLAG_FAREWELL;
@@ -242,6 +243,23 @@ impl Client {
     pub fn get_last_seq(&self) -> Result<u64> {
         self.call(Request::GetLastSeq, "get last seq", |r| match r {
             Response::LastSeq(s) => Ok(s),
+            other => Err(other),
+        })
+    }
+
+    /// The blocks operations wait for on every mount (see
+    /// [`WaitingQuery`]).
+    pub fn data_waiting(&self, q: WaitingQuery) -> Result<Vec<WaitingBlock>> {
+        self.call(Request::DataWaiting(q), "data waiting", |r| match r {
+            Response::DataWaiting(ws) => Ok(ws),
+            other => Err(other),
+        })
+    }
+
+    /// Fails the operations `f` names on every mount; returns how many.
+    pub fn data_wait_err(&self, f: WaitFail) -> Result<u64> {
+        self.call(Request::DataWaitErr(f), "data wait err", |r| match r {
+            Response::Count(n) => Ok(n),
             other => Err(other),
         })
     }

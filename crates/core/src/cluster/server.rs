@@ -85,7 +85,9 @@
 use crate::cluster::fence::{FenceHandle, FenceOutcome, FenceReason, FenceRequest, Fencer};
 use crate::cluster::lock::server::{LockServer, ServerOut};
 use crate::cluster::lock::LockMsg;
-use crate::cluster::net::msg::{ClientResponse, Request, Response, ServerRequest, StatfsInfo};
+use crate::cluster::net::msg::{
+    ClientResponse, Request, Response, ServerRequest, StatfsInfo, WaitingBlock,
+};
 use crate::cluster::net::stream::ConnId;
 use crate::cluster::net::tcp::{ServerDeliver, ServerLink};
 use crate::cluster::net::wire::{GREETING_FLAG_FAREWELL, GREETING_FLAG_QUORUM};
@@ -145,6 +147,28 @@ struct LastSeqWaiter {
     target: u64,
     deadline: Instant,
 }
+
+/// A DATA_WAITING or DATA_WAIT_ERR request being answered: the mounts
+/// asked, and what they answered so far.
+struct WaitRound {
+    rid: u64,
+    id: u64,
+    /// (mount, request id) of the mounts asked and not yet answered.
+    pending: BTreeSet<(u64, u64)>,
+    /// DATA_WAITING: the union so far and how many to answer.
+    listing: Option<(WaitUnion, usize)>,
+    /// DATA_WAIT_ERR: the waiters failed so far.
+    failed: u64,
+    deadline: Instant,
+}
+
+/// Waited-for blocks by (ino, iblock), with the ops of their waiters.
+type WaitUnion = BTreeMap<(u64, u64), u8>;
+
+/// How long the server waits for the mounts' answers to DATA_WAITING and
+/// DATA_WAIT_ERR; a mount that does not answer in time (being cut off) is
+/// left out of the answer.
+const WAIT_ROUND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a GET_LAST_SEQ waits for the open transactions to commit
 /// before it is answered with the seq they allow (a mount that does not
@@ -454,6 +478,8 @@ struct State {
     data_waiters: Vec<DataWaiter>,
     /// GET_LAST_SEQ requests waiting for open transactions to commit.
     last_seq_waiters: Vec<LastSeqWaiter>,
+    /// DATA_WAITING and DATA_WAIT_ERR requests waiting for the mounts.
+    wait_rounds: Vec<WaitRound>,
 }
 
 /// A merge of finalized log trees into fs_root, a step at a time.
@@ -498,6 +524,7 @@ impl State {
             data_dev: opts.data_dev,
             data_waiters: Vec::new(),
             last_seq_waiters: Vec::new(),
+            wait_rounds: Vec::new(),
         };
         if let Err(e) = st.begin(opts.alone, &opts.fenced) {
             // Not knowing who is mounted, it must not serve at all.
@@ -882,6 +909,11 @@ impl State {
                     id,
                     req: Request::GetLastSeq,
                 }) => self.last_seq_request(rid, id)?,
+                Some(Event::Request {
+                    rid,
+                    id,
+                    req: req @ (Request::DataWaiting(_) | Request::DataWaitErr(_)),
+                }) => self.wait_round(rid, id, req),
                 Some(Event::Request { rid, id, req }) => {
                     let opens = matches!(req, Request::GetLogTrees | Request::CommitLogTrees(_));
                     let commits = matches!(req, Request::CommitLogTrees(_));
@@ -916,6 +948,9 @@ impl State {
         }
         if !self.last_seq_waiters.is_empty() {
             self.last_seq_progress()?;
+        }
+        if !self.wait_rounds.is_empty() {
+            self.wait_rounds_progress(None);
         }
         let now = Instant::now();
         if now >= self.recovery_deadline {
@@ -1042,6 +1077,8 @@ impl State {
             w.waiting_on.remove(&rid);
         }
         self.last_seq_waiters.retain(|w| w.rid != rid);
+        self.wait_rounds.retain(|w| w.rid != rid);
+        self.wait_rounds_progress(Some(rid));
         let mut txn = self.store.begin();
         if let Some(mut lt) = self.current_log_trees(&txn, rid)? {
             reclaim_freed(&mut txn, &mut lt)?;
@@ -1144,7 +1181,96 @@ impl State {
                 let done = self.omap.answer(rid, id, &m);
                 self.omap_answers(done);
             }
+            ClientResponse::DataWaiting(ws) => {
+                for r in self.wait_rounds.iter_mut() {
+                    if r.pending.remove(&(rid, id)) {
+                        if let Some((merged, _)) = r.listing.as_mut() {
+                            for w in &ws {
+                                *merged.entry((w.ino, w.iblock)).or_insert(0) |= w.ops;
+                            }
+                        }
+                    }
+                }
+                self.wait_rounds_progress(None);
+            }
+            ClientResponse::Count(n) => {
+                for r in self.wait_rounds.iter_mut() {
+                    if r.pending.remove(&(rid, id)) {
+                        r.failed += n;
+                    }
+                }
+                self.wait_rounds_progress(None);
+            }
             ClientResponse::Done => {}
+        }
+    }
+
+    /// DATA_WAITING and DATA_WAIT_ERR: every mount is asked (waiters are
+    /// each mount's own), and the union of their answers (or the sum) is
+    /// the answer.
+    fn wait_round(&mut self, rid: u64, id: u64, req: Request) {
+        let ask = match req {
+            Request::DataWaiting(q) => ServerRequest::DataWaiting(q),
+            Request::DataWaitErr(f) => ServerRequest::DataWaitErr(f),
+            _ => return,
+        };
+        let listing = match req {
+            Request::DataWaiting(q) => Some((BTreeMap::new(), q.max as usize)),
+            _ => None,
+        };
+        let mut pending = BTreeSet::new();
+        let rids: Vec<u64> = self.mounted.keys().copied().collect();
+        for r in rids {
+            match self.link.request(r, &ask) {
+                Ok(req_id) => {
+                    self.asked.insert((r, req_id));
+                    pending.insert((r, req_id));
+                }
+                Err(e) => tracing::debug!("asking {r:#x} for its data waiters: {e}"),
+            }
+        }
+        self.wait_rounds.push(WaitRound {
+            rid,
+            id,
+            pending,
+            listing,
+            failed: 0,
+            deadline: Instant::now() + WAIT_ROUND_TIMEOUT,
+        });
+        self.wait_rounds_progress(None);
+    }
+
+    /// Answers the rounds that every mount asked has answered (`gone`: a
+    /// mount that left, which will not), or that waited long enough.
+    fn wait_rounds_progress(&mut self, gone: Option<u64>) {
+        let now = Instant::now();
+        for r in self.wait_rounds.iter_mut() {
+            if let Some(g) = gone {
+                r.pending.retain(|&(rid, _)| rid != g);
+            }
+        }
+        let (ready, wait): (Vec<WaitRound>, Vec<WaitRound>) = std::mem::take(&mut self.wait_rounds)
+            .into_iter()
+            .partition(|r| r.pending.is_empty() || now >= r.deadline);
+        self.wait_rounds = wait;
+        for r in ready {
+            if !r.pending.is_empty() {
+                tracing::warn!(
+                    "data waiters: {} mounts did not answer within {WAIT_ROUND_TIMEOUT:?}",
+                    r.pending.len()
+                );
+            }
+            let resp = match r.listing {
+                Some((merged, max)) => Response::DataWaiting(
+                    merged
+                        .into_iter()
+                        .take(max)
+                        .map(|((ino, iblock), ops)| WaitingBlock { ino, iblock, ops })
+                        .collect(),
+                ),
+                None => Response::Count(r.failed),
+            };
+            self.link.respond(r.rid, r.id, &resp);
         }
     }
 
@@ -1369,6 +1495,9 @@ impl State {
             Request::Lock(_) => unreachable!("lock requests are handled by lock_request"),
             Request::OpenInoMap { .. } => unreachable!("handled by omap_request"),
             Request::GetLastSeq => unreachable!("handled by last_seq_request"),
+            Request::DataWaiting(_) | Request::DataWaitErr(_) => {
+                unreachable!("handled by wait_round")
+            }
         }
     }
 

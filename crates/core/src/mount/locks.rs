@@ -66,6 +66,9 @@ pub trait PendingDrop: Send {
 /// Called with a key range whose kernel caches must be dropped before the
 /// lock goes. Drops what it can at once and returns what is left, if
 /// anything (see `scoutfs mount`).
+/// Answers a DATA_WAITING or DATA_WAIT_ERR request of the server.
+pub type WaitersHandler = Box<dyn Fn(&ServerRequest) -> ClientResponse + Send + Sync>;
+
 /// Told of the range of each lock being invalidated (not a WRITE to READ
 /// downgrade): another mount may change what it covers.
 pub type LockLost = Box<dyn Fn(&Key, &Key) + Send + Sync>;
@@ -163,6 +166,8 @@ pub struct Locks {
     /// Told of each range whose lock is being taken away (data waiters
     /// look again).
     lost: OnceLock<LockLost>,
+    /// Answers the server's questions about this mount's data waiters.
+    waiters: OnceLock<WaitersHandler>,
     me: OnceLock<Weak<Locks>>,
     /// The inodes this mount has open: the server asks for them through
     /// this handler (see `omap`).
@@ -261,6 +266,7 @@ impl Locks {
             work: Mutex::new(None),
             kernel: OnceLock::new(),
             lost: OnceLock::new(),
+            waiters: OnceLock::new(),
             me: OnceLock::new(),
             open: Arc::default(),
             early: Mutex::new(Some(Vec::new())),
@@ -309,6 +315,11 @@ impl Locks {
     /// Sets what drops the kernel's caches of a key range.
     pub fn set_kernel_invalidate(&self, f: KernelInvalidate) {
         let _ = self.kernel.set(f);
+    }
+
+    /// Sets what answers the server's questions about data waiters.
+    pub fn set_waiters_handler(&self, f: WaitersHandler) {
+        let _ = self.waiters.set(f);
     }
 
     /// Sets what is told of each lock range being taken away.
@@ -467,6 +478,21 @@ impl Locks {
                 self.apply(&mut st, acts);
             }
             ServerRequest::SyncLogTrees => self.queue(Work::Sync { id }),
+            req @ (ServerRequest::DataWaiting(_) | ServerRequest::DataWaitErr(_)) => {
+                // Answered empty when the mount has no waiters yet.
+                let resp = match self.waiters.get() {
+                    Some(f) => f(&req),
+                    None => match req {
+                        ServerRequest::DataWaiting(_) => ClientResponse::DataWaiting(Vec::new()),
+                        _ => ClientResponse::Count(0),
+                    },
+                };
+                if let Some(c) = self.client.get() {
+                    if let Err(e) = c.respond(id, resp) {
+                        tracing::warn!("data waiters answer not sent: {e}");
+                    }
+                }
+            }
             ServerRequest::OpenInoMap { group } => {
                 if let Some(c) = self.client.get() {
                     let resp = ClientResponse::OpenInoMap(Box::new(self.open.map(group)));

@@ -42,6 +42,41 @@ pub enum Request {
     /// The last seq whose transactions are all complete, after the
     /// transactions open now have committed.
     GetLastSeq,
+    /// The blocks operations wait for on every mount (the server asks
+    /// each and answers their union).
+    DataWaiting(WaitingQuery),
+    /// Fails operations waiting for offline data on every mount.
+    DataWaitErr(WaitFail),
+}
+
+/// Which waiting blocks to list: those after (`after_ino`,
+/// `after_iblock`), at most `max` (at most
+/// [`scoutfs_format::wire::DATA_WAITING_MAX`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitingQuery {
+    pub after_ino: u64,
+    pub after_iblock: u64,
+    pub max: u32,
+}
+
+/// A block that operations wait for, and their ops (READ 1, WRITE 2,
+/// CHANGE_SIZE 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WaitingBlock {
+    pub ino: u64,
+    pub iblock: u64,
+    pub ops: u8,
+}
+
+/// The waiting operations to fail: of `ino`, on blocks `from..to`, with
+/// an op in `ops`, with `errno`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitFail {
+    pub ino: u64,
+    pub from: u64,
+    pub to: u64,
+    pub ops: u8,
+    pub errno: i32,
 }
 
 /// One group's open-inode map: bit `ino % 1024` is set when the inode is
@@ -126,6 +161,9 @@ pub enum Response {
     Statfs(StatfsInfo),
     OpenInoMap(Box<OpenInoMap>),
     LastSeq(u64),
+    DataWaiting(Vec<WaitingBlock>),
+    /// How many (waiters failed).
+    Count(u64),
     /// The request failed; an errno.
     Error(i32),
 }
@@ -142,6 +180,10 @@ pub enum ServerRequest {
     LockRecover { first: Key },
     /// Which inodes of a group this mount has open.
     OpenInoMap { group: u64 },
+    /// The blocks operations of this mount wait for.
+    DataWaiting(WaitingQuery),
+    /// Fail this mount's operations waiting for offline data.
+    DataWaitErr(WaitFail),
 }
 
 /// A client's answers to the server's requests.
@@ -157,6 +199,8 @@ pub enum ClientResponse {
         more: bool,
     },
     OpenInoMap(Box<OpenInoMap>),
+    DataWaiting(Vec<WaitingBlock>),
+    Count(u64),
 }
 
 /// Everything that travels from a client to the server.

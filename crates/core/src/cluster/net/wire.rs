@@ -65,7 +65,8 @@
 use crate::cluster::auth::ClusterKey;
 use crate::cluster::lock::{LockMode, LockMsg, RecoverEntry};
 use crate::cluster::net::msg::{
-    ClientResponse, OpenInoMap, Request, Response, ServerRequest, StatfsInfo,
+    ClientResponse, OpenInoMap, Request, Response, ServerRequest, StatfsInfo, WaitFail,
+    WaitingBlock, WaitingQuery,
 };
 use crate::types::Roots;
 use scoutfs_format::consts::MAC_LEN;
@@ -113,11 +114,13 @@ pub enum Cmd {
     ResizeDevices = 17,
     Statfs = 18,
     Farewell = 19,
+    DataWaiting = 20,
+    DataWaitErr = 21,
 }
 
 impl Cmd {
     /// Every defined command.
-    pub const ALL: [Cmd; 13] = [
+    pub const ALL: [Cmd; 15] = [
         Cmd::Greeting,
         Cmd::AllocInodes,
         Cmd::GetLogTrees,
@@ -131,6 +134,8 @@ impl Cmd {
         Cmd::ResizeDevices,
         Cmd::Statfs,
         Cmd::Farewell,
+        Cmd::DataWaiting,
+        Cmd::DataWaitErr,
     ];
 
     pub fn from_u8(v: u8) -> Option<Cmd> {
@@ -152,6 +157,8 @@ impl Cmd {
             Cmd::ResizeDevices => "RESIZE_DEVICES",
             Cmd::Statfs => "STATFS",
             Cmd::Farewell => "FAREWELL",
+            Cmd::DataWaiting => "DATA_WAITING",
+            Cmd::DataWaitErr => "DATA_WAIT_ERR",
         }
     }
 }
@@ -770,6 +777,135 @@ fn encode_omap(m: &OpenInoMap) -> Vec<u8> {
     .to_vec()
 }
 
+fn encode_waiting_query(q: &WaitingQuery) -> Vec<u8> {
+    WireWaitingReq {
+        after_ino: q.after_ino.into(),
+        after_iblock: q.after_iblock.into(),
+        max: q.max.into(),
+        pad: 0.into(),
+    }
+    .as_bytes()
+    .to_vec()
+}
+
+fn decode_waiting_query(cmd: Cmd, data: &[u8]) -> Result<WaitingQuery, WireError> {
+    let w: WireWaitingReq = exact(cmd, data)?;
+    let field = |field, value: u32| WireError::PayloadField {
+        cmd,
+        field,
+        value: value.into(),
+    };
+    if w.max.get() as usize > DATA_WAITING_MAX {
+        return Err(field("max", w.max.get()));
+    }
+    if w.pad.get() != 0 {
+        return Err(field("pad", w.pad.get()));
+    }
+    Ok(WaitingQuery {
+        after_ino: w.after_ino.get(),
+        after_iblock: w.after_iblock.get(),
+        max: w.max.get(),
+    })
+}
+
+fn encode_waiting(cmd: Cmd, ws: &[WaitingBlock]) -> Result<Vec<u8>, EncodeError> {
+    if ws.len() > DATA_WAITING_MAX {
+        return Err(EncodeError::TooMany {
+            cmd,
+            nr: ws.len(),
+            max: DATA_WAITING_MAX,
+        });
+    }
+    let mut out = WireWaitingHead {
+        nr: (ws.len() as u32).into(),
+        pad: 0.into(),
+    }
+    .as_bytes()
+    .to_vec();
+    for w in ws {
+        let e = WireWaiting {
+            ino: w.ino.into(),
+            iblock: w.iblock.into(),
+            ops: w.ops,
+            pad: [0; 7],
+        };
+        out.extend_from_slice(e.as_bytes());
+    }
+    Ok(out)
+}
+
+fn decode_waiting(cmd: Cmd, data: &[u8]) -> Result<Vec<WaitingBlock>, WireError> {
+    let field = |field, value: u64| WireError::PayloadField { cmd, field, value };
+    let length = |expected| WireError::PayloadLength {
+        cmd,
+        have: data.len(),
+        expected,
+    };
+    let (head, rest) =
+        WireWaitingHead::read_from_prefix(data).map_err(|_| length(WAITING_HEAD_LEN))?;
+    let nr = head.nr.get() as usize;
+    if nr > DATA_WAITING_MAX {
+        return Err(field("nr", nr as u64));
+    }
+    if head.pad.get() != 0 {
+        return Err(field("pad", head.pad.get().into()));
+    }
+    if rest.len() != nr * WAITING_LEN {
+        return Err(length(WAITING_HEAD_LEN + nr * WAITING_LEN));
+    }
+    rest.chunks_exact(WAITING_LEN)
+        .map(|c| {
+            let w = WireWaiting::read_from_bytes(c).map_err(|_| length(WAITING_LEN))?;
+            if w.ops == 0 || w.ops & !7 != 0 {
+                return Err(field("ops", w.ops.into()));
+            }
+            if w.pad != [0; 7] {
+                return Err(field("pad", 1));
+            }
+            Ok(WaitingBlock {
+                ino: w.ino.get(),
+                iblock: w.iblock.get(),
+                ops: w.ops,
+            })
+        })
+        .collect()
+}
+
+fn encode_wait_fail(f: &WaitFail) -> Vec<u8> {
+    WireWaitErr {
+        ino: f.ino.into(),
+        from: f.from.into(),
+        to: f.to.into(),
+        ops: u32::from(f.ops).into(),
+        errno: (f.errno as u32).into(),
+    }
+    .as_bytes()
+    .to_vec()
+}
+
+fn decode_wait_fail(cmd: Cmd, data: &[u8]) -> Result<WaitFail, WireError> {
+    let w: WireWaitErr = exact(cmd, data)?;
+    let (ops, errno) = (w.ops.get(), w.errno.get());
+    let field = |field, value: u32| WireError::PayloadField {
+        cmd,
+        field,
+        value: value.into(),
+    };
+    if ops == 0 || ops & !7 != 0 {
+        return Err(field("ops", ops));
+    }
+    if !(1..4096).contains(&errno) {
+        return Err(field("errno", errno));
+    }
+    Ok(WaitFail {
+        ino: w.ino.get(),
+        from: w.from.get(),
+        to: w.to.get(),
+        ops: ops as u8,
+        errno: errno as i32,
+    })
+}
+
 fn decode_omap(cmd: Cmd, data: &[u8]) -> Result<OpenInoMap, WireError> {
     let w: WireOpenInoMap = exact(cmd, data)?;
     Ok(OpenInoMap {
@@ -800,6 +936,8 @@ pub fn encode_request(req: &Request) -> Result<(Cmd, Vec<u8>), EncodeError> {
         Request::Farewell => (Cmd::Farewell, Vec::new()),
         Request::OpenInoMap { group } => (Cmd::OpenInoMap, group.to_le_bytes().to_vec()),
         Request::GetLastSeq => (Cmd::GetLastSeq, Vec::new()),
+        Request::DataWaiting(q) => (Cmd::DataWaiting, encode_waiting_query(q)),
+        Request::DataWaitErr(f) => (Cmd::DataWaitErr, encode_wait_fail(f)),
     })
 }
 
@@ -814,6 +952,8 @@ pub fn decode_request(cmd: Cmd, data: &[u8]) -> Result<Request, WireError> {
         Cmd::CommitLogTrees => Request::CommitLogTrees(decode_log_trees(cmd, data)?),
         Cmd::GetRoots => empty(cmd, data).map(|_| Request::GetRoots)?,
         Cmd::GetLastSeq => empty(cmd, data).map(|_| Request::GetLastSeq)?,
+        Cmd::DataWaiting => Request::DataWaiting(decode_waiting_query(cmd, data)?),
+        Cmd::DataWaitErr => Request::DataWaitErr(decode_wait_fail(cmd, data)?),
         Cmd::Lock => Request::Lock(decode_lock(data)?),
         Cmd::Statfs => empty(cmd, data).map(|_| Request::Statfs)?,
         Cmd::ResizeDevices => {
@@ -848,6 +988,8 @@ fn response_name(resp: &Response) -> &'static str {
         Response::Statfs(_) => "statfs",
         Response::OpenInoMap(_) => "open inode map",
         Response::LastSeq(_) => "last seq",
+        Response::DataWaiting(_) => "data waiting",
+        Response::Count(_) => "count",
         Response::Error(_) => "error",
     }
 }
@@ -881,6 +1023,8 @@ pub fn encode_response(
         (Cmd::Lock, Response::Lock(m)) => encode_lock(m),
         (Cmd::OpenInoMap, Response::OpenInoMap(m)) => encode_omap(m),
         (Cmd::GetLastSeq, Response::LastSeq(seq)) => seq.to_le_bytes().to_vec(),
+        (Cmd::DataWaiting, Response::DataWaiting(ws)) => encode_waiting(cmd, ws)?,
+        (Cmd::DataWaitErr, Response::Count(n)) => n.to_le_bytes().to_vec(),
         (Cmd::Statfs, Response::Statfs(s)) => WireStatfs {
             total_meta_blocks: s.total_meta_blocks.into(),
             free_meta_blocks: s.free_meta_blocks.into(),
@@ -936,6 +1080,11 @@ pub fn decode_response(
             let seq: U64 = exact(cmd, data)?;
             Response::LastSeq(seq.get())
         }
+        Cmd::DataWaiting => Response::DataWaiting(decode_waiting(cmd, data)?),
+        Cmd::DataWaitErr => {
+            let n: U64 = exact(cmd, data)?;
+            Response::Count(n.get())
+        }
         Cmd::Statfs => {
             let w: WireStatfs = exact(cmd, data)?;
             Response::Statfs(StatfsInfo {
@@ -961,6 +1110,8 @@ pub fn encode_server_request(req: &ServerRequest) -> (Cmd, Vec<u8>) {
             (Cmd::LockRecover, first.to_disk().as_bytes().to_vec())
         }
         ServerRequest::OpenInoMap { group } => (Cmd::OpenInoMap, group.to_le_bytes().to_vec()),
+        ServerRequest::DataWaiting(q) => (Cmd::DataWaiting, encode_waiting_query(q)),
+        ServerRequest::DataWaitErr(f) => (Cmd::DataWaitErr, encode_wait_fail(f)),
     }
 }
 
@@ -976,6 +1127,8 @@ pub fn decode_server_request(cmd: Cmd, data: &[u8]) -> Result<ServerRequest, Wir
             let group: U64 = exact(cmd, data)?;
             Ok(ServerRequest::OpenInoMap { group: group.get() })
         }
+        Cmd::DataWaiting => Ok(ServerRequest::DataWaiting(decode_waiting_query(cmd, data)?)),
+        Cmd::DataWaitErr => Ok(ServerRequest::DataWaitErr(decode_wait_fail(cmd, data)?)),
         _ => Err(WireError::Unexpected {
             cmd,
             what: "request to a client",
@@ -992,6 +1145,13 @@ pub fn encode_client_response(cmd: Cmd, resp: &ClientResponse) -> Result<Vec<u8>
             encode_recover(entries, *more)
         }
         (Cmd::OpenInoMap, ClientResponse::OpenInoMap(m)) => Ok(encode_omap(m)),
+        (Cmd::DataWaiting, ClientResponse::DataWaiting(ws)) => encode_waiting(cmd, ws),
+        (Cmd::DataWaitErr, ClientResponse::Count(n)) => Ok(n.to_le_bytes().to_vec()),
+        (_, ClientResponse::DataWaiting(_)) => Err(EncodeError::Mismatch {
+            cmd,
+            resp: "data waiting",
+        }),
+        (_, ClientResponse::Count(_)) => Err(EncodeError::Mismatch { cmd, resp: "count" }),
         (_, ClientResponse::OpenInoMap(_)) => Err(EncodeError::Mismatch {
             cmd,
             resp: "open inode map",
@@ -1028,6 +1188,11 @@ pub fn decode_client_response(
         Cmd::OpenInoMap => Ok(ClientResponse::OpenInoMap(Box::new(decode_omap(
             cmd, data,
         )?))),
+        Cmd::DataWaiting => Ok(ClientResponse::DataWaiting(decode_waiting(cmd, data)?)),
+        Cmd::DataWaitErr => {
+            let n: U64 = exact(cmd, data)?;
+            Ok(ClientResponse::Count(n.get()))
+        }
         _ => Err(WireError::Unexpected {
             cmd,
             what: "response from a client",

@@ -357,7 +357,8 @@ impl ControlClient {
     }
 
     /// Fails the operations waiting on bytes `offset..offset+count` of
-    /// `ino` whose op is in `ops` with `errno`; returns how many.
+    /// `ino` whose op is in `ops` with `errno`, on this mount or on every
+    /// mount; returns how many.
     pub fn data_wait_err(
         &mut self,
         ino: u64,
@@ -365,6 +366,7 @@ impl ControlClient {
         count: u64,
         ops: u32,
         errno: i32,
+        all_mounts: bool,
     ) -> Result<u64> {
         let r = ControlWaitErr {
             ino: ino.into(),
@@ -372,6 +374,12 @@ impl ControlClient {
             count: count.into(),
             ops: ops.into(),
             errno: (errno as u32).into(),
+            flags: if all_mounts {
+                DATA_WAIT_ERR_ALL_MOUNTS
+            } else {
+                0
+            }
+            .into(),
             ..ControlWaitErr::default()
         };
         let p = self.call(op::DATA_WAIT_ERR, r.as_bytes(), &[])?;

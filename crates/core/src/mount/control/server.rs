@@ -642,8 +642,17 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             let per_frame = CONTROL_RESPONSE_MAX / CONTROL_WAITING_LEN;
             let mut left = max;
             let (mut ino, mut iblock) = (r.after_ino.get(), r.after_iblock.get());
+            let all = r.flags.get() & DATA_WAITING_ALL_MOUNTS != 0;
+            if r.flags.get() & !DATA_WAITING_ALL_MOUNTS != 0 {
+                return Err((libc::EINVAL, "data-waiting: unknown flags".into()));
+            }
             loop {
-                let got = fs.data_waiting(ino, iblock, left.min(per_frame));
+                let got = if all {
+                    fs.data_waiting_all(ino, iblock, left.min(per_frame))
+                        .map_err(|e| fs_failed("asking the mounts for their waiters", e))?
+                } else {
+                    fs.data_waiting(ino, iblock, left.min(per_frame))
+                };
                 left -= got.len();
                 let mut frame = Vec::with_capacity(got.len() * CONTROL_WAITING_LEN);
                 for w in &got {
@@ -675,21 +684,28 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
                 ));
             }
             let ops = u8::try_from(r.ops.get()).unwrap_or(0);
-            let n = fs
-                .data_wait_err(
-                    r.ino.get(),
-                    r.offset.get(),
-                    r.count.get(),
-                    ops,
-                    r.errno.get() as i32,
+            if r.flags.get() & !DATA_WAIT_ERR_ALL_MOUNTS != 0 {
+                return Err((libc::EINVAL, "data-wait-err: unknown flags".into()));
+            }
+            let (ino, off, count, errno) = (
+                r.ino.get(),
+                r.offset.get(),
+                r.count.get(),
+                r.errno.get() as i32,
+            );
+            let n = if r.flags.get() & DATA_WAIT_ERR_ALL_MOUNTS != 0 {
+                fs.data_wait_err_all(ino, off, count, ops, errno)
+            } else {
+                fs.data_wait_err(ino, off, count, ops, errno)
+                    .map(|n| n as u64)
+            };
+            let n = n.map_err(|e| {
+                fs_failed(
+                    "ops must be read, write or change_size bits; errno 1..4095",
+                    e,
                 )
-                .map_err(|e| {
-                    fs_failed(
-                        "ops must be read, write or change_size bits; errno 1..4095",
-                        e,
-                    )
-                })?;
-            Ok((n as u64).to_le_bytes().to_vec())
+            })?;
+            Ok(n.to_le_bytes().to_vec())
         }
         _ => {
             crate::counters::inc(&shared.counts.malformed);

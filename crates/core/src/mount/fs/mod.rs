@@ -200,6 +200,34 @@ impl Fs {
         let src = ForestSource::new(client.clone(), cache);
         let waits = wait::DataWaits::new(locks.clone());
         let w = Arc::downgrade(&waits);
+        // The server asks every mount for its waiters (data-waiting and
+        // data-wait-err on any mount cover them all).
+        let wh = w.clone();
+        locks.set_waiters_handler(Box::new(move |req| {
+            use crate::cluster::net::msg::{ClientResponse, ServerRequest, WaitingBlock};
+            let Some(w) = wh.upgrade() else {
+                return match req {
+                    ServerRequest::DataWaiting(_) => ClientResponse::DataWaiting(Vec::new()),
+                    _ => ClientResponse::Count(0),
+                };
+            };
+            match req {
+                ServerRequest::DataWaiting(q) => ClientResponse::DataWaiting(
+                    w.list(q.after_ino, q.after_iblock, q.max as usize)
+                        .into_iter()
+                        .map(|x| WaitingBlock {
+                            ino: x.ino,
+                            iblock: x.iblock,
+                            ops: x.ops,
+                        })
+                        .collect(),
+                ),
+                ServerRequest::DataWaitErr(f) => {
+                    ClientResponse::Count(w.fail(f.ino, f.from, f.to, f.ops, f.errno) as u64)
+                }
+                _ => ClientResponse::Count(0),
+            }
+        }));
         // Another mount is about to change inodes this mount has waiters
         // on: they look again once it has.
         locks.set_lock_lost(Box::new(move |start, end| {

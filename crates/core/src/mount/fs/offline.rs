@@ -18,6 +18,7 @@ use super::types::Attr;
 use super::wait::{Waiting, DWO_ALL};
 use super::{Fs, FsError, FsResult, EINVAL, EIO, ENODATA, ENOSPC};
 use crate::cluster::lock::LockMode;
+use crate::cluster::net::msg::{WaitFail, WaitingQuery};
 use crate::mount::locks::LockGuard;
 use scoutfs_format::data::{SEF_OFFLINE, SEF_UNWRITTEN};
 
@@ -382,6 +383,61 @@ impl Fs {
     /// (`after_ino`, `after_iblock`) in (ino, iblock) order, at most `max`.
     pub fn data_waiting(&self, after_ino: u64, after_iblock: u64, max: usize) -> Vec<Waiting> {
         self.waits.list(after_ino, after_iblock, max)
+    }
+
+    /// The operations of every mount waiting for offline data, after
+    /// (`after_ino`, `after_iblock`) in (ino, iblock) order, at most `max`
+    /// (the server asks each mount; one that does not answer within 5 s is
+    /// left out).
+    pub fn data_waiting_all(
+        &self,
+        after_ino: u64,
+        after_iblock: u64,
+        max: usize,
+    ) -> FsResult<Vec<Waiting>> {
+        let mut out: Vec<Waiting> = Vec::new();
+        let (mut ino, mut iblock) = (after_ino, after_iblock);
+        while out.len() < max {
+            let want = (max - out.len()).min(scoutfs_format::wire::DATA_WAITING_MAX);
+            let got = self.client.data_waiting(WaitingQuery {
+                after_ino: ino,
+                after_iblock: iblock,
+                max: want as u32,
+            })?;
+            let n = got.len();
+            out.extend(got.into_iter().map(|w| Waiting {
+                ino: w.ino,
+                iblock: w.iblock,
+                ops: w.ops,
+            }));
+            match out.last() {
+                Some(l) if n == want => (ino, iblock) = (l.ino, l.iblock),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Fs::data_wait_err`] on every mount; returns how many failed.
+    pub fn data_wait_err_all(
+        &self,
+        ino: u64,
+        off: u64,
+        count: u64,
+        ops: u8,
+        errno: i32,
+    ) -> FsResult<u64> {
+        if ops == 0 || ops & !DWO_ALL != 0 || !(1..4096).contains(&errno) {
+            return Err(EINVAL);
+        }
+        let end = off.saturating_add(count);
+        Ok(self.client.data_wait_err(WaitFail {
+            ino,
+            from: off / BLOCK,
+            to: end.div_ceil(BLOCK),
+            ops,
+            errno,
+        })?)
     }
 
     /// DATA_WAIT_ERR: fails this mount's operations waiting on blocks of

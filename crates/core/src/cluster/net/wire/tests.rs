@@ -89,7 +89,7 @@ fn decode_refuses_bad_fields_with_good_crcs() {
     field_err(&with_byte(&f, 36, 0), "kind");
     field_err(&with_byte(&f, 36, 3), "kind");
     field_err(&with_byte(&f, 37, 9), "cmd");
-    field_err(&with_byte(&f, 37, 20), "cmd");
+    field_err(&with_byte(&f, 37, 22), "cmd");
     field_err(&with_byte(&f, 38, 8), "error");
     field_err(&with_byte(&f, 38, 3), "error");
     field_err(&with_byte(&f, 39, 1), "pad");
@@ -320,4 +320,66 @@ fn last_seq_round_trips_and_refuses_bad_lengths() {
     assert_eq!(decode_response(Cmd::GetLastSeq, None, &data), Ok(resp));
     assert!(decode_response(Cmd::GetLastSeq, None, &data[..7]).is_err());
     assert_eq!(Cmd::from_u8(6), Some(Cmd::GetLastSeq));
+}
+
+#[test]
+fn data_waiter_messages_round_trip_and_refuse_bad_fields() {
+    use crate::cluster::net::msg::{WaitFail, WaitingBlock, WaitingQuery};
+    let q = WaitingQuery {
+        after_ino: 5,
+        after_iblock: u64::MAX,
+        max: 2048,
+    };
+    let (cmd, data) = encode_request(&Request::DataWaiting(q)).unwrap();
+    assert_eq!(decode_request(cmd, &data), Ok(Request::DataWaiting(q)));
+    assert_eq!(
+        decode_server_request(cmd, &data),
+        Ok(ServerRequest::DataWaiting(q))
+    );
+    let mut big = data.clone();
+    big[16..20].copy_from_slice(&2049u32.to_le_bytes());
+    assert!(decode_request(cmd, &big).is_err(), "max over the limit");
+    let ws: Vec<WaitingBlock> = (0..2048u64)
+        .map(|i| WaitingBlock {
+            ino: i,
+            iblock: i * 3,
+            ops: 1 + (i % 7) as u8,
+        })
+        .collect();
+    let resp = Response::DataWaiting(ws.clone());
+    let (_, bytes) = encode_response(Cmd::DataWaiting, &resp).unwrap();
+    assert_eq!(decode_response(Cmd::DataWaiting, None, &bytes), Ok(resp));
+    let cr = ClientResponse::DataWaiting(ws[..3].to_vec());
+    let b = encode_client_response(Cmd::DataWaiting, &cr).unwrap();
+    assert_eq!(decode_client_response(Cmd::DataWaiting, None, &b), Ok(cr));
+    let mut bad = b.clone();
+    bad[8 + 16] = 8;
+    assert!(
+        decode_client_response(Cmd::DataWaiting, None, &bad).is_err(),
+        "ops"
+    );
+    assert!(decode_client_response(Cmd::DataWaiting, None, &b[..b.len() - 1]).is_err());
+    let mut too_many = ws.clone();
+    too_many.push(ws[0]);
+    assert!(encode_response(Cmd::DataWaiting, &Response::DataWaiting(too_many)).is_err());
+
+    let f = WaitFail {
+        ino: 9,
+        from: 1,
+        to: 4,
+        ops: 6,
+        errno: libc::EIO,
+    };
+    let (cmd, data) = encode_request(&Request::DataWaitErr(f)).unwrap();
+    assert_eq!(decode_request(cmd, &data), Ok(Request::DataWaitErr(f)));
+    for (at, v) in [(24, 0u32), (24, 8), (28, 0), (28, 4096)] {
+        let mut bad = data.clone();
+        bad[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        assert!(decode_request(cmd, &bad).is_err(), "byte {at} = {v}");
+    }
+    let (_, n) = encode_response(Cmd::DataWaitErr, &Response::Count(3)).unwrap();
+    assert_eq!(
+        decode_response(Cmd::DataWaitErr, None, &n),
+        Ok(Response::Count(3))
+    );
 }
