@@ -234,3 +234,57 @@ fn inode_index_items_left_over_or_missing() {
     assert_eq!(r.problems.len(), 33, "{:?}", r.problems);
     assert_found(&r, "inode index: 20 more differences");
 }
+
+#[test]
+fn inode_block_counts_that_are_not_their_extents() {
+    use scoutfs_core::mount::fs::types::NewNode;
+    use scoutfs_format::inode::Inode;
+    use scoutfs_format::ROOT_INO;
+    use zerocopy::{FromBytes, IntoBytes};
+    let (meta, data) = common::mem_fs(128 << 20, 64 << 20, 0xb10c);
+    let file = {
+        let mnt = common::mount(&meta, &data);
+        let fs = mnt.fs();
+        let reg = NewNode::new(libc::S_IFREG | 0o644);
+        let f = fs.mknod(ROOT_INO, b"f", &reg).unwrap().ino;
+        fs.write(f, 0, &[1u8; 5 * 4096]).unwrap();
+        let dv = fs.get_attr_x(f).unwrap().data_version;
+        fs.release_data(f, 8192, 8192, dv).unwrap();
+        mnt.unmount().unwrap();
+        f
+    };
+    common::mount(&meta, &data).unmount().unwrap();
+    let r = run_check(&meta, &data);
+    assert!(r.is_clean(), "{:?}", r.problems);
+    // The inode says one block more online than its extents map.
+    let mut store = common::open(&meta);
+    let key = Key::inode(file);
+    let val = btree::lookup(store.cache.as_ref(), &store.sb.fs_root, &key)
+        .unwrap()
+        .expect("the inode item")
+        .val;
+    let mut inode = Inode::read_from_bytes(&val).unwrap();
+    assert_eq!(
+        (inode.online_blocks.get(), inode.offline_blocks.get()),
+        (3, 2)
+    );
+    inode.online_blocks = 4.into();
+    let mut txn = store.begin_with(Rng::new(11));
+    btree::insert(
+        &mut txn.w,
+        &mut txn.sb.fs_root,
+        &key,
+        1,
+        0,
+        inode.as_bytes(),
+    )
+    .unwrap();
+    store.commit(txn).unwrap();
+    let r = run_check(&meta, &data);
+    assert_found(
+        &r,
+        &format!(
+            "inode {file} counts 4 online and 2 offline blocks; its extents map 3 and hold 2 offline"
+        ),
+    );
+}

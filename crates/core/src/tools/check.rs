@@ -16,7 +16,9 @@
 //!   allocatable one is referenced exactly once or free exactly once, and
 //!   every data block is free or referenced by a file extent exactly once;
 //! - the inode index holds exactly the meta_seq and data_seq items the
-//!   inodes call for (directories have no data_seq item).
+//!   inodes call for (directories have no data_seq item);
+//! - each inode's `online_blocks` is the number of blocks its extents map
+//!   and its `offline_blocks` the number its offline extents hold.
 //!
 //! A block that can't be read is reported with its blkno and seq and its
 //! subtree is skipped; blocks it would have accounted for then show up as
@@ -505,15 +507,34 @@ impl Checker<'_> {
         let trees = std::mem::take(&mut self.fs_trees);
         let mut found = Vec::new();
         let mut want = EntrySum::default();
+        let mut counts = BlockCounts::default();
         let res =
             crate::store::forest::merge_versions(&self.cache, &trees, &FS_LO, &FS_HI, |k, v| {
                 if v.deleted {
                     return Ok(true);
                 }
+                if k.first != counts.ino {
+                    counts.done();
+                    counts = BlockCounts {
+                        ino: k.first,
+                        problems: std::mem::take(&mut counts.problems),
+                        more: counts.more,
+                        ..BlockCounts::default()
+                    };
+                }
+                if k.ty == ty::INODE {
+                    if let Ok(i) = scoutfs_format::inode::Inode::decode(&v.val) {
+                        counts.inode = Some((i.online_blocks.get(), i.offline_blocks.get()));
+                    }
+                }
                 if k.ty == ty::DATA_EXTENT {
                     if let Ok(x) = scoutfs_format::data::DataExtentVal::decode(&v.val) {
                         if x.maps_blocks() {
                             found.push((x.blkno.get(), k.third, k.first));
+                            counts.online += k.third;
+                        }
+                        if x.flags & scoutfs_format::data::SEF_OFFLINE != 0 {
+                            counts.offline += k.third;
                         }
                     }
                 }
@@ -522,6 +543,17 @@ impl Checker<'_> {
                 }
                 Ok(true)
             });
+        counts.done();
+        let (named, more) = (counts.problems, counts.more);
+        for p in named {
+            self.problem(None, p);
+        }
+        if more > 0 {
+            self.problem(
+                None,
+                format!("{more} more inodes whose block counts are not their extents'"),
+            );
+        }
         let read_all = res.is_ok();
         if let Err(e) = res {
             self.problem(
@@ -790,6 +822,41 @@ impl Checker<'_> {
                 let r = head.first;
                 self.error(&r, e);
             }
+        }
+    }
+}
+
+/// The block counts of the inode being read (`Checker::data_extents`),
+/// against its extents: `online_blocks` counts the blocks its extents map,
+/// `offline_blocks` those of its offline extents.
+#[derive(Default)]
+struct BlockCounts {
+    ino: u64,
+    /// (online_blocks, offline_blocks) of its inode item.
+    inode: Option<(u64, u64)>,
+    online: u64,
+    offline: u64,
+    /// The first differences found, named; the rest counted.
+    problems: Vec<String>,
+    more: u64,
+}
+
+impl BlockCounts {
+    /// The inode's extents are all counted: compare.
+    fn done(&mut self) {
+        let Some((online, offline)) = self.inode else {
+            return;
+        };
+        if (online, offline) == (self.online, self.offline) {
+            return;
+        }
+        if self.problems.len() < 32 {
+            self.problems.push(format!(
+                "inode {} counts {online} online and {offline} offline blocks; its extents map {} and hold {} offline",
+                self.ino, self.online, self.offline
+            ));
+        } else {
+            self.more += 1;
         }
     }
 }

@@ -382,6 +382,12 @@ impl Fs {
                         0
                     };
                     let Some((pblk, got)) = self.alloc_data(want + extra)? else {
+                        // The blocks mapped so far stay (past the size
+                        // until the write is done again) and are counted.
+                        if added > 0 {
+                            a.inode.online_blocks = (a.inode.online_blocks.get() + added).into();
+                            self.write_inode(&op, &g, &mut a, true)?;
+                        }
                         return Err(ENOSPC);
                     };
                     let n = got.min(want);

@@ -158,9 +158,43 @@ impl Fs {
         }
     }
 
+    /// The first offline run at or after block `b` within the range (up
+    /// to [`STAGE_CHUNK_BLOCKS`]), checking the file's data_version and
+    /// the range under `g`: (first block, end block, file size).
+    fn offline_run(
+        &self,
+        g: &LockGuard,
+        ino: u64,
+        data_version: u64,
+        end: u64,
+        b: u64,
+    ) -> FsResult<Option<(u64, u64, u64)>> {
+        let a = self.regular_file(g, ino)?;
+        Self::check_version(&a, data_version, ESTALE)?;
+        let size = a.size();
+        if end > size || (!aligned(end) && end != size) {
+            return Err(EINVAL);
+        }
+        let b1 = end.div_ceil(BLOCK);
+        let Some(s) = first_offline(&self.extents_in(g, ino, b, b1)?, b, b1) else {
+            return Ok(None);
+        };
+        let e = self
+            .extents_in(g, ino, s, s + 1)?
+            .into_iter()
+            .find(|e| e.offline() && e.start <= s)
+            .ok_or(EIO)?;
+        Ok(Some((s, e.end().min(b1).min(s + STAGE_CHUNK_BLOCKS), size)))
+    }
+
     /// Stages the first offline run at or after block `b` (up to
     /// [`STAGE_CHUNK_BLOCKS`]); returns the block after it and the bytes
     /// staged, or None when no offline block is left in the range.
+    ///
+    /// The archive is read holding no lock (it may be a file of this very
+    /// filesystem, even of the same lock group); the run is checked again
+    /// under the write lock before its blocks are mapped, and read again
+    /// if the file changed meanwhile.
     fn stage_chunk(
         &self,
         ino: u64,
@@ -169,59 +203,65 @@ impl Fs {
         b: u64,
         read_archive: ArchiveRead<'_>,
     ) -> FsResult<Option<(u64, u64)>> {
-        let g = self.locks.lock_inode(ino, LockMode::Write)?;
-        let _local = self.lock_local(&[ino]);
-        let mut a = self.regular_file(&g, ino)?;
-        Self::check_version(&a, data_version, ESTALE)?;
-        let size = a.size();
-        if end > size || (!aligned(end) && end != size) {
-            return Err(EINVAL);
-        }
-        let b1 = end.div_ceil(BLOCK);
-        let Some(s) = first_offline(&self.extents_in(&g, ino, b, b1)?, b, b1) else {
-            return Ok(None);
+        let mut run = {
+            let g = self.locks.lock_inode(ino, LockMode::Read)?;
+            self.offline_run(&g, ino, data_version, end, b)?
         };
-        let e = self
-            .extents_in(&g, ino, s, s + 1)?
-            .into_iter()
-            .find(|e| e.offline() && e.start <= s)
-            .ok_or(EIO)?;
-        let t = e.end().min(b1).min(s + STAGE_CHUNK_BLOCKS);
-        // The archived bytes, up to the end of the file; the rest of the
-        // last block is zeros.
-        let (from, to) = (s * BLOCK, (t * BLOCK).min(size));
-        let mut buf = vec![0u8; ((t - s) * BLOCK) as usize];
-        let want = (to - from) as usize;
-        let mut got = 0;
-        while got < want {
-            match read_archive(&mut buf[got..want], from + got as u64) {
-                Ok(0) => return Err(ENODATA),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(FsError(e.raw_os_error().unwrap_or(libc::EIO))),
-            }
-        }
-        let op = self.begin(&[seqs_of(&a)])?;
-        let mut at = s;
-        let mut online = 0;
-        while at < t {
-            let Some((pblk, n)) = self.alloc_data(t - at)? else {
-                return Err(ENOSPC);
+        loop {
+            let Some((s, t, size)) = run else {
+                return Ok(None);
             };
-            let data = &buf[((at - s) * BLOCK) as usize..((at - s + n) * BLOCK) as usize];
-            self.data
-                .write_at(data, pblk * BLOCK)
-                .map_err(|e| FsError::from(crate::error::Error::io("data device", e)))?;
-            self.set_mapping(&op, &g, ino, at, n, Some((pblk, 0)))?;
-            online += n;
-            at += n;
+            // The archived bytes, up to the end of the file; the rest of
+            // the last block is zeros.
+            let (from, to) = (s * BLOCK, (t * BLOCK).min(size));
+            let mut buf = vec![0u8; ((t - s) * BLOCK) as usize];
+            let want = (to - from) as usize;
+            let mut got = 0;
+            while got < want {
+                match read_archive(&mut buf[got..want], from + got as u64) {
+                    Ok(0) => return Err(ENODATA),
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(FsError(e.raw_os_error().unwrap_or(libc::EIO))),
+                }
+            }
+            let g = self.locks.lock_inode(ino, LockMode::Write)?;
+            let _local = self.lock_local(&[ino]);
+            let now = self.offline_run(&g, ino, data_version, end, b)?;
+            if now != run {
+                // Changed while the archive was read: read what is
+                // offline now.
+                run = now;
+                continue;
+            }
+            let mut a = self.read_inode(&g, ino)?;
+            let op = self.begin(&[seqs_of(&a)])?;
+            let mut at = s;
+            let mut online = 0;
+            while at < t {
+                // Out of space part way: what is staged so far is kept
+                // (and counted); the caller commits and goes on from it.
+                let Some((pblk, n)) = self.alloc_data(t - at)? else {
+                    break;
+                };
+                let data = &buf[((at - s) * BLOCK) as usize..((at - s + n) * BLOCK) as usize];
+                self.data
+                    .write_at(data, pblk * BLOCK)
+                    .map_err(|e| FsError::from(crate::error::Error::io("data device", e)))?;
+                self.set_mapping(&op, &g, ino, at, n, Some((pblk, 0)))?;
+                online += n;
+                at += n;
+            }
+            if online == 0 {
+                return Err(ENOSPC);
+            }
+            let i = &mut a.inode;
+            i.online_blocks = (i.online_blocks.get() + online).into();
+            i.offline_blocks = i.offline_blocks.get().saturating_sub(online).into();
+            self.write_inode(&op, &g, &mut a, false)?;
+            self.trans.add_data_bytes(online * BLOCK);
+            return Ok(Some((at, (at * BLOCK).min(size) - from)));
         }
-        let i = &mut a.inode;
-        i.online_blocks = (i.online_blocks.get() + online).into();
-        i.offline_blocks = i.offline_blocks.get().saturating_sub(online).into();
-        self.write_inode(&op, &g, &mut a, false)?;
-        self.trans.add_data_bytes(online * BLOCK);
-        Ok(Some((t, to - from)))
     }
 
     /// PUNCH_OFFLINE: turns the offline extents of `off..off+len` (4 KiB

@@ -247,14 +247,19 @@ impl DataWaits {
     /// [`FAIL_LINGER`] unless the inode changes first; returns how many
     /// were waiting.
     pub fn fail(&self, ino: u64, from: u64, to: u64, ops: u8, errno: i32) -> usize {
-        self.state().failed.push(Failed {
-            ino,
-            from,
-            to,
-            ops,
-            errno,
-            until: std::time::Instant::now() + FAIL_LINGER,
-        });
+        {
+            let mut st = self.state();
+            let now = std::time::Instant::now();
+            st.failed.retain(|f| f.until > now);
+            st.failed.push(Failed {
+                ino,
+                from,
+                to,
+                ops,
+                errno,
+                until: now + FAIL_LINGER,
+            });
+        }
         let rs = self.take(|i, b, op| i == ino && (from..to).contains(&b) && op & ops != 0);
         let n = rs.len();
         for r in rs {
