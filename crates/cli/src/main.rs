@@ -129,11 +129,13 @@ enum Cmd {
     /// Move blocks from one file to another without copying them
     /// (--stage: into the destination's offline range).
     MoveBlocks(control::MoveBlocksArgs),
-    /// List the operations of this mount waiting for offline data: inode,
-    /// block, and whether they read, write or change the size.
+    /// List the operations waiting for offline data, on every mount of the
+    /// filesystem (--local: this mount's): inode, block, and whether they
+    /// read, write or change the size.
     DataWaiting(control::DataWaitingArgs),
     /// Make operations waiting for offline data fail with an error (the
-    /// archive cannot bring the data back). Needs root.
+    /// archive cannot bring the data back), on every mount (--local: this
+    /// mount's). Needs root.
     DataWaitErr(control::DataWaitErrArgs),
     /// The local fence agent: fence a mount on this host by killing its
     /// process and detaching its FUSE mount.
