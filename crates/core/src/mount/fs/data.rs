@@ -342,7 +342,9 @@ impl Fs {
         // Offline blocks it writes must be staged first (a partial block
         // keeps the rest of its bytes).
         let (b0, b1) = (off / BLOCK, end.div_ceil(BLOCK));
-        if let Some(iblock) = first_offline(&self.extents_in(&g, ino, b0, b1)?, b0, b1) {
+        // Read once: nothing changes them while the inode's lock is held.
+        let exts = self.extents_in(&g, ino, b0, b1)?;
+        if let Some(iblock) = first_offline(&exts, b0, b1) {
             self.wait_offline(ino, iblock, DWO_WRITE, resume)?;
             return Ok(None);
         }
@@ -356,7 +358,6 @@ impl Fs {
         let op = self.begin(&[seqs_of(&a)])?;
         let mut b = b0;
         let mut added = 0;
-        let exts = self.extents_in(&g, ino, b0, b1)?;
         let mut it = exts.iter().peekable();
         while b < b1 {
             while it.peek().is_some_and(|e| e.end() <= b) {

@@ -467,17 +467,9 @@ impl Fs {
         ops: u8,
         errno: i32,
     ) -> FsResult<u64> {
-        if ops == 0 || ops & !DWO_ALL != 0 || !(1..4096).contains(&errno) {
-            return Err(EINVAL);
-        }
-        let end = off.saturating_add(count);
-        Ok(self.client.data_wait_err(WaitFail {
-            ino,
-            from: off / BLOCK,
-            to: end.div_ceil(BLOCK),
-            ops,
-            errno,
-        })?)
+        Ok(self
+            .client
+            .data_wait_err(wait_fail(ino, off, count, ops, errno)?)?)
     }
 
     /// DATA_WAIT_ERR: fails this mount's operations waiting on blocks of
@@ -491,12 +483,23 @@ impl Fs {
         ops: u8,
         errno: i32,
     ) -> FsResult<usize> {
-        if ops == 0 || ops & !DWO_ALL != 0 || !(1..4096).contains(&errno) {
-            return Err(EINVAL);
-        }
-        let end = off.saturating_add(count);
-        Ok(self
-            .waits
-            .fail(ino, off / BLOCK, end.div_ceil(BLOCK), ops, errno))
+        let f = wait_fail(ino, off, count, ops, errno)?;
+        Ok(self.waits.fail(f.ino, f.from, f.to, f.ops, f.errno))
     }
+}
+
+/// The waiters of `ino` on the blocks of bytes `off..off+count` with an op
+/// in `ops`, to fail with `errno`: EINVAL for no ops, unknown op bits or
+/// an errno out of 1..4095.
+fn wait_fail(ino: u64, off: u64, count: u64, ops: u8, errno: i32) -> FsResult<WaitFail> {
+    if ops == 0 || ops & !DWO_ALL != 0 || !(1..4096).contains(&errno) {
+        return Err(EINVAL);
+    }
+    Ok(WaitFail {
+        ino,
+        from: off / BLOCK,
+        to: off.saturating_add(count).div_ceil(BLOCK),
+        ops,
+        errno,
+    })
 }
