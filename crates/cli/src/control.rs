@@ -755,3 +755,163 @@ pub(crate) fn cmd_data_wait_err(a: DataWaitErrArgs) -> Result<ExitCode, String> 
     println!("{n} waiting operations failed");
     Ok(ExitCode::SUCCESS)
 }
+
+/// `"field":"..."`, and `"field_hex":"..."` too when the bytes are not
+/// UTF-8 (then the first has U+FFFD for the bad bytes).
+fn json_name(field: &str, b: &[u8]) -> String {
+    let mut s = format!(
+        "\"{field}\":{}",
+        scoutfs_core::tools::status::json_str(&String::from_utf8_lossy(b))
+    );
+    if std::str::from_utf8(b).is_err() {
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        s.push_str(&format!(",\"{field}_hex\":\"{hex}\""));
+    }
+    s
+}
+
+fn dt_text(dt: u8) -> &'static str {
+    use scoutfs_format::dir::*;
+    match dt {
+        DT_FIFO => "fifo",
+        DT_CHR => "chr",
+        DT_DIR => "dir",
+        DT_BLK => "blk",
+        DT_REG => "reg",
+        DT_LNK => "lnk",
+        DT_SOCK => "sock",
+        _ => "unknown",
+    }
+}
+
+/// The position after an entry: the same directory's next readdir pos.
+fn next_entry(dir_ino: u64, dir_pos: u64) -> String {
+    match dir_pos.checked_add(1) {
+        Some(p) => format!("{dir_ino}.{p}"),
+        None => format!("{}.0", dir_ino.saturating_add(1)),
+    }
+}
+
+/// A position DIR_INO.DIR_POS among an inode's entries.
+fn parse_entry_pos(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{s:?}: not an entry position (DIR_INO.DIR_POS)");
+    let (d, p) = s.split_once('.').ok_or_else(bad)?;
+    Ok((d.parse().map_err(|_| bad())?, p.parse().map_err(|_| bad())?))
+}
+
+#[derive(clap::Args)]
+/// The arguments of `ino-path` and `get-referring-entries`.
+pub(crate) struct InoEntriesArgs {
+    /// The inode number.
+    ino: u64,
+    /// Start at this entry, DIR_INO.DIR_POS (a `next` of the JSON form).
+    #[arg(long, value_parser = parse_entry_pos)]
+    from: Option<(u64, u64)>,
+    /// A path in a running mount [default: $SCOUTFS_MOUNT_PATH, else the
+    /// working directory].
+    #[arg(short = 'p', long = "path")]
+    path: Option<PathBuf>,
+    /// One JSON object a line, each with the position to resume after it.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn cmd_ino_path(a: InoEntriesArgs) -> Result<ExitCode, String> {
+    let mut c = connect(a.path, "ino-path")?;
+    let paths = c
+        .ino_paths(a.ino, a.from.unwrap_or((0, 0)), 0)
+        .map_err(|e| format!("ino-path: {e}"))?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for p in &paths {
+        let r = if a.json {
+            writeln!(
+                out,
+                "{{\"ino\":{},\"dir_ino\":{},\"dir_pos\":{},{},\"next\":\"{}\"}}",
+                a.ino,
+                p.dir_ino,
+                p.dir_pos,
+                json_name("path", &p.path),
+                next_entry(p.dir_ino, p.dir_pos)
+            )
+        } else {
+            out.write_all(&p.path).and_then(|_| out.write_all(b"\n"))
+        };
+        r.map_err(|e| format!("ino-path: stdout: {e}"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn cmd_get_referring_entries(a: InoEntriesArgs) -> Result<ExitCode, String> {
+    let mut c = connect(a.path, "get-referring-entries")?;
+    let es = c
+        .referring_entries(a.ino, a.from.unwrap_or((0, 0)), 0)
+        .map_err(|e| format!("get-referring-entries: {e}"))?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for e in &es {
+        let r = if a.json {
+            writeln!(
+                out,
+                "{{\"ino\":{},\"dir_ino\":{},\"dir_pos\":{},\"type\":\"{}\",{},\"next\":\"{}\"}}",
+                e.ino,
+                e.dir_ino,
+                e.dir_pos,
+                dt_text(e.dt),
+                json_name("name", &e.name),
+                next_entry(e.dir_ino, e.dir_pos)
+            )
+        } else {
+            write!(
+                out,
+                "dir {} pos {} ino {} type {} name ",
+                e.dir_ino,
+                e.dir_pos,
+                e.ino,
+                dt_text(e.dt)
+            )
+            .and_then(|_| out.write_all(&e.name))
+            .and_then(|_| out.write_all(b"\n"))
+        };
+        r.map_err(|e| format!("get-referring-entries: stdout: {e}"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub(crate) struct AllocatedInosArgs {
+    /// An inode number: the inodes in use in its group of 1,024 are listed.
+    #[arg(short = 'i', long = "ino")]
+    ino: u64,
+    /// Only this inode: printed if it is in use (exit status 1 if not).
+    #[arg(short = 's', long)]
+    single: bool,
+    /// A path in a running mount [default: $SCOUTFS_MOUNT_PATH, else the
+    /// working directory].
+    #[arg(short = 'p', long = "path")]
+    path: Option<PathBuf>,
+    /// One JSON object a line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn cmd_get_allocated_inos(a: AllocatedInosArgs) -> Result<ExitCode, String> {
+    let mut c = connect(a.path, "get-allocated-inos")?;
+    let mut inos = c
+        .allocated_inos(a.ino)
+        .map_err(|e| format!("get-allocated-inos: {e}"))?;
+    if a.single {
+        inos.retain(|&i| i == a.ino);
+        if inos.is_empty() {
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    for i in inos {
+        if a.json {
+            println!("{{\"ino\":{i}}}");
+        } else {
+            println!("{i}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

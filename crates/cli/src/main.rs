@@ -6,6 +6,7 @@
 //! and a non-zero exit status; none panics on bad input. Long work shows a
 //! progress bar when the output is a terminal.
 
+mod agent;
 mod control;
 mod fence;
 mod fuse;
@@ -137,6 +138,20 @@ enum Cmd {
     /// archive cannot bring the data back), on every mount (--local: this
     /// mount's). Needs root.
     DataWaitErr(control::DataWaitErrArgs),
+    /// The paths of an inode, from the filesystem's root, one a line (one
+    /// for each of its names). Needs root (CAP_DAC_READ_SEARCH).
+    InoPath(control::InoEntriesArgs),
+    /// An archive agent: copies files whose data changed (found through the
+    /// data_seq index, never by walking the namespace) to an archive
+    /// directory, releases archived files when the data device passes a
+    /// high-water mark, and stages files back when they are read. It can
+    /// be killed at any moment and started again.
+    ArchiveAgent(agent::AgentArgs),
+    /// The directory entries that link to an inode: directory, readdir
+    /// position, type and name. Needs root (CAP_DAC_READ_SEARCH).
+    GetReferringEntries(control::InoEntriesArgs),
+    /// The inode numbers in use in an inode's group of 1,024. Needs root.
+    GetAllocatedInos(control::AllocatedInosArgs),
     /// The local fence agent: fence a mount on this host by killing its
     /// process and detaching its FUSE mount.
     ///
@@ -268,6 +283,10 @@ fn main() -> ExitCode {
         Cmd::MoveBlocks(a) => control::cmd_move_blocks(a),
         Cmd::DataWaiting(a) => control::cmd_data_waiting(a),
         Cmd::DataWaitErr(a) => control::cmd_data_wait_err(a),
+        Cmd::InoPath(a) => control::cmd_ino_path(a),
+        Cmd::ArchiveAgent(a) => agent::cmd_archive_agent(a),
+        Cmd::GetReferringEntries(a) => control::cmd_get_referring_entries(a),
+        Cmd::GetAllocatedInos(a) => control::cmd_get_allocated_inos(a),
         Cmd::FenceLocal(a) => fence::cmd_fence_local(a),
         Cmd::KernelNotify => return knotify::helper_main(),
     };

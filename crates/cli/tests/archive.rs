@@ -25,7 +25,7 @@ fn ok(args: &[&str]) -> String {
         "scoutfs {args:?} failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    String::from_utf8(o.stdout).unwrap()
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Fails with a message on stderr that contains `want`, and no panic.
@@ -471,6 +471,147 @@ fn release_stage_and_waiters_on_a_real_mount() {
     rf.read_exact(&mut head).unwrap();
     assert!(head[..8192] == bytes[..8192] && head[8192..].iter().all(|&b| b == 0));
     assert_eq!(num(&["stat", rs, "-s", "offline_blocks"]), 4);
+    drop(m);
+    common::assert_check_clean(&meta, &data);
+}
+
+#[test]
+fn paths_entries_and_allocated_inodes_by_inode_number() {
+    if !can_mount("paths_entries_and_allocated_inodes_by_inode_number") {
+        return;
+    }
+    let dir = Scratch::new("archive-paths");
+    let (meta, data) = common::mkfs(&dir);
+    let m = MountProc::start(&meta, &data, &dir.path("mnt"), &[]);
+    let mp = m.mp.to_str().unwrap().to_string();
+    // A file with three names in two directories, one of them deep, and a
+    // name that is not UTF-8.
+    let deep = m.mp.join("a/b/c");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::create_dir(m.mp.join("z")).unwrap();
+    let f = deep.join("file");
+    std::fs::write(&f, b"x").unwrap();
+    std::fs::hard_link(&f, m.mp.join("z/second")).unwrap();
+    use std::os::unix::ffi::OsStrExt;
+    let odd = m.mp.join(std::ffi::OsStr::from_bytes(b"z/odd\xff\"name"));
+    std::fs::hard_link(&f, &odd).unwrap();
+    let i = ino(&f).to_string();
+
+    let o = run(&["ino-path", &i, "-p", &mp]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let paths = o.stdout;
+    let mut got: Vec<&[u8]> = paths.split(|&b| b == b'\n').collect();
+    got.retain(|l| !l.is_empty());
+    got.sort();
+    let mut want: Vec<&[u8]> = vec![b"a/b/c/file", b"z/second", b"z/odd\xff\"name"];
+    want.sort();
+    assert_eq!(got, want, "{paths:?}");
+    assert_eq!(
+        ok(&["ino-path", "1", "-p", &mp]),
+        "\n",
+        "the root's path is empty"
+    );
+    assert_eq!(
+        ok(&["ino-path", &ino(&deep).to_string(), "-p", &mp]),
+        "a/b/c\n"
+    );
+    // JSON, resumed from each line's next position: every path once.
+    let json = ok(&["ino-path", &i, "--json", "-p", &mp]);
+    let lines: Vec<&str> = json.lines().collect();
+    assert_eq!(lines.len(), 3, "{json}");
+    assert!(json.contains("\"path\":\"a/b/c/file\""), "{json}");
+    assert!(
+        json.contains("\"path_hex\":\"7a2f6f6464ff226e616d65\""),
+        "{json}"
+    );
+    assert!(json.contains("odd\u{fffd}\\\"name"), "{json}");
+    let next = lines[0]
+        .split("\"next\":\"")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches("\"}");
+    let rest = ok(&["ino-path", &i, "--from", next, "--json", "-p", &mp]);
+    assert_eq!(rest.lines().collect::<Vec<_>>(), lines[1..].to_vec());
+
+    // The entries: directory, position, type and name of each.
+    let es = ok(&["get-referring-entries", &i, "-p", &mp]);
+    assert_eq!(es.lines().count(), 3, "{es}");
+    let c_ino = ino(&deep);
+    assert!(
+        es.contains(&format!("dir {c_ino} pos ")) && es.contains(" type reg name file\n"),
+        "{es}"
+    );
+    let ej = ok(&["get-referring-entries", &i, "--json", "-p", &mp]);
+    assert!(
+        ej.contains(&format!("\"dir_ino\":{c_ino},")) && ej.contains("\"name\":\"second\""),
+        "{ej}"
+    );
+    // A rename moves the entry; an unlink removes it.
+    std::fs::rename(m.mp.join("z/second"), m.mp.join("a/moved")).unwrap();
+    std::fs::remove_file(&odd).unwrap();
+    let mut after: Vec<String> = ok(&["ino-path", &i, "-p", &mp])
+        .lines()
+        .map(String::from)
+        .collect();
+    after.sort();
+    assert_eq!(after, ["a/b/c/file", "a/moved"]);
+
+    // Allocated inodes: the group of the file holds it and its directories.
+    let inos: Vec<u64> = ok(&["get-allocated-inos", "-i", &i, "-p", &mp])
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(
+        inos.contains(&ino(&f)) && inos.windows(2).all(|w| w[0] < w[1]),
+        "{inos:?}"
+    );
+    for d in [&deep, &m.mp.join("z")] {
+        let di = ino(d);
+        assert_eq!(
+            inos.contains(&di),
+            di / 1024 == ino(&f) / 1024,
+            "{di} in {inos:?}"
+        );
+    }
+    assert_eq!(
+        ok(&["get-allocated-inos", "-i", &i, "-s", "-p", &mp]).trim(),
+        i
+    );
+    // An unused number: nothing, and -s says so with its status.
+    let unused = (ino(&f) | 1023).to_string();
+    assert!(!inos.contains(&(ino(&f) | 1023)));
+    assert!(
+        !run(&["get-allocated-inos", "-i", &unused, "-s", "-p", &mp])
+            .status
+            .success()
+    );
+
+    // Refusals: no such inode, an unprivileged caller, bad arguments.
+    fails(&["ino-path", &unused, "-p", &mp], "No such file");
+    fails(
+        &["get-referring-entries", &unused, "-p", &mp],
+        "No such file",
+    );
+    for args in [
+        vec!["ino-path", i.as_str(), "-p", mp.as_str()],
+        vec!["get-referring-entries", i.as_str(), "-p", mp.as_str()],
+        vec!["get-allocated-inos", "-i", i.as_str(), "-p", mp.as_str()],
+    ] {
+        let o = as_nobody(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("needs root"),
+            "{args:?}: {err}"
+        );
+    }
+    fails(&["ino-path", "x", "-p", &mp], "invalid value");
+    fails(
+        &["ino-path", &i, "--from", "3", "-p", &mp],
+        "not an entry position",
+    );
+    fails(&["get-allocated-inos", "-p", &mp], "--ino");
+    // The mount still serves.
+    assert_eq!(std::fs::read(&f).unwrap(), b"x");
     drop(m);
     common::assert_check_clean(&meta, &data);
 }

@@ -1614,3 +1614,225 @@ fn released_on_one_mount_read_on_another_listed_and_staged_from_a_third() {
     }
     c.finish();
 }
+
+/// Deterministic bytes for a file's version.
+fn agent_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// What a file's `scoutfs stat` says: (data_version, offline_blocks).
+fn agent_stat(c: &Cluster, slot: usize, rel: &str) -> (u64, u64) {
+    let o = scoutfs_env(
+        &["stat", c.p(slot, rel).to_str().unwrap()],
+        &[("SCOUTFS_RUN_DIR", c.run.as_path())],
+    );
+    assert!(
+        o.status.success(),
+        "stat {rel}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = String::from_utf8(o.stdout).unwrap();
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("stat {rel}: no {name}: {text}"))
+    };
+    (field("data_version"), field("offline_blocks"))
+}
+
+fn start_agent(c: &Cluster, archive: &Path, log: &Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    std::process::Command::new(bin())
+        .args([
+            "archive-agent",
+            c.mp(0).to_str().unwrap(),
+            archive.to_str().unwrap(),
+        ])
+        .args(["--settle", "0", "--high", "45", "--low", "30"])
+        .args(["--interval", "200ms", "--poll", "50ms"])
+        .env("SCOUTFS_RUN_DIR", &c.run)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// The files of the agent's test, by path under the mount: what was last
+/// written (acknowledged), and what writes in flight may have left.
+#[derive(Default)]
+struct AgentModel {
+    done: std::collections::BTreeMap<String, Vec<u8>>,
+    pending: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+#[test]
+fn the_archive_agent_archives_releases_and_stages_across_kill9_rounds() {
+    if !can_mount("the_archive_agent_archives_releases_and_stages_across_kill9_rounds") {
+        return;
+    }
+    let c = Arc::new(Cluster::start_sized("cluster-agent", "512M", "128M"));
+    let archive = c.dir.path("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let log = c.dir.path("agent.log");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("agent test seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    // The tree: 40 files of 256 KiB..3 MiB in 4 directories, written from
+    // every mount: about 60 MiB, past the high-water mark.
+    let model = Arc::new(std::sync::Mutex::new(AgentModel::default()));
+    for d in 0..4 {
+        std::fs::create_dir(c.p(d % 3, &format!("d{d}"))).unwrap();
+    }
+    for i in 0..40u64 {
+        let rel = format!("d{}/f{i}", i % 4);
+        let len = (256 << 10) + next(11 << 18) as usize;
+        let bytes = agent_bytes(seed ^ i, len);
+        std::fs::write(c.p((i % 3) as usize, &rel), &bytes).unwrap();
+        model.lock().unwrap().done.insert(rel, bytes);
+    }
+    let mut agent = start_agent(&c, &archive, &log);
+    let copies = |ino: u64, dv: u64| -> Option<Vec<u8>> {
+        let fs_dir = std::fs::read_dir(&archive)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("scoutfs-"))?;
+        std::fs::read(
+            fs_dir
+                .path()
+                .join("inodes")
+                .join(ino.to_string())
+                .join(dv.to_string()),
+        )
+        .ok()
+    };
+    let mut max_released = 0;
+    let rounds = 24;
+    for round in 0..rounds {
+        // Readers and writers on every mount, of different files; a read
+        // of a released file waits for the agent, dead or alive.
+        let names: Vec<String> = model.lock().unwrap().done.keys().cloned().collect();
+        let mut picked = std::collections::BTreeSet::new();
+        let mut workers = Vec::new();
+        for w in 0..5 {
+            let rel = names[next(names.len() as u64) as usize].clone();
+            if !picked.insert(rel.clone()) {
+                continue;
+            }
+            let slot = next(3) as usize;
+            let (c, model) = (c.clone(), model.clone());
+            let writes = w >= 3;
+            let new = agent_bytes(
+                seed ^ (round * 100 + w),
+                (64 << 10) + next(3 << 20) as usize,
+            );
+            workers.push(std::thread::spawn(move || {
+                let p = c.p(slot, &rel);
+                if writes {
+                    model
+                        .lock()
+                        .unwrap()
+                        .pending
+                        .insert(rel.clone(), new.clone());
+                    std::fs::write(&p, &new).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                    let mut m = model.lock().unwrap();
+                    m.pending.remove(&rel);
+                    m.done.insert(rel, new);
+                } else {
+                    let want = model.lock().unwrap().done[&rel].clone();
+                    assert!(
+                        read(&p) == want,
+                        "round {round}: {rel} on mount {slot} reads other bytes"
+                    );
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(100 + next(1400)));
+        agent.kill().unwrap();
+        agent.wait().unwrap();
+        // No file is released without a copy of its bytes at its version.
+        let (done, pending) = {
+            let m = model.lock().unwrap();
+            (m.done.clone(), m.pending.clone())
+        };
+        let mut released = 0;
+        for (rel, bytes) in &done {
+            let (dv, offline) = agent_stat(&c, 0, rel);
+            if offline == 0 {
+                continue;
+            }
+            released += 1;
+            let ino = std::fs::metadata(c.p(0, rel)).unwrap().ino();
+            let copy = copies(ino, dv).unwrap_or_else(|| {
+                panic!("round {round}: {rel} released at version {dv} without a copy")
+            });
+            assert!(
+                &copy == bytes || pending.get(rel) == Some(&copy),
+                "round {round}: {rel}'s copy at version {dv} is not its bytes"
+            );
+        }
+        max_released = max_released.max(released);
+        agent = start_agent(&c, &archive, &log);
+        for w in workers {
+            w.join().unwrap();
+        }
+    }
+    // Every file archived at its last version, then read on every mount.
+    let done = model.lock().unwrap().done.clone();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for rel in done.keys() {
+        let ino = std::fs::metadata(c.p(0, rel)).unwrap().ino();
+        while copies(ino, agent_stat(&c, 0, rel).0).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{rel} is not archived; agent log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for (rel, bytes) in &done {
+        for slot in 0..3 {
+            assert!(
+                &read(&c.p(slot, rel)) == bytes,
+                "{rel} on mount {slot} reads other bytes"
+            );
+        }
+    }
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    eprintln!(
+        "agent: {max_released} files released at most at once; {} archived, {} released, {} staged",
+        text.matches(" archived").count(),
+        text.matches(" released").count(),
+        text.matches(" staged").count()
+    );
+    assert!(max_released > 0, "the agent released nothing; log:\n{text}");
+    assert!(
+        text.contains(" staged"),
+        "the agent staged nothing; log:\n{text}"
+    );
+    Arc::try_unwrap(c).ok().expect("workers are done").finish();
+}

@@ -154,8 +154,14 @@ fn the_control_socket_answers_and_survives_hostile_peers() {
     assert!(e.to_string().contains("too short"), "{e}");
     // The archive operations: short payloads, an unknown index, a missing
     // descriptor, a descriptor of a file this mount does not serve.
-    for o in [op::WALK_INODES, op::SET_ATTR_X] {
-        let e = c.call(o, &[0; 8], &[]).unwrap_err();
+    for o in [
+        op::WALK_INODES,
+        op::SET_ATTR_X,
+        op::INO_PATH,
+        op::GET_REFERRING_ENTRIES,
+        op::GET_ALLOCATED_INOS,
+    ] {
+        let e = c.call(o, &[0; 4], &[]).unwrap_err();
         assert_eq!(e.errno(), libc::EINVAL, "operation {o}: {e}");
     }
     let bad_index = ControlWalk {
@@ -305,7 +311,18 @@ fn the_control_socket_answers_and_survives_hostile_peers() {
             libc::EPERM
         );
         assert_eq!(as_nobody(&path, op::STATFS_MORE, &[]), 0);
-        assert_eq!(server.stats().denied, 1);
+        let entries = ControlInoEntries {
+            ino: 1.into(),
+            ..ControlInoEntries::default()
+        };
+        for o in [op::INO_PATH, op::GET_REFERRING_ENTRIES] {
+            assert_eq!(as_nobody(&path, o, entries.as_bytes()), libc::EPERM);
+        }
+        assert_eq!(
+            as_nobody(&path, op::GET_ALLOCATED_INOS, &1u64.to_le_bytes()),
+            libc::EPERM
+        );
+        assert_eq!(server.stats().denied, 4);
     }
 
     // The mount still serves, through the socket and its own calls, and

@@ -516,3 +516,277 @@ fn released_on_one_mount_waited_on_another_staged_from_a_third() {
     });
     common::assert_clean(&meta, &data);
 }
+
+/// A block that names itself: file, version and block number, then bytes
+/// that follow from them. A read can tell a whole block of some write from
+/// a torn, misplaced or invented one.
+fn race_block(file: u64, version: u64, block: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4096);
+    b.extend_from_slice(&file.to_le_bytes());
+    b.extend_from_slice(&version.to_le_bytes());
+    b.extend_from_slice(&block.to_le_bytes());
+    let mut x = file.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ version.rotate_left(17) ^ block ^ 1;
+    while b.len() < 4096 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b.push(x as u8);
+    }
+    b
+}
+
+/// Checks every whole block of a read of `file` at block `first`: zeros
+/// (a hole), or a block some write of this file made at this place, of a
+/// version already handed out.
+fn check_race_read(file: u64, first: u64, bytes: &[u8], max_version: u64) {
+    for (i, b) in bytes.chunks_exact(4096).enumerate() {
+        let block = first + i as u64;
+        if b.iter().all(|&x| x == 0) {
+            continue;
+        }
+        let v = u64::from_le_bytes(b[8..16].try_into().unwrap());
+        assert!(
+            v <= max_version && b == race_block(file, v, block).as_slice(),
+            "file {file} block {block}: not a block written there (version {v}, newest {max_version})"
+        );
+    }
+}
+
+#[test]
+fn stage_and_release_race_reads_writes_and_truncates_on_other_mounts() {
+    const FILES: u64 = 6;
+    const BLOCKS: u64 = 64;
+    let (meta, data) = common::quorum_fs(1, 0x0ff2);
+    let mounts = [
+        member(&meta, &data, MountRole::Quorum { slot: 0 }),
+        member(&meta, &data, MountRole::Client),
+        member(&meta, &data, MountRole::Client),
+    ];
+    let fss: Vec<Arc<Fs>> = mounts.iter().map(|m| m.fs().clone()).collect();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("race seed {seed}");
+    let rng = |s: &mut u64, n: u64| {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s % n
+    };
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Mutex;
+    // The model: each file's blocks by the version that last wrote them
+    // (0: a hole), as acknowledged by the writer on mount 2.
+    let versions = Arc::new(AtomicU64::new(1));
+    let mut files = Vec::new();
+    let mut model: Vec<Vec<u64>> = Vec::new();
+    for i in 0..FILES {
+        let f = fss[0]
+            .mknod(ROOT_INO, format!("r{i}").as_bytes(), &NewNode::new(REG))
+            .unwrap()
+            .ino;
+        let mut buf = Vec::new();
+        for b in 0..BLOCKS {
+            buf.extend_from_slice(&race_block(f, 1, b));
+        }
+        fss[0].write(f, 0, &buf).unwrap();
+        files.push(f);
+        model.push(vec![1; BLOCKS as usize]);
+    }
+    let model = Arc::new(Mutex::new(model));
+    // Archive copies by file and data_version.
+    type Copies = BTreeMap<(u64, u64), Vec<u8>>;
+    let copies: Arc<Mutex<Copies>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    // The stager stops last: a read or write may wait until then.
+    let stop_stager = Arc::new(AtomicBool::new(false));
+    let released = Arc::new(AtomicU64::new(0));
+    let staged = Arc::new(AtomicU64::new(0));
+    // Stages a file's offline blocks from its copy at the version they
+    // were released at (the newest not above its data_version).
+    let stage_file = {
+        let copies = copies.clone();
+        move |fs: &Fs, f: u64| -> bool {
+            let x = attrs(fs, f);
+            if x.offline_blocks == 0 {
+                return false;
+            }
+            let copy = copies
+                .lock()
+                .unwrap()
+                .range((f, 0)..=(f, x.data_version))
+                .next_back()
+                .map(|(_, b)| b.clone())
+                .expect("offline blocks have a copy");
+            let res = fs.stage(f, x.data_version, 0, x.size, &archive(&copy));
+            match res {
+                Ok(_) => true,
+                Err(e) if e == ESTALE => false,
+                Err(e) => panic!("stage of {f}: {e:?}"),
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        let mut workers = Vec::new();
+        // Mount 0 archives and releases.
+        {
+            let (fs, files, copies, stop, released) = (&fss[0], &files, &copies, &stop, &released);
+            let mut r = seed ^ 11;
+            workers.push(s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let f = files[rng(&mut r, FILES) as usize];
+                    let x = attrs(fs, f);
+                    if x.offline_blocks > 0 || x.size == 0 {
+                        continue;
+                    }
+                    let bytes = fs.read(f, 0, x.size as usize).unwrap();
+                    if attrs(fs, f).data_version != x.data_version {
+                        continue; // changed while copied
+                    }
+                    copies.lock().unwrap().insert((f, x.data_version), bytes);
+                    match fs.release_data(f, 0, x.size.next_multiple_of(4096), x.data_version) {
+                        Ok(()) => {
+                            released.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) if e == ESTALE => {}
+                        Err(e) => panic!("release of {f}: {e:?}"),
+                    }
+                    std::thread::sleep(Duration::from_millis(rng(&mut r, 20)));
+                }
+            }));
+        }
+        // Mount 1 serves every mount's waiters, and stages at random.
+        {
+            let (fs, files, stop, staged, stage_file) =
+                (&fss[1], &files, &stop_stager, &staged, &stage_file);
+            let mut r = seed ^ 13;
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut inos: Vec<u64> = fs
+                        .data_waiting_all(0, u64::MAX, 1000)
+                        .unwrap()
+                        .iter()
+                        .map(|w| w.ino)
+                        .collect();
+                    inos.dedup();
+                    if rng(&mut r, 4) == 0 {
+                        inos.push(files[rng(&mut r, FILES) as usize]);
+                    }
+                    for f in inos {
+                        if stage_file(fs, f) {
+                            staged.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            });
+        }
+        // Mount 2 writes block ranges and truncates, in turn.
+        {
+            let (fs, files, stop, model, versions) = (&fss[2], &files, &stop, &model, &versions);
+            let mut r = seed ^ 17;
+            workers.push(s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let i = rng(&mut r, FILES) as usize;
+                    let f = files[i];
+                    if rng(&mut r, 5) == 0 {
+                        let blocks = rng(&mut r, BLOCKS + 1);
+                        fs.truncate(f, blocks * 4096).unwrap();
+                        let mut m = model.lock().unwrap();
+                        m[i].truncate(blocks as usize);
+                    } else {
+                        let first = rng(&mut r, BLOCKS);
+                        let n = 1 + rng(&mut r, BLOCKS - first);
+                        let v = versions.fetch_add(1, Ordering::SeqCst) + 1;
+                        let mut buf = Vec::new();
+                        for b in first..first + n {
+                            buf.extend_from_slice(&race_block(f, v, b));
+                        }
+                        fs.write(f, first * 4096, &buf).unwrap();
+                        let mut m = model.lock().unwrap();
+                        let end = (first + n) as usize;
+                        if m[i].len() < end {
+                            m[i].resize(end, 0);
+                        }
+                        for b in first as usize..end {
+                            m[i][b] = v;
+                        }
+                    }
+                }
+            }));
+        }
+        // Mounts 0 and 1 read.
+        for slot in [0usize, 1] {
+            let (fs, files, stop, versions) = (&fss[slot], &files, &stop, &versions);
+            let mut r = seed ^ (23 + slot as u64);
+            workers.push(s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let f = files[rng(&mut r, FILES) as usize];
+                    let first = rng(&mut r, BLOCKS);
+                    let n = 1 + rng(&mut r, 16);
+                    let got = fs.read(f, first * 4096, (n * 4096) as usize).unwrap();
+                    // Every version written so far was handed out by now.
+                    let newest = versions.load(Ordering::SeqCst);
+                    check_race_read(f, first, &got, newest);
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_secs(6));
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            if let Err(p) = w.join() {
+                stop_stager.store(true, Ordering::Relaxed);
+                std::panic::resume_unwind(p);
+            }
+        }
+        stop_stager.store(true, Ordering::Relaxed);
+    });
+    let (released, staged) = (
+        released.load(Ordering::Relaxed),
+        staged.load(Ordering::Relaxed),
+    );
+    eprintln!("race: {released} releases, {staged} stages");
+    assert!(
+        released > 0 && staged > 0,
+        "{released} releases, {staged} stages"
+    );
+    // Everything staged; then every mount reads exactly the model.
+    for &f in &files {
+        stage_file(&fss[1], f);
+    }
+    let model = model.lock().unwrap().clone();
+    for (i, &f) in files.iter().enumerate() {
+        let want: Vec<u8> = model[i]
+            .iter()
+            .enumerate()
+            .flat_map(|(b, &v)| {
+                if v == 0 {
+                    vec![0; 4096]
+                } else {
+                    race_block(f, v, b as u64)
+                }
+            })
+            .collect();
+        for (slot, fs) in fss.iter().enumerate() {
+            let x = attrs(fs, f);
+            assert_eq!(
+                (x.size, x.offline_blocks),
+                (want.len() as u64, 0),
+                "file {i} on mount {slot}"
+            );
+            assert!(
+                fs.read(f, 0, want.len()).unwrap() == want,
+                "file {i} on mount {slot} is not what was written"
+            );
+        }
+    }
+    drop(fss);
+    std::thread::scope(|s| {
+        for m in mounts {
+            s.spawn(move || m.unmount().unwrap());
+        }
+    });
+    common::assert_clean(&meta, &data);
+}

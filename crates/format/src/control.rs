@@ -46,6 +46,10 @@ pub mod op {
     /// Entries of an inode index: [`super::ControlWalk`] → frames of a
     /// [`super::ControlWalkHead`] and its [`super::ControlWalkEntry`]s.
     pub const WALK_INODES: u16 = 1;
+    /// The paths of an inode from the root, through its entries from a
+    /// position on: [`super::ControlInoEntries`] → frames of
+    /// [`super::ControlEntry`] records (the path as the name).
+    pub const INO_PATH: u16 = 2;
     /// Frees a range of a file's blocks, leaving it offline: one
     /// descriptor (opened for writing) and a [`super::ControlRange`] →
     /// nothing.
@@ -80,6 +84,13 @@ pub mod op {
     /// Grow the devices (administrators only): [`super::ControlResize`] →
     /// nothing.
     pub const RESIZE_DEVICES: u16 = 14;
+    /// The inode numbers in use in an inode's group of 1,024
+    /// (administrators only): le64 ino → le64 inode numbers.
+    pub const GET_ALLOCATED_INOS: u16 = 16;
+    /// The directory entries that link to an inode, from a position on:
+    /// [`super::ControlInoEntries`] → frames of [`super::ControlEntry`]
+    /// records.
+    pub const GET_REFERRING_ENTRIES: u16 = 17;
 }
 
 /// The STATFS_MORE answer, 72 bytes. Answers may grow at the end in
@@ -272,6 +283,37 @@ pub struct ControlWaitErr {
 
 pub const CONTROL_STATFS_LEN: usize = 72;
 pub const CONTROL_RANGE_LEN: usize = 32;
+/// The INO_PATH and GET_REFERRING_ENTRIES request, 32 bytes: the entries
+/// of `ino` from (`dir_ino`, `dir_pos`) on, in that order, at most `max`
+/// (0: every one).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct ControlInoEntries {
+    pub ino: U64,
+    pub dir_ino: U64,
+    pub dir_pos: U64,
+    pub max: U32,
+    pub pad: U32,
+}
+
+/// The head of one record of an INO_PATH or GET_REFERRING_ENTRIES answer,
+/// 32 bytes: an entry of directory `dir_ino` at readdir position
+/// `dir_pos` links to `ino`, of type `dt`. `name_len` bytes follow (the
+/// entry's name, or for INO_PATH the whole path from the root), then
+/// zeros to the next multiple of 8.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct ControlEntry {
+    pub dir_ino: U64,
+    pub dir_pos: U64,
+    pub ino: U64,
+    pub name_len: U16,
+    pub dt: u8,
+    pub pad: [u8; 5],
+}
+
+pub const CONTROL_INO_ENTRIES_LEN: usize = 32;
+pub const CONTROL_ENTRY_LEN: usize = 32;
 pub const CONTROL_MOVE_BLOCKS_LEN: usize = 40;
 pub const CONTROL_WAITING_REQ_LEN: usize = 24;
 pub const CONTROL_WAITING_LEN: usize = 24;
@@ -298,6 +340,8 @@ const _: () = {
     assert!(size_of::<ControlWalkEntry>() == CONTROL_WALK_ENTRY_LEN);
     assert!(size_of::<ControlStatMore>() == CONTROL_STAT_MORE_LEN);
     assert!(size_of::<ControlAttrX>() == CONTROL_ATTR_X_LEN);
+    assert!(size_of::<ControlInoEntries>() == CONTROL_INO_ENTRIES_LEN);
+    assert!(size_of::<ControlEntry>() == CONTROL_ENTRY_LEN);
     // len is a le32; nfds a u8.
     assert!(CONTROL_RESPONSE_MAX <= u32::MAX as usize);
     assert!(CONTROL_FDS_MAX <= u8::MAX as usize);

@@ -689,11 +689,6 @@ impl Locks {
                     if inv.keep {
                         break;
                     }
-                    if inv.round == 0 {
-                        if let Some(f) = self.lost.get() {
-                            f(&inv.start, &inv.end);
-                        }
-                    }
                     self.items.invalidate(&inv.start, &inv.end);
                     match self.kernel_drop(&inv.start, &inv.end) {
                         Some(p) => p,
@@ -720,6 +715,14 @@ impl Locks {
                     }
                     return;
                 }
+            }
+        }
+        if !inv.keep {
+            // Told last, once nothing can use the lock any more: a user
+            // admitted during the drop may have come to wait on data under
+            // it, and only this call ends such a wait.
+            if let Some(f) = self.lost.get() {
+                f(&inv.start, &inv.end);
             }
         }
         let mut st = self.state();

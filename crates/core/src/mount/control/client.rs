@@ -8,6 +8,7 @@ use super::proto::{
 use crate::cluster::net::msg::StatfsInfo;
 use crate::error::{Error, Result};
 use crate::mount::fs::archive::{AttrX, SeqIndex, WalkEntry};
+use crate::mount::fs::paths::{InoPath, Referring};
 use scoutfs_format::control::*;
 use scoutfs_format::Timespec;
 use std::os::fd::BorrowedFd;
@@ -386,6 +387,82 @@ impl ControlClient {
         let n: zerocopy::little_endian::U64 =
             payload_prefix(op::DATA_WAIT_ERR, &p).map_err(|(_, why)| protocol(why))?;
         Ok(n.get())
+    }
+
+    /// The paths of `ino` from the root, through its entries from
+    /// (`dir_ino`, `dir_pos`) on, at most `max` (0: every one).
+    pub fn ino_paths(&mut self, ino: u64, from: (u64, u64), max: u32) -> Result<Vec<InoPath>> {
+        Ok(self
+            .entries(op::INO_PATH, ino, from, max)?
+            .into_iter()
+            .map(|e| InoPath {
+                dir_ino: e.dir_ino,
+                dir_pos: e.dir_pos,
+                dt: e.dt,
+                path: e.name,
+            })
+            .collect())
+    }
+
+    /// The directory entries that link to `ino`, from (`dir_ino`,
+    /// `dir_pos`) on, at most `max` (0: every one).
+    pub fn referring_entries(
+        &mut self,
+        ino: u64,
+        from: (u64, u64),
+        max: u32,
+    ) -> Result<Vec<Referring>> {
+        self.entries(op::GET_REFERRING_ENTRIES, ino, from, max)
+    }
+
+    fn entries(&mut self, op: u16, ino: u64, from: (u64, u64), max: u32) -> Result<Vec<Referring>> {
+        let r = ControlInoEntries {
+            ino: ino.into(),
+            dir_ino: from.0.into(),
+            dir_pos: from.1.into(),
+            max: max.into(),
+            pad: 0.into(),
+        };
+        let mut out = Vec::new();
+        self.call_each(op, r.as_bytes(), &[], |mut p| {
+            while !p.is_empty() {
+                let (e, rest) = ControlEntry::read_from_prefix(p)
+                    .map_err(|_| protocol(format!("an entry record of {} bytes", p.len())))?;
+                let n = e.name_len.get() as usize;
+                let padded = n.next_multiple_of(8);
+                if rest.len() < padded {
+                    return Err(protocol(format!(
+                        "an entry record says {n} name bytes, {} follow",
+                        rest.len()
+                    )));
+                }
+                out.push(Referring {
+                    dir_ino: e.dir_ino.get(),
+                    dir_pos: e.dir_pos.get(),
+                    ino: e.ino.get(),
+                    dt: e.dt,
+                    name: rest[..n].to_vec(),
+                });
+                p = &rest[padded..];
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The inode numbers in use in `ino`'s group of 1,024 (administrators
+    /// only).
+    pub fn allocated_inos(&mut self, ino: u64) -> Result<Vec<u64>> {
+        let p = self.call(op::GET_ALLOCATED_INOS, &ino.to_le_bytes(), &[])?;
+        if p.len() % 8 != 0 {
+            return Err(protocol(format!(
+                "an allocated-inodes answer of {} bytes",
+                p.len()
+            )));
+        }
+        Ok(p.chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect())
     }
 }
 

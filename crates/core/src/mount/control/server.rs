@@ -33,7 +33,8 @@ use zerocopy::IntoBytes;
 /// Connections served at once; more are closed as they arrive.
 pub const CONNECTIONS_MAX: usize = 64;
 
-/// The capability's number (`linux/capability.h`).
+/// Capability numbers (`linux/capability.h`).
+const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_SYS_ADMIN: u32 = 21;
 
 /// How often an idle connection and the listener look for a stop.
@@ -272,6 +273,11 @@ fn peer_of(sock: &UnixStream) -> io::Result<Peer> {
 /// Whether the peer may do what the original reserved for CAP_SYS_ADMIN:
 /// root, or a process that holds the capability.
 fn is_admin(peer: &Peer) -> bool {
+    has_cap(peer, CAP_SYS_ADMIN)
+}
+
+/// Whether the peer is root or holds capability `cap`.
+fn has_cap(peer: &Peer, cap: u32) -> bool {
     if peer.uid == 0 {
         return true;
     }
@@ -282,7 +288,7 @@ fn is_admin(peer: &Peer) -> bool {
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+        .is_some_and(|caps| caps & (1 << cap) != 0)
 }
 
 fn serve(sock: &UnixStream, shared: &Shared) {
@@ -707,6 +713,34 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             })?;
             Ok(n.to_le_bytes().to_vec())
         }
+        op::INO_PATH | op::GET_REFERRING_ENTRIES => {
+            let r: ControlInoEntries = payload_prefix(op, &payload).inspect_err(|_| {
+                crate::counters::inc(&shared.counts.malformed);
+            })?;
+            if !has_cap(peer, CAP_DAC_READ_SEARCH) && !is_admin(peer) {
+                return Err((
+                    libc::EPERM,
+                    "finding names by inode number needs root (CAP_DAC_READ_SEARCH)".into(),
+                ));
+            }
+            entries(fs, op, &r, more)
+        }
+        op::GET_ALLOCATED_INOS => {
+            let ino: zerocopy::little_endian::U64 =
+                payload_prefix(op, &payload).inspect_err(|_| {
+                    crate::counters::inc(&shared.counts.malformed);
+                })?;
+            if !is_admin(peer) {
+                return Err((
+                    libc::EPERM,
+                    "listing allocated inodes needs root (CAP_SYS_ADMIN)".into(),
+                ));
+            }
+            let inos = fs
+                .allocated_inos(ino.get())
+                .map_err(|e| fs_failed("allocated inodes", e))?;
+            Ok(inos.iter().flat_map(|i| i.to_le_bytes()).collect())
+        }
         _ => {
             crate::counters::inc(&shared.counts.malformed);
             Err((libc::EOPNOTSUPP, format!("unknown operation {op}")))
@@ -741,6 +775,70 @@ fn range_failed(op: u16, e: crate::mount::fs::FsError) -> (i32, String) {
         _ => "",
     };
     (e.0, why.to_string())
+}
+
+/// The records of INO_PATH (paths) or GET_REFERRING_ENTRIES (entries)
+/// answers, sent in frames of at most [`CONTROL_RESPONSE_MAX`] bytes.
+fn entries(fs: &Fs, op: u16, r: &ControlInoEntries, more: &mut More<'_>) -> Answer {
+    let ino = r.ino.get();
+    let mut from = (r.dir_ino.get(), r.dir_pos.get());
+    let mut left = match r.max.get() {
+        0 => usize::MAX,
+        n => n as usize,
+    };
+    let mut frame = Vec::new();
+    // How many entries one read asks for (each at most 32 + 256 bytes).
+    const BATCH: usize = 256;
+    while left > 0 {
+        let got: Vec<(u64, u64, u8, Vec<u8>)> = if op == op::INO_PATH {
+            match fs.ino_path(ino, from) {
+                Ok(Some(p)) => vec![(p.dir_ino, p.dir_pos, p.dt, p.path)],
+                Ok(None) => Vec::new(),
+                Err(e) => return Err(fs_failed(&format!("the paths of inode {ino}"), e)),
+            }
+        } else {
+            fs.referring_entries(ino, from, left.min(BATCH))
+                .map_err(|e| fs_failed(&format!("the entries of inode {ino}"), e))?
+                .into_iter()
+                .map(|e| (e.dir_ino, e.dir_pos, e.dt, e.name))
+                .collect()
+        };
+        let Some(&(dir, pos, _, _)) = got.last() else {
+            break;
+        };
+        left -= got.len();
+        for (dir_ino, dir_pos, dt, name) in got {
+            let rec = ControlEntry {
+                dir_ino: dir_ino.into(),
+                dir_pos: dir_pos.into(),
+                ino: ino.into(),
+                name_len: (name.len() as u16).into(),
+                dt,
+                pad: [0; 5],
+            };
+            let len = CONTROL_ENTRY_LEN + name.len().next_multiple_of(8);
+            if frame.len() + len > CONTROL_RESPONSE_MAX {
+                more(std::mem::take(&mut frame))?;
+            }
+            frame.extend_from_slice(rec.as_bytes());
+            frame.extend_from_slice(&name);
+            frame.resize(
+                frame.len() + (name.len().next_multiple_of(8) - name.len()),
+                0,
+            );
+        }
+        from = match pos.checked_add(1) {
+            Some(p) => (dir, p),
+            None => match dir.checked_add(1) {
+                Some(d) => (d, 0),
+                None => break,
+            },
+        };
+        if op == op::INO_PATH && dir == 0 {
+            break; // the root's one path
+        }
+    }
+    Ok(frame)
 }
 
 /// Entries per WALK_INODES answer frame.

@@ -28,6 +28,7 @@ pub mod data;
 pub mod dir;
 pub mod inode;
 pub mod offline;
+pub mod paths;
 pub mod types;
 pub mod wait;
 pub mod xattr;
