@@ -16,7 +16,9 @@
 //!   data_version exists and has their size, until the free space it
 //!   expects reaches the low-water mark. The release itself names that
 //!   data_version, so a file changed since is refused by the mount.
-//! - **Stage.** A second thread serves the waiters of every mount: for
+//! - **Stage.** A second thread serves the waiters of every mount, told
+//!   of each as it begins (`data-waiting --follow`), with a full listing
+//!   every `--poll` in case a message was lost to a server's failover: for
 //!   each file waited on, it stages the whole file from its newest copy
 //!   whose data_version is not above the file's (the one its offline
 //!   blocks were released from; writes since then changed only online
@@ -46,6 +48,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 const BLOCK: u64 = 4096;
+/// Stages tried on a file that keeps changing under them.
+const STAGE_TRIES: usize = 5;
 
 /// A duration as a number and a unit (ms, s, m, h; seconds without one).
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -90,8 +94,9 @@ pub(crate) struct AgentArgs {
     /// How often to walk the index and look at the free space.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     interval: Duration,
-    /// How often to ask every mount for waiters.
-    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    /// How often to list every mount's waiters, besides following them as
+    /// they come.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
     poll: Duration,
     /// Archive (and release, if over the high-water mark) once, and exit.
     #[arg(long)]
@@ -413,6 +418,13 @@ impl Agent {
                     Ok(m) if m.len() == st.size => {}
                     _ => continue, // not archived at this version
                 }
+                // Durable before the release, even if a kill came between
+                // its rename and the syncs that followed.
+                File::open(&copy)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|err_| err(copy.display(), err_))?;
+                sync_dir(&self.a.inode_dir(e.ino))?;
+                sync_dir(&self.a.root.join("inodes"))?;
                 let len = st.size.div_ceil(BLOCK) * BLOCK;
                 match c.release(f.as_fd(), 0, len, st.data_version) {
                     Ok(()) => {}
@@ -438,16 +450,31 @@ impl Agent {
         Ok(released)
     }
 
-    /// Stages every offline block of `ino` from its copy.
+    /// Stages every offline block of `ino` from its copy; a file that
+    /// changed between its stat and the stage (ESTALE) is looked at again.
     fn stage_file(&self, c: &mut ControlClient, ino: u64) -> Result<(), String> {
+        for _ in 0..STAGE_TRIES {
+            if self.stage_once(c, ino)? {
+                return Ok(());
+            }
+        }
+        tracing::warn!(
+            ino,
+            "changed during each of {STAGE_TRIES} stages: left for the next listing"
+        );
+        Ok(())
+    }
+
+    /// One try of `stage_file`: false if the file changed meanwhile.
+    fn stage_once(&self, c: &mut ControlClient, ino: u64) -> Result<bool, String> {
         let Some(f) = self.a.open(c, ino, true)? else {
-            return Ok(());
+            return Ok(true);
         };
         let st = c
             .stat_more(f.as_fd())
             .map_err(|e| err(format!("stat of inode {ino}"), e))?;
         if st.offline_blocks == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let copy = self
             .a
@@ -468,17 +495,17 @@ impl Agent {
                 true,
             )
             .map_err(|e| err(format!("data-wait-err of inode {ino}"), e))?;
-            return Ok(());
+            return Ok(true);
         };
         let path = self.a.copy_path(ino, dv);
         let src = File::open(&path).map_err(|e| err(path.display(), e))?;
         match c.stage(f.as_fd(), src.as_fd(), 0, st.size, st.data_version) {
             Ok(n) => {
                 tracing::info!(ino, data_version = st.data_version, bytes = n, "staged");
-                Ok(())
+                Ok(true)
             }
-            // Changed since its stat; its waiters are seen again.
-            Err(e) if e.errno() == libc::ESTALE => Ok(()),
+            // Changed since its stat.
+            Err(e) if e.errno() == libc::ESTALE => Ok(false),
             Err(e) => Err(err(format!("stage of inode {ino}"), e)),
         }
     }
@@ -581,23 +608,61 @@ fn serve_waiters(
     stop: &AtomicBool,
 ) -> Result<(), String> {
     let mut c = connect(mount)?;
+    // A follower thread hands over each file as it is first waited on.
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    {
+        let mount = mount.to_path_buf();
+        std::thread::Builder::new()
+            .name("follower".into())
+            .spawn(move || loop {
+                let res = connect(&mount).and_then(|mut f| {
+                    f.data_waiting_follow(DATA_WAITING_ALL_MOUNTS, |ws| {
+                        for &(ino, _, _) in ws {
+                            tx.send(ino).map_err(|_| {
+                                scoutfs_core::error::Error::Disconnected(
+                                    "the stager stopped".into(),
+                                )
+                            })?;
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| err("data-waiting --follow", e))
+                });
+                if let Err(e) = res {
+                    tracing::warn!("{e}");
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            })
+            .map_err(|e| err("starting the follower", e))?;
+    }
+    let mut listed = std::time::Instant::now() - poll;
     while !stop.load(Ordering::Acquire) {
-        let ws = match c.data_waiting(0, u64::MAX, 0, DATA_WAITING_ALL_MOUNTS) {
-            Ok(ws) => ws,
-            Err(e) => {
-                tracing::warn!("data-waiting: {e}");
-                c = connect(mount)?;
-                std::thread::sleep(poll);
-                continue;
+        let mut inos = HashSet::new();
+        if listed.elapsed() >= poll {
+            match c.data_waiting(0, u64::MAX, 0, DATA_WAITING_ALL_MOUNTS) {
+                Ok(ws) => inos.extend(ws.iter().map(|w| w.0)),
+                Err(e) => {
+                    tracing::warn!("data-waiting: {e}");
+                    c = connect(mount)?;
+                }
             }
-        };
-        let inos: HashSet<u64> = ws.iter().map(|w| w.0).collect();
+            listed = std::time::Instant::now();
+        }
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(ino) => {
+                inos.insert(ino);
+                inos.extend(rx.try_iter());
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("archive-agent: the follower stopped".into())
+            }
+        }
         for ino in inos {
             if let Err(e) = agent.stage_file(&mut c, ino) {
                 tracing::warn!(ino, "staging: {e}");
             }
         }
-        std::thread::sleep(poll);
     }
     Ok(())
 }

@@ -638,10 +638,47 @@ pub(crate) struct DataWaitingArgs {
     /// Only the waiters of the mount of the path [default: every mount's].
     #[arg(long)]
     local: bool,
+    /// After the waiters there are, print each block operations begin to
+    /// wait for, as they do, until interrupted.
+    #[arg(long, conflicts_with_all = ["ino", "iblock"])]
+    follow: bool,
+}
+
+fn print_waiting(ino: u64, iblock: u64, ops: u8, json: bool) {
+    if json {
+        let names: Vec<String> = ops_text(ops)
+            .split(',')
+            .map(|n| format!("\"{n}\""))
+            .collect();
+        println!(
+            "{{\"ino\":{ino},\"iblock\":{iblock},\"ops\":[{}],\"next\":\"{ino}.{iblock}\"}}",
+            names.join(",")
+        );
+    } else {
+        println!("ino {ino} iblock {iblock} ops {}", ops_text(ops));
+    }
 }
 
 pub(crate) fn cmd_data_waiting(a: DataWaitingArgs) -> Result<ExitCode, String> {
     let mut c = connect(a.path, "data-waiting")?;
+    let all = if a.local {
+        0
+    } else {
+        scoutfs_format::control::DATA_WAITING_ALL_MOUNTS
+    };
+    if a.follow {
+        use std::io::Write;
+        c.data_waiting_follow(all, |ws| {
+            for &(ino, iblock, ops) in ws {
+                print_waiting(ino, iblock, ops, a.json);
+            }
+            std::io::stdout()
+                .flush()
+                .map_err(|e| scoutfs_core::error::Error::io("stdout", e))
+        })
+        .map_err(|e| format!("data-waiting: {e}"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     // From the very start, or after the block given.
     let (ino, iblock) = if a.ino == 0 && a.iblock == 0 {
         (0, u64::MAX)
@@ -649,30 +686,10 @@ pub(crate) fn cmd_data_waiting(a: DataWaitingArgs) -> Result<ExitCode, String> {
         (a.ino, a.iblock)
     };
     let ws = c
-        .data_waiting(
-            ino,
-            iblock,
-            0,
-            if a.local {
-                0
-            } else {
-                scoutfs_format::control::DATA_WAITING_ALL_MOUNTS
-            },
-        )
+        .data_waiting(ino, iblock, 0, all)
         .map_err(|e| format!("data-waiting: {e}"))?;
     for (ino, iblock, ops) in ws {
-        if a.json {
-            let names: Vec<String> = ops_text(ops)
-                .split(',')
-                .map(|n| format!("\"{n}\""))
-                .collect();
-            println!(
-                "{{\"ino\":{ino},\"iblock\":{iblock},\"ops\":[{}],\"next\":\"{ino}.{iblock}\"}}",
-                names.join(",")
-            );
-        } else {
-            println!("ino {ino} iblock {iblock} ops {}", ops_text(ops));
-        }
+        print_waiting(ino, iblock, ops, a.json);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1540,6 +1540,29 @@ fn released_on_one_mount_read_on_another_listed_and_staged_from_a_third() {
     let f1 = c.p(1, "f");
     let dv = run(&["stat", f1.to_str().unwrap(), "-s", "data_version"]);
     run(&["release", f1.to_str().unwrap(), "-V", dv.trim()]);
+    // Mount 0 follows every mount's waiters.
+    let mut follower = std::process::Command::new(bin())
+        .args(["data-waiting", "--follow", "--json", "-p"])
+        .arg(c.mp(0))
+        .env("SCOUTFS_RUN_DIR", &c.run)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let followed = {
+        let out = follower.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    };
+    // Nothing waits yet: the follower prints nothing until a read does.
+    assert!(followed.recv_timeout(Duration::from_millis(500)).is_err());
     // A read on mount 2 waits; mount 0 lists it; mount 1's stage wakes it.
     let reader = {
         let f = c.p(2, "f");
@@ -1557,6 +1580,16 @@ fn released_on_one_mount_read_on_another_listed_and_staged_from_a_third() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(listed.contains("ops read"), "{listed}");
+    // The follower on mount 0 was told as the read on mount 2 began.
+    let line = followed
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the follower printed no waiter");
+    assert!(
+        line.starts_with(&format!("{{\"ino\":{ino},\"iblock\":")) && line.contains("\"read\""),
+        "{line}"
+    );
+    follower.kill().unwrap();
+    follower.wait().unwrap();
     assert!(
         !run(&["data-waiting", "--local", "-p", &m0]).contains(&format!("ino {ino}")),
         "mount 0 itself has no waiter"
@@ -1662,7 +1695,8 @@ fn start_agent(c: &Cluster, archive: &Path, log: &Path) -> std::process::Child {
             archive.to_str().unwrap(),
         ])
         .args(["--settle", "0", "--high", "45", "--low", "30"])
-        .args(["--interval", "200ms", "--poll", "50ms"])
+        // Waiters reach it as they come (a listing only at its start).
+        .args(["--interval", "200ms", "--poll", "1h"])
         .env("SCOUTFS_RUN_DIR", &c.run)
         .stdout(std::process::Stdio::null())
         .stderr(log)

@@ -78,6 +78,7 @@ fn answer(req: &ServerRequest) -> ClientResponse {
             ops: 1,
         }]),
         ServerRequest::DataWaitErr(f) => ClientResponse::Count(f.ino),
+        ServerRequest::WaitersNew(_) => ClientResponse::Done,
     }
 }
 
@@ -611,7 +612,9 @@ impl Sim {
                     ..Default::default()
                 }))
             }
-            Request::Farewell | Request::ResizeDevices { .. } => Response::Done,
+            Request::Farewell | Request::ResizeDevices { .. } | Request::WaitersNew(_) => {
+                Response::Done
+            }
             Request::GetRoots => Response::Roots(Default::default()),
             Request::Lock(m) => Response::Lock(LockMsg {
                 write_seq: id,

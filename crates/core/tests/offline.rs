@@ -460,6 +460,9 @@ fn released_on_one_mount_waited_on_another_staged_from_a_third() {
             fs.sync().unwrap();
         }
     }
+    // Mounts 0 and 2 follow new waiters.
+    let far = fss[0].waits.feed.subscribe();
+    let near = fss[2].waits.feed.subscribe();
     // Readers on mount 2 wait, while mount 0 writes another file.
     let readers: Vec<_> = (0..4u64)
         .map(|i| {
@@ -468,6 +471,22 @@ fn released_on_one_mount_waited_on_another_staged_from_a_third() {
         })
         .collect();
     until_waiting(&fss[2], 4);
+    // Each follower heard of the four: mount 2 from itself, mount 0 from
+    // the server.
+    for (rx, local) in [(&near, true), (&far, false)] {
+        let mut heard = Vec::new();
+        while heard.len() < 4 {
+            let item = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("heard only {heard:?}"));
+            assert_eq!(item.local, local, "{item:?}");
+            heard.extend(item.blocks);
+        }
+        heard.sort();
+        let blocks: Vec<u64> = heard.iter().map(|w| w.iblock).collect();
+        assert_eq!(blocks, [0, 17, 34, 51], "{heard:?}");
+        assert!(heard.iter().all(|w| w.ino == f && w.ops == DWO_READ));
+    }
     // Any mount lists every mount's waiters.
     let listed = fss[0].data_waiting_all(0, u64::MAX, 100).unwrap();
     let want: Vec<Waiting> = (0..4u64)

@@ -240,6 +240,11 @@ pub struct ControlMoveBlocks {
 
 /// DATA_WAITING flag: every mount's waiters, not only this mount's.
 pub const DATA_WAITING_ALL_MOUNTS: u32 = 1;
+/// DATA_WAITING flag: after the waiters there are, the answer goes on with
+/// each block operations begin to wait for, as they do, until the
+/// connection closes (frames flagged MORE; an empty one every few seconds
+/// while nothing comes).
+pub const DATA_WAITING_FOLLOW: u32 = 2;
 
 /// The DATA_WAITING request, 24 bytes: waiters after (`after_ino`,
 /// `after_iblock`), at most `max` (0: no limit).

@@ -256,6 +256,15 @@ impl Client {
         })
     }
 
+    /// Tells the server of blocks this mount's operations began to wait
+    /// for (it tells the other mounts, for their followers).
+    pub fn waiters_new(&self, ws: Vec<WaitingBlock>) -> Result<()> {
+        self.call(Request::WaitersNew(ws), "waiters new", |r| match r {
+            Response::Done => Ok(()),
+            other => Err(other),
+        })
+    }
+
     /// Fails the operations `f` names on every mount; returns how many.
     pub fn data_wait_err(&self, f: WaitFail) -> Result<u64> {
         self.call(Request::DataWaitErr(f), "data wait err", |r| match r {

@@ -914,6 +914,23 @@ impl State {
                     id,
                     req: req @ (Request::DataWaiting(_) | Request::DataWaitErr(_)),
                 }) => self.wait_round(rid, id, req),
+                Some(Event::Request {
+                    rid,
+                    id,
+                    req: Request::WaitersNew(ws),
+                }) => {
+                    // Every other mount hears of them, for its followers;
+                    // their answers are not waited for.
+                    self.link.respond(rid, id, &Response::Done);
+                    let tell = ServerRequest::WaitersNew(ws);
+                    let others: Vec<u64> =
+                        self.mounted.keys().copied().filter(|&r| r != rid).collect();
+                    for r in others {
+                        if let Err(e) = self.link.request(r, &tell) {
+                            tracing::debug!("telling {r:#x} of new waiters: {e}");
+                        }
+                    }
+                }
                 Some(Event::Request { rid, id, req }) => {
                     let opens = matches!(req, Request::GetLogTrees | Request::CommitLogTrees(_));
                     let commits = matches!(req, Request::CommitLogTrees(_));
@@ -1498,6 +1515,7 @@ impl State {
             Request::DataWaiting(_) | Request::DataWaitErr(_) => {
                 unreachable!("handled by wait_round")
             }
+            Request::WaitersNew(_) => unreachable!("handled by the run loop"),
         }
     }
 

@@ -478,12 +478,15 @@ impl Locks {
                 self.apply(&mut st, acts);
             }
             ServerRequest::SyncLogTrees => self.queue(Work::Sync { id }),
-            req @ (ServerRequest::DataWaiting(_) | ServerRequest::DataWaitErr(_)) => {
+            req @ (ServerRequest::DataWaiting(_)
+            | ServerRequest::DataWaitErr(_)
+            | ServerRequest::WaitersNew(_)) => {
                 // Answered empty when the mount has no waiters yet.
                 let resp = match self.waiters.get() {
                     Some(f) => f(&req),
                     None => match req {
                         ServerRequest::DataWaiting(_) => ClientResponse::DataWaiting(Vec::new()),
+                        ServerRequest::WaitersNew(_) => ClientResponse::Done,
                         _ => ClientResponse::Count(0),
                     },
                 };

@@ -47,6 +47,10 @@ pub enum Request {
     DataWaiting(WaitingQuery),
     /// Fails operations waiting for offline data on every mount.
     DataWaitErr(WaitFail),
+    /// Blocks operations of this mount began to wait for (at most
+    /// [`scoutfs_format::wire::DATA_WAITING_MAX`]); the server tells every
+    /// other mount, for those that follow the waiters.
+    WaitersNew(Vec<WaitingBlock>),
 }
 
 /// Which waiting blocks to list: those after (`after_ino`,
@@ -184,6 +188,8 @@ pub enum ServerRequest {
     DataWaiting(WaitingQuery),
     /// Fail this mount's operations waiting for offline data.
     DataWaitErr(WaitFail),
+    /// Blocks operations of another mount began to wait for.
+    WaitersNew(Vec<WaitingBlock>),
 }
 
 /// A client's answers to the server's requests.

@@ -116,11 +116,12 @@ pub enum Cmd {
     Farewell = 19,
     DataWaiting = 20,
     DataWaitErr = 21,
+    WaitersNew = 22,
 }
 
 impl Cmd {
     /// Every defined command.
-    pub const ALL: [Cmd; 15] = [
+    pub const ALL: [Cmd; 16] = [
         Cmd::Greeting,
         Cmd::AllocInodes,
         Cmd::GetLogTrees,
@@ -136,6 +137,7 @@ impl Cmd {
         Cmd::Farewell,
         Cmd::DataWaiting,
         Cmd::DataWaitErr,
+        Cmd::WaitersNew,
     ];
 
     pub fn from_u8(v: u8) -> Option<Cmd> {
@@ -159,6 +161,7 @@ impl Cmd {
             Cmd::Farewell => "FAREWELL",
             Cmd::DataWaiting => "DATA_WAITING",
             Cmd::DataWaitErr => "DATA_WAIT_ERR",
+            Cmd::WaitersNew => "WAITERS_NEW",
         }
     }
 }
@@ -938,6 +941,7 @@ pub fn encode_request(req: &Request) -> Result<(Cmd, Vec<u8>), EncodeError> {
         Request::GetLastSeq => (Cmd::GetLastSeq, Vec::new()),
         Request::DataWaiting(q) => (Cmd::DataWaiting, encode_waiting_query(q)),
         Request::DataWaitErr(f) => (Cmd::DataWaitErr, encode_wait_fail(f)),
+        Request::WaitersNew(ws) => (Cmd::WaitersNew, encode_waiting(Cmd::WaitersNew, ws)?),
     })
 }
 
@@ -954,6 +958,7 @@ pub fn decode_request(cmd: Cmd, data: &[u8]) -> Result<Request, WireError> {
         Cmd::GetLastSeq => empty(cmd, data).map(|_| Request::GetLastSeq)?,
         Cmd::DataWaiting => Request::DataWaiting(decode_waiting_query(cmd, data)?),
         Cmd::DataWaitErr => Request::DataWaitErr(decode_wait_fail(cmd, data)?),
+        Cmd::WaitersNew => Request::WaitersNew(decode_waiting(cmd, data)?),
         Cmd::Lock => Request::Lock(decode_lock(data)?),
         Cmd::Statfs => empty(cmd, data).map(|_| Request::Statfs)?,
         Cmd::ResizeDevices => {
@@ -1012,7 +1017,7 @@ pub fn encode_response(
         .as_bytes()
         .to_vec(),
         (Cmd::GetLogTrees | Cmd::CommitLogTrees, Response::LogTrees(lt)) => lt.as_bytes().to_vec(),
-        (Cmd::Farewell | Cmd::ResizeDevices, Response::Done) => Vec::new(),
+        (Cmd::Farewell | Cmd::ResizeDevices | Cmd::WaitersNew, Response::Done) => Vec::new(),
         (Cmd::GetRoots, Response::Roots(r)) => WireRoots {
             fs_root: r.fs_root,
             logs_root: r.logs_root,
@@ -1072,7 +1077,9 @@ pub fn decode_response(
             }
         }
         Cmd::GetLogTrees | Cmd::CommitLogTrees => Response::LogTrees(decode_log_trees(cmd, data)?),
-        Cmd::Farewell | Cmd::ResizeDevices => empty(cmd, data).map(|_| Response::Done)?,
+        Cmd::Farewell | Cmd::ResizeDevices | Cmd::WaitersNew => {
+            empty(cmd, data).map(|_| Response::Done)?
+        }
         Cmd::GetRoots => Response::Roots(decode_roots(data)?),
         Cmd::Lock => Response::Lock(decode_lock(data)?),
         Cmd::OpenInoMap => Response::OpenInoMap(Box::new(decode_omap(cmd, data)?)),
@@ -1112,6 +1119,12 @@ pub fn encode_server_request(req: &ServerRequest) -> (Cmd, Vec<u8>) {
         ServerRequest::OpenInoMap { group } => (Cmd::OpenInoMap, group.to_le_bytes().to_vec()),
         ServerRequest::DataWaiting(q) => (Cmd::DataWaiting, encode_waiting_query(q)),
         ServerRequest::DataWaitErr(f) => (Cmd::DataWaitErr, encode_wait_fail(f)),
+        ServerRequest::WaitersNew(ws) => (
+            Cmd::WaitersNew,
+            // The server forwards what a client sent, which decoded
+            // within the limit.
+            encode_waiting(Cmd::WaitersNew, ws).unwrap_or_default(),
+        ),
     }
 }
 
@@ -1129,6 +1142,7 @@ pub fn decode_server_request(cmd: Cmd, data: &[u8]) -> Result<ServerRequest, Wir
         }
         Cmd::DataWaiting => Ok(ServerRequest::DataWaiting(decode_waiting_query(cmd, data)?)),
         Cmd::DataWaitErr => Ok(ServerRequest::DataWaitErr(decode_wait_fail(cmd, data)?)),
+        Cmd::WaitersNew => Ok(ServerRequest::WaitersNew(decode_waiting(cmd, data)?)),
         _ => Err(WireError::Unexpected {
             cmd,
             what: "request to a client",
@@ -1140,7 +1154,7 @@ pub fn decode_server_request(cmd: Cmd, data: &[u8]) -> Result<ServerRequest, Wir
 pub fn encode_client_response(cmd: Cmd, resp: &ClientResponse) -> Result<Vec<u8>, EncodeError> {
     match (cmd, resp) {
         (Cmd::Lock, ClientResponse::InvalidateDone(m)) => Ok(encode_lock(m)),
-        (Cmd::SyncLogTrees, ClientResponse::Done) => Ok(Vec::new()),
+        (Cmd::SyncLogTrees | Cmd::WaitersNew, ClientResponse::Done) => Ok(Vec::new()),
         (Cmd::LockRecover, ClientResponse::LockRecover { entries, more }) => {
             encode_recover(entries, *more)
         }
@@ -1183,7 +1197,7 @@ pub fn decode_client_response(
     }
     match cmd {
         Cmd::Lock => Ok(ClientResponse::InvalidateDone(decode_lock(data)?)),
-        Cmd::SyncLogTrees => empty(cmd, data).map(|_| ClientResponse::Done),
+        Cmd::SyncLogTrees | Cmd::WaitersNew => empty(cmd, data).map(|_| ClientResponse::Done),
         Cmd::LockRecover => decode_recover(data),
         Cmd::OpenInoMap => Ok(ClientResponse::OpenInoMap(Box::new(decode_omap(
             cmd, data,

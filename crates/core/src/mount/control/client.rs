@@ -357,6 +357,38 @@ impl ControlClient {
         Ok(out)
     }
 
+    /// The blocks operations wait for now, then each block they begin to
+    /// wait for, as they do: `each` gets them a batch at a time (an empty
+    /// batch every few seconds while nothing comes) and goes on until it
+    /// fails (its error is returned) or the mount stops (Ok). `flags` may
+    /// add `DATA_WAITING_ALL_MOUNTS`. The connection is for this alone:
+    /// drop the client to stop following.
+    pub fn data_waiting_follow(
+        &mut self,
+        flags: u32,
+        mut each: impl FnMut(&[(u64, u64, u8)]) -> Result<()>,
+    ) -> Result<()> {
+        let r = ControlWaitingReq {
+            after_ino: 0.into(),
+            after_iblock: u64::MAX.into(),
+            max: 0.into(),
+            flags: (flags | DATA_WAITING_FOLLOW).into(),
+        };
+        self.call_each(op::DATA_WAITING, r.as_bytes(), &[], |p| {
+            let Ok(ws) = <[ControlWaiting]>::ref_from_bytes(p) else {
+                return Err(protocol(format!(
+                    "a waiting frame of {} bytes, not whole entries",
+                    p.len()
+                )));
+            };
+            let got: Vec<(u64, u64, u8)> = ws
+                .iter()
+                .map(|w| (w.ino.get(), w.iblock.get(), w.ops))
+                .collect();
+            each(&got)
+        })
+    }
+
     /// Fails the operations waiting on bytes `offset..offset+count` of
     /// `ino` whose op is in `ops` with `errno`, on this mount or on every
     /// mount; returns how many.

@@ -649,9 +649,13 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             let mut left = max;
             let (mut ino, mut iblock) = (r.after_ino.get(), r.after_iblock.get());
             let all = r.flags.get() & DATA_WAITING_ALL_MOUNTS != 0;
-            if r.flags.get() & !DATA_WAITING_ALL_MOUNTS != 0 {
+            let follow = r.flags.get() & DATA_WAITING_FOLLOW != 0;
+            if r.flags.get() & !(DATA_WAITING_ALL_MOUNTS | DATA_WAITING_FOLLOW) != 0 {
                 return Err((libc::EINVAL, "data-waiting: unknown flags".into()));
             }
+            // Following from before the listing, so nothing falls between.
+            let feed = follow.then(|| fs.waits.feed.subscribe());
+            let mut listed = std::collections::HashSet::new();
             loop {
                 let got = if all {
                     fs.data_waiting_all(ino, iblock, left.min(per_frame))
@@ -660,22 +664,22 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
                     fs.data_waiting(ino, iblock, left.min(per_frame))
                 };
                 left -= got.len();
-                let mut frame = Vec::with_capacity(got.len() * CONTROL_WAITING_LEN);
-                for w in &got {
-                    let e = ControlWaiting {
-                        ino: w.ino.into(),
-                        iblock: w.iblock.into(),
-                        ops: w.ops,
-                        pad: [0; 7],
-                    };
-                    frame.extend_from_slice(e.as_bytes());
+                let frame = waiting_frame(&got);
+                if feed.is_some() {
+                    listed.extend(got.iter().map(|w| (w.ino, w.iblock)));
                 }
                 match got.last() {
                     Some(l) if got.len() == per_frame && left > 0 => {
                         (ino, iblock) = (l.ino, l.iblock);
                         more(frame)?;
                     }
-                    _ => return Ok(frame),
+                    _ => match feed {
+                        None => return Ok(frame),
+                        Some(rx) => {
+                            more(frame)?;
+                            return follow_waiters(shared, &rx, all, listed, more);
+                        }
+                    },
                 }
             }
         }
@@ -744,6 +748,64 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
         _ => {
             crate::counters::inc(&shared.counts.malformed);
             Err((libc::EOPNOTSUPP, format!("unknown operation {op}")))
+        }
+    }
+}
+
+/// DATA_WAITING answer entries.
+fn waiting_frame(ws: &[crate::mount::fs::wait::Waiting]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(ws.len() * CONTROL_WAITING_LEN);
+    for w in ws {
+        let e = ControlWaiting {
+            ino: w.ino.into(),
+            iblock: w.iblock.into(),
+            ops: w.ops,
+            pad: [0; 7],
+        };
+        frame.extend_from_slice(e.as_bytes());
+    }
+    frame
+}
+
+/// How often a follower with nothing new gets an empty frame (which is
+/// how a follower that went away is noticed).
+const FOLLOW_KEEPALIVE: Duration = Duration::from_secs(2);
+
+/// Sends each block that operations begin to wait for (of this mount, or
+/// of every mount with `all`), until the peer or the mount goes. Blocks
+/// the listing gave are left out of what comes until the first quiet
+/// moment (they may be reported in both).
+fn follow_waiters(
+    shared: &Shared,
+    rx: &std::sync::mpsc::Receiver<crate::mount::fs::wait::FeedItem>,
+    all: bool,
+    mut listed: std::collections::HashSet<(u64, u64)>,
+    more: &mut More<'_>,
+) -> Answer {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        if shared.stop.load(Ordering::Acquire) {
+            return Ok(Vec::new());
+        }
+        match rx.recv_timeout(FOLLOW_KEEPALIVE) {
+            Ok(item) => {
+                if !item.local && !all {
+                    continue;
+                }
+                let ws: Vec<_> = item
+                    .blocks
+                    .into_iter()
+                    .filter(|w| !listed.contains(&(w.ino, w.iblock)))
+                    .collect();
+                if !ws.is_empty() {
+                    more(waiting_frame(&ws))?;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                listed.clear();
+                more(Vec::new())?;
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(Vec::new()),
         }
     }
 }

@@ -114,6 +114,37 @@ pub(crate) fn check_retention(a: &types::Attr) -> FsResult<()> {
     Ok(())
 }
 
+/// Sends this mount's new waiters to the server until the mount goes.
+fn send_new_waiters(
+    rx: &std::sync::mpsc::Receiver<wait::Waiting>,
+    client: &std::sync::Weak<Client>,
+) {
+    use crate::cluster::net::msg::WaitingBlock;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < scoutfs_format::wire::DATA_WAITING_MAX {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let Some(client) = client.upgrade() else {
+            return;
+        };
+        let blocks = batch
+            .iter()
+            .map(|w| WaitingBlock {
+                ino: w.ino,
+                iblock: w.iblock,
+                ops: w.ops,
+            })
+            .collect();
+        if let Err(e) = client.waiters_new(blocks) {
+            tracing::debug!("telling the server of new waiters: {e}");
+        }
+    }
+}
+
 impl Fs {
     /// The roots of the last written super block.
     pub fn roots(&self) -> crate::error::Result<Roots> {
@@ -209,6 +240,7 @@ impl Fs {
             let Some(w) = wh.upgrade() else {
                 return match req {
                     ServerRequest::DataWaiting(_) => ClientResponse::DataWaiting(Vec::new()),
+                    ServerRequest::WaitersNew(_) => ClientResponse::Done,
                     _ => ClientResponse::Count(0),
                 };
             };
@@ -226,9 +258,42 @@ impl Fs {
                 ServerRequest::DataWaitErr(f) => {
                     ClientResponse::Count(w.fail(f.ino, f.from, f.to, f.ops, f.errno) as u64)
                 }
+                ServerRequest::WaitersNew(ws) => {
+                    w.feed.publish(wait::FeedItem {
+                        local: false,
+                        blocks: ws
+                            .iter()
+                            .map(|b| wait::Waiting {
+                                ino: b.ino,
+                                iblock: b.iblock,
+                                ops: b.ops,
+                            })
+                            .collect(),
+                    });
+                    ClientResponse::Done
+                }
                 _ => ClientResponse::Count(0),
             }
         }));
+        // New waiters of this mount go to the server, which tells the
+        // other mounts' followers; a thread sends them, in batches, so
+        // that no operation waits on the server to register a waiter.
+        {
+            let (tx, rx) = std::sync::mpsc::channel::<wait::Waiting>();
+            let client = Arc::downgrade(&client);
+            let spawned = std::thread::Builder::new()
+                .name("scoutfs-waiters".into())
+                .spawn(move || send_new_waiters(&rx, &client));
+            match spawned {
+                Ok(_) => {
+                    let tx = Mutex::new(tx);
+                    waits.set_on_new(Box::new(move |w| {
+                        let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(w);
+                    }));
+                }
+                Err(e) => tracing::warn!("starting the new waiters thread: {e}"),
+            }
+        }
         // Another mount is about to change inodes this mount has waiters
         // on: they look again once it has.
         locks.set_lock_lost(Box::new(move |start, end| {

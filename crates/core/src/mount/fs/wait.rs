@@ -24,7 +24,7 @@ use crate::cluster::lock::inode_lock_range;
 use crate::mount::locks::Locks;
 use std::collections::BTreeMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Op bits of a waiter, the original's.
 pub const DWO_READ: u8 = 1;
@@ -104,11 +104,51 @@ struct Failed {
 /// is that read the reader sees fail.
 pub const FAIL_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Blocks that began to be waited on, as a follower gets them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedItem {
+    /// Waited on by this mount (else by another, as the server told).
+    pub local: bool,
+    pub blocks: Vec<Waiting>,
+}
+
+/// Those that follow the waiters as they come (`data-waiting --follow`).
+#[derive(Default)]
+pub struct Feed {
+    subs: Mutex<Vec<Sender<FeedItem>>>,
+}
+
+impl Feed {
+    /// Starts following; the receiver gets every item published from now
+    /// on, and dropping it stops.
+    pub fn subscribe(&self) -> Receiver<FeedItem> {
+        let (tx, rx) = channel();
+        self.subs.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        rx
+    }
+
+    /// Hands an item to every follower, forgetting those that stopped.
+    pub fn publish(&self, item: FeedItem) {
+        self.subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| s.send(item.clone()).is_ok());
+    }
+}
+
+/// Told of each block that an operation of this mount began to wait for,
+/// with the op (the mount tells the server, which tells the others).
+pub type OnNewWaiter = Box<dyn Fn(Waiting) + Send + Sync>;
+
 /// The mount's data waiters.
 pub struct DataWaits {
     st: Mutex<State>,
     locks: Arc<Locks>,
     resume: Mutex<Option<Sender<(Resume, WaitEnd)>>>,
+    /// Followers of new waiters, this mount's and (as the server tells)
+    /// other mounts'.
+    pub feed: Feed,
+    on_new: OnceLock<OnNewWaiter>,
 }
 
 impl DataWaits {
@@ -128,6 +168,8 @@ impl DataWaits {
             st: Mutex::new(State::default()),
             locks,
             resume: Mutex::new(Some(tx)),
+            feed: Feed::default(),
+            on_new: OnceLock::new(),
         })
     }
 
@@ -155,6 +197,11 @@ impl DataWaits {
             self.run(resume, WaitEnd::Failed(errno));
             return;
         }
+        // Whether this op is new on this block, for the followers.
+        let had = st
+            .waiters
+            .range((ino, off.iblock, 0)..=(ino, off.iblock, u64::MAX))
+            .fold(0, |ops, (_, w)| ops | w.op);
         st.next_id += 1;
         let id = st.next_id;
         st.waiters
@@ -164,6 +211,26 @@ impl DataWaits {
         if *n == 1 {
             self.locks.pin(inode_lock_range(ino).0);
         }
+        drop(st);
+        if had & off.op == 0 {
+            let w = Waiting {
+                ino,
+                iblock: off.iblock,
+                ops: off.op,
+            };
+            self.feed.publish(FeedItem {
+                local: true,
+                blocks: vec![w],
+            });
+            if let Some(f) = self.on_new.get() {
+                f(w);
+            }
+        }
+    }
+
+    /// Sets what is told of each new waiter (once).
+    pub fn set_on_new(&self, f: OnNewWaiter) {
+        let _ = self.on_new.set(f);
     }
 
     /// Takes the waiters matching `pick` out, unpinning their inodes.

@@ -89,7 +89,7 @@ fn decode_refuses_bad_fields_with_good_crcs() {
     field_err(&with_byte(&f, 36, 0), "kind");
     field_err(&with_byte(&f, 36, 3), "kind");
     field_err(&with_byte(&f, 37, 9), "cmd");
-    field_err(&with_byte(&f, 37, 22), "cmd");
+    field_err(&with_byte(&f, 37, 23), "cmd");
     field_err(&with_byte(&f, 38, 8), "error");
     field_err(&with_byte(&f, 38, 3), "error");
     field_err(&with_byte(&f, 39, 1), "pad");
@@ -382,4 +382,46 @@ fn data_waiter_messages_round_trip_and_refuse_bad_fields() {
         decode_response(Cmd::DataWaitErr, None, &n),
         Ok(Response::Count(3))
     );
+}
+
+#[test]
+fn new_waiter_messages_round_trip_both_ways() {
+    use crate::cluster::net::msg::WaitingBlock;
+    let ws: Vec<WaitingBlock> = (0..5u64)
+        .map(|i| WaitingBlock {
+            ino: 100 + i,
+            iblock: i,
+            ops: 1 << (i % 3),
+        })
+        .collect();
+    let (cmd, data) = encode_request(&Request::WaitersNew(ws.clone())).unwrap();
+    assert_eq!(cmd, Cmd::WaitersNew);
+    assert_eq!(
+        decode_request(cmd, &data),
+        Ok(Request::WaitersNew(ws.clone()))
+    );
+    let (scmd, sdata) = encode_server_request(&ServerRequest::WaitersNew(ws.clone()));
+    assert_eq!((scmd, &sdata), (cmd, &data));
+    assert_eq!(
+        decode_server_request(cmd, &data),
+        Ok(ServerRequest::WaitersNew(ws.clone()))
+    );
+    let (_, done) = encode_response(cmd, &Response::Done).unwrap();
+    assert_eq!(decode_response(cmd, None, &done), Ok(Response::Done));
+    let b = encode_client_response(cmd, &ClientResponse::Done).unwrap();
+    assert_eq!(
+        decode_client_response(cmd, None, &b),
+        Ok(ClientResponse::Done)
+    );
+    assert!(
+        decode_response(cmd, None, &[0]).is_err(),
+        "an answer carries nothing"
+    );
+    let mut bad = data.clone();
+    bad[8 + 16] = 0;
+    assert!(decode_request(cmd, &bad).is_err(), "no ops");
+    assert!(decode_request(cmd, &data[..data.len() - 1]).is_err());
+    let too_many = vec![ws[0]; scoutfs_format::wire::DATA_WAITING_MAX + 1];
+    assert!(encode_request(&Request::WaitersNew(too_many)).is_err());
+    assert_eq!(Cmd::from_u8(22), Some(Cmd::WaitersNew));
 }
