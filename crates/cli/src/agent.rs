@@ -196,10 +196,17 @@ impl Archive {
             .map_err(|e| err(format!("the paths of inode {ino}"), e))?;
         for p in paths {
             let path = self.mount.join(std::ffi::OsStr::from_bytes(&p.path));
+            // Only regular files are opened: opening a fifo would wait for
+            // a writer, a device node would open the device. O_NONBLOCK
+            // keeps a fifo put there since from waiting.
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_file() && m.ino() == ino => {}
+                _ => continue,
+            }
             let f = OpenOptions::new()
                 .read(true)
                 .write(write)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(&path);
             let f = match f {
                 Ok(f) => f,

@@ -615,3 +615,67 @@ fn paths_entries_and_allocated_inodes_by_inode_number() {
     drop(m);
     common::assert_check_clean(&meta, &data);
 }
+
+#[test]
+fn an_mmap_fault_on_a_released_file_waits_for_its_stage() {
+    if !can_mount("an_mmap_fault_on_a_released_file_waits_for_its_stage") {
+        return;
+    }
+    let dir = Scratch::new("archive-mmap");
+    let (meta, data) = common::mkfs(&dir);
+    let m = MountProc::start(&meta, &data, &dir.path("mnt"), &[]);
+    let mp = m.mp.to_str().unwrap().to_string();
+    let bytes: Vec<u8> = (0..256u32 << 10).map(|i| (i % 251) as u8).collect();
+    let f = m.mp.join("mapped");
+    std::fs::write(&f, &bytes).unwrap();
+    let copy = dir.path("copy");
+    std::fs::write(&copy, &bytes).unwrap();
+    let fs_ = f.to_str().unwrap();
+    let dv = ok(&["stat", fs_, "-s", "data_version"]);
+    ok(&["release", fs_, "-V", dv.trim()]);
+    // Faults on the mapping of the released file wait.
+    let offsets = [0usize, 100_000, 200_000, (256 << 10) - 1];
+    let faulter = {
+        let f = f.clone();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&f).unwrap();
+            use std::os::fd::AsRawFd;
+            let len = 256 << 10;
+            // SAFETY: a new shared read-only mapping of an open file,
+            // read within its length and unmapped before the file closes.
+            unsafe {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED,
+                    file.as_raw_fd(),
+                    0,
+                );
+                assert_ne!(p, libc::MAP_FAILED);
+                let got: Vec<u8> = offsets
+                    .iter()
+                    .map(|&o| std::ptr::read_volatile((p as *const u8).add(o)))
+                    .collect();
+                libc::munmap(p, len);
+                got
+            }
+        })
+    };
+    let i = ino(&f);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !ok(&["data-waiting", "-p", &mp]).contains(&format!("ino {i} ")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fault does not wait"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!faulter.is_finished(), "a fault returned before the stage");
+    ok(&["stage", copy.to_str().unwrap(), fs_, "-V", dv.trim()]);
+    let got = faulter.join().unwrap();
+    let want: Vec<u8> = offsets.iter().map(|&o| bytes[o]).collect();
+    assert_eq!(got, want);
+    drop(m);
+    common::assert_check_clean(&meta, &data);
+}
