@@ -296,12 +296,17 @@ impl Agent {
                 return Ok(Step::Done);
             };
             f = g;
-            if c.stat_more(f.as_fd())
-                .map_err(|e| err(format!("stat of inode {ino}"), e))?
-                .data_version
-                != dv
-            {
+            let now = c
+                .stat_more(f.as_fd())
+                .map_err(|e| err(format!("stat of inode {ino}"), e))?;
+            if now.data_version != dv {
                 return Ok(Step::Done); // changed: seen again at its new seq
+            }
+            if now.offline_blocks > 0 {
+                // No copy to stage from (its waiters were failed): reading
+                // it would wait forever, and the walk must go on.
+                tracing::error!(ino, "offline blocks and no archive copy: not archived");
+                return Ok(Step::Done);
             }
         }
         let dir = self.a.inode_dir(ino);

@@ -432,12 +432,12 @@ fn member(
 #[test]
 fn released_on_one_mount_waited_on_another_staged_from_a_third() {
     let (meta, data) = common::quorum_fs(1, 0x0ff1);
-    let mounts = [
+    let mounts = common::Together(vec![
         member(&meta, &data, MountRole::Quorum { slot: 0 }),
         member(&meta, &data, MountRole::Client),
         member(&meta, &data, MountRole::Client),
-    ];
-    let fss: Vec<Arc<Fs>> = mounts.iter().map(|m| m.fs().clone()).collect();
+    ]);
+    let fss: Vec<Arc<Fs>> = mounts.0.iter().map(|m| m.fs().clone()).collect();
     let f = fss[0]
         .mknod(ROOT_INO, b"f", &NewNode::new(REG))
         .unwrap()
@@ -528,11 +528,7 @@ fn released_on_one_mount_waited_on_another_staged_from_a_third() {
     }
     assert_eq!(attrs(&fss[0], f).offline_blocks, 0);
     drop(fss);
-    std::thread::scope(|s| {
-        for m in mounts {
-            s.spawn(move || m.unmount().unwrap());
-        }
-    });
+    mounts.unmount();
     common::assert_clean(&meta, &data);
 }
 
@@ -576,12 +572,12 @@ fn stage_and_release_race_reads_writes_and_truncates_on_other_mounts() {
     const FILES: u64 = 6;
     const BLOCKS: u64 = 64;
     let (meta, data) = common::quorum_fs(1, 0x0ff2);
-    let mounts = [
+    let mounts = common::Together(vec![
         member(&meta, &data, MountRole::Quorum { slot: 0 }),
         member(&meta, &data, MountRole::Client),
         member(&meta, &data, MountRole::Client),
-    ];
-    let fss: Vec<Arc<Fs>> = mounts.iter().map(|m| m.fs().clone()).collect();
+    ]);
+    let fss: Vec<Arc<Fs>> = mounts.0.iter().map(|m| m.fs().clone()).collect();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -713,8 +709,9 @@ fn stage_and_release_race_reads_writes_and_truncates_on_other_mounts() {
                     if rng(&mut r, 5) == 0 {
                         let blocks = rng(&mut r, BLOCKS + 1);
                         fs.truncate(f, blocks * 4096).unwrap();
+                        // Shorter, or longer with a hole.
                         let mut m = model.lock().unwrap();
-                        m[i].truncate(blocks as usize);
+                        m[i].resize(blocks as usize, 0);
                     } else {
                         let first = rng(&mut r, BLOCKS);
                         let n = 1 + rng(&mut r, BLOCKS - first);
@@ -802,10 +799,6 @@ fn stage_and_release_race_reads_writes_and_truncates_on_other_mounts() {
         }
     }
     drop(fss);
-    std::thread::scope(|s| {
-        for m in mounts {
-            s.spawn(move || m.unmount().unwrap());
-        }
-    });
+    mounts.unmount();
     common::assert_clean(&meta, &data);
 }

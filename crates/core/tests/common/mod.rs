@@ -97,3 +97,31 @@ pub fn assert_clean(meta: &MemDev, data: &MemDev) {
     let first: Vec<String> = r.problems.iter().take(8).map(|p| p.to_string()).collect();
     assert!(r.is_clean(), "check: {first:?}");
 }
+
+/// Mounts of one filesystem that unmount all at once when dropped, also
+/// when a test fails: dropped one by one, a quorum member's farewell would
+/// wait for the other mounts' that come after it.
+pub struct Together(pub Vec<scoutfs_core::mount::Mount>);
+
+impl Together {
+    /// Unmounts every mount at once; each must succeed.
+    pub fn unmount(mut self) {
+        let ms = std::mem::take(&mut self.0);
+        std::thread::scope(|s| {
+            for m in ms {
+                s.spawn(move || m.unmount().unwrap());
+            }
+        });
+    }
+}
+
+impl Drop for Together {
+    fn drop(&mut self) {
+        let ms = std::mem::take(&mut self.0);
+        std::thread::scope(|s| {
+            for m in ms {
+                s.spawn(move || drop(m));
+            }
+        });
+    }
+}
