@@ -1694,7 +1694,7 @@ fn start_agent(c: &Cluster, archive: &Path, log: &Path) -> std::process::Child {
             c.mp(0).to_str().unwrap(),
             archive.to_str().unwrap(),
         ])
-        .args(["--settle", "0", "--high", "45", "--low", "30"])
+        .args(["--settle", "0", "--high", "40", "--low", "25"])
         // Waiters reach it as they come (a listing only at its start).
         .args(["--interval", "200ms", "--poll", "1h"])
         .env("SCOUTFS_RUN_DIR", &c.run)
@@ -1733,15 +1733,16 @@ fn the_archive_agent_archives_releases_and_stages_across_kill9_rounds() {
         rng ^= rng << 17;
         rng % n
     };
-    // The tree: 40 files of 256 KiB..3 MiB in 4 directories, written from
-    // every mount: about 60 MiB, past the high-water mark.
+    // The tree: 40 files of 1.5..2.5 MiB in 4 directories, written from
+    // every mount: 60..100 MiB of the 128 MiB data device, past the
+    // high-water mark (40%) whatever the seed.
     let model = Arc::new(std::sync::Mutex::new(AgentModel::default()));
     for d in 0..4 {
         std::fs::create_dir(c.p(d % 3, &format!("d{d}"))).unwrap();
     }
     for i in 0..40u64 {
         let rel = format!("d{}/f{i}", i % 4);
-        let len = (256 << 10) + next(11 << 18) as usize;
+        let len = (1536 << 10) + next(1 << 20) as usize;
         let bytes = agent_bytes(seed ^ i, len);
         std::fs::write(c.p((i % 3) as usize, &rel), &bytes).unwrap();
         model.lock().unwrap().done.insert(rel, bytes);

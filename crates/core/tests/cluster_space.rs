@@ -45,19 +45,19 @@ fn mount(meta: &MemDev, data: &MemDev, role: MountRole) -> Mount {
     common::mount_with(meta, data, &opts)
 }
 
-/// A quorum member and two clients.
-fn three_mounts(meta: &MemDev, data: &MemDev) -> Vec<Mount> {
+/// A quorum member and two clients (unmounted together if a test fails).
+fn three_mounts(meta: &MemDev, data: &MemDev) -> common::Together {
     let server = mount(meta, data, MountRole::Quorum { slot: 0 });
-    vec![
+    common::Together(vec![
         server,
         mount(meta, data, MountRole::Client),
         mount(meta, data, MountRole::Client),
-    ]
+    ])
 }
 
 /// Unmounts clients first, then the quorum member.
-fn unmount_all(mounts: Vec<Mount>) {
-    for m in mounts.into_iter().rev() {
+fn unmount_all(mut mounts: common::Together) {
+    for m in std::mem::take(&mut mounts.0).into_iter().rev() {
         m.unmount().unwrap();
     }
 }
@@ -434,7 +434,7 @@ fn a_merge_stopped_at_any_write_uncovers_no_old_version() {
         fs.sync().unwrap();
     }
     let image = meta.snapshot_durable();
-    unmount_all(vec![a, b]);
+    unmount_all(common::Together(vec![a, b]));
     let listed = |dev: &MemDev| {
         let sb = read_super(dev, true).unwrap();
         let cache = BlockCache::new(Arc::new(dev.clone()), sb.hdr.fsid.get(), 64);

@@ -115,6 +115,13 @@ impl Together {
     }
 }
 
+impl std::ops::Deref for Together {
+    type Target = Vec<scoutfs_core::mount::Mount>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
 impl Drop for Together {
     fn drop(&mut self) {
         let ms = std::mem::take(&mut self.0);
