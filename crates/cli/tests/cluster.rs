@@ -1547,9 +1547,10 @@ fn released_on_one_mount_read_on_another_listed_and_staged_from_a_third() {
         .env("SCOUTFS_RUN_DIR", &c.run)
         .stdout(std::process::Stdio::piped())
         .spawn()
+        .map(|f| Killer(Some(f)))
         .unwrap();
     let followed = {
-        let out = follower.stdout.take().unwrap();
+        let out = follower.0.as_mut().unwrap().stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::io::BufRead;
@@ -1588,8 +1589,7 @@ fn released_on_one_mount_read_on_another_listed_and_staged_from_a_third() {
         line.starts_with(&format!("{{\"ino\":{ino},\"iblock\":")) && line.contains("\"read\""),
         "{line}"
     );
-    follower.kill().unwrap();
-    follower.wait().unwrap();
+    follower.kill();
     assert!(
         !run(&["data-waiting", "--local", "-p", &m0]).contains(&format!("ino {ino}")),
         "mount 0 itself has no waiter"
@@ -1682,7 +1682,7 @@ fn agent_stat(c: &Cluster, slot: usize, rel: &str) -> (u64, u64) {
     (field("data_version"), field("offline_blocks"))
 }
 
-fn start_agent(c: &Cluster, archive: &Path, log: &Path) -> std::process::Child {
+fn start_agent(c: &Cluster, archive: &Path, log: &Path) -> Killer {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -1701,6 +1701,7 @@ fn start_agent(c: &Cluster, archive: &Path, log: &Path) -> std::process::Child {
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
+        .map(|a| Killer(Some(a)))
         .unwrap()
 }
 
@@ -1804,8 +1805,7 @@ fn the_archive_agent_archives_releases_and_stages_across_kill9_rounds() {
             }));
         }
         std::thread::sleep(Duration::from_millis(100 + next(1400)));
-        agent.kill().unwrap();
-        agent.wait().unwrap();
+        agent.kill();
         // No file is released without a copy of its bytes at its version.
         let (done, pending) = {
             let m = model.lock().unwrap();
@@ -1855,8 +1855,7 @@ fn the_archive_agent_archives_releases_and_stages_across_kill9_rounds() {
             );
         }
     }
-    agent.kill().unwrap();
-    agent.wait().unwrap();
+    agent.kill();
     let text = std::fs::read_to_string(&log).unwrap();
     eprintln!(
         "agent: {max_released} files released at most at once; {} archived, {} released, {} staged",

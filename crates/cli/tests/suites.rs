@@ -17,7 +17,7 @@ mod common;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// The pinned versions scripts/test installs.
@@ -75,18 +75,6 @@ impl ShortDir {
 impl Drop for ShortDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// A child process killed (by pid) and reaped on drop, on every path.
-struct Killer(Option<Child>);
-
-impl Drop for Killer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 

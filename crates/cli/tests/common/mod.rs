@@ -535,3 +535,27 @@ pub fn df_row(mp: &Path, env: &[(&str, &Path)], row: &str) -> DfRow {
         free: n("free"),
     }
 }
+
+/// A child process killed (by pid) and reaped on drop, on every path: a
+/// test that fails leaves no helper (an archive agent, a follower) running
+/// with files of a mount open.
+pub struct Killer(pub Option<Child>);
+
+impl Killer {
+    /// Kills it (SIGKILL) and reaps it now.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Killer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

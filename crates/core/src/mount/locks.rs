@@ -163,8 +163,9 @@ pub struct Locks {
     items: Arc<ItemCache>,
     work: Mutex<Option<Sender<Work>>>,
     kernel: OnceLock<KernelInvalidate>,
-    /// Told of each range whose lock is being taken away (data waiters
-    /// look again).
+    /// Told of each range whose lock is taken away, once nothing can use
+    /// it any more and before the server hears so (data waiters look
+    /// again).
     lost: OnceLock<LockLost>,
     /// Answers the server's questions about this mount's data waiters.
     waiters: OnceLock<WaitersHandler>,

@@ -472,9 +472,7 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             .to_vec())
         }
         op::WALK_INODES => {
-            let w: ControlWalk = payload_prefix(op, &payload).inspect_err(|_| {
-                crate::counters::inc(&shared.counts.malformed);
-            })?;
+            let w: ControlWalk = request(shared, op, &payload)?;
             let index = match w.index {
                 WALK_INDEX_META_SEQ => SeqIndex::MetaSeq,
                 WALK_INDEX_DATA_SEQ => SeqIndex::DataSeq,
@@ -505,9 +503,7 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             Ok(attr_x_to_wire(&x).as_bytes().to_vec())
         }
         op::SET_ATTR_X => {
-            let w: ControlAttrX = payload_prefix(op, &payload).inspect_err(|_| {
-                crate::counters::inc(&shared.counts.malformed);
-            })?;
+            let w: ControlAttrX = request(shared, op, &payload)?;
             let (ino, _) = file_of(shared, &fds, 0, op)?;
             let who = Caller {
                 uid: peer.uid,
@@ -530,9 +526,7 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             Ok(Vec::new())
         }
         op::RESIZE_DEVICES => {
-            let r: ControlResize = payload_prefix(op, &payload).inspect_err(|_| {
-                crate::counters::inc(&shared.counts.malformed);
-            })?;
+            let r: ControlResize = request(shared, op, &payload)?;
             if !is_admin(peer) {
                 return Err((
                     libc::EPERM,
@@ -544,9 +538,7 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             Ok(Vec::new())
         }
         op::RELEASE | op::PUNCH_OFFLINE => {
-            let r: ControlRange = payload_prefix(op, &payload).inspect_err(|_| {
-                crate::counters::inc(&shared.counts.malformed);
-            })?;
+            let r: ControlRange = request(shared, op, &payload)?;
             let (ino, fl) = file_of(shared, &fds, 0, op)?;
             let (off, len, dv) = (r.offset.get(), r.length.get(), r.data_version.get());
             let res = if op == op::RELEASE {
@@ -561,9 +553,7 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             Ok(Vec::new())
         }
         op::STAGE => {
-            let r: ControlRange = payload_prefix(op, &payload).inspect_err(|_| {
-                crate::counters::inc(&shared.counts.malformed);
-            })?;
+            let r: ControlRange = request(shared, op, &payload)?;
             let (ino, fl) = file_of(shared, &fds, 0, op)?;
             for_writing(fl, "stage")?;
             if fl & (libc::O_APPEND | libc::O_DIRECT | libc::O_DSYNC) != 0 {
@@ -613,9 +603,7 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             Ok(n.to_le_bytes().to_vec())
         }
         op::MOVE_BLOCKS => {
-            let m: ControlMoveBlocks = payload_prefix(op, &payload).inspect_err(|_| {
-                crate::counters::inc(&shared.counts.malformed);
-            })?;
+            let m: ControlMoveBlocks = request(shared, op, &payload)?;
             let (from, ffl) = file_of(shared, &fds, 0, op)?;
             let (to, tfl) = file_of(shared, &fds, 1, op)?;
             for_writing(ffl, "move-blocks (the source)")?;
@@ -638,9 +626,7 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             Ok(Vec::new())
         }
         op::DATA_WAITING => {
-            let r: ControlWaitingReq = payload_prefix(op, &payload).inspect_err(|_| {
-                crate::counters::inc(&shared.counts.malformed);
-            })?;
+            let r: ControlWaitingReq = request(shared, op, &payload)?;
             let max = match r.max.get() {
                 0 => usize::MAX,
                 n => n as usize,
@@ -684,9 +670,7 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             }
         }
         op::DATA_WAIT_ERR => {
-            let r: ControlWaitErr = payload_prefix(op, &payload).inspect_err(|_| {
-                crate::counters::inc(&shared.counts.malformed);
-            })?;
+            let r: ControlWaitErr = request(shared, op, &payload)?;
             if !is_admin(peer) {
                 return Err((
                     libc::EPERM,
@@ -718,9 +702,7 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             Ok(n.to_le_bytes().to_vec())
         }
         op::INO_PATH | op::GET_REFERRING_ENTRIES => {
-            let r: ControlInoEntries = payload_prefix(op, &payload).inspect_err(|_| {
-                crate::counters::inc(&shared.counts.malformed);
-            })?;
+            let r: ControlInoEntries = request(shared, op, &payload)?;
             if !has_cap(peer, CAP_DAC_READ_SEARCH) && !is_admin(peer) {
                 return Err((
                     libc::EPERM,
@@ -730,10 +712,7 @@ fn handle(shared: &Shared, peer: &Peer, frame: Frame, more: &mut More<'_>) -> An
             entries(fs, op, &r, more)
         }
         op::GET_ALLOCATED_INOS => {
-            let ino: zerocopy::little_endian::U64 =
-                payload_prefix(op, &payload).inspect_err(|_| {
-                    crate::counters::inc(&shared.counts.malformed);
-                })?;
+            let ino: zerocopy::little_endian::U64 = request(shared, op, &payload)?;
             if !is_admin(peer) {
                 return Err((
                     libc::EPERM,
@@ -815,6 +794,15 @@ fn changed(shared: &Shared, ino: u64, pages: bool) {
     if let Some(f) = shared.changed.get() {
         f(ino, pages);
     }
+}
+
+/// The request's payload as a `T`; one too short is malformed (counted).
+fn request<T: zerocopy::FromBytes>(
+    shared: &Shared,
+    op: u16,
+    payload: &[u8],
+) -> std::result::Result<T, (i32, String)> {
+    payload_prefix(op, payload).inspect_err(|_| crate::counters::inc(&shared.counts.malformed))
 }
 
 /// The reason for a failed release, stage, punch or move, by its errno.

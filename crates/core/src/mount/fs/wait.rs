@@ -19,6 +19,11 @@
 //!
 //! `data-wait-err` fails the matching waiters with an errno of the
 //! agent's choosing ([`DataWaits::fail`]); unmounting fails them all.
+//!
+//! Each block (or op) that gains its first waiter is handed to the
+//! followers of [`Feed`] (`data-waiting --follow`) and to the mount's
+//! [`OnNewWaiter`] hook, which tells the server, which tells the other
+//! mounts' feeds.
 
 use crate::cluster::lock::inode_lock_range;
 use crate::mount::locks::Locks;
