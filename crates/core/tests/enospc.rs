@@ -222,7 +222,11 @@ fn metadata_filled_emptied_and_filled_again() {
     within(after.0, empty.0, 8, "free metadata blocks after deleting");
     let n2 = fill_meta(fs);
     eprintln!("metadata: empty {empty:?}, emptied {after:?}, files {n1} then {n2}");
-    within(n2, n1, n1 / 20, "files of the second fill");
+    // How many files fit varies by about 6% from run to run, the first
+    // fill as much as the second: a log merge in flight when the device
+    // fills holds blocks for its output. A leak shows in the free blocks
+    // above, exactly; here only a second fill far below the first fails.
+    within(n2, n1, n1 / 10, "files of the second fill");
     mnt.unmount().unwrap();
     common::assert_clean(&meta, &data);
 
