@@ -12,7 +12,7 @@ use scoutfs_core::mount::fs::{Fs, FsError};
 use scoutfs_core::mount::locks::show_waits;
 use scoutfs_format::inode::*;
 use scoutfs_format::Timespec;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,16 +36,36 @@ pub const MAX_WRITE: u32 = 1 << 20;
 /// What the kernel caches that we must be able to invalidate: the lookup
 /// count of each inode it knows, and per directory the names it has
 /// cached or may cache from a request in flight.
+///
+/// Memory: both go with what the kernel forgets. An inode's record goes
+/// when the kernel forgets it; a name's goes when the inode it names is
+/// forgotten (the kernel's name held it), found by a sweep once as many
+/// inodes were forgotten as are known, so its cost is spread over them.
+/// And the kernel is not left to hold as many as it likes: past `limit`
+/// inodes, names are dropped from its cache (`trim`), a directory at a
+/// time round the directories, until it holds 7/8 of the limit.
+/// Ordered by inode number: a lock's drop takes the range it covers.
 #[derive(Default)]
 pub struct Known {
-    pub inodes: HashMap<u64, u64>,
-    pub names: HashMap<u64, HashMap<Vec<u8>, NameState>>,
+    pub inodes: BTreeMap<u64, u64>,
+    pub names: BTreeMap<u64, HashMap<Box<[u8]>, NameState>>,
+    /// Inodes forgotten since the last sweep of the names.
+    forgotten: usize,
+    /// The most inodes the kernel may hold (0: no limit).
+    limit: usize,
+    /// The directory whose names `trim` drops next.
+    cursor: u64,
+    /// A trim's names are being dropped.
+    trimming: bool,
     /// Reads and writes in flight per inode, by id: the byte ranges whose
     /// pages the kernel holds locked (and not up to date) until each is
     /// answered, and whether each waits for a lock now.
     pub io: HashMap<u64, HashMap<u64, InFlightIo>>,
     next_io: u64,
 }
+
+/// Names of the kernel's cache: (directory, name).
+pub type Names = Vec<(u64, Box<[u8]>)>;
 
 /// A name of [`Known`].
 #[derive(Clone, Copy, Default)]
@@ -54,6 +74,9 @@ pub struct NameState {
     pub pending: u32,
     /// A reply cached it.
     pub cached: bool,
+    /// The inode it names, if a reply said (0: not known, as after a
+    /// rename; such a name stays until its directory's names are dropped).
+    pub child: u64,
 }
 
 /// A read or write of [`Known::io`].
@@ -106,7 +129,18 @@ impl Known {
     /// A request whose reply may cache `parent`/`name` is about to run.
     fn begin(&mut self, parent: u64, name: &[u8]) {
         let d = self.names.entry(parent).or_default();
-        d.entry(name.to_vec()).or_default().pending += 1;
+        match d.get_mut(name) {
+            Some(st) => st.pending += 1,
+            None => {
+                d.insert(
+                    name.into(),
+                    NameState {
+                        pending: 1,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
     }
 
     /// That request ended; `cached` if its reply made the kernel cache the
@@ -114,22 +148,27 @@ impl Known {
     /// lookups would otherwise pile up). A name whose record was taken by
     /// a drop meanwhile is recorded again if cached: the drop may have
     /// run before the reply.
-    fn end(&mut self, parent: u64, name: &[u8], cached: bool) {
+    /// `child` is the inode the reply named, if it said.
+    fn end(&mut self, parent: u64, name: &[u8], child: Option<u64>, cached: bool) {
         let d = self.names.entry(parent).or_default();
         match d.get_mut(name) {
             Some(st) => {
                 st.pending = st.pending.saturating_sub(1);
                 st.cached |= cached;
+                if let Some(c) = child {
+                    st.child = c;
+                }
                 if st.pending == 0 && !st.cached {
                     d.remove(name);
                 }
             }
             None if cached => {
                 d.insert(
-                    name.to_vec(),
+                    name.into(),
                     NameState {
                         pending: 0,
                         cached: true,
+                        child: child.unwrap_or(0),
                     },
                 );
             }
@@ -139,6 +178,78 @@ impl Known {
             self.names.remove(&parent);
         }
     }
+
+    /// The inode `parent`/`name` names, if known.
+    fn child(&self, parent: u64, name: &[u8]) -> u64 {
+        self.names
+            .get(&parent)
+            .and_then(|d| d.get(name))
+            .map_or(0, |st| st.child)
+    }
+
+    /// The kernel forgot `ino`: its record goes, with the names of its
+    /// directory, and (in sweeps) the names that named it.
+    pub fn forget(&mut self, ino: u64, nlookup: u64) -> bool {
+        let n = self.inodes.entry(ino).or_insert(0);
+        *n = n.saturating_sub(nlookup);
+        if *n > 0 {
+            return false;
+        }
+        self.inodes.remove(&ino);
+        self.names.remove(&ino);
+        self.forgotten += 1;
+        if self.forgotten > self.inodes.len().max(1024) {
+            self.sweep();
+        }
+        true
+    }
+
+    /// Names to drop from the kernel's cache when it holds more inodes than
+    /// the limit (none while the last trim's are still going): cached
+    /// names, the directories in turn from where the last trim stopped,
+    /// until enough that the kernel would hold 7/8 of the limit. Their
+    /// records stay until the kernel forgets what they name (a lock's drop
+    /// must still find a name not yet dropped).
+    pub fn trim(&mut self) -> Names {
+        if self.limit == 0 || self.trimming || self.inodes.len() <= self.limit {
+            return Vec::new();
+        }
+        let want = self.inodes.len() - (self.limit - self.limit / 8);
+        let mut out = Vec::new();
+        for _ in 0..self.names.len() {
+            let next = self
+                .names
+                .range(self.cursor..)
+                .next()
+                .or_else(|| self.names.iter().next());
+            let Some((&d, names)) = next else { break };
+            out.extend(
+                names
+                    .iter()
+                    .filter(|(_, st)| st.cached && st.pending == 0)
+                    .map(|(n, _)| (d, n.clone())),
+            );
+            self.cursor = d.wrapping_add(1);
+            if out.len() >= want {
+                break;
+            }
+        }
+        self.trimming = !out.is_empty();
+        out
+    }
+
+    /// Drops the names of inodes the kernel forgot: it forgets an inode
+    /// only once no name of its cache refers to it. Names of requests in
+    /// flight, and those whose inode isn't known, stay.
+    pub fn sweep(&mut self) {
+        self.forgotten = 0;
+        let inodes = &self.inodes;
+        self.names.retain(|_, d| {
+            d.retain(|_, st| st.pending > 0 || st.child == 0 || inodes.contains_key(&st.child));
+            d.shrink_to_fit();
+            !d.is_empty()
+        });
+    }
 }
 
 pub struct ScoutFuse {
@@ -146,6 +257,8 @@ pub struct ScoutFuse {
     known: Arc<Mutex<Known>>,
     notifier: Arc<OnceLock<Notifier>>,
     knotify: Arc<OnceLock<Arc<KernelNotify>>>,
+    /// Where the names of a trim go to be dropped (see [`Known::trim`]).
+    trim: Mutex<std::sync::mpsc::SyncSender<Names>>,
     dirs: Mutex<DirHandles>,
     faults: Faults,
 }
@@ -177,12 +290,40 @@ struct DirHandles {
 }
 
 impl ScoutFuse {
-    pub fn new(fs: Arc<Fs>) -> ScoutFuse {
+    /// An adapter for `fs` that lets the kernel hold at most
+    /// `kernel_inodes_max` of its inodes (0: as many as it likes).
+    pub fn new(fs: Arc<Fs>, kernel_inodes_max: usize) -> ScoutFuse {
+        let known = Arc::new(Mutex::new(Known {
+            limit: kernel_inodes_max,
+            ..Default::default()
+        }));
+        let knotify: Arc<OnceLock<Arc<KernelNotify>>> = Arc::default();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Names>(1);
+        let (k, kn) = (known.clone(), knotify.clone());
+        // Names are dropped on a thread of their own: a drop takes the
+        // directory's lock in the kernel, which the request that found the
+        // kernel over its limit may hold until it is answered.
+        let trimmer = std::thread::Builder::new()
+            .name("scoutfs-trim".into())
+            .spawn(move || {
+                for names in rx {
+                    if let Some(n) = kn.get() {
+                        for (d, name) in names {
+                            n.inval_entry(d, &name);
+                        }
+                    }
+                    k.lock().unwrap_or_else(|p| p.into_inner()).trimming = false;
+                }
+            });
+        if let Err(e) = trimmer {
+            tracing::warn!("no thread to keep the kernel's cache to its limit: {e}");
+        }
         ScoutFuse {
             fs,
-            known: Arc::default(),
+            known,
             notifier: Arc::default(),
-            knotify: Arc::default(),
+            knotify,
+            trim: Mutex::new(tx),
             dirs: Mutex::default(),
             faults: Faults {
                 rename_wedge: std::env::var_os(FAULT_RENAME_WEDGE).is_some(),
@@ -247,7 +388,19 @@ impl ScoutFuse {
         if let Some(ino) = ino {
             *k.inodes.entry(ino).or_insert(0) += 1;
         }
-        k.end(parent, name, cached);
+        k.end(parent, name, ino, cached);
+        let names = k.trim();
+        if !names.is_empty() {
+            let sent = self
+                .trim
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .try_send(names);
+            if sent.is_err() {
+                // No trimmer: the next one tries again.
+                k.trimming = false;
+            }
+        }
     }
 }
 
@@ -663,14 +816,7 @@ impl Filesystem for ScoutFuse {
         guard("forget", || {
             let gone = {
                 let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-                let n = k.inodes.entry(ino.0).or_insert(0);
-                *n = n.saturating_sub(nlookup);
-                let gone = *n == 0;
-                if gone {
-                    k.inodes.remove(&ino.0);
-                    k.names.remove(&ino.0);
-                }
-                gone
+                k.forget(ino.0, nlookup)
             };
             if gone {
                 if let Err(e) = self.fs.evict(ino.0) {
@@ -825,8 +971,19 @@ impl Filesystem for ScoutFuse {
             // Either way the names stay as cached as they were before (the
             // kernel moved or kept them).
             let ok = r.is_ok();
-            self.cached(parent.0, name.as_bytes(), None, ok);
-            self.cached(newparent.0, newname.as_bytes(), None, ok);
+            {
+                // The new name names what the old one did (and the old the
+                // new's, for an exchange).
+                let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                let (from, to) = (
+                    k.child(parent.0, name.as_bytes()),
+                    k.child(newparent.0, newname.as_bytes()),
+                );
+                let exchange = flags.bits() & libc::RENAME_EXCHANGE != 0;
+                let old_child = if exchange { to } else { from };
+                k.end(parent.0, name.as_bytes(), ok.then_some(old_child), ok);
+                k.end(newparent.0, newname.as_bytes(), ok.then_some(from), ok);
+            }
             empty(reply, r);
         })
     }

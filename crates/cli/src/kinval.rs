@@ -103,11 +103,11 @@ impl KernelCaches {
         if start.zone != zone::FS {
             return None;
         }
-        let in_range = |i: &u64| *i >= start.first && *i <= end.first;
-        let (inos, names): (Vec<u64>, Vec<(u64, Vec<u8>)>) = {
+        let range = start.first..=end.first;
+        let (inos, names): (Vec<u64>, crate::fuse::Names) = {
             let mut k = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            let inos: Vec<u64> = k.inodes.keys().copied().filter(in_range).collect();
-            let dirs: Vec<u64> = k.names.keys().copied().filter(in_range).collect();
+            let inos: Vec<u64> = k.inodes.range(range.clone()).map(|(i, _)| *i).collect();
+            let dirs: Vec<u64> = k.names.range(range).map(|(d, _)| *d).collect();
             let mut names = Vec::new();
             for d in dirs {
                 for (n, _) in k.names.remove(&d).unwrap_or_default() {

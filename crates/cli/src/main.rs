@@ -250,6 +250,23 @@ fn parse_slot(s: &str) -> Result<(usize, SocketAddr), String> {
     Ok((nr, SocketAddr::new(ip, port)))
 }
 
+/// A mount's heap in one arena. glibc gives each thread that allocates
+/// under contention an arena of its own (up to eight per core), and a
+/// mount's threads take turns with its caches' items: a chunk freed into
+/// one arena is of no use to another, and the memory the process keeps
+/// grows with the arenas. With one, a million files created through a
+/// mount took 727 MiB resident instead of 811 MiB, at the same rate (its
+/// allocations are mostly made under the item cache's own lock anyway).
+/// Called before any thread starts.
+fn one_heap_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator; no thread
+    // other than this one runs yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = log::init(cli.log_level.as_deref()) {
@@ -261,6 +278,9 @@ fn main() -> ExitCode {
         // notification helper, fence agents) log the same way. Set before
         // any thread starts.
         std::env::set_var("SCOUTFS_LOG", l);
+    }
+    if matches!(cli.cmd, Cmd::Mount(_) | Cmd::Up(_)) {
+        one_heap_arena();
     }
     let res = match cli.cmd {
         Cmd::Mkfs(a) => cmd_mkfs(a),

@@ -122,7 +122,32 @@ pub struct MountArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     fence_timeout_ms: u64,
+    /// Memory for cached metadata items (inodes, names, extents, xattrs),
+    /// in MiB, counted as the heap they take; the least recently used go
+    /// beyond it. A transaction's changed items (up to 64 MiB) come on top
+    /// until they are committed.
+    #[arg(long = "item-cache-mib", default_value_t = ITEM_CACHE_MIB_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(8..=1 << 20))]
+    item_cache_mib: u64,
+    /// The most of this mount's inodes the kernel may keep cached (with
+    /// their names): past it, names are dropped from the kernel's cache,
+    /// directory by directory, and it forgets what they named. The mount
+    /// keeps about 100 bytes for each inode the kernel holds, the kernel
+    /// about 1 KiB. 0: no limit (the kernel keeps what its memory allows).
+    #[arg(long = "kernel-inodes-max", default_value_t = KERNEL_INODES_MAX_DEFAULT)]
+    kernel_inodes_max: usize,
+    /// Memory for cached 64 KiB metadata blocks, in MiB.
+    #[arg(long = "block-cache-mib", default_value_t = BLOCK_CACHE_MIB_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(4..=1 << 20))]
+    block_cache_mib: u64,
 }
+
+/// The item cache of a mount by default (MiB).
+pub const ITEM_CACHE_MIB_DEFAULT: u64 = 256;
+/// The inodes the kernel may hold of a mount by default.
+pub const KERNEL_INODES_MAX_DEFAULT: usize = 1 << 18;
+/// The block cache of a mount by default (MiB).
+pub const BLOCK_CACHE_MIB_DEFAULT: u64 = 128;
 
 #[derive(clap::Args)]
 pub struct UpArgs {
@@ -155,6 +180,9 @@ pub fn cmd_mount(a: MountArgs) -> Result<ExitCode, String> {
         reconnect_timeout_ms: a.reconnect_timeout_ms,
         commit_interval_ms: a.commit_interval_ms,
         orphan_scan_ms: a.orphan_scan_ms,
+        item_cache_bytes: (a.item_cache_mib << 20) as usize,
+        block_cache_blocks: (a.block_cache_mib << 20) as usize
+            / scoutfs_format::consts::BLOCK_LG_SIZE,
         ..Default::default()
     };
     opts.fs.acl = !a.noacl;
@@ -173,6 +201,7 @@ pub fn cmd_mount(a: MountArgs) -> Result<ExitCode, String> {
     let kernel = KernelFlags {
         dev: !a.nodev,
         suid: !a.nosuid,
+        inodes_max: a.kernel_inodes_max,
     };
     serve(&a.meta, &a.data, &a.mountpoint, &opts, kernel)
 }
@@ -206,6 +235,8 @@ fn check_program(prog: &str) -> Result<(), String> {
 struct KernelFlags {
     dev: bool,
     suid: bool,
+    /// The most inodes of the mount the kernel may cache.
+    inodes_max: usize,
 }
 
 pub fn cmd_up(a: UpArgs) -> Result<ExitCode, String> {
@@ -527,7 +558,7 @@ fn serve(
     };
     let _info = info.write(&run_dir())?;
     let mnt = Mount::open(m, d, &opts).map_err(|e| format!("mount: {e}"))?;
-    let fuse = ScoutFuse::new(mnt.fs().clone());
+    let fuse = ScoutFuse::new(mnt.fs().clone(), kernel.inodes_max);
     let known = fuse.known();
     let notifier_slot = fuse.notifier_slot();
     let knotify_slot = fuse.knotify_slot();
@@ -614,6 +645,7 @@ fn serve(
             let _ = rx.recv_timeout(std::time::Duration::from_secs(2));
         }
     }));
+    let kernel_known = known.clone();
     let caches = KernelCaches {
         known,
         notifier,
@@ -626,8 +658,16 @@ fn serve(
     let dump = mnt.state_dumper();
     std::thread::spawn(move || loop {
         let sig = wait_signal(set);
-        // SIGUSR1: print the lock state, for diagnosis.
+        // SIGUSR1: print what the mount holds, for diagnosis.
         if sig == libc::SIGUSR1 {
+            let (inodes, names) = {
+                let k = kernel_known.lock().unwrap_or_else(|p| p.into_inner());
+                (
+                    k.inodes.len(),
+                    k.names.values().map(|d| d.len()).sum::<usize>(),
+                )
+            };
+            tracing::info!("kernel caches {inodes} inodes and up to {names} names of this mount");
             dump();
             continue;
         }

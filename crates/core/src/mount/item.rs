@@ -22,11 +22,16 @@
 //! and the known ranges within the lock's range; the lock client has made
 //! sure the transaction was committed first, so no dirty item is there.
 //!
-//! Memory: clean items are bounded by `limit_bytes`; beyond it the least
-//! recently used known ranges are dropped with their clean items. Clean
-//! items exist only inside known ranges (a blind write that commits outside
-//! them is dropped), so eviction reaches every clean item. Dirty items stay
-//! until their transaction commits (the transaction bounds them).
+//! Memory: clean items and the known ranges are bounded by `limit_bytes`,
+//! counted as the heap they take (see `cost`). Beyond it, clean items are
+//! dropped from the start of the least recently used known range, a chunk
+//! at a time, and the range shrinks with them; a range is never larger
+//! than what one read found plus what was written into it, and none is
+//! exempt, so the bound holds whatever the caller's pattern (a directory
+//! of millions of entries made here is one range). Clean items exist only
+//! inside known ranges (a blind write that commits outside them is
+//! dropped), so eviction reaches every clean item. Dirty items stay until
+//! their transaction commits (the transaction bounds them).
 //!
 //! Locking: one mutex around the cache. A forest read happens with the
 //! mutex released; its results are inserted only for keys that are still
@@ -74,17 +79,19 @@ impl<R: RootsSource> Source for ForestSource<R> {
     }
 }
 
+/// A cached item: 32 bytes beside its 32-byte key in the map's nodes.
 #[derive(Clone, Debug)]
 struct CItem {
     seq: u64,
+    val: Box<[u8]>,
     deleted: bool,
-    val: Vec<u8>,
     dirty: bool,
     persistent: bool,
 }
 
 struct Known {
     end: Key,
+    /// When it was last used: its key in [`Inner::lru`].
     used: u64,
 }
 
@@ -94,6 +101,9 @@ struct Inner {
     /// The keys of the dirty items, so a commit needn't scan the cache.
     dirty: std::collections::BTreeSet<Key>,
     known: BTreeMap<Key, Known>,
+    /// The known ranges by when they were last used (tick to start).
+    lru: BTreeMap<u64, Key>,
+    /// Clean items and known ranges, by [`cost`] and [`KNOWN_COST`].
     clean_bytes: usize,
     dirty_items: usize,
     dirty_bytes: usize,
@@ -103,10 +113,29 @@ struct Inner {
     commits: u64,
 }
 
-const ITEM_OVERHEAD_BYTES: usize = 96;
+/// An item's share of the map's nodes: a 32-byte key and a 32-byte
+/// [`CItem`] in nodes of 11 that are about two thirds full, with the
+/// interior nodes above them.
+const ITEM_NODE_BYTES: usize = 112;
 
+/// A known range's share of its two maps' nodes ([`Inner::known`] and
+/// [`Inner::lru`]).
+const KNOWN_COST: usize = 176;
+
+/// Clean items dropped at a time from the start of a range.
+const EVICT_CHUNK: usize = 256;
+
+/// The heap an item takes: its share of the map's nodes, and its value's
+/// chunk as glibc's allocator hands it out (8 bytes of header, in steps of
+/// 16, 32 at least; an empty value allocates nothing). Counting only the
+/// value's bytes once let a mount's cache take twice its limit.
 fn cost(v: &[u8]) -> usize {
-    ITEM_OVERHEAD_BYTES + v.len()
+    let chunk = if v.is_empty() {
+        0
+    } else {
+        (v.len() + 8).div_ceil(16).max(2) * 16
+    };
+    ITEM_NODE_BYTES + chunk
 }
 
 impl Inner {
@@ -115,8 +144,11 @@ impl Inner {
         self.tick += 1;
         let tick = self.tick;
         match self.known.range_mut(..=*k).next_back() {
-            Some((_, kn)) if kn.end >= *k => {
-                kn.used = tick;
+            Some((s, kn)) if kn.end >= *k => {
+                let old = std::mem::replace(&mut kn.used, tick);
+                let s = *s;
+                self.lru.remove(&old);
+                self.lru.insert(tick, s);
                 true
             }
             _ => false,
@@ -131,31 +163,50 @@ impl Inner {
         }
     }
 
-    fn add_known(&mut self, mut start: Key, mut end: Key) {
-        // Merge with every overlapping or adjacent range. Ranges are
-        // disjoint, so their ends rise with their starts: walk back from
-        // `end` and stop at the first that ends before `start`.
-        let touching: Vec<Key> = self
+    /// Records `start..=end` as known: the parts of it no range covers
+    /// yet become ranges of their own. Ranges are never merged, so none
+    /// grows past what one read found (and what is written into it).
+    fn add_known(&mut self, start: Key, end: Key) {
+        // Ranges are disjoint, so their ends rise with their starts: walk
+        // back from `end` and stop at the first that ends before `start`.
+        let mut taken: Vec<(Key, Key)> = self
             .known
-            .range(..=end.inc())
+            .range(..=end)
             .rev()
-            .take_while(|(_, kn)| kn.end >= start.dec())
-            .map(|(s, _)| *s)
+            .take_while(|(_, kn)| kn.end >= start)
+            .map(|(s, kn)| (*s, kn.end))
             .collect();
-        for s in touching {
-            if let Some(kn) = self.known.remove(&s) {
-                start = start.min(s);
-                end = end.max(kn.end);
+        taken.reverse();
+        let mut from = start;
+        for (s, e) in taken {
+            if s > from {
+                self.insert_known(from, s.dec());
             }
+            if e >= end {
+                return;
+            }
+            from = e.inc();
         }
+        self.insert_known(from, end);
+    }
+
+    fn insert_known(&mut self, start: Key, end: Key) {
         self.tick += 1;
-        self.known.insert(
-            start,
-            Known {
-                end,
-                used: self.tick,
-            },
-        );
+        self.insert_known_used(start, end, self.tick);
+    }
+
+    /// A range as old as `used` (what is left of one that was).
+    fn insert_known_used(&mut self, start: Key, end: Key, used: u64) {
+        self.known.insert(start, Known { end, used });
+        self.lru.insert(used, start);
+        self.clean_bytes += KNOWN_COST;
+    }
+
+    fn drop_known(&mut self, start: &Key) -> Option<Known> {
+        let kn = self.known.remove(start)?;
+        self.lru.remove(&kn.used);
+        self.clean_bytes -= KNOWN_COST;
+        Some(kn)
     }
 
     /// Removes `start..=end` from the known ranges, keeping what lies outside.
@@ -168,18 +219,15 @@ impl Inner {
             .map(|(s, kn)| (*s, kn.end, kn.used))
             .collect();
         for (s, e, used) in hit {
-            self.known.remove(&s);
-            if s < *start {
-                self.known.insert(
-                    s,
-                    Known {
-                        end: start.dec(),
-                        used,
-                    },
-                );
+            self.drop_known(&s);
+            // One range's two parts can't share its tick.
+            if s < *start && e > *end {
+                self.insert_known(end.inc(), e);
+            } else if e > *end {
+                self.insert_known_used(end.inc(), e, used);
             }
-            if e > *end {
-                self.known.insert(end.inc(), Known { end: e, used });
+            if s < *start {
+                self.insert_known_used(s, start.dec(), used);
             }
         }
     }
@@ -232,7 +280,7 @@ fn write_item(g: &mut Inner, key: &Key, seq: u64, val: Option<&[u8]>, persistent
             CItem {
                 seq,
                 deleted: false,
-                val: v.to_vec(),
+                val: v.into(),
                 dirty: true,
                 persistent,
             },
@@ -242,7 +290,7 @@ fn write_item(g: &mut Inner, key: &Key, seq: u64, val: Option<&[u8]>, persistent
             CItem {
                 seq,
                 deleted: true,
-                val: Vec::new(),
+                val: Box::default(),
                 dirty: true,
                 persistent,
             },
@@ -289,7 +337,7 @@ impl ItemCache {
                 CItem {
                     seq,
                     deleted,
-                    val,
+                    val: val.into_boxed_slice(),
                     dirty: false,
                     persistent: true,
                 },
@@ -314,7 +362,7 @@ impl ItemCache {
                 if g.known_at(key) {
                     let r = f(&mut g);
                     drop(g);
-                    self.shrink(key);
+                    self.shrink();
                     return Ok(r);
                 }
                 g.commits
@@ -332,7 +380,7 @@ impl ItemCache {
             g.items
                 .get(key)
                 .filter(|it| !it.deleted)
-                .map(|it| it.val.clone())
+                .map(|it| it.val.to_vec())
         })
     }
 
@@ -371,7 +419,7 @@ impl ItemCache {
                         .range(k..=end)
                         .filter(|(_, it)| !it.deleted)
                         .take(max - out.len())
-                        .map(|(k, it)| (*k, it.val.clone())),
+                        .map(|(k, it)| (*k, it.val.to_vec())),
                 );
                 end
             })?;
@@ -408,7 +456,7 @@ impl ItemCache {
                     .range(start..=k)
                     .rev()
                     .find(|(_, it)| !it.deleted)
-                    .map(|(k, it)| (*k, it.val.clone()));
+                    .map(|(k, it)| (*k, it.val.to_vec()));
                 (found, start)
             })?;
             match step {
@@ -500,7 +548,7 @@ impl ItemCache {
                     key: *k,
                     seq: it.seq,
                     flags: if it.deleted { ITEM_FLAG_DELETION } else { 0 },
-                    val: it.val.clone(),
+                    val: it.val.to_vec(),
                 }),
         );
         out
@@ -534,7 +582,21 @@ impl ItemCache {
             }
         }
         drop(g);
-        self.shrink(&Key::MIN);
+        self.shrink();
+    }
+
+    /// What the cache holds, for an operator: "N items in R ranges, clean
+    /// X of its limit, dirty Y" (MiB).
+    pub fn report(&self) -> String {
+        let g = self.lock();
+        format!(
+            "{} items in {} ranges, clean {} of {} MiB, dirty {} MiB",
+            g.items.len(),
+            g.known.len(),
+            g.clean_bytes >> 20,
+            self.limit_bytes >> 20,
+            g.dirty_bytes >> 20
+        )
     }
 
     /// (dirty items, dirty bytes, clean bytes).
@@ -543,28 +605,39 @@ impl ItemCache {
         (g.dirty_items, g.dirty_bytes, g.clean_bytes)
     }
 
-    /// Drops least recently used known ranges until clean items fit the
-    /// limit, never the range holding `keep` (the caller's).
-    fn shrink(&self, keep: &Key) {
+    /// Drops clean items until the cache fits its limit, a chunk at a
+    /// time from the start of the least recently used known range, which
+    /// shrinks past them (and goes once empty). The caller's operation is
+    /// done by now; the range it used is the most recently used, so it goes
+    /// last.
+    fn shrink(&self) {
         let mut g = self.lock();
         while g.clean_bytes > self.limit_bytes {
-            let victim = g
-                .known
-                .iter()
-                .filter(|(s, kn)| !(**s <= *keep && *keep <= kn.end))
-                .min_by_key(|(_, kn)| kn.used)
-                .map(|(s, kn)| (*s, kn.end));
-            let Some((s, e)) = victim else { break };
-            let clean: Vec<Key> = g
-                .items
-                .range(s..=e)
-                .filter(|(_, it)| !it.dirty)
-                .map(|(k, _)| *k)
-                .collect();
-            for k in clean {
-                g.remove(&k);
+            let Some((&used, &s)) = g.lru.iter().next() else {
+                break;
+            };
+            let e = g.known[&s].end;
+            // A chunk of clean items, passing at most as many dirty ones
+            // (they stay, outside the range, until their commit).
+            let mut chunk = Vec::with_capacity(EVICT_CHUNK);
+            let mut last = None;
+            for (n, (k, it)) in g.items.range(s..=e).enumerate() {
+                if chunk.len() == EVICT_CHUNK || n == 2 * EVICT_CHUNK {
+                    break;
+                }
+                if !it.dirty {
+                    chunk.push(*k);
+                }
+                last = Some(*k);
             }
-            g.known.remove(&s);
+            for k in &chunk {
+                g.remove(k);
+            }
+            g.drop_known(&s);
+            // The rest of the range stays known, as old as it was.
+            if let Some(l) = last.filter(|l| *l < e) {
+                g.insert_known_used(l.inc(), e, used);
+            }
         }
     }
 
@@ -575,9 +648,12 @@ impl ItemCache {
         for (s, kn) in &g.known {
             assert!(*s <= kn.end);
             assert!(prev.is_none_or(|p| p < *s), "known ranges overlap");
+            assert_eq!(g.lru.get(&kn.used), Some(s), "lru disagrees at {s}");
             prev = Some(kn.end);
         }
-        let (mut di, mut db, mut cb) = (0, 0, 0);
+        assert_eq!(g.lru.len(), g.known.len());
+        let (mut di, mut db) = (0, 0);
+        let mut cb = g.known.len() * KNOWN_COST;
         for (k, it) in &g.items {
             assert_eq!(it.dirty, g.dirty.contains(k), "dirty set disagrees at {k}");
             if it.dirty {
@@ -588,6 +664,12 @@ impl ItemCache {
             }
         }
         assert_eq!((di, db, cb), (g.dirty_items, g.dirty_bytes, g.clean_bytes));
+        for (k, it) in &g.items {
+            assert!(
+                it.dirty || g.known_end(k).is_some(),
+                "clean item {k} outside the known ranges"
+            );
+        }
     }
 }
 
@@ -696,5 +778,104 @@ mod tests {
         let got = cache.lookup(&src, &c, &key(7)).unwrap();
         assert_eq!(got.as_deref(), Some(&b"seven"[..]));
         cache.check_invariants();
+    }
+
+    /// A disk the cache reads whole covers from, written by the cache's
+    /// commits.
+    struct Disk(Mutex<BTreeMap<Key, Version>>);
+
+    impl Source for Disk {
+        fn read(&self, _k: &Key, lo: &Key, hi: &Key) -> Result<ReadResult> {
+            let d = self.0.lock().unwrap();
+            let items = d.range(*lo..=*hi).map(|(k, v)| (*k, v.clone())).collect();
+            Ok(result(items, *lo, *hi))
+        }
+    }
+
+    impl Disk {
+        fn commit(&self, cache: &ItemCache) {
+            let mut d = self.0.lock().unwrap();
+            for it in cache.dirty_items() {
+                d.insert(
+                    it.key,
+                    Version {
+                        seq: it.seq,
+                        deleted: it.flags & ITEM_FLAG_DELETION != 0,
+                        val: it.val,
+                    },
+                );
+            }
+            drop(d);
+            cache.write_done();
+        }
+    }
+
+    #[test]
+    fn one_range_larger_than_the_limit_is_evicted_in_part() {
+        // Everything is written into the one range the first read learned,
+        // as a directory's entries are; it must shrink, not stay whole.
+        let limit = 64 << 10;
+        let cache = ItemCache::new(limit);
+        let disk = Disk(Mutex::new(BTreeMap::new()));
+        let c = cover();
+        for n in 0..1000 {
+            let v = vec![n as u8; 40];
+            assert!(cache.create(&disk, &c, &key(n), 5, &v).unwrap());
+            if n % 100 == 99 {
+                disk.commit(&cache);
+                let (_, _, clean) = cache.usage();
+                assert!(clean <= limit, "{clean} clean bytes over {limit}");
+                cache.check_invariants();
+            }
+        }
+        // Everything evicted reads back; what stays is the most recent.
+        for n in (0..1000).rev() {
+            let got = cache.lookup(&disk, &c, &key(n)).unwrap();
+            assert_eq!(got, Some(vec![n as u8; 40]), "key {n}");
+        }
+        cache.check_invariants();
+        assert!(cache.usage().2 <= limit);
+    }
+
+    #[test]
+    fn ranges_learned_by_reads_are_evicted_least_recently_used_first() {
+        let cache = ItemCache::new(8 * (KNOWN_COST + cost(b"v")));
+        let mut on_disk = BTreeMap::new();
+        for n in 0..100 {
+            on_disk.insert(
+                key(n),
+                Version {
+                    seq: 1,
+                    deleted: false,
+                    val: b"v".to_vec(),
+                },
+            );
+        }
+        let reads = AtomicUsize::new(0);
+        // Each read learns one key and the gap after it.
+        let src = scripted(|_, k, _, _| {
+            reads.fetch_add(1, Ordering::SeqCst);
+            let items = on_disk
+                .range(*k..=*k)
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            result(items, *k, *k)
+        });
+        for n in 0..6 {
+            cache.lookup(&src, &cover(), &key(n)).unwrap();
+        }
+        // Touch 0: it is the newest now.
+        cache.lookup(&src, &cover(), &key(0)).unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), 6);
+        for n in 10..13 {
+            cache.lookup(&src, &cover(), &key(n)).unwrap();
+        }
+        cache.check_invariants();
+        // Nine ranges for room for eight: 1 went, and 0 stayed.
+        let before = reads.load(Ordering::SeqCst);
+        cache.lookup(&src, &cover(), &key(0)).unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), before, "0 was evicted");
+        cache.lookup(&src, &cover(), &key(1)).unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), before + 1, "1 stayed");
     }
 }

@@ -394,6 +394,16 @@ impl Locks {
         }
     }
 
+    /// The item cache these locks guard.
+    pub fn items(&self) -> &Arc<ItemCache> {
+        &self.items
+    }
+
+    /// How many locks this mount knows.
+    pub fn count(&self) -> usize {
+        self.state().machine.len()
+    }
+
     /// Every lock this mount knows, as the state machine sees it (for
     /// diagnosis).
     pub fn dump(&self) -> String {

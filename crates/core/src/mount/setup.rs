@@ -340,9 +340,16 @@ impl Mount {
     /// `scoutfs mount`).
     pub fn state_dumper(&self) -> impl Fn() + Send + Sync + 'static {
         let locks = self.locks.clone();
+        let cache = self.cache.clone();
         let rid = self.rid();
         let elected = self.elected_dump.clone();
         move || {
+            tracing::info!(
+                "mount {rid:#018x} memory: item cache {}; block cache {} blocks; {} locks",
+                locks.items().report(),
+                cache.cached_blocks(),
+                locks.count()
+            );
             tracing::info!("mount {rid:#018x} locks:\n{}", locks.dump());
             if let Some(d) = &elected {
                 d();

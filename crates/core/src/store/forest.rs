@@ -72,6 +72,9 @@ pub fn log_roots<R: Reader + ?Sized>(rd: &R, logs_root: &BtreeRoot) -> Result<Ve
     Ok(out)
 }
 
+/// Items a read takes from each tree's leaf on either side of its key.
+pub const READ_WINDOW: usize = 64;
+
 /// Reads the items around `key` from every tree, limited to `lo..=hi`.
 pub fn read_items<R: Reader + ?Sized>(
     rd: &R,
@@ -101,12 +104,28 @@ pub fn read_items<R: Reader + ?Sized>(
         }
         res.end = res.end.min(leaf.upto);
         let b = &leaf.buf;
-        for i in 0..bblock::nr(b) {
+        // At most READ_WINDOW items each side of the key: a leaf holds
+        // hundreds, and a cache that takes them all for one lookup spends
+        // its time making room for them. Past the window, the range ends
+        // before the first item left out.
+        let key_of = |i: usize| bblock::key(b, i);
+        let first = bblock::search(b, lo).unwrap_or_else(|i| i);
+        let last = match bblock::search(b, hi) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        };
+        let at = bblock::search(b, key).unwrap_or_else(|i| i);
+        let from = at.saturating_sub(READ_WINDOW).max(first);
+        let to = (at + READ_WINDOW).min(last);
+        if from > first {
+            res.start = res.start.max(key_of(from - 1).inc());
+        }
+        if to < last {
+            res.end = res.end.min(key_of(to).dec());
+        }
+        for i in from..to {
             let it = bblock::item(b, i);
             let k = it.key.to_key_unchecked();
-            if k < *lo || k > *hi {
-                continue;
-            }
             let seq = it.seq.get();
             let newer = res.items.get(&k).is_none_or(|v| seq > v.seq);
             if newer {

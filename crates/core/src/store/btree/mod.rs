@@ -300,7 +300,7 @@ fn insert_walk(w: &mut Writer, root: &mut BtreeRoot, items: &[Item]) -> Result<u
         let (pr, mut pbuf) = w.new_block(magic::BTREE)?;
         block::init(&mut pbuf, root.height);
         block::insert(&mut pbuf, 0, &Key::MAX, 0, 0, root.blk.as_bytes());
-        let (l, r) = split(w, &mut pbuf, 0, buf)?;
+        let (l, r) = split(w, &mut pbuf, 0, buf, &key)?;
         w.put(l);
         w.put(r);
         root.blk = pr;
@@ -318,7 +318,7 @@ fn insert_walk(w: &mut Writer, root: &mut BtreeRoot, items: &[Item]) -> Result<u
         let mut child = dirty_child(w, &mut buf, i)?;
         let mut bound = block::key(&buf, i);
         if block::free_bytes(&child) < BTREE_MAX_ITEM_BYTES {
-            let (l, r) = split(w, &mut buf, i, child)?;
+            let (l, r) = split(w, &mut buf, i, child, &key)?;
             let lkey = block::key(&buf, i);
             if key <= lkey {
                 bound = lkey;
@@ -352,12 +352,30 @@ fn insert_walk(w: &mut Writer, root: &mut BtreeRoot, items: &[Item]) -> Result<u
 }
 
 /// Splits `child` (item `i` of `parent`) into a new left sibling holding the
-/// lower half and `child` keeping the upper half and its bound. Returns the
+/// lower part and `child` keeping the upper part and its bound. Returns the
 /// (left, right) buffers for the caller to put back.
-fn split(w: &mut Writer, parent: &mut [u8], i: usize, mut child: Buf) -> Result<(Buf, Buf)> {
+///
+/// The cut is in the middle, unless the insert of `key` that splits goes
+/// at or past the child's last item: then the left keeps all but that
+/// item. Keys that only grow (new inode numbers, the sorted items a merge
+/// or a commit adds) would otherwise leave every left half half empty for
+/// good, as nothing is inserted below them again; this way they fill their
+/// blocks.
+fn split(
+    w: &mut Writer,
+    parent: &mut [u8],
+    i: usize,
+    mut child: Buf,
+    key: &Key,
+) -> Result<(Buf, Buf)> {
     let lvl = block::level(&child);
     let items = block::items_of(&child);
-    let k = block::split_point(&items);
+    let at = items.partition_point(|it| it.key < *key);
+    let k = if at + 1 >= items.len() {
+        items.len() - 1
+    } else {
+        block::split_point(&items)
+    };
     let (lr, mut left) = match w.new_block(magic::BTREE) {
         Ok(v) => v,
         Err(e) => {
