@@ -211,6 +211,10 @@ pub struct Fs {
     /// Files this mount's writes preallocated past their end, to trim at
     /// their last close here.
     preallocated: Mutex<std::collections::HashSet<u64>>,
+    /// Inodes whose last name went away on this mount and that may still
+    /// be waiting for the kernel to forget them to be freed (see
+    /// [`Fs::evict`]).
+    unlinked: Mutex<std::collections::HashSet<u64>>,
     pub opts: FsOptions,
     pub fsid: u64,
     /// Operations waiting for offline data to be staged.
@@ -313,6 +317,7 @@ impl Fs {
             inos: Mutex::default(),
             ilocks: (0..INODE_MUTEX_STRIPES).map(|_| Mutex::new(())).collect(),
             preallocated: Mutex::default(),
+            unlinked: Mutex::default(),
             opts,
             fsid,
             waits,
