@@ -1,10 +1,11 @@
 //! The item cache of one mount: fs items by key, complete over known ranges.
 //!
 //! Every fs read and write goes through here. Items come from the forest
-//! (`forest::read_items`) up to a window of a leaf around the wanted key at
-//! a time; the range a read covered is recorded as *known*: every key in it is either cached or absent, which
-//! gives negative lookups without I/O. Changes are made in the cache as
-//! *dirty* items and written into the mount's log btree at commit.
+//! (`forest::read_items`), a window of a leaf around the wanted key at a
+//! time; the range a read covered is recorded as *known*: every key in it
+//! is either cached or absent, which gives negative lookups without I/O.
+//! Changes are made in the cache as *dirty* items and written into the
+//! mount's log btree at commit.
 //!
 //! Each cached item remembers whether some version of its key may exist on
 //! disk (`persistent`). Deleting such an item leaves a dirty deletion item
