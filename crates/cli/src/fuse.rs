@@ -258,7 +258,7 @@ pub struct ScoutFuse {
     notifier: Arc<OnceLock<Notifier>>,
     knotify: Arc<OnceLock<Arc<KernelNotify>>>,
     /// Where the names of a trim go to be dropped (see [`Known::trim`]).
-    trim: Mutex<std::sync::mpsc::SyncSender<Names>>,
+    trim: std::sync::mpsc::SyncSender<Names>,
     dirs: Mutex<DirHandles>,
     faults: Faults,
 }
@@ -323,7 +323,7 @@ impl ScoutFuse {
             known,
             notifier: Arc::default(),
             knotify,
-            trim: Mutex::new(tx),
+            trim: tx,
             dirs: Mutex::default(),
             faults: Faults {
                 rename_wedge: std::env::var_os(FAULT_RENAME_WEDGE).is_some(),
@@ -390,16 +390,9 @@ impl ScoutFuse {
         }
         k.end(parent, name, ino, cached);
         let names = k.trim();
-        if !names.is_empty() {
-            let sent = self
-                .trim
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .try_send(names);
-            if sent.is_err() {
-                // No trimmer: the next one tries again.
-                k.trimming = false;
-            }
+        // With no trimmer left, the next reply tries again.
+        if !names.is_empty() && self.trim.try_send(names).is_err() {
+            k.trimming = false;
         }
     }
 }

@@ -146,10 +146,18 @@ impl Inner {
         let tick = self.tick;
         match self.known.range_mut(..=*k).next_back() {
             Some((s, kn)) if kn.end >= *k => {
+                // Already the newest (a run of operations in one range):
+                // its place in the order stays.
+                if self
+                    .lru
+                    .last_key_value()
+                    .is_some_and(|(t, _)| *t == kn.used)
+                {
+                    return true;
+                }
                 let old = std::mem::replace(&mut kn.used, tick);
-                let s = *s;
                 self.lru.remove(&old);
-                self.lru.insert(tick, s);
+                self.lru.insert(tick, *s);
                 true
             }
             _ => false,
