@@ -3,13 +3,19 @@
 //! writes and size changes wait until stage brings the bytes back, waiters
 //! fail with the errno `data_wait_err` gives, punch-offline and
 //! move-blocks follow the original's rules, and a read on one mount of a
-//! file released on another is woken by a stage from a third.
+//! file released on another is woken by a stage from a third. After the
+//! original's tests: block counts through writes, appends, releases and
+//! stages (basic-block-counts, simple-release-extents), staging in parts
+//! while readers wait and read (stage-multi-part), stage and release racing
+//! reads, writes and truncates on other mounts (stage-release-race-alloc),
+//! and cycles on each mount's own files over many rounds
+//! (archive-light-cycle).
 
 mod common;
 
 use scoutfs_core::mount::fs::archive::*;
 use scoutfs_core::mount::fs::offline::ESTALE;
-use scoutfs_core::mount::fs::types::{NewNode, SetAttr};
+use scoutfs_core::mount::fs::types::NewNode;
 use scoutfs_core::mount::fs::wait::*;
 use scoutfs_core::mount::fs::{Fs, FsError, EINVAL, ENODATA};
 use scoutfs_core::mount::{Mount, MountOptions, MountRole};
@@ -45,6 +51,19 @@ fn free_data(fs: &Fs) -> u64 {
     fs.statfs().unwrap().free_data_blocks
 }
 
+/// Waits (bounded) until `fs` has `n` operations waiting.
+fn until_waiters(fs: &Fs, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fs.waits.count() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} waiting, want {n}",
+            fs.waits.count()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Waits (bounded) until `fs` lists `n` waiting blocks.
 fn until_waiting(fs: &Fs, n: usize) -> Vec<Waiting> {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -75,6 +94,7 @@ fn release_frees_blocks_reads_wait_and_stage_brings_them_back() {
     let before = attrs(&fs, f);
     assert_eq!((before.online_blocks, before.offline_blocks), (11, 0));
     let free0 = free_data(&fs);
+    let mtime0 = fs.getattr(f).unwrap().inode.mtime;
 
     // Refusals: another data_version, unaligned ranges, a directory.
     let dv = before.data_version;
@@ -93,10 +113,7 @@ fn release_frees_blocks_reads_wait_and_stage_brings_them_back() {
         "release is no change of data"
     );
     assert_eq!((after.ctime, after.size), (before.ctime, before.size));
-    assert_eq!(
-        fs.getattr(f).unwrap().inode.mtime,
-        fs.getattr(f).unwrap().inode.mtime
-    );
+    assert_eq!(fs.getattr(f).unwrap().inode.mtime, mtime0);
     // The blocks are free once the freeing commit is durable.
     fs.sync().unwrap();
     fs.sync().unwrap();
@@ -408,7 +425,6 @@ fn punch_offline_and_move_blocks_follow_the_rules() {
         fs.unlink(ROOT_INO, name).unwrap();
         fs.evict(ino).unwrap();
     }
-    let _ = SetAttr::default();
     drop(fs);
     drop(mnt);
     common::assert_clean(&meta, &data);
@@ -797,6 +813,341 @@ fn stage_and_release_race_reads_writes_and_truncates_on_other_mounts() {
                 "file {i} on mount {slot} is not what was written"
             );
         }
+    }
+    drop(fss);
+    mounts.unmount();
+    common::assert_clean(&meta, &data);
+}
+
+/// The online and offline block counts and st_blocks of `ino`.
+fn counts(fs: &Fs, ino: u64) -> (u64, u64, u64) {
+    let x = attrs(fs, ino);
+    (
+        x.online_blocks,
+        x.offline_blocks,
+        fs.getattr(ino).unwrap().blocks_512(),
+    )
+}
+
+#[test]
+fn block_counts_follow_writes_appends_releases_and_stages() {
+    let (meta, data) = common::mem_fs(64 * MB, 64 * MB, 0xb5);
+    let mnt = common::mount(&meta, &data);
+    let fs = mnt.fs().clone();
+    let f = fs.mknod(ROOT_INO, b"f", &NewNode::new(REG)).unwrap().ino;
+    assert_eq!(counts(&fs, f), (0, 0, 0));
+    let mut bytes = pattern(3 * 4096, 5);
+    fs.write(f, 0, &bytes).unwrap();
+    assert_eq!(counts(&fs, f), (3, 0, 24), "written");
+    fs.write(f, 4096, &pattern(4096, 6)).unwrap();
+    bytes[4096..8192].copy_from_slice(&pattern(4096, 6));
+    assert_eq!(counts(&fs, f), (3, 0, 24), "overwritten");
+    // Writes at the end preallocate past it (online, counted) until the
+    // last close gives back what the file did not grow into.
+    fs.open_for(f, true).unwrap();
+    fs.write(f, 3 * 4096, &pattern(100, 7)).unwrap();
+    bytes.extend_from_slice(&pattern(100, 7));
+    let (online, ..) = counts(&fs, f);
+    assert!(online >= 4, "appended: {online} blocks online");
+    fs.release(f).unwrap();
+    assert_eq!(
+        counts(&fs, f),
+        (4, 0, 32),
+        "appended a partial block, closed"
+    );
+    let dv = attrs(&fs, f).data_version;
+
+    // One block in the middle, then the rest and far past the end.
+    fs.release_data(f, 4096, 4096, dv).unwrap();
+    assert_eq!(counts(&fs, f), (3, 1, 24), "the middle released");
+    fs.release_data(f, 0, 64 * 4096, dv).unwrap();
+    assert_eq!(counts(&fs, f), (0, 4, 0), "all released, past the end too");
+    fs.release_data(f, 0, 64 * 4096, dv).unwrap();
+    assert_eq!(counts(&fs, f), (0, 4, 0), "released again: no change");
+    assert_eq!(attrs(&fs, f).size, bytes.len() as u64);
+
+    // The partial tail block staged alone (its end is the file's end),
+    // then the rest.
+    let tail = 3 * 4096;
+    assert_eq!(
+        fs.stage(f, dv, tail, 100, &archive(&bytes)).unwrap(),
+        100,
+        "the tail"
+    );
+    assert_eq!(counts(&fs, f), (1, 3, 8), "the tail staged");
+    assert_eq!(fs.read(f, tail, 4096).unwrap(), bytes[tail as usize..]);
+    fs.stage(f, dv, 0, tail, &archive(&bytes)).unwrap();
+    assert_eq!(counts(&fs, f), (4, 0, 32), "all staged");
+    assert_eq!(fs.read(f, 0, 1 << 20).unwrap(), bytes);
+    assert_eq!(attrs(&fs, f).data_version, dv);
+
+    // A sparse file: only its written blocks go offline, and its holes
+    // read as zeros without waiting.
+    let s = fs.mknod(ROOT_INO, b"s", &NewNode::new(REG)).unwrap().ino;
+    fs.open_for(s, true).unwrap();
+    fs.write(s, 0, &[1; 4096]).unwrap();
+    fs.write(s, 4 * 4096, &[2; 4096]).unwrap();
+    fs.release(s).unwrap();
+    assert_eq!(counts(&fs, s), (2, 0, 16));
+    let sdv = attrs(&fs, s).data_version;
+    fs.release_data(s, 0, 5 * 4096, sdv).unwrap();
+    assert_eq!(counts(&fs, s), (0, 2, 0), "the holes stay holes");
+    assert_eq!(fs.read(s, 4096, 3 * 4096).unwrap(), vec![0; 3 * 4096]);
+    assert_eq!(fs.waits.count(), 0);
+
+    // Staged, only its offline blocks are written: the holes stay holes.
+    let mut sparse = vec![1; 4096];
+    sparse.resize(4 * 4096, 0);
+    sparse.extend_from_slice(&[2; 4096]);
+    fs.stage(s, sdv, 0, 5 * 4096, &archive(&sparse)).unwrap();
+    assert_eq!(counts(&fs, s), (2, 0, 16), "only the offline blocks staged");
+    assert_eq!(fs.read(s, 0, 1 << 20).unwrap(), sparse);
+    drop(fs);
+    drop(mnt);
+    common::assert_clean(&meta, &data);
+}
+
+#[test]
+fn staging_in_parts_wakes_each_reader_once_its_blocks_are_in() {
+    const BLOCKS: usize = 32;
+    let (meta, data) = common::mem_fs(64 * MB, 64 * MB, 0xb6);
+    let mnt = common::mount(&meta, &data);
+    let fs = mnt.fs().clone();
+    let f = fs.mknod(ROOT_INO, b"f", &NewNode::new(REG)).unwrap().ino;
+    // The last block is partial: the last part ends at the file's end.
+    let len = BLOCKS * 4096 - 1000;
+    let bytes = pattern(len, 11);
+    fs.write(f, 0, &bytes).unwrap();
+    let before = attrs(&fs, f);
+    let dv = before.data_version;
+    fs.release_data(f, 0, (BLOCKS * 4096) as u64, dv).unwrap();
+
+    let read = |off: usize, n: usize| {
+        let fs = fs.clone();
+        std::thread::spawn(move || fs.read(f, off as u64, n).unwrap())
+    };
+    let first = read(0, 4 * 4096);
+    let second = read(8 * 4096 + 10, 8 * 4096);
+    let whole = read(0, len);
+    until_waiters(&fs, 3);
+    // Another task reads at random all along: whatever it gets is the
+    // archived bytes.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let random = {
+        let (fs, bytes, stop) = (fs.clone(), bytes.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut x = 0x9e37_79b9u64;
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let off = (x % len as u64) as usize;
+                let n = 1 + (x >> 32) as usize % 20_000;
+                let got = fs.read(f, off as u64, n).unwrap();
+                let end = (off + n).min(len);
+                assert!(got == bytes[off..end], "read {off}+{n}");
+                reads += 1;
+            }
+            reads
+        })
+    };
+
+    // Part one: blocks 0..8. Only the first reader is done; the others
+    // wait at block 8 now.
+    assert_eq!(
+        fs.stage(f, dv, 0, 8 * 4096, &archive(&bytes)).unwrap(),
+        8 * 4096
+    );
+    assert_eq!(first.join().unwrap(), bytes[..4 * 4096]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fs
+        .data_waiting(0, u64::MAX, 10)
+        .iter()
+        .any(|w| w.iblock < 8)
+    {
+        assert!(Instant::now() < deadline, "waiters still before block 8");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!second.is_finished() && !whole.is_finished());
+    assert_eq!(attrs(&fs, f).offline_blocks, (BLOCKS - 8) as u64);
+
+    // Part two: blocks 8..20 (the second reader's range ends at 16).
+    fs.stage(f, dv, 8 * 4096, 12 * 4096, &archive(&bytes))
+        .unwrap();
+    assert_eq!(second.join().unwrap(), bytes[8 * 4096 + 10..16 * 4096 + 10]);
+    assert!(
+        !whole.is_finished(),
+        "the whole read returned before its last part"
+    );
+    // The last part, to the file's end.
+    fs.stage(f, dv, 20 * 4096, (len - 20 * 4096) as u64, &archive(&bytes))
+        .unwrap();
+    assert!(whole.join().unwrap() == bytes, "the whole file");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = random.join().unwrap();
+    eprintln!("random reads while staging: {reads}");
+    // Staged in parts, the file is as it was: times, data_seq and
+    // data_version untouched.
+    let after = attrs(&fs, f);
+    assert_eq!(
+        (after.online_blocks, after.offline_blocks),
+        (BLOCKS as u64, 0)
+    );
+    assert_eq!(
+        (after.data_version, after.data_seq, after.ctime, after.size),
+        (dv, before.data_seq, before.ctime, before.size)
+    );
+    assert_eq!(fs.waits.count(), 0);
+    drop(fs);
+    drop(mnt);
+    common::assert_clean(&meta, &data);
+}
+
+#[test]
+fn archive_cycles_on_each_mounts_own_files_over_many_rounds() {
+    const ROUNDS: usize = 12;
+    const FILES: usize = 4;
+    let (meta, data) = common::quorum_fs(1, 0x0ff3);
+    let mounts = common::Together(vec![
+        member(&meta, &data, MountRole::Quorum { slot: 0 }),
+        member(&meta, &data, MountRole::Client),
+        member(&meta, &data, MountRole::Client),
+    ]);
+    let fss: Vec<Arc<Fs>> = mounts.0.iter().map(|m| m.fs().clone()).collect();
+    let seed = common::seed(0x11c4);
+    eprintln!("cycle seed {seed}");
+    // Each mount's own directory of files.
+    let dirs: Vec<u64> = (0..fss.len())
+        .map(|m| {
+            let mode = libc::S_IFDIR | 0o755;
+            fss[m]
+                .mknod(ROOT_INO, format!("m{m}").as_bytes(), &NewNode::new(mode))
+                .unwrap()
+                .ino
+        })
+        .collect();
+    for fs in &fss {
+        fs.sync().unwrap();
+    }
+    let free0 = free_data(&fss[0]);
+    // What each mount left in its files, checked by the others at the end.
+    let finals: Vec<Vec<(u64, Vec<u8>)>> = std::thread::scope(|s| {
+        let workers: Vec<_> = fss
+            .iter()
+            .zip(&dirs)
+            .enumerate()
+            .map(|(m, (fs, &dir))| {
+                s.spawn(move || {
+                    let mut x = seed ^ (m as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    let mut rnd = |n: u64| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x % n
+                    };
+                    let files: Vec<u64> = (0..FILES)
+                        .map(|i| {
+                            fs.mknod(dir, format!("f{i}").as_bytes(), &NewNode::new(REG))
+                                .unwrap()
+                                .ino
+                        })
+                        .collect();
+                    let mut contents = vec![Vec::new(); FILES];
+                    for round in 0..ROUNDS {
+                        for (i, &f) in files.iter().enumerate() {
+                            // New contents of a random length, some
+                            // rounds a restore of a new file instead.
+                            let len = 1 + rnd(40 * 4096) as usize;
+                            let bytes = pattern(len, (m * 64 + round * 4 + i) as u8);
+                            // A file left offline is staged first: a
+                            // size change waits for offline blocks past
+                            // the new size, as it did in the original.
+                            let x = attrs(fs, f);
+                            if x.offline_blocks > 0 {
+                                fs.stage(f, x.data_version, 0, x.size, &archive(&contents[i]))
+                                    .unwrap();
+                            }
+                            fs.truncate(f, 0).unwrap();
+                            fs.write(f, 0, &bytes).unwrap();
+                            let dv = attrs(fs, f).data_version;
+                            // The copy, then the release of its version.
+                            let copy = fs.read(f, 0, len).unwrap();
+                            assert!(copy == bytes, "mount {m} file {i} round {round}");
+                            let blocks = len.div_ceil(4096) as u64;
+                            fs.release_data(f, 0, blocks * 4096, dv).unwrap();
+                            assert_eq!(
+                                (attrs(fs, f).online_blocks, attrs(fs, f).offline_blocks),
+                                (0, blocks)
+                            );
+                            // Some rounds leave the file offline until
+                            // the next; the others stage it back now, in
+                            // one part or two.
+                            match rnd(3) {
+                                0 => {}
+                                1 => {
+                                    fs.stage(f, dv, 0, len as u64, &archive(&copy)).unwrap();
+                                }
+                                _ => {
+                                    let half = (blocks / 2) * 4096;
+                                    fs.stage(f, dv, half, len as u64 - half, &archive(&copy))
+                                        .unwrap();
+                                    fs.stage(f, dv, 0, half, &archive(&copy)).unwrap();
+                                }
+                            }
+                            contents[i] = copy;
+                        }
+                    }
+                    // At the end every file is staged and read back.
+                    for (i, &f) in files.iter().enumerate() {
+                        let x = attrs(fs, f);
+                        fs.stage(f, x.data_version, 0, x.size, &archive(&contents[i]))
+                            .unwrap();
+                        assert!(fs.read(f, 0, 1 << 20).unwrap() == contents[i]);
+                    }
+                    files.into_iter().zip(contents).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    // Every mount reads every mount's files as their writer left them.
+    for (m, files) in finals.iter().enumerate() {
+        for (reader, fs) in fss.iter().enumerate() {
+            for (f, want) in files {
+                assert!(
+                    fs.read(*f, 0, 1 << 20).unwrap() == *want,
+                    "mount {reader} reading mount {m}'s file {f}"
+                );
+                assert_eq!(attrs(fs, *f).offline_blocks, 0);
+            }
+        }
+    }
+    // Deleted, every block comes back once the frees are durable (but
+    // what the mounts hold ready for their next writes: 64 blocks, as the
+    // cluster space tests allow).
+    for (m, files) in finals.iter().enumerate() {
+        for (i, _) in files.iter().enumerate() {
+            fss[m].unlink(dirs[m], format!("f{i}").as_bytes()).unwrap();
+        }
+        for (f, _) in files {
+            fss[m].evict(*f).unwrap();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for fs in &fss {
+            fs.sync().unwrap();
+        }
+        if free_data(&fss[0]) + 64 >= free0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "free data blocks {} of {free0}",
+            free_data(&fss[0])
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
     drop(fss);
     mounts.unmount();
