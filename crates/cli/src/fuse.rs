@@ -7,7 +7,7 @@ use crate::knotify::KernelNotify;
 use fuser::*;
 use scoutfs_core::mount::fs::types::NewNode;
 use scoutfs_core::mount::fs::types::{Attr, SetAttr};
-use scoutfs_core::mount::fs::wait::WaitEnd;
+use scoutfs_core::mount::fs::wait::{Resume, WaitEnd};
 use scoutfs_core::mount::fs::{Fs, FsError};
 use scoutfs_core::mount::locks::show_waits;
 use scoutfs_format::inode::*;
@@ -481,33 +481,41 @@ impl IoCtx {
 
     /// A write at `off` (None: O_APPEND, at the end of the file as it is
     /// under the inode's lock); parked like a read when it meets offline
-    /// data (its bytes copied then).
+    /// data (its bytes copied then). `write_back`: of pages a shared
+    /// mapping dirtied, refused if another mount changed the file since
+    /// they were cached (`scoutfs_core::mount::fs::pages`).
+    #[allow(clippy::too_many_arguments)]
     fn write(
         self,
         ino: u64,
         off: Option<u64>,
         kernel_off: u64,
         data: &[u8],
+        write_back: bool,
         reply: ReplyWrite,
         io: InFlight,
     ) {
         io.on_this_thread();
         let mut parked = Some((reply, io));
         let me = &self;
-        let r = self.fs.write_or_wait(ino, off, data, &mut || {
+        let mut resume = || {
             let (reply, io) = parked.take().expect("a resume is made once");
             io.parked();
             let (me, data) = (me.clone(), data.to_vec());
             Box::new(move |end| {
                 guard("write", || match end {
-                    WaitEnd::Woken => me.write(ino, off, kernel_off, &data, reply, io),
+                    WaitEnd::Woken => me.write(ino, off, kernel_off, &data, write_back, reply, io),
                     WaitEnd::Failed(e) => {
                         drop(io);
                         reply.error(Errno::from_i32(e));
                     }
                 })
-            })
-        });
+            }) as Resume
+        };
+        let r = match off {
+            Some(at) if write_back => self.fs.write_back_or_wait(ino, at, data, &mut resume),
+            _ => self.fs.write_or_wait(ino, off, data, &mut resume),
+        };
         let Some(r) = r else {
             return;
         };
@@ -1069,7 +1077,7 @@ impl Filesystem for ScoutFuse {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _wf: WriteFlags,
+        wf: WriteFlags,
         flags: OpenFlags,
         _lo: Option<LockOwner>,
         reply: ReplyWrite,
@@ -1077,8 +1085,11 @@ impl Filesystem for ScoutFuse {
         guard("write", || {
             let io = self.io();
             let flight = io.in_flight(ino.0, offset, data.len() as u64);
-            let at = (flags.0 & libc::O_APPEND == 0).then_some(offset);
-            io.write(ino.0, at, offset, data, reply, flight);
+            // Pages written back from the page cache: only a shared
+            // mapping dirties them (no FUSE_WRITEBACK_CACHE).
+            let write_back = wf.contains(WriteFlags::FUSE_WRITE_CACHE);
+            let at = (write_back || flags.0 & libc::O_APPEND == 0).then_some(offset);
+            io.write(ino.0, at, offset, data, write_back, reply, flight);
         })
     }
 

@@ -20,6 +20,11 @@
 //!   lock), so each is looked up again before its next use, and the pages
 //!   are dropped when the thread gets to them.
 //!
+//! A drop of pages given up on may leave pages that a shared mapping
+//! dirtied, to be written back after the lock went: their versions are
+//! frozen until every thread of the drop is done (see
+//! `scoutfs_core::mount::fs::pages`).
+//!
 //! A name is recorded (in [`Known`]) before the request that may cache it
 //! runs, so a drop that starts after the request took its lock finds it:
 //! the kernel caches the reply under the directory's lock, which the drop
@@ -28,6 +33,7 @@
 use crate::fuse::Known;
 use crate::knotify::KernelNotify;
 use fuser::{INodeNo, Notifier};
+use scoutfs_core::mount::fs::pages::PageVersions;
 use scoutfs_core::mount::locks::PendingDrop;
 use scoutfs_format::key::zone;
 use scoutfs_format::Key;
@@ -94,6 +100,8 @@ pub struct KernelCaches {
     /// For names and pages, which may wait in the kernel (see `knotify`).
     pub knotify: Arc<KernelNotify>,
     pub epoch: Arc<Epoch>,
+    /// The versions the cached pages of open files hold.
+    pub versions: Arc<PageVersions>,
 }
 
 impl KernelCaches {
@@ -123,18 +131,24 @@ impl KernelCaches {
             return None;
         }
         let ranges = page_ranges(&self.known, &inos);
+        let live = Arc::new(LivePages {
+            versions: self.versions.clone(),
+            state: Mutex::default(),
+        });
         let drop = NamesAndPages {
             names: spawn(
                 &self.knotify,
                 "scoutfs-kinval-names",
                 names,
+                (),
                 |n, (d, name)| {
                     n.inval_entry(d, &name);
                 },
             ),
-            pages: RefCell::new(spawn_pages(&self.knotify, ranges.clone())),
+            pages: RefCell::new(spawn_pages(&self.knotify, ranges.clone(), &live)),
             ranges: RefCell::new(ranges),
             inos,
+            live,
             known: self.known.clone(),
             knotify: self.knotify.clone(),
             epoch: self.epoch.clone(),
@@ -163,19 +177,80 @@ fn page_ranges(known: &Mutex<Known>, inos: &[u64]) -> PageRanges {
         .collect()
 }
 
-fn spawn_pages(n: &Arc<KernelNotify>, ranges: PageRanges) -> Option<Part> {
-    spawn(n, "scoutfs-kinval-pages", ranges, |n, (ino, ranges)| {
-        for (off, len) in ranges {
-            n.inval_pages(ino, off as i64, len as i64);
-        }
-    })
+fn spawn_pages(n: &Arc<KernelNotify>, ranges: PageRanges, live: &Arc<LivePages>) -> Option<Part> {
+    let guard = LiveThread::new(live);
+    spawn(
+        n,
+        "scoutfs-kinval-pages",
+        ranges,
+        guard,
+        |n, (ino, ranges)| {
+            for (off, len) in ranges {
+                n.inval_pages(ino, off as i64, len as i64);
+            }
+        },
+    )
 }
 
-/// Runs `f` on each of `items` on a thread; `None` if there are none.
-fn spawn<T: Send + 'static>(
+/// The threads of one drop of pages still running, and the inodes whose
+/// page versions were frozen when the drop was given up on: thawed when
+/// the last thread is done (a page written back waits in the kernel's
+/// drop until the mount has answered it).
+struct LivePages {
+    versions: Arc<PageVersions>,
+    state: Mutex<LiveState>,
+}
+
+#[derive(Default)]
+struct LiveState {
+    threads: usize,
+    frozen: Vec<u64>,
+}
+
+impl LivePages {
+    fn state(&self) -> std::sync::MutexGuard<'_, LiveState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The drop was given up on: freezes the versions of `inos`' pages
+    /// if a thread still drops them.
+    fn freeze(&self, inos: &[u64]) {
+        let mut st = self.state();
+        if st.threads > 0 {
+            let frozen = self.versions.freeze(inos);
+            st.frozen.extend(frozen);
+        }
+    }
+}
+
+/// One running thread of a drop of pages; the last one to end thaws.
+struct LiveThread(Arc<LivePages>);
+
+impl LiveThread {
+    fn new(live: &Arc<LivePages>) -> LiveThread {
+        live.state().threads += 1;
+        LiveThread(live.clone())
+    }
+}
+
+impl Drop for LiveThread {
+    fn drop(&mut self) {
+        let mut st = self.0.state();
+        st.threads -= 1;
+        if st.threads == 0 {
+            let frozen = std::mem::take(&mut st.frozen);
+            self.0.versions.thaw(&frozen);
+        }
+    }
+}
+
+/// Runs `f` on each of `items` on a thread, then drops `guard`; `None` if
+/// there are none.
+fn spawn<T: Send + 'static, G: Send + 'static>(
     n: &Arc<KernelNotify>,
     name: &str,
     items: Vec<T>,
+    guard: G,
     f: fn(&KernelNotify, T),
 ) -> Option<Part> {
     if items.is_empty() {
@@ -189,6 +264,7 @@ fn spawn<T: Send + 'static>(
             for i in items {
                 f(&n, i);
             }
+            drop(guard);
             let _ = tx.send(());
         });
     if let Err(e) = spawned {
@@ -246,6 +322,8 @@ struct NamesAndPages {
     pages: RefCell<Option<Part>>,
     ranges: RefCell<PageRanges>,
     inos: Vec<u64>,
+    /// Every thread of this drop of pages, the replaced ones too.
+    live: Arc<LivePages>,
     known: Arc<Mutex<Known>>,
     knotify: Arc<KernelNotify>,
     epoch: Arc<Epoch>,
@@ -275,7 +353,7 @@ impl PendingDrop for NamesAndPages {
         }
         let ranges = page_ranges(&self.known, &self.inos);
         if ranges != *self.ranges.borrow() {
-            *self.pages.borrow_mut() = spawn_pages(&self.knotify, ranges.clone());
+            *self.pages.borrow_mut() = spawn_pages(&self.knotify, ranges.clone(), &self.live);
             *self.ranges.borrow_mut() = ranges;
         }
     }
@@ -284,6 +362,7 @@ impl PendingDrop for NamesAndPages {
         if self.names.as_ref().is_some_and(|p| !p.wait(Duration::ZERO)) {
             self.epoch.bump();
         }
+        self.live.freeze(&self.inos);
     }
 }
 

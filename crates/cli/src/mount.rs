@@ -651,6 +651,7 @@ fn serve(
         notifier,
         knotify,
         epoch,
+        versions: mnt.fs().pages.clone(),
     };
     mnt.locks()
         .set_kernel_invalidate(Box::new(move |start, end| caches.drop_range(start, end)));

@@ -8,6 +8,10 @@
 //!   or not), made on one mount and renamed on another;
 //! - concurrent creates in separate and shared directories;
 //! - two mounts appending to one file in turn keep every byte;
+//! - stores through a shared mapping, once written back (msync or close),
+//!   are read on the other mounts, and their writes are loaded through
+//!   mappings that exist; a page written back after another mount's
+//!   fsynced write to it never undoes that write;
 //! - failover: the mount that runs the server is killed (kill -9) in the
 //!   middle of a workload on the others, during lock invalidations and
 //!   during commits: a new server is elected, the old one is fenced, the
@@ -993,6 +997,336 @@ fn pages_cached_on_a_busy_mount_are_dropped_before_the_lock_goes() {
         stale.is_empty(),
         "mount 1 read bytes older than mount 2's write in rounds {stale:?}"
     );
+    c.finish();
+}
+
+/// A shared read/write mapping of the first `len` bytes of a file, with
+/// the file kept open; unmapped when dropped.
+struct Mapping {
+    addr: *mut u8,
+    len: usize,
+    _file: std::fs::File,
+}
+
+impl Mapping {
+    fn new(p: &Path, len: usize) -> Mapping {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        // SAFETY: a new shared mapping of an open file, at an address the
+        // kernel chooses; nothing else refers to it.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(
+            addr,
+            libc::MAP_FAILED,
+            "mmap {}: {}",
+            p.display(),
+            std::io::Error::last_os_error()
+        );
+        Mapping {
+            addr: addr.cast(),
+            len,
+            _file: file,
+        }
+    }
+
+    /// Stores `bytes` at `off` through the mapping.
+    fn store(&self, off: usize, bytes: &[u8]) {
+        assert!(off + bytes.len() <= self.len);
+        for (i, &b) in bytes.iter().enumerate() {
+            // SAFETY: within the mapping (checked above), which lives as
+            // long as `self`, of a file never shorter than it.
+            unsafe { std::ptr::write_volatile(self.addr.add(off + i), b) };
+        }
+    }
+
+    /// Every byte of the mapping, each loaded from it now.
+    fn load(&self) -> Vec<u8> {
+        // SAFETY: as in `store`.
+        (0..self.len)
+            .map(|i| unsafe { std::ptr::read_volatile(self.addr.add(i)) })
+            .collect()
+    }
+
+    /// msync(MS_SYNC): the stores are written to the filesystem.
+    fn sync(&self) {
+        // SAFETY: the whole of a live mapping.
+        let r = unsafe { libc::msync(self.addr.cast(), self.len, libc::MS_SYNC) };
+        assert_eq!(r, 0, "msync: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.addr.cast(), self.len) };
+    }
+}
+
+/// The bytes of write number `seed` over `off..off + len`: for two seeds
+/// below 251, every byte differs, so a byte left from any earlier write is
+/// caught wherever it is.
+fn mmap_pattern(seed: usize, off: usize, len: usize) -> Vec<u8> {
+    (off..off + len)
+        .map(|o| ((o * 31 + seed * 97) % 251) as u8)
+        .collect()
+}
+
+/// Where `got` differs from `want`: the first offset, its bytes, and how
+/// many bytes differ.
+fn mmap_diff(got: &[u8], want: &[u8]) -> Option<String> {
+    assert_eq!(got.len(), want.len());
+    let first = got.iter().zip(want).position(|(g, w)| g != w)?;
+    let n = got.iter().zip(want).filter(|(g, w)| g != w).count();
+    Some(format!(
+        "{n} bytes differ, the first at {first}: {:#04x}, not {:#04x}",
+        got[first], want[first]
+    ))
+}
+
+/// mmap against read(2) and write(2) across mounts (the original's
+/// "mmap"). Bytes stored through a shared mapping on one mount and
+/// written back, by msync(MS_SYNC) or by closing the file, are what a
+/// read on another mount returns; bytes written on another mount are what
+/// a mapping that already exists here loads next, with no new mapping: a
+/// mount that gives up a file's lock drops the file's cached pages, and
+/// the kernel unmaps the pages it drops from every mapping, so the next
+/// load faults and reads through the lock again.
+///
+/// Not guaranteed, so not tested: stores through a mapping not yet written
+/// back (no msync, fsync or close since). FUSE tells the mount nothing of
+/// them, so it takes no lock for them: they are in its page cache only,
+/// another mount reads the older bytes meanwhile, and the whole pages they
+/// dirtied are written whenever the kernel writes them back.
+#[test]
+fn mmap_writes_and_reads_are_coherent_with_other_mounts() {
+    if !can_mount("mmap_writes_and_reads_are_coherent_with_other_mounts") {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    const PAGE: usize = 4096;
+    const LEN: usize = 4 * PAGE;
+    const ROUNDS: usize = 50;
+    let c = Cluster::start("cluster-mmap");
+    // Seed 0 is the file as written; then two writes a round, seeds below
+    // 251.
+    let mut model = mmap_pattern(0, 0, LEN);
+    std::fs::write(c.p(0, "f"), &model).unwrap();
+    let maps: Vec<Mapping> = (0..3).map(|s| Mapping::new(&c.p(s, "f"), LEN)).collect();
+    let files: Vec<std::fs::File> = (0..3)
+        .map(|s| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(c.p(s, "f"))
+                .unwrap()
+        })
+        .collect();
+    let pread = |s: usize| {
+        let mut buf = vec![0u8; LEN];
+        files[s].read_exact_at(&mut buf, 0).unwrap();
+        buf
+    };
+    // Every mount maps the file and loads it (its pages cached there).
+    for (s, m) in maps.iter().enumerate() {
+        assert_eq!(m.load(), model, "mount {s}'s mapping of the new file");
+    }
+
+    // Stored through mount 1's mapping over parts of three pages, synced,
+    // read on mount 2.
+    let (off, len) = (PAGE / 2, 2 * PAGE + 100);
+    let bytes = mmap_pattern(1, off, len);
+    maps[1].store(off, &bytes);
+    maps[1].sync();
+    model[off..off + len].copy_from_slice(&bytes);
+    assert_eq!(
+        mmap_diff(&pread(2), &model),
+        None,
+        "mount 2 reads mount 1's stores"
+    );
+    // Written on mount 2 over the same pages, loaded through mount 1's
+    // mapping as it is, and mount 0's.
+    let bytes = mmap_pattern(2, off, len);
+    files[2].write_all_at(&bytes, off as u64).unwrap();
+    model[off..off + len].copy_from_slice(&bytes);
+    for s in [1, 0] {
+        assert_eq!(
+            mmap_diff(&maps[s].load(), &model),
+            None,
+            "mount {s}'s live mapping after mount 2's write"
+        );
+    }
+
+    // Rounds: mount m stores through its mapping and syncs, mount r reads;
+    // then r writes and the mappings of both others load. Offsets and
+    // lengths vary, within a page and across pages; each check is of the
+    // whole file, so a page written back whole over bytes it held stale
+    // is caught too.
+    const { assert!(4 + 2 * (ROUNDS - 1) < 251) };
+    let mut stale = Vec::new();
+    for i in 0..ROUNDS {
+        let (m, r) = (i % 3, (i + 1) % 3);
+        let off = (i * 1531) % (LEN - 2 * PAGE);
+        let len = 1 + (i * 2749) % (2 * PAGE);
+        let bytes = mmap_pattern(3 + 2 * i, off, len);
+        let how = if i % 2 == 0 {
+            maps[m].store(off, &bytes);
+            maps[m].sync();
+            "msync"
+        } else {
+            // The original's sequence: stores through a mapping of its
+            // own, unmapped and closed with no msync (the close writes
+            // the file's dirty pages back).
+            let once = Mapping::new(&c.p(m, "f"), LEN);
+            once.store(off, &bytes);
+            drop(once);
+            "close"
+        };
+        model[off..off + len].copy_from_slice(&bytes);
+        if let Some(d) = mmap_diff(&pread(r), &model) {
+            stale.push(format!(
+                "round {i}: mount {r} read(2) after mount {m}'s mmap stores and {how}: {d}"
+            ));
+        }
+        let off = (i * 2311 + 700) % (LEN - 2 * PAGE);
+        let len = 1 + (i * 1877) % (2 * PAGE);
+        let bytes = mmap_pattern(4 + 2 * i, off, len);
+        files[r].write_all_at(&bytes, off as u64).unwrap();
+        model[off..off + len].copy_from_slice(&bytes);
+        for s in (0..3).filter(|&s| s != r) {
+            if let Some(d) = mmap_diff(&maps[s].load(), &model) {
+                stale.push(format!(
+                    "round {i}: mount {s}'s mapping after mount {r}'s write(2): {d}"
+                ));
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "{} stale checks in {ROUNDS} rounds, the first:\n{}",
+        stale.len(),
+        stale[..stale.len().min(20)].join("\n")
+    );
+    drop(files);
+    drop(maps);
+    // What every mount reads at last, and a new mapping there loads.
+    for s in 0..3 {
+        assert_eq!(
+            mmap_diff(&read(&c.p(s, "f")), &model),
+            None,
+            "mount {s} at last"
+        );
+        let m = Mapping::new(&c.p(s, "f"), LEN);
+        assert_eq!(
+            mmap_diff(&m.load(), &model),
+            None,
+            "mount {s}'s new mapping"
+        );
+    }
+    c.finish();
+}
+
+/// Stores through a shared mapping on mount 1 that are not written back
+/// yet, and a write on mount 2 to other bytes of the same page, fsynced:
+/// mount 1's kernel writes the page back whole when its lock goes, after
+/// mount 2's write (it needs the WRITE lock mount 2 is taking). The page's
+/// other bytes are then older than mount 2's write, so the write-back is
+/// refused (EIO, reported to mount 1's msync) rather than undo a write
+/// that fsync acknowledged. Mount 1's stores were never acknowledged:
+/// each round, they are either all in the file or none of them.
+#[test]
+fn a_page_written_back_from_a_mapping_never_undoes_another_mounts_write() {
+    if !can_mount("a_page_written_back_from_a_mapping_never_undoes_another_mounts_write") {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    const LEN: usize = 4 * 4096;
+    const ROUNDS: usize = 12;
+    let c = Cluster::start("cluster-mmap-write-back");
+    std::fs::write(c.p(0, "f"), mmap_pattern(0, 0, LEN)).unwrap();
+    let f2 = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(c.p(2, "f"))
+        .unwrap();
+    let f0 = std::fs::File::open(c.p(0, "f")).unwrap();
+    let pread = |f: &std::fs::File| {
+        let mut b = vec![0u8; LEN];
+        f.read_exact_at(&mut b, 0).unwrap();
+        b
+    };
+    let m1 = Mapping::new(&c.p(1, "f"), LEN);
+    let (o1, o2) = (4096 + 10, 4096 + 2000);
+    let (mut lost, mut torn, mut applied) = (Vec::new(), Vec::new(), 0);
+    for i in 0..ROUNDS {
+        let before = pread(&f0);
+        // A page of a drop given up on goes when the drop's thread gets to
+        // it (after the write-back it waited for is answered).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while m1.load() != before {
+            assert!(
+                Instant::now() < deadline,
+                "round {i}: mount 1's mapping holds other bytes than the file"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let b1 = mmap_pattern(1 + 2 * i, o1, 20);
+        m1.store(o1, &b1);
+        let b2 = mmap_pattern(2 + 2 * i, o2, 20);
+        f2.write_all_at(&b2, o2 as u64).unwrap();
+        f2.sync_all().unwrap();
+        // The write-back happens as mount 1's lock goes, and is answered
+        // (applied or refused) before the lock comes back.
+        std::thread::sleep(Duration::from_millis(300));
+        let now = pread(&f0);
+        if now[o2..o2 + 20] != b2[..] {
+            lost.push(i);
+        }
+        if now[o1..o1 + 20] == b1[..] {
+            applied += 1;
+        } else if now[o1..o1 + 20] != before[o1..o1 + 20] {
+            torn.push(i);
+        }
+        assert_eq!(
+            pread(&f2),
+            now,
+            "round {i}: mount 2 reads what mount 0 does"
+        );
+    }
+    // Whatever mount 1's msync says of its last stores, the file is
+    // whole.
+    // SAFETY: the whole of a live mapping.
+    let r = unsafe { libc::msync(m1.addr.cast(), LEN, libc::MS_SYNC) };
+    eprintln!(
+        "mount 1's stores applied in {applied} of {ROUNDS} rounds; last msync: {}",
+        if r == 0 {
+            "ok".to_string()
+        } else {
+            std::io::Error::last_os_error().to_string()
+        }
+    );
+    assert!(
+        lost.is_empty(),
+        "mount 2's fsynced write undone in rounds {lost:?}"
+    );
+    assert!(
+        torn.is_empty(),
+        "mount 1's stores in part in rounds {torn:?}"
+    );
+    drop(m1);
+    drop((f0, f2));
     c.finish();
 }
 

@@ -204,7 +204,9 @@ impl Fs {
         {
             let op = self.begin(&[seqs_of(&a)])?;
             if m & AX_DATA_VERSION != 0 {
+                let before = a.inode.data_version.get();
                 a.inode.data_version = x.data_version.into();
+                self.pages.changed(ino, before, x.data_version);
             }
             if m & AX_SIZE != 0 {
                 a.inode.size = x.size.into();

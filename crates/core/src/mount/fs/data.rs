@@ -232,6 +232,7 @@ impl Fs {
     ) -> FsResult<Option<Vec<u8>>> {
         let g = self.locks.lock_inode(ino, LockMode::Read)?;
         let a = self.regular(&g, ino)?;
+        self.pages.read(ino, a.inode.data_version.get());
         let size = a.size();
         if off >= size || len == 0 {
             return Ok(Some(Vec::new()));
@@ -297,12 +298,38 @@ impl Fs {
         buf: &[u8],
         resume: MakeResume<'_>,
     ) -> Option<FsResult<(usize, u64)>> {
+        self.write_any(ino, off, buf, false, resume)
+    }
+
+    /// Writes back pages of `ino` that a shared mapping dirtied, `buf` at
+    /// `off`: as [`Fs::write_or_wait`], but refused with EIO if another
+    /// mount changed the file since the kernel cached the pages (their
+    /// bytes around the stores would undo that change; see
+    /// [`pages`](super::pages)).
+    pub fn write_back_or_wait(
+        &self,
+        ino: u64,
+        off: u64,
+        buf: &[u8],
+        resume: MakeResume<'_>,
+    ) -> Option<FsResult<(usize, u64)>> {
+        self.write_any(ino, Some(off), buf, true, resume)
+    }
+
+    fn write_any(
+        &self,
+        ino: u64,
+        off: Option<u64>,
+        buf: &[u8],
+        write_back: bool,
+        resume: MakeResume<'_>,
+    ) -> Option<FsResult<(usize, u64)>> {
         if buf.is_empty() {
             return Some(Ok((0, off.unwrap_or(0))));
         }
         let mut retried = false;
         loop {
-            match self.write_once(ino, off, buf, resume) {
+            match self.write_once(ino, off, buf, write_back, resume) {
                 Err(e) if e == ENOSPC && !retried => {
                     // The mount's data extents ran out: a commit gets more.
                     retried = true;
@@ -328,12 +355,29 @@ impl Fs {
         ino: u64,
         off: Option<u64>,
         buf: &[u8],
+        write_back: bool,
         resume: MakeResume<'_>,
     ) -> FsResult<Option<u64>> {
         let g = self.locks.lock_inode(ino, LockMode::Write)?;
         let _local = self.lock_local(&[ino]);
         let mut a = self.regular(&g, ino)?;
         super::check_retention(&a)?;
+        if write_back {
+            let now = a.inode.data_version.get();
+            match self.pages.write_back_base(ino) {
+                Some(base) if base != now => {
+                    tracing::warn!(
+                        ino,
+                        base,
+                        now,
+                        "pages written back through a mapping are refused (EIO): another \
+                         mount changed the file since they were cached here"
+                    );
+                    return Err(EIO);
+                }
+                _ => {}
+            }
+        }
         let off = off.unwrap_or_else(|| a.size());
         let end = off
             .checked_add(buf.len() as u64)
@@ -419,7 +463,7 @@ impl Fs {
         let t = now();
         a.inode.size = a.size().max(end).into();
         a.inode.online_blocks = (a.inode.online_blocks.get() + added).into();
-        a.inode.data_version = (a.inode.data_version.get() + 1).into();
+        self.bump_data_version(ino, &mut a.inode);
         a.inode.mtime = t;
         a.inode.ctime = t;
         self.write_inode(&op, &g, &mut a, true)?;
@@ -532,7 +576,7 @@ impl Fs {
         let op = self.begin_freeing(&[seqs_of(&a)])?;
         let t = now();
         a.inode.size = size.into();
-        a.inode.data_version = (a.inode.data_version.get() + 1).into();
+        self.bump_data_version(ino, &mut a.inode);
         a.inode.mtime = t;
         a.inode.ctime = t;
         self.write_inode(&op, &g, &mut a, true)?;
@@ -703,7 +747,7 @@ impl Fs {
         a.inode.online_blocks = (a.inode.online_blocks.get() + added).into();
         if !keep_size && end > a.size() {
             a.inode.size = end.into();
-            a.inode.data_version = (a.inode.data_version.get() + 1).into();
+            self.bump_data_version(ino, &mut a.inode);
         }
         if !keep_privs {
             a.drop_privs();
@@ -734,7 +778,7 @@ impl Fs {
         }
         let mut a = self.read_inode(&g, ino)?;
         let op = self.begin_freeing(&[seqs_of(&a)])?;
-        a.inode.data_version = (a.inode.data_version.get() + 1).into();
+        self.bump_data_version(ino, &mut a.inode);
         if !keep_privs {
             a.drop_privs();
         }

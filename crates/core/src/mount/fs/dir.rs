@@ -294,6 +294,9 @@ impl Fs {
         };
         if node.open {
             self.locks.open_inodes().pin(ino);
+            if a.file_type() == scoutfs_format::inode::S_IFREG {
+                self.pages.opened(ino, a.inode.data_version.get());
+            }
         }
         drop(gs);
         self.maybe_commit()?;
@@ -543,6 +546,9 @@ impl Fs {
             super::check_retention(&a)?;
         }
         self.locks.open_inodes().pin(ino);
+        if a.file_type() == scoutfs_format::inode::S_IFREG {
+            self.pages.opened(ino, a.inode.data_version.get());
+        }
         Ok(a)
     }
 
@@ -551,6 +557,7 @@ impl Fs {
     /// gone and no other mount has it open.
     pub fn release(&self, ino: u64) -> FsResult<()> {
         if self.locks.open_inodes().unpin(ino) {
+            self.pages.closed(ino);
             self.trim_prealloc(ino)?;
             self.delete_if_unused(ino)?;
         }

@@ -28,6 +28,7 @@ pub mod data;
 pub mod dir;
 pub mod inode;
 pub mod offline;
+pub mod pages;
 pub mod paths;
 pub mod types;
 pub mod wait;
@@ -219,6 +220,8 @@ pub struct Fs {
     pub fsid: u64,
     /// Operations waiting for offline data to be staged.
     pub waits: Arc<wait::DataWaits>,
+    /// The versions the kernel's cached pages of open files hold.
+    pub pages: Arc<pages::PageVersions>,
 }
 
 impl Fs {
@@ -321,7 +324,16 @@ impl Fs {
             opts,
             fsid,
             waits,
+            pages: Arc::default(),
         }
+    }
+
+    /// Adds one to `ino`'s data_version: its contents or size changed
+    /// here (under its WRITE lock).
+    pub(crate) fn bump_data_version(&self, ino: u64, i: &mut scoutfs_format::inode::Inode) {
+        let before = i.data_version.get();
+        i.data_version = (before + 1).into();
+        self.pages.changed(ino, before, before + 1);
     }
 
     /// Drops every clean item from the item cache.

@@ -395,7 +395,7 @@ impl Fs {
         let t = now();
         let fi = &mut fa.inode;
         fi.online_blocks = fi.online_blocks.get().saturating_sub(moved).into();
-        fi.data_version = (fi.data_version.get() + 1).into();
+        self.bump_data_version(from, fi);
         fi.mtime = t;
         fi.ctime = t;
         self.write_inode(&op, gf, &mut fa, true)?;
@@ -408,7 +408,7 @@ impl Fs {
                 .get()
                 .max(to_end.min(to_off + (from_end - from_off)))
                 .into();
-            ti.data_version = (ti.data_version.get() + 1).into();
+            self.bump_data_version(to, ti);
             ti.mtime = t;
             ti.ctime = t;
         }
