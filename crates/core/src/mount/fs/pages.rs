@@ -123,7 +123,7 @@ impl PageVersions {
         Some(e.frozen.map_or(e.seen, |(v, _)| v))
     }
 
-    /// Open files with an entry (for tests and the state dump).
+    /// How many open files have an entry.
     pub fn len(&self) -> usize {
         self.files().len()
     }
