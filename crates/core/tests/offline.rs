@@ -445,15 +445,25 @@ fn member(
     common::mount_with(meta, data, &opts)
 }
 
+/// Three mounts of a one-slot quorum filesystem (the member first), that
+/// unmount together, and their filesystems.
+fn three_mounts(
+    meta: &scoutfs_core::store::dev::MemDev,
+    data: &scoutfs_core::store::dev::MemDev,
+) -> (common::Together, Vec<Arc<Fs>>) {
+    let mounts = common::Together(vec![
+        member(meta, data, MountRole::Quorum { slot: 0 }),
+        member(meta, data, MountRole::Client),
+        member(meta, data, MountRole::Client),
+    ]);
+    let fss = mounts.0.iter().map(|m| m.fs().clone()).collect();
+    (mounts, fss)
+}
+
 #[test]
 fn released_on_one_mount_waited_on_another_staged_from_a_third() {
     let (meta, data) = common::quorum_fs(1, 0x0ff1);
-    let mounts = common::Together(vec![
-        member(&meta, &data, MountRole::Quorum { slot: 0 }),
-        member(&meta, &data, MountRole::Client),
-        member(&meta, &data, MountRole::Client),
-    ]);
-    let fss: Vec<Arc<Fs>> = mounts.0.iter().map(|m| m.fs().clone()).collect();
+    let (mounts, fss) = three_mounts(&meta, &data);
     let f = fss[0]
         .mknod(ROOT_INO, b"f", &NewNode::new(REG))
         .unwrap()
@@ -588,12 +598,7 @@ fn stage_and_release_race_reads_writes_and_truncates_on_other_mounts() {
     const FILES: u64 = 6;
     const BLOCKS: u64 = 64;
     let (meta, data) = common::quorum_fs(1, 0x0ff2);
-    let mounts = common::Together(vec![
-        member(&meta, &data, MountRole::Quorum { slot: 0 }),
-        member(&meta, &data, MountRole::Client),
-        member(&meta, &data, MountRole::Client),
-    ]);
-    let fss: Vec<Arc<Fs>> = mounts.0.iter().map(|m| m.fs().clone()).collect();
+    let (mounts, fss) = three_mounts(&meta, &data);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -1009,12 +1014,7 @@ fn archive_cycles_on_each_mounts_own_files_over_many_rounds() {
     const ROUNDS: usize = 12;
     const FILES: usize = 4;
     let (meta, data) = common::quorum_fs(1, 0x0ff3);
-    let mounts = common::Together(vec![
-        member(&meta, &data, MountRole::Quorum { slot: 0 }),
-        member(&meta, &data, MountRole::Client),
-        member(&meta, &data, MountRole::Client),
-    ]);
-    let fss: Vec<Arc<Fs>> = mounts.0.iter().map(|m| m.fs().clone()).collect();
+    let (mounts, fss) = three_mounts(&meta, &data);
     let seed = common::seed(0x11c4);
     eprintln!("cycle seed {seed}");
     // Each mount's own directory of files.

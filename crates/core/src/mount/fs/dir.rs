@@ -293,10 +293,7 @@ impl Fs {
             a
         };
         if node.open {
-            self.locks.open_inodes().pin(ino);
-            if a.file_type() == scoutfs_format::inode::S_IFREG {
-                self.pages.opened(ino, a.inode.data_version.get());
-            }
+            self.opened_here(&a);
         }
         drop(gs);
         self.maybe_commit()?;
@@ -545,11 +542,17 @@ impl Fs {
         if write {
             super::check_retention(&a)?;
         }
-        self.locks.open_inodes().pin(ino);
-        if a.file_type() == scoutfs_format::inode::S_IFREG {
-            self.pages.opened(ino, a.inode.data_version.get());
-        }
+        self.opened_here(&a);
         Ok(a)
+    }
+
+    /// `a` is open here (read under its lock): no mount deletes it until
+    /// its last close here, and a file's cached pages hold its version.
+    fn opened_here(&self, a: &Attr) {
+        self.locks.open_inodes().pin(a.ino);
+        if a.file_type() == scoutfs_format::inode::S_IFREG {
+            self.pages.opened(a.ino, a.inode.data_version.get());
+        }
     }
 
     /// Closes one handle of `ino`; the last close here gives back what

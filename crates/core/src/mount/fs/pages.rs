@@ -122,15 +122,6 @@ impl PageVersions {
         let e = files.get(&ino)?;
         Some(e.frozen.map_or(e.seen, |(v, _)| v))
     }
-
-    /// How many open files have an entry.
-    pub fn len(&self) -> usize {
-        self.files().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -164,6 +155,6 @@ mod tests {
         p.opened(7, 100);
         assert_eq!(p.write_back_base(7), Some(8), "a second open keeps it");
         p.closed(7);
-        assert!(p.is_empty());
+        assert_eq!(p.write_back_base(7), None, "closed");
     }
 }
